@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from engine import wire
+from engine.destination import IncomingMigration
 from engine.errors import MigrationError
-from engine.params import MigrationConfig, ParamValue
+from engine.guest import PAGE_SIZE, GuestRam
+from engine.params import CAPABILITIES, MigrationConfig, ParamValue
 from engine.snapshot import MigrationInfo, StatusInfo
+from engine.source import OutgoingMigration, OutgoingSettings
 from engine.state import MigrationStatus, RunState, is_running
+from engine.transport import Address, Listener, parse_uri
+from engine.vm import Vm
+from engine.workload import Workload, WorkloadSpec
 
 MiB = 1024 * 1024
 
@@ -33,71 +40,209 @@ class MachineOptions:
     loaders: tuple[Loader, ...] = field(default=())
 
 
+class _Refused:
+    """A `migrate` that failed before its thread started: QEMU still shows it as failed."""
+
+    def __init__(self, error: str) -> None:
+        self.status = MigrationStatus.FAILED
+        self._error = error
+
+    def info(self) -> MigrationInfo:
+        return MigrationInfo(status=self.status, error_desc=self._error)
+
+    def cancel(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+
 class Machine:
     """The facade of one endpoint. Thread-safe; never blocks on I/O while holding its lock."""
 
-    def __init__(self, opts: MachineOptions, *, notify: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, opts: MachineOptions, *, notify: Callable[[str], None] | None = None
+    ) -> None:
+        """Build the guest and, with ``-incoming URI``, start listening (errors raise)."""
         self.opts = opts
         self.config = MigrationConfig()
         self._notify = notify or (lambda _msg: None)
         self._lock = threading.Lock()
-        self._incoming = opts.incoming is not None
-        if self._incoming:
-            self._run_state = RunState.INMIGRATE
-        elif opts.start_paused:
-            self._run_state = RunState.PRELAUNCH
+        self.ram = GuestRam(opts.ram_size)
+        self.workload = Workload(WorkloadSpec.parse(opts.workload), opts.seed)
+        self.workload.fill(self.ram)
+        for loader in opts.loaders:
+            self._load_file(loader)
+        if opts.incoming is not None:
+            initial = RunState.INMIGRATE
         else:
-            self._run_state = RunState.RUNNING
-        self._status = MigrationStatus.NONE
+            initial = RunState.PRELAUNCH if opts.start_paused else RunState.RUNNING
+        self.vm = Vm(initial)
+        self._autostart = not opts.start_paused
+        self._outgoing: OutgoingMigration | _Refused | None = None
+        self._incoming: IncomingMigration | None = None
+        self._closing = False
+        self.workload.start(self.ram, self.vm.gate)
+        if opts.incoming not in (None, "defer"):
+            self._listen(parse_uri(opts.incoming, incoming=True))
+
+    def _load_file(self, loader: Loader) -> None:
+        try:
+            with open(loader.path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise MigrationError(f"could not load '{loader.path}': {exc.strerror}") from exc
+        if loader.addr + len(data) > self.ram.size:
+            raise MigrationError(
+                f"Cannot load '{loader.path}' ({len(data)} bytes) at {loader.addr:#x}: "
+                "it does not fit in guest RAM"
+            )
+        self.ram.write(loader.addr, data)
 
     # -- queries ------------------------------------------------------------------------------
     def query_status(self) -> StatusInfo:
-        with self._lock:
-            state = self._run_state
+        state = self.vm.state
         return StatusInfo(running=state is RunState.RUNNING, status=state)
 
     def query_migrate(self) -> MigrationInfo:
+        """QEMU's order: the destination's view, overridden by an outgoing migration's."""
         with self._lock:
-            status = self._status
-        if status is MigrationStatus.NONE:
-            return MigrationInfo()
-        return MigrationInfo(status=status)
+            incoming, outgoing = self._incoming, self._outgoing
+        base = incoming.info() if incoming else MigrationInfo()
+        if outgoing is None:
+            return base
+        return replace(outgoing.info(), socket_address=base.socket_address)
+
+    def _outgoing_status(self) -> MigrationStatus:
+        return self._outgoing.status if self._outgoing else MigrationStatus.NONE
 
     # -- configuration ------------------------------------------------------------------------
     def set_capabilities(self, caps: Mapping[str, bool]) -> None:
         with self._lock:
-            if is_running(self._status):
+            if is_running(self._outgoing_status()):
                 raise MigrationError("There's a migration process in progress")
-            self.config.set_capabilities(caps, incoming=self._incoming)
+            self.config.set_capabilities(caps, incoming=self.vm.state is RunState.INMIGRATE)
 
     def set_parameters(self, values: Mapping[str, ParamValue]) -> None:
         self.config.set_parameters(values)
 
-    # -- migration ----------------------------------------------------------------------------
+    # -- outgoing -----------------------------------------------------------------------------
     def migrate(self, uri: str) -> None:
         """Start an outgoing migration; prepare-time errors raise, later ones go to the status."""
-        raise MigrationError("migration is not implemented yet")
+        with self._lock:
+            if is_running(self._outgoing_status()):
+                raise MigrationError("There's a migration process in progress")
+            if self.vm.state is RunState.INMIGRATE:
+                raise MigrationError("Guest is waiting for an incoming migration")
+            if self.vm.state is RunState.POSTMIGRATE:
+                raise MigrationError(
+                    "Can't migrate the vm that was paused due to previous migration"
+                )
+            for spec in CAPABILITIES:
+                if not spec.supported and self.config.capability(spec.name):
+                    raise MigrationError(
+                        f"capability '{spec.name}' is not supported by qemu-hmp; "
+                        f"run 'migrate_set_capability {spec.name} off'"
+                    )
+            try:
+                addr = parse_uri(uri, incoming=False)
+            except MigrationError as exc:
+                self._outgoing = _Refused(exc.desc)
+                raise
+            c = self.config
+            settings = OutgoingSettings(
+                compress=c.capability("compress"),
+                compress_method=str(c.param("x-compress-method")),
+                compress_level=int(c.param("compress-level")),
+                compress_threads=int(c.param("compress-threads")),
+                compress_wait_thread=bool(c.param("compress-wait-thread")),
+                auto_converge=c.capability("auto-converge"),
+                throttle_trigger_threshold=int(c.param("throttle-trigger-threshold")),
+                cpu_throttle_initial=int(c.param("cpu-throttle-initial")),
+                cpu_throttle_increment=int(c.param("cpu-throttle-increment")),
+                max_cpu_throttle=int(c.param("max-cpu-throttle")),
+            )
+            mig = OutgoingMigration(
+                addr, self.ram, self.vm, settings, lambda n: int(c.param(n)), self._notify
+            )
+            self._outgoing = mig
+        mig.start()
 
     def wait_migration(self, timeout: float | None = None) -> MigrationInfo:
         """Block until the outgoing migration leaves setup/active (what `migrate` without -d does)."""
+        outgoing = self._outgoing
+        if outgoing is not None:
+            outgoing.wait(timeout)
         return self.query_migrate()
 
     def migrate_cancel(self) -> None:
-        """Cancel a running migration; a no-op when none runs."""
+        """Cancel a running outgoing migration; a no-op when none runs (and on a destination)."""
+        outgoing = self._outgoing
+        if outgoing is not None:
+            outgoing.cancel()
 
+    # -- incoming -----------------------------------------------------------------------------
     def migrate_incoming(self, uri: str) -> None:
-        raise MigrationError("incoming migration is not implemented yet")
+        with self._lock:
+            if self._incoming is not None:
+                raise MigrationError("The incoming migration has already been started")
+            if self.vm.state is not RunState.INMIGRATE:
+                raise MigrationError("'-incoming' was not specified on the command line")
+            self._listen(parse_uri(uri, incoming=True))
+
+    def _listen(self, addr: Address, failed: IncomingMigration | None = None) -> None:
+        incoming = IncomingMigration(
+            Listener(addr),
+            self.ram,
+            self.vm,
+            self._incoming_config,
+            lambda: self._autostart,
+            self._incoming_failed,
+            failed,
+        )
+        self._incoming = incoming
+        incoming.start()
+
+    def _incoming_config(self) -> tuple[wire.StreamConfig, int]:
+        c = self.config
+        local = wire.StreamConfig(
+            page_size=PAGE_SIZE,
+            ram_size=self.ram.size,
+            compress=c.capability("compress"),
+            compress_method=str(c.param("x-compress-method")),
+        )
+        return local, int(c.param("decompress-threads"))
+
+    def _incoming_failed(self, mig: IncomingMigration, reason: str) -> None:
+        """QEMU would exit here; qemu-hmp reports, keeps the guest waiting and listens again."""
+        self._notify(f"load of migration failed: {reason}")
+        with self._lock:
+            if self._incoming is mig and not self._closing:
+                self._listen(mig.listener.addr, failed=mig)
 
     # -- vCPUs --------------------------------------------------------------------------------
     def stop(self) -> None:
-        with self._lock:
-            if self._run_state is RunState.RUNNING:
-                self._run_state = RunState.PAUSED
+        if self.vm.state is RunState.INMIGRATE:
+            self._autostart = False  # QEMU: a destination told `stop` stays paused after
+        else:
+            self.vm.stop()
 
     def cont(self) -> None:
-        with self._lock:
-            if self._run_state is not RunState.INMIGRATE:
-                self._run_state = RunState.RUNNING
+        if self.vm.state is RunState.INMIGRATE:
+            self._autostart = True
+        else:
+            self.vm.start()
 
     def close(self) -> None:
         """Stop every thread and socket of this endpoint (quit)."""
+        with self._lock:
+            self._closing = True
+            outgoing, incoming = self._outgoing, self._incoming
+        if outgoing is not None:
+            outgoing.cancel()
+            outgoing.wait(10)
+        if incoming is not None:
+            incoming.close()
+            incoming.wait(10)
+        self.workload.stop()
+        self.vm.gate.close()

@@ -1,0 +1,231 @@
+"""The incoming migration thread: accept one connection, check, apply, verify, resume.
+
+Every record is bounds-checked before it touches guest RAM (wire.parse_batch). Compressed
+pages go to the decompress workers, which inflate them straight into RAM; at each EOS the
+thread drains them, as QEMU does, so a page re-sent in a later iteration can never be
+overtaken by its stale copy. At DONE the CRC table of what was written must equal the
+source's: only then does the guest resume.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+import numpy.typing as npt
+
+from engine import wire
+from engine.compression import CHUNK, CODECS, DecompressPool
+from engine.guest import PAGE_SIZE, GuestRam
+from engine.snapshot import MigrationInfo
+from engine.state import MigrationStatus, RunState
+from engine.transport import Listener
+from engine.vm import Vm
+
+
+class IncomingMigration(threading.Thread):
+    def __init__(
+        self,
+        listener: Listener,
+        ram: GuestRam,
+        vm: Vm,
+        local_config: Callable[[], tuple[wire.StreamConfig, int]],
+        autostart: Callable[[], bool],
+        on_failed: Callable[[IncomingMigration, str], None],
+        previous: IncomingMigration | None = None,
+    ) -> None:
+        """``previous``: a failed attempt on the same address whose status shows until a retry."""
+        super().__init__(name="incoming_migration", daemon=True)
+        self.listener = listener
+        self.ram = ram
+        self.vm = vm
+        self._local_config = local_config  # (config, decompress-threads) read at connection
+        self._autostart = autostart
+        self._on_failed = on_failed
+        self._lock = threading.Lock()
+        self._status = previous.status if previous else MigrationStatus.NONE
+        self._error: str | None = previous._error if previous else None
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._conn: socket.socket | None = None
+        self._pool: DecompressPool | None = None
+        self._pending: deque[tuple[npt.NDArray[np.intp], Future[list[int]]]] = deque()
+        self._digest = wire.PageDigest(ram.pages)
+        self._max_pending = 4
+
+    @property
+    def status(self) -> MigrationStatus:
+        return self._status
+
+    def info(self) -> MigrationInfo:
+        """The destination side of query-migrate: status, no figures, the listening address."""
+        with self._lock:
+            status, error = self._status, self._error
+        address = None if status is MigrationStatus.COMPLETED else (self.listener.addr.uri(),)
+        if status is MigrationStatus.NONE:
+            return MigrationInfo(socket_address=address)
+        return MigrationInfo(status=status, error_desc=error, total_time=0, socket_address=address)
+
+    def close(self) -> None:
+        """Abandon the incoming side (quit): stop accepting and break the stream."""
+        self._stop.set()
+        self.listener.close()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def run(self) -> None:
+        conn = self.listener.accept(self._stop)
+        if conn is None:
+            self._done.set()
+            return
+        self._conn = conn
+        with self._lock:
+            self._status = MigrationStatus.ACTIVE
+            self._error = None
+        try:
+            runstate = self._load(conn)
+        except (wire.StreamError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
+            self._fail(conn, reason)
+        except Exception as exc:  # a bug must still leave the destination consistent
+            self._fail(conn, f"internal error: {exc!r}")
+        else:
+            self._succeed(conn, runstate)
+        finally:
+            if self._pool:
+                self._pool.close()
+            conn.close()
+            self._done.set()
+
+    def _succeed(self, conn: socket.socket, runstate: RunState) -> None:
+        # QEMU's process_incoming_migration_bh: a running source means run here too
+        # (unless -S or `stop`), otherwise take over the source's state.
+        if runstate is RunState.RUNNING:
+            if self._autostart():
+                self.vm.start()
+            else:
+                self.vm.set_state(RunState.PAUSED)
+        else:
+            self.vm.set_state(runstate)
+        with self._lock:
+            self._status = MigrationStatus.COMPLETED
+        try:
+            conn.sendall(wire.json_record(wire.Rec.ACK, {}))
+        except OSError:
+            pass  # the source gave up waiting; our RAM is verified either way
+
+    def _fail(self, conn: socket.socket, reason: str) -> None:
+        with self._lock:
+            self._status = MigrationStatus.FAILED
+            self._error = reason
+        try:
+            conn.sendall(wire.json_record(wire.Rec.NACK, {"error": reason}))
+        except OSError:
+            pass
+        if not self._stop.is_set():
+            self._on_failed(self, reason)
+
+    # -- the stream --------------------------------------------------------------------------
+    def _load(self, conn: socket.socket) -> RunState:
+        head = wire.read_exact(conn, wire.HEADER.size)
+        if head is None:
+            raise wire.StreamError("migration stream ended before its header")
+        wire.check_header(bytes(head))
+        self._configure(self._expect(conn, wire.Rec.CONFIG, wire.MAX_JSON))
+        while True:
+            rec = wire.read_record(conn)
+            if rec is None:
+                raise wire.StreamError("migration stream ended before completion")
+            kind, body = rec
+            if kind == wire.Rec.BATCH:
+                self._apply(wire.parse_batch(memoryview(body), self.ram.pages))
+            elif kind == wire.Rec.EOS:
+                if body:
+                    raise wire.StreamError("malformed end-of-section record")
+                self._drain()
+            elif kind == wire.Rec.DONE:
+                return self._verify(body)
+            else:
+                raise wire.StreamError(f"unknown record type 0x{kind:02x}")
+
+    def _expect(self, conn: socket.socket, kind: wire.Rec, limit: int) -> bytearray:
+        rec = wire.read_record(conn, limit)
+        if rec is None:
+            raise wire.StreamError("migration stream ended before its configuration")
+        if rec[0] != kind:
+            raise wire.StreamError(f"expected the {kind.name.lower()} section, got 0x{rec[0]:02x}")
+        return rec[1]
+
+    def _configure(self, body: bytearray) -> None:
+        remote = wire.StreamConfig.from_json(wire.parse_json(body, "configuration"))
+        local, threads = self._local_config()
+        problem = remote.mismatch(local)
+        if problem:
+            raise wire.StreamError(problem)
+        if remote.compress:
+            self._pool = DecompressPool(
+                CODECS[remote.compress_method], threads, self.ram.page_array
+            )
+            self._max_pending = 4 * threads
+
+    def _apply(self, batch: wire.Batch) -> None:
+        kinds, indices = batch.kinds, batch.indices
+        zero = indices[kinds == wire.Kind.ZERO]
+        if len(zero):
+            # Like QEMU, only write pages that are not already zero (saves touching memory).
+            stale = self.ram.page_array[zero].view(np.uint64).any(axis=1)
+            self.ram.page_array[zero[stale]] = 0
+            self._digest.set_zero(zero)
+        raw = indices[kinds == wire.Kind.PAGE]
+        raw_bytes = len(raw) * PAGE_SIZE
+        if len(raw):
+            data = batch.payload[:raw_bytes]
+            self.ram.page_array[raw] = np.frombuffer(data, np.uint8).reshape(-1, PAGE_SIZE)
+            self._digest.set_pages(raw, data)
+        comp = indices[kinds == wire.Kind.COMPRESSED]
+        if len(comp):
+            if self._pool is None:
+                raise wire.StreamError("Received an unexpected compressed page")
+            ends = np.cumsum(batch.clens) + raw_bytes
+            starts = ends - batch.clens
+            blobs = [
+                batch.payload[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
+            ]
+            for i in range(0, len(comp), CHUNK):
+                part = comp[i : i + CHUNK]
+                self._pending.append((part, self._pool.submit(part, blobs[i : i + CHUNK])))
+            while len(self._pending) > self._max_pending:
+                self._collect()
+
+    def _collect(self) -> None:
+        indices, future = self._pending.popleft()
+        self._digest.crc[indices] = future.result()  # re-raises the worker's StreamError
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._collect()
+
+    def _verify(self, body: bytearray) -> RunState:
+        self._drain()
+        done = wire.parse_json(body, "completion")
+        try:
+            runstate = RunState(done["runstate"])
+            digest = str(done["digest"])
+        except (KeyError, ValueError) as exc:
+            raise wire.StreamError("completion section is malformed") from exc
+        if digest != self._digest.hexdigest():
+            raise wire.StreamError(
+                "RAM digest mismatch: destination memory differs from the source"
+            )
+        return runstate

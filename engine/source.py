@@ -1,0 +1,428 @@
+"""The outgoing migration thread: QEMU's precopy algorithm over a real socket.
+
+setup → active: connect, send header and configuration, mark every page dirty, start the
+  dirty log. Iterate: send dirty pages in batches for ≤50 ms or until the 100 ms window's
+  byte budget is spent, then EOS; every ≥100 ms re-measure bandwidth and the threshold
+  (bandwidth × downtime-limit); sync the dirty log only when what is left fits the threshold.
+  When, after a sync, it still fits: stop the VM, send the rest unthrottled, send the digest
+  and wait for the destination's verdict (the downtime). Cancel and errors restart the VM.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from engine import wire
+from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
+from engine.errors import MigrationError
+from engine.guest import PAGE_SIZE, GuestRam
+from engine.snapshot import MigrationInfo
+from engine.state import MigrationStatus, RunState
+from engine.stats import SourceStats
+from engine.transport import Address, RateLimiter, connect
+from engine.vm import Vm
+
+RAW_BATCH = 256  # pages per record without compression (1 MiB)
+SCAN_WINDOW = 32768  # bitmap bits searched per step
+MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
+ACK_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class OutgoingSettings:
+    """Parameters and capabilities as they were when `migrate` ran (QEMU snapshots these too)."""
+
+    compress: bool
+    compress_method: str
+    compress_level: int
+    compress_threads: int
+    compress_wait_thread: bool
+    auto_converge: bool
+    throttle_trigger_threshold: int
+    cpu_throttle_initial: int
+    cpu_throttle_increment: int
+    max_cpu_throttle: int
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class _InFlight:
+    """A batch whose non-zero pages are with the compress workers."""
+
+    indices: npt.NDArray[np.intp]
+    zero: npt.NDArray[np.bool_]
+    snapshot: npt.NDArray[np.uint8]  # the batch's non-zero pages, as read
+    future: Future[CompressedChunk]
+
+
+class OutgoingMigration(threading.Thread):
+    def __init__(
+        self,
+        addr: Address,
+        ram: GuestRam,
+        vm: Vm,
+        settings: OutgoingSettings,
+        param: Callable[[str], int],
+        report: Callable[[str], None],
+    ) -> None:
+        super().__init__(name="live_migration", daemon=True)
+        self.addr = addr
+        self.ram = ram
+        self.vm = vm
+        self.settings = settings
+        self._param = param  # live parameter reads: max-bandwidth, downtime-limit
+        self._report = report
+        self._lock = threading.Lock()
+        self._status = MigrationStatus.SETUP
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._sock: socket.socket | None = None
+        self.stats = SourceStats(total=ram.size, compress=settings.compress)
+        self._limiter = RateLimiter(lambda: param("max-bandwidth"), self._stop)
+        self._bitmap = np.ones(ram.pages, dtype=bool)
+        self._dirty_pages = ram.pages
+        self._cursor = 0
+        self._pool: CompressPool | None = None
+        self._inflight: deque[_InFlight] = deque()
+        self._digest = wire.PageDigest(ram.pages)
+        self._vm_was_running = False
+        self._dirty_rate_high = 0
+
+    # -- the monitor's side ------------------------------------------------------------------
+    @property
+    def status(self) -> MigrationStatus:
+        return self._status
+
+    def info(self) -> MigrationInfo:
+        with self._lock:
+            status, error = self._status, self._error
+        return self.stats.snapshot(status, error)
+
+    def cancel(self) -> None:
+        """QEMU's migrate_cancel: → cancelling, and shut the stream so nothing blocks."""
+        with self._lock:
+            if self._status not in (MigrationStatus.SETUP, MigrationStatus.ACTIVE):
+                return
+            self._status = MigrationStatus.CANCELLING
+        self._stop.set()
+        self._shutdown_socket()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    # -- the thread --------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._sock = connect(self.addr)
+            if self._stop.is_set():
+                raise Cancelled
+            self._setup()
+            self._precopy()
+            self._complete()
+        except Cancelled:
+            self._finish(MigrationStatus.CANCELLED, None)
+        except MigrationError as exc:
+            self._finish(MigrationStatus.FAILED, exc.desc)
+        except OSError as exc:
+            self._finish(MigrationStatus.FAILED, self._io_error(exc))
+        except Exception as exc:  # a bug must still leave the VM running and the status sane
+            self._finish(MigrationStatus.FAILED, f"internal error: {exc!r}")
+        else:
+            self._finish(MigrationStatus.COMPLETED, None)
+
+    def _io_error(self, exc: OSError) -> str:
+        if self._stop.is_set():
+            raise Cancelled from exc
+        verdict = self._read_nack()
+        if verdict:
+            return verdict
+        return f"Unable to write to socket: {exc.strerror or exc}"
+
+    def _set_status(self, old: MigrationStatus, new: MigrationStatus) -> None:
+        with self._lock:
+            if self._status is old:
+                self._status = new
+
+    def _setup(self) -> None:
+        s = self.settings
+        if s.compress:
+            self._pool = CompressPool(
+                CODECS[s.compress_method], s.compress_level, s.compress_threads
+            )
+        config = wire.StreamConfig(
+            page_size=PAGE_SIZE,
+            ram_size=self.ram.size,
+            compress=s.compress,
+            compress_method=s.compress_method,
+        )
+        self.stats.add_stream(
+            self._send([wire.header(), wire.json_record(wire.Rec.CONFIG, config.to_json())])
+        )
+        self.ram.start_dirty_log()
+        self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
+        self.stats.setup_done(self._param("downtime-limit"))
+        self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
+
+    def _precopy(self) -> None:
+        while True:
+            self._check_stop()
+            pending = self._dirty_pages * PAGE_SIZE
+            if pending < self.stats.threshold:
+                self._sync()
+                pending = self._dirty_pages * PAGE_SIZE
+            if pending and pending >= self.stats.threshold:
+                self._iterate()
+            else:
+                return
+            self.stats.update_window(self._param("downtime-limit"))
+
+    def _complete(self) -> None:
+        self.stats.start_downtime()
+        prior = self.vm.state
+        self._vm_was_running = self.vm.stop(RunState.FINISH_MIGRATE)
+        if not self._vm_was_running:
+            self.vm.set_state(RunState.FINISH_MIGRATE)
+        self._limiter.unlimited = True
+        self._sync()
+        while self._dirty_pages:
+            self._send_batch()
+        self._drain()
+        # The destination resumes in the state the source was in (QEMU's global state).
+        done = {"runstate": str(prior), "digest": self._digest.hexdigest()}
+        self._send_eos()
+        self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
+        verdict = self._await_verdict()
+        if verdict is not None:
+            raise MigrationError(verdict)
+        self.stats.completed()
+
+    def _finish(self, status: MigrationStatus, error: str | None) -> None:
+        self.ram.stop_dirty_log()
+        if self._pool:
+            self._pool.close()
+        if self._sock:
+            self._sock.close()
+        if status is MigrationStatus.COMPLETED:
+            self.vm.set_state(RunState.POSTMIGRATE)
+        elif self._vm_was_running:
+            self.vm.start()
+        elif self.vm.state is RunState.FINISH_MIGRATE:
+            self.vm.set_state(RunState.POSTMIGRATE)
+        self.vm.gate.set_throttle(0)
+        with self._lock:
+            self._status = status
+            self._error = error
+        if error:
+            self._report(error)
+        self._done.set()
+
+    # -- iterations --------------------------------------------------------------------------
+    def _sync(self) -> None:
+        """QEMU's migration_bitmap_sync: fold the guest's dirty log into the bitmap."""
+        taken = self.ram.take_dirty()
+        new = int(np.count_nonzero(taken & ~self._bitmap))
+        self._bitmap |= taken
+        self._dirty_pages = int(np.count_nonzero(self._bitmap))
+        self.stats.set_remaining(self._dirty_pages)
+        closed = self.stats.bitmap_synced(new)
+        if closed and self.settings.auto_converge and self.vm.running:
+            self._maybe_throttle(*closed)
+
+    def _maybe_throttle(self, dirtied: int, transferred: int) -> None:
+        """QEMU's migration_trigger_throttle: twice too dirty → throttle harder."""
+        s = self.settings
+        if dirtied <= transferred * s.throttle_trigger_threshold / 100:
+            return
+        self._dirty_rate_high += 1
+        if self._dirty_rate_high < 2:
+            return
+        self._dirty_rate_high = 0
+        current = self.vm.gate.throttle_pct
+        pct = s.cpu_throttle_initial if not current else current + s.cpu_throttle_increment
+        pct = min(pct, s.max_cpu_throttle)
+        self.vm.gate.set_throttle(pct)
+        self.stats.throttle_pct = pct
+
+    def _iterate(self) -> None:
+        """One ram_save_iterate: ≤50 ms of batches while the window has budget, then EOS."""
+        t0 = time.monotonic()
+        while self._dirty_pages and not self._limiter.exhausted():
+            self._send_batch()
+            if time.monotonic() - t0 > MAX_WAIT_S:
+                break
+        self._drain()
+        self._send_eos()
+        self._limiter.wait_window()
+
+    def _next_pages(self, limit: int) -> npt.NDArray[np.intp]:
+        """Up to ``limit`` dirty pages from the cursor on, wrapping; their bits are cleared.
+
+        The bitmap is searched a window at a time so a batch costs O(window), not O(RAM).
+        """
+        pages = self.ram.pages
+        found: list[npt.NDArray[np.intp]] = []
+        count, scanned, cur = 0, 0, self._cursor
+        while count < limit and scanned < pages and self._dirty_pages:
+            end = min(cur + SCAN_WINDOW, pages)
+            hits = np.flatnonzero(self._bitmap[cur:end])[: limit - count] + cur
+            found.append(hits)
+            count += len(hits)
+            scanned += end - cur
+            cur = end % pages
+            if len(hits) and count >= limit:
+                cur = (int(hits[-1]) + 1) % pages
+        self._cursor = cur
+        batch = np.concatenate(found) if found else np.empty(0, dtype=np.intp)
+        self._bitmap[batch] = False
+        self._dirty_pages -= len(batch)
+        self.stats.set_remaining(self._dirty_pages)
+        return batch
+
+    def _send_batch(self) -> None:
+        self._check_stop()
+        pool = self._pool
+        indices = self._next_pages(CHUNK if pool else RAW_BATCH)
+        if not len(indices):
+            return
+        pages = self.ram.page_array[indices]  # the snapshot: later guest writes re-dirty the page
+        zero = ~pages.view(np.uint64).any(axis=1)
+        nonzero = pages[~zero]
+        if pool and len(nonzero):
+            if len(self._inflight) >= 2 * pool.threads:
+                if self.settings.compress_wait_thread:
+                    self._emit_oldest()
+                else:
+                    # Every worker is busy: QEMU sends the page itself and counts "busy".
+                    self._send_plain(indices, zero, nonzero, busy=len(nonzero))
+                    return
+            future = pool.submit(memoryview(nonzero).cast("B"))
+            self._inflight.append(_InFlight(indices, zero, nonzero, future))
+            while self._inflight and self._inflight[0].future.done():
+                self._emit_oldest()
+            return
+        self._send_plain(indices, zero, nonzero, busy=0)
+
+    def _send_plain(
+        self,
+        indices: npt.NDArray[np.intp],
+        zero: npt.NDArray[np.bool_],
+        nonzero: npt.NDArray[np.uint8],
+        busy: int,
+    ) -> None:
+        kinds = np.where(zero, np.uint8(wire.Kind.ZERO), np.uint8(wire.Kind.PAGE)).astype(np.uint8)
+        payload = memoryview(nonzero).cast("B")
+        self._digest.set_zero(indices[zero])
+        self._digest.set_pages(indices[~zero], payload)
+        self.stats.add_ram(
+            self._send(wire.encode_batch(indices, kinds, [], [payload])), self.vm.running
+        )
+        self.stats.add_pages(
+            zero=int(zero.sum()),
+            normal=len(nonzero),
+            compressed=0,
+            compressed_bytes=0,
+            busy=busy,
+        )
+
+    def _emit_oldest(self) -> None:
+        item = self._inflight.popleft()
+        chunk = item.future.result()
+        nz_idx = item.indices[~item.zero]
+        compressed = np.array([d is not None for d in chunk.data], dtype=bool)
+        kinds = np.full(len(item.indices), wire.Kind.ZERO, dtype=np.uint8)
+        kinds[np.flatnonzero(~item.zero)] = np.where(
+            compressed, np.uint8(wire.Kind.COMPRESSED), np.uint8(wire.Kind.PAGE)
+        )
+        blobs = [d for d in chunk.data if d is not None]
+        raw = item.snapshot[~compressed]
+        payload: list[bytes | memoryview] = [memoryview(raw).cast("B"), *blobs]
+        self._digest.set_zero(item.indices[item.zero])
+        self._digest.crc[nz_idx] = chunk.crcs
+        clens = [len(b) for b in blobs]
+        batch = wire.encode_batch(item.indices, kinds, clens, payload)
+        self.stats.add_ram(self._send(batch), self.vm.running)
+        self.stats.add_pages(
+            zero=int(item.zero.sum()),
+            normal=len(raw),
+            compressed=len(blobs),
+            compressed_bytes=sum(clens) + 4 * len(blobs),
+            busy=0,
+        )
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._check_stop()
+            self._emit_oldest()
+
+    # -- I/O ---------------------------------------------------------------------------------
+    def _send(self, buffers: list[bytes | memoryview]) -> int:
+        """Write whole records; the caller accounts them. Returns the bytes written."""
+        assert self._sock is not None
+        data = b"".join(buffers) if len(buffers) > 1 else buffers[0]
+        self._sock.sendall(data)
+        self._limiter.charge(len(data))
+        return len(data)
+
+    def _send_eos(self) -> None:
+        self.stats.add_ram(self._send([wire.record(wire.Rec.EOS)]), self.vm.running)
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise Cancelled
+
+    def _shutdown_socket(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _await_verdict(self) -> str | None:
+        """The destination's ACK (None) or NACK reason, after it checked the digest."""
+        assert self._sock is not None
+        self._sock.settimeout(0.2)
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        while True:
+            self._check_stop()
+            try:
+                rec = wire.read_record(self._sock, wire.MAX_JSON)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    return "destination did not confirm the migration"
+        if rec is None:
+            return "Unable to read from socket: Connection reset by peer"
+        kind, body = rec
+        if kind == wire.Rec.ACK:
+            return None
+        if kind == wire.Rec.NACK:
+            return str(wire.parse_json(body, "reply").get("error", "destination failed"))
+        return "unexpected reply from the destination"
+
+    def _read_nack(self) -> str | None:
+        """After a broken stream: did the destination say why before it closed?"""
+        sock = self._sock
+        if sock is None:
+            return None
+        try:
+            sock.settimeout(0.5)
+            rec = wire.read_record(sock, wire.MAX_JSON)
+        except (OSError, wire.StreamError):
+            return None
+        if rec and rec[0] == wire.Rec.NACK:
+            return str(wire.parse_json(rec[1], "reply").get("error", ""))
+        return None

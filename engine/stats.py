@@ -1,0 +1,240 @@
+"""Source-side migration counters and QEMU 7.2's formulas over them.
+
+The migration thread updates counters under a short lock; the monitor takes an immutable
+snapshot at any time. Every figure comes from bytes and pages really moved and from clock
+readings; the formulas (windows, rates, thresholds) are QEMU's (REFERENCE section 5).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from engine.guest import PAGE_SIZE
+from engine.snapshot import CompressionStats, MigrationInfo, RamStats
+from engine.state import STATS_STATES, MigrationStatus
+
+WINDOW_MS = 100  # QEMU's BUFFER_DELAY: bandwidth/threshold/mbps window
+RATE_PERIOD_MS = 1000  # dirty-rate and compression-rate period, at bitmap syncs
+
+
+def now_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+@dataclass
+class _Period:
+    """Counters at the start of the current ≥1 s sync period (QEMU's rs->... "prev" values)."""
+
+    start_ms: float
+    dirty_pages: int = 0
+    pages: int = 0
+    busy: int = 0
+    comp_pages: int = 0
+    comp_bytes: int = 0
+    xfer_bytes: int = 0
+
+
+@dataclass
+class SourceStats:
+    total: int  # guest RAM bytes
+    compress: bool
+    start_ms: float = field(default_factory=now_ms)
+    setup_ms: float | None = None
+    end_ms: float | None = None
+    downtime_start_ms: float | None = None
+    downtime_ms: float | None = None
+    # RAM counters
+    transferred: int = 0
+    precopy_bytes: int = 0
+    downtime_bytes: int = 0
+    stream_bytes: int = 0  # everything written to the socket (QEMU's qemu_file_total_transferred)
+    duplicate: int = 0
+    normal: int = 0
+    dirty_sync_count: int = 0
+    remaining: int = 0
+    # compression
+    comp_pages: int = 0
+    comp_busy: int = 0
+    comp_bytes: int = 0
+    busy_rate: float = 0.0
+    compression_rate: float = 0.0
+    # window figures
+    mbps: float = 0.0
+    pages_per_second: int = 0
+    dirty_pages_rate: int = 0
+    expected_downtime_ms: int = 0
+    threshold: float = 0.0
+    remaining_at_sync: int = 0
+    throttle_pct: int = 0
+    _win_start_ms: float = 0.0
+    _win_bytes: int = 0
+    _win_pages: int = 0
+    _period: _Period = field(default_factory=lambda: _Period(now_ms()))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- updates from the migration thread ---------------------------------------------------
+    def pages_total(self) -> int:
+        return self.duplicate + self.normal + self.comp_pages
+
+    def add_stream(self, nbytes: int) -> None:
+        """Bytes on the wire that are not RAM records (header, configuration, completion)."""
+        with self._lock:
+            self.stream_bytes += nbytes
+
+    def add_ram(self, nbytes: int, vm_running: bool) -> None:
+        """RAM-section bytes (page batches and EOS), split by whether the guest was running."""
+        with self._lock:
+            self.stream_bytes += nbytes
+            self.transferred += nbytes
+            if vm_running:
+                self.precopy_bytes += nbytes
+            else:
+                self.downtime_bytes += nbytes
+
+    def add_pages(
+        self, *, zero: int, normal: int, compressed: int, compressed_bytes: int, busy: int
+    ) -> None:
+        with self._lock:
+            self.duplicate += zero
+            self.normal += normal
+            self.comp_pages += compressed
+            self.comp_bytes += compressed_bytes
+            self.comp_busy += busy
+
+    def set_remaining(self, dirty_pages: int) -> None:
+        self.remaining = dirty_pages * PAGE_SIZE
+
+    def setup_done(self, expected_downtime_ms: int) -> None:
+        with self._lock:
+            t = now_ms()
+            self.setup_ms = t - self.start_ms
+            self.expected_downtime_ms = expected_downtime_ms
+            self._win_start_ms = t
+            self._win_bytes = self.stream_bytes
+            self._win_pages = self.pages_total()
+            self._period = _Period(t, xfer_bytes=self.transferred)
+
+    def update_window(self, downtime_limit_ms: int) -> None:
+        """QEMU's migration_update_counters: every ≥100 ms, bandwidth → threshold, mbps, pages/s."""
+        t = now_ms()
+        spent = t - self._win_start_ms
+        if spent < WINDOW_MS:
+            return
+        with self._lock:
+            moved = self.stream_bytes - self._win_bytes
+            bandwidth = moved / spent  # bytes per ms
+            self.threshold = bandwidth * downtime_limit_ms
+            self.mbps = moved * 8 / (spent / 1000) / 1e6
+            self.pages_per_second = int((self.pages_total() - self._win_pages) / (spent / 1000))
+            if self.dirty_pages_rate and moved > 10000 and bandwidth > 0:
+                self.expected_downtime_ms = int(self.remaining_at_sync / bandwidth)
+            self._win_start_ms, self._win_bytes, self._win_pages = (
+                t,
+                self.stream_bytes,
+                self.pages_total(),
+            )
+
+    def bitmap_synced(self, new_dirty: int) -> tuple[int, int] | None:
+        """Count a sync; every ≥1 s close the rate period.
+
+        Returns (bytes dirtied, bytes transferred) over the closed period, for auto-converge.
+        """
+        t = now_ms()
+        with self._lock:
+            self.dirty_sync_count += 1
+            self.remaining_at_sync = self.remaining
+            p = self._period
+            p.dirty_pages += new_dirty
+            spent = t - p.start_ms
+            if spent <= RATE_PERIOD_MS:
+                return None
+            self.dirty_pages_rate = int(p.dirty_pages * 1000 / spent)
+            pages = self.pages_total() - p.pages
+            if pages:
+                self.busy_rate = (self.comp_busy - p.busy) / pages
+                dbytes = self.comp_bytes - p.comp_bytes
+                if dbytes:
+                    self.compression_rate = (self.comp_pages - p.comp_pages) * PAGE_SIZE / dbytes
+            closed = (p.dirty_pages * PAGE_SIZE, self.transferred - p.xfer_bytes)
+            self._period = _Period(
+                t,
+                pages=self.pages_total(),
+                busy=self.comp_busy,
+                comp_pages=self.comp_pages,
+                comp_bytes=self.comp_bytes,
+                xfer_bytes=self.transferred,
+            )
+            return closed
+
+    def start_downtime(self) -> None:
+        self.downtime_start_ms = now_ms()
+
+    def completed(self) -> None:
+        with self._lock:
+            t = now_ms()
+            self.end_ms = t
+            assert self.downtime_start_ms is not None
+            self.downtime_ms = t - self.downtime_start_ms
+            self.remaining = 0
+            self.dirty_pages_rate = 0
+            active = (t - self.start_ms) - (self.setup_ms or 0.0)
+            if active > 0:
+                self.mbps = self.stream_bytes * 8 / active / 1000
+
+    # -- the monitor's view ------------------------------------------------------------------
+    def snapshot(self, status: MigrationStatus, error: str | None) -> MigrationInfo:
+        with self._lock:
+            if status is MigrationStatus.COMPLETED:
+                assert self.end_ms is not None and self.downtime_ms is not None
+                return MigrationInfo(
+                    status=status,
+                    total_time=int(self.end_ms - self.start_ms),
+                    downtime=int(self.downtime_ms),
+                    setup_time=int(self.setup_ms or 0),
+                    ram=self._ram(),
+                    compression=self._compression(),
+                    cpu_throttle_percentage=self.throttle_pct or None,
+                )
+            if status in STATS_STATES:
+                return MigrationInfo(
+                    status=status,
+                    total_time=int(now_ms() - self.start_ms),
+                    expected_downtime=self.expected_downtime_ms,
+                    setup_time=int(self.setup_ms or 0),
+                    ram=self._ram(),
+                    compression=self._compression(),
+                    cpu_throttle_percentage=self.throttle_pct or None,
+                )
+        return MigrationInfo(status=status, error_desc=error)
+
+    def _ram(self) -> RamStats:
+        return RamStats(
+            transferred=self.transferred,
+            remaining=self.remaining,
+            total=self.total,
+            duplicate=self.duplicate,
+            skipped=0,
+            normal=self.normal,
+            normal_bytes=self.normal * PAGE_SIZE,
+            dirty_sync_count=self.dirty_sync_count,
+            page_size=PAGE_SIZE,
+            multifd_bytes=0,
+            pages_per_second=self.pages_per_second,
+            mbps=self.mbps,
+            dirty_pages_rate=self.dirty_pages_rate,
+            precopy_bytes=self.precopy_bytes,
+            downtime_bytes=self.downtime_bytes,
+        )
+
+    def _compression(self) -> CompressionStats | None:
+        if not self.compress:
+            return None
+        return CompressionStats(
+            pages=self.comp_pages,
+            busy=self.comp_busy,
+            busy_rate=self.busy_rate,
+            compressed_size=self.comp_bytes,
+            compression_rate=self.compression_rate,
+        )

@@ -1,0 +1,194 @@
+"""Migration URIs, sockets, and the max-bandwidth rate limiter."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.errors import MigrationError
+
+# Protocols QEMU knows but qemu-hmp does not carry (a clear refusal, not QEMU's "valid protocol").
+UNSUPPORTED = ("exec", "fd", "rdma", "vsock", "file")
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed ``tcp:HOST:PORT`` or ``unix:PATH``."""
+
+    kind: str  # "tcp" | "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def uri(self) -> str:
+        return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
+
+    def display(self) -> str:
+        """How QEMU names the peer in errors: ``host:port`` or the socket path."""
+        return self.path if self.kind == "unix" else f"{self.host}:{self.port}"
+
+
+def parse_uri(uri: str, *, incoming: bool) -> Address:
+    """Parse a migration URI with QEMU's error texts (``migrate`` and ``migrate_incoming`` differ)."""
+    scheme, sep, rest = uri.partition(":")
+    if sep and scheme == "tcp":
+        return _parse_inet(rest)
+    if sep and scheme == "unix":
+        return Address("unix", path=rest)
+    if sep and scheme in UNSUPPORTED:
+        raise MigrationError(f"migration protocol '{scheme}' is not supported by qemu-hmp")
+    if incoming:
+        raise MigrationError(f"unknown migration protocol: {uri}")
+    raise MigrationError("Parameter 'uri' expects a valid migration protocol")
+
+
+def _parse_inet(rest: str) -> Address:
+    text = rest.split(",", 1)[0]  # QEMU options such as ",ipv4" are accepted and ignored
+    if text.startswith("["):
+        host, close, tail = text[1:].partition("]")
+        ok = bool(close) and tail.startswith(":")
+        port = tail[1:]
+    else:
+        host, colon, port = text.rpartition(":")
+        ok = bool(colon)
+    if not ok or not port:
+        raise MigrationError(f"error parsing address '{rest}'")
+    if not port.isdigit() or int(port) > 65535:
+        raise MigrationError(f"Parameter 'port' expects a number: {port}")
+    return Address("tcp", host=host, port=int(port))
+
+
+def connect(addr: Address, timeout: float = 10.0) -> socket.socket:
+    """Connect with QEMU's error texts (``Failed to connect to 'HOST:PORT': <strerror>``)."""
+    try:
+        if addr.kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: str | tuple[str, int] = addr.path
+        else:
+            try:
+                info = socket.getaddrinfo(
+                    addr.host or "localhost", addr.port, 0, socket.SOCK_STREAM
+                )
+            except socket.gaierror as exc:
+                raise MigrationError(
+                    f"address resolution failed for {addr.display()}: {exc.strerror}"
+                ) from exc
+            family, _, _, _, target = info[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(target)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else "Connection timed out"
+        raise MigrationError(f"Failed to connect to '{addr.display()}': {reason}") from exc
+    tune(sock)
+    return sock
+
+
+def tune(sock: socket.socket) -> None:
+    sock.settimeout(None)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+
+
+class Listener:
+    """A listening socket that hands over exactly one connection, then closes (as QEMU does)."""
+
+    def __init__(self, addr: Address) -> None:
+        try:
+            if addr.kind == "unix":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                if os.path.exists(addr.path):
+                    os.unlink(addr.path)
+                sock.bind(addr.path)
+                self.addr = addr
+            else:
+                host = addr.host or "0.0.0.0"
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, addr.port))
+                self.addr = Address("tcp", host=host, port=sock.getsockname()[1])
+            sock.listen(1)
+        except OSError as exc:
+            raise MigrationError(
+                f"Failed to bind socket: {os.strerror(exc.errno or errno.EINVAL)}"
+            ) from exc
+        self._sock = sock
+        self._closed = False
+
+    def accept(self, stop: threading.Event) -> socket.socket | None:
+        """Wait for the one connection; None once ``stop`` is set or the listener closed."""
+        self._sock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return None
+            self.close()
+            tune(conn)
+            return conn
+        return None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
+            if self.addr.kind == "unix":
+                try:
+                    os.unlink(self.addr.path)
+                except OSError:
+                    pass
+
+
+class RateLimiter:
+    """QEMU's limiter: a byte budget of max-bandwidth/10 per 100 ms window.
+
+    ``rate`` is re-read at each window, so `migrate_set_parameter max-bandwidth` applies live;
+    0 means unlimited, as in QEMU. Bytes beyond a window's budget are carried into the next,
+    so whole-batch sends still average out to the limit.
+    """
+
+    WINDOW_S = 0.1
+
+    def __init__(self, rate: Callable[[], int], stop: threading.Event) -> None:
+        self._rate = rate
+        self._stop = stop
+        self._window_start = time.monotonic()
+        self._used = 0
+        self.unlimited = False  # stop-and-copy lifts the limit
+
+    def charge(self, nbytes: int) -> None:
+        self._used += nbytes
+
+    def _budget(self) -> int:
+        """This window's budget (0: unlimited); rolls the window when it has ended."""
+        rate = 0 if self.unlimited else self._rate()
+        now = time.monotonic()
+        if now >= self._window_start + self.WINDOW_S:
+            self._used = max(0, self._used - rate // 10) if rate else 0
+            self._window_start = now
+        return rate // 10 if rate else 0
+
+    def exhausted(self) -> bool:
+        budget = self._budget()
+        return bool(budget) and self._used >= budget
+
+    def wait_window(self) -> None:
+        """When the budget is spent, wait for the next window (QEMU's migration_rate_limit)."""
+        while self.exhausted():
+            left = self._window_start + self.WINDOW_S - time.monotonic()
+            if self._stop.wait(max(left, 0.0)):
+                return

@@ -1,0 +1,49 @@
+"""The VM's run state (QEMU's RunState) and the vCPU gate that enforces it."""
+
+from __future__ import annotations
+
+import threading
+
+from engine.guest import VcpuGate
+from engine.state import RunState
+
+
+class Vm:
+    """Run state transitions used by the monitor (stop/cont) and by migration."""
+
+    def __init__(self, state: RunState) -> None:
+        self._lock = threading.Lock()
+        self._state = state
+        self.gate = VcpuGate(running=state is RunState.RUNNING)
+
+    @property
+    def state(self) -> RunState:
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        return self._state is RunState.RUNNING
+
+    def stop(self, state: RunState = RunState.PAUSED) -> bool:
+        """Stop the vCPUs if they run (QEMU's vm_stop); True if they were running."""
+        with self._lock:
+            was_running = self._state is RunState.RUNNING
+            if was_running:
+                self._state = state
+        if was_running:
+            self.gate.set_running(False)
+        return was_running
+
+    def start(self) -> None:
+        with self._lock:
+            self._state = RunState.RUNNING
+        self.gate.set_running(True)
+
+    def set_state(self, state: RunState) -> None:
+        """Enter a stopped state (postmigrate, inmigrate, prelaunch...) without running vCPUs."""
+        if state is RunState.RUNNING:
+            self.start()
+            return
+        with self._lock:
+            self._state = state
+        self.gate.set_running(False)
