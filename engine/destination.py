@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +37,7 @@ class IncomingMigration(threading.Thread):
         local_config: Callable[[], tuple[wire.StreamConfig, int]],
         autostart: Callable[[], bool],
         on_failed: Callable[[IncomingMigration, str], None],
+        on_event: Callable[[str, dict[str, Any]], None],
         previous: IncomingMigration | None = None,
     ) -> None:
         """``previous``: a failed attempt on the same address whose status shows until a retry."""
@@ -46,6 +48,7 @@ class IncomingMigration(threading.Thread):
         self._local_config = local_config  # (config, decompress-threads) read at connection
         self._autostart = autostart
         self._on_failed = on_failed
+        self._on_event = on_event
         self._lock = threading.Lock()
         self._status = previous.status if previous else MigrationStatus.NONE
         self._error: str | None = previous._error if previous else None
@@ -84,15 +87,19 @@ class IncomingMigration(threading.Thread):
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
+    def _set_status(self, status: MigrationStatus, error: str | None) -> None:
+        with self._lock:
+            self._status = status
+            self._error = error
+        self._on_event("MIGRATION", {"status": str(status)})
+
     def run(self) -> None:
         conn = self.listener.accept(self._stop)
         if conn is None:
             self._done.set()
             return
         self._conn = conn
-        with self._lock:
-            self._status = MigrationStatus.ACTIVE
-            self._error = None
+        self._set_status(MigrationStatus.ACTIVE, None)
         try:
             runstate = self._load(conn)
         except (wire.StreamError, OSError) as exc:
@@ -118,17 +125,14 @@ class IncomingMigration(threading.Thread):
                 self.vm.set_state(RunState.PAUSED)
         else:
             self.vm.set_state(runstate)
-        with self._lock:
-            self._status = MigrationStatus.COMPLETED
+        self._set_status(MigrationStatus.COMPLETED, None)
         try:
             conn.sendall(wire.json_record(wire.Rec.ACK, {}))
         except OSError:
             pass  # the source gave up waiting; our RAM is verified either way
 
     def _fail(self, conn: socket.socket, reason: str) -> None:
-        with self._lock:
-            self._status = MigrationStatus.FAILED
-            self._error = reason
+        self._set_status(MigrationStatus.FAILED, reason)
         try:
             conn.sendall(wire.json_record(wire.Rec.NACK, {"error": reason}))
         except OSError:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from engine import wire
 from engine.destination import IncomingMigration
 from engine.errors import MigrationError
+from engine.events import EventBus
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.params import CAPABILITIES, MigrationConfig, ParamValue
 from engine.snapshot import MigrationInfo, StatusInfo
@@ -66,6 +68,7 @@ class Machine:
         """Build the guest and, with ``-incoming URI``, start listening (errors raise)."""
         self.opts = opts
         self.config = MigrationConfig()
+        self.events = EventBus()
         self._notify = notify or (lambda _msg: None)
         self._lock = threading.Lock()
         self.ram = GuestRam(opts.ram_size)
@@ -77,7 +80,7 @@ class Machine:
             initial = RunState.INMIGRATE
         else:
             initial = RunState.PRELAUNCH if opts.start_paused else RunState.RUNNING
-        self.vm = Vm(initial)
+        self.vm = Vm(initial, self.events)
         self._autostart = not opts.start_paused
         self._outgoing: OutgoingMigration | _Refused | None = None
         self._incoming: IncomingMigration | None = None
@@ -163,7 +166,13 @@ class Machine:
                 max_cpu_throttle=int(c.param("max-cpu-throttle")),
             )
             mig = OutgoingMigration(
-                addr, self.ram, self.vm, settings, lambda n: int(c.param(n)), self._notify
+                addr,
+                self.ram,
+                self.vm,
+                settings,
+                lambda n: int(c.param(n)),
+                self._notify,
+                self._migration_event,
             )
             self._outgoing = mig
         mig.start()
@@ -198,10 +207,16 @@ class Machine:
             self._incoming_config,
             lambda: self._autostart,
             self._incoming_failed,
+            self._migration_event,
             failed,
         )
         self._incoming = incoming
         incoming.start()
+
+    def _migration_event(self, name: str, data: dict[str, Any]) -> None:
+        """QEMU sends MIGRATION and MIGRATION_PASS only while the events capability is on."""
+        if self.config.capability("events"):
+            self.events.emit(name, data)
 
     def _incoming_config(self) -> tuple[wire.StreamConfig, int]:
         c = self.config

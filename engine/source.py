@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -76,8 +77,10 @@ class OutgoingMigration(threading.Thread):
         settings: OutgoingSettings,
         param: Callable[[str], int],
         report: Callable[[str], None],
+        on_event: Callable[[str, dict[str, Any]], None],
     ) -> None:
         super().__init__(name="live_migration", daemon=True)
+        self._on_event = on_event  # MIGRATION / MIGRATION_PASS, filtered by the machine
         self.addr = addr
         self.ram = ram
         self.vm = vm
@@ -117,6 +120,7 @@ class OutgoingMigration(threading.Thread):
             if self._status not in (MigrationStatus.SETUP, MigrationStatus.ACTIVE):
                 return
             self._status = MigrationStatus.CANCELLING
+        self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
         self._stop.set()
         self._shutdown_socket()
 
@@ -125,6 +129,7 @@ class OutgoingMigration(threading.Thread):
 
     # -- the thread --------------------------------------------------------------------------
     def run(self) -> None:
+        self._on_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
         try:
             self._sock = connect(self.addr)
             if self._stop.is_set():
@@ -152,9 +157,12 @@ class OutgoingMigration(threading.Thread):
         return f"Unable to write to socket: {exc.strerror or exc}"
 
     def _set_status(self, old: MigrationStatus, new: MigrationStatus) -> None:
+        """QEMU's migrate_set_state: change only from ``old`` (a cancel may have won)."""
         with self._lock:
-            if self._status is old:
-                self._status = new
+            if self._status is not old:
+                return
+            self._status = new
+        self._on_event("MIGRATION", {"status": str(new)})
 
     def _setup(self) -> None:
         s = self.settings
@@ -225,6 +233,7 @@ class OutgoingMigration(threading.Thread):
         with self._lock:
             self._status = status
             self._error = error
+        self._on_event("MIGRATION", {"status": str(status)})
         if error:
             self._report(error)
         self._done.set()
@@ -238,6 +247,7 @@ class OutgoingMigration(threading.Thread):
         self._dirty_pages = int(np.count_nonzero(self._bitmap))
         self.stats.set_remaining(self._dirty_pages)
         closed = self.stats.bitmap_synced(new)
+        self._on_event("MIGRATION_PASS", {"pass": self.stats.dirty_sync_count})
         if closed and self.settings.auto_converge and self.vm.running:
             self._maybe_throttle(*closed)
 

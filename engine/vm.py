@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from engine.events import EventBus
 from engine.guest import VcpuGate
 from engine.state import RunState
 
@@ -11,7 +12,8 @@ from engine.state import RunState
 class Vm:
     """Run state transitions used by the monitor (stop/cont) and by migration."""
 
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, events: EventBus) -> None:
+        self._events = events
         self._lock = threading.Lock()
         self._state = state
         self.gate = VcpuGate(running=state is RunState.RUNNING)
@@ -32,12 +34,16 @@ class Vm:
                 self._state = state
         if was_running:
             self.gate.set_running(False)
+            self._events.emit("STOP", {})
         return was_running
 
     def start(self) -> None:
         with self._lock:
+            was_running = self._state is RunState.RUNNING
             self._state = RunState.RUNNING
         self.gate.set_running(True)
+        if not was_running:
+            self._events.emit("RESUME", {})
 
     def set_state(self, state: RunState) -> None:
         """Enter a stopped state (postmigrate, inmigrate, prelaunch...) without running vCPUs."""
