@@ -22,7 +22,7 @@ import numpy.typing as npt
 import zstandard
 from zlib_ng import zlib_ng
 
-from engine.guest import PAGE_SIZE
+from engine.guest import PAGE_SIZE, GuestRam
 from engine.wire import StreamError
 
 CHUNK = 64  # pages per hand-over to a worker
@@ -80,36 +80,39 @@ CODECS: dict[str, Codec] = {
 
 @dataclass
 class CompressedChunk:
-    """One worker's result: per page either compressed bytes or None (sent raw: no gain)."""
+    """One worker's result, per page: the bytes to send, whether compressed, and the CRC."""
 
-    data: list[bytes | None]
+    data: list[bytes]
+    compressed: list[bool]
     crcs: list[int]
 
 
 class CompressPool:
-    """``threads`` workers compressing chunks of snapshot pages at one level."""
+    """``threads`` workers compressing chunks of guest pages at one level."""
 
-    def __init__(self, codec: Codec, level: int, threads: int) -> None:
+    def __init__(self, codec: Codec, level: int, threads: int, ram: GuestRam) -> None:
         self.threads = threads
         self._codec = codec
         self._level = level
+        self._ram = ram
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="compress")
 
-    def submit(self, pages: memoryview) -> Future[CompressedChunk]:
-        """Compress whole pages held back to back in ``pages`` (a stable snapshot)."""
-        return self._pool.submit(self._work, pages)
+    def submit(self, indices: npt.NDArray[np.intp]) -> Future[CompressedChunk]:
+        return self._pool.submit(self._work, indices.tolist())
 
-    def _work(self, pages: memoryview) -> CompressedChunk:
+    def _work(self, indices: list[int]) -> CompressedChunk:
         compress = self._codec.compressor(self._level)
         crc32 = zlib_ng.crc32
-        data: list[bytes | None] = []
-        crcs: list[int] = []
-        for off in range(0, len(pages), PAGE_SIZE):
-            page = pages[off : off + PAGE_SIZE]
-            out = compress(page)
-            data.append(out if len(out) < PAGE_SIZE else None)
-            crcs.append(crc32(page))
-        return CompressedChunk(data, crcs)
+        out = CompressedChunk([], [], [])
+        for index in indices:
+            # One read of the page feeds both the CRC and the codec (QEMU copies it first too).
+            page = self._ram.page(index).tobytes()
+            blob = compress(page)
+            shrunk = len(blob) < PAGE_SIZE
+            out.data.append(blob if shrunk else page)
+            out.compressed.append(shrunk)
+            out.crcs.append(crc32(page))
+        return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,6 +1,7 @@
 """The incoming migration thread: accept one connection, check, apply, verify, resume.
 
-Every record is bounds-checked before it touches guest RAM (wire.parse_batch). Compressed
+Every record is bounds-checked before it touches guest RAM (wire.read_batch_head); raw
+pages are received straight into guest RAM. Compressed
 pages go to the decompress workers, which inflate them straight into RAM; at each EOS the
 thread drains them, as QEMU does, so a page re-sent in a later iteration can never be
 overtaken by its stale copy. At DONE the CRC table of what was written must equal the
@@ -21,7 +22,7 @@ import numpy.typing as npt
 
 from engine import wire
 from engine.compression import CHUNK, CODECS, DecompressPool
-from engine.guest import PAGE_SIZE, GuestRam
+from engine.guest import GuestRam
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.transport import Listener
@@ -58,6 +59,8 @@ class IncomingMigration(threading.Thread):
         self._pool: DecompressPool | None = None
         self._pending: deque[tuple[npt.NDArray[np.intp], Future[list[int]]]] = deque()
         self._digest = wire.PageDigest(ram.pages)
+        # Pages this endpoint has written (or may hold data): the rest are still zero.
+        self._written = np.ones(ram.pages, dtype=bool) if previous else np.zeros(ram.pages, bool)
         self._max_pending = 4
 
     @property
@@ -146,33 +149,30 @@ class IncomingMigration(threading.Thread):
         if head is None:
             raise wire.StreamError("migration stream ended before its header")
         wire.check_header(bytes(head))
-        self._configure(self._expect(conn, wire.Rec.CONFIG, wire.MAX_JSON))
+        self._configure(conn)
         while True:
-            rec = wire.read_record(conn)
+            rec = wire.read_record_head(conn)
             if rec is None:
                 raise wire.StreamError("migration stream ended before completion")
-            kind, body = rec
+            kind, length = rec
             if kind == wire.Rec.BATCH:
-                self._apply(wire.parse_batch(memoryview(body), self.ram.pages))
+                self._receive_batch(conn, length)
             elif kind == wire.Rec.EOS:
-                if body:
+                if length:
                     raise wire.StreamError("malformed end-of-section record")
                 self._drain()
             elif kind == wire.Rec.DONE:
-                return self._verify(body)
+                return self._verify(wire.read_body(conn, length, wire.MAX_JSON))
             else:
                 raise wire.StreamError(f"unknown record type 0x{kind:02x}")
 
-    def _expect(self, conn: socket.socket, kind: wire.Rec, limit: int) -> bytearray:
-        rec = wire.read_record(conn, limit)
+    def _configure(self, conn: socket.socket) -> None:
+        rec = wire.read_record(conn, wire.MAX_JSON)
         if rec is None:
             raise wire.StreamError("migration stream ended before its configuration")
-        if rec[0] != kind:
-            raise wire.StreamError(f"expected the {kind.name.lower()} section, got 0x{rec[0]:02x}")
-        return rec[1]
-
-    def _configure(self, body: bytearray) -> None:
-        remote = wire.StreamConfig.from_json(wire.parse_json(body, "configuration"))
+        if rec[0] != wire.Rec.CONFIG:
+            raise wire.StreamError(f"expected the configuration section, got 0x{rec[0]:02x}")
+        remote = wire.StreamConfig.from_json(wire.parse_json(rec[1], "configuration"))
         local, threads = self._local_config()
         problem = remote.mismatch(local)
         if problem:
@@ -183,29 +183,31 @@ class IncomingMigration(threading.Thread):
             )
             self._max_pending = 4 * threads
 
-    def _apply(self, batch: wire.Batch) -> None:
-        kinds, indices = batch.kinds, batch.indices
-        zero = indices[kinds == wire.Kind.ZERO]
+    def _receive_batch(self, conn: socket.socket, length: int) -> None:
+        batch = wire.read_batch_head(conn, length, self.ram.pages)
+        ram = self.ram
+        zero = batch.of(wire.Kind.ZERO)
         if len(zero):
-            # Like QEMU, only write pages that are not already zero (saves touching memory).
-            stale = self.ram.page_array[zero].view(np.uint64).any(axis=1)
-            self.ram.page_array[zero[stale]] = 0
+            # Like QEMU, only clear pages that may hold data: a fresh page is already zero.
+            touched = zero[self._written[zero]]
+            if len(touched):
+                ram.page_array[touched] = 0
             self._digest.set_zero(zero)
-        raw = indices[kinds == wire.Kind.PAGE]
-        raw_bytes = len(raw) * PAGE_SIZE
+        raw = batch.of(wire.Kind.PAGE)
         if len(raw):
-            data = batch.payload[:raw_bytes]
-            self.ram.page_array[raw] = np.frombuffer(data, np.uint8).reshape(-1, PAGE_SIZE)
-            self._digest.set_pages(raw, data)
-        comp = indices[kinds == wire.Kind.COMPRESSED]
+            for view in ram.views(raw):
+                wire.recv_into(conn, view)
+            self._written[raw] = True
+            self._digest.crc[raw] = ram.crc_pages(raw)
+        comp = batch.of(wire.Kind.COMPRESSED)
         if len(comp):
             if self._pool is None:
                 raise wire.StreamError("Received an unexpected compressed page")
-            ends = np.cumsum(batch.clens) + raw_bytes
+            blob = memoryview(wire.read_body(conn, int(batch.clens.sum()), wire.MAX_RECORD))
+            ends = np.cumsum(batch.clens)
             starts = ends - batch.clens
-            blobs = [
-                batch.payload[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
-            ]
+            blobs = [blob[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+            self._written[comp] = True
             for i in range(0, len(comp), CHUNK):
                 part = comp[i : i + CHUNK]
                 self._pending.append((part, self._pool.submit(part, blobs[i : i + CHUNK])))

@@ -8,12 +8,23 @@ import time
 
 import numpy as np
 import numpy.typing as npt
+from zlib_ng import zlib_ng
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 ZERO_PAGE = bytes(PAGE_SIZE)
 
 PageIndex = npt.NDArray[np.intp]
+
+
+def runs(indices: PageIndex) -> list[tuple[int, int]]:
+    """Sorted page indices as maximal [start, stop) runs, so work can use slices, not copies."""
+    if not len(indices):
+        return []
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [len(indices)])) - 1
+    return list(zip(indices[starts].tolist(), (indices[ends] + 1).tolist(), strict=True))
 
 
 class VcpuGate:
@@ -138,10 +149,19 @@ class GuestRam:
         self.buf[offset:end] = data
         self.mark_dirty(slice(offset >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT))
 
-    def zero_pages(self, start: int, count: int) -> npt.NDArray[np.bool_]:
-        """Which of ``count`` pages from ``start`` are all zero (vectorised; ~0.2 µs/page)."""
-        block = self.page_array[start : start + count].view(np.uint64)
-        return ~block.any(axis=1)
+    def zero_mask(self, indices: PageIndex) -> npt.NDArray[np.bool_]:
+        """Which of these sorted pages are all zero: vectorised over runs, no page copies."""
+        parts = [~self.page_array[a:b].view(np.uint64).any(axis=1) for a, b in runs(indices)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    def crc_pages(self, indices: PageIndex) -> list[int]:
+        """CRC-32 of each page, read in place (~0.5 µs/page)."""
+        buf, crc32 = self.buf, zlib_ng.crc32
+        return [crc32(buf[i << PAGE_SHIFT : (i + 1) << PAGE_SHIFT]) for i in indices.tolist()]
+
+    def views(self, indices: PageIndex) -> list[memoryview]:
+        """The pages as one memoryview per run (iovecs for sendmsg / recv_into)."""
+        return [self.buf[a << PAGE_SHIFT : b << PAGE_SHIFT] for a, b in runs(indices)]
 
     def close(self) -> None:
         self.buf.release()

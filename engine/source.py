@@ -29,7 +29,7 @@ from engine.guest import PAGE_SIZE, GuestRam
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats
-from engine.transport import Address, RateLimiter, connect
+from engine.transport import Address, RateLimiter, connect, send_buffers
 from engine.vm import Vm
 
 RAW_BATCH = 256  # pages per record without compression (1 MiB)
@@ -64,7 +64,6 @@ class _InFlight:
 
     indices: npt.NDArray[np.intp]
     zero: npt.NDArray[np.bool_]
-    snapshot: npt.NDArray[np.uint8]  # the batch's non-zero pages, as read
     future: Future[CompressedChunk]
 
 
@@ -168,7 +167,7 @@ class OutgoingMigration(threading.Thread):
         s = self.settings
         if s.compress:
             self._pool = CompressPool(
-                CODECS[s.compress_method], s.compress_level, s.compress_threads
+                CODECS[s.compress_method], s.compress_level, s.compress_threads, self.ram
             )
         config = wire.StreamConfig(
             page_size=PAGE_SIZE,
@@ -307,40 +306,36 @@ class OutgoingMigration(threading.Thread):
         indices = self._next_pages(CHUNK if pool else RAW_BATCH)
         if not len(indices):
             return
-        pages = self.ram.page_array[indices]  # the snapshot: later guest writes re-dirty the page
-        zero = ~pages.view(np.uint64).any(axis=1)
-        nonzero = pages[~zero]
-        if pool and len(nonzero):
-            if len(self._inflight) >= 2 * pool.threads:
-                if self.settings.compress_wait_thread:
-                    self._emit_oldest()
-                else:
-                    # Every worker is busy: QEMU sends the page itself and counts "busy".
-                    self._send_plain(indices, zero, nonzero, busy=len(nonzero))
-                    return
-            future = pool.submit(memoryview(nonzero).cast("B"))
-            self._inflight.append(_InFlight(indices, zero, nonzero, future))
-            while self._inflight and self._inflight[0].future.done():
-                self._emit_oldest()
+        zero = self.ram.zero_mask(indices)
+        if pool is None or zero.all():
+            self._send_plain(indices, zero, busy=0)
             return
-        self._send_plain(indices, zero, nonzero, busy=0)
+        if len(self._inflight) >= 2 * pool.threads:
+            if not self.settings.compress_wait_thread:
+                # Every worker is busy: QEMU sends the pages itself and counts them "busy".
+                self._send_plain(indices, zero, busy=int(np.count_nonzero(~zero)))
+                return
+            self._emit_oldest()
+        self._inflight.append(_InFlight(indices, zero, pool.submit(indices[~zero])))
+        while self._inflight and self._inflight[0].future.done():
+            self._emit_oldest()
 
     def _send_plain(
-        self,
-        indices: npt.NDArray[np.intp],
-        zero: npt.NDArray[np.bool_],
-        nonzero: npt.NDArray[np.uint8],
-        busy: int,
+        self, indices: npt.NDArray[np.intp], zero: npt.NDArray[np.bool_], busy: int
     ) -> None:
+        """Zero and raw pages; raw ones go from guest RAM to the socket without a copy.
+
+        A page the guest rewrites between its CRC and the send was re-dirtied after we
+        cleared its bit, so it is sent again with a fresh CRC before the digest is final.
+        """
+        nonzero = indices[~zero]
         kinds = np.where(zero, np.uint8(wire.Kind.ZERO), np.uint8(wire.Kind.PAGE)).astype(np.uint8)
-        payload = memoryview(nonzero).cast("B")
         self._digest.set_zero(indices[zero])
-        self._digest.set_pages(indices[~zero], payload)
-        self.stats.add_ram(
-            self._send(wire.encode_batch(indices, kinds, [], [payload])), self.vm.running
-        )
+        self._digest.crc[nonzero] = self.ram.crc_pages(nonzero)
+        batch = wire.encode_batch(indices, kinds, [], self.ram.views(nonzero))
+        self.stats.add_ram(self._send(batch), self.vm.running)
         self.stats.add_pages(
-            zero=int(zero.sum()),
+            zero=len(indices) - len(nonzero),
             normal=len(nonzero),
             compressed=0,
             compressed_bytes=0,
@@ -350,19 +345,18 @@ class OutgoingMigration(threading.Thread):
     def _emit_oldest(self) -> None:
         item = self._inflight.popleft()
         chunk = item.future.result()
-        nz_idx = item.indices[~item.zero]
-        compressed = np.array([d is not None for d in chunk.data], dtype=bool)
+        nonzero = item.indices[~item.zero]
+        compressed = np.array(chunk.compressed, dtype=bool)
         kinds = np.full(len(item.indices), wire.Kind.ZERO, dtype=np.uint8)
-        kinds[np.flatnonzero(~item.zero)] = np.where(
+        kinds[~item.zero] = np.where(
             compressed, np.uint8(wire.Kind.COMPRESSED), np.uint8(wire.Kind.PAGE)
         )
-        blobs = [d for d in chunk.data if d is not None]
-        raw = item.snapshot[~compressed]
-        payload: list[bytes | memoryview] = [memoryview(raw).cast("B"), *blobs]
+        raw = [d for d, c in zip(chunk.data, chunk.compressed, strict=True) if not c]
+        blobs = [d for d, c in zip(chunk.data, chunk.compressed, strict=True) if c]
         self._digest.set_zero(item.indices[item.zero])
-        self._digest.crc[nz_idx] = chunk.crcs
+        self._digest.crc[nonzero] = chunk.crcs
         clens = [len(b) for b in blobs]
-        batch = wire.encode_batch(item.indices, kinds, clens, payload)
+        batch = wire.encode_batch(item.indices, kinds, clens, [*raw, *blobs])
         self.stats.add_ram(self._send(batch), self.vm.running)
         self.stats.add_pages(
             zero=int(item.zero.sum()),
@@ -381,10 +375,9 @@ class OutgoingMigration(threading.Thread):
     def _send(self, buffers: list[bytes | memoryview]) -> int:
         """Write whole records; the caller accounts them. Returns the bytes written."""
         assert self._sock is not None
-        data = b"".join(buffers) if len(buffers) > 1 else buffers[0]
-        self._sock.sendall(data)
-        self._limiter.charge(len(data))
-        return len(data)
+        nbytes = send_buffers(self._sock, buffers)
+        self._limiter.charge(nbytes)
+        return nbytes
 
     def _send_eos(self) -> None:
         self.stats.add_ram(self._send([wire.record(wire.Rec.EOS)]), self.vm.running)

@@ -101,6 +101,21 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
 
 
+def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> int:
+    """Gathered write of every buffer (sendmsg, resuming after partial writes); bytes sent."""
+    views = [memoryview(b).cast("B") for b in buffers if len(b)]
+    total = sum(len(v) for v in views)
+    while views:
+        sent = sock.sendmsg(views[:512])
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+    return total
+
+
 class Listener:
     """A listening socket that hands over exactly one connection, then closes (as QEMU does)."""
 

@@ -79,30 +79,38 @@ def check_header(data: bytes) -> None:
 def read_exact(sock: socket.socket, n: int) -> bytearray | None:
     """``n`` bytes, or None at a clean end of stream before the first byte."""
     buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
+    if n:
+        k = sock.recv_into(buf)
         if not k:
-            if got == 0:
-                return None
-            raise StreamError("truncated stream")
-        got += k
+            return None
+        if k < n:
+            recv_into(sock, memoryview(buf)[k:])
     return buf
 
 
-def read_record(sock: socket.socket, limit: int = MAX_RECORD) -> tuple[int, bytearray] | None:
-    """One record (type, body), bounds-checked before its body is read; None at end of stream."""
+def read_record_head(sock: socket.socket) -> tuple[int, int] | None:
+    """A record's (type, length), bounded by MAX_RECORD; None at a clean end of stream."""
     head = read_exact(sock, RECORD.size)
     if head is None:
         return None
     kind, length = RECORD.unpack(head)
+    if length > MAX_RECORD:
+        raise StreamError(f"record of {length} bytes exceeds the limit of {MAX_RECORD}")
+    return kind, length
+
+
+def read_body(sock: socket.socket, length: int, limit: int) -> bytearray:
     if length > limit:
-        raise StreamError(f"record of {length} bytes exceeds the limit of {limit}")
-    body = read_exact(sock, length) if length else bytearray()
-    if body is None:
-        raise StreamError("truncated stream")
-    return kind, body
+        raise StreamError(f"section of {length} bytes exceeds the limit of {limit}")
+    return _read(sock, length)
+
+
+def read_record(sock: socket.socket, limit: int) -> tuple[int, bytearray] | None:
+    """One whole small record (type, body); None at a clean end of stream."""
+    head = read_record_head(sock)
+    if head is None:
+        return None
+    return head[0], read_body(sock, head[1], limit)
 
 
 def record(kind: Rec, body: bytes = b"") -> bytes:
@@ -183,7 +191,7 @@ def encode_batch(
     clens: list[int],
     payload: list[bytes | memoryview],
 ) -> list[bytes | memoryview]:
-    """A BATCH record as a list of buffers for one ``sendmsg`` (no payload copy)."""
+    """A BATCH record as buffers for ``sendmsg``: raw pages are sent from guest RAM, uncopied."""
     n = len(indices)
     head = b"".join(
         (
@@ -197,48 +205,60 @@ def encode_batch(
     return [RECORD.pack(Rec.BATCH, size), head, *payload]
 
 
-@dataclass
-class Batch:
-    """A parsed BATCH; ``payload`` holds raw pages then compressed pages, in index order."""
+@dataclass(frozen=True)
+class BatchHead:
+    """A BATCH record's validated header; its payload (raw pages, then blobs) follows."""
 
     indices: npt.NDArray[np.intp]
     kinds: npt.NDArray[np.uint8]
     clens: npt.NDArray[np.intp]
-    payload: memoryview
+
+    def of(self, kind: Kind) -> npt.NDArray[np.intp]:
+        return self.indices[self.kinds == kind]
 
 
-def parse_batch(body: memoryview, pages: int) -> Batch:
-    """Validate every count, index, kind and length before anything touches guest RAM."""
-    if len(body) < 4:
+def read_batch_head(sock: socket.socket, length: int, pages: int) -> BatchHead:
+    """Read and validate every count, index, kind and length before any page is read."""
+    if length < 4:
         raise StreamError("truncated page batch")
-    (n,) = struct.unpack_from(">I", body)
+    (n,) = struct.unpack(">I", _read(sock, 4))
     if not 0 < n <= MAX_BATCH:
         raise StreamError(f"page batch of {n} pages (limit {MAX_BATCH})")
-    pos = 4
-    if len(body) < pos + 5 * n:
-        raise StreamError("truncated page batch")
-    indices = np.frombuffer(body, U32, n, pos).astype(np.intp)
-    pos += 4 * n
-    kinds = np.frombuffer(body, np.uint8, n, pos)
-    pos += n
+    meta = _read(sock, 5 * n)
+    indices = np.frombuffer(meta, U32, n).astype(np.intp)
+    kinds = np.frombuffer(meta, np.uint8, n, 4 * n)
     if int(indices.max()) >= pages:
         raise StreamError(f"page {int(indices.max())} is outside guest RAM ({pages} pages)")
     known = (kinds == Kind.ZERO) | (kinds == Kind.PAGE) | (kinds == Kind.COMPRESSED)
     if not known.all():
         raise StreamError(f"unknown page kind 0x{int(kinds[~known][0]):02x}")
     m = int((kinds == Kind.COMPRESSED).sum())
-    if len(body) < pos + 4 * m:
-        raise StreamError("truncated page batch")
-    clens = np.frombuffer(body, U32, m, pos).astype(np.intp)
-    pos += 4 * m
+    clens = np.frombuffer(_read(sock, 4 * m), U32, m).astype(np.intp)
     if m and (int(clens.max()) > MAX_COMPRESSED or int(clens.min()) == 0):
         bad = int(clens.max()) if int(clens.max()) > MAX_COMPRESSED else 0
         raise StreamError(f"Invalid compressed data length: {bad}")
     raw = int((kinds == Kind.PAGE).sum())
-    expected = pos + raw * PAGE_SIZE + int(clens.sum())
-    if len(body) != expected:
-        raise StreamError(f"page batch length {len(body)} does not match its contents ({expected})")
-    return Batch(indices, kinds, clens, body[pos:])
+    expected = 4 + 5 * n + 4 * m + raw * PAGE_SIZE + int(clens.sum())
+    if length != expected:
+        raise StreamError(f"page batch length {length} does not match its contents ({expected})")
+    return BatchHead(indices, kinds, clens)
+
+
+def _read(sock: socket.socket, n: int) -> bytearray:
+    data = read_exact(sock, n)
+    if data is None:
+        raise StreamError("truncated stream")
+    return data
+
+
+def recv_into(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` (e.g. guest pages) straight from the socket."""
+    got, n = 0, len(view)
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise StreamError("truncated stream")
+        got += k
 
 
 class PageDigest:
@@ -249,14 +269,6 @@ class PageDigest:
 
     def set_zero(self, indices: npt.NDArray[np.intp]) -> None:
         self.crc[indices] = ZERO_CRC
-
-    def set_pages(self, indices: npt.NDArray[np.intp], pages: memoryview | bytes) -> None:
-        """``pages`` holds ``len(indices)`` whole pages back to back."""
-        mv = memoryview(pages)
-        crc32 = zlib_ng.crc32
-        self.crc[indices] = [
-            crc32(mv[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]) for i in range(len(indices))
-        ]
 
     def hexdigest(self) -> str:
         return hashlib.blake2b(self.crc.tobytes(), digest_size=16).hexdigest()
