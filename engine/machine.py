@@ -260,4 +260,3 @@ class Machine:
             incoming.close()
             incoming.wait(10)
         self.workload.stop()
-        self.vm.gate.close()

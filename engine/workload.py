@@ -547,11 +547,14 @@ class RandomWriter:
             owed += self._rate * self.SLICE_S
             count = int(owed)
             owed -= count
-            if count:
-                pages = base + self._rng.integers(0, span, size=count)
-                slot = self._rng.integers(0, PAGE_SIZE // 8, size=count)
-                words[pages, slot] = self._rng.bit_generator.random_raw(count)
-                self._ram.mark_dirty(pages)
+            if count and self._gate.enter():  # a stop that came after _hold() wins here
+                try:
+                    pages = base + self._rng.integers(0, span, size=count)
+                    slot = self._rng.integers(0, PAGE_SIZE // 8, size=count)
+                    words[pages, slot] = self._rng.bit_generator.random_raw(count)
+                    self._ram.mark_dirty(pages)
+                finally:
+                    self._gate.leave()
                 with self._progress:
                     self._written += count
                     self._progress.notify_all()
