@@ -56,12 +56,8 @@ class IncomingMigration(threading.Thread):
         self._stop = threading.Event()
         self._done = threading.Event()
         self._conn: socket.socket | None = None
-        self._pool: DecompressPool | None = None
-        self._pending: deque[tuple[npt.NDArray[np.intp], Future[list[int]]]] = deque()
-        self._digest = wire.PageDigest(ram.pages)
-        # Pages this endpoint has written (or may hold data): the rest are still zero.
-        self._written = np.ones(ram.pages, dtype=bool) if previous else np.zeros(ram.pages, bool)
-        self._max_pending = 4
+        # After a failed attempt RAM holds stale data; a fresh destination's is all zero.
+        self._pristine = previous is None
 
     @property
     def status(self) -> MigrationStatus:
@@ -103,8 +99,9 @@ class IncomingMigration(threading.Thread):
             return
         self._conn = conn
         self._set_status(MigrationStatus.ACTIVE, None)
+        loader = StreamLoader(self.ram, self._local_config, pristine=self._pristine)
         try:
-            runstate = self._load(conn)
+            runstate = loader.load(conn)
         except (wire.StreamError, OSError) as exc:
             reason = str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
             self._fail(conn, reason)
@@ -113,8 +110,7 @@ class IncomingMigration(threading.Thread):
         else:
             self._succeed(conn, runstate)
         finally:
-            if self._pool:
-                self._pool.close()
+            loader.close()
             conn.close()
             self._done.set()
 
@@ -143,8 +139,33 @@ class IncomingMigration(threading.Thread):
         if not self._stop.is_set():
             self._on_failed(self, reason)
 
-    # -- the stream --------------------------------------------------------------------------
-    def _load(self, conn: socket.socket) -> RunState:
+
+class StreamLoader:
+    """Parses one migration stream into guest RAM and checks its digest (no threads of its own
+    but the decompress workers); raises StreamError or OSError on any fault."""
+
+    def __init__(
+        self,
+        ram: GuestRam,
+        local_config: Callable[[], tuple[wire.StreamConfig, int]],
+        *,
+        pristine: bool,
+    ) -> None:
+        self.ram = ram
+        self._local_config = local_config
+        self._pool: DecompressPool | None = None
+        self._pending: deque[tuple[npt.NDArray[np.intp], Future[list[int]]]] = deque()
+        self._digest = wire.PageDigest(ram.pages)
+        # Pages that may hold data; the others are known zero and need no clearing.
+        self._written = np.zeros(ram.pages, bool) if pristine else np.ones(ram.pages, bool)
+        self._max_pending = 4
+
+    def close(self) -> None:
+        if self._pool:
+            self._pool.close()
+
+    def load(self, conn: socket.socket) -> RunState:
+        """Read the whole stream; returns the source's run state once the digest matched."""
         head = wire.read_exact(conn, wire.HEADER.size)
         if head is None:
             raise wire.StreamError("migration stream ended before its header")

@@ -1,0 +1,111 @@
+"""Test helpers: record a real migration stream, and feed any bytes to a destination."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from engine import wire
+from engine.destination import StreamLoader
+from engine.events import EventBus
+from engine.guest import PAGE_SIZE, GuestRam
+from engine.source import OutgoingMigration, OutgoingSettings
+from engine.state import RunState
+from engine.transport import Address, Listener
+from engine.vm import Vm
+from engine.workload import Workload
+
+MiB = 1 << 20
+
+
+def settings(
+    compress: bool = False,
+    method: str = "zlib",
+    level: int = 1,
+    threads: int = 2,
+    wait: bool = True,
+) -> OutgoingSettings:
+    return OutgoingSettings(
+        compress=compress,
+        compress_method=method,
+        compress_level=level,
+        compress_threads=threads,
+        compress_wait_thread=wait,
+        auto_converge=False,
+        throttle_trigger_threshold=50,
+        cpu_throttle_initial=20,
+        cpu_throttle_increment=10,
+        max_cpu_throttle=99,
+    )
+
+
+def guest(size: int = 8 * MiB, workload: str = "idle", seed: int = 7) -> GuestRam:
+    ram = GuestRam(size)
+    Workload(workload, seed).fill(ram)
+    return ram
+
+
+def record_stream(ram: GuestRam, opts: OutgoingSettings | None = None) -> bytes:
+    """Migrate ``ram`` for real into a capturing peer; returns every byte the source sent."""
+    listener = Listener(Address("tcp", "127.0.0.1", 0))
+    chunks: list[bytes] = []
+
+    def capture() -> None:
+        conn = listener.accept(threading.Event())
+        assert conn is not None
+        with conn:
+            chunks.append(bytes(wire.read_exact(conn, wire.HEADER.size) or b""))
+            while (head := wire.read_record_head(conn)) is not None:
+                kind, length = head
+                body = wire.read_body(conn, length, wire.MAX_RECORD)
+                chunks.append(wire.RECORD.pack(kind, length) + bytes(body))
+                if kind == wire.Rec.DONE:
+                    conn.sendall(wire.json_record(wire.Rec.ACK, {}))
+                    break
+
+    peer = threading.Thread(target=capture)
+    peer.start()
+    mig = OutgoingMigration(
+        listener.addr,
+        ram,
+        Vm(RunState.PRELAUNCH, EventBus()),
+        opts or settings(),
+        {"max-bandwidth": 0, "downtime-limit": 300}.__getitem__,
+        lambda _m: None,
+        lambda _n, _d: None,
+    )
+    mig.start()
+    assert mig.wait(30)
+    peer.join(30)
+    assert str(mig.status) == "completed", mig.info()
+    return b"".join(chunks)
+
+
+def load_stream(
+    data: bytes, ram_size: int, *, compress: bool = False, method: str = "zlib", threads: int = 2
+) -> tuple[RunState | Exception, GuestRam]:
+    """Feed ``data`` to a real StreamLoader over a socket; returns its outcome and RAM."""
+    ram = GuestRam(ram_size)
+    config = wire.StreamConfig(PAGE_SIZE, ram_size, compress, method)
+    loader = StreamLoader(ram, lambda: (config, threads), pristine=True)
+    ours, theirs = socket.socketpair()
+
+    def send() -> None:
+        try:
+            theirs.sendall(data)
+            theirs.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the loader stopped reading: what a dead or rejecting peer looks like
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        outcome: RunState | Exception = loader.load(ours)
+    except (wire.StreamError, OSError) as exc:
+        outcome = exc
+    finally:
+        loader.close()
+        ours.close()
+        sender.join(10)
+        theirs.close()
+    return outcome, ram
