@@ -80,10 +80,13 @@ CODECS: dict[str, Codec] = {
 
 @dataclass
 class CompressedChunk:
-    """One worker's result, per page: the bytes to send, whether compressed, and the CRC."""
+    """One worker's result: each page's compressed bytes and the CRC of what it read.
+
+    Like QEMU, every page is sent compressed even when that does not shrink it (level 0,
+    random data): the statistics then say what compression really cost.
+    """
 
     data: list[bytes]
-    compressed: list[bool]
     crcs: list[int]
 
 
@@ -103,14 +106,11 @@ class CompressPool:
     def _work(self, indices: list[int]) -> CompressedChunk:
         compress = self._codec.compressor(self._level)
         crc32 = zlib_ng.crc32
-        out = CompressedChunk([], [], [])
+        out = CompressedChunk([], [])
         for index in indices:
             # One read of the page feeds both the CRC and the codec (QEMU copies it first too).
             page = self._ram.page(index).tobytes()
-            blob = compress(page)
-            shrunk = len(blob) < PAGE_SIZE
-            out.data.append(blob if shrunk else page)
-            out.compressed.append(shrunk)
+            out.data.append(compress(page))
             out.crcs.append(crc32(page))
         return out
 

@@ -33,5 +33,5 @@ class EventBus:
         for listener in listeners:
             try:
                 listener(name, data)
-            except Exception:  # noqa: BLE001 - a broken client must not stop the migration
+            except Exception:  # a broken subscriber must not stop the migration
                 pass

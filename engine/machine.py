@@ -1,4 +1,4 @@
-"""One endpoint: guest + migration configuration + current migration (the only thing HMP/QMP use)."""
+"""One endpoint: guest, migration configuration and migrations; all HMP and QMP talk to."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ class Machine:
         mig.start()
 
     def wait_migration(self, timeout: float | None = None) -> MigrationInfo:
-        """Block until the outgoing migration leaves setup/active (what `migrate` without -d does)."""
+        """Block until the outgoing migration ends (what `migrate` without -d does)."""
         outgoing = self._outgoing
         if outgoing is not None:
             outgoing.wait(timeout)

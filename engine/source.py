@@ -345,24 +345,17 @@ class OutgoingMigration(threading.Thread):
     def _emit_oldest(self) -> None:
         item = self._inflight.popleft()
         chunk = item.future.result()
-        nonzero = item.indices[~item.zero]
-        compressed = np.array(chunk.compressed, dtype=bool)
-        kinds = np.full(len(item.indices), wire.Kind.ZERO, dtype=np.uint8)
-        kinds[~item.zero] = np.where(
-            compressed, np.uint8(wire.Kind.COMPRESSED), np.uint8(wire.Kind.PAGE)
-        )
-        raw = [d for d, c in zip(chunk.data, chunk.compressed, strict=True) if not c]
-        blobs = [d for d, c in zip(chunk.data, chunk.compressed, strict=True) if c]
+        kinds = np.where(item.zero, np.uint8(wire.Kind.ZERO), np.uint8(wire.Kind.COMPRESSED))
         self._digest.set_zero(item.indices[item.zero])
-        self._digest.crc[nonzero] = chunk.crcs
-        clens = [len(b) for b in blobs]
-        batch = wire.encode_batch(item.indices, kinds, clens, [*raw, *blobs])
+        self._digest.crc[item.indices[~item.zero]] = chunk.crcs
+        clens = [len(b) for b in chunk.data]
+        batch = wire.encode_batch(item.indices, kinds.astype(np.uint8), clens, chunk.data)
         self.stats.add_ram(self._send(batch), self.vm.running)
         self.stats.add_pages(
-            zero=int(item.zero.sum()),
-            normal=len(raw),
-            compressed=len(blobs),
-            compressed_bytes=sum(clens) + 4 * len(blobs),
+            zero=len(item.indices) - len(clens),
+            normal=0,
+            compressed=len(clens),
+            compressed_bytes=sum(clens) + 4 * len(clens),
             busy=0,
         )
 

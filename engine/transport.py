@@ -34,7 +34,7 @@ class Address:
 
 
 def parse_uri(uri: str, *, incoming: bool) -> Address:
-    """Parse a migration URI with QEMU's error texts (``migrate`` and ``migrate_incoming`` differ)."""
+    """Parse a migration URI; ``migrate`` and ``migrate_incoming`` word errors differently."""
     scheme, sep, rest = uri.partition(":")
     if sep and scheme == "tcp":
         return _parse_inet(rest)
