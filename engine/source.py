@@ -29,7 +29,7 @@ from engine.guest import PAGE_SIZE, GuestRam
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats
-from engine.transport import Address, RateLimiter, connect, send_buffers
+from engine.transport import Address, Link, RateLimiter, connect, send_buffers
 from engine.vm import Vm
 
 RAW_BATCH = 256  # pages per record without compression (1 MiB)
@@ -94,6 +94,7 @@ class OutgoingMigration(threading.Thread):
         self._sock: socket.socket | None = None
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
         self._limiter = RateLimiter(lambda: param("max-bandwidth"), self._stop)
+        self._link = Link(lambda: param("x-link-bandwidth"), self._stop)
         self._bitmap = np.ones(ram.pages, dtype=bool)
         self._dirty_pages = ram.pages
         self._cursor = 0
@@ -370,6 +371,7 @@ class OutgoingMigration(threading.Thread):
         assert self._sock is not None
         nbytes = send_buffers(self._sock, buffers)
         self._limiter.charge(nbytes)
+        self._link.pace(nbytes)
         return nbytes
 
     def _send_eos(self) -> None:

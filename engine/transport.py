@@ -207,3 +207,27 @@ class RateLimiter:
             left = self._window_start + self.WINDOW_S - time.monotonic()
             if self._stop.wait(max(left, 0.0)):
                 return
+
+
+class Link:
+    """An emulated network link of ``rate()`` bytes/s for experiments (0: the socket's own speed).
+
+    Unlike max-bandwidth it never lifts, not even in stop-and-copy: it is the wire, not a
+    policy. The sender is held back until the link would have carried what it sent.
+    """
+
+    BURST_S = 0.005
+
+    def __init__(self, rate: Callable[[], int], stop: threading.Event) -> None:
+        self._rate = rate
+        self._stop = stop
+        self._free_at = time.monotonic()
+
+    def pace(self, nbytes: int) -> None:
+        rate = self._rate()
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        self._free_at = max(self._free_at, now - self.BURST_S) + nbytes / rate
+        if self._free_at > now:
+            self._stop.wait(self._free_at - now)

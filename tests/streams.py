@@ -70,7 +70,7 @@ def record_stream(ram: GuestRam, opts: OutgoingSettings | None = None) -> bytes:
         ram,
         Vm(RunState.PRELAUNCH, EventBus()),
         opts or settings(),
-        {"max-bandwidth": 0, "downtime-limit": 300}.__getitem__,
+        {"max-bandwidth": 0, "downtime-limit": 300, "x-link-bandwidth": 0}.__getitem__,
         lambda _m: None,
         lambda _n, _d: None,
     )
