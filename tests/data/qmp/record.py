@@ -1,0 +1,347 @@
+"""Re-record the QEMU 7.2 QMP oracle: ``python tests/data/qmp/record.py [CASE...]``.
+
+Each case starts ``qemu-system-x86_64 ... -qmp unix:SOCK,server=on,wait=off``, connects, and
+writes CASE.jsonl: the first line ``{"argv": [...]}``, then ``{"greeting": ...}``, then for each
+raw text sent ``{"send": TEXT}`` followed by every message QEMU wrote back, ``{"recv": MSG}``
+(replies and events alike, in arrival order). Raw text, not objects, so malformed JSON can be
+recorded too. The ``migration`` case drives two QEMUs (``{"endpoint": "src"|"dst"}`` lines
+switch between them) through a compressed migration with events on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+QEMU = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", "-nodefaults"]
+NEG = '{"execute": "qmp_capabilities"}\n'
+
+
+def _x(cmd: str, args: dict[str, Any] | None = None, id: Any = None) -> str:
+    msg: dict[str, Any] = {"execute": cmd}
+    if args is not None:
+        msg["arguments"] = args
+    if id is not None:
+        msg["id"] = id
+    return json.dumps(msg) + "\n"
+
+
+def _caps(**states: bool) -> dict[str, Any]:
+    return {
+        "capabilities": [{"capability": k.replace("_", "-"), "state": v} for k, v in states.items()]
+    }
+
+
+class Qemu:
+    """One QEMU with a QMP socket; ``send`` returns what it answered until it went quiet."""
+
+    def __init__(self, args: list[str], workdir: str, name: str = "q") -> None:
+        path = os.path.join(workdir, f"{name}.sock")
+        self.argv = [*args, "-qmp", "unix:SOCK,server=on,wait=off"]
+        self.proc = subprocess.Popen(
+            [*QEMU, *args, "-qmp", f"unix:{path},server=on,wait=off"],
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(path)
+            time.sleep(0.02)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(path)
+        self.buf = b""
+        self.greeting = next(self.read(first=10.0))
+
+    def read(self, first: float = 2.0, quiet: float = 0.3) -> Iterator[Any]:
+        """Messages until ``quiet`` seconds pass without one (``first`` for the first)."""
+        wait = first
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                wait = quiet
+                yield json.loads(line)
+            if not select.select([self.sock], [], [], wait)[0]:
+                return
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:  # after `quit`
+                return
+            if not chunk:
+                return
+            self.buf += chunk
+
+    def send(self, text: str) -> list[Any]:
+        self.sock.sendall(text.encode("utf-8", "surrogateescape"))
+        return list(self.read())
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+def run(args: list[str], sends: list[str]) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        q = Qemu(args, tmp)
+        out: list[dict[str, Any]] = [{"argv": q.argv}, {"greeting": q.greeting}]
+        try:
+            for text in sends:
+                out.append({"send": text})
+                out.extend({"recv": m} for m in q.send(text))
+        finally:
+            q.close()
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def migration() -> list[dict[str, Any]]:
+    """src -> dst over TCP, compress and events on both sides; poll query-migrate until done."""
+    port = _free_port()
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Qemu(["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"], tmp, "dst")
+        src = Qemu(["-m", "128"], tmp, "src")
+        ends = {"src": src, "dst": dst}
+
+        def step(name: str, text: str) -> list[Any]:
+            out.append({"endpoint": name})
+            out.append({"send": text})
+            got = ends[name].send(text)
+            out.extend({"recv": m} for m in got)
+            return got
+
+        try:
+            for name in ("dst", "src"):
+                out.append({"endpoint": name, "argv": ends[name].argv})
+                out.append({"greeting": ends[name].greeting})
+                step(name, NEG)
+                step(name, _x("migrate-set-capabilities", _caps(compress=True, events=True)))
+                step(name, _x("query-migrate"))
+            # Slow enough (~4 s) that the polls below also see the active state.
+            step("src", _x("migrate-set-parameters", {"max-bandwidth": 131072}))
+            step("src", _x("migrate", {"uri": f"tcp:127.0.0.1:{port}"}))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                got = step("src", _x("query-migrate"))
+                if any(m.get("return", {}).get("status") in ("completed", "failed") for m in got):
+                    break
+            for name in ("src", "dst"):
+                step(name, _x("query-migrate"))
+                step(name, _x("query-status"))
+        finally:
+            src.close()
+            dst.close()
+    return out
+
+
+S = ["-m", "128", "-S"]
+SET_PARAMS = [
+    {"compress-level": 9, "compress-threads": 12, "decompress-threads": 3},
+    {"compress-wait-thread": False, "max-bandwidth": 1048576, "downtime-limit": 500},
+    {"tls-creds": "x"},
+    {"compress-level": 10},
+    {"compress-level": 256},
+    {"compress-level": -1},
+    {"compress-level": 1.5},
+    {"compress-level": "1"},
+    {"compress-threads": 0},
+    {"downtime-limit": 2000001},
+    {"compress-wait-thread": 1},
+    {"multifd-compression": "lz4"},
+    {"max-cpu-throttle": 10},
+    {"no-such-param": 1},
+    {"block-bitmap-mapping": []},
+    {"max-bandwidth": "x"},
+    {"max-bandwidth": 1.5},
+    {"max-bandwidth": 18446744073709551616},
+    {"downtime-limit": "x"},
+    {"x-checkpoint-delay": 4294967296},
+    {"compress-wait-thread": "true"},
+    {"tls-creds": 5},
+    {"multifd-compression": 5},
+    {"tls-creds": None, "tls-hostname": None},
+    {},
+    {"compress-level": 5, "compress-threads": 0},
+]
+SET_CAPS: list[Any] = [
+    _caps(compress=True, auto_converge=True),
+    _caps(multifd=True),
+    {"capabilities": [{"capability": "foo", "state": True}]},
+    {"capabilities": [{"capability": "compress"}]},
+    {"capabilities": [{"capability": "compress", "state": "on"}]},
+    {"capabilities": [{"capability": "compress", "state": True, "x": 1}]},
+    {"capabilities": {}},
+    {"capabilities": [1]},
+    {"capabilities": [{"capability": 5, "state": True}]},
+    {"capabilities": [{"state": True}]},
+    {},
+    _caps(compress=False),
+]
+
+CASES: dict[str, tuple[list[str], list[str]]] = {
+    "protocol": (
+        S,
+        [
+            _x("query-status", id=1),
+            _x("qmp_capabilities", {"enable": ["foo"]}),
+            _x("qmp_capabilities", id="neg"),
+            _x("qmp_capabilities"),
+            _x("query-status", id={"a": [1, "b"]}),
+            _x("query-status", id=None),
+            _x("query-version"),
+            _x("no-such-command", id=7),
+            _x("query-status", {"x": 1}),
+            _x("migrate"),
+            _x("migrate", {"uri": 5}),
+            _x("migrate-incoming", {"uri": True}),
+            _x("human-monitor-command", {"command-line": "info status", "cpu-index": "0"}),
+            _x("human-monitor-command", {"command-line": "info status", "cpu-index": 5}),
+            _x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": 1}),
+            _x("stop", {"a": 1}),
+            _x("query-commands", {}),
+            _x("migrate-set-parameters"),
+            "[1]\n",
+            '"str"\n',
+            "true\n",
+            '{"id": 3}\n',
+            '{"execute": 1}\n',
+            '{"execute": "query-status", "foo": 1}\n',
+            '{"execute": "query-status", "arguments": []}\n',
+            '{"execute": "query-status", "arguments": null}\n',
+            '{"exec-oob": "query-status"}\n',
+            '{"execute": "query-status",}\n',
+            '{"execute": "query-status"]\n',
+            '{"execute": "query-status", "execute": "stop"}\n',
+            "{bad}\n",
+            '{"a" 1}\n',
+            "{1: 2}\n",
+            "[1 2]\n",
+            '{"a": "\\q"}\n',
+            '{"a": "\\u12"}\n',
+            '{"a": 01}\n',
+            '{"a": @}\n',
+            '@abc {"execute": "query-status", "id": 1}\n',
+            "}\n",
+            "{'execute': 'query-status', 'id': 'single'}\n",
+            '{"execute": "query-status", "id": 1}{"execute": "query-name", "id": 2}\n',
+            '{"execute":\n "query-status", "id": "split"}\n',
+            '{"execute": "query-status", "id": "\\u00e9\\u0001"}\n',
+        ],
+    ),
+    "oob": (
+        S,
+        [
+            _x("qmp_capabilities", {"enable": ["oob"]}),
+            '{"exec-oob": "query-status", "id": 1}\n',
+            '{"exec-oob": "no-such-command"}\n',
+            '{"execute": "query-status", "exec-oob": "query-status"}\n',
+            _x("query-status", id=2),
+        ],
+    ),
+    "config": (
+        S,
+        [
+            NEG,
+            _x("query-migrate"),
+            _x("query-migrate-capabilities"),
+            _x("query-migrate-parameters"),
+            *(_x("migrate-set-parameters", p) for p in SET_PARAMS),
+            *(_x("migrate-set-capabilities", c) for c in SET_CAPS),
+            _x("query-migrate-capabilities"),
+            _x("query-migrate-parameters"),
+        ],
+    ),
+    "runstate": (
+        S,
+        [
+            NEG,
+            _x("query-status"),
+            _x("stop"),
+            _x("cont"),
+            _x("query-status"),
+            _x("cont"),
+            _x("stop"),
+            _x("stop"),
+            _x("query-status"),
+            _x("quit"),
+        ],
+    ),
+    "hmp": (
+        S,
+        [
+            NEG,
+            *(
+                _x("human-monitor-command", {"command-line": line})
+                for line in (
+                    "info status",
+                    "info migrate_capabilities",
+                    "info migrate",
+                    "migrate_set_parameter compress-level 10",
+                    "migrate_set_capability compress maybe",
+                    "bogus",
+                    "",
+                    "stop",
+                )
+            ),
+            _x("human-monitor-command", {}),
+            _x("query-status"),
+        ],
+    ),
+    "incoming": (
+        ["-m", "128", "-incoming", "defer"],
+        [
+            NEG,
+            _x("query-status"),
+            _x("query-migrate"),
+            _x("migrate", {"uri": "tcp:127.0.0.1:1"}),
+            _x("migrate-incoming", {"uri": "foo:bar"}),
+            _x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
+            _x("query-migrate"),
+            _x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
+            _x("stop"),
+            _x("cont"),
+        ],
+    ),
+    "outgoing_errors": (
+        S,
+        [
+            NEG,
+            _x("migrate_cancel"),
+            _x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
+            _x("migrate", {"uri": "foo:bar"}),
+            _x("query-migrate"),
+            _x("migrate", {"uri": "tcp:127.0.0.1:1"}),
+            _x("query-migrate"),
+            _x("migrate_cancel"),
+        ],
+    ),
+    "commands": (S, [NEG, _x("query-commands")]),
+}
+
+
+def main() -> None:
+    names = sys.argv[1:] or [*CASES, "migration"]
+    for name in names:
+        records = migration() if name == "migration" else run(*CASES[name])
+        with open(HERE / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        print(name)
+
+
+if __name__ == "__main__":
+    main()
