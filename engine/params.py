@@ -1,0 +1,427 @@
+"""Every migration capability and parameter of QEMU 7.2, in one table each, and their checks.
+
+Validation, defaults, the `info migrate_*` renderers, completion and the README all read these
+tables. Error texts are QEMU's, byte for byte (``migrate_params_check`` / ``migrate_caps_check``).
+Parsing the monitor's strings into typed values is the monitor's job (``hmp.values``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from engine.errors import MigrationError
+
+ParamValue = int | bool | str
+
+PAGE_SIZE = 4096
+UINT64_MAX = 2**64 - 1
+
+
+class Kind(StrEnum):
+    UINT8 = "uint8"
+    UINT32 = "uint32"
+    SIZE = "size"  # uint64; the monitor accepts k/M/G/... suffixes
+    BOOL = "bool"
+    STR = "str"
+    ENUM = "enum"
+    QMP_ONLY = "qmp-only"  # block-bitmap-mapping: a list the monitor cannot express
+
+
+@dataclass(frozen=True)
+class Range:
+    """A ``migrate_params_check`` rule: ``low <= value <= high`` else ``Parameter 'x' expects ...``.
+
+    ``low`` may name another parameter (max-cpu-throttle's floor is cpu-throttle-initial).
+    """
+
+    low: int | str
+    high: int
+    expects: str  # QEMU's text after "expects "
+    power_of_two: bool = False
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    kind: Kind
+    default: ParamValue
+    doc: str
+    unit: str = ""  # printed after the value by `info migrate_parameters`
+    check: Range | None = None
+    choices: tuple[str, ...] = ()
+    printed: bool = True  # shown by QEMU 7.2's `info migrate_parameters`
+    extension: bool = False  # ours, not QEMU's (an ``x-`` name)
+
+
+@dataclass(frozen=True)
+class CapabilitySpec:
+    name: str
+    doc: str
+    supported: bool = False  # the qemu-hmp engine implements it; others store but refuse to migrate
+    extension: bool = False
+
+
+def _between(low: int, high: int) -> Range:
+    return Range(low, high, f"a value between {low} and {high}")
+
+
+def _in_range(low: int, high: int) -> Range:
+    return Range(low, high, f"an integer in the range of {low} to {high}")
+
+
+# `info migrate_parameters` order; parameters it does not print sit where QAPI declares them.
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "announce-initial",
+        Kind.SIZE,
+        50,
+        "initial delay before the first self-announcement",
+        "ms",
+        _between(0, 100000),
+    ),
+    ParamSpec(
+        "announce-max",
+        Kind.SIZE,
+        550,
+        "maximum delay between self-announcements",
+        "ms",
+        _between(0, 100000),
+    ),
+    ParamSpec(
+        "announce-rounds",
+        Kind.SIZE,
+        5,
+        "number of self-announcement packets",
+        check=_between(0, 1000),
+    ),
+    # QEMU says "between 0" but rejects 0.
+    ParamSpec(
+        "announce-step",
+        Kind.SIZE,
+        100,
+        "delay increase between self-announcements",
+        "ms",
+        Range(1, 10000, "a value between 0 and 10000"),
+    ),
+    ParamSpec(
+        "compress-level",
+        Kind.UINT8,
+        1,
+        "zlib level of the compress capability (0 none, 1 fastest, 9 best)",
+        check=_between(0, 9),
+    ),
+    ParamSpec(
+        "compress-threads",
+        Kind.UINT8,
+        8,
+        "compression threads on the source",
+        check=_between(1, 255),
+    ),
+    ParamSpec(
+        "compress-wait-thread",
+        Kind.BOOL,
+        True,
+        "wait for a free compression thread (off: send the page uncompressed)",
+    ),
+    ParamSpec(
+        "decompress-threads",
+        Kind.UINT8,
+        2,
+        "decompression threads on the destination",
+        check=_between(1, 255),
+    ),
+    ParamSpec(
+        "throttle-trigger-threshold",
+        Kind.UINT8,
+        50,
+        "dirty/transferred ratio (%) that triggers auto-converge",
+        check=_in_range(1, 100),
+    ),
+    ParamSpec(
+        "cpu-throttle-initial",
+        Kind.UINT8,
+        20,
+        "initial vCPU throttle (%) of auto-converge",
+        check=_in_range(1, 99),
+    ),
+    ParamSpec(
+        "cpu-throttle-increment",
+        Kind.UINT8,
+        10,
+        "vCPU throttle step (%) of auto-converge",
+        check=_in_range(1, 99),
+    ),
+    ParamSpec("cpu-throttle-tailslow", Kind.BOOL, False, "make the last throttle steps smaller"),
+    ParamSpec(
+        "max-cpu-throttle",
+        Kind.UINT8,
+        99,
+        "maximum vCPU throttle (%) of auto-converge",
+        check=Range(
+            "cpu-throttle-initial", 99, "an integer in the range of cpu_throttle_initial to 99"
+        ),
+    ),
+    ParamSpec("tls-creds", Kind.STR, "", "id of the TLS credentials object"),
+    ParamSpec("tls-hostname", Kind.STR, "", "hostname to check the TLS certificate against"),
+    ParamSpec(
+        "max-bandwidth",
+        Kind.SIZE,
+        128 * 1024 * 1024,
+        "bandwidth cap in bytes/s (monitor default unit MiB; 0 unlimited)",
+        "bytes/second",
+        Range(
+            0, UINT64_MAX, "an integer in the range of 0 to (18446744073709551615UL) bytes/second"
+        ),
+    ),
+    ParamSpec(
+        "downtime-limit",
+        Kind.SIZE,
+        300,
+        "longest acceptable stop-and-copy pause",
+        "ms",
+        Range(0, 2000 * 1000, "an integer in the range of 0 to (2000 * 1000) ms"),
+    ),
+    ParamSpec("x-checkpoint-delay", Kind.UINT32, 20000, "COLO checkpoint interval", "ms"),
+    ParamSpec("block-incremental", Kind.BOOL, False, "incremental block migration (-i)"),
+    ParamSpec(
+        "multifd-channels",
+        Kind.UINT8,
+        2,
+        "parallel channels of the multifd capability",
+        check=_between(1, 255),
+    ),
+    ParamSpec(
+        "multifd-compression",
+        Kind.ENUM,
+        "none",
+        "page compression of multifd",
+        choices=("none", "zlib", "zstd"),
+    ),
+    # QEMU 7.2's monitor never range-checks these two (its overlay skips them), nor prints them.
+    ParamSpec("multifd-zlib-level", Kind.UINT8, 1, "zlib level of multifd (0-9)", printed=False),
+    ParamSpec("multifd-zstd-level", Kind.UINT8, 1, "zstd level of multifd (0-20)", printed=False),
+    ParamSpec(
+        "xbzrle-cache-size",
+        Kind.SIZE,
+        64 * 1024 * 1024,
+        "XBZRLE page cache size",
+        "bytes",
+        Range(
+            PAGE_SIZE,
+            UINT64_MAX,
+            "a power of two no less than the target page size",
+            power_of_two=True,
+        ),
+    ),
+    ParamSpec("max-postcopy-bandwidth", Kind.SIZE, 0, "bandwidth cap in postcopy (0 unlimited)"),
+    ParamSpec("tls-authz", Kind.STR, "", "id of the TLS authorization object"),
+    ParamSpec(
+        "block-bitmap-mapping", Kind.QMP_ONLY, "", "dirty-bitmap node/alias mapping", printed=False
+    ),
+    ParamSpec(
+        "x-compress-method",
+        Kind.ENUM,
+        "zlib",
+        "codec used by the compress capability",
+        choices=("zlib", "zstd"),
+        printed=False,
+        extension=True,
+    ),
+)
+
+# The order in which QEMU's migrate_params_check reports the first failure.
+CHECK_ORDER: tuple[str, ...] = (
+    "compress-level",
+    "compress-threads",
+    "decompress-threads",
+    "throttle-trigger-threshold",
+    "cpu-throttle-initial",
+    "cpu-throttle-increment",
+    "max-bandwidth",
+    "downtime-limit",
+    "multifd-channels",
+    "xbzrle-cache-size",
+    "max-cpu-throttle",
+    "announce-initial",
+    "announce-max",
+    "announce-rounds",
+    "announce-step",
+)
+
+# QAPI MigrationCapability enum order.
+CAPABILITIES: tuple[CapabilitySpec, ...] = (
+    CapabilitySpec("xbzrle", "send XOR-based zero-run-length deltas of re-dirtied pages"),
+    CapabilitySpec("rdma-pin-all", "pin all guest RAM at the start of an RDMA migration"),
+    CapabilitySpec(
+        "auto-converge",
+        "throttle vCPUs when the guest dirties RAM faster than it is sent",
+        supported=True,
+    ),
+    CapabilitySpec("zero-blocks", "encode zero blocks in block migration"),
+    CapabilitySpec(
+        "compress", "compress pages with compress-threads zlib workers (both ends)", supported=True
+    ),
+    CapabilitySpec("events", "emit an event at every migration state change", supported=True),
+    CapabilitySpec("postcopy-ram", "start the destination before all RAM is sent"),
+    CapabilitySpec("x-colo", "COLO fault tolerance (unstable)"),
+    CapabilitySpec("release-ram", "free source RAM as postcopy sends it"),
+    CapabilitySpec("block", "old-style block migration (-b/-i)"),
+    CapabilitySpec("return-path", "open a destination-to-source channel in precopy too"),
+    CapabilitySpec("pause-before-switchover", "pause in pre-switchover before the device state"),
+    CapabilitySpec("multifd", "send pages over multifd-channels parallel channels", supported=True),
+    CapabilitySpec("dirty-bitmaps", "migrate block dirty bitmaps"),
+    CapabilitySpec("postcopy-blocktime", "measure vCPU blocktime in postcopy"),
+    CapabilitySpec(
+        "late-block-activate", "activate block devices only when the destination starts"
+    ),
+    CapabilitySpec("x-ignore-shared", "skip shared RAM blocks (unstable)"),
+    CapabilitySpec("validate-uuid", "check that source and destination UUIDs match"),
+    CapabilitySpec("background-snapshot", "write-protect RAM to take a live snapshot"),
+    CapabilitySpec("zero-copy-send", "send multifd pages with MSG_ZEROCOPY"),
+    CapabilitySpec("postcopy-preempt", "a separate channel for postcopy page requests"),
+)
+
+PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+CAPS_BY_NAME: dict[str, CapabilitySpec] = {c.name: c for c in CAPABILITIES}
+
+# check_caps_background_snapshot's list, in QEMU's order.
+_BACKGROUND_SNAPSHOT_INCOMPATIBLE = (
+    "postcopy-ram",
+    "dirty-bitmaps",
+    "postcopy-blocktime",
+    "late-block-activate",
+    "return-path",
+    "multifd",
+    "pause-before-switchover",
+    "auto-converge",
+    "release-ram",
+    "rdma-pin-all",
+    "compress",
+    "xbzrle",
+    "x-colo",
+    "validate-uuid",
+    "zero-copy-send",
+)
+_ZERO_COPY = "Zero copy only available for non-compressed non-TLS multifd migration"
+_UINT_MAX = {
+    Kind.UINT8: (255, "uint8_t"),
+    Kind.UINT32: (2**32 - 1, "uint32_t"),
+    Kind.SIZE: (UINT64_MAX, "uint64"),
+}
+
+
+def _typed(spec: ParamSpec, value: ParamValue) -> ParamValue:
+    """Reject a value of the wrong type for ``spec`` with the text QEMU's visitors use."""
+    if spec.kind is Kind.QMP_ONLY:
+        raise MigrationError("The block-bitmap-mapping parameter can only be set through QMP")
+    if spec.kind is Kind.BOOL:
+        if not isinstance(value, bool):
+            raise MigrationError(f"Parameter '{spec.name}' expects 'on' or 'off'")
+    elif spec.kind in (Kind.STR, Kind.ENUM):
+        if not isinstance(value, str):
+            raise MigrationError(f"Parameter '{spec.name}' expects string")
+        if spec.choices and value not in spec.choices:
+            raise MigrationError(f"Parameter '{spec.name}' does not accept value '{value}'")
+    else:
+        limit, ctype = _UINT_MAX[spec.kind]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+            raise MigrationError(f"Parameter '{spec.name}' expects {ctype}")
+    return value
+
+
+def _check_params(params: Mapping[str, ParamValue], caps: Mapping[str, bool]) -> None:
+    """QEMU's migrate_params_check over a whole parameter set."""
+    for name in CHECK_ORDER:
+        rule = PARAMS_BY_NAME[name].check
+        assert rule is not None
+        value = params[name]
+        assert isinstance(value, int)
+        low = params[rule.low] if isinstance(rule.low, str) else rule.low
+        assert isinstance(low, int)
+        bad = not low <= value <= rule.high or (rule.power_of_two and value & (value - 1) != 0)
+        if bad:
+            raise MigrationError(f"Parameter '{name.replace('-', '_')}' expects {rule.expects}")
+    if caps["zero-copy-send"] and (params["multifd-compression"] != "none" or params["tls-creds"]):
+        raise MigrationError(_ZERO_COPY)
+
+
+def _check_caps(caps: Mapping[str, bool], params: Mapping[str, ParamValue]) -> None:
+    """QEMU's migrate_caps_check (the checks that can fail on this host), in its order."""
+    if caps["postcopy-ram"] and caps["x-ignore-shared"]:
+        raise MigrationError("Postcopy is not compatible with ignore-shared")
+    if caps["background-snapshot"]:
+        for other in _BACKGROUND_SNAPSHOT_INCOMPATIBLE:
+            if caps[other]:
+                raise MigrationError(f"Background-snapshot is not compatible with {other}")
+    if caps["zero-copy-send"] and (
+        not caps["multifd"]
+        or caps["compress"]
+        or caps["xbzrle"]
+        or params["multifd-compression"] != "none"
+        or params["tls-creds"]
+    ):
+        raise MigrationError(_ZERO_COPY)
+    if caps["postcopy-preempt"] and not caps["postcopy-ram"]:
+        raise MigrationError("Postcopy preempt requires postcopy-ram")
+    if caps["postcopy-preempt"] and caps["compress"]:
+        raise MigrationError("Postcopy preempt not compatible with compress")
+    if caps["multifd"] and caps["compress"]:
+        raise MigrationError("Multifd is not compatible with compress")
+
+
+def _unknown(name: str) -> MigrationError:
+    return MigrationError(f"invalid parameter value: {name}")
+
+
+class MigrationConfig:
+    """The capabilities and parameters of one endpoint. Thread-safe; updates are all-or-nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._params: dict[str, ParamValue] = {p.name: p.default for p in PARAMETERS}
+        self._caps: dict[str, bool] = {c.name: False for c in CAPABILITIES}
+
+    def param(self, name: str) -> ParamValue:
+        with self._lock:
+            return self._params[name]
+
+    def capability(self, name: str) -> bool:
+        with self._lock:
+            return self._caps[name]
+
+    def params(self) -> dict[str, ParamValue]:
+        with self._lock:
+            return dict(self._params)
+
+    def capabilities(self) -> dict[str, bool]:
+        with self._lock:
+            return dict(self._caps)
+
+    def set_parameters(self, values: Mapping[str, ParamValue]) -> None:
+        """Overlay ``values`` on a copy of the whole set, check it all, then apply it."""
+        for name, value in values.items():
+            spec = PARAMS_BY_NAME.get(name)
+            if spec is None:
+                raise _unknown(name)
+            _typed(spec, value)
+        with self._lock:
+            candidate = {**self._params, **values}
+            _check_params(candidate, self._caps)
+            self._params = candidate
+
+    def set_capabilities(self, caps: Mapping[str, bool], *, incoming: bool) -> None:
+        """Check the new capability set as QEMU does; ``incoming`` marks a destination.
+
+        QEMU's incoming-only checks (userfaultfd support, multifd over a non-socket URI) cannot
+        fail here: every host this runs on has userfaultfd, and every URI is a socket.
+        """
+        for name in caps:
+            if name not in CAPS_BY_NAME:
+                raise _unknown(name)
+        with self._lock:
+            candidate = {**self._caps, **caps}
+            _check_caps(candidate, self._params)
+            self._caps = candidate
