@@ -1,10 +1,15 @@
 """Page codecs and the compress/decompress thread pools.
 
-Every page is compressed on its own (an independent zlib stream, as QEMU's compress threads
-do), so any page decompresses without the others. Pages reach the workers in chunks of
-``CHUNK`` pages: one Python hand-over per chunk instead of per page is what lets two threads
-scale (see research/perf-limits.md: 17 µs per hand-over dwarfs a 16 µs page). The codecs
-release the GIL while they work, so N threads use N cores.
+Every page is compressed on its own so any page decompresses without the others, as with
+QEMU's compress threads. For zlib that is one raw-deflate segment per page ended by a full
+flush: a full flush drops the history, so a segment never refers to another page, and each
+worker keeps one deflate/inflate stream for its whole life (QEMU calls deflateReset per page
+for the same reason: a fresh zlib-ng stream per 4 KiB page costs more than the page, and its
+set-up holds the GIL, which would serialise the threads).
+
+Pages reach the workers in chunks of ``CHUNK``: one Python hand-over per chunk instead of per
+page (research/perf-limits.md: 17 µs per hand-over dwarfs a 16 µs page). The codecs release
+the GIL while they work, so N threads use N cores.
 
 Output order: the source emits chunk results in submission order (a FIFO of futures), so
 the stream is deterministic for a given input; pages within an iteration are distinct, so
@@ -13,69 +18,149 @@ the destination may apply them in any order and only drains its workers at EOS.
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import zstandard
 from zlib_ng import zlib_ng
 
-from engine.guest import PAGE_SIZE, GuestRam
+from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
 from engine.wire import StreamError
 
 CHUNK = 64  # pages per hand-over to a worker
+T = TypeVar("T")
+SYNC = b"\x00\x00\xff\xff"  # the empty stored block a full flush ends with
 
-Compress = Callable[[memoryview], bytes]
+Compress = Callable[[list[memoryview]], list[bytes]]  # a chunk of pages, one blob each
+Decompress = Callable[[memoryview], bytes]
 
 
 def _zlib_compressor(level: int) -> Compress:
-    return lambda page: zlib_ng.compress(page, level)
+    stream = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
+    put, flush, full = stream.compress, stream.flush, zlib_ng.Z_FULL_FLUSH
+
+    def compress(pages: list[memoryview]) -> list[bytes]:
+        return [put(page) + flush(full) for page in pages]
+
+    return compress
 
 
-def _zlib_decompress(data: memoryview) -> bytes:
-    d = zlib_ng.decompressobj()
-    try:
-        out = d.decompress(data, PAGE_SIZE)
-    except zlib_ng.error as exc:
-        raise StreamError("decompress data failed") from exc
-    # A stream that would inflate past one page (a decompression bomb) stops here.
-    if len(out) != PAGE_SIZE or d.unconsumed_tail or not d.eof:
-        raise StreamError("decompress data failed")
-    return out
+def _zlib_decompressor() -> Decompress:
+    stream = zlib_ng.decompressobj(-15)
+
+    def decompress(blob: memoryview) -> bytes:
+        if blob[-4:] != SYNC:
+            raise StreamError("decompress data failed")
+        try:
+            out = stream.decompress(blob, PAGE_SIZE)
+        except zlib_ng.error as exc:  # type: ignore[misc]
+            raise StreamError("decompress data failed") from exc
+        # Exactly one page and nothing left over: a decompression bomb stops at 4 KiB.
+        if len(out) != PAGE_SIZE or stream.unconsumed_tail:
+            raise StreamError("decompress data failed")
+        return out
+
+    return decompress
 
 
 def _zstd_compressor(level: int) -> Compress:
     # zstd has no "stored" level 0 (it means "default"); levels 1-9 map one to one.
     cctx = zstandard.ZstdCompressor(level=max(1, level), write_content_size=True)
-    return cctx.compress
+
+    def compress(pages: list[memoryview]) -> list[bytes]:
+        # One C call (GIL released) for the whole chunk, each page its own frame.
+        frames = cctx.multi_compress_to_buffer(
+            list[bytes | bytearray | memoryview](pages), threads=0
+        )
+        return [frames[i].tobytes() for i in range(len(frames))]
+
+    return compress
 
 
-def _zstd_decompress(data: memoryview) -> bytes:
-    try:
-        size = zstandard.frame_content_size(data)
-        if size != PAGE_SIZE:
+def _zstd_decompressor() -> Decompress:
+    dctx = zstandard.ZstdDecompressor()
+
+    def decompress(blob: memoryview) -> bytes:
+        try:
+            if zstandard.frame_content_size(blob) != PAGE_SIZE:
+                raise StreamError("decompress data failed")
+            out = dctx.decompress(blob, max_output_size=PAGE_SIZE)
+        except zstandard.ZstdError as exc:
+            raise StreamError("decompress data failed") from exc
+        if len(out) != PAGE_SIZE:
             raise StreamError("decompress data failed")
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=PAGE_SIZE)
-    except zstandard.ZstdError as exc:
-        raise StreamError("decompress data failed") from exc
-    if len(out) != PAGE_SIZE:
-        raise StreamError("decompress data failed")
-    return out
+        return out
+
+    return decompress
 
 
 @dataclass(frozen=True)
 class Codec:
     name: str
-    compressor: Callable[[int], Compress]  # level -> thread-confined compress function
-    decompress: Callable[[memoryview], bytes]
+    compressor: Callable[[int], Compress]  # level -> a stream for one thread
+    decompressor: Callable[[], Decompress]  # a stream for one thread
 
 
 CODECS: dict[str, Codec] = {
-    "zlib": Codec("zlib", _zlib_compressor, _zlib_decompress),
-    "zstd": Codec("zstd", _zstd_compressor, _zstd_decompress),
+    "zlib": Codec("zlib", _zlib_compressor, _zlib_decompressor),
+    "zstd": Codec("zstd", _zstd_compressor, _zstd_decompressor),
 }
+
+
+class _PerThread(threading.local):
+    stream: Callable[..., Any] | None = None
+
+
+class _Workers:
+    """``threads`` worker threads taking jobs from one queue, at most one per core at a time.
+
+    QEMU starts as many threads as configured; here the extra ones wait for a core instead of
+    fighting over it (12 threads on 2 cores then run as fast as 2, not slower).
+    """
+
+    def __init__(self, threads: int, name: str) -> None:
+        self.threads = threads
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._cores = threading.BoundedSemaphore(min(threads, os.cpu_count() or 1))
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            work, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                with self._cores:
+                    result = work()
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def submit(self, work: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._jobs.put((work, future))
+        return future
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 @dataclass
@@ -90,57 +175,54 @@ class CompressedChunk:
     crcs: list[int]
 
 
-class CompressPool:
+class CompressPool(_Workers):
     """``threads`` workers compressing chunks of guest pages at one level."""
 
     def __init__(self, codec: Codec, level: int, threads: int, ram: GuestRam) -> None:
-        self.threads = threads
+        super().__init__(threads, "compress")
         self._codec = codec
         self._level = level
         self._ram = ram
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="compress")
+        self._local = _PerThread()
 
-    def submit(self, indices: npt.NDArray[np.intp]) -> Future[CompressedChunk]:
-        return self._pool.submit(self._work, indices.tolist())
+    def compress(self, indices: npt.NDArray[np.intp]) -> Future[CompressedChunk]:
+        pages = indices.tolist()
+        return self.submit(lambda: self._work(pages))
 
     def _work(self, indices: list[int]) -> CompressedChunk:
-        compress = self._codec.compressor(self._level)
-        crc32 = zlib_ng.crc32
-        out = CompressedChunk([], [])
-        for index in indices:
-            # One read of the page feeds both the CRC and the codec (QEMU copies it first too).
-            page = self._ram.page(index).tobytes()
-            out.data.append(compress(page))
-            out.crcs.append(crc32(page))
-        return out
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        compress = self._local.stream or self._codec.compressor(self._level)
+        self._local.stream = compress
+        buf, crc32 = self._ram.buf, zlib_ng.crc32
+        # Compress straight from guest RAM. A page the guest changes meanwhile was re-dirtied
+        # after its bit was cleared, so it is sent again; the GIL-held work per page is kept
+        # to a few list steps so that workers scale across cores.
+        views = [buf[i << PAGE_SHIFT : (i + 1) << PAGE_SHIFT] for i in indices]
+        return CompressedChunk(compress(views), [crc32(v) for v in views])
 
 
-class DecompressPool:
+class DecompressPool(_Workers):
     """``threads`` workers inflating pages straight into guest RAM."""
 
-    def __init__(self, codec: Codec, threads: int, ram: npt.NDArray[np.uint8]) -> None:
+    def __init__(self, codec: Codec, threads: int, ram: GuestRam) -> None:
+        super().__init__(threads, "decompress")
         self._codec = codec
-        self._ram = ram  # pages x PAGE_SIZE view of guest RAM
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decompress")
+        self._ram = ram
+        self._local = _PerThread()
 
-    def submit(
+    def decompress(
         self, indices: npt.NDArray[np.intp], blobs: Sequence[memoryview]
     ) -> Future[list[int]]:
         """Inflate ``blobs[i]`` into page ``indices[i]``; the result is the pages' CRCs."""
-        return self._pool.submit(self._work, indices, blobs)
+        pages = indices.tolist()
+        return self.submit(lambda: self._work(pages, blobs))
 
-    def _work(self, indices: npt.NDArray[np.intp], blobs: Sequence[memoryview]) -> list[int]:
-        decompress = self._codec.decompress
-        crc32 = zlib_ng.crc32
+    def _work(self, indices: list[int], blobs: Sequence[memoryview]) -> list[int]:
+        decompress = self._local.stream or self._codec.decompressor()
+        self._local.stream = decompress
+        buf, crc32 = self._ram.buf, zlib_ng.crc32
         crcs = []
-        for index, blob in zip(indices.tolist(), blobs, strict=True):
+        for index, blob in zip(indices, blobs, strict=True):
             page = decompress(blob)
-            self._ram[index] = np.frombuffer(page, np.uint8)
+            buf[index << PAGE_SHIFT : (index + 1) << PAGE_SHIFT] = page
             crcs.append(crc32(page))
         return crcs
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)

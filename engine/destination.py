@@ -199,9 +199,7 @@ class StreamLoader:
         if problem:
             raise wire.StreamError(problem)
         if remote.compress:
-            self._pool = DecompressPool(
-                CODECS[remote.compress_method], threads, self.ram.page_array
-            )
+            self._pool = DecompressPool(CODECS[remote.compress_method], threads, self.ram)
             self._max_pending = 4 * threads
 
     def _receive_batch(self, conn: socket.socket, length: int) -> None:
@@ -231,7 +229,7 @@ class StreamLoader:
             self._written[comp] = True
             for i in range(0, len(comp), CHUNK):
                 part = comp[i : i + CHUNK]
-                self._pending.append((part, self._pool.submit(part, blobs[i : i + CHUNK])))
+                self._pending.append((part, self._pool.decompress(part, blobs[i : i + CHUNK])))
             while len(self._pending) > self._max_pending:
                 self._collect()
 

@@ -317,7 +317,7 @@ class OutgoingMigration(threading.Thread):
                 self._send_plain(indices, zero, busy=int(np.count_nonzero(~zero)))
                 return
             self._emit_oldest()
-        self._inflight.append(_InFlight(indices, zero, pool.submit(indices[~zero])))
+        self._inflight.append(_InFlight(indices, zero, pool.compress(indices[~zero])))
         while self._inflight and self._inflight[0].future.done():
             self._emit_oldest()
 

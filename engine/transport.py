@@ -78,7 +78,8 @@ def connect(addr: Address, timeout: float = 10.0) -> socket.socket:
                 raise MigrationError(
                     f"address resolution failed for {addr.display()}: {exc.strerror}"
                 ) from exc
-            family, _, _, _, target = info[0]
+            family, _, _, _, sockaddr = info[0]
+            target = (str(sockaddr[0]), int(sockaddr[1]))
             sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:

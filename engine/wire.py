@@ -24,6 +24,7 @@ import hashlib
 import json
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -122,7 +123,7 @@ def json_record(kind: Rec, obj: dict[str, Any]) -> bytes:
     return record(kind, json.dumps(obj, sort_keys=True).encode())
 
 
-def parse_json(body: bytes | memoryview, what: str) -> dict[str, Any]:
+def parse_json(body: bytes | bytearray | memoryview, what: str) -> dict[str, Any]:
     if len(body) > MAX_JSON:
         raise StreamError(f"{what} section too long ({len(body)} bytes)")
     try:
@@ -190,7 +191,7 @@ def encode_batch(
     indices: npt.NDArray[np.intp],
     kinds: npt.NDArray[np.uint8],
     clens: list[int],
-    payload: list[bytes | memoryview],
+    payload: Sequence[bytes | memoryview],
 ) -> list[bytes | memoryview]:
     """A BATCH record as buffers for ``sendmsg``: raw pages are sent from guest RAM, uncopied."""
     n = len(indices)
