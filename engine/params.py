@@ -230,6 +230,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         printed=False,
         extension=True,
     ),
+    ParamSpec(
+        "x-link-bandwidth",
+        Kind.SIZE,
+        0,
+        "emulated network link for experiments, bytes/second; never lifted (0: none)",
+        printed=False,
+        extension=True,
+    ),
 )
 
 # The order in which QEMU's migrate_params_check reports the first failure.
