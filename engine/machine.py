@@ -73,7 +73,8 @@ class Machine:
         self._lock = threading.Lock()
         self.ram = GuestRam(opts.ram_size)
         self.workload = Workload(WorkloadSpec.parse(opts.workload), opts.seed)
-        self.workload.fill(self.ram)
+        if opts.incoming is None:  # a destination's RAM starts empty and is filled by migration
+            self.workload.fill(self.ram)
         for loader in opts.loaders:
             self._load_file(loader)
         if opts.incoming is not None:

@@ -60,10 +60,9 @@ class Cancelled(Exception):
 
 @dataclass
 class _InFlight:
-    """A batch whose non-zero pages are with the compress workers."""
+    """Non-zero pages with the compress workers, to be sent as one record when done."""
 
     indices: npt.NDArray[np.intp]
-    zero: npt.NDArray[np.bool_]
     future: Future[CompressedChunk]
 
 
@@ -302,24 +301,31 @@ class OutgoingMigration(threading.Thread):
         return batch
 
     def _send_batch(self) -> None:
+        """Scan up to RAW_BATCH dirty pages: zero ones go at once, the rest raw or compressed."""
         self._check_stop()
-        pool = self._pool
-        indices = self._next_pages(CHUNK if pool else RAW_BATCH)
+        indices = self._next_pages(RAW_BATCH)
         if not len(indices):
             return
         zero = self.ram.zero_mask(indices)
+        pool = self._pool
         if pool is None or zero.all():
             self._send_plain(indices, zero, busy=0)
             return
-        if len(self._inflight) >= 2 * pool.threads:
-            if not self.settings.compress_wait_thread:
-                # Every worker is busy: QEMU sends the pages itself and counts them "busy".
-                self._send_plain(indices, zero, busy=int(np.count_nonzero(~zero)))
-                return
-            self._emit_oldest()
-        self._inflight.append(_InFlight(indices, zero, pool.compress(indices[~zero])))
-        while self._inflight and self._inflight[0].future.done():
-            self._emit_oldest()
+        if zero.any():
+            self._send_plain(indices[zero], zero[zero], busy=0)
+        nonzero = indices[~zero]
+        for start in range(0, len(nonzero), CHUNK):
+            chunk = nonzero[start : start + CHUNK]
+            if len(self._inflight) >= 2 * pool.threads:
+                if not self.settings.compress_wait_thread:
+                    # Every worker is busy: QEMU sends the pages itself and counts them "busy".
+                    none = np.zeros(len(chunk), dtype=bool)
+                    self._send_plain(chunk, none, busy=len(chunk))
+                    continue
+                self._emit_oldest()
+            self._inflight.append(_InFlight(chunk, pool.compress(chunk)))
+            while self._inflight and self._inflight[0].future.done():
+                self._emit_oldest()
 
     def _send_plain(
         self, indices: npt.NDArray[np.intp], zero: npt.NDArray[np.bool_], busy: int
@@ -346,14 +352,13 @@ class OutgoingMigration(threading.Thread):
     def _emit_oldest(self) -> None:
         item = self._inflight.popleft()
         chunk = item.future.result()
-        kinds = np.where(item.zero, np.uint8(wire.Kind.ZERO), np.uint8(wire.Kind.COMPRESSED))
-        self._digest.set_zero(item.indices[item.zero])
-        self._digest.crc[item.indices[~item.zero]] = chunk.crcs
+        kinds = np.full(len(item.indices), wire.Kind.COMPRESSED, dtype=np.uint8)
+        self._digest.crc[item.indices] = chunk.crcs
         clens = [len(b) for b in chunk.data]
-        batch = wire.encode_batch(item.indices, kinds.astype(np.uint8), clens, chunk.data)
+        batch = wire.encode_batch(item.indices, kinds, clens, chunk.data)
         self.stats.add_ram(self._send(batch), self.vm.running)
         self.stats.add_pages(
-            zero=len(item.indices) - len(clens),
+            zero=0,
             normal=0,
             compressed=len(clens),
             compressed_bytes=sum(clens) + 4 * len(clens),
