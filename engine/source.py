@@ -141,15 +141,16 @@ class OutgoingMigration(threading.Thread):
         except MigrationError as exc:
             self._finish(MigrationStatus.FAILED, exc.desc)
         except OSError as exc:
-            self._finish(MigrationStatus.FAILED, self._io_error(exc))
+            if self._stop.is_set():  # the cancel shut the socket under us
+                self._finish(MigrationStatus.CANCELLED, None)
+            else:
+                self._finish(MigrationStatus.FAILED, self._io_error(exc))
         except Exception as exc:  # a bug must still leave the VM running and the status sane
             self._finish(MigrationStatus.FAILED, f"internal error: {exc!r}")
         else:
             self._finish(MigrationStatus.COMPLETED, None)
 
     def _io_error(self, exc: OSError) -> str:
-        if self._stop.is_set():
-            raise Cancelled from exc
         verdict = self._read_nack()
         if verdict:
             return verdict

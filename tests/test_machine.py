@@ -1,0 +1,276 @@
+"""Two real endpoints (Machines) in one test process, migrating over real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.errors import MigrationError
+from engine.machine import Machine, MachineOptions
+from engine.state import MigrationStatus, RunState
+
+MiB = 1 << 20
+SIZE = 32 * MiB
+
+
+class Watch:
+    """Collects a machine's events; waits on a condition, never sleeps blindly."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self._cond = threading.Condition()
+        machine.events.subscribe(self._on)
+
+    def _on(self, name: str, data: dict[str, Any]) -> None:
+        with self._cond:
+            self.events.append((name, data))
+            self._cond.notify_all()
+
+    def statuses(self) -> list[str]:
+        with self._cond:
+            return [d["status"] for n, d in self.events if n == "MIGRATION"]
+
+    def wait_status(self, status: str, timeout: float = 30) -> None:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: status in self.statuses(), timeout)
+        assert ok, f"no {status!r} in {self.statuses()}"
+
+    def wait_event(self, name: str, count: int = 1, timeout: float = 30) -> None:
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: sum(n == name for n, _ in self.events) >= count, timeout
+            )
+        assert ok, f"fewer than {count} {name} events"
+
+
+@pytest.fixture
+def machines() -> Iterator[list[Machine]]:
+    made: list[Machine] = []
+    yield made
+    for m in made:
+        m.close()
+
+
+def make(machines: list[Machine], **kw: Any) -> Machine:
+    kw.setdefault("ram_size", SIZE)
+    m = Machine(MachineOptions(**kw))
+    m.set_capabilities({"events": True})
+    machines.append(m)
+    return m
+
+
+def dest(machines: list[Machine], uri: str = "tcp:127.0.0.1:0", **kw: Any) -> tuple[Machine, str]:
+    m = make(machines, incoming=uri, **kw)
+    address = m.query_migrate().socket_address
+    assert address is not None
+    return m, address[0]
+
+
+def ram_hash(m: Machine) -> str:
+    return hashlib.sha256(m.ram.buf).hexdigest()
+
+
+def migrate(src: Machine, dst: Machine, uri: str) -> None:
+    watch = Watch(dst)
+    src.migrate(uri)
+    info = src.wait_migration(60)
+    assert info.status is MigrationStatus.COMPLETED, info
+    watch.wait_status("completed")
+    assert ram_hash(src) == ram_hash(dst)
+
+
+def test_idle_migration_over_tcp(machines):
+    dst, uri = dest(machines)
+    src = make(machines, seed=1)
+    src.set_parameters({"max-bandwidth": 0})
+    migrate(src, dst, uri)
+    info = src.query_migrate()
+    assert info.ram is not None and info.downtime is not None and info.setup_time is not None
+    assert info.expected_downtime is None and info.ram.remaining == 0
+    assert info.ram.duplicate + info.ram.normal == SIZE // 4096
+    assert info.ram.transferred > info.ram.normal * 4096
+    assert info.ram.dirty_sync_count >= 2
+    assert src.query_status().status is RunState.POSTMIGRATE
+    assert dst.query_status().status is RunState.RUNNING
+    done = dst.query_migrate()
+    assert done.status is MigrationStatus.COMPLETED and done.total_time == 0
+    assert done.socket_address is None  # QEMU frees the listener once completed
+
+
+def test_idle_migration_over_unix_socket(machines, tmp_path: Path):
+    dst, uri = dest(machines, f"unix:{tmp_path / 'mig.sock'}")
+    assert uri == f"unix:{tmp_path / 'mig.sock'}"
+    src = make(machines, seed=2)
+    migrate(src, dst, uri)
+
+
+def test_paused_source_hands_its_state_over(machines):
+    dst, uri = dest(machines)
+    src = make(machines, start_paused=True)
+    migrate(src, dst, uri)
+    assert dst.query_status().status is RunState.PRELAUNCH
+    assert src.query_status().status is RunState.POSTMIGRATE
+
+
+def test_destination_told_to_stop_stays_paused(machines):
+    dst, uri = dest(machines)
+    dst.stop()
+    src = make(machines)
+    migrate(src, dst, uri)
+    assert dst.query_status().status is RunState.PAUSED
+
+
+@pytest.mark.parametrize(
+    ("method", "level", "threads"),
+    [("zlib", 0, 1), ("zlib", 1, 1), ("zlib", 1, 4), ("zlib", 9, 3), ("zstd", 1, 2), ("zstd", 9, 1)],
+)
+def test_compressed_migration(machines, method, level, threads):
+    dst, uri = dest(machines)
+    dst.set_capabilities({"compress": True})
+    dst.set_parameters({"decompress-threads": max(1, threads // 2), "x-compress-method": method})
+    src = make(machines, workload="idle", seed=5)
+    src.set_capabilities({"compress": True})
+    src.set_parameters(
+        {"compress-level": level, "compress-threads": threads, "x-compress-method": method}
+    )
+    migrate(src, dst, uri)
+    info = src.query_migrate()
+    assert info.compression is not None and info.ram is not None
+    assert info.compression.pages == info.ram.total // 4096 - info.ram.duplicate
+    assert info.ram.normal == 0
+    if level:
+        assert info.compression.compressed_size < info.compression.pages * 4096 * 0.7
+    else:  # stored: bigger than the pages themselves
+        assert info.compression.compressed_size > info.compression.pages * 4096
+
+
+def test_cancel_then_migrate_again(machines):
+    dst, uri = dest(machines)
+    src = make(machines, seed=3)
+    src.set_parameters({"max-bandwidth": 1 * MiB})
+    watch = Watch(src)
+    src.migrate(uri)
+    watch.wait_status("active")
+    src.migrate_cancel()
+    info = src.wait_migration(10)
+    assert info.status is MigrationStatus.CANCELLED
+    assert info.total_time is None and info.ram is None
+    assert watch.statuses()[-2:] == ["cancelling", "cancelled"]
+    assert src.query_status().status is RunState.RUNNING
+    # The destination saw a broken stream; it listens again on the same address.
+    dst_watch = Watch(dst)
+    src.set_parameters({"max-bandwidth": 0})
+    migrate(src, dst, uri)
+    assert "completed" in dst_watch.statuses()
+
+
+def test_refused_port(machines):
+    probe, uri = dest(machines)
+    probe.close()  # nothing listens there any more
+    src = make(machines)
+    src.migrate(uri)
+    info = src.wait_migration(10)
+    assert info.status is MigrationStatus.FAILED
+    port = uri.rsplit(":", 1)[1]
+    assert info.error_desc == f"Failed to connect to '127.0.0.1:{port}': Connection refused"
+    assert src.query_status().status is RunState.RUNNING
+    dst, uri2 = dest(machines)
+    migrate(src, dst, uri2)
+
+
+def test_bad_uris(machines):
+    src = make(machines)
+    with pytest.raises(MigrationError, match="^error parsing address '127.0.0.1'$"):
+        src.migrate("tcp:127.0.0.1")
+    assert src.query_migrate().error_desc == "error parsing address '127.0.0.1'"
+    with pytest.raises(MigrationError, match="^Parameter 'uri' expects a valid migration protocol$"):
+        src.migrate("foo:bar")
+    assert src.query_status().status is RunState.RUNNING
+
+
+def test_state_rules(machines):
+    dst, uri = dest(machines)
+    with pytest.raises(MigrationError, match="Guest is waiting for an incoming migration"):
+        dst.migrate("tcp:127.0.0.1:1")
+    with pytest.raises(MigrationError, match="The incoming migration has already been started"):
+        dst.migrate_incoming("tcp:127.0.0.1:0")
+    src = make(machines)
+    with pytest.raises(MigrationError, match="'-incoming' was not specified on the command line"):
+        src.migrate_incoming("tcp:127.0.0.1:0")
+    src.set_parameters({"max-bandwidth": 1 * MiB})
+    watch = Watch(src)
+    src.migrate(uri)
+    watch.wait_status("active")
+    with pytest.raises(MigrationError, match="There's a migration process in progress"):
+        src.migrate(uri)
+    with pytest.raises(MigrationError, match="There's a migration process in progress"):
+        src.set_capabilities({"compress": True})
+    src.set_parameters({"max-bandwidth": 0})  # applies to the running stream
+    assert src.wait_migration(30).status is MigrationStatus.COMPLETED
+    with pytest.raises(MigrationError, match="Can't migrate the vm that was paused"):
+        src.migrate(uri)
+
+
+def test_unsupported_capability_is_refused_at_migrate(machines):
+    src = make(machines)
+    src.set_capabilities({"x-colo": True})
+    with pytest.raises(MigrationError, match="capability 'x-colo' is not supported by qemu-hmp"):
+        src.migrate("tcp:127.0.0.1:1")
+    assert src.query_status().status is RunState.RUNNING
+
+
+def test_ram_size_mismatch_fails_both_sides(machines):
+    dst, uri = dest(machines, ram_size=SIZE * 2)
+    src = make(machines)
+    src.migrate(uri)
+    info = src.wait_migration(30)
+    assert info.status is MigrationStatus.FAILED
+    assert info.error_desc is not None and "Length mismatch" in info.error_desc
+    assert src.query_status().status is RunState.RUNNING
+    failed = dst.query_migrate()
+    assert failed.status is MigrationStatus.FAILED and failed.socket_address == (uri,)
+    assert dst.query_status().status is RunState.INMIGRATE
+
+
+def test_compress_must_be_on_at_the_destination(machines):
+    dst, uri = dest(machines)
+    src = make(machines)
+    src.set_capabilities({"compress": True})
+    src.migrate(uri)
+    info = src.wait_migration(30)
+    assert info.status is MigrationStatus.FAILED
+    assert info.error_desc == "Received an unexpected compressed page"
+
+
+def test_destination_quits_mid_stream(machines):
+    dst, uri = dest(machines)
+    src = make(machines)
+    src.set_parameters({"max-bandwidth": 1 * MiB})
+    watch = Watch(src)
+    src.migrate(uri)
+    watch.wait_event("MIGRATION_PASS")
+    watch.wait_status("active")
+    dst.close()
+    info = src.wait_migration(30)
+    assert info.status is MigrationStatus.FAILED
+    assert info.error_desc is not None and info.error_desc.startswith("Unable to write to socket")
+    assert src.query_status().status is RunState.RUNNING
+
+
+def test_events_follow_qemu(machines):
+    dst, uri = dest(machines)
+    src = make(machines)
+    src_watch, dst_watch = Watch(src), Watch(dst)
+    migrate(src, dst, uri)
+    assert src_watch.statuses() == ["setup", "active", "completed"]
+    assert dst_watch.statuses() == ["active", "completed"]
+    passes = [d["pass"] for n, d in src_watch.events if n == "MIGRATION_PASS"]
+    assert passes == list(range(1, len(passes) + 1)) and len(passes) >= 2
+    names = [n for n, _ in src_watch.events]
+    assert names.index("STOP") < names.index("MIGRATION", names.index("STOP"))
+    assert "RESUME" in [n for n, _ in dst_watch.events]
