@@ -1,0 +1,186 @@
+"""Command line: QEMU's spellings for what an endpoint is, plus a few options of our own.
+
+``qemu-hmp [-m SIZE] [-incoming URI|defer] [-name NAME] [-S] [-device loader,...]
+[--workload NAME] [--seed N]``, or ``qemu-hmp SUBCOMMAND ...`` for the tools registered in
+SUBCOMMANDS. Options may be spelled with one dash or two, as QEMU allows.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from engine.errors import MigrationError
+from engine.machine import Loader, Machine, MachineOptions
+from hmp.batch import run_batch
+from hmp.commands import QEMU_VERSION, package_version
+from hmp.monitor import Monitor
+from hmp.values import strtosz, strtou64
+
+MiB = 1024 * 1024
+DEFAULT_RAM = 128 * MiB
+WORKLOADS = ("idle", "random-writer", "zero", "random")
+
+# QEMU options that describe hardware qemu-hmp does not model: accepted so pasted QEMU command
+# lines work, and otherwise ignored (the value, if any, is skipped).
+IGNORED_WITH_VALUE = frozenset({"-machine", "-M", "-smp", "-display", "-accel", "-cpu", "-vga"})
+IGNORED_FLAGS = frozenset({"-nodefaults", "-nographic", "-enable-kvm", "-no-user-config"})
+
+USAGE = """\
+usage: qemu-hmp [options]            a QEMU 7.2 monitor on stdin/stdout
+       qemu-hmp SUBCOMMAND [args]    one of: {subcommands}
+
+QEMU options:
+  -m SIZE                 guest RAM (default 128M; a bare number is MiB; suffixes K M G T)
+  -incoming URI|defer     be a migration destination (tcp:HOST:PORT, unix:PATH)
+  -name NAME              the VM name shown by `info name`
+  -S                      start with the vCPUs paused
+  -device loader,file=PATH,addr=ADDR,force-raw=on
+                          copy a file into guest RAM at ADDR (repeatable)
+  -monitor stdio          accepted (the monitor is always on stdio)
+  -machine, -M, -smp, -display, -accel, -cpu, -vga, -nodefaults, -nographic,
+  -enable-kvm, -no-user-config
+                          accepted and ignored
+qemu-hmp options:
+  --workload NAME         what the guest does: {workloads} (default idle)
+  --seed N                seed of the guest's content and writes (default 0)
+  -h, --help              this text
+  -version, --version     the version
+"""
+
+
+class UsageError(Exception):
+    """A bad command line; the message is printed after ``qemu-hmp: ``."""
+
+
+def _not_implemented(name: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        sys.stderr.write(f"qemu-hmp {name}: not implemented yet\n")
+        return 2
+
+    return run
+
+
+# `qemu-hmp NAME ...` runs SUBCOMMANDS[NAME](rest of argv) and exits with its status.
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    name: _not_implemented(name) for name in ("demo", "bench", "replay", "record")
+}
+
+
+def parse_size_mib(text: str) -> int:
+    """QEMU's ``-m``: a size whose default unit is MiB (``size=`` prefix allowed); 0 = default."""
+    try:
+        size = strtosz(text.removeprefix("size="), "M")
+    except ValueError:
+        raise UsageError(
+            f"-m {text}: Parameter 'size' expects a non-negative number below 2^64"
+        ) from None
+    # QEMU rounds the RAM size up to 8 KiB.
+    return -(-size // 8192) * 8192 if size else DEFAULT_RAM
+
+
+def _parse_loader(spec: str) -> Loader:
+    driver, *props = spec.split(",")
+    if driver != "loader":
+        raise UsageError(f"-device {spec}: only the loader device is supported")
+    values = dict(prop.partition("=")[::2] for prop in props)
+    unknown = set(values) - {"file", "addr", "force-raw"}
+    if unknown or "file" not in values or "addr" not in values:
+        raise UsageError(f"-device {spec}: expected loader,file=PATH,addr=ADDR,force-raw=on")
+    if values.get("force-raw") != "on":
+        raise UsageError(f"-device {spec}: only raw images are supported (add force-raw=on)")
+    try:
+        addr = strtou64(values["addr"])
+    except ValueError:
+        raise UsageError(f"-device {spec}: bad addr '{values['addr']}'") from None
+    return Loader(values["file"], addr)
+
+
+def parse_argv(argv: list[str]) -> MachineOptions | None:
+    """``None`` when the command line asked for help or the version (already printed)."""
+    opts: dict[str, object] = {}
+    loaders: list[Loader] = []
+    args = iter(argv)
+
+    def value(option: str) -> str:
+        try:
+            return next(args)
+        except StopIteration:
+            raise UsageError(f"{option}: requires an argument") from None
+
+    for arg in args:
+        option = arg[1:] if arg.startswith("--") else arg
+        if option in ("-h", "-help"):
+            subcommands = ", ".join(SUBCOMMANDS)
+            sys.stdout.write(USAGE.format(subcommands=subcommands, workloads=", ".join(WORKLOADS)))
+            return None
+        if option == "-version":
+            sys.stdout.write(f"qemu-hmp {package_version()} (QEMU {QEMU_VERSION} monitor)\n")
+            return None
+        if option == "-m":
+            opts["ram_size"] = parse_size_mib(value(arg))
+        elif option == "-incoming":
+            opts["incoming"] = value(arg)
+        elif option == "-name":
+            # QEMU also takes "guest=NAME,debug-threads=on"; only the name matters here.
+            name = value(arg)
+            opts["name"] = name.removeprefix("guest=").split(",")[0]
+        elif option == "-S":
+            opts["start_paused"] = True
+        elif option == "-device":
+            loaders.append(_parse_loader(value(arg)))
+        elif option == "-monitor":
+            if value(arg) != "stdio":
+                raise UsageError(f"{arg}: only '-monitor stdio' is supported")
+        elif option == "-workload":
+            workload = value(arg)
+            if workload not in WORKLOADS:
+                raise UsageError(f"{arg} {workload}: expected one of {', '.join(WORKLOADS)}")
+            opts["workload"] = workload
+        elif option == "-seed":
+            seed = value(arg)
+            if not seed.isdigit():
+                raise UsageError(f"{arg} {seed}: expected a non-negative integer")
+            opts["seed"] = int(seed)
+        elif option in IGNORED_WITH_VALUE:
+            value(arg)
+        elif option in IGNORED_FLAGS:
+            pass
+        elif arg.startswith("-"):
+            raise UsageError(f"{arg}: invalid option")
+        else:
+            raise UsageError(f"{arg}: disk images are not supported")
+    return MachineOptions(loaders=tuple(loaders), **opts)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    try:
+        opts = parse_argv(argv)
+    except UsageError as err:
+        sys.stderr.write(f"qemu-hmp: {err}\n")
+        return 1
+    if opts is None:
+        return 0
+    mon: Monitor | None = None
+
+    def notify(message: str) -> None:
+        if mon is not None:
+            mon.error_report(message)
+
+    try:
+        machine = Machine(opts, notify=notify)
+    except (MigrationError, OSError) as err:
+        sys.stderr.write(f"qemu-hmp: {getattr(err, 'desc', err)}\n")
+        return 1
+    mon = Monitor(machine)
+    try:
+        if sys.stdin.isatty():
+            from hmp.repl import run_repl  # prompt_toolkit only when a person is typing
+
+            return run_repl(mon)
+        return run_batch(mon, sys.stdin)
+    finally:
+        machine.close()

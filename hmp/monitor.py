@@ -1,0 +1,61 @@
+"""One monitor session: runs command lines against a Machine and writes what QEMU would print."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from engine.errors import MigrationError
+from engine.machine import Machine
+from hmp.commands import COMMANDS
+from hmp.parser import ParseError, parse_line
+
+PROMPT = "(qemu) "
+
+
+class Monitor:
+    """Output goes to ``out`` (QEMU's monitor_printf) and ``err`` (QEMU's error_report)."""
+
+    def __init__(self, machine: Machine, out: TextIO | None = None, err: TextIO | None = None):
+        self.machine = machine
+        self._out = out
+        self._err = err
+        self.quit_requested = False
+
+    # Resolved at each write, so prompt_toolkit's patch_stdout also catches monitor output.
+    @property
+    def out(self) -> TextIO:
+        return self._out if self._out is not None else sys.stdout
+
+    @property
+    def err(self) -> TextIO:
+        return self._err if self._err is not None else sys.stderr
+
+    def printf(self, text: str) -> None:
+        self.out.write(text)
+
+    def warn_report(self, message: str) -> None:
+        """QEMU's warn_report inside a command: it goes to the monitor."""
+        self.printf(f"warning: {message}\n")
+
+    def error_report(self, message: str) -> None:
+        """What QEMU writes to stderr as ``qemu-system-x86_64: message``."""
+        self.out.flush()
+        self.err.write(f"qemu-hmp: {message}\n")
+        self.err.flush()
+
+    def request_quit(self) -> None:
+        self.quit_requested = True
+
+    def execute(self, line: str) -> None:
+        """Run one command line. Never raises: every failure becomes monitor output."""
+        try:
+            parsed = parse_line(COMMANDS, line)
+            if parsed is not None:
+                parsed.command.handler(self, parsed.args)
+        except ParseError as err:
+            self.printf(err.text)
+        except MigrationError as err:
+            hint = err.hint if not err.hint or err.hint.endswith("\n") else err.hint + "\n"
+            self.printf(f"Error: {err.desc}\n{hint}")
+        self.out.flush()

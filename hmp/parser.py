@@ -1,0 +1,208 @@
+"""QEMU's monitor command-line rules: the args_type mini-language and its error texts.
+
+Supported argument types (a subset of QEMU's ``monitor-internal.h`` legend):
+``s`` a word or a double-quoted string, ``S`` the rest of the line, ``b`` exactly ``on``/``off``,
+``-x`` a flag, and ``?`` after a type for optional. QEMU matches flags in table order: a flag
+that belongs further on is left for later, one that belongs nowhere is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hmp.commands import Command
+
+Args = dict[str, str | bool | None]
+
+C_SPACE = frozenset(" \t\n\v\f\r")
+_ESCAPES = {"n": "\n", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    key: str
+    kind: str  # "s", "S", "b" or "-"
+    flag: str = ""  # the letter of a "-" argument
+    optional: bool = False
+
+
+def parse_args_type(args_type: str) -> tuple[ArgSpec, ...]:
+    """``"detach:-d,uri:s"`` → ArgSpecs; an unknown type is a bug in the table."""
+    specs = []
+    for item in filter(None, args_type.split(",")):
+        key, _, kind = item.partition(":")
+        optional = kind.endswith("?")
+        kind = kind.removesuffix("?")
+        if len(kind) == 2 and kind[0] == "-":
+            specs.append(ArgSpec(key, "-", kind[1]))
+        elif kind in ("s", "S", "b"):
+            specs.append(ArgSpec(key, kind, optional=optional))
+        else:
+            raise ValueError(f"unsupported args_type {item!r}")
+    return tuple(specs)
+
+
+class ParseError(Exception):
+    """What the monitor prints instead of running the command (already complete text)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+@dataclass(frozen=True)
+class Parsed:
+    command: Command
+    args: Args
+
+
+class _Cursor:
+    def __init__(self, line: str, pos: int = 0) -> None:
+        self.line = line
+        self.pos = pos
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.line) and self.line[self.pos] in C_SPACE:
+            self.pos += 1
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.line)
+
+    def peek(self, offset: int = 0) -> str:
+        i = self.pos + offset
+        return self.line[i] if i < len(self.line) else ""
+
+    def take_while(self, keep: str) -> str:
+        start = self.pos
+        while self.pos < len(self.line) and _keeps(keep, self.line[self.pos]):
+            self.pos += 1
+        return self.line[start : self.pos]
+
+
+def _keeps(keep: str, ch: str) -> bool:
+    if keep == "name":  # QEMU's get_command_name: up to a space or '/'
+        return ch not in C_SPACE and ch != "/"
+    if keep == "word":
+        return ch not in C_SPACE
+    return "!" <= ch <= "~"  # isgraph in the C locale
+
+
+def find_command(table: Sequence[Command], name: str) -> Command | None:
+    return next((cmd for cmd in table if name in cmd.names), None)
+
+
+MAX_STRING = 1023  # QEMU reads strings into a 1024-byte buffer and drops the excess
+
+
+def read_string(cur: _Cursor) -> str:
+    """QEMU's get_str: a bare word, or a double-quoted string with a few escapes."""
+    if cur.peek() != '"':
+        return cur.take_while("word")[:MAX_STRING]
+    cur.pos += 1
+    out: list[str] = []
+    while True:
+        ch = cur.peek()
+        if ch == "":
+            raise ParseError("unterminated string\n")
+        cur.pos += 1
+        if ch == '"':
+            return "".join(out)[:MAX_STRING]
+        if ch == "\\":
+            esc = cur.peek()
+            cur.pos += 1
+            if esc not in _ESCAPES:
+                # QEMU prints the escape with %c: an escaped end of line cuts its message short.
+                text = (
+                    f"unsupported escape code: '\\{esc}'\n"
+                    if esc
+                    else "unsupported escape code: '\\"
+                )
+                raise ParseError(text)
+            ch = _ESCAPES[esc]
+        out.append(ch)
+
+
+def _flag_is_later(letter: str, rest: Sequence[ArgSpec]) -> bool:
+    return letter != "" and any(spec.kind == "-" and spec.flag == letter for spec in rest)
+
+
+def _parse_args(cmd: Command, cur: _Cursor) -> Args:
+    args: Args = {}
+    specs = cmd.args
+    for i, spec in enumerate(specs):
+        cur.skip_space()
+        if spec.kind == "-":
+            args[spec.key] = False
+            if cur.peek() != "-":
+                continue
+            letter = cur.peek(1)
+            if letter == spec.flag:
+                cur.pos += 2
+                args[spec.key] = True
+            elif not _flag_is_later(letter, specs[i + 1 :]):
+                # QEMU prints the letter with %c, so a lone '-' loses the newline.
+                end = "\n" if letter else ""
+                raise ParseError(f"{cmd.name}: unsupported option -{letter}{end}")
+        elif cur.at_end():
+            if not spec.optional:
+                missing = f"{cmd.name}: string expected\n"
+                raise ParseError("Expected 'on' or 'off'\n" if spec.kind == "b" else missing)
+            args[spec.key] = None
+        elif spec.kind == "S":
+            args[spec.key] = cur.line[cur.pos :]
+            cur.pos = len(cur.line)
+        elif spec.kind == "b":
+            word = cur.take_while("graph")
+            if word not in ("on", "off"):
+                raise ParseError("Expected 'on' or 'off'\n")
+            args[spec.key] = word == "on"
+        else:
+            try:
+                args[spec.key] = read_string(cur)
+            except ParseError as err:
+                raise ParseError(err.text + f"{cmd.name}: string expected\n") from None
+    cur.skip_space()
+    if not cur.at_end():
+        raise ParseError(f"{cmd.name}: extraneous characters at the end of line\n")
+    return args
+
+
+def parse_line(table: Sequence[Command], line: str) -> Parsed | None:
+    """Parse one monitor line; ``None`` for a blank line; ``ParseError`` carries QEMU's text."""
+    cur = _Cursor(line)
+    cur.skip_space()
+    if cur.at_end():
+        return None
+    while True:
+        name = cur.take_while("name")
+        cmd = find_command(table, name)
+        if cmd is None:
+            raise ParseError(f"unknown command: '{line[: cur.pos]}'\n")
+        if not cmd.sub_table:
+            break
+        cur.skip_space()
+        if cur.at_end():
+            return Parsed(cmd, {})  # bare `info`: its handler lists the sub-commands
+        table = cmd.sub_table
+    typed = line[: cur.pos]  # the command words as typed, e.g. "  info   status"
+    try:
+        return Parsed(cmd, _parse_args(cmd, cur))
+    except ParseError as err:
+        raise ParseError(err.text + f'Try "help {typed}" for more information\n') from None
+
+
+def split_words(text: str) -> list[str]:
+    """Words of a line as `help` sees them (quoted strings allowed); stops at a bad quote."""
+    cur = _Cursor(text)
+    words: list[str] = []
+    while True:
+        cur.skip_space()
+        if cur.at_end():
+            return words
+        try:
+            words.append(read_string(cur))
+        except ParseError:
+            return words

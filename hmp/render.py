@@ -1,0 +1,107 @@
+"""QEMU 7.2's `info` layouts: pure functions from engine snapshots to the exact text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engine.params import PARAMETERS, Kind, ParamValue
+from engine.snapshot import MigrationInfo, RamStats, StatusInfo
+from engine.state import MigrationStatus, RunState
+
+
+def _onoff(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def info_status(info: StatusInfo) -> str:
+    text = "VM status: " + ("running" if info.running else "paused")
+    if not info.running and info.status is not RunState.PAUSED:
+        text += f" ({info.status})"
+    return text + "\n"
+
+
+def info_migrate_capabilities(caps: Mapping[str, bool]) -> str:
+    return "".join(f"{name}: {_onoff(on)}\n" for name, on in caps.items())
+
+
+def info_migrate_parameters(params: Mapping[str, ParamValue]) -> str:
+    lines = []
+    for spec in PARAMETERS:
+        if not spec.printed:
+            continue
+        value = params[spec.name]
+        if spec.kind is Kind.BOOL:
+            text = _onoff(bool(value))
+        elif spec.kind is Kind.STR:
+            text = f"'{value}'"
+        else:
+            text = str(value)
+        unit = f" {spec.unit}" if spec.unit else ""
+        lines.append(f"{spec.name}: {text}{unit}\n")
+    return "".join(lines)
+
+
+def _ram_lines(ram: RamStats) -> list[str]:
+    lines = [
+        f"transferred ram: {ram.transferred >> 10} kbytes",
+        f"throughput: {ram.mbps:0.2f} mbps",
+        f"remaining ram: {ram.remaining >> 10} kbytes",
+        f"total ram: {ram.total >> 10} kbytes",
+        f"duplicate: {ram.duplicate} pages",
+        f"skipped: {ram.skipped} pages",
+        f"normal: {ram.normal} pages",
+        f"normal bytes: {ram.normal_bytes >> 10} kbytes",
+        f"dirty sync count: {ram.dirty_sync_count}",
+        f"page size: {ram.page_size >> 10} kbytes",
+        f"multifd bytes: {ram.multifd_bytes >> 10} kbytes",
+        f"pages-per-second: {ram.pages_per_second}",
+    ]
+    # Lines QEMU prints only when their figure is non-zero.
+    optional = (
+        (ram.dirty_pages_rate, f"dirty pages rate: {ram.dirty_pages_rate} pages"),
+        (ram.postcopy_requests, f"postcopy request count: {ram.postcopy_requests}"),
+        (ram.precopy_bytes, f"precopy ram: {ram.precopy_bytes >> 10} kbytes"),
+        (ram.downtime_bytes, f"downtime ram: {ram.downtime_bytes >> 10} kbytes"),
+        (ram.postcopy_bytes, f"postcopy ram: {ram.postcopy_bytes >> 10} kbytes"),
+        (
+            ram.dirty_sync_missed_zero_copy,
+            f"Zero-copy-send fallbacks happened: {ram.dirty_sync_missed_zero_copy} times",
+        ),
+    )
+    return lines + [line for figure, line in optional if figure]
+
+
+def info_migrate(info: MigrationInfo) -> str:
+    lines = ["globals:"]
+    lines += [
+        f"{name}: {_onoff(value) if isinstance(value, bool) else value}"
+        for name, value in info.globals
+    ]
+    if info.status is not None:
+        status = f"Migration status: {info.status}"
+        if info.status is MigrationStatus.FAILED and info.error_desc:
+            status += f" ({info.error_desc})"
+        lines.append(status)
+        lines.append(f"total time: {info.total_time or 0} ms")
+        if info.expected_downtime is not None:
+            lines.append(f"expected downtime: {info.expected_downtime} ms")
+        if info.downtime is not None:
+            lines.append(f"downtime: {info.downtime} ms")
+        if info.setup_time is not None:
+            lines.append(f"setup: {info.setup_time} ms")
+    if info.ram is not None:
+        lines += _ram_lines(info.ram)
+    if info.compression is not None:
+        c = info.compression
+        lines += [
+            f"compression pages: {c.pages} pages",
+            f"compression busy: {c.busy}",
+            f"compression busy rate: {c.busy_rate:0.2f}",
+            f"compressed size: {c.compressed_size >> 10} kbytes",
+            f"compression rate: {c.compression_rate:0.2f}",
+        ]
+    if info.cpu_throttle_percentage is not None:
+        lines.append(f"cpu throttle percentage: {info.cpu_throttle_percentage}")
+    if info.socket_address is not None:
+        lines += ["socket address: [", *(f"\t{addr}" for addr in info.socket_address), "]"]
+    return "".join(line + "\n" for line in lines)
