@@ -288,6 +288,7 @@ class OutgoingMigration(threading.Thread):
         while count < limit and scanned < pages and self._dirty_pages:
             end = min(cur + SCAN_WINDOW, pages)
             hits = np.flatnonzero(self._bitmap[cur:end])[: limit - count] + cur
+            self._bitmap[hits] = False  # at once: a wrapped scan must not find them twice
             found.append(hits)
             count += len(hits)
             scanned += end - cur
@@ -296,7 +297,6 @@ class OutgoingMigration(threading.Thread):
                 cur = (int(hits[-1]) + 1) % pages
         self._cursor = cur
         batch = np.concatenate(found) if found else np.empty(0, dtype=np.intp)
-        self._bitmap[batch] = False
         self._dirty_pages -= len(batch)
         self.stats.set_remaining(self._dirty_pages)
         return batch

@@ -274,3 +274,38 @@ def test_events_follow_qemu(machines):
     names = [n for n, _ in src_watch.events]
     assert names.index("STOP") < names.index("MIGRATION", names.index("STOP"))
     assert "RESUME" in [n for n, _ in dst_watch.events]
+
+
+def dirtying_pair(machines, rate: int) -> tuple[Machine, Machine, str, Watch]:
+    dst, uri = dest(machines, ram_size=64 * MiB)
+    src = make(machines, ram_size=64 * MiB, workload=f"random-writer,rate={rate},wss=32M")
+    src.set_parameters({"max-bandwidth": 32 * MiB})
+    return src, dst, uri, Watch(src)
+
+
+def test_dirtying_guest_below_bandwidth_converges(machines):
+    src, dst, uri, _ = dirtying_pair(machines, rate=500)
+    migrate(src, dst, uri)
+    assert src.query_migrate().cpu_throttle_percentage is None
+
+
+def test_dirtying_guest_above_bandwidth_does_not_converge(machines):
+    src, _dst, uri, watch = dirtying_pair(machines, rate=25000)
+    src.migrate(uri)
+    watch.wait_event("MIGRATION_PASS", count=5, timeout=60)
+    info = src.query_migrate()
+    assert info.status is MigrationStatus.ACTIVE
+    assert info.ram is not None and info.ram.dirty_pages_rate > 5000
+    assert info.cpu_throttle_percentage is None
+    src.migrate_cancel()
+    assert src.wait_migration(10).status is MigrationStatus.CANCELLED
+
+
+def test_auto_converge_throttles_until_it_converges(machines):
+    src, dst, uri, watch = dirtying_pair(machines, rate=25000)
+    src.set_capabilities({"auto-converge": True})
+    src.set_parameters({"cpu-throttle-initial": 60, "cpu-throttle-increment": 20})
+    migrate(src, dst, uri)
+    info = src.query_migrate()
+    assert info.cpu_throttle_percentage is not None and info.cpu_throttle_percentage >= 60
+    assert src.vm.gate.throttle_pct == 0  # released once the migration ended
