@@ -16,6 +16,7 @@ from engine.params import CAPABILITIES, MigrationConfig, ParamValue
 from engine.snapshot import MigrationInfo, StatusInfo
 from engine.source import OutgoingMigration, OutgoingSettings
 from engine.state import MigrationStatus, RunState, is_running
+from engine.stats import Sample
 from engine.transport import Address, Listener, parse_uri
 from engine.vm import Vm
 from engine.workload import Workload, WorkloadSpec
@@ -177,6 +178,11 @@ class Machine:
             )
             self._outgoing = mig
         mig.start()
+
+    def migration_timeseries(self) -> list[Sample]:
+        """The last outgoing migration's samples (every ≥100 ms), for charts and exports."""
+        outgoing = self._outgoing
+        return outgoing.stats.timeseries() if isinstance(outgoing, OutgoingMigration) else []
 
     def wait_migration(self, timeout: float | None = None) -> MigrationInfo:
         """Block until the outgoing migration ends (what `migrate` without -d does)."""

@@ -36,6 +36,18 @@ class _Period:
     xfer_bytes: int = 0
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One point of a migration's time series (one per ≥100 ms window, and one at the end)."""
+
+    t_ms: int  # since `migrate`
+    transferred: int  # bytes
+    remaining: int  # bytes
+    mbps: float
+    dirty_pages_rate: int
+    cpu_throttle: int
+
+
 @dataclass
 class SourceStats:
     total: int  # guest RAM bytes
@@ -72,6 +84,7 @@ class SourceStats:
     _win_bytes: int = 0
     _win_pages: int = 0
     _period: _Period = field(default_factory=lambda: _Period(now_ms()))
+    series: list[Sample] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- updates from the migration thread ---------------------------------------------------
@@ -135,6 +148,7 @@ class SourceStats:
                 self.stream_bytes,
                 self.pages_total(),
             )
+            self.series.append(self._sample(t))
 
     def bitmap_synced(self, new_dirty: int) -> tuple[int, int] | None:
         """Count a sync; every ≥1 s close the rate period.
@@ -182,6 +196,21 @@ class SourceStats:
             active = (t - self.start_ms) - (self.setup_ms or 0.0)
             if active > 0:
                 self.mbps = self.stream_bytes * 8 / active / 1000
+            self.series.append(self._sample(t))
+
+    def _sample(self, t: float) -> Sample:
+        return Sample(
+            t_ms=int(t - self.start_ms),
+            transferred=self.transferred,
+            remaining=self.remaining,
+            mbps=round(self.mbps, 2),
+            dirty_pages_rate=self.dirty_pages_rate,
+            cpu_throttle=self.throttle_pct,
+        )
+
+    def timeseries(self) -> list[Sample]:
+        with self._lock:
+            return list(self.series)
 
     # -- the monitor's view ------------------------------------------------------------------
     def snapshot(self, status: MigrationStatus, error: str | None) -> MigrationInfo:
