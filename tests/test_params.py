@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,10 @@ def test_concurrent_updates_keep_the_set_valid() -> None:
         t.join()
     params = config.params()
     assert params["compress-threads"] == params["compress-level"] + 1
+
+
+def test_readme_lists_every_parameter_and_capability() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    reference = readme.split("## Command reference")[1]
+    for name in [p.name for p in PARAMETERS] + [c.name for c in CAPABILITIES]:
+        assert f"| `{name}` |" in reference, name
