@@ -139,17 +139,19 @@ class _Workers:
             thread.start()
 
     def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            work, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                with self._cores:
+        # A thread holds its core slot for as long as there is work, so jobs never bounce
+        # between threads; the others sleep on the slot until the pool closes.
+        with self._cores:
+            while (job := self._jobs.get()) is not None:
+                work, future = job
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
                     result = work()
-            except BaseException as exc:  # handed to whoever waits on the future
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+                except BaseException as exc:  # handed to whoever waits on the future
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
 
     def submit(self, work: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()

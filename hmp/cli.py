@@ -7,6 +7,7 @@ SUBCOMMANDS. Options may be spelled with one dash or two, as QEMU allows.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 
@@ -61,10 +62,20 @@ def _not_implemented(name: str) -> Callable[[list[str]], int]:
     return run
 
 
+def _lazy(module: str) -> Callable[[list[str]], int]:
+    """``module.main``, imported only when that subcommand runs (keeps the monitor's start fast)."""
+
+    def run(argv: list[str]) -> int:
+        main: Callable[[list[str]], int] = importlib.import_module(module).main
+        return main(argv)
+
+    return run
+
+
 # `qemu-hmp NAME ...` runs SUBCOMMANDS[NAME](rest of argv) and exits with its status.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
-    name: _not_implemented(name) for name in ("demo", "bench", "replay", "record")
-}
+    name: _not_implemented(name) for name in ("demo", "replay", "record")
+} | {"bench": _lazy("hmp.bench")}
 
 
 def parse_size_mib(text: str) -> int:
