@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -120,3 +121,28 @@ def test_bad_size_exits_1_with_one_line() -> None:
     result = run("", "-m", "abc")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("qemu-hmp: -m abc:")
+
+
+@pytest.mark.tty
+def test_interactive_prompt() -> None:
+    pexpect = pytest.importorskip("pexpect")
+    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(
+        sys.executable, ["-m", "hmp", "-m", "16M", "-S"], encoding="utf-8", timeout=20, env=env
+    )
+    try:
+        child.expect_exact("QEMU 7.2.0 monitor - type 'help' for more information")
+        child.expect_exact("(qemu)")
+        child.sendline("info status")
+        child.expect_exact("VM status: paused (prelaunch)")
+        child.send("info sta")
+        child.sendintr()  # Ctrl-C clears the line and prompts again
+        child.expect_exact("(qemu)")
+        child.sendline("info status")
+        child.expect_exact("VM status: paused (prelaunch)")
+        child.expect_exact("(qemu)")
+        child.sendeof()  # Ctrl-D quits
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
