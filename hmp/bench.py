@@ -77,7 +77,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def idle_pages(size: int, seed: int) -> tuple[GuestRam, npt.NDArray[np.intp]]:
-    """A guest with the idle profile and the indices of its non-zero pages (what gets compressed)."""
+    """An idle-profile guest and its non-zero pages (the ones that get compressed)."""
     ram = GuestRam(size)
     Workload("idle", seed).fill(ram)
     pages = np.arange(ram.pages)
