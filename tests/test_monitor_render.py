@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -67,13 +68,7 @@ def test_active_and_cancelling() -> None:
         ram=ram(),
     )
     assert render.info_migrate(active) == recorded(path, "info migrate", 0)
-    cancelling = MigrationInfo(
-        status=MigrationStatus.CANCELLING,
-        total_time=1503,
-        expected_downtime=300,
-        setup_time=1,
-        ram=ram(),
-    )
+    cancelling = replace(active, status=MigrationStatus.CANCELLING, total_time=1503)
     assert render.info_migrate(cancelling) == recorded(path, "info migrate", 1)
 
 
@@ -97,25 +92,24 @@ def test_failed_without_error_has_no_suffix() -> None:
     assert recorded(ORACLE / "migrate_errors.txt", "info migrate", 0) == text
 
 
-def test_completed() -> None:
-    path = transcript("raw_hmp_socket_blocking_migrate.txt")
-    info = MigrationInfo(
+def completed(
+    total_time: int, kbytes: int, mbps: float, zero: int, normal: int, pps: int
+) -> MigrationInfo:
+    """A finished source: downtime and setup 1 ms, three syncs, everything sent in downtime."""
+    figures = dict(transferred=kbytes * KiB, remaining=0, downtime_bytes=kbytes * KiB + 100)
+    return MigrationInfo(
         status=MigrationStatus.COMPLETED,
-        total_time=2116,
+        total_time=total_time,
         downtime=1,
         setup_time=1,
-        ram=ram(
-            transferred=276434 * KiB,
-            mbps=1071.13,
-            remaining=0,
-            duplicate=62365,
-            normal=68837,
-            normal_bytes=68837 * 4096,
-            dirty_sync_count=3,
-            pages_per_second=47010,
-            downtime_bytes=276434 * KiB + 100,
-        ),
-    )
+        ram=ram(**figures, mbps=mbps, duplicate=zero, normal=normal, normal_bytes=normal * 4096,
+                dirty_sync_count=3, pages_per_second=pps),
+    )  # fmt: skip
+
+
+def test_completed() -> None:
+    path = transcript("raw_hmp_socket_blocking_migrate.txt")
+    info = completed(2116, 276434, 1071.13, 62365, 68837, 47010)
     assert render.info_migrate(info) == recorded(path, "info migrate", 0)
 
 
@@ -139,22 +133,8 @@ def test_active_and_completed_with_compression() -> None:
         compression=CompressionStats(1673, 0, 0.0, 2574 * KiB + 1000, 0.0),
     )
     assert render.info_migrate(active) == recorded(path, "info migrate", 0)
-    done = MigrationInfo(
-        status=MigrationStatus.COMPLETED,
-        total_time=7104,
-        downtime=1,
-        setup_time=1,
-        ram=ram(
-            transferred=117194 * KiB,
-            mbps=135.29,
-            remaining=0,
-            duplicate=62377,
-            normal=3,
-            normal_bytes=3 * 4096,
-            dirty_sync_count=3,
-            pages_per_second=119862,
-            downtime_bytes=117194 * KiB,
-        ),
+    done = replace(
+        completed(7104, 117194, 135.29, 62377, 3, 119862),
         compression=CompressionStats(68840, 0, 0.0, 116095 * KiB, 2.372),
     )
     assert render.info_migrate(done) == recorded(path, "info migrate", -2)
