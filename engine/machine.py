@@ -242,6 +242,17 @@ class Machine:
             if self._incoming is mig and not self._closing:
                 self._listen(mig.listener.addr, failed=mig)
 
+    # -- memory -------------------------------------------------------------------------------
+    def pmemsave(self, addr: int, size: int, path: str) -> None:
+        """Write guest-physical memory to ``path``; beyond RAM reads as zeros, as QEMU's does."""
+        try:
+            with open(path, "wb") as f:
+                start, end = min(addr, self.ram.size), min(addr + size, self.ram.size)
+                f.write(self.ram.buf[start:end])
+                f.write(bytes(size - (end - start)))
+        except OSError as exc:
+            raise MigrationError(f"Could not open '{path}': {exc.strerror}") from exc
+
     # -- vCPUs --------------------------------------------------------------------------------
     def stop(self) -> None:
         if self.vm.state is RunState.INMIGRATE:

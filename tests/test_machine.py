@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine.errors import MigrationError
-from engine.machine import Machine, MachineOptions
+from engine.machine import Loader, Machine, MachineOptions
 from engine.state import MigrationStatus, RunState
 
 MiB = 1 << 20
@@ -127,7 +127,14 @@ def test_destination_told_to_stop_stays_paused(machines):
 
 @pytest.mark.parametrize(
     ("method", "level", "threads"),
-    [("zlib", 0, 1), ("zlib", 1, 1), ("zlib", 1, 4), ("zlib", 9, 3), ("zstd", 1, 2), ("zstd", 9, 1)],
+    [
+        ("zlib", 0, 1),
+        ("zlib", 1, 1),
+        ("zlib", 1, 4),
+        ("zlib", 9, 3),
+        ("zstd", 1, 2),
+        ("zstd", 9, 1),
+    ],
 )
 def test_compressed_migration(machines, method, level, threads):
     dst, uri = dest(machines)
@@ -185,10 +192,12 @@ def test_refused_port(machines):
 
 def test_bad_uris(machines):
     src = make(machines)
-    with pytest.raises(MigrationError, match="^error parsing address '127.0.0.1'$"):
+    with pytest.raises(MigrationError, match=r"^error parsing address '127\.0\.0\.1'$"):
         src.migrate("tcp:127.0.0.1")
     assert src.query_migrate().error_desc == "error parsing address '127.0.0.1'"
-    with pytest.raises(MigrationError, match="^Parameter 'uri' expects a valid migration protocol$"):
+    with pytest.raises(
+        MigrationError, match=r"^Parameter 'uri' expects a valid migration protocol$"
+    ):
         src.migrate("foo:bar")
     assert src.query_status().status is RunState.RUNNING
 
@@ -238,7 +247,7 @@ def test_ram_size_mismatch_fails_both_sides(machines):
 
 
 def test_compress_must_be_on_at_the_destination(machines):
-    dst, uri = dest(machines)
+    _dst, uri = dest(machines)
     src = make(machines)
     src.set_capabilities({"compress": True})
     src.migrate(uri)
@@ -302,10 +311,34 @@ def test_dirtying_guest_above_bandwidth_does_not_converge(machines):
 
 
 def test_auto_converge_throttles_until_it_converges(machines):
-    src, dst, uri, watch = dirtying_pair(machines, rate=25000)
+    src, dst, uri, _watch = dirtying_pair(machines, rate=25000)
     src.set_capabilities({"auto-converge": True})
     src.set_parameters({"cpu-throttle-initial": 60, "cpu-throttle-increment": 20})
     migrate(src, dst, uri)
     info = src.query_migrate()
     assert info.cpu_throttle_percentage is not None and info.cpu_throttle_percentage >= 60
     assert src.vm.gate.throttle_pct == 0  # released once the migration ended
+
+
+def test_loader_and_pmemsave_round_trip(machines, tmp_path: Path):
+    image = tmp_path / "image.bin"
+    image.write_bytes(bytes(range(256)) * 4096 + b"tail")  # 1 MiB + 4 bytes, unaligned end
+    dst, uri = dest(machines)
+    src = make(machines, workload="zero", loaders=(Loader(str(image), 0x100000),))
+    migrate(src, dst, uri)
+    out = tmp_path / "dump.bin"
+    dst.pmemsave(0x100000, image.stat().st_size, str(out))
+    assert out.read_bytes() == image.read_bytes()
+    dst.pmemsave(SIZE - 4096, 8192, str(out))  # past the end of RAM: zeros, like QEMU
+    assert out.read_bytes() == bytes(8192)
+    with pytest.raises(MigrationError, match=r"^Could not open '/nonexistent/x': No such file"):
+        dst.pmemsave(0, 4096, "/nonexistent/x")
+
+
+def test_loader_errors(tmp_path: Path):
+    with pytest.raises(MigrationError, match="could not load"):
+        Machine(MachineOptions(ram_size=SIZE, loaders=(Loader(str(tmp_path / "no"), 0),)))
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(4096))
+    with pytest.raises(MigrationError, match="does not fit in guest RAM"):
+        Machine(MachineOptions(ram_size=SIZE, loaders=(Loader(str(big), SIZE - 100),)))
