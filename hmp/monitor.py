@@ -58,4 +58,6 @@ class Monitor:
         except MigrationError as err:
             hint = err.hint if not err.hint or err.hint.endswith("\n") else err.hint + "\n"
             self.printf(f"Error: {err.desc}\n{hint}")
+        except Exception as exc:  # a bug must not take the user's session down with it
+            self.error_report(f"internal error: {exc!r}")
         self.out.flush()
