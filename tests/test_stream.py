@@ -148,15 +148,21 @@ def test_garbage_compressed_record(compressed):
     expect_failure(inject(compressed, rec), "decompress data failed", compress=True)
 
 
+def deflate_page(data: bytes) -> bytes:
+    """A segment exactly as the engine frames a page (raw deflate + full flush)."""
+    stream = zlib_ng.compressobj(9, zlib_ng.DEFLATED, -15)
+    return stream.compress(data) + stream.flush(zlib_ng.Z_FULL_FLUSH)
+
+
 def test_decompression_bomb(compressed):
-    bomb = zlib_ng.compress(bytes(1 << 20), 9)  # 1 MiB of zeros in ~1 KiB
+    bomb = deflate_page(bytes(1 << 20))  # 1 MiB of zeros in ~1 KiB
     assert len(bomb) < wire.MAX_COMPRESSED
     rec = batch_record([0], [wire.Kind.COMPRESSED], [len(bomb)], bomb)
     expect_failure(inject(compressed, rec), "decompress data failed", compress=True)
 
 
 def test_page_that_inflates_to_the_wrong_size(compressed):
-    short = zlib_ng.compress(b"x" * 100, 1)
+    short = deflate_page(b"x" * 100)
     rec = batch_record([0], [wire.Kind.COMPRESSED], [len(short)], short)
     expect_failure(inject(compressed, rec), "decompress data failed", compress=True)
 
