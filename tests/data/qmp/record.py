@@ -27,11 +27,14 @@ QEMU = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", "-
 NEG = '{"execute": "qmp_capabilities"}\n'
 
 
-def _x(cmd: str, args: dict[str, Any] | None = None, id: Any = None) -> str:
+_NO_ID = object()
+
+
+def _x(cmd: str, args: dict[str, Any] | None = None, id: Any = _NO_ID) -> str:
     msg: dict[str, Any] = {"execute": cmd}
     if args is not None:
         msg["arguments"] = args
-    if id is not None:
+    if id is not _NO_ID:
         msg["id"] = id
     return json.dumps(msg) + "\n"
 
@@ -60,16 +63,16 @@ class Qemu:
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.connect(path)
         self.buf = b""
-        self.greeting = next(self.read(first=10.0))
+        self.greeting = json.loads(next(self.read(first=10.0)))
 
-    def read(self, first: float = 2.0, quiet: float = 0.3) -> Iterator[Any]:
-        """Messages until ``quiet`` seconds pass without one (``first`` for the first)."""
+    def read(self, first: float = 2.0, quiet: float = 0.3) -> Iterator[str]:
+        """Lines (CRLF dropped) until ``quiet`` s pass without one (``first`` s for the first)."""
         wait = first
         while True:
-            while b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
+            while b"\r\n" in self.buf:
+                line, self.buf = self.buf.split(b"\r\n", 1)
                 wait = quiet
-                yield json.loads(line)
+                yield line.decode()
             if not select.select([self.sock], [], [], wait)[0]:
                 return
             try:
@@ -80,7 +83,7 @@ class Qemu:
                 return
             self.buf += chunk
 
-    def send(self, text: str) -> list[Any]:
+    def send(self, text: str) -> list[str]:
         self.sock.sendall(text.encode("utf-8", "surrogateescape"))
         return list(self.read())
 
@@ -90,14 +93,16 @@ class Qemu:
         self.proc.wait()
 
 
-def run(args: list[str], sends: list[str]) -> list[dict[str, Any]]:
+def run(args: list[str], sends: list[str], raw: bool = False) -> list[dict[str, Any]]:
+    """One session; with ``raw``, each message's exact line too (to check the serializer)."""
     with tempfile.TemporaryDirectory() as tmp:
         q = Qemu(args, tmp)
         out: list[dict[str, Any]] = [{"argv": q.argv}, {"greeting": q.greeting}]
         try:
             for text in sends:
                 out.append({"send": text})
-                out.extend({"recv": m} for m in q.send(text))
+                for line in q.send(text):
+                    out.append({"recv": json.loads(line), **({"raw": line} if raw else {})})
         finally:
             q.close()
     return out
@@ -121,7 +126,7 @@ def migration() -> list[dict[str, Any]]:
         def step(name: str, text: str) -> list[Any]:
             out.append({"endpoint": name})
             out.append({"send": text})
-            got = ends[name].send(text)
+            got = [json.loads(line) for line in ends[name].send(text)]
             out.extend({"recv": m} for m in got)
             return got
 
@@ -296,10 +301,12 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
                     "bogus",
                     "",
                     "stop",
+                    "migrate tcp:127.0.0.1:1",
                 )
             ),
             _x("human-monitor-command", {}),
             _x("query-status"),
+            _x("human-monitor-command", {"command-line": "quit"}),
         ],
     ),
     "incoming": (
@@ -331,13 +338,26 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ],
     ),
     "commands": (S, [NEG, _x("query-commands")]),
+    "bytes": (
+        S,
+        [
+            NEG,
+            *(
+                _x("query-name", id=i)
+                for i in (1, 1.0, 0.1, -0.0, 1e300, 2**63, -(2**63) - 1, True, None, [], {})
+            ),
+            '{"execute": "query-name", "id": "a/b\\u007f<\\ud83d\\ude00\\t\\"\\\\\\u00e9"}\n',
+            _x("query-name", id={"k": [1, "x", None]}),
+            _x("migrate-set-parameters", {"x": 1}, id="e"),
+        ],
+    ),
 }
 
 
 def main() -> None:
     names = sys.argv[1:] or [*CASES, "migration"]
     for name in names:
-        records = migration() if name == "migration" else run(*CASES[name])
+        records = migration() if name == "migration" else run(*CASES[name], raw=name == "bytes")
         with open(HERE / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         print(name)
