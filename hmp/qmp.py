@@ -1,0 +1,430 @@
+"""A QMP server in front of one `Machine`: what ``-qmp unix:PATH,server=on,wait=off`` serves.
+
+Each client gets QEMU 7.2's greeting, must negotiate with ``qmp_capabilities``, then may run
+the migration commands; replies echo ``id``; events reach every negotiated client. Clients
+may come one after another or at once. Each has a reader thread (which runs its commands)
+and a writer thread, so a slow or vanished client never blocks the engine's event emitters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import queue
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import MigrationError
+from engine.machine import Machine
+from engine.transport import Address, parse_uri
+from hmp import qapi
+from hmp.commands import QEMU_VERSION, package_version
+from hmp.monitor import Monitor
+from hmp.qapi import QmpError, Visitor
+from hmp.qmp_json import JsonError, JsonStreamer, dumps
+
+Args = dict[str, Any]
+
+
+# -- the -qmp option ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QmpSpec:
+    """A parsed ``-qmp`` value: where to listen and whether to wait for the first client."""
+
+    address: Address
+    wait: bool
+
+
+def parse_qmp_spec(text: str) -> QmpSpec:
+    """``unix:PATH`` or ``tcp:HOST:PORT`` with QEMU's socket options (server is required)."""
+    base, *options = text.split(",")
+    flags = {"server": False, "wait": True}
+    for opt in options:
+        key, eq, value = opt.partition("=")
+        if key == "nowait" and not eq:
+            key, value = "wait", "off"
+        elif not eq:
+            value = "on"  # QEMU's legacy bare ``server``
+        if key not in flags or value not in ("on", "off"):
+            raise ValueError(f"-qmp {text}: unsupported option '{opt}'")
+        flags[key] = value == "on"
+    if not flags["server"]:
+        raise ValueError(f"-qmp {text}: qemu-hmp only listens: add server=on")
+    try:
+        address = parse_uri(base, incoming=True)
+    except MigrationError as err:
+        raise ValueError(f"-qmp {text}: {err.desc}") from err
+    return QmpSpec(address, flags["wait"])
+
+
+# -- commands -------------------------------------------------------------------------------------
+Handler = Callable[["_Session", Args], Any]
+
+
+@dataclass(frozen=True)
+class _Command:
+    args: Visitor
+    run: Handler
+
+
+def _qmp_capabilities(session: _Session, args: Args) -> Any:
+    session.negotiate(oob="oob" in args.get("enable", []))
+    return {}
+
+
+def _query_version(session: _Session, args: Args) -> Any:
+    major, minor, micro = (int(n) for n in QEMU_VERSION.split("."))
+    package = f"qemu-hmp {package_version()}"
+    return {"qemu": {"micro": micro, "minor": minor, "major": major}, "package": package}
+
+
+def _set_parameters(session: _Session, args: Args) -> Any:
+    if args.pop("block-bitmap-mapping", []):  # an empty mapping is the only one without disks
+        raise QmpError("Parameter 'block-bitmap-mapping' is not supported by qemu-hmp")
+    session.machine.set_parameters(args)
+    return {}
+
+
+def _migrate(session: _Session, args: Args) -> Any:
+    # QMP `migrate` never waits, so `detach` changes nothing.
+    if args.get("resume"):
+        raise QmpError("Cannot resume if there is no paused migration")  # no postcopy here
+    if args.get("blk") or args.get("inc"):
+        raise QmpError("Block migration (-b, -i) is not supported by qemu-hmp")
+    session.machine.migrate(args["uri"])
+    return {}
+
+
+def _human_monitor_command(session: _Session, args: Args) -> Any:
+    if args.get("cpu-index", 0) != 0:  # qemu-hmp guests have one vCPU
+        raise QmpError("Parameter 'cpu-index' expects a CPU number")
+    text, quit_requested = session.server.run_hmp(args["command-line"])
+    if quit_requested:
+        session.server.quit(session)
+    return text.replace("\n", "\r\n")  # what QEMU's monitor output always does
+
+
+def _quit(session: _Session, args: Args) -> Any:
+    session.server.quit(session)
+    return {}
+
+
+def _set_capabilities(session: _Session, args: Args) -> Any:
+    session.machine.set_capabilities({c["capability"]: c["state"] for c in args["capabilities"]})
+    return {}
+
+
+def _migrate_incoming(session: _Session, args: Args) -> Any:
+    session.machine.migrate_incoming(args["uri"])
+    return {}
+
+
+def _done(action: Callable[[Machine], object]) -> Handler:
+    """A command without arguments that just calls the machine and returns ``{}``."""
+
+    def run(session: _Session, args: Args) -> Any:
+        action(session.machine)
+        return {}
+
+    return run
+
+
+_MIGRATE_FLAGS = {name: qapi.boolean for name in ("blk", "inc", "detach", "resume")}
+
+COMMANDS: dict[str, _Command] = {
+    "qmp_capabilities": _Command(
+        qapi.struct({}, {"enable": qapi.array(qapi.enum(("oob",)))}), _qmp_capabilities
+    ),
+    "query-version": _Command(qapi.NO_ARGS, _query_version),
+    "query-commands": _Command(qapi.NO_ARGS, lambda s, a: [{"name": name} for name in COMMANDS]),
+    "query-name": _Command(
+        qapi.NO_ARGS,
+        lambda s, a: {} if s.machine.opts.name is None else {"name": s.machine.opts.name},
+    ),
+    "query-status": _Command(qapi.NO_ARGS, lambda s, a: qapi.status_info(s.machine.query_status())),
+    "query-migrate": _Command(
+        qapi.NO_ARGS, lambda s, a: qapi.migration_info(s.machine.query_migrate())
+    ),
+    "query-migrate-capabilities": _Command(
+        qapi.NO_ARGS,
+        lambda s, a: qapi.migration_capabilities(s.machine.config.capabilities()),
+    ),
+    "query-migrate-parameters": _Command(
+        qapi.NO_ARGS, lambda s, a: qapi.migration_parameters(s.machine.config.params())
+    ),
+    "migrate-set-capabilities": _Command(qapi.SET_CAPABILITIES, _set_capabilities),
+    "migrate-set-parameters": _Command(qapi.SET_PARAMETERS, _set_parameters),
+    "migrate": _Command(qapi.struct({"uri": qapi.string}, _MIGRATE_FLAGS), _migrate),
+    "migrate_cancel": _Command(qapi.NO_ARGS, _done(Machine.migrate_cancel)),
+    "migrate-incoming": _Command(qapi.struct({"uri": qapi.string}), _migrate_incoming),
+    "stop": _Command(qapi.NO_ARGS, _done(Machine.stop)),
+    "cont": _Command(qapi.NO_ARGS, _done(Machine.cont)),
+    "quit": _Command(qapi.NO_ARGS, _quit),
+    "human-monitor-command": _Command(
+        qapi.struct({"command-line": qapi.string}, {"cpu-index": qapi.integer}),
+        _human_monitor_command,
+    ),
+}
+
+
+# -- one client -----------------------------------------------------------------------------------
+_NO_ID = object()
+
+
+class _Session:
+    """One connected client: greeting, negotiation, requests in order, events once negotiated."""
+
+    machine: Machine
+
+    def __init__(self, server: QmpServer, sock: socket.socket) -> None:
+        self.server = server
+        self.machine = server.machine
+        self._sock = sock
+        self._out: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._negotiated = False
+        self._oob = False
+        self.quitting = False  # set by `quit`: end the session once its reply is out
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._unsubscribe = self.machine.events.subscribe(self._event)
+        self._reader = threading.Thread(target=self._read, name="qmp-reader", daemon=True)
+        self._writer = threading.Thread(target=self._write, name="qmp-writer", daemon=True)
+
+    def start(self) -> None:
+        self._writer.start()
+        self._reader.start()
+
+    def negotiate(self, oob: bool) -> None:
+        self._negotiated, self._oob = True, oob
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self._out.put((dumps(msg) + "\r\n").encode())
+
+    def _event(self, name: str, data: dict[str, Any]) -> None:
+        if not self._negotiated:
+            return  # QEMU holds events back until capabilities are negotiated
+        now = time.time()
+        stamp = {"seconds": int(now), "microseconds": int(now % 1 * 1_000_000)}
+        msg: dict[str, Any] = {"timestamp": stamp, "event": name}
+        if data:
+            msg["data"] = data
+        self.send(msg)
+
+    def _read(self) -> None:
+        self.send({"QMP": {"version": _query_version(self, {}), "capabilities": ["oob"]}})
+        streamer = JsonStreamer()
+        try:
+            while not self.quitting and (data := self._sock.recv(65536)):
+                for request in streamer.feed(data):
+                    self.send(self._reply(request))
+                    if self.quitting:
+                        break
+        except OSError:
+            pass  # the client went away, or the server is closing
+        finally:
+            self.close()
+        if self.quitting:
+            self.server.quit_done()
+
+    def _write(self) -> None:
+        while (chunk := self._out.get()) is not None:
+            try:
+                self._sock.sendall(chunk)
+            except OSError:
+                self.close()  # wakes the reader, which ends the session
+                return
+
+    def _reply(self, request: Any) -> dict[str, Any]:
+        req_id = request.get("id", _NO_ID) if isinstance(request, dict) else _NO_ID
+        try:
+            result = self._dispatch(request)
+        except Exception as exc:  # a bug in one command must not take the session down
+            err = exc if isinstance(exc, QmpError) else QmpError(f"qemu-hmp internal error: {exc}")
+            error = {"class": err.cls, "desc": err.desc}
+            return {"error": error} if req_id is _NO_ID else {"id": req_id, "error": error}
+        return {"return": result} if req_id is _NO_ID else {"return": result, "id": req_id}
+
+    def _dispatch(self, request: Any) -> Any:
+        if isinstance(request, JsonError):
+            raise QmpError(request.desc)
+        if not isinstance(request, dict):
+            raise QmpError("QMP input must be a JSON object")
+        for key, value in request.items():
+            if key in ("execute", "exec-oob") and (key == "execute" or self._oob):
+                if not isinstance(value, str):
+                    raise QmpError(f"QMP input member '{key}' must be a string")
+            elif key == "arguments":
+                if not isinstance(value, dict):
+                    raise QmpError("QMP input member 'arguments' must be an object")
+            elif key != "id":
+                raise QmpError(f"QMP input member '{key}' is unexpected")
+        if "execute" in request and "exec-oob" in request:
+            raise QmpError("QMP input member 'execute' clashes with 'exec-oob'")
+        name = request.get("execute", request.get("exec-oob"))
+        if name is None:
+            raise QmpError("QMP input lacks member 'execute'")
+        command = self._lookup(name)
+        if "exec-oob" in request:
+            raise QmpError(f"The command {name} does not support OOB")
+        args = command.args(request.get("arguments", {}), "")
+        try:
+            return command.run(self, args)
+        except MigrationError as err:
+            raise QmpError.of(err) from err
+
+    def _lookup(self, name: str) -> _Command:
+        if not self._negotiated and name != "qmp_capabilities":
+            raise QmpError(
+                "Expecting capabilities negotiation with 'qmp_capabilities'", "CommandNotFound"
+            )
+        if self._negotiated and name == "qmp_capabilities":
+            raise QmpError(
+                "Capabilities negotiation is already complete, command ignored", "CommandNotFound"
+            )
+        if name not in COMMANDS:
+            raise QmpError(f"The command {name} has not been found", "CommandNotFound")
+        return COMMANDS[name]
+
+    def close(self) -> None:
+        """End the session: let queued replies out (for at most a second), then hang up."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._unsubscribe()
+        self._out.put(None)
+        if threading.current_thread() is not self._writer and self._writer.is_alive():
+            self._writer.join(1.0)
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self.server.forget(self)
+
+    def join(self, timeout: float) -> None:
+        for thread in (self._reader, self._writer):
+            if thread is not threading.current_thread() and thread.is_alive():
+                thread.join(timeout)
+
+
+# -- the server -----------------------------------------------------------------------------------
+def hmp_to_string(machine: Machine, line: str) -> tuple[str, bool]:
+    """Run one HMP command line as ``human-monitor-command`` does: its text, and whether it quit."""
+    out = io.StringIO()
+    monitor = Monitor(machine, out=out, err=out)
+    monitor.execute(line)
+    return out.getvalue(), monitor.quit_requested
+
+
+class QmpServer:
+    """Listens on one ``-qmp`` address; `close` ends every session and the listener."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        spec: QmpSpec | str,
+        *,
+        on_quit: Callable[[], None] | None = None,
+    ) -> None:
+        self.machine = machine
+        self.spec = parse_qmp_spec(spec) if isinstance(spec, str) else spec
+        self._on_quit = on_quit or self._shutdown
+        self._lock = threading.Lock()
+        self._hmp_lock = threading.Lock()
+        self._sessions: set[_Session] = set()
+        self._closed = threading.Event()
+        self._first_client = threading.Event()
+        self._listener = self._listen(self.spec.address)
+        self._accepter = threading.Thread(target=self._accept, name="qmp-accept", daemon=True)
+
+    @staticmethod
+    def _listen(addr: Address) -> socket.socket:
+        if addr.kind == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.stat(addr.path).st_mode):
+                    os.unlink(addr.path)  # a stale socket, as QEMU replaces; never a file
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(addr.path)
+        else:
+            family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((addr.host, addr.port))
+        sock.listen(8)
+        return sock
+
+    @property
+    def address(self) -> str:
+        """The bound address as a URI (``tcp:HOST:PORT`` shows the real port for port 0)."""
+        if self.spec.address.kind == "unix":
+            return self.spec.address.uri()
+        host, port = self._listener.getsockname()[:2]
+        return f"tcp:{host}:{port}"
+
+    def start(self) -> None:
+        """Accept clients from now on; with ``wait=on``, return once the first one connected."""
+        self._accepter.start()
+        if self.spec.wait:
+            self._first_client.wait()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return  # the listener was closed
+            session = _Session(self, sock)
+            with self._lock:
+                closed = self._closed.is_set()
+                if not closed:
+                    self._sessions.add(session)
+            if closed:
+                session.close()
+                return
+            session.start()
+            self._first_client.set()
+
+    def forget(self, session: _Session) -> None:
+        with self._lock:
+            self._sessions.discard(session)
+
+    def run_hmp(self, line: str) -> tuple[str, bool]:
+        with self._hmp_lock:  # one HMP command at a time, whichever client sent it
+            return hmp_to_string(self.machine, line)
+
+    def quit(self, session: _Session) -> None:
+        """``quit``: announce SHUTDOWN; `quit_done` follows once the reply went out."""
+        self.machine.events.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+        session.quitting = True
+
+    def quit_done(self) -> None:
+        self._on_quit()
+
+    def _shutdown(self) -> None:
+        """The default `quit` without a CLI around: what exiting QEMU would release."""
+        self.close()
+        self.machine.close()
+
+    def close(self) -> None:
+        """Stop listening and end every session (idempotent; `quit` may race the owner)."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            sessions = list(self._sessions)
+        self._first_client.set()  # release a start() still waiting (wait=on)
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        if self.spec.address.kind == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.spec.address.path)
+        for session in sessions:
+            session.close()
+        for session in sessions:
+            session.join(5.0)
