@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from engine.errors import MigrationError
 from engine.machine import Loader, Machine, MachineOptions
+from engine.workload import WorkloadSpec
 from hmp.batch import run_batch
 from hmp.commands import QEMU_VERSION, package_version
 from hmp.monitor import Monitor
@@ -74,8 +75,8 @@ def _lazy(module: str) -> Callable[[list[str]], int]:
 
 # `qemu-hmp NAME ...` runs SUBCOMMANDS[NAME](rest of argv) and exits with its status.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
-    name: _not_implemented(name) for name in ("demo", "replay", "record")
-} | {"bench": _lazy("hmp.bench")}
+    name: _not_implemented(name) for name in ("demo",)
+} | {"bench": _lazy("hmp.bench"), "record": _lazy("hmp.record"), "replay": _lazy("hmp.replay")}
 
 
 def parse_size_mib(text: str) -> int:
@@ -145,8 +146,12 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
                 raise UsageError(f"{arg}: only '-monitor stdio' is supported")
         elif option == "-workload":
             workload = value(arg)
-            if workload not in WORKLOADS:
+            if workload.split(",")[0] not in WORKLOADS:
                 raise UsageError(f"{arg} {workload}: expected one of {', '.join(WORKLOADS)}")
+            try:  # options such as random-writer,rate=25000,wss=32M
+                WorkloadSpec.parse(workload)
+            except ValueError as err:
+                raise UsageError(f"{arg} {workload}: {err}") from None
             opts["workload"] = workload
         elif option == "-seed":
             seed = value(arg)

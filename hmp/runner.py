@@ -1,0 +1,229 @@
+"""Run transcript steps against live endpoints: replay (compare), update and record.
+
+Directives (no output of their own):
+    @wait NAME migrate STATUS [timeout=S]   poll `info migrate` until its status is STATUS
+                                            (``failed`` also matches ``failed (reason)``);
+                                            fails at once if the migration ends otherwise
+    @wait NAME status STATE [timeout=S]     poll `info status` until ``VM status: STATE``
+    @kill NAME                              SIGKILL the endpoint (a host that dies)
+    @stderr NAME                            the lines below are NAME's next stderr lines
+                                            (async messages), waited for up to the timeout
+Stderr lines nobody expected are reported at the end as an extra ``@stderr`` block.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+
+from hmp.endpoint import Endpoint, EndpointError, EndpointExited, free_port
+from hmp.transcript import (
+    STATUS_LABEL,
+    Kind,
+    Step,
+    expand_ports,
+    generaliser,
+    literal,
+    parse,
+    port_names,
+    reconcile,
+    render,
+)
+
+COMMAND_TIMEOUT = 10.0  # seconds for one command, an endpoint start, an @stderr block
+WAIT_TIMEOUT = 30.0  # default of @wait
+POLL_INTERVAL = 0.05  # between two polls of @wait
+# (command that shows it, the line's prefix, values after which it cannot change any more)
+WAITS = {
+    "migrate": ("info migrate", f"{STATUS_LABEL}: ", ("completed", "failed", "cancelled")),
+    "status": ("info status", "VM status: ", ()),
+}
+
+
+class StepError(Exception):
+    """A step could not run (a hang, a dead endpoint, a bad directive): the run stops."""
+
+
+@dataclass
+class Result:
+    path: str
+    expected: str  # the transcript as read
+    actual: str  # the transcript with actual output, patterns kept where they match
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors and self.actual == self.expected
+
+    def diff(self) -> str:
+        lines = difflib.unified_diff(
+            self.expected.splitlines(keepends=True),
+            self.actual.splitlines(keepends=True),
+            self.path,
+            f"{self.path} (actual)",
+        )
+        return "".join(lines) + "".join(f"error: {e}\n" for e in self.errors)
+
+
+class Session:
+    """The endpoints of one run. ``record``: no expectations, and stderr is noted as it comes.
+
+    Use as a context manager: every endpoint is killed on exit, whatever happened.
+    """
+
+    def __init__(self, *, timeout: float = COMMAND_TIMEOUT, generalise: bool = False) -> None:
+        self.timeout = timeout
+        self.generalise = generalise
+        self.endpoints: dict[str, Endpoint] = {}
+        self.quiet: dict[str, bool] = {}  # endpoint -> its guest writes nothing
+        self.ports: dict[str, int] = {}
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for endpoint in self.endpoints.values():
+            endpoint.kill()
+
+    def expand(self, text: str) -> str:
+        for name in port_names(text):
+            self.ports.setdefault(name, free_port())
+        return expand_ports(text, self.ports)
+
+    def run(self, step: Step) -> Step:
+        """The step with its actual output as its expectation (matching lines kept)."""
+        if step.kind is Kind.PROSE:
+            return step
+        actual = self._actual(step)
+        if self.generalise and step.kind is Kind.COMMAND:
+            fallback = generaliser(actual, self.ports, self.quiet[step.name])
+        else:
+            fallback = self._literal
+        return replace(step, expected=reconcile(step.expected, actual, self.ports, fallback))
+
+    def _literal(self, line: str) -> str:
+        return literal(line, self.ports)
+
+    def _endpoint(self, name: str) -> Endpoint:
+        if name not in self.endpoints:
+            raise StepError(f"no endpoint {name!r} was started")
+        return self.endpoints[name]
+
+    def _actual(self, step: Step) -> list[str]:
+        try:
+            if step.kind is Kind.START:
+                return self._start(step)
+            if step.kind is Kind.COMMAND:
+                output = self._endpoint(step.name).execute(self.expand(step.arg), self.timeout)
+                return output.splitlines()
+            return self._directive(step)
+        except EndpointError as err:
+            raise StepError(str(err)) from None
+
+    def _start(self, step: Step) -> list[str]:
+        if step.name in self.endpoints:
+            raise StepError(f"endpoint {step.name!r} is already started")
+        argv = shlex.split(self.expand(step.arg))
+        endpoint = self.endpoints[step.name] = Endpoint(argv, name=step.name)
+        self.quiet[step.name] = not any("random-writer" in arg for arg in argv)
+        try:
+            endpoint.wait_ready(self.timeout)
+        except EndpointExited:  # a bad command line: what it said, and its exit status
+            status = endpoint.close(self.timeout)
+            return [*endpoint.read_stderr(timeout=self.timeout), f"[{status}]"]
+        return []
+
+    def _directive(self, step: Step) -> list[str]:
+        word, *args = step.arg.split()
+        if word == "wait" and len(args) >= 3 and args[1] in WAITS:
+            self._wait(*args)
+            return []
+        if word == "kill" and len(args) == 1:
+            self._endpoint(args[0]).kill()
+            return []
+        if word == "stderr" and len(args) == 1:
+            return self._endpoint(args[0]).read_stderr(len(step.expected), self.timeout)
+        raise StepError(f"bad directive: {step.text}")
+
+    def _wait(self, name: str, what: str, *words: str) -> None:
+        timeout = WAIT_TIMEOUT
+        if words[-1].startswith("timeout="):
+            try:
+                timeout = float(words[-1].removeprefix("timeout=").removesuffix("s"))
+            except ValueError:
+                raise StepError(f"bad timeout: {words[-1]}") from None
+            words = words[:-1]
+        if not words:
+            raise StepError(f"@wait {name} {what}: which state?")
+        want = " ".join(words)
+        command, prefix, final = WAITS[what]
+        endpoint = self._endpoint(name)
+        deadline = time.monotonic() + timeout
+        state = "(none)"
+        while True:
+            lines = endpoint.execute(command, self.timeout).splitlines()
+            state = next((ln[len(prefix) :] for ln in lines if ln.startswith(prefix)), "(none)")
+            if state == want or state.startswith(want + " "):
+                return
+            if state.split(" ")[0] in final:
+                raise StepError(f"{name}: {what} is {state!r}, waited for {want!r}")
+            if time.monotonic() >= deadline:
+                raise StepError(f"{name}: {what} still {state!r} after {timeout:g}s")
+            time.sleep(POLL_INTERVAL)
+
+    def new_stderr(self) -> list[Step]:
+        """Record mode: stderr lines that arrived since the last look, as @stderr steps."""
+        return self._stderr_steps(ep.read_stderr() for ep in self.endpoints.values())
+
+    def close(self) -> list[Step]:
+        """End every endpoint's input; stderr lines never consumed, as @stderr steps."""
+        for endpoint in self.endpoints.values():
+            endpoint.close(self.timeout)
+        return self._stderr_steps(
+            ep.read_stderr(timeout=self.timeout) for ep in self.endpoints.values()
+        )
+
+    def _stderr_steps(self, outputs: Iterable[list[str]]) -> list[Step]:
+        return [
+            Step(Kind.DIRECTIVE, f"@stderr {name}", arg=f"stderr {name}", expected=lines)
+            for name, lines in zip(self.endpoints, outputs, strict=True)
+            if lines
+        ]
+
+
+def run_steps(
+    steps: Iterable[Step], session: Session, errors: list[str], record: bool = False
+) -> Iterator[Step]:
+    """Run ``steps`` in order, yielding each with its actual output (lazily, for a live view).
+
+    On a failed step the error is noted and the remaining steps are yielded unchanged, so a
+    diff shows the failure where it happened and nothing else. ``record`` also yields the
+    stderr lines seen after each step as @stderr steps.
+    """
+    pending = iter(steps)
+    for step in pending:
+        try:
+            yield session.run(step)
+        except StepError as err:
+            errors.append(f"line {step.lineno}: {err}")
+            yield step
+            yield from pending
+            return
+        if record:
+            yield from session.new_stderr()
+    yield from session.close()
+
+
+def replay(
+    text: str, path: str = "<transcript>", *, timeout: float = COMMAND_TIMEOUT, update: bool = False
+) -> Result:
+    """Run a transcript; ``update`` writes unmatched volatile figures as placeholders."""
+    started = time.monotonic()
+    errors: list[str] = []
+    with Session(timeout=timeout, generalise=update) as session:
+        actual = render(list(run_steps(parse(text), session, errors)))
+    return Result(path, text, actual, errors, time.monotonic() - started)
