@@ -17,6 +17,7 @@ from engine.workload import WorkloadSpec
 from hmp.batch import run_batch
 from hmp.commands import QEMU_VERSION, package_version
 from hmp.monitor import Monitor
+from hmp.qmp_cli import QmpFrontend, extract_qmp_options
 from hmp.values import strtosz, strtou64
 
 MiB = 1024 * 1024
@@ -40,6 +41,8 @@ QEMU options:
   -device loader,file=PATH,addr=ADDR,force-raw=on
                           copy a file into guest RAM at ADDR (repeatable)
   -monitor stdio          accepted (the monitor is always on stdio)
+  -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
+                          serve QMP there too (repeatable; see hmp/qmp.py)
   -machine, -M, -smp, -display, -accel, -cpu, -vga, -nodefaults, -nographic,
   -enable-kvm, -no-user-config
                           accepted and ignored
@@ -174,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     try:
+        qmp_specs, argv = extract_qmp_options(argv)  # -qmp: hmp/qmp_cli.py
+    except ValueError as err:
+        sys.stderr.write(f"qemu-hmp: {err}\n")
+        return 1
+    try:
         opts = parse_argv(argv)
     except UsageError as err:
         sys.stderr.write(f"qemu-hmp: {err}\n")
@@ -193,10 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     mon = Monitor(machine)
     try:
+        qmp = QmpFrontend(machine, mon, qmp_specs)
+    except ValueError as err:
+        machine.close()
+        sys.stderr.write(f"qemu-hmp: {err}\n")
+        return 1
+    try:
         if sys.stdin.isatty():
             from hmp.repl import run_repl  # prompt_toolkit only when a person is typing
 
             return run_repl(mon)
-        return run_batch(mon, sys.stdin)
+        status = run_batch(mon, sys.stdin)
+        qmp.wait_for_quit()  # like QEMU, outlive the monitor's input
+        return status
     finally:
+        qmp.close()
         machine.close()

@@ -39,6 +39,7 @@ class QmpSpec:
 
     address: Address
     wait: bool
+    text: str  # as given, for messages
 
 
 def parse_qmp_spec(text: str) -> QmpSpec:
@@ -60,7 +61,7 @@ def parse_qmp_spec(text: str) -> QmpSpec:
         address = parse_uri(base, incoming=True)
     except MigrationError as err:
         raise ValueError(f"-qmp {text}: {err.desc}") from err
-    return QmpSpec(address, flags["wait"])
+    return QmpSpec(address, flags["wait"], text)
 
 
 # -- commands -------------------------------------------------------------------------------------
