@@ -132,7 +132,7 @@ _PARAM_VISITORS: dict[Kind, Visitor] = {
     Kind.SIZE: uint64,
     Kind.BOOL: boolean,
     Kind.STR: str_or_null,
-    Kind.QMP_ONLY: array(struct({})),
+    Kind.QMP_ONLY: array(lambda value, path: value),  # block-bitmap-mapping: see qmp.py
 }
 
 

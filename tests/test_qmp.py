@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -295,10 +298,45 @@ def _shape(info: dict[str, Any]) -> dict[str, Any]:
     return {k: sorted(v) if isinstance(v, dict) else type(v).__name__ for k, v in info.items()}
 
 
-def test_compressed_migration_driven_over_qmp(tmp_path: Path) -> None:
-    """Source and destination endpoints, configured, migrated and watched only through QMP."""
+@contextmanager
+def in_process(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Source and destination Machines in this process; yields their QMP socket paths."""
     src_opts = MachineOptions(ram_size=64 << 20)  # idle: OS-like pages, some zero
     dst_opts = MachineOptions(ram_size=64 << 20, incoming="tcp:127.0.0.1:0")
+    with served(tmp_path, dst_opts, "dst") as dst, served(tmp_path, src_opts, "src") as src:
+        yield src, dst
+
+
+@contextmanager
+def processes(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two ``qemu-hmp -qmp ...`` processes, input piped from /dev/null; both must end at `quit`."""
+    paths = (str(tmp_path / "src.sock"), str(tmp_path / "dst.sock"))
+    argvs = (["-m", "64"], ["-m", "64", "-incoming", "tcp:127.0.0.1:0"])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hmp", *argv, "-qmp", f"unix:{path},server=on,wait=off"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        for argv, path in zip(argvs, paths, strict=True)
+    ]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not all(Path(p).exists() for p in paths):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.01)
+        yield paths
+        assert [p.wait(TIMEOUT) for p in procs] == [0, 0]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.parametrize("endpoints", [in_process, processes])
+def test_compressed_migration_driven_over_qmp(tmp_path: Path, endpoints: Any) -> None:
+    """Source and destination, configured, migrated and watched only through QMP."""
     both = {"capabilities": [{"capability": c, "state": True} for c in ("compress", "events")]}
 
     async def run(src_path: str, dst_path: str) -> None:
@@ -354,5 +392,11 @@ def test_compressed_migration_driven_over_qmp(tmp_path: Path) -> None:
             assert [d["status"] for e, d in got_dst if e == "MIGRATION"] == ["active", "completed"]
             assert ("RESUME", None) in got_dst
 
-    with served(tmp_path, dst_opts, "dst") as dst_path, served(tmp_path, src_opts, "src") as src:
-        asyncio.run(run(src, dst_path))
+            if endpoints is processes:
+                for qmp in (src, dst):
+                    await qmp.execute("quit")
+                    with contextlib.suppress(EOFError):  # the hang-up qemu.qmp reports
+                        await qmp.disconnect()
+
+    with endpoints(tmp_path) as (src_path, dst_path):
+        asyncio.run(run(src_path, dst_path))
