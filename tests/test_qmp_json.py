@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hmp.qmp_json import JsonError, JsonStreamer, dumps
 from tests.qmp_helpers import RawClient, endpoint, load, options
@@ -74,3 +76,24 @@ def test_nesting_limit() -> None:
 def test_dumps() -> None:
     assert dumps({"a": [0.0, 2.5, None, False]}) == '{"a": [0, 2.5, null, false]}'
     assert dumps("\x7fé\U0001f600\n") == '"\\u007F\\u00E9\\uD83D\\uDE00\\n"'
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_any_bytes_give_values_or_errors(chunks: list[bytes]) -> None:
+    """Whatever a client sends, the reader returns values or JsonErrors and never raises."""
+    streamer = JsonStreamer()
+    for chunk in chunks:
+        for value in streamer.feed(chunk):
+            dumps(value.desc if isinstance(value, JsonError) else value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+    )
+)
+def test_round_trip(value: Any) -> None:
+    assert feed(dumps(value) + "\n") == [value]  # a bare scalar ends at a delimiter
