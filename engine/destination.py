@@ -23,10 +23,13 @@ import numpy.typing as npt
 from engine import wire
 from engine.compression import CHUNK, CODECS, DecompressPool
 from engine.guest import GuestRam
+from engine.multifd import METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.transport import Listener
 from engine.vm import Vm
+
+CHANNEL_TIMEOUT_S = 10.0  # for multifd channels to connect after the main stream
 
 
 class IncomingMigration(threading.Thread):
@@ -99,18 +102,28 @@ class IncomingMigration(threading.Thread):
             return
         self._conn = conn
         self._set_status(MigrationStatus.ACTIVE, None)
-        loader = StreamLoader(self.ram, self._local_config, pristine=self._pristine)
+        loader = StreamLoader(
+            self.ram,
+            self._local_config,
+            pristine=self._pristine,
+            accept=lambda: self.listener.accept(self._stop, CHANNEL_TIMEOUT_S),
+        )
+        runstate, error = RunState.INMIGRATE, None
         try:
-            runstate = loader.load(conn)
+            runstate = loader.load(conn, then=self.listener.close)
         except (wire.StreamError, OSError) as exc:
-            reason = str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
-            self._fail(conn, reason)
+            error = str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
         except Exception as exc:  # a bug must still leave the destination consistent
-            self._fail(conn, f"internal error: {exc!r}")
-        else:
-            self._succeed(conn, runstate)
+            error = f"internal error: {exc!r}"
         finally:
             loader.close()
+            self.listener.close()  # before a retry listens on the same address
+        try:
+            if error is None:
+                self._succeed(conn, runstate)
+            else:
+                self._fail(conn, error)
+        finally:
             conn.close()
             self._done.set()
 
@@ -131,13 +144,15 @@ class IncomingMigration(threading.Thread):
             pass  # the source gave up waiting; our RAM is verified either way
 
     def _fail(self, conn: socket.socket, reason: str) -> None:
-        self._set_status(MigrationStatus.FAILED, reason)
+        with self._lock:
+            self._status, self._error = MigrationStatus.FAILED, reason
         try:
             conn.sendall(wire.json_record(wire.Rec.NACK, {"error": reason}))
         except OSError:
             pass
         if not self._stop.is_set():
-            self._on_failed(self, reason)
+            self._on_failed(self, reason)  # listens again first: whoever sees "failed" may retry
+        self._on_event("MIGRATION", {"status": str(MigrationStatus.FAILED)})
 
 
 class StreamLoader:
@@ -150,9 +165,14 @@ class StreamLoader:
         local_config: Callable[[], tuple[wire.StreamConfig, int]],
         *,
         pristine: bool,
+        accept: Callable[[], socket.socket | None] = lambda: None,
     ) -> None:
+        """``accept`` yields the next connection to the listener (for multifd channels)."""
         self.ram = ram
         self._local_config = local_config
+        self._accept = accept
+        self._multifd: MultifdReceiver | None = None
+        self._eos = 0
         self._pool: DecompressPool | None = None
         self._pending: deque[tuple[npt.NDArray[np.intp], Future[list[int]]]] = deque()
         self._digest = wire.PageDigest(ram.pages)
@@ -163,14 +183,20 @@ class StreamLoader:
     def close(self) -> None:
         if self._pool:
             self._pool.close()
+        if self._multifd:
+            self._multifd.close()
 
-    def load(self, conn: socket.socket) -> RunState:
-        """Read the whole stream; returns the source's run state once the digest matched."""
+    def load(self, conn: socket.socket, then: Callable[[], None] = lambda: None) -> RunState:
+        """Read the whole stream; returns the source's run state once the digest matched.
+
+        ``then`` runs once every connection of the stream is in (QEMU closes its listener).
+        """
         head = wire.read_exact(conn, wire.HEADER.size)
         if head is None:
             raise wire.StreamError("migration stream ended before its header")
         wire.check_header(bytes(head))
         self._configure(conn)
+        then()
         while True:
             rec = wire.read_record_head(conn)
             if rec is None:
@@ -182,6 +208,9 @@ class StreamLoader:
                 if length:
                     raise wire.StreamError("malformed end-of-section record")
                 self._drain()
+                self._eos += 1
+                if self._multifd:
+                    self._multifd.wait_sync(self._eos)
             elif kind == wire.Rec.DONE:
                 return self._verify(wire.read_body(conn, length, wire.MAX_JSON))
             else:
@@ -198,9 +227,35 @@ class StreamLoader:
         problem = remote.mismatch(local)
         if problem:
             raise wire.StreamError(problem)
+        if remote.multifd_channels:
+            self._connect_channels(remote)
         if remote.compress:
             self._pool = DecompressPool(CODECS[remote.compress_method], threads, self.ram)
             self._max_pending = 4 * threads
+
+    def _connect_channels(self, remote: wire.StreamConfig) -> None:
+        if remote.multifd_compression not in METHODS:
+            raise wire.StreamError(f"multifd: unknown compression {remote.multifd_compression}")
+        socks: list[socket.socket | None] = [None] * remote.multifd_channels
+        try:
+            for _ in socks:
+                sock = self._accept()
+                if sock is None:
+                    raise wire.StreamError("multifd: a channel did not connect")
+                hello = Hello.read(sock)
+                if hello.session.hex() != remote.session or not 0 <= hello.channel < len(socks):
+                    sock.close()
+                    raise wire.StreamError("multifd: a channel of another migration connected")
+                socks[hello.channel] = sock
+        except BaseException:
+            for s in socks:
+                if s is not None:
+                    s.close()
+            raise
+        self._multifd = MultifdReceiver(
+            self.ram, self._digest, self._written, remote.multifd_compression
+        )
+        self._multifd.start([s for s in socks if s is not None])
 
     def _receive_batch(self, conn: socket.socket, length: int) -> None:
         batch = wire.read_batch_head(conn, length, self.ram.pages)

@@ -166,6 +166,13 @@ class Machine:
                 cpu_throttle_initial=int(c.param("cpu-throttle-initial")),
                 cpu_throttle_increment=int(c.param("cpu-throttle-increment")),
                 max_cpu_throttle=int(c.param("max-cpu-throttle")),
+                multifd_channels=int(c.param("multifd-channels")) if c.capability("multifd") else 0,
+                multifd_compression=str(c.param("multifd-compression")),
+                multifd_level=int(
+                    c.param("multifd-zstd-level")
+                    if c.param("multifd-compression") == "zstd"
+                    else c.param("multifd-zlib-level")
+                ),
             )
             mig = OutgoingMigration(
                 addr,
@@ -232,6 +239,9 @@ class Machine:
             ram_size=self.ram.size,
             compress=c.capability("compress"),
             compress_method=str(c.param("x-compress-method")),
+            # The source says how many channels it opens; the destination only has to agree
+            # that multifd is on (QEMU would hang on a channel-count mismatch).
+            multifd_channels=int(c.param("multifd-channels")) if c.capability("multifd") else 0,
         )
         return local, int(c.param("decompress-threads"))
 
@@ -240,7 +250,10 @@ class Machine:
         self._notify(f"load of migration failed: {reason}")
         with self._lock:
             if self._incoming is mig and not self._closing:
-                self._listen(mig.listener.addr, failed=mig)
+                try:
+                    self._listen(mig.listener.addr, failed=mig)
+                except MigrationError as exc:  # the address was taken meanwhile
+                    self._notify(f"cannot listen again on {mig.listener.addr.uri()}: {exc.desc}")
 
     # -- memory -------------------------------------------------------------------------------
     def pmemsave(self, addr: int, size: int, path: str) -> None:

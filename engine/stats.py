@@ -66,6 +66,7 @@ class SourceStats:
     normal: int = 0
     dirty_sync_count: int = 0
     remaining: int = 0
+    multifd_bytes: int = 0
     # compression
     comp_pages: int = 0
     comp_busy: int = 0
@@ -105,6 +106,13 @@ class SourceStats:
                 self.precopy_bytes += nbytes
             else:
                 self.downtime_bytes += nbytes
+
+    def add_multifd(self, nbytes: int, pages: int, vm_running: bool) -> None:
+        """A multifd packet: its bytes count as RAM and multifd bytes, its pages as normal."""
+        self.add_ram(nbytes, vm_running)
+        with self._lock:
+            self.multifd_bytes += nbytes
+            self.normal += pages
 
     def add_pages(
         self, *, zero: int, normal: int, compressed: int, compressed_bytes: int, busy: int
@@ -249,7 +257,7 @@ class SourceStats:
             normal_bytes=self.normal * PAGE_SIZE,
             dirty_sync_count=self.dirty_sync_count,
             page_size=PAGE_SIZE,
-            multifd_bytes=0,
+            multifd_bytes=self.multifd_bytes,
             pages_per_second=self.pages_per_second,
             mbps=self.mbps,
             dirty_pages_rate=self.dirty_pages_rate,

@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine.errors import MigrationError
@@ -102,7 +102,7 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
 
 
-def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> int:
+def send_buffers(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> int:
     """Gathered write of every buffer (sendmsg, resuming after partial writes); bytes sent."""
     views = [memoryview(b).cast("B") for b in buffers if len(b)]
     total = sum(len(v) for v in views)
@@ -118,7 +118,8 @@ def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> int:
 
 
 class Listener:
-    """A listening socket that hands over exactly one connection, then closes (as QEMU does)."""
+    """A listening socket; its owner closes it once it has the connections it wants (one, or
+    one plus the multifd channels), after which further connections are refused, as in QEMU."""
 
     def __init__(self, addr: Address) -> None:
         try:
@@ -135,7 +136,8 @@ class Listener:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((host, addr.port))
                 self.addr = Address("tcp", host=host, port=sock.getsockname()[1])
-            sock.listen(1)
+            sock.listen(8)
+            sock.settimeout(0.1)  # accept() polls so that a stop or close is noticed
         except OSError as exc:
             raise MigrationError(
                 f"Failed to bind socket: {os.strerror(exc.errno or errno.EINVAL)}"
@@ -143,17 +145,16 @@ class Listener:
         self._sock = sock
         self._closed = False
 
-    def accept(self, stop: threading.Event) -> socket.socket | None:
-        """Wait for the one connection; None once ``stop`` is set or the listener closed."""
-        self._sock.settimeout(0.1)
-        while not stop.is_set():
+    def accept(self, stop: threading.Event, timeout: float | None = None) -> socket.socket | None:
+        """The next connection; None once ``stop`` is set, time is up or the listener closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             try:
                 conn, _ = self._sock.accept()
             except TimeoutError:
                 continue
             except OSError:
                 return None
-            self.close()
             tune(conn)
             return conn
         return None
@@ -184,17 +185,20 @@ class RateLimiter:
         self._stop = stop
         self._window_start = time.monotonic()
         self._used = 0
+        self._lock = threading.Lock()  # multifd channel threads charge too
         self.unlimited = False  # stop-and-copy lifts the limit
 
     def charge(self, nbytes: int) -> None:
-        self._used += nbytes
+        with self._lock:
+            self._used += nbytes
 
     def _budget(self) -> int:
         """This window's budget (0: unlimited); rolls the window when it has ended."""
         rate = 0 if self.unlimited else self._rate()
         now = time.monotonic()
         if now >= self._window_start + self.WINDOW_S:
-            self._used = max(0, self._used - rate // 10) if rate else 0
+            with self._lock:
+                self._used = max(0, self._used - rate // 10) if rate else 0
             self._window_start = now
         return rate // 10 if rate else 0
 
@@ -222,13 +226,16 @@ class Link:
     def __init__(self, rate: Callable[[], int], stop: threading.Event) -> None:
         self._rate = rate
         self._stop = stop
+        self._lock = threading.Lock()  # one link under several multifd channels
         self._free_at = time.monotonic()
 
     def pace(self, nbytes: int) -> None:
         rate = self._rate()
         if rate <= 0:
             return
-        now = time.monotonic()
-        self._free_at = max(self._free_at, now - self.BURST_S) + nbytes / rate
-        if self._free_at > now:
-            self._stop.wait(self._free_at - now)
+        with self._lock:
+            now = time.monotonic()
+            self._free_at = max(self._free_at, now - self.BURST_S) + nbytes / rate
+            delay = self._free_at - now
+        if delay > 0:
+            self._stop.wait(delay)

@@ -143,6 +143,9 @@ class StreamConfig:
     ram_size: int
     compress: bool
     compress_method: str
+    multifd_channels: int = 0  # 0: multifd off
+    multifd_compression: str = "none"
+    session: str = ""  # ties multifd channel connections to this stream
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,6 +153,9 @@ class StreamConfig:
             "ram-size": self.ram_size,
             "compress": self.compress,
             "compress-method": self.compress_method,
+            "multifd-channels": self.multifd_channels,
+            "multifd-compression": self.multifd_compression,
+            "session": self.session,
         }
 
     @classmethod
@@ -160,6 +166,9 @@ class StreamConfig:
                 ram_size=int(obj["ram-size"]),
                 compress=bool(obj["compress"]),
                 compress_method=str(obj["compress-method"]),
+                multifd_channels=int(obj["multifd-channels"]),
+                multifd_compression=str(obj["multifd-compression"]),
+                session=str(obj["session"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StreamError("configuration section is incomplete") from exc
@@ -176,6 +185,11 @@ class StreamConfig:
             )
         if self.compress and not local.compress:
             return "Received an unexpected compressed page"
+        if bool(self.multifd_channels) != bool(local.multifd_channels):
+            side = "destination" if self.multifd_channels else "source"
+            return f"multifd mismatch: the capability is off on the {side}"
+        if not 0 <= self.multifd_channels <= 255:
+            return f"multifd: {self.multifd_channels} channels"
         if self.compress and self.compress_method != local.compress_method:
             return (
                 f"compress method mismatch: source {self.compress_method}, "

@@ -160,7 +160,7 @@ def test_cancel_then_migrate_again(machines):
     dst, uri = dest(machines)
     src = make(machines, seed=3)
     src.set_parameters({"max-bandwidth": 1 * MiB})
-    watch = Watch(src)
+    watch, dst_watch = Watch(src), Watch(dst)
     src.migrate(uri)
     watch.wait_status("active")
     src.migrate_cancel()
@@ -170,10 +170,10 @@ def test_cancel_then_migrate_again(machines):
     assert watch.statuses()[-2:] == ["cancelling", "cancelled"]
     assert src.query_status().status is RunState.RUNNING
     # The destination saw a broken stream; it listens again on the same address.
-    dst_watch = Watch(dst)
+    dst_watch.wait_status("failed")
     src.set_parameters({"max-bandwidth": 0})
     migrate(src, dst, uri)
-    assert "completed" in dst_watch.statuses()
+    assert dst_watch.statuses()[-2:] == ["active", "completed"]
 
 
 def test_refused_port(machines):
@@ -342,3 +342,33 @@ def test_loader_errors(tmp_path: Path):
     big.write_bytes(bytes(4096))
     with pytest.raises(MigrationError, match="does not fit in guest RAM"):
         Machine(MachineOptions(ram_size=SIZE, loaders=(Loader(str(big), SIZE - 100),)))
+
+
+@pytest.mark.parametrize(
+    ("channels", "compression"), [(2, "none"), (4, "zlib"), (3, "zstd"), (1, "none")]
+)
+def test_multifd_migration(machines, channels, compression):
+    dst, uri = dest(machines)
+    src = make(machines, workload="random-writer,rate=2000,wss=8M", seed=9)
+    for m in (src, dst):
+        m.set_capabilities({"multifd": True})
+        m.set_parameters({"multifd-channels": channels, "multifd-compression": compression})
+    src.set_parameters({"max-bandwidth": 64 * MiB})
+    migrate(src, dst, uri)
+    info = src.query_migrate()
+    assert info.ram is not None and info.compression is None
+    assert info.ram.multifd_bytes > 0 and info.ram.normal > 0
+    assert info.ram.transferred >= info.ram.multifd_bytes
+    if compression != "none":
+        assert info.ram.multifd_bytes < info.ram.normal * 4096
+
+
+def test_multifd_must_be_on_at_both_ends(machines):
+    _dst, uri = dest(machines)
+    src = make(machines)
+    src.set_capabilities({"multifd": True})
+    src.migrate(uri)
+    info = src.wait_migration(30)
+    assert info.status is MigrationStatus.FAILED
+    assert info.error_desc == "multifd mismatch: the capability is off on the destination"
+    assert src.query_status().status is RunState.RUNNING

@@ -1,0 +1,330 @@
+"""multifd: non-zero pages travel over N extra connections, one thread each, as in QEMU 7.2.
+
+The main stream keeps its records (configuration, zero pages, EOS, DONE); every channel
+carries PACKETs of up to 128 pages, optionally compressed as one unit per packet (zlib: a
+deflate stream per channel with a sync flush per packet; zstd: one frame per packet). Before
+each EOS the source puts a SYNC on every channel; the destination holds each channel at its
+SYNC until all have arrived and the main stream reached that EOS (QEMU's sem_sync), so a page
+re-sent in the next iteration on one channel can never be overtaken by its stale copy on
+another.
+
+Channel handshake: b"QHMF", u32 version, u32 channel id, 16-byte session id (from CONFIG).
+Channel records: u8 type, u32 length, body; PACKET body: u32 n, n x u32 page, payload.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import zstandard
+from zlib_ng import zlib_ng
+
+from engine import wire
+from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
+from engine.transport import send_buffers
+
+PACKET_PAGES = 128  # QEMU's MULTIFD_PACKET_SIZE / page size
+HELLO = struct.Struct(">4sII16s")
+HELLO_MAGIC = b"QHMF"
+PACKET = 0x30
+SYNC = 0x31
+METHODS = ("none", "zlib", "zstd")
+
+
+@dataclass(frozen=True)
+class Hello:
+    channel: int
+    session: bytes
+
+    def encode(self) -> bytes:
+        return HELLO.pack(HELLO_MAGIC, wire.VERSION, self.channel, self.session)
+
+    @classmethod
+    def read(cls, sock: socket.socket) -> Hello:
+        data = wire.read_exact(sock, HELLO.size)
+        if data is None:
+            raise wire.StreamError("multifd channel closed before its handshake")
+        magic, version, channel, session = HELLO.unpack(data)
+        if magic != HELLO_MAGIC or version != wire.VERSION:
+            raise wire.StreamError("multifd channel handshake is not qemu-hmp's")
+        return cls(channel, session)
+
+
+def _packer(method: str, level: int) -> Callable[[bytes], bytes]:
+    """How one channel turns a packet's pages into its payload."""
+    if method == "zlib":
+        stream = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
+        return lambda data: stream.compress(data) + stream.flush(zlib_ng.Z_SYNC_FLUSH)
+    if method == "zstd":
+        return zstandard.ZstdCompressor(level=max(1, level), write_content_size=True).compress
+    return lambda data: data
+
+
+def _unpacker(method: str) -> Callable[[bytes | bytearray, int], bytes | bytearray]:
+    """Payload → exactly ``size`` bytes of pages, never inflating past them."""
+    if method == "zlib":
+        stream = zlib_ng.decompressobj(-15)
+
+        def inflate(data: bytes | bytearray, size: int) -> bytes:
+            try:
+                out = stream.decompress(data, size)
+            except zlib_ng.error as exc:  # type: ignore[misc]
+                raise wire.StreamError("multifd: decompress data failed") from exc
+            if len(out) != size or stream.unconsumed_tail:
+                raise wire.StreamError("multifd: decompress data failed")
+            return out
+
+        return inflate
+    if method == "zstd":
+        dctx = zstandard.ZstdDecompressor()
+
+        def unzstd(data: bytes | bytearray, size: int) -> bytes:
+            try:
+                if zstandard.frame_content_size(data) != size:
+                    raise wire.StreamError("multifd: decompress data failed")
+                return dctx.decompress(data, max_output_size=size)
+            except zstandard.ZstdError as exc:
+                raise wire.StreamError("multifd: decompress data failed") from exc
+
+        return unzstd
+
+    def raw(data: bytes | bytearray, size: int) -> bytes | bytearray:
+        if len(data) != size:
+            raise wire.StreamError("multifd: packet length does not match its pages")
+        return data
+
+    return raw
+
+
+# -- source ----------------------------------------------------------------------------------
+
+
+class _SendChannel(threading.Thread):
+    def __init__(self, sender: MultifdSender, index: int, sock: socket.socket) -> None:
+        super().__init__(name=f"multifdsend_{index}", daemon=True)
+        self.sock = sock
+        self.jobs: queue.Queue[npt.NDArray[np.intp] | None] = queue.Queue(maxsize=2)
+        self._sender = sender
+
+    def run(self) -> None:
+        s = self._sender
+        pack = _packer(s.method, s.level)
+        try:
+            while True:
+                pages = self.jobs.get()
+                if pages is None:
+                    s.sent(send_buffers(self.sock, [wire.RECORD.pack(SYNC, 0)]), 0)
+                    s.synced()
+                    continue
+                data = b"".join(s.ram.views(pages))
+                s.digest.crc[pages] = s.ram.crc_pages(pages)
+                payload = pack(data)
+                head = struct.pack(">I", len(pages)) + pages.astype(wire.U32).tobytes()
+                record = [wire.RECORD.pack(PACKET, len(head) + len(payload)), head, payload]
+                s.sent(send_buffers(self.sock, record), len(pages))
+        except OSError as exc:
+            s.failed(exc)
+
+
+class MultifdSender:
+    """The source's channels: packets of non-zero pages out, one SYNC per channel per EOS."""
+
+    def __init__(
+        self,
+        ram: GuestRam,
+        digest: wire.PageDigest,
+        socks: list[socket.socket],
+        method: str,
+        level: int,
+        account: Callable[[int, int], None],
+    ) -> None:
+        self.ram, self.digest, self.method, self.level = ram, digest, method, level
+        self._account = account  # (bytes sent, pages) → the source's statistics
+        self._cond = threading.Condition()
+        self._pending_syncs = 0
+        self._error: OSError | None = None
+        self._packet: list[npt.NDArray[np.intp]] = []
+        self._packet_len = 0
+        self._next = 0
+        self._channels = [_SendChannel(self, i, s) for i, s in enumerate(socks)]
+        for channel in self._channels:
+            channel.start()
+
+    def queue(self, pages: npt.NDArray[np.intp]) -> None:
+        """Add non-zero pages; full packets go to the next channel (blocking when it is busy)."""
+        while len(pages):
+            take = pages[: PACKET_PAGES - self._packet_len]
+            self._packet.append(take)
+            self._packet_len += len(take)
+            pages = pages[len(take) :]
+            if self._packet_len == PACKET_PAGES:
+                self._dispatch()
+
+    def sync(self) -> None:
+        """Flush the partial packet and wait until every channel has sent its SYNC."""
+        if self._packet_len:
+            self._dispatch()
+        with self._cond:
+            self._pending_syncs = len(self._channels)
+        for channel in self._channels:
+            self._put(channel, None)
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending_syncs or self._error is not None)
+        self._raise()
+
+    def close(self) -> None:
+        for channel in self._channels:
+            try:
+                channel.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            channel.sock.close()
+
+    # called from channel threads
+    def sent(self, nbytes: int, pages: int) -> None:
+        self._account(nbytes, pages)
+
+    def synced(self) -> None:
+        with self._cond:
+            self._pending_syncs -= 1
+            self._cond.notify_all()
+
+    def failed(self, exc: OSError) -> None:
+        with self._cond:
+            self._error = exc
+            self._cond.notify_all()
+
+    def _dispatch(self) -> None:
+        pages = np.concatenate(self._packet)
+        self._packet, self._packet_len = [], 0
+        channel = self._channels[self._next]
+        self._next = (self._next + 1) % len(self._channels)
+        self._put(channel, pages)
+
+    def _put(self, channel: _SendChannel, job: npt.NDArray[np.intp] | None) -> None:
+        while True:
+            self._raise()
+            try:
+                channel.jobs.put(job, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+# -- destination -----------------------------------------------------------------------------
+
+
+class _RecvChannel(threading.Thread):
+    def __init__(self, receiver: MultifdReceiver, sock: socket.socket) -> None:
+        super().__init__(name="multifdrecv", daemon=True)
+        self.sock = sock
+        self._receiver = receiver
+
+    def run(self) -> None:
+        r = self._receiver
+        unpack = _unpacker(r.method)
+        generation = 0
+        try:
+            while (head := wire.read_record_head(self.sock)) is not None:
+                kind, length = head
+                if kind == SYNC and not length:
+                    generation += 1
+                    r.arrive(generation)
+                elif kind == PACKET:
+                    r.apply(self.sock, length, unpack)
+                else:
+                    raise wire.StreamError(f"multifd: unknown record type 0x{kind:02x}")
+        except (wire.StreamError, OSError) as exc:
+            r.fail(exc)
+
+
+class MultifdReceiver:
+    """The destination's channels; :meth:`wait_sync` is the main stream's side of the barrier."""
+
+    def __init__(
+        self,
+        ram: GuestRam,
+        digest: wire.PageDigest,
+        written: npt.NDArray[np.bool_],
+        method: str,
+    ) -> None:
+        self.ram, self.digest, self.written, self.method = ram, digest, written, method
+        self._cond = threading.Condition()
+        self._arrived: list[int] = []
+        self._released = 0
+        self._error: Exception | None = None
+        self._channels: list[_RecvChannel] = []
+
+    def start(self, socks: list[socket.socket]) -> None:
+        self._arrived = [0] * len(socks)
+        self._channels = [_RecvChannel(self, s) for s in socks]
+        for channel in self._channels:
+            channel.start()
+
+    def apply(
+        self,
+        sock: socket.socket,
+        length: int,
+        unpack: Callable[[bytes | bytearray, int], bytes | bytearray],
+    ) -> None:
+        head = wire.read_body(sock, 4, 4)
+        (n,) = struct.unpack(">I", head)
+        if not 0 < n <= PACKET_PAGES or length < 4 + 4 * n:
+            raise wire.StreamError(f"multifd: packet of {n} pages")
+        pages = np.frombuffer(wire.read_body(sock, 4 * n, 4 * n), wire.U32).astype(np.intp)
+        if int(pages.max()) >= self.ram.pages:
+            raise wire.StreamError(f"page {int(pages.max())} is outside guest RAM")
+        size = length - 4 - 4 * n
+        if size > n * PAGE_SIZE + n * PAGE_SIZE // 8 + 64:
+            raise wire.StreamError(f"multifd: packet payload of {size} bytes is too long")
+        data = unpack(wire.read_body(sock, size, size), n * PAGE_SIZE)
+        buf = self.ram.buf
+        for i, page in enumerate(pages.tolist()):
+            buf[page << PAGE_SHIFT : (page + 1) << PAGE_SHIFT] = data[
+                i * PAGE_SIZE : (i + 1) * PAGE_SIZE
+            ]
+        self.written[pages] = True
+        self.digest.crc[pages] = self.ram.crc_pages(pages)
+
+    def arrive(self, generation: int) -> None:
+        """A channel reached its SYNC; it waits here until the main stream releases it."""
+        index = next(i for i, c in enumerate(self._channels) if c is threading.current_thread())
+        with self._cond:
+            self._arrived[index] = generation
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._released >= generation or self._error is not None)
+
+    def wait_sync(self, generation: int) -> None:
+        """Main stream at its ``generation``-th EOS: wait for every channel, then release them."""
+        with self._cond:
+            self._cond.wait_for(lambda: min(self._arrived) >= generation or self._error is not None)
+            if self._error is not None:
+                raise wire.StreamError(str(self._error))
+            self._released = generation
+            self._cond.notify_all()
+
+    def fail(self, exc: Exception) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = exc
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self.fail(wire.StreamError("migration ended"))
+        for channel in self._channels:
+            try:
+                channel.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            channel.sock.close()
