@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -400,3 +401,35 @@ def test_compressed_migration_driven_over_qmp(tmp_path: Path, endpoints: Any) ->
 
     with endpoints(tmp_path) as (src_path, dst_path):
         asyncio.run(run(src_path, dst_path))
+
+
+def test_wait_on_holds_start_until_a_client_comes(tmp_path: Path) -> None:
+    machine = Machine(PAUSED)
+    server = QmpServer(machine, f"unix:{tmp_path}/q.sock,server=on")  # QEMU's default: wait
+    started = threading.Thread(target=server.start)
+    started.start()
+    try:
+        started.join(0.2)
+        assert started.is_alive()
+        RawClient(str(tmp_path / "q.sock")).close()
+        started.join(TIMEOUT)
+        assert not started.is_alive()
+    finally:
+        server.close()
+        machine.close()
+
+
+def test_cli_reports_a_busy_qmp_address() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        spec = f"tcp:127.0.0.1:{busy.getsockname()[1]},server=on,wait=off"
+        proc = subprocess.run(
+            [sys.executable, "-m", "hmp", "-m", "16", "-qmp", spec],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr == f"qemu-hmp: -qmp {spec}: Failed to bind socket: Address already in use\n"
