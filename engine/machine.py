@@ -17,11 +17,12 @@ from engine.snapshot import MigrationInfo, StatusInfo
 from engine.source import OutgoingMigration, OutgoingSettings
 from engine.state import MigrationStatus, RunState, is_running
 from engine.stats import Sample
-from engine.transport import Address, Listener, parse_uri
+from engine.transport import Address, Listener, UnknownProtocol, parse_uri
 from engine.vm import Vm
 from engine.workload import Workload, WorkloadSpec
 
 MiB = 1024 * 1024
+CONNECT_WAIT_S = 1.0  # how long `migrate` waits for the connection's outcome before returning
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class MachineOptions:
 class _Refused:
     """A `migrate` that failed before its thread started: QEMU still shows it as failed."""
 
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str | None) -> None:
         self.status = MigrationStatus.FAILED
         self._error = error
 
@@ -151,6 +152,9 @@ class Machine:
                     )
             try:
                 addr = parse_uri(uri, incoming=False)
+            except UnknownProtocol:
+                self._outgoing = _Refused(None)  # QEMU records no reason for this one
+                raise
             except MigrationError as exc:
                 self._outgoing = _Refused(exc.desc)
                 raise
@@ -185,6 +189,8 @@ class Machine:
             )
             self._outgoing = mig
         mig.start()
+        # Like QEMU, a local connect that fails at once is reported before `migrate` returns.
+        mig.wait_connected(CONNECT_WAIT_S)
 
     def migration_timeseries(self) -> list[Sample]:
         """The last outgoing migration's samples (every ≥100 ms), for charts and exports."""

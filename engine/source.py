@@ -95,6 +95,7 @@ class OutgoingMigration(threading.Thread):
         self._error: str | None = None
         self._stop = threading.Event()
         self._done = threading.Event()
+        self._connected = threading.Event()  # set once the connection is up or has failed
         self._sock: socket.socket | None = None
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
         self._limiter = RateLimiter(lambda: param("max-bandwidth"), self._stop)
@@ -134,11 +135,15 @@ class OutgoingMigration(threading.Thread):
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
     # -- the thread --------------------------------------------------------------------------
     def run(self) -> None:
         self._on_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
         try:
             self._sock = connect(self.addr)
+            self._connected.set()
             if self._stop.is_set():
                 raise Cancelled
             self._setup()
@@ -269,6 +274,7 @@ class OutgoingMigration(threading.Thread):
         self._on_event("MIGRATION", {"status": str(status)})
         if error:
             self._report(error)
+        self._connected.set()
         self._done.set()
 
     # -- iterations --------------------------------------------------------------------------

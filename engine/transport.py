@@ -16,13 +16,17 @@ from engine.errors import MigrationError
 UNSUPPORTED = ("exec", "fd", "rdma", "vsock", "file")
 
 
+class UnknownProtocol(MigrationError):
+    """QEMU refuses these before the migration records any error text."""
+
+
 @dataclass(frozen=True)
 class Address:
-    """A parsed ``tcp:HOST:PORT`` or ``unix:PATH``."""
+    """A parsed ``tcp:HOST:PORT`` or ``unix:PATH``; the port may be a service name."""
 
     kind: str  # "tcp" | "unix"
     host: str = ""
-    port: int = 0
+    port: int | str = 0
     path: str = ""
 
     def uri(self) -> str:
@@ -39,12 +43,14 @@ def parse_uri(uri: str, *, incoming: bool) -> Address:
     if sep and scheme == "tcp":
         return _parse_inet(rest)
     if sep and scheme == "unix":
+        if not rest:
+            raise MigrationError("invalid Unix socket address")
         return Address("unix", path=rest)
     if sep and scheme in UNSUPPORTED:
         raise MigrationError(f"migration protocol '{scheme}' is not supported by qemu-hmp")
     if incoming:
-        raise MigrationError(f"unknown migration protocol: {uri}")
-    raise MigrationError("Parameter 'uri' expects a valid migration protocol")
+        raise UnknownProtocol(f"unknown migration protocol: {uri}")
+    raise UnknownProtocol("Parameter 'uri' expects a valid migration protocol")
 
 
 def _parse_inet(rest: str) -> Address:
@@ -58,9 +64,22 @@ def _parse_inet(rest: str) -> Address:
         ok = bool(colon)
     if not ok or not port:
         raise MigrationError(f"error parsing address '{rest}'")
-    if not port.isdigit() or int(port) > 65535:
-        raise MigrationError(f"Parameter 'port' expects a number: {port}")
-    return Address("tcp", host=host, port=int(port))
+    # A service name is resolved later, as QEMU does (and fails there if unknown).
+    return Address("tcp", host=host, port=int(port) if port.isdigit() else port)
+
+
+def resolve(addr: Address, *, listening: bool) -> tuple[socket.AddressFamily, tuple[str, int]]:
+    """getaddrinfo with QEMU's error text; an empty host means any address when listening."""
+    host = addr.host or ("0.0.0.0" if listening else "")
+    try:
+        if not host:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, addr.port, 0, socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise MigrationError(
+            f"address resolution failed for {addr.display()}: {exc.strerror}"
+        ) from exc
+    return family, (str(sockaddr[0]), int(sockaddr[1]))
 
 
 def connect(addr: Address, timeout: float = 10.0) -> socket.socket:
@@ -70,16 +89,7 @@ def connect(addr: Address, timeout: float = 10.0) -> socket.socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             target: str | tuple[str, int] = addr.path
         else:
-            try:
-                info = socket.getaddrinfo(
-                    addr.host or "localhost", addr.port, 0, socket.SOCK_STREAM
-                )
-            except socket.gaierror as exc:
-                raise MigrationError(
-                    f"address resolution failed for {addr.display()}: {exc.strerror}"
-                ) from exc
-            family, _, _, _, sockaddr = info[0]
-            target = (str(sockaddr[0]), int(sockaddr[1]))
+            family, target = resolve(addr, listening=False)
             sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
@@ -130,11 +140,10 @@ class Listener:
                 sock.bind(addr.path)
                 self.addr = addr
             else:
-                host = addr.host or "0.0.0.0"
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                family, (host, port) = resolve(addr, listening=True)
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((host, addr.port))
+                sock.bind((host, port))
                 self.addr = Address("tcp", host=host, port=sock.getsockname()[1])
             sock.listen(8)
             sock.settimeout(0.1)  # accept() polls so that a stop or close is noticed
