@@ -1,31 +1,138 @@
-"""The interactive monitor: a prompt_toolkit prompt with QEMU's banner and prompt."""
+"""The interactive monitor: QEMU's banner and `(qemu) ` prompt on a prompt_toolkit session.
+
+History, completion, highlighting and the live toolbar are this module's; what a line does is
+the Monitor's. Everything printed while the prompt is up (command output, engine reports from
+other threads, the watcher's notices) goes through ``patch_stdout``, which draws it above the
+prompt and redraws the line being typed.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 from prompt_toolkit import PromptSession
+from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+from prompt_toolkit.completion import Completer
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.lexers import PygmentsLexer
+from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.styles import Style
 
 from hmp.commands import QEMU_VERSION
+from hmp.completion import MonitorCompleter
+from hmp.lexer import MonitorLexer
 from hmp.monitor import PROMPT, Monitor
+from hmp.toolbar import toolbar
+from hmp.watch import MigrationWatcher
 
 BANNER = f"QEMU {QEMU_VERSION} monitor - type 'help' for more information\n"
+REFRESH_S = 0.25  # toolbar redraws per second: 4, enough to watch figures move
+
+STYLE = Style.from_dict(
+    {
+        "pygments.keyword": "bold #5f87ff",
+        "pygments.keyword.constant": "#d75f00",
+        "pygments.name.function": "#00afaf",
+        "pygments.name.attribute": "#5faf00",
+        "pygments.name.variable": "#5faf00",
+        "pygments.name.builtin": "#af87ff",
+        "pygments.name.label": "bold #d7af00",
+        "pygments.literal.string": "#d75f87",
+        "pygments.literal.number": "#d75f00",
+        "pygments.error": "#ff0000",
+        "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
+        "toolbar.state": "bold",
+        "toolbar.bar": "#5faf00",
+    }
+)
 
 
-def run_repl(mon: Monitor, session: PromptSession[str] | None = None) -> int:
-    """Ctrl-C clears the line (or stops waiting for a blocking `migrate`); Ctrl-D quits."""
-    session = session or PromptSession()
+def history_path() -> Path:
+    """``$XDG_STATE_HOME/qemu-hmp/history`` (XDG's default state dir is ~/.local/state)."""
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "qemu-hmp" / "history"
+
+
+def make_history(persistent: bool) -> History:
+    if not persistent:
+        return InMemoryHistory()
+    path = history_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileHistory(str(path))
+
+
+def make_session(
+    completer: Completer,
+    bottom_toolbar: Callable[[], StyleAndTextTuples],
+    history: History,
+    input: Input | None = None,
+    output: Output | None = None,
+) -> PromptSession[str]:
+    return PromptSession(
+        history=history,
+        completer=completer,
+        # Completion on Tab only: prompt_toolkit drops a Tab that arrives while a while-typing
+        # completion is still running (fast typists, pasted lines, tests).
+        complete_while_typing=False,
+        auto_suggest=AutoSuggestFromHistory(),
+        lexer=PygmentsLexer(MonitorLexer),
+        style=STYLE,
+        include_default_pygments_style=False,
+        bottom_toolbar=bottom_toolbar,
+        refresh_interval=REFRESH_S,
+        input=input,
+        output=output,
+    )
+
+
+def prompt_loop(
+    session: PromptSession[str],
+    execute: Callable[[str], None],
+    done: Callable[[], bool],
+    prompt: str = PROMPT,
+) -> None:
+    """Ctrl-C drops the line being typed (or stops waiting for a blocking `migrate`); Ctrl-D
+    on an empty line leaves, as `quit` does."""
+    while not done():
+        try:
+            line = session.prompt(prompt)
+        except KeyboardInterrupt:
+            continue
+        except EOFError:
+            break
+        try:
+            execute(line)
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+
+
+def post(text: str) -> None:
+    """Background notices: sys.stdout is patch_stdout's proxy while the prompt is up."""
+    sys.stdout.write(text)
+
+
+def run_repl(
+    mon: Monitor,
+    *,
+    history: bool = True,
+    input: Input | None = None,
+    output: Output | None = None,
+) -> int:
+    machine = mon.machine
+    session = make_session(
+        MonitorCompleter(current=machine.config.param),
+        lambda: toolbar(machine),
+        make_history(history),
+        input,
+        output,
+    )
     mon.printf(BANNER)
-    # Engine threads may report while the prompt is shown; print above it, not through it.
-    with patch_stdout(raw=True):
-        while not mon.quit_requested:
-            try:
-                line = session.prompt(PROMPT)
-            except KeyboardInterrupt:
-                continue
-            except EOFError:
-                break
-            try:
-                mon.execute(line)
-            except KeyboardInterrupt:
-                mon.printf("\n")
+    with patch_stdout(raw=True), MigrationWatcher(machine, post):
+        prompt_loop(session, mon.execute, lambda: mon.quit_requested)
     return 0

@@ -1,0 +1,132 @@
+"""Tab completion for monitor lines, derived from the command table and the engine's tables.
+
+Commands and their aliases come from ``COMMANDS``, ``info``'s sub-commands from its
+``sub_table``, flags from each command's args_type, and the values of an argument from what its
+key names: ``capability`` → the capability table, ``parameter`` → the parameter table, a ``b``
+argument → ``on``/``off``; the value of ``migrate_set_parameter`` → hints from that parameter's
+kind, choices, range and default (QEMU's own completion does the same per command).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+
+from engine.params import CAPABILITIES, PARAMETERS, PARAMS_BY_NAME, Kind, ParamSpec, ParamValue
+from hmp.commands import COMMANDS, Command, hmp_help
+from hmp.parser import ArgSpec, find_command
+
+Current = Callable[[str], ParamValue]  # a parameter's value now, for the hint
+
+
+def _first_line(text: str) -> str:
+    return text.split("\n", 1)[0]
+
+
+def _matches(word: str, candidates: Iterable[tuple[str, str]]) -> Iterator[Completion]:
+    for name, meta in candidates:
+        if name.startswith(word):
+            yield Completion(name, -len(word), display_meta=meta)
+
+
+def _command_names(table: Sequence[Command]) -> Iterator[tuple[str, str]]:
+    for cmd in table:
+        for name in cmd.names:
+            yield name, _first_line(cmd.help)
+
+
+def _capabilities() -> Iterator[tuple[str, str]]:
+    for cap in CAPABILITIES:
+        yield cap.name, cap.doc
+
+
+def _show(spec: ParamSpec, value: ParamValue) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value} {spec.unit}".rstrip() if value != "" else "''"
+
+
+def param_hint(spec: ParamSpec) -> str:
+    """The meta text of a parameter: its default, its range and what it is."""
+    parts = [f"default {_show(spec, spec.default)}"]
+    if spec.check is not None:
+        parts.append(spec.check.expects)
+    parts.append(spec.doc)
+    return "; ".join(parts)
+
+
+def _parameters() -> Iterator[tuple[str, str]]:
+    for spec in PARAMETERS:
+        if spec.kind is not Kind.QMP_ONLY:  # the monitor cannot set it
+            yield spec.name, param_hint(spec)
+
+
+def _param_values(spec: ParamSpec, current: Current | None) -> Iterator[tuple[str, str]]:
+    if spec.kind is Kind.BOOL:
+        yield from (("on", ""), ("off", ""))
+    elif spec.choices:
+        yield from ((choice, "") for choice in spec.choices)
+    elif spec.kind is not Kind.STR and spec.kind is not Kind.QMP_ONLY:
+        # A number: offer the current value (then the default) with the rule as meta.
+        rule = spec.check.expects if spec.check else spec.kind.value
+        if current is not None and current(spec.name) != spec.default:
+            yield str(current(spec.name)), f"current; {rule}"
+        yield str(spec.default), f"default; {rule}"
+
+
+class MonitorCompleter(Completer):
+    """Completes ``COMMAND [ARG...]`` by the position of the word under the cursor."""
+
+    def __init__(self, table: Sequence[Command] = COMMANDS, current: Current | None = None):
+        self.table = table
+        self.current = current
+
+    def get_completions(
+        self, document: Document, complete_event: CompleteEvent
+    ) -> Iterator[Completion]:
+        text = document.text_before_cursor
+        words = text.split()
+        word = "" if not text or text[-1].isspace() else words.pop()
+        if not words:
+            yield from _matches(word, _command_names(self.table))
+            return
+        cmd = find_command(self.table, words[0])
+        if cmd is not None:
+            yield from _matches(word, self._arguments(cmd, words[1:], word))
+
+    def _arguments(self, cmd: Command, done: list[str], word: str) -> Iterator[tuple[str, str]]:
+        if cmd.sub_table:
+            if not done:
+                yield from _command_names(cmd.sub_table)
+            return
+        if cmd.handler is hmp_help:  # `help CMD [SUB]` names commands
+            yield from self._help_words(done)
+            return
+        flags = [spec for spec in cmd.args if spec.kind == "-"]
+        if word.startswith("-"):
+            yield from ((f"-{s.flag}", s.key) for s in flags if f"-{s.flag}" not in done)
+            return
+        positional = [spec for spec in cmd.args if spec.kind != "-"]
+        values = [w for w in done if not (w.startswith("-") and len(w) == 2)]
+        if len(values) < len(positional):
+            yield from self._values(positional[len(values)], values)
+
+    def _help_words(self, done: list[str]) -> Iterator[tuple[str, str]]:
+        if not done:
+            yield from _command_names(self.table)
+            return
+        cmd = find_command(self.table, done[0])
+        if cmd is not None and cmd.sub_table and len(done) == 1:
+            yield from _command_names(cmd.sub_table)
+
+    def _values(self, spec: ArgSpec, before: list[str]) -> Iterator[tuple[str, str]]:
+        if spec.kind == "b":
+            yield from (("on", ""), ("off", ""))
+        elif spec.key == "capability":
+            yield from _capabilities()
+        elif spec.key == "parameter":
+            yield from _parameters()
+        elif spec.key == "value" and before and before[0] in PARAMS_BY_NAME:
+            yield from _param_values(PARAMS_BY_NAME[before[0]], self.current)

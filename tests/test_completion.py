@@ -1,0 +1,181 @@
+"""Completion, highlighting and the toolbar line: all derived from the tables, checked here."""
+
+from __future__ import annotations
+
+import pytest
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+from pygments.token import Error, Keyword, Name, Number, String
+
+from engine.params import CAPABILITIES, PARAMETERS, PARAMS_BY_NAME, Kind
+from engine.snapshot import MigrationInfo, RamStats, StatusInfo
+from engine.state import MigrationStatus, RunState
+from hmp.commands import COMMANDS, INFO_COMMANDS
+from hmp.completion import MonitorCompleter
+from hmp.lexer import MonitorLexer
+from hmp.toolbar import progress_text
+from hmp.watch import ended_notice
+
+MiB = 1024 * 1024
+
+
+def complete(text: str, completer: MonitorCompleter | None = None) -> dict[str, str]:
+    completer = completer or MonitorCompleter()
+    found = completer.get_completions(Document(text), CompleteEvent(completion_requested=True))
+    return {c.text: c.display_meta_text for c in found}
+
+
+def test_first_word_is_any_command_name_or_alias() -> None:
+    names = {name for cmd in COMMANDS for name in cmd.names}
+    assert set(complete("")) == names
+    assert set(complete("migrate_set_")) == {"migrate_set_capability", "migrate_set_parameter"}
+    assert complete("q") == {"quit": "quit the emulator", "q": "quit the emulator"}
+
+
+def test_info_offers_its_sub_table() -> None:
+    assert set(complete("info ")) == {c.name for c in INFO_COMMANDS}
+    assert set(complete("info migrate_")) == {"migrate_capabilities", "migrate_parameters"}
+    assert complete("info status ") == {}
+
+
+def test_capability_names_then_on_off() -> None:
+    offered = complete("migrate_set_capability ")
+    assert list(offered) == [cap.name for cap in CAPABILITIES]
+    assert offered["compress"] == CAPABILITIES[4].doc
+    assert set(complete("migrate_set_capability compress ")) == {"on", "off"}
+    assert complete("migrate_set_capability compress o") == {"on": "", "off": ""}
+    assert complete("migrate_set_capability compress on ") == {}
+
+
+def test_parameter_names_carry_default_range_and_doc() -> None:
+    offered = complete("migrate_set_parameter ")
+    settable = [p.name for p in PARAMETERS if p.kind is not Kind.QMP_ONLY]
+    assert list(offered) == settable
+    assert offered["compress-level"] == (
+        "default 1; a value between 0 and 9; "
+        "zlib level of the compress capability (0 none, 1 fastest, 9 best)"
+    )
+    assert offered["downtime-limit"].startswith("default 300 ms; an integer in the range of 0 to")
+
+
+@pytest.mark.parametrize(
+    ("line", "values"),
+    [
+        ("migrate_set_parameter compress-wait-thread ", {"on", "off"}),
+        ("migrate_set_parameter multifd-compression ", {"none", "zlib", "zstd"}),
+        ("migrate_set_parameter compress-threads ", {"8"}),
+        ("migrate_set_parameter tls-creds ", set()),
+    ],
+)
+def test_value_hints_follow_the_parameter_kind(line: str, values: set[str]) -> None:
+    assert set(complete(line)) == values
+
+
+def test_value_hint_shows_the_current_value_first() -> None:
+    current = {"compress-threads": 12}
+    completer = MonitorCompleter(
+        current=lambda name: current.get(name, PARAMS_BY_NAME[name].default)
+    )
+    offered = complete("migrate_set_parameter compress-threads ", completer)
+    assert offered == {
+        "12": "current; a value between 1 and 255",
+        "8": "default; a value between 1 and 255",
+    }
+
+
+def test_flags_come_from_args_type() -> None:
+    assert set(complete("migrate -")) == {"-d", "-b", "-i", "-r"}
+    assert set(complete("migrate -d -")) == {"-b", "-i", "-r"}
+
+
+def test_help_completes_command_then_info_subcommand() -> None:
+    assert "migrate_set_capability" in complete("help migrate_s")
+    assert set(complete("help info migrate_")) == {"migrate_capabilities", "migrate_parameters"}
+
+
+def test_unknown_command_offers_nothing() -> None:
+    assert complete("bogus ") == {}
+
+
+def tokens(line: str) -> list[tuple[object, str]]:
+    return [(tok, text) for tok, text in MonitorLexer().get_tokens(line) if text.strip()]
+
+
+def test_lexer_words_come_from_the_tables() -> None:
+    assert tokens("migrate_set_capability auto-converge on") == [
+        (Keyword, "migrate_set_capability"),
+        (Name.Attribute, "auto-converge"),
+        (Keyword.Constant, "on"),
+    ]
+    assert tokens("migrate_set_parameter max-bandwidth 16M") == [
+        (Keyword, "migrate_set_parameter"),
+        (Name.Variable, "max-bandwidth"),
+        (Number, "16M"),
+    ]
+    assert tokens("dst> info migrate_parameters") == [
+        (Name.Label, "dst>"),
+        (Keyword, "info"),
+        (Name.Function, "migrate_parameters"),
+    ]
+    assert tokens("migrate -d tcp:127.0.0.1:4444") == [
+        (Keyword, "migrate"),
+        (Name.Builtin, "-d"),
+        (String, "tcp:127.0.0.1:4444"),
+    ]
+    assert tokens("migrat")[0] == (Error, "migrat")
+
+
+RUNNING = StatusInfo(running=True, status=RunState.RUNNING)
+
+
+def ram(**fields: int | float) -> RamStats:
+    base: dict[str, int | float] = dict(
+        transferred=64 * MiB,
+        remaining=192 * MiB,
+        total=256 * MiB,
+        duplicate=0,
+        skipped=0,
+        normal=0,
+        normal_bytes=0,
+        dirty_sync_count=1,
+        page_size=4096,
+        multifd_bytes=0,
+        pages_per_second=0,
+        mbps=134.2,
+    )
+    return RamStats(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_toolbar_while_active() -> None:
+    info = MigrationInfo(
+        status=MigrationStatus.ACTIVE, total_time=2500, expected_downtime=300, ram=ram()
+    )
+    assert progress_text(info, RUNNING) == (
+        "migration active █████░░░░░░░░░░░░░░░  25% sent · 134.2 mbps · 192.0 MiB remaining"
+        " · expected downtime 300 ms · 2.5 s"
+    )
+
+
+def test_toolbar_idle_completed_and_destination() -> None:
+    assert progress_text(MigrationInfo(), RUNNING) == "VM running · no migration"
+    done = MigrationInfo(status=MigrationStatus.COMPLETED, total_time=4100, downtime=21, ram=ram())
+    post = StatusInfo(running=False, status=RunState.POSTMIGRATE)
+    assert progress_text(done, post) == (
+        "migration completed in 4100 ms · downtime 21 ms · 64.0 MiB sent · VM postmigrate"
+    )
+    incoming = MigrationInfo(status=MigrationStatus.ACTIVE, total_time=0)
+    inmigrate = StatusInfo(running=False, status=RunState.INMIGRATE)
+    assert progress_text(incoming, inmigrate) == "migration active · VM inmigrate"
+
+
+def test_notices() -> None:
+    done = MigrationInfo(status=MigrationStatus.COMPLETED, total_time=4100, downtime=21, ram=ram())
+    assert ended_notice(done) == (
+        "* migration completed in 4100 ms (downtime 21 ms, 64.0 MiB sent, 134.2 mbps)\n"
+    )
+    assert ended_notice(MigrationInfo(status=MigrationStatus.COMPLETED, total_time=0)) == (
+        "* incoming migration completed\n"
+    )
+    assert ended_notice(MigrationInfo(status=MigrationStatus.CANCELLED)) == (
+        "* migration cancelled\n"
+    )
