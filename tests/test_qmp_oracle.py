@@ -28,8 +28,6 @@ KNOWN: dict[tuple[str, str, int], str] = {
     # QEMU announces MIGRATION setup on migrate-incoming even with the events capability off.
     ("incoming", _INCOMING % "foo:bar", 0): "engine: no unconditional MIGRATION setup event",
     ("incoming", _INCOMING % "tcp:127.0.0.1:0", 0): "engine: no unconditional MIGRATION setup",
-    # QEMU does not keep a refused URI's error for query-migrate (no error-desc).
-    ("outgoing_errors", '{"execute": "query-migrate"}\n', 0): "engine: error-desc after a bad URI",
 }
 
 
