@@ -18,6 +18,8 @@ from hmp.batch import run_batch
 from hmp.commands import QEMU_VERSION, package_version
 from hmp.monitor import Monitor
 from hmp.qmp_cli import QmpFrontend, extract_qmp_options
+from hmp.shell import USAGE as SHELL_USAGE
+from hmp.shell import ShellOptions
 from hmp.values import strtosz, strtou64
 
 MiB = 1024 * 1024
@@ -128,6 +130,7 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
         if option in ("-h", "-help"):
             subcommands = ", ".join(SUBCOMMANDS)
             sys.stdout.write(USAGE.format(subcommands=subcommands, workloads=", ".join(WORKLOADS)))
+            sys.stdout.write(SHELL_USAGE)
             return None
         if option == "-version":
             sys.stdout.write(f"qemu-hmp {package_version()} (QEMU {QEMU_VERSION} monitor)\n")
@@ -176,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
+    shell, argv = ShellOptions.extract(argv)
     try:
         qmp_specs, argv = extract_qmp_options(argv)  # -qmp: hmp/qmp_cli.py
     except ValueError as err:
@@ -207,10 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"qemu-hmp: {err}\n")
         return 1
     try:
+        if shell.pair:
+            from hmp.pair import run_pair
+
+            return run_pair(mon, shell)
         if sys.stdin.isatty():
             from hmp.repl import run_repl  # prompt_toolkit only when a person is typing
 
-            return run_repl(mon)
+            return run_repl(mon, history=shell.history)
         status = run_batch(mon, sys.stdin)
         qmp.wait_for_quit()  # like QEMU, outlive the monitor's input
         return status

@@ -79,9 +79,15 @@ def _param_values(spec: ParamSpec, current: Current | None) -> Iterator[tuple[st
 class MonitorCompleter(Completer):
     """Completes ``COMMAND [ARG...]`` by the position of the word under the cursor."""
 
-    def __init__(self, table: Sequence[Command] = COMMANDS, current: Current | None = None):
+    def __init__(
+        self,
+        table: Sequence[Command] = COMMANDS,
+        current: Current | None = None,
+        endpoints: Sequence[str] = (),
+    ):
         self.table = table
         self.current = current
+        self.prefixes = [f"{name}>" for name in endpoints]  # `--pair`'s `dst> LINE`
 
     def get_completions(
         self, document: Document, complete_event: CompleteEvent
@@ -89,6 +95,10 @@ class MonitorCompleter(Completer):
         text = document.text_before_cursor
         words = text.split()
         word = "" if not text or text[-1].isspace() else words.pop()
+        if words[:1] and words[0] in self.prefixes:
+            words.pop(0)
+        elif not words:
+            yield from _matches(word, ((prefix, "endpoint") for prefix in self.prefixes))
         if not words:
             yield from _matches(word, _command_names(self.table))
             return

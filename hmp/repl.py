@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
@@ -123,10 +123,12 @@ def run_repl(
     history: bool = True,
     input: Input | None = None,
     output: Output | None = None,
+    endpoints: Sequence[str] = (),
 ) -> int:
+    """``endpoints``: the ``NAME>`` prefixes a line may start with (``--pair``)."""
     machine = mon.machine
     session = make_session(
-        MonitorCompleter(current=machine.config.param),
+        MonitorCompleter(current=machine.config.param, endpoints=endpoints),
         lambda: toolbar(machine),
         make_history(history),
         input,

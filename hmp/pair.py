@@ -1,0 +1,126 @@
+"""``qemu-hmp --pair``: one shell for both ends of a migration, for a laptop with one terminal.
+
+This process is the source; a destination qemu-hmp with the same RAM size, workload and seed
+runs as a child on a free 127.0.0.1 port, driven over pipes (hmp.endpoint). ``dst> LINE``
+runs LINE there and ``src> LINE`` or a plain LINE here; ``{dst}`` in any line stands for the
+destination's URI, so ``migrate -d {dst}`` needs no port. The destination's asynchronous
+messages (stderr) are shown as they come, after ``dst: ``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+from engine.machine import Machine
+from hmp.batch import run_batch
+from hmp.endpoint import Endpoint, EndpointError
+from hmp.monitor import Monitor
+from hmp.shell import ShellOptions
+
+ENDPOINTS = ("src", "dst")
+_PREFIX = re.compile(r"\s*(src|dst)>\s?")
+DST_URI = "{dst}"
+START_TIMEOUT_S = 30.0
+COMMAND_TIMEOUT_S = 120.0  # a destination command never waits on a migration; this is a hang
+STDERR_POLL_S = 0.2
+
+
+def split_endpoint(line: str) -> tuple[str, str]:
+    """``"dst> info migrate"`` → ``("dst", "info migrate")``; no prefix means the source."""
+    match = _PREFIX.match(line)
+    if match is None:
+        return "src", line
+    return match.group(1), line[match.end() :]
+
+
+def listening_uri(info_migrate: str) -> str:
+    """The URI under ``socket address: [`` in a destination's `info migrate`."""
+    lines = info_migrate.splitlines()
+    index = lines.index("socket address: [")
+    return lines[index + 1].strip()
+
+
+class PairMonitor(Monitor):
+    """The source's monitor, with lines for the destination sent to its process."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        dst: Endpoint,
+        dst_uri: str,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+    ) -> None:
+        super().__init__(machine, out, err)
+        self.dst = dst
+        self.dst_uri = dst_uri
+
+    def execute(self, line: str) -> None:
+        endpoint, rest = split_endpoint(line.replace(DST_URI, self.dst_uri))
+        if endpoint == "src":
+            super().execute(rest)
+            return
+        try:
+            self.printf(self.dst.execute(rest, COMMAND_TIMEOUT_S))
+        except EndpointError as err:
+            self.printf(err.output)
+            self.error_report(str(err))
+        self.out.flush()
+
+
+def _start_destination(machine: Machine) -> tuple[Endpoint, str]:
+    opts = machine.opts
+    argv = ["qemu-hmp", "-m", f"{opts.ram_size // 1024}K", "-incoming", "tcp:127.0.0.1:0"]
+    argv += ["--workload", opts.workload, "--seed", str(opts.seed)]
+    dst = Endpoint(argv, name="dst")
+    try:
+        dst.wait_ready(START_TIMEOUT_S)
+        return dst, listening_uri(dst.execute("info migrate", START_TIMEOUT_S))
+    except (EndpointError, ValueError, IndexError):
+        dst.kill()
+        raise
+
+
+@contextmanager
+def _relay_stderr(dst: Endpoint, mon: Monitor) -> Iterator[None]:
+    """The destination's error reports, as they come, on this process's stderr."""
+    stop = threading.Event()
+
+    def relay() -> None:
+        while not stop.is_set():
+            for line in dst.read_stderr(count=1, timeout=STDERR_POLL_S):
+                mon.err.write(f"dst: {line}\n")
+                mon.err.flush()
+
+    thread = threading.Thread(target=relay, name="dst-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_pair(src: Monitor, shell: ShellOptions) -> int:
+    """Batch or interactive, as for one endpoint; the destination ends with this process."""
+    try:
+        dst, uri = _start_destination(src.machine)
+    except (EndpointError, ValueError, IndexError) as err:
+        sys.stderr.write(f"qemu-hmp: --pair: the destination did not start: {err}\n")
+        return 1
+    mon = PairMonitor(src.machine, dst, uri)
+    try:
+        with _relay_stderr(dst, mon):
+            if not sys.stdin.isatty():
+                return run_batch(mon, sys.stdin)
+            from hmp.repl import run_repl  # prompt_toolkit only when a person is typing
+
+            mon.printf(f"qemu-hmp --pair: destination on {uri}; `dst> LINE` runs there\n")
+            return run_repl(mon, history=shell.history, endpoints=ENDPOINTS)
+    finally:
+        dst.close()

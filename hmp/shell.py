@@ -1,0 +1,38 @@
+"""Options of the interactive shell, taken out of argv before QEMU's options are read.
+
+Kept apart from hmp.repl so that batch mode never imports prompt_toolkit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --FLAG (or -FLAG, as QEMU allows) → (field, value)
+_FLAGS = {"no-history": ("history", False), "pair": ("pair", True)}
+
+USAGE = """\
+shell options:
+  --no-history            keep no command history (default: $XDG_STATE_HOME/qemu-hmp/history)
+  --pair                  also start a destination qemu-hmp on a free 127.0.0.1 port;
+                          `dst> LINE` runs LINE there, `src> LINE` (or plain LINE) here,
+                          and {dst} in a line stands for the destination's URI
+"""
+
+
+@dataclass(frozen=True)
+class ShellOptions:
+    history: bool = True
+    pair: bool = False
+
+    @classmethod
+    def extract(cls, argv: list[str]) -> tuple[ShellOptions, list[str]]:
+        """The shell's flags out of ``argv``, and the arguments left."""
+        values: dict[str, bool] = {}
+        rest = []
+        for arg in argv:
+            flag = _FLAGS.get(arg.lstrip("-")) if arg.startswith("-") else None
+            if flag is None:
+                rest.append(arg)
+            else:
+                values[flag[0]] = flag[1]
+        return cls(**values), rest

@@ -1,0 +1,94 @@
+"""``qemu-hmp --pair``: one shell, two real endpoints (this process and a child destination)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+
+from hmp.completion import MonitorCompleter
+from hmp.pair import ENDPOINTS, listening_uri, split_endpoint
+
+TIMEOUT = 60
+
+
+@pytest.mark.parametrize(
+    ("line", "split"),
+    [
+        ("dst> info migrate", ("dst", "info migrate")),
+        ("src> info status", ("src", "info status")),
+        ("  dst>info status", ("dst", "info status")),
+        ("info status", ("src", "info status")),
+        ("xyz> info status", ("src", "xyz> info status")),  # the monitor will reject it
+    ],
+)
+def test_prefix_selects_the_endpoint(line: str, split: tuple[str, str]) -> None:
+    assert split_endpoint(line) == split
+
+
+def test_listening_uri() -> None:
+    text = "globals:\nclear-bitmap-shift: 18\nsocket address: [\n\ttcp:127.0.0.1:41234\n]\n"
+    assert listening_uri(text) == "tcp:127.0.0.1:41234"
+
+
+def test_completion_after_an_endpoint_prefix() -> None:
+    completer = MonitorCompleter(endpoints=ENDPOINTS)
+
+    def offered(text: str) -> set[str]:
+        event = CompleteEvent(completion_requested=True)
+        return {c.text for c in completer.get_completions(Document(text), event)}
+
+    assert {"src>", "dst>", "info", "migrate"} <= offered("")
+    assert offered("ds") == {"dst>"}
+    assert offered("dst> migrate_set_cap") == {"migrate_set_capability"}
+    assert "compress" in offered("dst> migrate_set_capability ")
+    assert offered("dst> info migrate_c") == {"migrate_capabilities"}
+
+
+def test_batch_pair_migrates_to_its_own_destination() -> None:
+    lines = [
+        "dst> info status",
+        "migrate_set_capability compress on",
+        "dst> migrate_set_capability compress on",
+        "migrate {dst}",
+        "info status",
+        "dst> info status",
+        "dst> bogus",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "hmp", "--pair", "-m", "16M", "--no-history"],
+        input="".join(f"{line}\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "(qemu) dst> info status\n"
+        "VM status: paused (inmigrate)\n"
+        "(qemu) migrate_set_capability compress on\n"
+        "(qemu) dst> migrate_set_capability compress on\n"
+        "(qemu) migrate {dst}\n"
+        "(qemu) info status\n"
+        "VM status: paused (postmigrate)\n"
+        "(qemu) dst> info status\n"
+        "VM status: running\n"
+        "(qemu) dst> bogus\n"
+        "unknown command: 'bogus'\n"
+    )
+
+
+def test_a_destination_that_quit_is_reported() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hmp", "--pair", "-m", "16M"],
+        input="dst> quit\ndst> info status\ninfo status\n",
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0
+    assert result.stdout.endswith("(qemu) info status\nVM status: running\n")
+    assert "qemu-hmp: dst: " in result.stderr
