@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from engine.errors import MigrationError
 from engine.params import CAPS_BY_NAME, PARAMS_BY_NAME
 from engine.state import MigrationStatus
-from hmp import render
+from hmp import chart, render, series
 from hmp.parser import Args, ArgSpec, find_command, parse_args_type, split_words
 from hmp.values import parse_parameter
 
@@ -187,6 +187,20 @@ def hmp_quit(mon: Monitor, args: Args) -> None:
     mon.request_quit()
 
 
+# -- extensions: the last outgoing migration's time series (one sample per ~100 ms) -------------
+def hmp_x_migrate_export(mon: Monitor, args: Args) -> None:
+    path = str(args["filename"])
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(series.render(path, mon.machine.migration_timeseries()))
+    except OSError as exc:
+        raise MigrationError(f"Could not open '{path}': {exc.strerror}") from exc
+
+
+def hmp_x_migrate_chart(mon: Monitor, args: Args) -> None:
+    mon.printf(chart.terminal_chart({"migrate": mon.machine.migration_timeseries()}))
+
+
 MIGRATE_HELP = (
     "migrate to URI (using -d to not wait for completion)"
     "\n\t\t\t -b for migration without shared storage with full copy of disk"
@@ -264,5 +278,19 @@ COMMANDS: tuple[Command, ...] = (
         "parameter value",
         "Set the parameter for migration",
         hmp_migrate_set_parameter,
+    ),
+    Command(
+        "x_migrate_export",
+        "filename:s",
+        "filename",
+        "write the last migration's time series to filename (.json: JSON, else CSV)",
+        hmp_x_migrate_export,
+    ),
+    Command(
+        "x_migrate_chart",
+        "",
+        "",
+        "chart the last migration's remaining RAM and throughput over time",
+        hmp_x_migrate_chart,
     ),
 )
