@@ -1,17 +1,20 @@
 """The live migration status line: the REPL's bottom toolbar and `demo`'s progress line.
 
-A pure function of one endpoint's snapshots (``query_migrate`` + ``query_status``), so it is
-cheap to redraw a few times a second and easy to test. `info migrate` stays QEMU's; this is
+A pure function of a Progress value (from an endpoint's snapshot, or from `info migrate` text),
+so it is cheap to redraw a few times a second and easy to test. `info migrate` stays QEMU's; this is
 the workshop view next to it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 
 from engine.machine import Machine
-from engine.snapshot import MigrationInfo, StatusInfo
-from engine.state import MigrationStatus, is_running
+from engine.snapshot import MigrationInfo
+from engine.state import RUNNING_STATES, MigrationStatus
 
 MiB = 1024 * 1024
 BAR_CELLS = 20
@@ -21,12 +24,66 @@ def mib(nbytes: int) -> str:
     return f"{nbytes / MiB:.1f} MiB"
 
 
-def percent_sent(info: MigrationInfo) -> float:
-    """How much of guest RAM is clean at the destination now (resent pages count once)."""
-    ram = info.ram
-    if ram is None or ram.total == 0:
-        return 0.0
-    return 100.0 * (ram.total - ram.remaining) / ram.total
+@dataclass(frozen=True)
+class Progress:
+    """What the status line shows of one migration: from an endpoint's snapshot (the REPL) or
+    from another process's `info migrate` text (`demo`, which drives processes over pipes)."""
+
+    status: str
+    total: int | None = None  # bytes of guest RAM; None when there are no RAM figures
+    remaining: int = 0
+    transferred: int = 0
+    mbps: float = 0.0
+    elapsed_ms: int = 0
+    expected_downtime_ms: int = 0
+    downtime_ms: int | None = None
+
+    @classmethod
+    def from_info(cls, info: MigrationInfo) -> Progress:
+        progress = cls(
+            str(info.status or MigrationStatus.NONE),
+            elapsed_ms=info.total_time or 0,
+            expected_downtime_ms=info.expected_downtime or 0,
+            downtime_ms=info.downtime,
+        )
+        ram = info.ram
+        if ram is None:
+            return progress
+        return replace(
+            progress,
+            total=ram.total,
+            remaining=ram.remaining,
+            transferred=ram.transferred,
+            mbps=ram.mbps,
+        )
+
+    @classmethod
+    def from_figures(cls, figures: Mapping[str, str]) -> Progress:
+        """From `info migrate` as label → value text (``total ram`` → ``"262144 kbytes"``)."""
+
+        def number(label: str) -> float:
+            return float(figures[label].split()[0]) if label in figures else 0.0
+
+        def kbytes(label: str) -> int:
+            return int(number(label)) * 1024
+
+        return cls(
+            figures.get("Migration status", "none").split()[0],
+            total=kbytes("total ram") if "total ram" in figures else None,
+            remaining=kbytes("remaining ram"),
+            transferred=kbytes("transferred ram"),
+            mbps=number("throughput"),
+            elapsed_ms=int(number("total time")),
+            expected_downtime_ms=int(number("expected downtime")),
+            downtime_ms=int(number("downtime")) if "downtime" in figures else None,
+        )
+
+    @property
+    def percent(self) -> float:
+        """How much of guest RAM is clean at the destination now (resent pages count once)."""
+        if not self.total:
+            return 0.0
+        return 100.0 * (self.total - self.remaining) / self.total
 
 
 def bar(percent: float, cells: int = BAR_CELLS) -> str:
@@ -34,36 +91,34 @@ def bar(percent: float, cells: int = BAR_CELLS) -> str:
     return "█" * full + "░" * (cells - full)
 
 
-def progress_segments(info: MigrationInfo, status: StatusInfo) -> StyleAndTextTuples:
+def progress_segments(p: Progress, vm: str | None = None) -> StyleAndTextTuples:
     """(style class, text) pieces; their texts joined are the plain progress line."""
-    state = info.status or MigrationStatus.NONE
-    vm = f"VM {status.status}"
-    if state is MigrationStatus.NONE:
-        return [("class:toolbar", f"{vm} · no migration")]
-    ram = info.ram
-    head = ("class:toolbar.state", f"migration {state}")
-    if ram is None:  # a destination: QEMU reports no figures there
-        return [head, ("class:toolbar", f" · {vm}")]
-    if is_running(state):
-        pct = percent_sent(info)
+    vm_text = f" · VM {vm}" if vm else ""
+    if p.status == MigrationStatus.NONE:
+        return [("class:toolbar", f"VM {vm} · no migration" if vm else "no migration")]
+    head = ("class:toolbar.state", f"migration {p.status}")
+    if p.total is None:  # a destination: QEMU reports no figures there
+        return [head, ("class:toolbar", vm_text)]
+    if p.status in RUNNING_STATES:
         return [
             head,
             ("class:toolbar", " "),
-            ("class:toolbar.bar", bar(pct)),
-            ("class:toolbar", f" {pct:3.0f}% sent · {ram.mbps:.1f} mbps"),
-            ("class:toolbar", f" · {mib(ram.remaining)} remaining"),
-            ("class:toolbar", f" · expected downtime {info.expected_downtime or 0} ms"),
-            ("class:toolbar", f" · {(info.total_time or 0) / 1000:.1f} s"),
+            ("class:toolbar.bar", bar(p.percent)),
+            ("class:toolbar", f" {p.percent:3.0f}% sent · {p.mbps:.1f} mbps"),
+            ("class:toolbar", f" · {mib(p.remaining)} remaining"),
+            ("class:toolbar", f" · expected downtime {p.expected_downtime_ms} ms"),
+            ("class:toolbar", f" · {p.elapsed_ms / 1000:.1f} s"),
         ]
-    times = f" in {info.total_time} ms" if info.total_time is not None else ""
-    down = f" · downtime {info.downtime} ms" if info.downtime is not None else ""
-    return [head, ("class:toolbar", f"{times}{down} · {mib(ram.transferred)} sent · {vm}")]
+    down = f" · downtime {p.downtime_ms} ms" if p.downtime_ms is not None else ""
+    text = f" in {p.elapsed_ms} ms{down} · {mib(p.transferred)} sent{vm_text}"
+    return [head, ("class:toolbar", text)]
 
 
-def progress_text(info: MigrationInfo, status: StatusInfo) -> str:
-    return "".join(text for _style, text, *_ in progress_segments(info, status))
+def progress_text(p: Progress, vm: str | None = None) -> str:
+    return "".join(text for _style, text, *_ in progress_segments(p, vm))
 
 
 def toolbar(machine: Machine) -> StyleAndTextTuples:
     """The bottom toolbar of an endpoint's REPL."""
-    return progress_segments(machine.query_migrate(), machine.query_status())
+    progress = Progress.from_info(machine.query_migrate())
+    return progress_segments(progress, str(machine.query_status().status))

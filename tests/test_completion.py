@@ -8,12 +8,13 @@ from prompt_toolkit.document import Document
 from pygments.token import Error, Keyword, Name, Number, String
 
 from engine.params import CAPABILITIES, PARAMETERS, PARAMS_BY_NAME, Kind
-from engine.snapshot import MigrationInfo, RamStats, StatusInfo
-from engine.state import MigrationStatus, RunState
+from engine.snapshot import MigrationInfo, RamStats
+from engine.state import MigrationStatus
+from hmp import render
 from hmp.commands import COMMANDS, INFO_COMMANDS
 from hmp.completion import MonitorCompleter
 from hmp.lexer import MonitorLexer
-from hmp.toolbar import progress_text
+from hmp.toolbar import Progress, progress_text
 from hmp.watch import ended_notice
 
 MiB = 1024 * 1024
@@ -125,9 +126,6 @@ def test_lexer_words_come_from_the_tables() -> None:
     assert tokens("migrat")[0] == (Error, "migrat")
 
 
-RUNNING = StatusInfo(running=True, status=RunState.RUNNING)
-
-
 def ram(**fields: int | float) -> RamStats:
     base: dict[str, int | float] = dict(
         transferred=64 * MiB,
@@ -150,22 +148,34 @@ def test_toolbar_while_active() -> None:
     info = MigrationInfo(
         status=MigrationStatus.ACTIVE, total_time=2500, expected_downtime=300, ram=ram()
     )
-    assert progress_text(info, RUNNING) == (
+    assert progress_text(Progress.from_info(info), "running") == (
         "migration active █████░░░░░░░░░░░░░░░  25% sent · 134.2 mbps · 192.0 MiB remaining"
         " · expected downtime 300 ms · 2.5 s"
     )
 
 
 def test_toolbar_idle_completed_and_destination() -> None:
-    assert progress_text(MigrationInfo(), RUNNING) == "VM running · no migration"
+    assert progress_text(Progress.from_info(MigrationInfo()), "running") == (
+        "VM running · no migration"
+    )
     done = MigrationInfo(status=MigrationStatus.COMPLETED, total_time=4100, downtime=21, ram=ram())
-    post = StatusInfo(running=False, status=RunState.POSTMIGRATE)
-    assert progress_text(done, post) == (
+    assert progress_text(Progress.from_info(done), "postmigrate") == (
         "migration completed in 4100 ms · downtime 21 ms · 64.0 MiB sent · VM postmigrate"
     )
     incoming = MigrationInfo(status=MigrationStatus.ACTIVE, total_time=0)
-    inmigrate = StatusInfo(running=False, status=RunState.INMIGRATE)
-    assert progress_text(incoming, inmigrate) == "migration active · VM inmigrate"
+    assert progress_text(Progress.from_info(incoming), "inmigrate") == (
+        "migration active · VM inmigrate"
+    )
+
+
+def test_progress_from_info_migrate_text_matches_the_snapshot() -> None:
+    info = MigrationInfo(
+        status=MigrationStatus.ACTIVE, total_time=2500, expected_downtime=300, ram=ram()
+    )
+    lines = render.info_migrate(info).splitlines()
+    figures = dict(line.split(": ", 1) for line in lines if ": " in line)
+    assert Progress.from_figures(figures) == Progress.from_info(info)
+    assert progress_text(Progress.from_figures({})) == "no migration"
 
 
 def test_notices() -> None:
