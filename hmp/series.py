@@ -28,3 +28,8 @@ def to_json(samples: Sequence[Sample]) -> str:
 def render(path: str, samples: Sequence[Sample]) -> str:
     """The file's text, in the format its name asks for: ``.json``, else CSV."""
     return to_json(samples) if path.endswith(".json") else to_csv(samples)
+
+
+def from_json(text: str) -> list[Sample]:
+    """What to_json (and `x_migrate_export FILE.json`) wrote, back as samples."""
+    return [Sample(**row) for row in json.loads(text)]

@@ -1,0 +1,202 @@
+"""`qemu-hmp demo`: the classic "compress off vs on" experiment, presented as the articles did.
+
+This module is the presentation: a live progress line per migration, a terminal chart and a
+PNG chart per case (plain vs compressed on one chart), then the articles' table with our
+figures next to the published ones and the compressed/plain ratios. Running the migrations
+is a Runner's job: ``hmp.bench.run_classic`` when it exists (two real qemu-hmp processes per
+run), or any callable of the same shape (tests pass a recorded one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from tabulate import tabulate
+
+from engine.stats import Sample
+from hmp.chart import terminal_chart, write_png
+from hmp.toolbar import Progress, progress_text
+
+
+@dataclass(frozen=True)
+class Figures:
+    total_time_ms: float
+    downtime_ms: float
+    transferred_kb: float
+
+
+@dataclass(frozen=True)
+class Case:
+    """One block of the articles' table: a guest and a network, plain and compressed."""
+
+    key: str  # what `--case` and the runner name it by
+    title: str  # as the articles describe it
+    plain: Figures  # published, compress off
+    compressed: Figures  # published, compress level 1 with 8 or 12 / 2 or 3 threads
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One migration the runner ran; ``setup`` says what it really was (sizes, link, threads)."""
+
+    figures: Figures
+    series: Sequence[Sample]
+    setup: str
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class Runner(Protocol):
+    def __call__(self, case: Case, compress: bool, progress: ProgressFn) -> Measured: ...
+
+
+# The published figures (DESIGN.md, "The classic experiment").
+CLASSIC: tuple[Case, ...] = (
+    Case(
+        "idle-1gbe",
+        "idle 4 GiB guest, 1 GbE",
+        Figures(3333, 100, 363536),
+        Figures(1833, 27, 107819),
+    ),
+    Case(
+        "random-1gbe",
+        "guest writing random data, 1 GbE",
+        Figures(37369, 337, 4274143),
+        Figures(15989, 173, 1699824),
+    ),
+    Case(
+        "idle-32mibs",
+        "idle 2 GiB guest, ~32 MiB/s",
+        Figures(9536, 34, 307783),
+        Figures(4466, 22, 140445),
+    ),
+    Case(
+        "idle-limited",
+        "idle 2 GiB guest, limited bandwidth",
+        Figures(11720, 169, 311554),
+        Figures(5652, 21, 140189),
+    ),
+)
+CASES = {case.key: case for case in CLASSIC}
+DEFAULT_CASES = ("idle-1gbe", "random-1gbe")  # an idle and a busy guest: under 2 minutes
+MODES = (("plain", False), ("compress", True))
+COLUMNS = (
+    ("total time ms", "total_time_ms"),
+    ("downtime ms", "downtime_ms"),
+    ("transferred kB", "transferred_kb"),
+)
+
+
+class LiveLine:
+    """One line rewritten in place on a terminal; elsewhere only its final text is printed."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.live = out.isatty()
+
+    def update(self, text: str) -> None:
+        if self.live:
+            self.out.write(f"\r{text}\x1b[K")
+            self.out.flush()
+
+    def progress(self, label: str) -> ProgressFn:
+        return lambda p: self.update(label + progress_text(p))
+
+    def done(self, text: str) -> None:
+        self.out.write(f"\r{text}\x1b[K\n" if self.live else f"{text}\n")
+        self.out.flush()
+
+
+def _ratio(compressed: float, plain: float) -> str:
+    return f"{compressed / plain:.2f}" if plain else "-"
+
+
+def table(results: Iterable[tuple[Case, Measured, Measured]]) -> str:
+    """The articles' layout: per case plain, compress and compress/plain; ours, then theirs."""
+    headers = ["case", "run"]
+    for name, _field in COLUMNS:
+        headers += [name, "published"]
+    rows: list[list[str]] = []
+    for case, plain, compressed in results:
+        ours = {"plain": plain.figures, "compress": compressed.figures}
+        theirs = {"plain": case.plain, "compress": case.compressed}
+        for run, _compress in MODES:
+            row = [case.title if run == "plain" else "", run]
+            for _name, field in COLUMNS:
+                row += [f"{getattr(ours[run], field):.0f}", f"{getattr(theirs[run], field):.0f}"]
+            rows.append(row)
+        ratio = ["", "compress/plain"]
+        for _name, field in COLUMNS:
+            ratio += [
+                _ratio(getattr(compressed.figures, field), getattr(plain.figures, field)),
+                _ratio(getattr(case.compressed, field), getattr(case.plain, field)),
+            ]
+        rows.append(ratio)
+    align = ("left", "left") + ("right",) * (len(headers) - 2)
+    return tabulate(rows, headers, disable_numparse=True, colalign=align) + "\n"
+
+
+def run_demo(runner: Runner, cases: Sequence[Case], out_dir: Path, out: TextIO) -> int:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    line = LiveLine(out)
+    results = []
+    for case in cases:
+        out.write(f"\n{case.title}\n")
+        runs = {}
+        for mode, compress in MODES:
+            label = f"  {mode:<9}"
+            measured = runner(case, compress, line.progress(label))
+            figures = measured.figures
+            line.done(
+                f"{label}{figures.total_time_ms:.0f} ms, downtime {figures.downtime_ms:.0f} ms,"
+                f" {figures.transferred_kb:.0f} kB  ({measured.setup})"
+            )
+            runs[mode] = measured
+        series = {mode: runs[mode].series for mode, _ in MODES}
+        out.write(terminal_chart(series))
+        png = out_dir / f"qemu-hmp-demo-{case.key}.png"
+        write_png(png, series, f"{case.title} — ours: {runs['plain'].setup}")
+        out.write(f"chart: {png}\n")
+        results.append((case, runs["plain"], runs["compress"]))
+    out.write("\n" + table(results))
+    return 0
+
+
+def classic_runner() -> Runner | None:
+    """``hmp.bench.run_classic``, once the benchmark module provides it."""
+    try:
+        module = importlib.import_module("hmp.bench")
+    except ImportError:
+        return None
+    runner: Runner | None = getattr(module, "run_classic", None)
+    return runner
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="qemu-hmp demo",
+        description="The classic compress off/on migration experiment on two real endpoints.",
+    )
+    parser.add_argument(
+        "--case",
+        action="append",
+        choices=list(CASES),
+        help=f"a case to run (repeatable; default: {', '.join(DEFAULT_CASES)})",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("qemu-hmp-demo"), help="directory for the PNG charts"
+    )
+    args = parser.parse_args(argv)
+    runner = classic_runner()
+    if runner is None:
+        sys.stderr.write("qemu-hmp demo: the experiment runner (hmp.bench) is not available\n")
+        return 2
+    cases = [CASES[key] for key in args.case or DEFAULT_CASES]
+    return run_demo(runner, cases, args.out, sys.stdout)

@@ -1,0 +1,93 @@
+"""`qemu-hmp demo`'s presentation, on a recorded runner: progress, table, charts."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from engine.stats import Sample
+from hmp import demo
+from hmp.demo import CASES, Case, Figures, Measured, ProgressFn, run_demo, table
+from hmp.toolbar import Progress
+
+MiB = 1024 * 1024
+
+
+def series(seconds: float, total: int = 64 * MiB) -> list[Sample]:
+    steps = int(seconds * 10)
+    return [
+        Sample(100 * i, total * i // steps, total - total * i // steps, 800.0, 0, 0)
+        for i in range(1, steps + 1)
+    ]
+
+
+# What a run of each mode measured (total ms, downtime ms, kB), for every case alike.
+RECORDED = {False: Figures(2000, 50, 100000), True: Figures(1000, 25, 40000)}
+
+
+def recorded_runner(case: Case, compress: bool, progress: ProgressFn) -> Measured:
+    figures = RECORDED[compress]
+    for done in (0.25, 0.5):
+        progress(Progress("active", 64 * MiB, int(64 * MiB * (1 - done)), 0, 800.0, 500, 300))
+    return Measured(figures, series(figures.total_time_ms / 1000), "64 MiB, recorded")
+
+
+def test_table_puts_ours_next_to_published_with_ratios() -> None:
+    case = CASES["idle-1gbe"]
+    plain = Measured(RECORDED[False], [], "")
+    compressed = Measured(RECORDED[True], [], "")
+    lines = table([(case, plain, compressed)]).splitlines()
+    assert lines[0].split() == [
+        "case", "run",
+        "total", "time", "ms", "published",
+        "downtime", "ms", "published",
+        "transferred", "kB", "published",
+    ]  # fmt: skip
+    assert lines[2].split() == [
+        "idle", "4", "GiB", "guest,", "1", "GbE",
+        "plain", "2000", "3333", "50", "100", "100000", "363536",
+    ]  # fmt: skip
+    assert lines[3].split() == ["compress", "1000", "1833", "25", "27", "40000", "107819"]
+    assert lines[4].split() == ["compress/plain", "0.50", "0.55", "0.50", "0.27", "0.40", "0.30"]
+
+
+def test_demo_prints_progress_charts_and_the_table(tmp_path: Path) -> None:
+    out = io.StringIO()
+    cases = [CASES["idle-1gbe"], CASES["random-1gbe"]]
+    assert run_demo(recorded_runner, cases, tmp_path, out) == 0
+    text = out.getvalue()
+    # Not a terminal: no live rewriting, one final line per run.
+    assert "\r" not in text
+    assert "  plain    2000 ms, downtime 50 ms, 100000 kB  (64 MiB, recorded)\n" in text
+    assert "  compress 1000 ms, downtime 25 ms, 40000 kB  (64 MiB, recorded)\n" in text
+    assert text.count("remaining RAM (MiB, peak ") == 2
+    for case in cases:
+        png = tmp_path / f"qemu-hmp-demo-{case.key}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
+        assert f"chart: {png}\n" in text
+    last = text.splitlines()[-1].split()
+    assert last == ["compress/plain", "0.50", "0.43", "0.50", "0.51", "0.40", "0.40"]
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_is_rewritten_in_place_on_a_terminal(tmp_path: Path) -> None:
+    out = Tty()
+    run_demo(recorded_runner, [CASES["idle-1gbe"]], tmp_path, out)
+    assert (
+        "\r  plain    migration active █████░░░░░░░░░░░░░░░  25% sent · 800.0 mbps"
+        " · 48.0 MiB remaining · expected downtime 300 ms · 0.5 s\x1b[K"
+    ) in out.getvalue()
+
+
+def test_without_a_runner_the_demo_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo, "classic_runner", lambda: None)
+    assert demo.main([]) == 2
+    assert "runner" in capsys.readouterr().err
