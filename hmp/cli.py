@@ -60,14 +60,6 @@ class UsageError(Exception):
     """A bad command line; the message is printed after ``qemu-hmp: ``."""
 
 
-def _not_implemented(name: str) -> Callable[[list[str]], int]:
-    def run(argv: list[str]) -> int:
-        sys.stderr.write(f"qemu-hmp {name}: not implemented yet\n")
-        return 2
-
-    return run
-
-
 def _lazy(module: str) -> Callable[[list[str]], int]:
     """``module.main``, imported only when that subcommand runs (keeps the monitor's start fast)."""
 
@@ -80,8 +72,8 @@ def _lazy(module: str) -> Callable[[list[str]], int]:
 
 # `qemu-hmp NAME ...` runs SUBCOMMANDS[NAME](rest of argv) and exits with its status.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
-    name: _not_implemented(name) for name in ("demo",)
-} | {"bench": _lazy("hmp.bench"), "record": _lazy("hmp.record"), "replay": _lazy("hmp.replay")}
+    name: _lazy(f"hmp.{name}") for name in ("demo", "bench", "record", "replay")
+}
 
 
 def parse_size_mib(text: str) -> int:
