@@ -127,10 +127,11 @@ class _Workers:
 
     def __init__(self, threads: int, name: str) -> None:
         self.threads = threads
+        self.active = min(threads, os.cpu_count() or 1)  # threads that run at once
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
             queue.SimpleQueue()
         )
-        self._cores = threading.BoundedSemaphore(min(threads, os.cpu_count() or 1))
+        self._cores = threading.BoundedSemaphore(self.active)
         self._threads = [
             threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
             for i in range(threads)

@@ -170,6 +170,7 @@ class Machine:
                 cpu_throttle_initial=int(c.param("cpu-throttle-initial")),
                 cpu_throttle_increment=int(c.param("cpu-throttle-increment")),
                 max_cpu_throttle=int(c.param("max-cpu-throttle")),
+                return_path=c.capability("return-path"),
                 multifd_channels=int(c.param("multifd-channels")) if c.capability("multifd") else 0,
                 multifd_compression=str(c.param("multifd-compression")),
                 multifd_level=int(

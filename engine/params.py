@@ -277,7 +277,11 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
     CapabilitySpec("x-colo", "COLO fault tolerance (unstable)"),
     CapabilitySpec("release-ram", "free source RAM as postcopy sends it"),
     CapabilitySpec("block", "old-style block migration (-b/-i)"),
-    CapabilitySpec("return-path", "open a destination-to-source channel in precopy too"),
+    CapabilitySpec(
+        "return-path",
+        "the source waits for the destination before completing (counted as downtime)",
+        supported=True,
+    ),
     CapabilitySpec("pause-before-switchover", "pause in pre-switchover before the device state"),
     CapabilitySpec("multifd", "send pages over multifd-channels parallel channels", supported=True),
     CapabilitySpec("dirty-bitmaps", "migrate block dirty bitmaps"),

@@ -30,7 +30,7 @@ from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import Hello, MultifdSender
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
-from engine.stats import SourceStats
+from engine.stats import SourceStats, now_ms
 from engine.transport import Address, Link, RateLimiter, connect, send_buffers
 from engine.vm import Vm
 
@@ -54,6 +54,7 @@ class OutgoingSettings:
     cpu_throttle_initial: int
     cpu_throttle_increment: int
     max_cpu_throttle: int
+    return_path: bool = False
     multifd_channels: int = 0  # 0: the multifd capability is off
     multifd_compression: str = "none"
     multifd_level: int = 1
@@ -248,10 +249,14 @@ class OutgoingMigration(threading.Thread):
         done = {"runstate": str(prior), "digest": self._digest.hexdigest()}
         self._send_eos()
         self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
+        sent_all = now_ms()
         verdict = self._await_verdict()
         if verdict is not None:
             raise MigrationError(verdict)
-        self.stats.completed()
+        # QEMU's downtime ends once everything is sent, unless the return path makes the source
+        # wait for the destination; qemu-hmp always waits for the digest verdict, but only
+        # counts that wait as downtime when return-path is on.
+        self.stats.completed(None if self.settings.return_path else sent_all)
 
     def _finish(self, status: MigrationStatus, error: str | None) -> None:
         self.ram.stop_dirty_log()
@@ -362,7 +367,7 @@ class OutgoingMigration(threading.Thread):
         nonzero = indices[~zero]
         for start in range(0, len(nonzero), CHUNK):
             chunk = nonzero[start : start + CHUNK]
-            if len(self._inflight) >= 2 * pool.threads:
+            if len(self._inflight) >= 2 * pool.active:
                 if not self.settings.compress_wait_thread:
                     # Every worker is busy: QEMU sends the pages itself and counts them "busy".
                     none = np.zeros(len(chunk), dtype=bool)

@@ -193,9 +193,10 @@ class SourceStats:
     def start_downtime(self) -> None:
         self.downtime_start_ms = now_ms()
 
-    def completed(self) -> None:
+    def completed(self, end_ms: float | None = None) -> None:
+        """Freeze total time and downtime at ``end_ms`` (default: now)."""
         with self._lock:
-            t = now_ms()
+            t = now_ms() if end_ms is None else end_ms
             self.end_ms = t
             assert self.downtime_start_ms is not None
             self.downtime_ms = t - self.downtime_start_ms

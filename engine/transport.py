@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 from engine.errors import MigrationError
 
+# Bytes a socket may hold on each side. Small enough that a source cannot run far ahead of a
+# slower destination (what is in flight at stop-and-copy is downtime), big enough for speed.
+SOCKET_BUFFER = 512 * 1024
+
 # Protocols QEMU knows but qemu-hmp does not carry (a clear refusal, not QEMU's "valid protocol").
 UNSUPPORTED = ("exec", "fd", "rdma", "vsock", "file")
 
@@ -109,7 +113,7 @@ def tune(sock: socket.socket) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+        sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
 
 
 def send_buffers(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> int:

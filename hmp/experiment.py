@@ -1,0 +1,142 @@
+"""One measured migration between two real qemu-hmp processes, set up with monitor commands.
+
+What `bench` and `demo` run: a destination and a source process (hmp/endpoint.py), the
+capabilities and parameters typed at both monitors exactly as a person would, `migrate -d`,
+then `info migrate` polled until the end. Figures come from the source's own `info migrate`;
+peak RSS of each process from /proc.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hmp.endpoint import Endpoint, free_port
+
+POLL_S = 0.2  # how often progress is read while the migration runs
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A migration to run; sizes and rates use the monitor's own spellings."""
+
+    name: str
+    ram: str = "2G"
+    workload: str = "idle"
+    seed: int = 1
+    max_bandwidth: str = "32M"  # migrate_set_parameter max-bandwidth (MiB/s by default)
+    link: int = 0  # x-link-bandwidth, bytes/s of an emulated network (0: loopback's own)
+    compress: bool = False
+    method: str = "zlib"  # x-compress-method
+    level: int = 1
+    threads: int = 8  # compress-threads
+    dthreads: int = 2  # decompress-threads
+    multifd: int = 0  # multifd-channels; 0 leaves the capability off
+    multifd_compression: str = "none"
+    auto_converge: bool = False
+    timeout: float = 120.0
+
+    def source_commands(self) -> list[str]:
+        cmds = [f"migrate_set_parameter max-bandwidth {self.max_bandwidth}"]
+        if self.link:
+            cmds.append(f"migrate_set_parameter x-link-bandwidth {self.link}B")
+        if self.compress:
+            cmds += [
+                f"migrate_set_parameter compress-threads {self.threads}",
+                f"migrate_set_parameter compress-level {self.level}",
+            ]
+        if self.auto_converge:
+            cmds.append("migrate_set_capability auto-converge on")
+        return self.common_commands() + cmds
+
+    def destination_commands(self) -> list[str]:
+        cmds = self.common_commands()
+        if self.compress:
+            cmds.append(f"migrate_set_parameter decompress-threads {self.dthreads}")
+        return cmds
+
+    def common_commands(self) -> list[str]:
+        cmds = []
+        if self.compress:
+            cmds += [
+                "migrate_set_capability compress on",
+                f"migrate_set_parameter x-compress-method {self.method}",
+            ]
+        if self.multifd:
+            cmds += [
+                "migrate_set_capability multifd on",
+                f"migrate_set_parameter multifd-channels {self.multifd}",
+                f"migrate_set_parameter multifd-compression {self.multifd_compression}",
+            ]
+        return cmds
+
+
+@dataclass
+class Result:
+    setup: Setup
+    status: str
+    figures: dict[str, str]  # `info migrate` of the source at the end, label → value text
+    rss_kib: dict[str, int]  # peak RSS per endpoint
+    progress: list[dict[str, str]] = field(default_factory=list)  # each poll's figures
+
+    def number(self, label: str) -> float:
+        """The leading number of a figure (`total time: 123 ms` → 123.0); 0 when absent."""
+        text = self.figures.get(label, "0").split()[0]
+        return float(text)
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """`info migrate` as label → value (`Migration status` keeps any `(reason)`)."""
+    out = {}
+    for line in text.splitlines():
+        label, sep, value = line.partition(": ")
+        if sep:
+            out[label] = value
+    return out
+
+
+def peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run(setup: Setup, progress: Callable[[dict[str, str]], None] | None = None) -> Result:
+    """Run one migration; ``progress`` sees the source's figures at every poll."""
+    port = free_port()
+    argv = ["qemu-hmp", "-m", setup.ram]
+    with (
+        Endpoint([*argv, "-incoming", f"tcp:127.0.0.1:{port}"], name="dst") as dst,
+        Endpoint(
+            [*argv, "--workload", setup.workload, "--seed", str(setup.seed)], name="src"
+        ) as src,
+    ):
+        dst.wait_ready(60)
+        src.wait_ready(60)
+        for endpoint, commands in (
+            (dst, setup.destination_commands()),
+            (src, setup.source_commands()),
+        ):
+            for command in commands:
+                answer = endpoint.execute(command, 10)
+                if answer:
+                    raise RuntimeError(f"{endpoint.name}: {command}: {answer.strip()}")
+        src.execute(f"migrate -d tcp:127.0.0.1:{port}", 10)
+        polls: list[dict[str, str]] = []
+        tick = threading.Event()
+        while True:
+            figures = parse_info(src.execute("info migrate", 10))
+            polls.append(figures)
+            if progress:
+                progress(figures)
+            status = figures.get("Migration status", "none")
+            if status not in ("setup", "active", "cancelling"):
+                break
+            if int(figures.get("total time", "0 ms").split()[0]) > setup.timeout * 1000:
+                src.execute("migrate_cancel", 10)
+            tick.wait(POLL_S)  # a display refresh interval, not a wait for a thread
+        rss = {"src": peak_rss_kib(src.proc.pid), "dst": peak_rss_kib(dst.proc.pid)}
+        return Result(setup, status, figures, rss, polls)
