@@ -197,10 +197,18 @@ class OutgoingMigration(threading.Thread):
             self._send([wire.header(), wire.json_record(wire.Rec.CONFIG, config.to_json())])
         )
         if s.multifd_channels:
+            socks: list[socket.socket] = []
+            try:
+                for i in range(s.multifd_channels):
+                    socks.append(self._open_channel(i, config.session))
+            except MigrationError as exc:  # the destination may have said why it hung up
+                for sock in socks:
+                    sock.close()
+                raise MigrationError(self._read_nack() or exc.desc) from exc
             self._multifd = MultifdSender(
                 self.ram,
                 self._digest,
-                [self._open_channel(i, config.session) for i in range(s.multifd_channels)],
+                socks,
                 s.multifd_compression,
                 s.multifd_level,
                 self._multifd_sent,
