@@ -213,14 +213,21 @@ def test_migration_failure_is_reported_above_the_prompt(start: Callable[..., She
     shell.run("atus", "VM status: running\n")  # the source guest runs on
 
 
-def test_history_persists_across_runs(
-    start: Callable[..., Shell], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.fixture
+def state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    first = start(history=True)
-    first.run("info status", "VM status: running\n")
-    assert first.quit() == 0
-    assert "+info status" in (tmp_path / "qemu-hmp" / "history").read_text()
+    return tmp_path / "qemu-hmp"
+
+
+def info_status_then_quit(start: Callable[..., Shell], history: bool) -> None:
+    shell = start(history=history)
+    shell.run("info status", "VM status: running\n")
+    assert shell.quit() == 0
+
+
+def test_history_persists_across_runs(start: Callable[..., Shell], state_dir: Path) -> None:
+    info_status_then_quit(start, history=True)
+    assert "+info status" in (state_dir / "history").read_text()
 
     second = start(history=True)
     history = second.session.history
@@ -230,11 +237,6 @@ def test_history_persists_across_runs(
     assert second.quit() == 0
 
 
-def test_no_history_writes_no_file(
-    start: Callable[..., Shell], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    shell = start(history=False)
-    shell.run("info status", "VM status: running\n")
-    assert shell.quit() == 0
-    assert not (tmp_path / "qemu-hmp").exists()
+def test_no_history_writes_no_file(start: Callable[..., Shell], state_dir: Path) -> None:
+    info_status_then_quit(start, history=False)
+    assert not state_dir.exists()
