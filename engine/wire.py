@@ -128,7 +128,7 @@ def parse_json(body: bytes | bytearray | memoryview, what: str) -> dict[str, Any
         raise StreamError(f"{what} section too long ({len(body)} bytes)")
     try:
         obj = json.loads(bytes(body))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # "[[[[..." nests too deep
         raise StreamError(f"{what} section is not valid JSON") from exc
     if not isinstance(obj, dict):
         raise StreamError(f"{what} section is not an object")
