@@ -170,7 +170,7 @@ class StreamConfig:
                 multifd_compression=str(obj["multifd-compression"]),
                 session=str(obj["session"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(Infinity)
             raise StreamError("configuration section is incomplete") from exc
         return cfg
 
