@@ -245,6 +245,9 @@ class _RecvChannel(threading.Thread):
                     r.apply(self.sock, length, unpack)
                 else:
                     raise wire.StreamError(f"multifd: unknown record type 0x{kind:02x}")
+            # A channel ends only after the stream is verified; earlier, the main stream may be
+            # waiting at the barrier for this channel's SYNC, which now never comes.
+            raise wire.StreamError("multifd: a channel closed before the migration completed")
         except (wire.StreamError, OSError) as exc:
             r.fail(exc)
 
