@@ -156,9 +156,7 @@ class Multifd:
         self.outcome: object = None
         self._thread = threading.Thread(target=self._load, args=(main_peer,))
         self._thread.start()
-        cfg = wire.StreamConfig(
-            PAGE_SIZE, SIZE, False, "zlib", 1, "none", self.session.hex()
-        )
+        cfg = wire.StreamConfig(PAGE_SIZE, SIZE, False, "zlib", 1, "none", self.session.hex())
         self.main.sendall(wire.header() + wire.json_record(wire.Rec.CONFIG, cfg.to_json()))
 
     def _load(self, sock: socket.socket) -> None:
