@@ -3,14 +3,13 @@
 This module is the presentation: a live progress line per migration, a terminal chart and a
 PNG chart per case (plain vs compressed on one chart), then the articles' table with our
 figures next to the published ones and the compressed/plain ratios. Running the migrations
-is a Runner's job: ``hmp.bench.run_classic`` when it exists (two real qemu-hmp processes per
-run), or any callable of the same shape (tests pass a recorded one).
+is a Runner's job: ``hmp.classic.run_classic`` (two real qemu-hmp processes per run), or any
+callable of the same shape (tests pass a recorded one).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -161,16 +160,6 @@ def run_demo(runner: Runner, cases: Sequence[Case], out_dir: Path, out: TextIO) 
     return 0
 
 
-def classic_runner() -> Runner | None:
-    """``hmp.bench.run_classic``, once the benchmark module provides it."""
-    try:
-        module = importlib.import_module("hmp.bench")
-    except ImportError:
-        return None
-    runner: Runner | None = getattr(module, "run_classic", None)
-    return runner
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="qemu-hmp demo",
@@ -186,9 +175,7 @@ def main(argv: list[str]) -> int:
         "--out", type=Path, default=Path("qemu-hmp-demo"), help="directory for the PNG charts"
     )
     args = parser.parse_args(argv)
-    runner = classic_runner()
-    if runner is None:
-        sys.stderr.write("qemu-hmp demo: the experiment runner (hmp.bench) is not available\n")
-        return 2
+    from hmp.classic import run_classic  # the runner imports this module's types
+
     cases = [CASES[key] for key in args.case or DEFAULT_CASES]
-    return run_demo(runner, cases, args.out, sys.stdout)
+    return run_demo(run_classic, cases, args.out, sys.stdout)

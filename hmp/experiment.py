@@ -8,11 +8,15 @@ peak RSS of each process from /proc.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from engine.stats import Sample
 from hmp.endpoint import Endpoint, free_port
+from hmp.series import from_json
 
 POLL_S = 0.2  # how often progress is read while the migration runs
 
@@ -78,7 +82,7 @@ class Result:
     status: str
     figures: dict[str, str]  # `info migrate` of the source at the end, label → value text
     rss_kib: dict[str, int]  # peak RSS per endpoint
-    progress: list[dict[str, str]] = field(default_factory=list)  # each poll's figures
+    series: list[Sample] = field(default_factory=list)  # the engine's samples (x_migrate_export)
 
     def number(self, label: str) -> float:
         """The leading number of a figure (`total time: 123 ms` → 123.0); 0 when absent."""
@@ -125,11 +129,9 @@ def run(setup: Setup, progress: Callable[[dict[str, str]], None] | None = None) 
                 if answer:
                     raise RuntimeError(f"{endpoint.name}: {command}: {answer.strip()}")
         src.execute(f"migrate -d tcp:127.0.0.1:{port}", 10)
-        polls: list[dict[str, str]] = []
         tick = threading.Event()
         while True:
             figures = parse_info(src.execute("info migrate", 10))
-            polls.append(figures)
             if progress:
                 progress(figures)
             status = figures.get("Migration status", "none")
@@ -139,4 +141,8 @@ def run(setup: Setup, progress: Callable[[dict[str, str]], None] | None = None) 
                 src.execute("migrate_cancel", 10)
             tick.wait(POLL_S)  # a display refresh interval, not a wait for a thread
         rss = {"src": peak_rss_kib(src.proc.pid), "dst": peak_rss_kib(dst.proc.pid)}
-        return Result(setup, status, figures, rss, polls)
+        with tempfile.TemporaryDirectory() as tmp:
+            export = Path(tmp) / "series.json"
+            src.execute(f'x_migrate_export "{export}"', 10)
+            series = from_json(export.read_text())
+        return Result(setup, status, figures, rss, series)

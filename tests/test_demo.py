@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.stats import Sample
-from hmp import demo
+from hmp import classic
 from hmp.demo import CASES, Case, Figures, Measured, ProgressFn, run_demo, table
 from hmp.toolbar import Progress
 
@@ -85,9 +85,16 @@ def test_progress_line_is_rewritten_in_place_on_a_terminal(tmp_path: Path) -> No
     ) in out.getvalue()
 
 
-def test_without_a_runner_the_demo_says_so(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(demo, "classic_runner", lambda: None)
-    assert demo.main([]) == 2
-    assert "runner" in capsys.readouterr().err
+def test_every_published_case_has_a_setup() -> None:
+    assert set(classic.SETUPS) == set(CASES)
+
+
+def test_classic_runner_migrates_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
+    small = classic.Setup("tiny", ram="64M", max_bandwidth="0")
+    monkeypatch.setitem(classic.SETUPS, "idle-1gbe", small)
+    seen: list[str] = []
+    measured = classic.run_classic(CASES["idle-1gbe"], True, lambda p: seen.append(p.status))
+    assert measured.figures.transferred_kb > 0 and measured.figures.total_time_ms > 0
+    assert measured.series and measured.series[-1].remaining == 0
+    assert "zlib level 1, 12/3 threads" in measured.setup
+    assert seen[-1] == "completed"
