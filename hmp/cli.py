@@ -72,7 +72,7 @@ def _lazy(module: str) -> Callable[[list[str]], int]:
 
 # `qemu-hmp NAME ...` runs SUBCOMMANDS[NAME](rest of argv) and exits with its status.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
-    name: _lazy(f"hmp.{name}") for name in ("demo", "bench", "record", "replay")
+    name: _lazy(f"hmp.{name}") for name in ("demo", "bench", "record", "replay", "soak")
 }
 
 

@@ -1,0 +1,292 @@
+"""``qemu-hmp soak``: consecutive migrations ping-pong between qemu-hmp processes, watched.
+
+A completed source is ``postmigrate`` and a completed destination cannot take a second
+incoming migration (as in QEMU), so the ping-pong is a relay: each round a fresh process
+starts as ``-incoming ... -S``, the current guest migrates into it, the destination is told
+``cont`` and becomes the next source, and the old source quits. Every process thus lives
+through both roles. Meanwhile one thread per endpoint hammers ``info migrate``, and the
+driver samples each process's threads, file descriptors and RSS from /proc.
+
+A migration passes when both sides say ``completed`` (the destination only completes once
+its RAM digest equals the source's) and the source holds no more threads or descriptors
+after it than before; the soak passes when every migration did and no process's RSS grew
+beyond the stated bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tabulate import tabulate
+
+from hmp.endpoint import Endpoint
+
+TIMEOUT_S = 60.0
+RSS_BOUND_KIB = 32 * 1024  # growth allowed between the first and the last process's peak
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One process's footprint, from /proc."""
+
+    threads: int
+    fds: int
+    rss_kib: int
+
+
+def figures(pid: int) -> Figures:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return Figures(
+        threads=int(fields["Threads"]),
+        fds=len(os.listdir(f"/proc/{pid}/fd")),
+        rss_kib=int(fields["VmRSS"].split()[0]),
+    )
+
+
+def info_value(text: str, name: str) -> str | None:
+    """The value of ``name: value`` in monitor output (e.g. ``Migration status``)."""
+    match = re.search(rf"^{re.escape(name)}: (.*)$", text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def listening_uri(ep: Endpoint) -> str:
+    """The address a destination listens on, from its ``info migrate`` (port 0 resolved)."""
+    match = re.search(r"^socket address: \[\n\t(\S+)\n\]", ep.execute("info migrate", 5), re.M)
+    if not match:
+        raise RuntimeError(f"{ep.name}: not listening")
+    return match.group(1)
+
+
+def wait_for(ep: Endpoint, line: str, done: Callable[[str], bool], timeout: float) -> str:
+    """Run ``line`` until its output satisfies ``done``; that output (or TimeoutError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = ep.execute(line, timeout)
+        if done(out):
+            return out
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ep.name}: `{line}` never satisfied the wait:\n{out}")
+
+
+def migration_status(ep: Endpoint) -> str | None:
+    return info_value(ep.execute("info migrate", 10), "Migration status")
+
+
+class Hammer(threading.Thread):
+    """``info migrate`` on one endpoint, back to back, until its migration has ended."""
+
+    def __init__(self, ep: Endpoint, timeout: float) -> None:
+        super().__init__(name=f"hammer {ep.name}", daemon=True)
+        self.ep, self.timeout = ep, timeout
+        self.calls, self.max_ms, self.status = 0, 0.0, ""
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + self.timeout
+            while self.status not in TERMINAL and time.monotonic() < deadline:
+                t0 = time.monotonic()
+                self.status = migration_status(self.ep) or ""
+                self.max_ms = max(self.max_ms, (time.monotonic() - t0) * 1000)
+                self.calls += 1
+        except Exception as exc:  # reported with the round, never lost in a thread
+            self.error = exc
+
+
+@dataclass
+class Round:
+    index: int
+    compress: bool
+    src_status: str
+    dst_status: str
+    total_ms: int | None
+    transferred_kb: int | None
+    info_calls: int
+    info_max_ms: float
+    src_before: Figures
+    src_after: Figures
+    dst_after: Figures
+    samples: list[dict[str, int]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        leak = (
+            self.src_after.threads > self.src_before.threads
+            or self.src_after.fds > self.src_before.fds
+        )
+        return self.src_status == self.dst_status == "completed" and not leak
+
+
+@dataclass(frozen=True)
+class SoakOptions:
+    migrations: int = 50
+    ram: str = "16M"
+    workload: str = "random-writer,rate=2000,wss=4M"
+    compress: str = "alternate"  # on | off | alternate
+    sample_s: float = 0.05
+
+
+class Soak:
+    def __init__(self, opts: SoakOptions, log: Callable[[str], None] = lambda _s: None) -> None:
+        self.opts = opts
+        self.log = log
+        self.rounds: list[Round] = []
+        self.peak_rss: list[int] = []  # each process's peak, in order of birth
+
+    def _spawn(self, seed: int, incoming: bool) -> Endpoint:
+        argv = ["qemu-hmp", "-m", self.opts.ram, "--workload", self.opts.workload]
+        argv += ["--seed", str(seed)]
+        if incoming:
+            argv += ["-incoming", "tcp:127.0.0.1:0", "-S"]
+        ep = Endpoint(argv, name=f"p{seed}")
+        ep.wait_ready(TIMEOUT_S)
+        self.peak_rss.append(0)
+        return ep
+
+    def _compress(self, index: int) -> bool:
+        return self.opts.compress == "on" or (self.opts.compress == "alternate" and index % 2 == 0)
+
+    def run(self) -> list[Round]:
+        src = self._spawn(0, incoming=False)
+        try:
+            for index in range(self.opts.migrations):
+                dst = self._spawn(index + 1, incoming=True)
+                try:
+                    self.rounds.append(self._round(index, src, dst))
+                except BaseException:
+                    dst.kill()
+                    raise
+                self.log(self.row(self.rounds[-1]))
+                dst.execute("cont", 10)  # the destination is the next source
+                src.execute("quit", 10)
+                src.close()
+                src = dst
+        finally:
+            src.kill()
+        return self.rounds
+
+    def _round(self, index: int, src: Endpoint, dst: Endpoint) -> Round:
+        compress = self._compress(index)
+        for ep in (src, dst):
+            ep.execute(f"migrate_set_capability compress {'on' if compress else 'off'}", 10)
+        uri = listening_uri(dst)
+        src_before = figures(src.proc.pid)
+        src.execute(f"migrate -d {uri}", 10)
+        hammers = [Hammer(src, TIMEOUT_S), Hammer(dst, TIMEOUT_S)]
+        for h in hammers:
+            h.start()
+        samples = []
+        t0 = time.monotonic()
+        while any(h.is_alive() for h in hammers):
+            row = {"t_ms": int((time.monotonic() - t0) * 1000)}
+            for role, ep in (("src", src), ("dst", dst)):
+                f = figures(ep.proc.pid)
+                row |= {f"{role}_threads": f.threads, f"{role}_fds": f.fds}
+                row[f"{role}_rss"] = f.rss_kib
+            samples.append(row)
+            alive = [h for h in hammers if h.is_alive()]
+            if alive:
+                alive[0].join(self.opts.sample_s)
+        for h in hammers:
+            if h.error:
+                raise h.error
+        info = src.execute("info migrate", 10)
+        src_after, dst_after = figures(src.proc.pid), figures(dst.proc.pid)
+        births = len(self.peak_rss)
+        for pos, role in ((births - 2, "src"), (births - 1, "dst")):
+            peak = max([r[f"{role}_rss"] for r in samples] + [self.peak_rss[pos]])
+            self.peak_rss[pos] = peak
+        total, transferred = info_value(info, "total time"), info_value(info, "transferred ram")
+        return Round(
+            index=index,
+            compress=compress,
+            src_status=hammers[0].status,
+            dst_status=hammers[1].status,
+            total_ms=int(total.split()[0]) if total else None,
+            transferred_kb=int(transferred.split()[0]) if transferred else None,
+            info_calls=sum(h.calls for h in hammers),
+            info_max_ms=max(h.max_ms for h in hammers),
+            src_before=src_before,
+            src_after=src_after,
+            dst_after=dst_after,
+            samples=samples,
+        )
+
+    @staticmethod
+    def row(r: Round) -> str:
+        digest = "match" if r.dst_status == "completed" else f"FAILED ({r.dst_status})"
+        return (
+            f"#{r.index + 1:<3} compress {'on ' if r.compress else 'off'} {r.src_status:<9} "
+            f"digest {digest}  {r.total_ms} ms {r.transferred_kb} kB  "
+            f"src threads {r.src_before.threads}->{r.src_after.threads} "
+            f"fds {r.src_before.fds}->{r.src_after.fds}  "
+            f"info migrate x{r.info_calls} (max {r.info_max_ms:.1f} ms)"
+        )
+
+    def rss_growth_kib(self) -> int:
+        """Peak RSS of the last process that was both destination and source, minus the first's."""
+        done = self.peak_rss[1 : len(self.rounds)]  # p0 was never a destination
+        return done[-1] - done[0] if len(done) >= 2 else 0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rounds) and self.rss_growth_kib() <= RSS_BOUND_KIB
+
+    def summary(self) -> str:
+        table = [
+            [
+                "threads",
+                min(r.src_before.threads for r in self.rounds),
+                max(r.src_after.threads for r in self.rounds),
+                max(r.dst_after.threads for r in self.rounds),
+            ],
+            [
+                "fds",
+                min(r.src_before.fds for r in self.rounds),
+                max(r.src_after.fds for r in self.rounds),
+                max(r.dst_after.fds for r in self.rounds),
+            ],
+            [
+                "RSS MiB",
+                min(r.src_before.rss_kib for r in self.rounds) // 1024,
+                max(r.src_after.rss_kib for r in self.rounds) // 1024,
+                max(r.dst_after.rss_kib for r in self.rounds) // 1024,
+            ],
+        ]
+        passed = sum(r.ok for r in self.rounds)
+        return (
+            tabulate(table, headers=["", "source before", "source after", "destination after"])
+            + f"\n{passed}/{len(self.rounds)} migrations completed with matching digests and "
+            f"no leaked thread or descriptor; peak RSS growth {self.rss_growth_kib()} KiB "
+            f"(bound {RSS_BOUND_KIB} KiB): {'PASS' if self.ok else 'FAIL'}\n"
+        )
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="qemu-hmp soak", description=__doc__.split("\n")[0])
+    ap.add_argument("-n", "--migrations", type=int, default=SoakOptions.migrations)
+    ap.add_argument("-m", "--ram", default=SoakOptions.ram, help="guest RAM of every process")
+    ap.add_argument("--workload", default=SoakOptions.workload)
+    ap.add_argument("--compress", choices=("on", "off", "alternate"), default="alternate")
+    ap.add_argument("--json", type=Path, help="also write every round and sample here")
+    args = ap.parse_args(argv)
+    opts = SoakOptions(args.migrations, args.ram, args.workload, args.compress)
+    soak = Soak(opts, log=lambda line: print(line, flush=True))  # noqa: T201
+    soak.run()
+    sys.stdout.write(soak.summary())
+    if args.json:
+        rounds = [asdict(r) | {"ok": r.ok} for r in soak.rounds]
+        report = {"options": asdict(opts), "rounds": rounds, "peak_rss_kib": soak.peak_rss}
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0 if soak.ok else 1

@@ -1,0 +1,29 @@
+"""The soak in CI: six migrations relayed between qemu-hmp processes, compress on and off.
+
+Bounds: no thread or file descriptor left on a source after its migration (zero growth), and
+peak RSS of the last relayed process within RSS_BOUND_KIB of the first's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hmp import soak
+
+
+def test_six_migrations_relay_without_growth(tmp_path: Path, capsys) -> None:
+    report = tmp_path / "soak.json"
+    assert soak.main(["-n", "6", "-m", "8M", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "6/6 migrations completed with matching digests" in out and "PASS" in out
+    rounds = json.loads(report.read_text())["rounds"]
+    assert [r["compress"] for r in rounds] == [True, False] * 3
+    for r in rounds:
+        assert r["ok"] and r["src_status"] == r["dst_status"] == "completed"
+        assert r["src_after"]["threads"] <= r["src_before"]["threads"]
+        assert r["src_after"]["fds"] <= r["src_before"]["fds"]
+        assert r["info_calls"] >= 2 and r["samples"]
+    # Every process ends a round with the same footprint as its predecessors.
+    assert len({r["dst_after"]["threads"] for r in rounds}) == 1
+    assert len({r["dst_after"]["fds"] for r in rounds}) == 1
