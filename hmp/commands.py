@@ -43,6 +43,7 @@ class Command:
     help: str
     handler: Handler
     sub_table: tuple[Command, ...] = ()
+    extension: bool = False  # not in QEMU 7.2: listed by `help`, left out of oracle comparisons
 
     @cached_property
     def names(self) -> tuple[str, ...]:
@@ -285,6 +286,7 @@ COMMANDS: tuple[Command, ...] = (
         "filename",
         "write the last migration's time series to filename (.json: JSON, else CSV)",
         hmp_x_migrate_export,
+        extension=True,
     ),
     Command(
         "x_migrate_chart",
@@ -292,5 +294,6 @@ COMMANDS: tuple[Command, ...] = (
         "",
         "chart the last migration's remaining RAM and throughput over time",
         hmp_x_migrate_chart,
+        extension=True,
     ),
 )
