@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,9 +22,13 @@ import numpy.typing as npt
 from tabulate import tabulate
 from zlib_ng import zlib_ng
 
+from engine import wire
 from engine.compression import CHUNK, CODECS, CompressPool, DecompressPool
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.workload import Workload
+from hmp import classic, experiment
+from hmp.endpoint import Endpoint, free_port
+from hmp.experiment import Result, Setup
 
 MiB = 1 << 20
 
@@ -170,6 +176,217 @@ def decompress_rate(ram: GuestRam, pages: npt.NDArray[np.intp], codec: str, reps
     return len(pages) * PAGE_SIZE / 1e6 / seconds
 
 
+# -- two-process migrations ------------------------------------------------------------------
+
+
+def fig_row(label: str, result: Result, base: Result | None = None) -> list[Any]:
+    row: list[Any] = [label, result.status]
+    for name in ("total time", "downtime", "transferred ram"):
+        value = result.number(name)
+        row += [value, value / base.number(name) if base and base.number(name) else ""]
+    return [*row, result.figures.get("compression rate", "")]
+
+
+def classic_runs(report: Report) -> None:
+    """The classic experiment on two cases, plain vs compressed, plus zstd and multifd rows."""
+    headers = ["config", "status", "total ms", "x plain", "downtime ms", "x plain"]
+    headers += ["transferred kB", "x plain", "compression rate"]
+    best: dict[str, float] = {}
+    for key in ("idle-32mibs", "random-1gbe"):
+        plain_setup = classic.SETUPS[key]
+        table = Table(f"Classic experiment: {classic.describe(plain_setup)}", headers)
+        plain = experiment.run(plain_setup)
+        table.rows.append(fig_row("compress off", plain))
+        configs = {
+            "zlib-ng level 1, 12/3 threads": classic.compressed(plain_setup),
+            "zstd level 1, 12/3 threads": classic.compressed(plain_setup, "zstd"),
+            "multifd 4 channels, zstd": replace(plain_setup, multifd=4, multifd_compression="zstd"),
+        }
+        results = {name: experiment.run(setup) for name, setup in configs.items()}
+        for name, result in results.items():
+            table.rows.append(fig_row(name, result, plain))
+        report.tables.append(table)
+        zlib = results["zlib-ng level 1, 12/3 threads"]
+
+        def ratio(result: Result, label: str, base: Result = plain) -> float:
+            return result.number(label) / max(base.number(label), 1e-9)
+
+        checks = [("total time", 0.6)]
+        if key == "idle-32mibs":
+            checks += [("transferred ram", 0.6), ("downtime", 0.65)]
+            for label in ("total time", "transferred ram"):
+                best[label] = min(ratio(r, label) for n, r in results.items() if "zlib" not in n)
+        for label, target in checks:
+            value = ratio(zlib, label)
+            report.check(f"{key}: zlib-ng on/off {label}", value, f"<= {target}", value <= target)
+    for label, value in best.items():
+        report.check(
+            f"idle-32mibs: best (zstd/multifd) on/off {label}", value, "<= 0.45", value <= 0.45
+        )
+
+
+def monitor_latency(report: Report, calls: int = 200) -> None:
+    """`info migrate` round trips on the source during a heavy compressed migration."""
+    setup = replace(classic.compressed(classic.SETUPS["idle-32mibs"]), max_bandwidth="0")
+    setup = replace(setup, ram="4G", workload="random-writer,rate=20000,wss=1G")
+    port = free_port()
+    with (
+        Endpoint(["qemu-hmp", "-m", setup.ram, "-incoming", f"tcp:127.0.0.1:{port}"]) as dst,
+        Endpoint(["qemu-hmp", "-m", setup.ram, "--workload", setup.workload]) as src,
+    ):
+        dst.wait_ready(60)
+        src.wait_ready(60)
+        for endpoint, commands in (
+            (dst, setup.destination_commands()),
+            (src, setup.source_commands()),
+        ):
+            for command in commands:
+                endpoint.execute(command, 10)
+        src.execute(f"migrate -d tcp:127.0.0.1:{port}", 10)
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            text = src.execute("info migrate", 10)
+            times.append((time.perf_counter() - t0) * 1000)
+        active = "Migration status: active" in text
+        src.execute("migrate_cancel", 10)
+    times.sort()
+    p99 = times[int(len(times) * 0.99) - 1]
+    report.tables.append(
+        Table(
+            f"Monitor latency: {calls} x `info migrate` during {classic.describe(setup)}",
+            ["p50 ms", "p99 ms", "max ms", "still active at the end"],
+            [[times[len(times) // 2], p99, times[-1], active]],
+        )
+    )
+    report.check(
+        "info migrate p99 latency during a compressed migration (ms)", p99, "<= 20", p99 <= 20
+    )
+
+
+# -- the engine against the machine's limits ---------------------------------------------------
+
+
+def _receive(port: Any, size: int, fresh: bool) -> None:
+    """A raw receiver in its own process: ``size`` bytes into fresh guest-like RAM (``fresh``,
+    as a destination receives) or into one reused 1 MiB buffer (the socket alone)."""
+    ram = GuestRam(size if fresh else MiB)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port.put(server.getsockname()[1])
+        conn, _ = server.accept()
+        with conn:
+            for off in range(0, size, MiB):
+                start = off if fresh else 0
+                wire.recv_into(conn, ram.buf[start : start + MiB])
+            conn.sendall(b"k")
+
+
+def raw_socket_seconds(ram: GuestRam, fresh: bool) -> float:
+    """The same bytes over a plain loopback TCP socket, process to process, 1 MiB sends."""
+    ctx = multiprocessing.get_context("spawn")
+    port = ctx.Queue()
+    child = ctx.Process(target=_receive, args=(port, ram.size, fresh))
+    child.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port.get(timeout=60))) as sock:
+            t0 = time.perf_counter()
+            for off in range(0, ram.size, MiB):
+                sock.sendall(ram.buf[off : off + MiB])
+            sock.recv(1)
+            return time.perf_counter() - t0
+    finally:
+        child.join(30)
+
+
+def engine_runs(report: Report, reps: int) -> None:
+    size = 1 << 30
+    ram = GuestRam(size)
+    Workload("random", 1).fill(ram)
+    raw = size / 1e6 / min(raw_socket_seconds(ram, fresh=True) for _ in range(reps))
+    socket_only = size / 1e6 / min(raw_socket_seconds(ram, fresh=False) for _ in range(reps))
+    ram.close()
+    random_1g = Setup("random-1g", ram="1G", workload="random", max_bandwidth="0")
+    rand = min(
+        (experiment.run(random_1g) for _ in range(reps)), key=lambda r: r.number("total time")
+    )
+    zero = experiment.run(Setup("zero-4g", ram="4G", workload="zero", max_bandwidth="0"))
+    moved = size / 1e6 / (rand.number("total time") / 1000)
+    scan = 4 * size / 1e9 / (zero.number("total time") / 1000)
+    cold, warm = zero_scan_rates(4 * size)
+    table = Table(
+        "Engine: uncompressed migration vs the machine's limits",
+        ["run", "status", "total ms", "MB/s of guest RAM", "src RSS MiB", "dst RSS MiB"],
+    )
+    table.rows.append(["raw TCP copy of 1 GiB into fresh RAM", "", size / 1e3 / raw, raw, "", ""])
+    reused = size / 1e3 / socket_only
+    table.rows.append(["raw TCP copy of 1 GiB, one reused buffer", "", reused, socket_only, "", ""])
+    for label, result, rate in (
+        ("1 GiB random guest", rand, moved),
+        ("4 GiB zero guest", zero, scan * 1e3),
+    ):
+        table.rows.append(
+            [
+                label,
+                result.status,
+                result.number("total time"),
+                rate,
+                result.rss_kib["src"] / 1024,
+                result.rss_kib["dst"] / 1024,
+            ]
+        )
+    report.tables.append(table)
+    report.tables.append(
+        Table(
+            "Zero-page detection in one process, 4 GiB zero guest (GuestRam.zero_mask)",
+            ["first read (page faults) GB/s", "again GB/s"],
+            [[cold, warm]],
+        )
+    )
+    for label, base in (("fresh RAM", raw), ("one reused buffer", socket_only)):
+        ratio = moved / base
+        report.check(
+            f"1 GiB random: engine vs raw copy into {label}", ratio, ">= 0.6", ratio >= 0.6
+        )
+    report.check("4 GiB zero guest, migration scan rate (GB/s)", scan, ">= 2", scan >= 2)
+    for label, result, guest in (("1 GiB random", rand, size), ("4 GiB zero", zero, 4 * size)):
+        for side in ("src", "dst"):
+            over = result.rss_kib[side] * 1024 - guest
+            report.check(
+                f"{label}: {side} RSS over guest RAM (MiB)", over / MiB, "<= 100", over <= 100 * MiB
+            )
+    digest_cost(report)
+
+
+def zero_scan_rates(size: int) -> tuple[float, float]:
+    ram = GuestRam(size)
+    pages = np.arange(ram.pages)
+    try:
+        cold = size / 1e9 / timed(lambda: ram.zero_mask(pages))
+        warm = size / 1e9 / timed(lambda: ram.zero_mask(pages))
+    finally:
+        ram.close()
+    return cold, warm
+
+
+def digest_cost(report: Report) -> None:
+    """What the end-to-end digest costs: a CRC per page sent, and one hash at completion."""
+    size = 1 << 30
+    ram = GuestRam(size)
+    Workload("random", 2).fill(ram)
+    pages = np.arange(ram.pages)
+    per_gib = timed(lambda: ram.crc_pages(pages)) * 1000
+    digest = wire.PageDigest(4 * ram.pages)
+    final = timed(digest.hexdigest) * 1000
+    ram.close()
+    report.tables.append(
+        Table(
+            "End-to-end digest cost",
+            ["CRC-32 per page, ms per GiB sent", "final hash of a 4 GiB guest's CRC table, ms"],
+            [[per_gib, final]],
+        )
+    )
+
+
 # -- the command -------------------------------------------------------------------------------
 
 
@@ -183,6 +400,10 @@ def main(argv: list[str]) -> int:
     report = Report()
     if args.what in ("compress", "all"):
         compress_stages(report, 512 * MiB, args.reps, args.seed)
+        classic_runs(report)
+        monitor_latency(report)
+    if args.what in ("engine", "all"):
+        engine_runs(report, args.reps)
     sys.stdout.write(report.render())
     if args.json:
         with open(args.json, "w") as f:
