@@ -188,6 +188,13 @@ def hmp_quit(mon: Monitor, args: Args) -> None:
     mon.request_quit()
 
 
+# -- memory -------------------------------------------------------------------------------------
+def hmp_pmemsave(mon: Monitor, args: Args) -> None:
+    addr, size = args["val"], args["size"]
+    assert isinstance(addr, int) and isinstance(size, int)  # "l" and "i" arguments
+    mon.machine.pmemsave(addr % (1 << 64), size, str(args["filename"]))  # an unsigned address
+
+
 # -- extensions: the last outgoing migration's time series (one sample per ~100 ms) -------------
 def hmp_x_migrate_export(mon: Monitor, args: Args) -> None:
     path = str(args["filename"])
@@ -279,6 +286,13 @@ COMMANDS: tuple[Command, ...] = (
         "parameter value",
         "Set the parameter for migration",
         hmp_migrate_set_parameter,
+    ),
+    Command(
+        "pmemsave",
+        "val:l,size:i,filename:s",
+        "addr size file",
+        "save to disk physical memory dump starting at 'addr' of size 'size'",
+        hmp_pmemsave,
     ),
     Command(
         "x_migrate_export",

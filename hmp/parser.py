@@ -2,12 +2,19 @@
 
 Supported argument types (a subset of QEMU's ``monitor-internal.h`` legend):
 ``s`` a word or a double-quoted string, ``S`` the rest of the line, ``b`` exactly ``on``/``off``,
-``-x`` a flag, and ``?`` after a type for optional. QEMU matches flags in table order: a flag
-that belongs further on is left for later, one that belongs nowhere is an error.
+``l`` an expression (64 bits), ``i`` an expression that must fit 32 bits, ``-x`` a flag, and
+``?`` after ``s``/``S``/``b`` for optional. QEMU matches flags in table order: a flag that belongs
+further on is left for later, one that belongs nowhere is an error.
+
+Expressions follow QEMU's monitor: C numbers (``0x`` hex, leading-``0`` octal), ``'c'`` character
+constants, unary ``+ - ~``, parentheses and three binary levels, loosest first ``+ -``, then
+``& | ^``, then ``* / %``, all in signed 64-bit arithmetic. Whitespace is skipped between tokens,
+so ``pmemsave 0 4096 /tmp/x`` reads ``4096 / tmp`` (an error in QEMU too: quote the file name).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -15,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from hmp.commands import Command
 
-Args = dict[str, str | bool | None]
+Args = dict[str, str | bool | int | None]
 
 C_SPACE = frozenset(" \t\n\v\f\r")
 _ESCAPES = {"n": "\n", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
@@ -24,7 +31,7 @@ _ESCAPES = {"n": "\n", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
 @dataclass(frozen=True)
 class ArgSpec:
     key: str
-    kind: str  # "s", "S", "b" or "-"
+    kind: str  # "s", "S", "b", "i", "l" or "-"
     flag: str = ""  # the letter of a "-" argument
     optional: bool = False
 
@@ -40,6 +47,8 @@ def parse_args_type(args_type: str) -> tuple[ArgSpec, ...]:
             specs.append(ArgSpec(key, "-", kind[1]))
         elif kind in ("s", "S", "b"):
             specs.append(ArgSpec(key, kind, optional=optional))
+        elif kind in ("i", "l") and not optional:
+            specs.append(ArgSpec(key, kind))
         else:
             raise ValueError(f"unsupported args_type {item!r}")
     return tuple(specs)
@@ -125,6 +134,105 @@ def read_string(cur: _Cursor) -> str:
         out.append(ch)
 
 
+# -- expressions (the ``i`` and ``l`` arguments) -----------------------------------------------
+_BINARY = ("+-", "&|^", "*/%")  # QEMU's levels, loosest first
+# strtoull's base 0, each with its digits as group 1: "0x" alone is the number 0, "08" is 0.
+_NUMBERS = (
+    (re.compile(r"0[xX]([0-9a-fA-F]+)"), 16),
+    (re.compile(r"0([0-7]*)"), 8),
+    (re.compile(r"([1-9][0-9]*)"), 10),
+)
+_REGISTER = re.compile(r"[A-Za-z0-9_.]*")
+_U64 = 1 << 64
+
+
+def _int64(value: int) -> int:
+    """C's int64_t arithmetic wraps; so does ours."""
+    value %= _U64
+    return value - _U64 if value >= _U64 >> 1 else value
+
+
+def _apply(op: str, a: int, b: int) -> int:
+    if op in "/%":
+        if b == 0:
+            raise ParseError("division by zero\n")
+        quotient = abs(a) // abs(b) * (-1 if (a < 0) != (b < 0) else 1)  # C truncates to zero
+        return _int64(quotient if op == "/" else a - b * quotient)
+    results = {"+": a + b, "-": a - b, "&": a & b, "|": a | b, "^": a ^ b, "*": a * b}
+    return _int64(results[op])
+
+
+class _Expr:
+    """A recursive-descent reader of one expression, leaving the cursor after it."""
+
+    def __init__(self, cur: _Cursor) -> None:
+        self.cur = cur
+
+    def next(self, width: int = 1) -> None:
+        self.cur.pos += width
+        self.cur.skip_space()
+
+    def binary(self, level: int = 0) -> int:
+        if level == len(_BINARY):
+            return self.unary()
+        value = self.binary(level + 1)
+        while (op := self.cur.peek()) and op in _BINARY[level]:
+            self.next()
+            value = _apply(op, value, self.binary(level + 1))
+        return value
+
+    def unary(self) -> int:
+        cur, ch = self.cur, self.cur.peek()
+        if ch and ch in "+-~":
+            self.next()
+            value = self.unary()
+            return {"+": value, "-": _int64(-value), "~": ~value}[ch]
+        if ch == "(":
+            self.next()
+            value = self.binary()
+            if cur.peek() != ")":
+                raise ParseError("')' expected\n")
+            self.next()
+            return value
+        if ch == "'":
+            char = cur.peek(1)
+            if not char:
+                raise ParseError("character constant expected\n")
+            if cur.peek(2) != "'":
+                raise ParseError("missing terminating ' character\n")
+            self.next(3)
+            return ord(char)
+        if ch == "$":
+            # QEMU reads the current vCPU's register; qemu-hmp has no vCPU state to read.
+            match = _REGISTER.match(cur.line, cur.pos + 1)
+            assert match is not None  # the pattern matches the empty string
+            raise ParseError(f"cannot read ${match.group()}: qemu-hmp emulates no CPU\n")
+        if not ch:
+            raise ParseError("unexpected end of expression\n")
+        return self.number()
+
+    def number(self) -> int:
+        cur = self.cur
+        for pattern, base in _NUMBERS:
+            match = pattern.match(cur.line, cur.pos)
+            if match is not None:
+                value = int(match.group(1) or "0", base)
+                if value >= _U64:
+                    raise ParseError("number too large\n")
+                self.next(match.end() - cur.pos)
+                return _int64(value)
+        raise ParseError(f"invalid char '{cur.peek()}' in expression\n")
+
+
+def read_expr(cur: _Cursor) -> int:
+    """QEMU's get_expr: one expression as a signed 64-bit value."""
+    cur.skip_space()
+    try:
+        return _Expr(cur).binary()
+    except RecursionError:  # QEMU's C recursion goes deeper than Python's; say so, don't crash
+        raise ParseError("expression too deeply nested\n") from None
+
+
 def _flag_is_later(letter: str, rest: Sequence[ArgSpec]) -> bool:
     return letter != "" and any(spec.kind == "-" and spec.flag == letter for spec in rest)
 
@@ -146,6 +254,11 @@ def _parse_args(cmd: Command, cur: _Cursor) -> Args:
                 # QEMU prints the letter with %c, so a lone '-' loses the newline.
                 end = "\n" if letter else ""
                 raise ParseError(f"{cmd.name}: unsupported option -{letter}{end}")
+        elif spec.kind in ("i", "l"):
+            value = read_expr(cur)
+            if spec.kind == "i" and not 0 <= value < 1 << 32:
+                raise ParseError(f"'{cmd.name}' has failed: integer is for 32-bit values\n")
+            args[spec.key] = value
         elif cur.at_end():
             if not spec.optional:
                 missing = f"{cmd.name}: string expected\n"

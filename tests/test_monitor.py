@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -103,6 +104,17 @@ def test_help_derives_from_the_table(session: Session) -> None:
     assert info == session.run("help info")
     assert info.splitlines() == [f"info {c.help_line()}".rstrip("\n") for c in INFO_COMMANDS]
     assert session.run("help q") == "quit|q  -- quit the emulator\n"
+
+
+def test_pmemsave_writes_guest_ram(session: Session, tmp_path: Path) -> None:
+    """The bytes (the oracle case checks only sizes); past the end of RAM reads as zeros."""
+    ram = session.machine.ram
+    ram.write(0x1000, b"qemu-hmp")
+    dump, tail = tmp_path / "dump.bin", tmp_path / "tail.bin"
+    assert session.run(f'pmemsave 0x1000 8 "{dump}"') == ""
+    assert dump.read_bytes() == b"qemu-hmp"
+    assert session.run(f'pmemsave {ram.size}-4 8 "{tail}"') == ""
+    assert tail.read_bytes() == bytes(ram.buf[ram.size - 4 :]) + bytes(4)
 
 
 def test_quit(session: Session) -> None:

@@ -1,8 +1,9 @@
 """Replay every session recorded from QEMU 7.2 (tests/data/qemu-7.2/*.txt) against our monitor.
 
 Each file starts ``# argv: QEMU OPTIONS``; then ``(qemu) CMD`` lines, each followed by QEMU's
-exact output and ``# stderr: LINE`` lines for what QEMU wrote to stderr. Re-record with
-``python tests/data/qemu-7.2/record.py``.
+exact output, ``# stderr: LINE`` lines for what QEMU wrote to stderr and ``# file: NAME SIZE``
+lines for the files it wrote in its (scratch) working directory; ours runs in a scratch
+directory too. Re-record with ``python tests/data/qemu-7.2/record.py``.
 
 Two kinds of output are compared loosely, by design:
 * listings (`help`, `help info`, bare `info`): we implement a subset of QEMU's commands, so our
@@ -41,6 +42,7 @@ class Step:
     command: str
     output: str = ""
     stderr: list[str] = field(default_factory=list)
+    files: dict[str, int] = field(default_factory=dict)  # name → size
 
 
 def load(path: Path) -> tuple[MachineOptions, list[Step]]:
@@ -52,6 +54,9 @@ def load(path: Path) -> tuple[MachineOptions, list[Step]]:
             steps.append(Step(line.removeprefix("(qemu) ")))
         elif line.startswith("# stderr: qemu-system-x86_64: "):
             steps[-1].stderr.append(line.removeprefix("# stderr: qemu-system-x86_64: "))
+        elif line.startswith("# file: "):
+            name, size = line.removeprefix("# file: ").rsplit(" ", 1)
+            steps[-1].files[name] = int(size)
         else:
             steps[-1].output += line + "\n"
     return options(first.removeprefix("# argv: ").split()), steps
@@ -98,9 +103,21 @@ def is_subsequence(ours: list[str], theirs: list[str]) -> bool:
     return all(line in it for line in ours)
 
 
+def written(folder: Path, before: dict[str, int]) -> dict[str, int]:
+    """The files in ``folder`` created or resized since ``before`` (name → size)."""
+    now = {path.name: path.stat().st_size for path in folder.iterdir()}
+    return {name: size for name, size in sorted(now.items()) if before.get(name) != size}
+
+
+def show(files: dict[str, int]) -> str:
+    return "".join(f"# file: {name} {size}\n" for name, size in files.items())
+
+
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
-def test_matches_qemu(path: Path) -> None:
+def test_matches_qemu(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opts, steps = load(path)
+    monkeypatch.chdir(tmp_path)  # where the cases' relative file names land, as QEMU's did
+    files: dict[str, int] = {}
     out, err = io.StringIO(), io.StringIO()
     # Engine reports reach the monitor's error stream, as the CLI wires them.
     machine = Machine(opts, notify=lambda message: mon.error_report(message))
@@ -112,12 +129,14 @@ def test_matches_qemu(path: Path) -> None:
             out.seek(0), out.truncate(), err.seek(0), err.truncate()
             mon.execute(step.command)
             got, got_err = UNDERSCORE_HINT.sub("", out.getvalue()), err.getvalue()
+            new = written(tmp_path, files)
+            files.update(new)
             if is_listing(step.command) and got:
                 ours = [line for line in got.splitlines() if line not in EXTENSION_LINES]
                 ok = is_subsequence(ours, step.output.splitlines())
             else:
                 ours_err = {line.removeprefix("qemu-hmp: ") for line in got_err.splitlines()}
-                ok = got == step.output and ours_err == set(step.stderr)
+                ok = got == step.output and ours_err == set(step.stderr) and new == step.files
             gap = ENGINE_GAPS.get((path.stem, step.command))
             if ok:
                 if gap and not pending:
@@ -125,7 +144,8 @@ def test_matches_qemu(path: Path) -> None:
                         f"(qemu) {step.command}: matches QEMU now, drop its ENGINE_GAPS entry"
                     )
                 continue
-            entry = f"(qemu) {step.command}\n--- qemu\n{step.output}--- ours\n{got}{got_err}"
+            theirs, ours_all = step.output + show(step.files), got + got_err + show(new)
+            entry = f"(qemu) {step.command}\n--- qemu\n{theirs}--- ours\n{ours_all}"
             known = pending or gap or "not implemented" in got
             (pending if known else failures).append(entry)
     finally:

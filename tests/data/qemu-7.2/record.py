@@ -3,7 +3,9 @@
 Each case runs a fresh ``qemu-system-x86_64`` with ``-monitor stdio`` on pipes, feeds its
 commands one at a time, waits for the next ``(qemu) `` prompt and stores ``(qemu) CMD`` plus
 the exact output (``\\r\\n`` turned into ``\\n``; QEMU's readline echo dropped) in CASE.txt;
-what QEMU wrote to stderr meanwhile follows as ``# stderr: LINE`` lines.
+what QEMU wrote to stderr meanwhile follows as ``# stderr: LINE`` lines, then one
+``# file: NAME SIZE`` line per file the command created or resized (QEMU runs in an empty
+scratch directory, so cases name files relatively, e.g. ``pmemsave 0 4096 "dump.bin"``).
 A case file's first line is ``# argv: ...`` (the QEMU options it ran with), which the tests
 turn into qemu-hmp options.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import select
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,15 +52,28 @@ def _drain(proc: subprocess.Popen[bytes]) -> str:
     return data.decode(errors="replace")
 
 
+def written(folder: Path, before: dict[str, int]) -> dict[str, int]:
+    """The files in ``folder`` created or resized since ``before`` (name → size)."""
+    now = {path.name: path.stat().st_size for path in folder.iterdir()}
+    return {name: size for name, size in sorted(now.items()) if before.get(name) != size}
+
+
 def run_case(args: list[str], commands: list[str]) -> str:
+    with tempfile.TemporaryDirectory() as scratch:
+        return _run_in(Path(scratch), args, commands)
+
+
+def _run_in(folder: Path, args: list[str], commands: list[str]) -> str:
     proc = subprocess.Popen(
         [*QEMU, *args, "-monitor", "stdio"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        cwd=folder,
     )
     assert proc.stdin is not None
     out = [f"# argv: {' '.join(args)}\n"]
+    files: dict[str, int] = {}
     try:
         _read_until_prompt(proc)  # the banner
         for cmd in commands:
@@ -68,6 +84,9 @@ def run_case(args: list[str], commands: list[str]) -> str:
             _echo, _, body = raw.partition(b"\r\n")
             out.append(f"(qemu) {cmd}\n" + body.decode().replace("\r\n", "\n"))
             out.extend(f"# stderr: {line}\n" for line in _drain(proc).splitlines())
+            new = written(folder, files)
+            files.update(new)
+            out.extend(f"# file: {name} {size}\n" for name, size in new.items())
     finally:
         proc.kill()
         proc.wait()
