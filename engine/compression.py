@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -115,7 +116,8 @@ CODECS: dict[str, Codec] = {
 
 
 class _PerThread(threading.local):
-    stream: Callable[..., Any] | None = None
+    def __init__(self) -> None:
+        self.streams: dict[int, Callable[..., Any]] = {}  # per level (one for decompression)
 
 
 class _Workers:
@@ -176,6 +178,7 @@ class CompressedChunk:
 
     data: list[bytes]
     crcs: list[int]
+    seconds: float  # worker time spent, for the adaptive policy
 
 
 class CompressPool(_Workers):
@@ -188,19 +191,24 @@ class CompressPool(_Workers):
         self._ram = ram
         self._local = _PerThread()
 
-    def compress(self, indices: npt.NDArray[np.intp]) -> Future[CompressedChunk]:
-        pages = indices.tolist()
-        return self.submit(lambda: self._work(pages))
+    def compress(
+        self, indices: npt.NDArray[np.intp], level: int | None = None
+    ) -> Future[CompressedChunk]:
+        """Compress these pages, at the pool's level unless the adaptive policy says otherwise."""
+        pages, chosen = indices.tolist(), self._level if level is None else level
+        return self.submit(lambda: self._work(pages, chosen))
 
-    def _work(self, indices: list[int]) -> CompressedChunk:
-        compress = self._local.stream or self._codec.compressor(self._level)
-        self._local.stream = compress
+    def _work(self, indices: list[int], level: int) -> CompressedChunk:
+        t0 = time.perf_counter()
+        streams = self._local.streams
+        compress = streams.get(level) or streams.setdefault(level, self._codec.compressor(level))
         buf, crc32 = self._ram.buf, zlib_ng.crc32
         # Compress straight from guest RAM. A page the guest changes meanwhile was re-dirtied
         # after its bit was cleared, so it is sent again; the GIL-held work per page is kept
         # to a few list steps so that workers scale across cores.
         views = [buf[i << PAGE_SHIFT : (i + 1) << PAGE_SHIFT] for i in indices]
-        return CompressedChunk(compress(views), [crc32(v) for v in views])
+        data, crcs = compress(views), [crc32(v) for v in views]
+        return CompressedChunk(data, crcs, time.perf_counter() - t0)
 
 
 class DecompressPool(_Workers):
@@ -220,8 +228,8 @@ class DecompressPool(_Workers):
         return self.submit(lambda: self._work(pages, blobs))
 
     def _work(self, indices: list[int], blobs: Sequence[memoryview]) -> list[int]:
-        decompress = self._local.stream or self._codec.decompressor()
-        self._local.stream = decompress
+        streams = self._local.streams
+        decompress = streams.get(0) or streams.setdefault(0, self._codec.decompressor())
         buf, crc32 = self._ram.buf, zlib_ng.crc32
         crcs = []
         for index, blob in zip(indices, blobs, strict=True):

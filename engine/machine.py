@@ -13,6 +13,7 @@ from engine.errors import MigrationError
 from engine.events import EventBus
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.params import CAPABILITIES, MigrationConfig, ParamValue
+from engine.policy import PolicyInfo
 from engine.snapshot import MigrationInfo, StatusInfo
 from engine.source import OutgoingMigration, OutgoingSettings
 from engine.state import MigrationStatus, RunState, is_running
@@ -133,9 +134,20 @@ class Machine:
         self.config.set_parameters(values)
 
     # -- outgoing -----------------------------------------------------------------------------
-    def migrate(self, uri: str) -> None:
-        """Start an outgoing migration; prepare-time errors raise, later ones go to the status."""
+    def migrate(
+        self, uri: str, *, blk: bool = False, inc: bool = False, resume: bool = False
+    ) -> None:
+        """Start an outgoing migration; prepare-time errors raise, later ones go to the status.
+
+        QEMU's checks come in QEMU's order (migrate_prepare, then the URI); qemu-hmp's own
+        refusals of what QEMU would run come last, so wherever QEMU fails, its error shows.
+        """
+        c = self.config
         with self._lock:
+            if resume:
+                # Only a postcopy-paused migration resumes, and qemu-hmp has no postcopy (so
+                # QEMU's next resume check, release-ram, never applies).
+                raise MigrationError("Cannot resume if there is no paused migration")
             if is_running(self._outgoing_status()):
                 raise MigrationError("There's a migration process in progress")
             if self.vm.state is RunState.INMIGRATE:
@@ -144,11 +156,12 @@ class Machine:
                 raise MigrationError(
                     "Can't migrate the vm that was paused due to previous migration"
                 )
-            for spec in CAPABILITIES:
-                if not spec.supported and self.config.capability(spec.name):
+            if blk or inc:
+                if c.capability("x-colo"):
+                    raise MigrationError("No disk migration is required in COLO mode")
+                if c.capability("block") or c.param("block-incremental"):
                     raise MigrationError(
-                        f"capability '{spec.name}' is not supported by qemu-hmp; "
-                        f"run 'migrate_set_capability {spec.name} off'"
+                        "Command options are incompatible with current migration capabilities"
                     )
             try:
                 addr = parse_uri(uri, incoming=False)
@@ -158,7 +171,14 @@ class Machine:
             except MigrationError as exc:
                 self._outgoing = _Refused(exc.desc)
                 raise
-            c = self.config
+            if blk or inc:
+                raise MigrationError("Block migration (-b, -i) is not supported by qemu-hmp")
+            for spec in CAPABILITIES:
+                if not spec.supported and c.capability(spec.name):
+                    raise MigrationError(
+                        f"capability '{spec.name}' is not supported by qemu-hmp; "
+                        f"run 'migrate_set_capability {spec.name} off'"
+                    )
             settings = OutgoingSettings(
                 compress=c.capability("compress"),
                 compress_method=str(c.param("x-compress-method")),
@@ -171,6 +191,7 @@ class Machine:
                 cpu_throttle_increment=int(c.param("cpu-throttle-increment")),
                 max_cpu_throttle=int(c.param("max-cpu-throttle")),
                 return_path=c.capability("return-path"),
+                compress_auto=c.capability("x-compress-auto"),
                 multifd_channels=int(c.param("multifd-channels")) if c.capability("multifd") else 0,
                 multifd_compression=str(c.param("multifd-compression")),
                 multifd_level=int(
@@ -192,6 +213,13 @@ class Machine:
         mig.start()
         # Like QEMU, a local connect that fails at once is reported before `migrate` returns.
         mig.wait_connected(CONNECT_WAIT_S)
+
+    def query_compress_policy(self) -> PolicyInfo:
+        """The adaptive compression policy's last decision (`info x_compress_policy`)."""
+        outgoing = self._outgoing
+        if isinstance(outgoing, OutgoingMigration):
+            return outgoing.policy_info()
+        return PolicyInfo(enabled=self.config.capability("x-compress-auto"))
 
     def migration_timeseries(self) -> list[Sample]:
         """The last outgoing migration's samples (every ≥100 ms), for charts and exports."""

@@ -294,6 +294,12 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
     CapabilitySpec("background-snapshot", "write-protect RAM to take a live snapshot"),
     CapabilitySpec("zero-copy-send", "send multifd pages with MSG_ZEROCOPY"),
     CapabilitySpec("postcopy-preempt", "a separate channel for postcopy page requests"),
+    CapabilitySpec(
+        "x-compress-auto",
+        "adapt compression on/off and level to the measured link and compressor speed",
+        supported=True,
+        extension=True,
+    ),
 )
 
 PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
@@ -382,6 +388,8 @@ def _check_caps(caps: Mapping[str, bool], params: Mapping[str, ParamValue]) -> N
         raise MigrationError("Postcopy preempt not compatible with compress")
     if caps["multifd"] and caps["compress"]:
         raise MigrationError("Multifd is not compatible with compress")
+    if caps["x-compress-auto"] and not caps["compress"]:  # ours: it steers compress's threads
+        raise MigrationError("Capability 'x-compress-auto' requires 'compress'")
 
 
 def _unknown(name: str) -> MigrationError:

@@ -28,6 +28,8 @@ from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import Hello, MultifdSender
+from engine.policy import PERIOD_S as POLICY_PERIOD_S
+from engine.policy import AdaptivePolicy, PolicyInfo
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats, now_ms
@@ -55,6 +57,7 @@ class OutgoingSettings:
     cpu_throttle_increment: int
     max_cpu_throttle: int
     return_path: bool = False
+    compress_auto: bool = False  # x-compress-auto: engine/policy.py steers compression
     multifd_channels: int = 0  # 0: the multifd capability is off
     multifd_compression: str = "none"
     multifd_level: int = 1
@@ -106,6 +109,8 @@ class OutgoingMigration(threading.Thread):
         self._cursor = 0
         self._pool: CompressPool | None = None
         self._multifd: MultifdSender | None = None
+        self._policy: AdaptivePolicy | None = None
+        self._policy_due = 0.0
         self._inflight: deque[_InFlight] = deque()
         self._digest = wire.PageDigest(ram.pages)
         self._vm_was_running = False
@@ -184,6 +189,8 @@ class OutgoingMigration(threading.Thread):
             self._pool = CompressPool(
                 CODECS[s.compress_method], s.compress_level, s.compress_threads, self.ram
             )
+            if s.compress_auto:
+                self._policy = AdaptivePolicy(max(1, s.compress_level), 9, self._pool.active)
         config = wire.StreamConfig(
             page_size=PAGE_SIZE,
             ram_size=self.ram.size,
@@ -241,6 +248,22 @@ class OutgoingMigration(threading.Thread):
             else:
                 return
             self.stats.update_window(self._param("downtime-limit"))
+            self._steer()
+
+    def _steer(self) -> None:
+        """Every policy period, hand the adaptive policy the cap that bounds the stream."""
+        policy, now = self._policy, time.monotonic()
+        if policy is None or now < self._policy_due:
+            return
+        self._policy_due = now + POLICY_PERIOD_S
+        link, cap = self._param("x-link-bandwidth"), self._param("max-bandwidth")
+        if link and (not cap or link < cap):
+            policy.update(link, "x-link-bandwidth")
+        else:
+            policy.update(cap, "max-bandwidth" if cap else "")
+
+    def policy_info(self) -> PolicyInfo:
+        return self._policy.info() if self._policy else PolicyInfo(enabled=False)
 
     def _complete(self) -> None:
         self.stats.start_downtime()
@@ -375,6 +398,12 @@ class OutgoingMigration(threading.Thread):
         nonzero = indices[~zero]
         for start in range(0, len(nonzero), CHUNK):
             chunk = nonzero[start : start + CHUNK]
+            level = None
+            if self._policy:
+                compress, level = self._policy.use_compression()
+                if not compress:  # the link is faster than compressing: send as they are
+                    self._send_plain(chunk, np.zeros(len(chunk), dtype=bool), busy=0)
+                    continue
             if len(self._inflight) >= 2 * pool.active:
                 if not self.settings.compress_wait_thread:
                     # Every worker is busy: QEMU sends the pages itself and counts them "busy".
@@ -382,7 +411,7 @@ class OutgoingMigration(threading.Thread):
                     self._send_plain(chunk, none, busy=len(chunk))
                     continue
                 self._emit_oldest()
-            self._inflight.append(_InFlight(chunk, pool.compress(chunk)))
+            self._inflight.append(_InFlight(chunk, pool.compress(chunk, level)))
             while self._inflight and self._inflight[0].future.done():
                 self._emit_oldest()
 
@@ -414,6 +443,8 @@ class OutgoingMigration(threading.Thread):
         kinds = np.full(len(item.indices), wire.Kind.COMPRESSED, dtype=np.uint8)
         self._digest.crc[item.indices] = chunk.crcs
         clens = [len(b) for b in chunk.data]
+        if self._policy:
+            self._policy.compressed(len(clens) * PAGE_SIZE, sum(clens), chunk.seconds)
         batch = wire.encode_batch(item.indices, kinds, clens, chunk.data)
         self.stats.add_ram(self._send(batch), self.vm.running)
         self.stats.add_pages(
@@ -436,7 +467,10 @@ class OutgoingMigration(threading.Thread):
     def _send(self, buffers: list[bytes | memoryview]) -> int:
         """Write whole records; the caller accounts them. Returns the bytes written."""
         assert self._sock is not None
+        t0 = time.monotonic()
         nbytes = send_buffers(self._sock, buffers)
+        if self._policy:
+            self._policy.sent(nbytes, time.monotonic() - t0)
         self._limiter.charge(nbytes)
         self._link.pace(nbytes)
         return nbytes
