@@ -147,11 +147,8 @@ def hmp_migrate_set_parameter(mon: Monitor, args: Args) -> None:
 
 # -- migration --------------------------------------------------------------------------------
 def hmp_migrate(mon: Monitor, args: Args) -> None:
-    if args["resume"]:
-        raise MigrationError("Cannot resume if there is no paused migration")  # no postcopy here
-    if args["blk"] or args["inc"]:
-        raise MigrationError("Block migration (-b, -i) is not supported by qemu-hmp")
-    mon.machine.migrate(str(args["uri"]))
+    flags = {key: bool(args[key]) for key in ("blk", "inc", "resume")}
+    mon.machine.migrate(str(args["uri"]), **flags)
     if not args["detach"]:
         info = mon.machine.wait_migration()
         if info.status is MigrationStatus.FAILED and info.error_desc:

@@ -94,11 +94,8 @@ def _set_parameters(session: _Session, args: Args) -> Any:
 
 def _migrate(session: _Session, args: Args) -> Any:
     # QMP `migrate` never waits, so `detach` changes nothing.
-    if args.get("resume"):
-        raise QmpError("Cannot resume if there is no paused migration")  # no postcopy here
-    if args.get("blk") or args.get("inc"):
-        raise QmpError("Block migration (-b, -i) is not supported by qemu-hmp")
-    session.machine.migrate(args["uri"])
+    flags = {key: bool(args.get(key)) for key in ("blk", "inc", "resume")}
+    session.machine.migrate(args["uri"], **flags)
     return {}
 
 

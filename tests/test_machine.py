@@ -233,6 +233,30 @@ def test_unsupported_capability_is_refused_at_migrate(machines):
     assert src.query_status().status is RunState.RUNNING
 
 
+def test_migrate_flag_checks_in_qemu_order(machines):
+    """resume first, then disk (-b/-i) checks, the URI, and only then qemu-hmp's refusals."""
+    src = make(machines)
+    with pytest.raises(MigrationError, match=r"^Cannot resume if there is no paused migration$"):
+        src.migrate("foo:bar", blk=True, resume=True)
+    src.set_capabilities({"x-colo": True, "block": True})
+    with pytest.raises(MigrationError, match=r"^No disk migration is required in COLO mode$"):
+        src.migrate("tcp:127.0.0.1:1", inc=True)
+    src.set_capabilities({"x-colo": False})
+    with pytest.raises(MigrationError, match=r"^Command options are incompatible with current"):
+        src.migrate("foo:bar", blk=True)
+    src.set_capabilities({"block": False})
+    with pytest.raises(MigrationError, match="expects a valid migration protocol"):
+        src.migrate("foo:bar", blk=True)  # QEMU would run it; its URI error still comes first
+    with pytest.raises(MigrationError, match=r"^Block migration \(-b, -i\) is not supported"):
+        src.migrate("tcp:127.0.0.1:1", blk=True)
+    src.set_capabilities({"x-colo": True})
+    with pytest.raises(MigrationError, match="expects a valid migration protocol"):
+        src.migrate("foo:bar")
+    with pytest.raises(MigrationError, match="capability 'x-colo' is not supported by qemu-hmp"):
+        src.migrate("tcp:127.0.0.1:1")
+    assert src.query_status().status is RunState.RUNNING
+
+
 def test_ram_size_mismatch_fails_both_sides(machines):
     dst, uri = dest(machines, ram_size=SIZE * 2)
     src = make(machines)

@@ -16,7 +16,16 @@ import pytest
 from engine.params import PARAMS_BY_NAME
 from tests.qmp_helpers import RawClient, endpoint, load, options
 
-CASES = ("protocol", "oob", "config", "runstate", "hmp", "incoming", "outgoing_errors")
+CASES = (
+    "protocol",
+    "oob",
+    "config",
+    "runstate",
+    "hmp",
+    "incoming",
+    "outgoing_errors",
+    "migrate_flags",
+)
 
 # Requests whose QEMU answer qemu-hmp does not give yet: (case, request, occurrence) -> why.
 # A listed request that starts matching QEMU fails the test, so this list stays honest.

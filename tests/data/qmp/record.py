@@ -337,6 +337,25 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             _x("migrate_cancel"),
         ],
     ),
+    # migrate's blk/inc/resume checks, in QEMU's order (qemu-hmp has them in Machine.migrate).
+    "migrate_flags": (
+        ["-m", "128"],
+        [
+            NEG,
+            _x("migrate", {"uri": "foo:bar", "resume": True, "blk": True}),
+            _x("migrate-set-capabilities", _caps(block=True)),
+            _x("migrate", {"uri": "tcp:127.0.0.1:1", "inc": True}),
+            _x("migrate-set-capabilities", _caps(block=False)),
+            _x("migrate-set-parameters", {"block-incremental": True}),
+            _x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": True}),
+            _x("migrate-set-parameters", {"block-incremental": False}),
+            _x("migrate-set-capabilities", _caps(x_colo=True, block=True)),
+            _x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": True, "inc": True}),
+            _x("migrate-set-capabilities", _caps(x_colo=False, block=False)),
+            _x("migrate", {"uri": "foo:bar", "blk": True}),
+            _x("query-migrate"),
+        ],
+    ),
     "commands": (S, [NEG, _x("query-commands")]),
     "bytes": (
         S,
