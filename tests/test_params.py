@@ -24,6 +24,7 @@ QEMU_CAPS = (
     "postcopy-blocktime late-block-activate x-ignore-shared validate-uuid background-snapshot "
     "zero-copy-send postcopy-preempt"
 ).split()
+ALL_CAPS = [c.name for c in CAPABILITIES]  # QEMU's, then qemu-hmp's extensions
 
 
 def test_tables_are_well_formed() -> None:
@@ -57,7 +58,7 @@ def test_defaults() -> None:
     assert config.param("compress-wait-thread") is True
     assert not any(config.capabilities().values())
     assert list(config.params()) == [p.name for p in PARAMETERS]
-    assert list(config.capabilities()) == QEMU_CAPS
+    assert list(config.capabilities()) == ALL_CAPS
 
 
 BETWEEN = "a value between {} and {}"
@@ -150,7 +151,7 @@ def test_compress_and_multifd_exclude_each_other(first: str) -> None:
     with pytest.raises(MigrationError) as err:
         config.set_capabilities({second: True}, incoming=False)
     assert err.value.desc == "Multifd is not compatible with compress"
-    assert config.capabilities() == {**dict.fromkeys(QEMU_CAPS, False), first: True}
+    assert config.capabilities() == {**dict.fromkeys(ALL_CAPS, False), first: True}
     with pytest.raises(MigrationError):
         config.set_capabilities({"compress": True, "multifd": True}, incoming=True)
 
