@@ -16,6 +16,7 @@ from engine.machine import Loader, Machine, MachineOptions
 from engine.workload import WorkloadSpec
 from hmp.batch import run_batch
 from hmp.commands import QEMU_VERSION, package_version
+from hmp.exits import run_as_process
 from hmp.monitor import Monitor
 from hmp.qmp_cli import QmpFrontend, extract_qmp_options
 from hmp.shell import USAGE as SHELL_USAGE
@@ -168,7 +169,8 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:  # the process itself: signals and broken stdio end it cleanly
+        return run_as_process(main, sys.argv[1:])
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     shell, argv = ShellOptions.extract(argv)
