@@ -79,8 +79,14 @@ def wait_for(ep: Endpoint, line: str, done: Callable[[str], bool], timeout: floa
             raise TimeoutError(f"{ep.name}: `{line}` never satisfied the wait:\n{out}")
 
 
+def status_of(info: str) -> str | None:
+    """The status word of ``info migrate`` output (a failure adds ``(error)`` after it)."""
+    value = info_value(info, "Migration status")
+    return value.split(" ", 1)[0] if value else None
+
+
 def migration_status(ep: Endpoint) -> str | None:
-    return info_value(ep.execute("info migrate", 10), "Migration status")
+    return status_of(ep.execute("info migrate", 10))
 
 
 class Hammer(threading.Thread):
