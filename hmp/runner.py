@@ -5,6 +5,9 @@ Directives (no output of their own):
                                             (``failed`` also matches ``failed (reason)``);
                                             fails at once if the migration ends otherwise
     @wait NAME status STATE [timeout=S]     poll `info status` until ``VM status: STATE``
+    @wait NAME pass N [timeout=S]           poll `info migrate` until ``dirty sync count`` is
+                                            at least N while it runs; fails at once if the
+                                            migration has ended (shows one not converging)
     @kill NAME                              SIGKILL the endpoint (a host that dies)
     @stderr NAME                            the lines below are NAME's next stderr lines
                                             (async messages), waited for up to the timeout
@@ -40,6 +43,7 @@ POLL_INTERVAL = 0.05  # between two polls of @wait
 WAITS = {
     "migrate": ("info migrate", f"{STATUS_LABEL}: ", ("completed", "failed", "cancelled")),
     "status": ("info status", "VM status: ", ()),
+    "pass": ("info migrate", "dirty sync count: ", ()),
 }
 
 
@@ -160,16 +164,26 @@ class Session:
         if not words:
             raise StepError(f"@wait {name} {what}: which state?")
         want = " ".join(words)
+        if what == "pass" and not want.isdigit():
+            raise StepError(f"@wait {name} pass: a number, not {want!r}")
         command, prefix, final = WAITS[what]
         endpoint = self._endpoint(name)
         deadline = time.monotonic() + timeout
         state = "(none)"
         while True:
             lines = endpoint.execute(command, self.timeout).splitlines()
-            state = next((ln[len(prefix) :] for ln in lines if ln.startswith(prefix)), "(none)")
-            if state == want or state.startswith(want + " "):
+            state = _field(lines, prefix)
+            if what == "pass":  # a migration still under way that reached pass ``want``
+                status = _field(lines, WAITS["migrate"][1])
+                if status.split(" ")[0] in WAITS["migrate"][2]:
+                    raise StepError(
+                        f"{name}: migrate is {status!r} at pass {state}, waited for {want}"
+                    )
+                if state.isdigit() and int(state) >= int(want):
+                    return
+            elif state == want or state.startswith(want + " "):
                 return
-            if state.split(" ")[0] in final:
+            elif state.split(" ")[0] in final:
                 raise StepError(f"{name}: {what} is {state!r}, waited for {want!r}")
             if time.monotonic() >= deadline:
                 raise StepError(f"{name}: {what} still {state!r} after {timeout:g}s")
@@ -193,6 +207,11 @@ class Session:
             for name, lines in zip(self.endpoints, outputs, strict=True)
             if lines
         ]
+
+
+def _field(lines: list[str], prefix: str) -> str:
+    """What follows ``prefix`` on the first line that starts with it, else ``(none)``."""
+    return next((ln[len(prefix) :] for ln in lines if ln.startswith(prefix)), "(none)")
 
 
 def run_steps(

@@ -82,7 +82,8 @@ def test_the_curated_set_is_there() -> None:
     names = {path.stem for path in TRANSCRIPTS.glob("*.hmpt")}
     assert names >= {
         "classic-compress", "plain-blocking", "plain-detached", "errors", "cancel",
-        "dst-killed", "auto-converge",
+        "dst-killed", "auto-converge", "compress-levels", "no-convergence",
+        "bandwidth-downtime", "multifd",
     }  # fmt: skip
 
 
@@ -164,6 +165,27 @@ def test_record_then_replay_a_two_endpoint_migration(tmp_path: Path) -> None:
     assert "  src> migrate -d tcp:127.0.0.1:{port}\n" in text
     assert "  total time: {ms} ms\n" in text
     assert "  total ram: 32768 kbytes\n" in text
+
+
+def test_wait_pass_fails_at_once_on_a_migration_that_has_ended() -> None:
+    text = """\
+  $ dst: qemu-hmp -m 16M -incoming tcp:127.0.0.1:{port}
+  $ src: qemu-hmp -m 16M
+  @wait src pass 1 timeout=0.2
+  src> migrate tcp:127.0.0.1:{port}
+  @wait src pass 1 timeout=20
+"""
+    started = time.monotonic()
+    result = replay(text, "pass.hmpt")
+    assert time.monotonic() - started < 10
+    assert len(result.errors) == 1, result.errors
+    assert result.errors[0] == "line 3: src: pass still '(none)' after 0.2s"  # no migration
+    text = text.replace("  @wait src pass 1 timeout=0.2\n", "")
+    result = replay(text, "pass.hmpt")
+    assert len(result.errors) == 1, result.errors
+    assert result.errors[0].startswith("line 4: src: migrate is 'completed' at pass ")
+    result = replay(text.replace("pass 1 timeout=20", "pass one"), "pass.hmpt")
+    assert result.errors == ["line 4: @wait src pass: a number, not 'one'"]
 
 
 def test_pytest_reports_a_transcript_mismatch_as_a_diff(pytester: pytest.Pytester) -> None:
