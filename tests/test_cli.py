@@ -124,9 +124,10 @@ def test_bad_size_exits_1_with_one_line() -> None:
 
 
 @pytest.mark.tty
-def test_interactive_prompt() -> None:
+def test_interactive_prompt(tmp_path: Path) -> None:
     pexpect = pytest.importorskip("pexpect")
-    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1"}
+    # History goes under tmp_path, never into the real user's $XDG_STATE_HOME.
+    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "XDG_STATE_HOME": str(tmp_path)}
     child = pexpect.spawn(
         sys.executable, ["-m", "hmp", "-m", "16M", "-S"], encoding="utf-8", timeout=20, env=env
     )
@@ -146,3 +147,4 @@ def test_interactive_prompt() -> None:
     finally:
         child.close()
     assert child.exitstatus == 0
+    assert (tmp_path / "qemu-hmp" / "history").is_file()
