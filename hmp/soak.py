@@ -8,7 +8,7 @@ through both roles. Meanwhile one thread per endpoint hammers ``info migrate``, 
 driver samples each process's threads, file descriptors and RSS from /proc.
 
 A migration passes when both sides say ``completed`` (the destination only completes once
-its RAM digest equals the source's) and the source holds no more threads or descriptors
+its RAM digest equals the source's) and neither process holds more threads or descriptors
 after it than before; the soak passes when every migration did and no process's RSS grew
 beyond the stated bound.
 """
@@ -33,6 +33,7 @@ from hmp.endpoint import Endpoint
 TIMEOUT_S = 60.0
 RSS_BOUND_KIB = 32 * 1024  # growth allowed between the first and the last process's peak
 TERMINAL = ("completed", "failed", "cancelled")
+FIGURES = (("threads", "threads", 1), ("fds", "fds", 1), ("RSS MiB", "rss_kib", 1024))
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Figures:
     fds: int
     rss_kib: int
 
+    def grew(self, before: Figures) -> bool:
+        return self.threads > before.threads or self.fds > before.fds
+
 
 def figures(pid: int) -> Figures:
     status = Path(f"/proc/{pid}/status").read_text()
@@ -52,6 +56,18 @@ def figures(pid: int) -> Figures:
         fds=len(os.listdir(f"/proc/{pid}/fd")),
         rss_kib=int(fields["VmRSS"].split()[0]),
     )
+
+
+def settled(pid: int, before: Figures, timeout: float = 5.0) -> Figures:
+    """The figures once threads and descriptors are back to ``before`` (a migration's last
+    thread may still be closing its socket when the status says completed), or at the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        now = figures(pid)
+        if not now.grew(before) or time.monotonic() > deadline:
+            return now
+        threading.Event().wait(0.01)  # another process's threads: nothing to wait on but /proc
 
 
 def info_value(text: str, name: str) -> str | None:
@@ -122,15 +138,13 @@ class Round:
     info_max_ms: float
     src_before: Figures
     src_after: Figures
+    dst_before: Figures
     dst_after: Figures
     samples: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        leak = (
-            self.src_after.threads > self.src_before.threads
-            or self.src_after.fds > self.src_before.fds
-        )
+        leak = self.src_after.grew(self.src_before) or self.dst_after.grew(self.dst_before)
         return self.src_status == self.dst_status == "completed" and not leak
 
 
@@ -187,7 +201,7 @@ class Soak:
         for ep in (src, dst):
             ep.execute(f"migrate_set_capability compress {'on' if compress else 'off'}", 10)
         uri = listening_uri(dst)
-        src_before = figures(src.proc.pid)
+        src_before, dst_before = figures(src.proc.pid), figures(dst.proc.pid)
         src.execute(f"migrate -d {uri}", 10)
         hammers = [Hammer(src, TIMEOUT_S), Hammer(dst, TIMEOUT_S)]
         for h in hammers:
@@ -208,7 +222,8 @@ class Soak:
             if h.error:
                 raise h.error
         info = src.execute("info migrate", 10)
-        src_after, dst_after = figures(src.proc.pid), figures(dst.proc.pid)
+        src_after = settled(src.proc.pid, src_before)
+        dst_after = settled(dst.proc.pid, dst_before)
         births = len(self.peak_rss)
         for pos, role in ((births - 2, "src"), (births - 1, "dst")):
             peak = max([r[f"{role}_rss"] for r in samples] + [self.peak_rss[pos]])
@@ -225,6 +240,7 @@ class Soak:
             info_max_ms=max(h.max_ms for h in hammers),
             src_before=src_before,
             src_after=src_after,
+            dst_before=dst_before,
             dst_after=dst_after,
             samples=samples,
         )
@@ -235,8 +251,9 @@ class Soak:
         return (
             f"#{r.index + 1:<3} compress {'on ' if r.compress else 'off'} {r.src_status:<9} "
             f"digest {digest}  {r.total_ms} ms {r.transferred_kb} kB  "
-            f"src threads {r.src_before.threads}->{r.src_after.threads} "
-            f"fds {r.src_before.fds}->{r.src_after.fds}  "
+            f"threads/fds src {r.src_before.threads}/{r.src_before.fds}->"
+            f"{r.src_after.threads}/{r.src_after.fds} dst {r.dst_before.threads}/"
+            f"{r.dst_before.fds}->{r.dst_after.threads}/{r.dst_after.fds}  "
             f"info migrate x{r.info_calls} (max {r.info_max_ms:.1f} ms)"
         )
 
@@ -250,29 +267,15 @@ class Soak:
         return all(r.ok for r in self.rounds) and self.rss_growth_kib() <= RSS_BOUND_KIB
 
     def summary(self) -> str:
+        columns = ("src_before", "src_after", "dst_before", "dst_after")
         table = [
-            [
-                "threads",
-                min(r.src_before.threads for r in self.rounds),
-                max(r.src_after.threads for r in self.rounds),
-                max(r.dst_after.threads for r in self.rounds),
-            ],
-            [
-                "fds",
-                min(r.src_before.fds for r in self.rounds),
-                max(r.src_after.fds for r in self.rounds),
-                max(r.dst_after.fds for r in self.rounds),
-            ],
-            [
-                "RSS MiB",
-                min(r.src_before.rss_kib for r in self.rounds) // 1024,
-                max(r.src_after.rss_kib for r in self.rounds) // 1024,
-                max(r.dst_after.rss_kib for r in self.rounds) // 1024,
-            ],
+            [name]
+            + [max(getattr(getattr(r, c), attr) for r in self.rounds) // unit for c in columns]
+            for name, attr, unit in FIGURES
         ]
         passed = sum(r.ok for r in self.rounds)
         return (
-            tabulate(table, headers=["", "source before", "source after", "destination after"])
+            tabulate(table, headers=["max of any round", *(c.replace("_", " ") for c in columns)])
             + f"\n{passed}/{len(self.rounds)} migrations completed with matching digests and "
             f"no leaked thread or descriptor; peak RSS growth {self.rss_growth_kib()} KiB "
             f"(bound {RSS_BOUND_KIB} KiB): {'PASS' if self.ok else 'FAIL'}\n"

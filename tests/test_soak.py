@@ -1,6 +1,6 @@
 """The soak in CI: six migrations relayed between qemu-hmp processes, compress on and off.
 
-Bounds: no thread or file descriptor left on a source after its migration (zero growth), and
+Bounds: no thread or file descriptor left on either side after a migration (zero growth), and
 peak RSS of the last relayed process within RSS_BOUND_KIB of the first's.
 """
 
@@ -21,9 +21,7 @@ def test_six_migrations_relay_without_growth(tmp_path: Path, capsys) -> None:
     assert [r["compress"] for r in rounds] == [True, False] * 3
     for r in rounds:
         assert r["ok"] and r["src_status"] == r["dst_status"] == "completed"
-        assert r["src_after"]["threads"] <= r["src_before"]["threads"]
-        assert r["src_after"]["fds"] <= r["src_before"]["fds"]
+        for role in ("src", "dst"):
+            before, after = r[f"{role}_before"], r[f"{role}_after"]
+            assert after["threads"] <= before["threads"] and after["fds"] <= before["fds"]
         assert r["info_calls"] >= 2 and r["samples"]
-    # Every process ends a round with the same footprint as its predecessors.
-    assert len({r["dst_after"]["threads"] for r in rounds}) == 1
-    assert len({r["dst_after"]["fds"] for r in rounds}) == 1
