@@ -1,0 +1,132 @@
+"""A destination Machine against peers: one migration's connections only, hostile clients, and
+a real stream corrupted on the way (rejected: destination failed and listening again, source
+failed with the guest running, and a clean retry completes)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from test_machine import Watch, dest, make, migrate
+from test_machine import machines as _machines  # noqa: F401 (the fixture `machines`)
+
+from engine.machine import Machine
+from engine.state import MigrationStatus, RunState
+
+MiB = 1 << 20
+
+
+def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 20) -> None:
+    """Poll state another thread changes and that has no event of its own."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        threading.Event().wait(0.005)
+
+
+def refused(uri: str) -> bool:
+    host, port = uri.removeprefix("tcp:").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def transferred(m: Machine) -> int:
+    info = m.query_migrate()
+    return info.ram.transferred if info.ram else 0
+
+
+@pytest.mark.parametrize("channels", [0, 3], ids=["main-only", "multifd-3"])
+def test_listener_closes_once_the_migration_is_connected(machines, channels):
+    dst, uri = dest(machines)
+    src = make(machines, workload="random", seed=2)
+    if channels:
+        for m in (src, dst):
+            m.set_capabilities({"multifd": True})
+            m.set_parameters({"multifd-channels": channels})
+    src.set_parameters({"max-bandwidth": 16 * MiB})
+    assert uri.startswith("tcp:127.0.0.1:")
+    src.migrate(uri)
+    # Beyond what socket buffers hold, the destination has read past its configuration
+    # (and, with multifd, accepted every channel): nobody else may connect now.
+    wait_until("8 MiB sent", lambda: transferred(src) > 8 * MiB)
+    assert refused(uri)
+    src.set_parameters({"max-bandwidth": 0})
+    assert src.wait_migration(30).status is MigrationStatus.COMPLETED
+    assert refused(uri)
+
+
+def test_garbage_client_fails_the_destination_which_listens_again(machines):
+    dst, uri = dest(machines)
+    watch = Watch(dst)
+    host, port = uri.removeprefix("tcp:").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        watch.wait_status("failed")
+    info = dst.query_migrate()
+    assert info.status is MigrationStatus.FAILED and info.socket_address == (uri,)
+    assert info.error_desc is not None and "not a qemu-hmp migration stream" in info.error_desc
+    assert dst.query_status().status is RunState.INMIGRATE
+    migrate(make(machines, seed=3), dst, uri)  # a real source after it is served
+
+
+class CorruptingProxy(threading.Thread):
+    """Relays one connection both ways, flipping one byte of the source's stream at ``at``."""
+
+    def __init__(self, target: str, at: int) -> None:
+        super().__init__(daemon=True)
+        host, port = target.removeprefix("tcp:").rsplit(":", 1)
+        self.target = (host, int(port))
+        self.at = at
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"tcp:127.0.0.1:{self.server.getsockname()[1]}"
+
+    def run(self) -> None:
+        with self.server:
+            client, _ = self.server.accept()
+        upstream = socket.create_connection(self.target)
+        back = threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True)
+        back.start()
+        self._pipe(client, upstream, self.at)
+        back.join(30)
+        client.close()
+        upstream.close()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, flip_at: int | None) -> None:
+        seen = 0
+        try:
+            while data := src.recv(1 << 16):
+                if flip_at is not None and seen <= flip_at < seen + len(data):
+                    data = bytearray(data)
+                    data[flip_at - seen] ^= 0x01
+                seen += len(data)
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def test_corrupted_page_is_rejected_end_to_end(machines):
+    dst, uri = dest(machines)
+    dst_watch = Watch(dst)
+    src = make(machines, workload="random", seed=4)  # every page raw: byte 64 Ki is page data
+    proxy = CorruptingProxy(uri, at=64 * 1024)
+    proxy.start()
+    src.migrate(proxy.uri)
+    info = src.wait_migration(30)
+    assert info.status is MigrationStatus.FAILED
+    assert info.error_desc == "RAM digest mismatch: destination memory differs from the source"
+    assert src.query_status().status is RunState.RUNNING
+    dst_watch.wait_status("failed")
+    failed = dst.query_migrate()
+    assert failed.status is MigrationStatus.FAILED and failed.socket_address == (uri,)
+    assert dst.query_status().status is RunState.INMIGRATE
+    proxy.join(30)
+    # Retrying from scratch needs a source that has not migrated: this one never left running.
+    migrate(src, dst, uri)
