@@ -77,7 +77,8 @@ class VcpuGate:
 class GuestRam:
     """``size`` bytes of anonymous memory plus a dirty bitmap with an atomic swap-and-clear."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, prealloc: bool = False) -> None:
+        """``prealloc``: fault every page in now (QEMU's -mem-prealloc), not on first use."""
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"RAM size {size} is not a positive multiple of {PAGE_SIZE}")
         self.size = size
@@ -91,6 +92,8 @@ class GuestRam:
         self.buf = memoryview(self._map)
         self.array: npt.NDArray[np.uint8] = np.frombuffer(self._map, dtype=np.uint8)
         self.page_array = self.array.reshape(self.pages, PAGE_SIZE)
+        if prealloc:
+            self.page_array[:, 0] = 0  # one store per page: the kernel allocates them all now
         self._dirty = np.zeros(self.pages, dtype=bool)
         self._dirty_lock = threading.Lock()
         self._logging = False

@@ -43,6 +43,7 @@ class MachineOptions:
     workload: str = "idle"
     seed: int = 0
     loaders: tuple[Loader, ...] = field(default=())
+    prealloc: bool = False  # -mem-prealloc
 
 
 class _Refused:
@@ -74,7 +75,7 @@ class Machine:
         self.events = EventBus()
         self._notify = notify or (lambda _msg: None)
         self._lock = threading.Lock()
-        self.ram = GuestRam(opts.ram_size)
+        self.ram = GuestRam(opts.ram_size, prealloc=opts.prealloc)
         self.workload = Workload(WorkloadSpec.parse(opts.workload), opts.seed)
         if opts.incoming is None:  # a destination's RAM starts empty and is filled by migration
             self.workload.fill(self.ram)
