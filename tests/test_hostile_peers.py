@@ -7,16 +7,24 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from test_machine import Watch, dest, make, migrate
-from test_machine import machines as _machines  # noqa: F401 (the fixture `machines`)
 
 from engine.machine import Machine
 from engine.state import MigrationStatus, RunState
 
 MiB = 1 << 20
+
+
+@pytest.fixture
+def machines() -> Iterator[list[Machine]]:
+    """What test_machine's helpers (dest, make) add machines to; closed after the test."""
+    made: list[Machine] = []
+    yield made
+    for m in made:
+        m.close()
 
 
 def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 20) -> None:
