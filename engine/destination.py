@@ -67,13 +67,14 @@ class IncomingMigration(threading.Thread):
         return self._status
 
     def info(self) -> MigrationInfo:
-        """The destination side of query-migrate: status, no figures, the listening address."""
+        """The destination side of query-migrate: status, no figures (not even total-time: QEMU
+        omits it there; `info migrate` still prints ``total time: 0 ms``), the listening address."""
         with self._lock:
             status, error = self._status, self._error
         address = None if status is MigrationStatus.COMPLETED else (self.listener.addr.uri(),)
         if status is MigrationStatus.NONE:
             return MigrationInfo(socket_address=address)
-        return MigrationInfo(status=status, error_desc=error, total_time=0, socket_address=address)
+        return MigrationInfo(status=status, error_desc=error, socket_address=address)
 
     def close(self) -> None:
         """Abandon the incoming side (quit): stop accepting and break the stream."""

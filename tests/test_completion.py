@@ -162,7 +162,7 @@ def test_toolbar_idle_completed_and_destination() -> None:
     assert progress_text(Progress.from_info(done), "postmigrate") == (
         "migration completed in 4100 ms · downtime 21 ms · 64.0 MiB sent · VM postmigrate"
     )
-    incoming = MigrationInfo(status=MigrationStatus.ACTIVE, total_time=0)
+    incoming = MigrationInfo(status=MigrationStatus.ACTIVE)  # a destination has no figures
     assert progress_text(Progress.from_info(incoming), "inmigrate") == (
         "migration active · VM inmigrate"
     )

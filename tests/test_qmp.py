@@ -367,11 +367,7 @@ def test_compressed_migration_driven_over_qmp(tmp_path: Path, endpoints: Any) ->
                 while dst_info.get("status") != "completed" and time.monotonic() < deadline:
                     await asyncio.sleep(0.02)
                     dst_info = await dst.execute("query-migrate")
-                # QEMU's destination shows no figures. Engine gap (reported): ours adds
-                # "total-time": 0 there.
-                assert {k: v for k, v in dst_info.items() if k != "total-time"} == {
-                    "status": "completed"
-                }
+                assert dst_info == {"status": "completed"}  # QEMU's destination: no figures
                 got_src = [(e["event"], e.get("data")) for e in src_events.history]
                 got_dst = [(e["event"], e.get("data")) for e in dst_events.history]
 
