@@ -396,3 +396,29 @@ def test_multifd_must_be_on_at_both_ends(machines):
     assert info.status is MigrationStatus.FAILED
     assert info.error_desc == "multifd mismatch: the capability is off on the destination"
     assert src.query_status().status is RunState.RUNNING
+
+
+@pytest.mark.parametrize(("link", "expect_compress"), [(16 * MiB, True), (4096 * MiB, False)])
+def test_adaptive_compression_follows_the_link(machines, link, expect_compress):
+    """A slow link makes compression pay (and a better level); a fast one makes it cost."""
+    dst, uri = dest(machines, ram_size=128 * MiB)
+    dst.set_capabilities({"compress": True})
+    src = make(machines, ram_size=128 * MiB, seed=4)
+    src.set_capabilities({"compress": True, "x-compress-auto": True})
+    src.set_parameters({"max-bandwidth": 0, "x-link-bandwidth": link, "compress-threads": 2})
+    migrate(src, dst, uri)
+    policy = src.query_compress_policy()
+    assert policy.enabled and policy.link_source == "x-link-bandwidth"
+    assert policy.compress is expect_compress
+    if expect_compress:
+        assert policy.level > 1
+    info = src.query_migrate()
+    assert info.compression is not None and info.ram is not None
+    assert info.compression.pages + info.ram.normal + info.ram.duplicate == 128 * MiB // 4096
+    assert (info.ram.normal > info.compression.pages) is not expect_compress
+
+
+def test_adaptive_compression_needs_compress(machines):
+    src = make(machines)
+    with pytest.raises(MigrationError, match="requires 'compress'"):
+        src.set_capabilities({"x-compress-auto": True})
