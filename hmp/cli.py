@@ -41,6 +41,7 @@ QEMU options:
   -incoming URI|defer     be a migration destination (tcp:HOST:PORT, unix:PATH)
   -name NAME              the VM name shown by `info name`
   -S                      start with the vCPUs paused
+  -mem-prealloc           allocate all guest RAM at start (no page faults while migrating)
   -device loader,file=PATH,addr=ADDR,force-raw=on
                           copy a file into guest RAM at ADDR (repeatable)
   -monitor stdio          accepted (the monitor is always on stdio)
@@ -138,6 +139,8 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
             opts["name"] = name.removeprefix("guest=").split(",")[0]
         elif option == "-S":
             opts["start_paused"] = True
+        elif option == "-mem-prealloc":
+            opts["prealloc"] = True
         elif option == "-device":
             loaders.append(_parse_loader(value(arg)))
         elif option == "-monitor":

@@ -107,6 +107,10 @@ def hmp_info_status(mon: Monitor, args: Args) -> None:
     mon.printf(render.info_status(mon.machine.query_status()))
 
 
+def hmp_info_x_compress_policy(mon: Monitor, args: Args) -> None:
+    mon.printf(render.info_compress_policy(mon.machine.query_compress_policy()))
+
+
 def hmp_info_version(mon: Monitor, args: Args) -> None:
     mon.printf(f"{QEMU_VERSION} (qemu-hmp {package_version()})\n")
 
@@ -233,6 +237,14 @@ INFO_COMMANDS: tuple[Command, ...] = (
     Command("name", "", "", "show the current VM name", hmp_info_name),
     Command("status", "", "", "show the current VM status (running|paused)", hmp_info_status),
     Command("version", "", "", "show the version of QEMU", hmp_info_version),
+    Command(
+        "x_compress_policy",
+        "",
+        "",
+        "show what the adaptive compression policy (x-compress-auto) measured and chose",
+        hmp_info_x_compress_policy,
+        extension=True,
+    ),
 )
 
 COMMANDS: tuple[Command, ...] = (

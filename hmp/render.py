@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from engine.params import PARAMETERS, Kind, ParamValue
+from engine.policy import PolicyInfo
 from engine.snapshot import MigrationInfo, RamStats, StatusInfo
 from engine.state import MigrationStatus, RunState
 
@@ -105,3 +106,20 @@ def info_migrate(info: MigrationInfo) -> str:
     if info.socket_address is not None:
         lines += ["socket address: [", *(f"\t{addr}" for addr in info.socket_address), "]"]
     return "".join(line + "\n" for line in lines)
+
+
+def info_compress_policy(info: PolicyInfo) -> str:
+    """`info x_compress_policy` (ours): the adaptive policy's measurements and choice."""
+    if not info.enabled:
+        return "policy: off (migrate_set_capability x-compress-auto on)\n"
+    choice = f"compress, level {info.level}" if info.compress else "send pages uncompressed"
+    link = f"{info.link_bps / 1e6:.1f} MB/s ({info.link_source})" if info.link_bps else "-"
+    return (
+        f"policy: adaptive\n"
+        f"choice: {choice}\n"
+        f"link: {link}\n"
+        f"compressors: {info.compress_bps / 1e6:.1f} MB/s of RAM, ratio {info.ratio:.2f}\n"
+        f"expected throughput raw: {info.raw_estimate / 1e6:.1f} MB/s of RAM\n"
+        f"expected throughput compressed: {info.compressed_estimate / 1e6:.1f} MB/s of RAM\n"
+        f"changes: {info.switches}\n"
+    )
