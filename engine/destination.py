@@ -23,12 +23,13 @@ import numpy.typing as npt
 from engine import wire
 from engine.compression import CHUNK, CODECS, DecompressPool
 from engine.guest import GuestRam
-from engine.multifd import METHODS, Hello, MultifdReceiver
+from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.transport import Listener
 from engine.vm import Vm
 
+STALE_PEEK_S = 1.0  # how long a new connection may take to show its first bytes
 CHANNEL_TIMEOUT_S = 10.0  # for multifd channels to connect after the main stream
 
 
@@ -96,8 +97,23 @@ class IncomingMigration(threading.Thread):
             self._error = error
         self._on_event("MIGRATION", {"status": str(status)})
 
+    def _accept_stream(self) -> socket.socket | None:
+        """The next connection that is not a leftover multifd channel of a refused migration
+        (its source opened the channels before it read our refusal)."""
+        while (conn := self.listener.accept(self._stop)) is not None:
+            conn.settimeout(STALE_PEEK_S)
+            try:
+                stale = conn.recv(len(HELLO_MAGIC), socket.MSG_PEEK | socket.MSG_WAITALL)
+            except OSError:  # nothing yet: let the loader wait for its header
+                stale = b""
+            conn.settimeout(None)
+            if stale != HELLO_MAGIC:
+                return conn
+            conn.close()
+        return None
+
     def run(self) -> None:
-        conn = self.listener.accept(self._stop)
+        conn = self._accept_stream()
         if conn is None:
             self._done.set()
             return

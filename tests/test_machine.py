@@ -422,3 +422,18 @@ def test_adaptive_compression_needs_compress(machines):
     src = make(machines)
     with pytest.raises(MigrationError, match="requires 'compress'"):
         src.set_capabilities({"x-compress-auto": True})
+
+
+def test_multifd_on_the_source_only_fails_the_same_way_at_both_ends(machines):
+    dst, uri = dest(machines)
+    dst_watch = Watch(dst)
+    src = make(machines)
+    src.set_capabilities({"multifd": True})
+    src.set_parameters({"multifd-channels": 4})
+    src.migrate(uri)
+    assert src.wait_migration(30).status is MigrationStatus.FAILED
+    dst_watch.wait_status("failed")
+    # The channels the source opened before it read the refusal do not count as migrations.
+    src.set_capabilities({"multifd": False})
+    migrate(src, dst, uri)
+    assert dst_watch.statuses() == ["active", "failed", "active", "completed"]
