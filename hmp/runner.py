@@ -36,7 +36,8 @@ from hmp.transcript import (
     render,
 )
 
-COMMAND_TIMEOUT = 10.0  # seconds for one command, an endpoint start, an @stderr block
+COMMAND_TIMEOUT = 10.0  # seconds for one command or an @stderr block
+START_TIMEOUT = 30.0  # an endpoint's start (imports, guest fill) is slower on a loaded machine
 WAIT_TIMEOUT = 30.0  # default of @wait
 POLL_INTERVAL = 0.05  # between two polls of @wait
 # (command that shows it, the line's prefix, values after which it cannot change any more)
@@ -135,7 +136,7 @@ class Session:
         endpoint = self.endpoints[step.name] = Endpoint(argv, name=step.name)
         self.quiet[step.name] = not any("random-writer" in arg for arg in argv)
         try:
-            endpoint.wait_ready(self.timeout)
+            endpoint.wait_ready(max(self.timeout, START_TIMEOUT))
         except EndpointExited:  # a bad command line: what it said, and its exit status
             status = endpoint.close(self.timeout)
             return [*endpoint.read_stderr(timeout=self.timeout), f"[{status}]"]
