@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class MigrationError(Exception):
     """A QMP-level error: ``desc`` is QEMU's message, ``hint`` extra lines.
@@ -14,3 +17,14 @@ class MigrationError(Exception):
         self.desc = desc
         self.hint = hint
         self.cls = cls
+
+
+@contextmanager
+def file_errors(path: str) -> Iterator[None]:
+    """QEMU's text for a file that cannot be opened or written (a NUL in the name: EINVAL)."""
+    try:
+        yield
+    except OSError as exc:
+        raise MigrationError(f"Could not open '{path}': {exc.strerror}") from exc
+    except ValueError as exc:
+        raise MigrationError(f"Could not open '{path}': Invalid argument") from exc

@@ -9,7 +9,7 @@ from typing import Any
 
 from engine import wire
 from engine.destination import IncomingMigration
-from engine.errors import MigrationError
+from engine.errors import MigrationError, file_errors
 from engine.events import EventBus
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.params import CAPABILITIES, MigrationConfig, ParamValue
@@ -294,13 +294,10 @@ class Machine:
     # -- memory -------------------------------------------------------------------------------
     def pmemsave(self, addr: int, size: int, path: str) -> None:
         """Write guest-physical memory to ``path``; beyond RAM reads as zeros, as QEMU's does."""
-        try:
-            with open(path, "wb") as f:
-                start, end = min(addr, self.ram.size), min(addr + size, self.ram.size)
-                f.write(self.ram.buf[start:end])
-                f.write(bytes(size - (end - start)))
-        except OSError as exc:
-            raise MigrationError(f"Could not open '{path}': {exc.strerror}") from exc
+        with file_errors(path), open(path, "wb") as f:
+            start, end = min(addr, self.ram.size), min(addr + size, self.ram.size)
+            f.write(self.ram.buf[start:end])
+            f.write(bytes(size - (end - start)))
 
     # -- vCPUs --------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -13,7 +13,7 @@ from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from engine.errors import MigrationError
+from engine.errors import MigrationError, file_errors
 from engine.params import CAPS_BY_NAME, PARAMS_BY_NAME
 from engine.state import MigrationStatus
 from hmp import chart, render, series
@@ -199,11 +199,9 @@ def hmp_pmemsave(mon: Monitor, args: Args) -> None:
 # -- extensions: the last outgoing migration's time series (one sample per ~100 ms) -------------
 def hmp_x_migrate_export(mon: Monitor, args: Args) -> None:
     path = str(args["filename"])
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(series.render(path, mon.machine.migration_timeseries()))
-    except OSError as exc:
-        raise MigrationError(f"Could not open '{path}': {exc.strerror}") from exc
+    text = series.render(path, mon.machine.migration_timeseries())
+    with file_errors(path), open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def hmp_x_migrate_chart(mon: Monitor, args: Args) -> None:

@@ -93,11 +93,9 @@ def test_table_driven_lines_never_break_the_monitor(monitor: Monitor, line: str)
     _assert_still_valid(monitor)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open() raises ValueError on a NUL: hmp/commands.py x_migrate_export and "
-    "engine/machine.py pmemsave catch only OSError (reported, not owned here)",
-)
 @pytest.mark.parametrize("line", ["x_migrate_export a\x00b", "pmemsave 0 4096 a\x00b"])
 def test_nul_in_a_file_name(monitor: Monitor, line: str) -> None:
     assert "internal error" not in run(monitor, line)
+    out = monitor.out
+    assert isinstance(out, io.StringIO)
+    assert out.getvalue().endswith("': Invalid argument\n")
