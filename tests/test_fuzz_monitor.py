@@ -10,6 +10,7 @@ raising, so the check is that it never says so, and that the parser raises only 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -56,11 +57,19 @@ def lines(draw: st.DrawFn) -> str:
 
 
 @pytest.fixture(scope="module")
-def monitor() -> Iterator[Monitor]:
-    """A paused guest with a small RAM: nothing runs between examples; quit only sets a flag."""
+def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitor]:
+    """A paused guest with a small RAM: nothing runs between examples; quit only sets a flag.
+
+    It works in a scratch directory: fuzzed `pmemsave`/`x_migrate_export` lines write files.
+    """
     machine = Machine(MachineOptions(ram_size=4 << 20, start_paused=True))
-    yield Monitor(machine, io.StringIO(), io.StringIO())
-    machine.close()
+    home = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("fuzz"))
+    try:
+        yield Monitor(machine, io.StringIO(), io.StringIO())
+    finally:
+        os.chdir(home)
+        machine.close()
 
 
 def run(monitor: Monitor, line: str) -> str:
