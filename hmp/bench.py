@@ -12,9 +12,11 @@ import json
 import multiprocessing
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from engine import wire
 from engine.compression import CHUNK, CODECS, CompressPool, DecompressPool
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.workload import Workload
-from hmp import classic, experiment
+from hmp import classic, experiment, qemu_compare
 from hmp.endpoint import Endpoint, free_port
 from hmp.experiment import Result, Setup
 
@@ -201,6 +203,9 @@ def classic_runs(report: Report) -> None:
             "zlib-ng level 1, 12/3 threads": classic.compressed(plain_setup),
             "zstd level 1, 12/3 threads": classic.compressed(plain_setup, "zstd"),
             "multifd 4 channels, zstd": replace(plain_setup, multifd=4, multifd_compression="zstd"),
+            "adaptive (x-compress-auto), zstd": replace(
+                classic.compressed(plain_setup, "zstd"), compress_auto=True
+            ),
         }
         results = {name: experiment.run(setup) for name, setup in configs.items()}
         for name, result in results.items():
@@ -221,7 +226,10 @@ def classic_runs(report: Report) -> None:
             report.check(f"{key}: zlib-ng on/off {label}", value, f"<= {target}", value <= target)
     for label, value in best.items():
         report.check(
-            f"idle-32mibs: best (zstd/multifd) on/off {label}", value, "<= 0.45", value <= 0.45
+            f"idle-32mibs: best of zstd/multifd/adaptive, on/off {label}",
+            value,
+            "<= 0.45",
+            value <= 0.45,
         )
 
 
@@ -262,6 +270,31 @@ def monitor_latency(report: Report, calls: int = 200) -> None:
     report.check(
         "info migrate p99 latency during a compressed migration (ms)", p99, "<= 20", p99 <= 20
     )
+
+
+def against_qemu(report: Report, workdir: Path) -> None:
+    """Real QEMU 7.2 and qemu-hmp migrating the same image with the same commands."""
+    if not qemu_compare.available():
+        report.tables.append(Table("Against QEMU 7.2: qemu-system-x86_64 is not installed", []))
+        return
+    headers = ["flags", "QEMU total ms", "ours total ms", "ours / QEMU"]
+    headers += ["QEMU transferred kB", "ours transferred kB", "QEMU rate", "ours rate"]
+    table = Table(
+        f"Against QEMU 7.2: {qemu_compare.IMAGE_MIB} MiB image of this machine's binaries and "
+        "text, compress 2/1 threads, level 1, max-bandwidth 100G",
+        headers,
+    )
+    for prealloc in (False, True):
+        qemu, ours = qemu_compare.compare(workdir, prealloc)
+        q, o = (float(f.get("total time", "0 ms").split()[0]) for f in (qemu, ours))
+        table.rows.append(
+            ["-mem-prealloc" if prealloc else "(none)", q, o, o / q if q else ""]
+            + [f.get("transferred ram", "") for f in (qemu, ours)]
+            + [f.get("compression rate", "") for f in (qemu, ours)]
+        )
+        label = "with -mem-prealloc" if prealloc else "defaults"
+        report.check(f"total time vs QEMU 7.2, {label}", o / q, "<= 0.2", 0 < o / q <= 0.2)
+    report.tables.append(table)
 
 
 # -- the engine against the machine's limits ---------------------------------------------------
@@ -402,6 +435,7 @@ def main(argv: list[str]) -> int:
         compress_stages(report, 512 * MiB, args.reps, args.seed)
         classic_runs(report)
         monitor_latency(report)
+        against_qemu(report, Path(tempfile.mkdtemp(prefix="qemu-hmp-bench-")))
     if args.what in ("engine", "all"):
         engine_runs(report, args.reps)
     sys.stdout.write(report.render())

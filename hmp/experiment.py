@@ -39,6 +39,7 @@ class Setup:
     multifd: int = 0  # multifd-channels; 0 leaves the capability off
     multifd_compression: str = "none"
     auto_converge: bool = False
+    compress_auto: bool = False  # x-compress-auto: the adaptive policy steers compression
     timeout: float = 120.0
 
     def source_commands(self) -> list[str]:
@@ -52,6 +53,8 @@ class Setup:
             ]
         if self.auto_converge:
             cmds.append("migrate_set_capability auto-converge on")
+        if self.compress_auto:
+            cmds.append("migrate_set_capability x-compress-auto on")
         return self.common_commands() + cmds
 
     def destination_commands(self) -> list[str]:

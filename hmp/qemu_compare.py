@@ -1,0 +1,124 @@
+"""qemu-hmp against real QEMU 7.2 on the same memory image, side by side in one run.
+
+The image is made of this machine's own binaries, libraries and text, page-aligned, with runs
+of zero pages making up about 30% (like the reference blob in shared/reference). Both
+guests load it with ``-device loader`` at 1 MiB, both monitors get the same commands
+(compress on, 2 compress / 1 decompress threads, level 1, max-bandwidth 100G) and a
+blocking ``migrate``; the figures are each side's own ``info migrate``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from hmp.endpoint import Endpoint, free_port
+from hmp.experiment import parse_info
+
+PAGE = 4096
+IMAGE_MIB = 384
+SOURCES = ("/usr/lib/x86_64-linux-gnu", "/usr/bin", "/usr/share/doc", "/usr/share/man")
+QEMU = "qemu-system-x86_64"
+QEMU_ARGS = ["-machine", "pc,accel=tcg", "-m", "512", "-smp", "1", "-display", "none"]
+QEMU_ARGS += ["-nodefaults", "-S", "-monitor", "stdio"]
+
+
+def commands(port: int, source: bool) -> list[str]:
+    cmds = ["migrate_set_capability compress on"]
+    if source:
+        cmds += [
+            "migrate_set_parameter compress-threads 2",
+            "migrate_set_parameter compress-level 1",
+            "migrate_set_parameter max-bandwidth 100G",
+            f"migrate tcp:127.0.0.1:{port}",
+            "info migrate",
+        ]
+    else:
+        cmds.append("migrate_set_parameter decompress-threads 1")
+    return cmds
+
+
+def build_image(path: Path, seed: int = 1) -> Path:
+    """A deterministic (for this machine's files) image of real binaries and text."""
+    if path.exists() and path.stat().st_size == IMAGE_MIB << 20:
+        return path
+    files = sorted(
+        str(p)
+        for root in SOURCES
+        for p in Path(root).rglob("*")
+        if p.is_file() and not p.is_symlink() and p.stat().st_size >= PAGE
+    )
+    rng = random.Random(seed)
+    rng.shuffle(files)
+    size = IMAGE_MIB << 20
+    with open(path, "wb") as out:
+        for name in files:
+            if out.tell() >= size:
+                break
+            try:
+                data = Path(name).read_bytes()[: 8 << 20]
+            except OSError:
+                continue
+            out.write(data + bytes(-len(data) % PAGE))
+            # ~30% zero pages overall: after each file, a zero run ~0.43x its length
+            out.write(bytes(int(len(data) * 0.43 / PAGE + 0.5) * PAGE))
+        out.truncate(size)
+    return path
+
+
+def run_qemu(image: Path, prealloc: bool) -> dict[str, str]:
+    port = free_port()
+    device = ["-device", f"loader,file={image},addr=0x100000,force-raw=on"]
+    args = [*QEMU_ARGS, *(["-mem-prealloc"] if prealloc else [])]
+    dst = subprocess.Popen(
+        [QEMU, *args, "-incoming", f"tcp:127.0.0.1:{port}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert dst.stdin is not None
+        dst.stdin.write("\n".join(commands(port, source=False)) + "\n")
+        dst.stdin.flush()
+        script = "\n".join([*commands(port, source=True), "quit"]) + "\n"
+        # The monitor waits for a blocking `migrate`, so the rest of the script runs after it.
+        out = subprocess.run(
+            [QEMU, *args, *device], input=script, capture_output=True, text=True, timeout=300
+        ).stdout
+    finally:
+        dst.kill()
+        dst.wait()
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]|\r", "", out)
+    return parse_info(text[text.rfind("globals:") :])
+
+
+def run_ours(image: Path, prealloc: bool) -> dict[str, str]:
+    port = free_port()
+    argv = ["qemu-hmp", "-m", "512M", "-S", "--workload", "zero"]
+    argv += ["-mem-prealloc"] if prealloc else []
+    with (
+        Endpoint([*argv, "-incoming", f"tcp:127.0.0.1:{port}"]) as dst,
+        Endpoint([*argv, "-device", f"loader,file={image},addr=0x100000,force-raw=on"]) as src,
+    ):
+        dst.wait_ready(60)
+        src.wait_ready(60)
+        for command in commands(port, source=False):
+            dst.execute(command, 10)
+        outputs = [src.execute(command, 300) for command in commands(port, source=True)]
+    return parse_info(outputs[-1])
+
+
+def available() -> bool:
+    return shutil.which(QEMU) is not None
+
+
+def compare(workdir: Path, prealloc: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """(QEMU's figures, ours) for the same image and flags; QEMU must be installed."""
+    image = build_image(workdir / f"image-{IMAGE_MIB}M.bin")
+    os.sync()
+    return run_qemu(image, prealloc), run_ours(image, prealloc)
