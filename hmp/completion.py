@@ -42,7 +42,8 @@ def _capabilities() -> Iterator[tuple[str, str]]:
         yield cap.name, cap.doc
 
 
-def _show(spec: ParamSpec, value: ParamValue) -> str:
+def show_value(spec: ParamSpec, value: ParamValue) -> str:
+    """A parameter value as a person reads it (`on`, `''`, `300 ms`): menus and the README."""
     if isinstance(value, bool):
         return "on" if value else "off"
     return f"{value} {spec.unit}".rstrip() if value != "" else "''"
@@ -50,7 +51,7 @@ def _show(spec: ParamSpec, value: ParamValue) -> str:
 
 def param_hint(spec: ParamSpec) -> str:
     """The meta text of a parameter: its default, its range and what it is."""
-    parts = [f"default {_show(spec, spec.default)}"]
+    parts = [f"default {show_value(spec, spec.default)}"]
     if spec.check is not None:
         parts.append(spec.check.expects)
     parts.append(spec.doc)

@@ -1,9 +1,11 @@
-"""The README's quick start is what CI runs."""
+"""The README's quick start is what CI runs; its reference tables are generated."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import readme_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,3 +26,9 @@ def test_quick_start_is_two_commands_then_examples():
 def test_ci_runs_the_readme_test_command():
     script = (ROOT / ".ci" / "run").read_text().splitlines()
     assert quick_start_blocks()[1] in script
+
+
+def test_reference_tables_are_current():
+    text = (ROOT / "README.md").read_text()
+    assert readme_tables.render(text) == text, "run: python -m tests.readme_tables"
+    assert text.count("<!-- generated: ") == len(readme_tables.BLOCKS)
