@@ -33,7 +33,6 @@ VALUES = st.sampled_from(NUMBERS) | st.sampled_from(["on", "off", "zlib", "zstd"
 VALUES |= st.text(max_size=8)
 
 NAMES = [n for c in COMMANDS for n in c.names]
-FILE_COMMANDS = ("pmemsave", "x_migrate_export")
 
 
 @st.composite
@@ -50,10 +49,7 @@ def lines(draw: st.DrawFn) -> str:
     else:
         args = draw(st.lists(VALUES, max_size=3))
     tail = draw(st.sampled_from(["", " ", "  extra", "\t", " \x00"]))
-    line = " ".join([name, *args]) + tail
-    # A NUL in a file name is a known defect (test_nul_in_a_file_name below), kept out here
-    # so that the fuzz goes on finding others.
-    return line.replace("\x00", "") if name in FILE_COMMANDS else line
+    return " ".join([name, *args]) + tail
 
 
 @pytest.fixture(scope="module")
