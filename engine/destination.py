@@ -26,7 +26,7 @@ from engine.guest import GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
-from engine.transport import Listener
+from engine.transport import Listener, shutdown
 from engine.vm import Vm
 
 STALE_PEEK_S = 1.0  # how long a new connection may take to show its first bytes
@@ -81,12 +81,7 @@ class IncomingMigration(threading.Thread):
         """Abandon the incoming side (quit): stop accepting and break the stream."""
         self._stop.set()
         self.listener.close()
-        conn = self._conn
-        if conn is not None:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shutdown(self._conn)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)

@@ -18,7 +18,7 @@ import queue
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,7 @@ from zlib_ng import zlib_ng
 
 from engine import wire
 from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
-from engine.transport import send_buffers
+from engine.transport import send_buffers, shutdown
 
 PACKET_PAGES = 128  # QEMU's MULTIFD_PACKET_SIZE / page size
 HELLO = struct.Struct(">4sII16s")
@@ -101,6 +101,13 @@ def _unpacker(method: str) -> Callable[[bytes | bytearray, int], bytes | bytearr
         return data
 
     return raw
+
+
+def _hang_up(socks: Iterable[socket.socket]) -> None:
+    """Break and close channel connections; their threads see the error and end."""
+    for sock in socks:
+        shutdown(sock)
+        sock.close()
 
 
 # -- source ----------------------------------------------------------------------------------
@@ -180,12 +187,7 @@ class MultifdSender:
         self._raise()
 
     def close(self) -> None:
-        for channel in self._channels:
-            try:
-                channel.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            channel.sock.close()
+        _hang_up(c.sock for c in self._channels)
 
     # called from channel threads
     def sent(self, nbytes: int, pages: int) -> None:
@@ -325,9 +327,4 @@ class MultifdReceiver:
 
     def close(self) -> None:
         self.fail(wire.StreamError("migration ended"))
-        for channel in self._channels:
-            try:
-                channel.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            channel.sock.close()
+        _hang_up(c.sock for c in self._channels)

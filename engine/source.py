@@ -33,7 +33,7 @@ from engine.policy import AdaptivePolicy, PolicyInfo
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats, now_ms
-from engine.transport import Address, Link, RateLimiter, connect, send_buffers
+from engine.transport import Address, Link, RateLimiter, connect, send_buffers, shutdown
 from engine.vm import Vm
 
 RAW_BATCH = 256  # pages per record without compression (1 MiB)
@@ -134,7 +134,7 @@ class OutgoingMigration(threading.Thread):
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
         self._stop.set()
-        self._shutdown_socket()
+        shutdown(self._sock)
         if self._multifd:
             self._multifd.close()
 
@@ -481,14 +481,6 @@ class OutgoingMigration(threading.Thread):
     def _check_stop(self) -> None:
         if self._stop.is_set():
             raise Cancelled
-
-    def _shutdown_socket(self) -> None:
-        sock = self._sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _await_verdict(self) -> str | None:
         """The destination's ACK (None) or NACK reason, after it checked the digest."""

@@ -116,6 +116,15 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
 
 
+def shutdown(sock: socket.socket | None) -> None:
+    """Break both directions now (unblocks a peer thread in send/recv); a closed socket is fine."""
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def send_buffers(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> int:
     """Gathered write of every buffer (sendmsg, resuming after partial writes); bytes sent."""
     views = [memoryview(b).cast("B") for b in buffers if len(b)]

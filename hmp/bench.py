@@ -29,7 +29,6 @@ from engine.compression import CHUNK, CODECS, CompressPool, DecompressPool
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.workload import Workload
 from hmp import classic, experiment, qemu_compare
-from hmp.endpoint import Endpoint, free_port
 from hmp.experiment import Result, Setup
 
 MiB = 1 << 20
@@ -237,20 +236,7 @@ def monitor_latency(report: Report, calls: int = 200) -> None:
     """`info migrate` round trips on the source during a heavy compressed migration."""
     setup = replace(classic.compressed(classic.SETUPS["idle-32mibs"]), max_bandwidth="0")
     setup = replace(setup, ram="4G", workload="random-writer,rate=20000,wss=1G")
-    port = free_port()
-    with (
-        Endpoint(["qemu-hmp", "-m", setup.ram, "-incoming", f"tcp:127.0.0.1:{port}"]) as dst,
-        Endpoint(["qemu-hmp", "-m", setup.ram, "--workload", setup.workload]) as src,
-    ):
-        dst.wait_ready(60)
-        src.wait_ready(60)
-        for endpoint, commands in (
-            (dst, setup.destination_commands()),
-            (src, setup.source_commands()),
-        ):
-            for command in commands:
-                endpoint.execute(command, 10)
-        src.execute(f"migrate -d tcp:127.0.0.1:{port}", 10)
+    with experiment.migrating(setup) as (src, _dst):
         times = []
         for _ in range(calls):
             t0 = time.perf_counter()

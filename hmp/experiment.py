@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,8 +112,9 @@ def peak_rss_kib(pid: int) -> int:
     return 0
 
 
-def run(setup: Setup, progress: Callable[[dict[str, str]], None] | None = None) -> Result:
-    """Run one migration; ``progress`` sees the source's figures at every poll."""
+@contextmanager
+def migrating(setup: Setup) -> Iterator[tuple[Endpoint, Endpoint]]:
+    """A destination and a source process, configured, with `migrate -d` issued: (src, dst)."""
     port = free_port()
     argv = ["qemu-hmp", "-m", setup.ram]
     with (
@@ -132,6 +134,12 @@ def run(setup: Setup, progress: Callable[[dict[str, str]], None] | None = None) 
                 if answer:
                     raise RuntimeError(f"{endpoint.name}: {command}: {answer.strip()}")
         src.execute(f"migrate -d tcp:127.0.0.1:{port}", 10)
+        yield src, dst
+
+
+def run(setup: Setup, progress: Callable[[dict[str, str]], None] | None = None) -> Result:
+    """Run one migration; ``progress`` sees the source's figures at every poll."""
+    with migrating(setup) as (src, dst):
         tick = threading.Event()
         while True:
             figures = parse_info(src.execute("info migrate", 10))
