@@ -7,24 +7,17 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
+import test_machine
 from test_machine import Watch, dest, make, migrate
 
 from engine.machine import Machine
 from engine.state import MigrationStatus, RunState
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def machines() -> Iterator[list[Machine]]:
-    """What test_machine's helpers (dest, make) add machines to; closed after the test."""
-    made: list[Machine] = []
-    yield made
-    for m in made:
-        m.close()
+machines = test_machine.machines  # the fixture dest() and make() add machines to
 
 
 def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 20) -> None:
