@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import random
 import re
+import select
 import shutil
 import subprocess
+import time
 from pathlib import Path
+from typing import IO
 
 from hmp.endpoint import Endpoint, free_port
 from hmp.experiment import parse_info
@@ -70,6 +73,15 @@ def build_image(path: Path, seed: int = 1) -> Path:
     return path
 
 
+def wait_for_prompt(out: IO[str], timeout: float = 60.0) -> None:
+    seen, deadline = "", time.monotonic() + timeout
+    while "(qemu)" not in seen:
+        ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise TimeoutError("QEMU did not show its monitor prompt")
+        seen += os.read(out.fileno(), 4096).decode(errors="replace")
+
+
 def run_qemu(image: Path, prealloc: bool) -> dict[str, str]:
     port = free_port()
     device = ["-device", f"loader,file={image},addr=0x100000,force-raw=on"]
@@ -77,12 +89,13 @@ def run_qemu(image: Path, prealloc: bool) -> dict[str, str]:
     dst = subprocess.Popen(
         [QEMU, *args, "-incoming", f"tcp:127.0.0.1:{port}"],
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
-        assert dst.stdin is not None
+        assert dst.stdin is not None and dst.stdout is not None
+        wait_for_prompt(dst.stdout)  # QEMU listens before it serves its monitor
         dst.stdin.write("\n".join(commands(port, source=False)) + "\n")
         dst.stdin.flush()
         script = "\n".join([*commands(port, source=True), "quit"]) + "\n"
