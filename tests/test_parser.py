@@ -197,8 +197,9 @@ def _assert_still_valid(mon: Monitor) -> None:
 
 
 def _run(mon: Monitor, line: str) -> None:
-    if line.lstrip().split(" ")[0].split("\t")[0] in ("migrate", "migrate_incoming", "pmemsave"):
-        # Real migrations are the engine's tests and written files pmemsave's: only parse these.
+    name = line.lstrip().split(" ")[0].split("\t")[0]
+    if name in ("migrate", "migrate_incoming", "pmemsave", "x_migrate_export"):
+        # Real migrations are the engine's tests and written files their commands': only parse.
         with contextlib.suppress(ParseError):
             parse_line(COMMANDS, line)
         return
