@@ -77,8 +77,9 @@ class VcpuGate:
 class GuestRam:
     """``size`` bytes of anonymous memory plus a dirty bitmap with an atomic swap-and-clear."""
 
-    def __init__(self, size: int, *, prealloc: bool = False) -> None:
-        """``prealloc``: fault every page in now (QEMU's -mem-prealloc), not on first use."""
+    def __init__(self, size: int, *, prealloc: bool = False, huge: bool = True) -> None:
+        """``prealloc``: fault every page in now (QEMU's -mem-prealloc), not on first use.
+        ``huge``: back RAM with transparent huge pages (each first touch zeroes 2 MiB)."""
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"RAM size {size} is not a positive multiple of {PAGE_SIZE}")
         self.size = size
@@ -87,7 +88,7 @@ class GuestRam:
         # Private anonymous memory: zero-filled, untouched pages cost no RSS, and (unlike a
         # shared mapping) it can use transparent huge pages, which make first touch ~4x cheaper.
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
+        if huge and hasattr(mmap, "MADV_HUGEPAGE"):
             self._map.madvise(mmap.MADV_HUGEPAGE)
         self.buf = memoryview(self._map)
         self.array: npt.NDArray[np.uint8] = np.frombuffer(self._map, dtype=np.uint8)

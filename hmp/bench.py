@@ -296,7 +296,7 @@ def against_qemu(report: Report, workdir: Path) -> None:
 def _receive(port: Any, size: int, fresh: bool) -> None:
     """A raw receiver in its own process: ``size`` bytes into fresh guest-like RAM (``fresh``,
     as a destination receives) or into one reused 1 MiB buffer (the socket alone)."""
-    ram = GuestRam(size if fresh else MiB)
+    ram = GuestRam(size if fresh else MiB, huge=False)  # as a destination's RAM
     with socket.create_server(("127.0.0.1", 0)) as server:
         port.put(server.getsockname()[1])
         conn, _ = server.accept()
