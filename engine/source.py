@@ -4,8 +4,9 @@ setup → active: connect, send header and configuration, mark every page dirty,
   dirty log. Iterate: send dirty pages in batches for ≤50 ms or until the 100 ms window's
   byte budget is spent, then EOS; every ≥100 ms re-measure bandwidth and the threshold
   (bandwidth × downtime-limit); sync the dirty log only when what is left fits the threshold.
-  When, after a sync, it still fits: stop the VM, send the rest unthrottled, send the digest
-  and wait for the destination's verdict (the downtime). Cancel and errors restart the VM.
+  When, after a sync, it still fits: stop the VM, send the rest unthrottled and the digest
+  (the downtime, as QEMU counts it), then wait for the destination's verdict before
+  reporting completed (also downtime with return-path). Cancel and errors restart the VM.
 """
 
 from __future__ import annotations
