@@ -1,90 +1,104 @@
-"""The interactive shell in a real terminal (tmux): send-keys types, capture-pane reads.
+"""The interactive shell in a real pseudo-terminal: pexpect types, pyte draws the screen.
 
-A destination qemu-hmp runs beside it over pipes (hmp.endpoint), so the migration is real.
-Every wait is on what the screen shows, with a deadline.
+pexpect runs the shell on a pty; everything it prints goes through pyte, a VT100 emulator,
+so tests read the screen as a person would see it (toolbar, redrawn prompt), as with tmux's
+capture-pane but with nothing to install outside the project. A destination qemu-hmp runs
+beside it over pipes (hmp.endpoint), so the migration is real. Every wait reads output with a
+deadline.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pexpect
+import pyte
 import pytest
 
 from hmp.endpoint import Endpoint
 
-pytestmark = [
-    pytest.mark.tty,
-    pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux"),
-]
+pytestmark = pytest.mark.tty
 
 TIMEOUT = 30.0
+COLUMNS, ROWS = 150, 30
+CPR = b"\x1b[6n"  # "report the cursor position"
+KEYS = {"Enter": "\r", "Tab": "\t", "Up": "\x1b[A", "C-c": "\x03", "C-d": "\x04", "C-u": "\x15"}
 
 
-class Tmux:
-    """One tmux server of our own (-L), one window running the shell."""
+class Terminal:
+    """One shell on a pty of COLUMNS x ROWS, its output rendered by a terminal emulator."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.socket = f"qemu-hmp-test-{os.getpid()}"
-        self.env = {**os.environ, "XDG_STATE_HOME": str(tmp_path), "TERM": "xterm-256color"}
-
-    def tmux(self, *args: str) -> str:
-        return subprocess.run(
-            ["tmux", "-L", self.socket, *args],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=self.env,
-        ).stdout
+        self.env = {"XDG_STATE_HOME": str(tmp_path), "TERM": "xterm-256color"}
+        self.child: pexpect.spawn | None = None
+        self.screen_ = pyte.Screen(COLUMNS, ROWS)
+        self.stream = pyte.ByteStream(self.screen_)
 
     def start(self, *qemu_args: str) -> None:
-        command = shlex.join([sys.executable, "-m", "hmp", *qemu_args])
-        state = shlex.quote(self.env["XDG_STATE_HOME"])
-        self.tmux("new-session", "-d", "-x", "150", "-y", "30", f"XDG_STATE_HOME={state} {command}")
-        self.wait_for("(qemu)")  # capture-pane drops trailing spaces
+        self.screen_.reset()
+        self.child = pexpect.spawn(
+            sys.executable,
+            ["-m", "hmp", *qemu_args],
+            env={**os.environ, **self.env},
+            dimensions=(ROWS, COLUMNS),
+        )
+        self.wait_for("(qemu)")
 
     def keys(self, *keys: str) -> None:
-        self.tmux("send-keys", *keys)
+        assert self.child is not None
+        for key in keys:
+            self.child.send(KEYS.get(key, key))
+
+    def _pump(self, timeout: float) -> bool:
+        """Feed what the shell printed within ``timeout`` to the screen; False once it exited."""
+        assert self.child is not None
+        try:
+            data = self.child.read_nonblocking(65536, timeout)
+        except pexpect.TIMEOUT:
+            return True
+        except pexpect.EOF:
+            return False
+        self.stream.feed(data)
+        if CPR in data:  # prompt_toolkit asks where the cursor is, as a terminal would answer
+            cursor = self.screen_.cursor
+            self.child.send(f"\x1b[{cursor.y + 1};{cursor.x + 1}R")
+        return True
 
     def screen(self) -> str:
-        return self.tmux("capture-pane", "-p")
+        return "\n".join(line.rstrip() for line in self.screen_.display)
+
+    def wait_until(self, shown: Callable[[str], bool], what: str, timeout: float = TIMEOUT) -> str:
+        """The screen, once ``shown`` holds for it (the shell may still be redrawing before)."""
+        deadline = time.monotonic() + timeout
+        while not shown(self.screen()):
+            if time.monotonic() > deadline or not self._pump(0.1):
+                raise AssertionError(f"{what} never appeared on the screen:\n{self.screen()}")
+        return self.screen()
 
     def wait_for(self, needle: str, timeout: float = TIMEOUT) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.screen()
-            if needle in text:
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{needle!r} never appeared on the screen:\n{text}")
-            time.sleep(0.05)
+        return self.wait_until(lambda screen: needle in screen, repr(needle), timeout)
 
     def wait_exit(self, timeout: float = TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
-        while self.alive():
+        while self._pump(0.1):
             if time.monotonic() > deadline:
                 raise AssertionError(f"the shell did not exit:\n{self.screen()}")
-            time.sleep(0.05)
 
     def alive(self) -> bool:
-        result = subprocess.run(
-            ["tmux", "-L", self.socket, "has-session"], capture_output=True, env=self.env
-        )
-        return result.returncode == 0
+        return self.child is not None and self.child.isalive()
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+        if self.child is not None:
+            self.child.close(force=True)
 
 
 @pytest.fixture
-def term(tmp_path: Path) -> Iterator[Tmux]:
-    t = Tmux(tmp_path)
+def term(tmp_path: Path) -> Iterator[Terminal]:
+    t = Terminal(tmp_path)
     yield t
     t.kill()
 
@@ -93,7 +107,7 @@ def prompt_line(screen: str) -> str:
     return [line for line in screen.splitlines() if line.startswith("(qemu)")][-1]
 
 
-def test_completion_ctrl_c_ctrl_d_and_history(term: Tmux) -> None:
+def test_completion_ctrl_c_ctrl_d_and_history(term: Terminal) -> None:
     term.start("-m", "16M")
     term.keys("migrate_set_capability auto-conv", "Tab")
     term.wait_for("(qemu) migrate_set_capability auto-converge")
@@ -115,7 +129,7 @@ def test_completion_ctrl_c_ctrl_d_and_history(term: Tmux) -> None:
     term.wait_exit()
 
 
-def test_toolbar_and_finished_notice_during_a_real_migration(term: Tmux) -> None:
+def test_toolbar_and_finished_notice_during_a_real_migration(term: Terminal) -> None:
     with Endpoint(["qemu-hmp", "-m", "64M", "-incoming", "tcp:127.0.0.1:0"], name="dst") as dst:
         dst.wait_ready(TIMEOUT)
         address = dst.execute("info migrate", TIMEOUT).split("socket address: [\n\t")[1]
@@ -125,8 +139,13 @@ def test_toolbar_and_finished_notice_during_a_real_migration(term: Tmux) -> None
         term.keys(f"migrate -d {uri}", "Enter")
         term.wait_for("% sent · ")  # the toolbar follows the migration
         term.keys("info mig")
-        screen = term.wait_for("* migration completed in ")
-        assert prompt_line(screen) == "(qemu) info mig"  # the half-typed line survived
+        # The notice lands above the prompt and the half-typed line survives the redraw.
+        screen = term.wait_until(
+            lambda screen: (
+                "* migration completed in " in screen and prompt_line(screen) == "(qemu) info mig"
+            ),
+            "the notice above an intact '(qemu) info mig'",
+        )
         term.keys("rate", "Enter")
         term.wait_for("Migration status: completed")
         term.wait_for("migration completed in ")  # the toolbar's final state
