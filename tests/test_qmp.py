@@ -233,11 +233,9 @@ def test_tcp_server_and_byte_layout(tmp_path: Path) -> None:
 
 
 def test_quit_announces_shutdown_then_hangs_up(tmp_path: Path) -> None:
-    quitted: list[bool] = []
+    quitted = threading.Event()
     machine = Machine(PAUSED)
-    server = QmpServer(
-        machine, f"unix:{tmp_path}/q.sock,server=on,wait=off", on_quit=lambda: quitted.append(True)
-    )
+    server = QmpServer(machine, f"unix:{tmp_path}/q.sock,server=on,wait=off", on_quit=quitted.set)
     server.start()
     try:
         raw = RawClient(str(tmp_path / "q.sock"))
@@ -253,10 +251,7 @@ def test_quit_announces_shutdown_then_hangs_up(tmp_path: Path) -> None:
         assert raw.read() == {"return": {}}
         assert raw.read() is None  # hung up
         raw.close()
-        deadline = time.monotonic() + TIMEOUT
-        while not quitted and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert quitted == [True]
+        assert quitted.wait(TIMEOUT)
     finally:
         server.close()
         machine.close()
