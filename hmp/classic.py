@@ -36,7 +36,12 @@ def compressed(setup: Setup, method: str = "zlib") -> Setup:
 
 
 def describe(setup: Setup) -> str:
-    net = f"{setup.link * 8 / 1e9:g} Gbit/s link" if setup.link else f"{setup.max_bandwidth}/s"
+    if setup.link % GBE == 0 and setup.link:
+        net = f"{setup.link // GBE} Gbit/s link"
+    elif setup.link:
+        net = f"{setup.link / 2**20:g} MiB/s link"
+    else:
+        net = f"{setup.max_bandwidth}/s"
     what = f"{setup.ram} {setup.workload.split(',')[0]} guest, {net}"
     if setup.compress:
         what += f", {setup.method} level {setup.level}, {setup.threads}/{setup.dthreads} threads"
