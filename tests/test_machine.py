@@ -437,3 +437,19 @@ def test_multifd_on_the_source_only_fails_the_same_way_at_both_ends(machines):
     src.set_capabilities({"multifd": False})
     migrate(src, dst, uri)
     assert dst_watch.statuses() == ["active", "failed", "active", "completed"]
+
+
+def test_compress_wait_thread_off_sends_busy_pages_raw(machines):
+    """QEMU's compress-wait-thread off: with every worker busy, pages go uncompressed, "busy"."""
+    dst, uri = dest(machines, ram_size=128 * MiB)
+    dst.set_capabilities({"compress": True})
+    src = make(machines, ram_size=128 * MiB, seed=6)
+    src.set_capabilities({"compress": True})
+    src.set_parameters({"compress-threads": 1, "compress-level": 9, "compress-wait-thread": False})
+    src.set_parameters({"max-bandwidth": 0})
+    migrate(src, dst, uri)
+    info = src.query_migrate()
+    assert info.compression is not None and info.ram is not None
+    assert info.compression.busy > 0 and info.ram.normal == info.compression.busy
+    assert info.compression.pages > 0  # the worker still compressed what it could take
+    assert info.compression.pages + info.ram.normal + info.ram.duplicate == 128 * MiB // 4096
