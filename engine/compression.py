@@ -128,7 +128,6 @@ class _Workers:
     """
 
     def __init__(self, threads: int, name: str) -> None:
-        self.threads = threads
         self.active = min(threads, os.cpu_count() or 1)  # threads that run at once
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
             queue.SimpleQueue()

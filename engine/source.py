@@ -384,19 +384,18 @@ class OutgoingMigration(threading.Thread):
         if not len(indices):
             return
         zero = self.ram.zero_mask(indices)
-        if self._multifd:
-            # QEMU checks for zero pages first; only the others go to the channels.
-            if zero.any():
-                self._send_plain(indices[zero], zero[zero], busy=0)
-            self._multifd.queue(indices[~zero])
-            return
         pool = self._pool
-        if pool is None or zero.all():
+        if pool is None and self._multifd is None:
             self._send_plain(indices, zero, busy=0)
             return
+        # QEMU checks for zero pages first; only the others are compressed or go to channels.
         if zero.any():
             self._send_plain(indices[zero], zero[zero], busy=0)
         nonzero = indices[~zero]
+        if self._multifd:
+            self._multifd.queue(nonzero)
+            return
+        assert pool is not None
         for start in range(0, len(nonzero), CHUNK):
             chunk = nonzero[start : start + CHUNK]
             level = None
