@@ -270,14 +270,22 @@ def test_ram_size_mismatch_fails_both_sides(machines):
     assert dst.query_status().status is RunState.INMIGRATE
 
 
-def test_compress_must_be_on_at_the_destination(machines):
+@pytest.mark.parametrize(
+    ("capability", "error"),
+    [
+        ("compress", "Received an unexpected compressed page"),
+        ("multifd", "multifd mismatch: the capability is off on the destination"),
+    ],
+)
+def test_capability_must_be_on_at_the_destination_too(machines, capability, error):
     _dst, uri = dest(machines)
     src = make(machines)
-    src.set_capabilities({"compress": True})
+    src.set_capabilities({capability: True})
     src.migrate(uri)
     info = src.wait_migration(30)
     assert info.status is MigrationStatus.FAILED
-    assert info.error_desc == "Received an unexpected compressed page"
+    assert info.error_desc == error
+    assert src.query_status().status is RunState.RUNNING
 
 
 def test_destination_quits_mid_stream(machines):
@@ -385,17 +393,6 @@ def test_multifd_migration(machines, channels, compression):
     assert info.ram.transferred >= info.ram.multifd_bytes
     if compression != "none":
         assert info.ram.multifd_bytes < info.ram.normal * 4096
-
-
-def test_multifd_must_be_on_at_both_ends(machines):
-    _dst, uri = dest(machines)
-    src = make(machines)
-    src.set_capabilities({"multifd": True})
-    src.migrate(uri)
-    info = src.wait_migration(30)
-    assert info.status is MigrationStatus.FAILED
-    assert info.error_desc == "multifd mismatch: the capability is off on the destination"
-    assert src.query_status().status is RunState.RUNNING
 
 
 @pytest.mark.parametrize(("link", "expect_compress"), [(16 * MiB, True), (4096 * MiB, False)])
