@@ -197,7 +197,7 @@ class Machine:
                 max_cpu_throttle=int(c.param("max-cpu-throttle")),
                 return_path=c.capability("return-path"),
                 compress_auto=c.capability("x-compress-auto"),
-                multifd_channels=int(c.param("multifd-channels")) if c.capability("multifd") else 0,
+                multifd_channels=self._multifd_channels(),
                 multifd_compression=str(c.param("multifd-compression")),
                 multifd_level=int(
                     c.param("multifd-zstd-level")
@@ -272,6 +272,11 @@ class Machine:
         if self.config.capability("events"):
             self.events.emit(name, data)
 
+    def _multifd_channels(self) -> int:
+        """multifd-channels while the multifd capability is on; 0 (no channels) otherwise."""
+        c = self.config
+        return int(c.param("multifd-channels")) if c.capability("multifd") else 0
+
     def _incoming_config(self) -> tuple[wire.StreamConfig, int]:
         c = self.config
         local = wire.StreamConfig(
@@ -281,7 +286,7 @@ class Machine:
             compress_method=str(c.param("x-compress-method")),
             # The source says how many channels it opens; the destination only has to agree
             # that multifd is on (QEMU would hang on a channel-count mismatch).
-            multifd_channels=int(c.param("multifd-channels")) if c.capability("multifd") else 0,
+            multifd_channels=self._multifd_channels(),
         )
         return local, int(c.param("decompress-threads"))
 
