@@ -1,11 +1,11 @@
 """Page codecs and the compress/decompress thread pools.
 
 Every page is compressed on its own so any page decompresses without the others, as with
-QEMU's compress threads. For zlib that is one raw-deflate segment per page ended by a full
-flush: a full flush drops the history, so a segment never refers to another page, and each
-worker keeps one deflate/inflate stream for its whole life (QEMU calls deflateReset per page
-for the same reason: a fresh zlib-ng stream per 4 KiB page costs more than the page, and its
-set-up holds the GIL, which would serialise the threads).
+QEMU's compress threads. For zlib that is one raw-deflate segment per page, compressed from a
+reset stream and ended by a sync flush (the bytes a full flush gives): it never refers to
+another page. Each worker keeps one deflate/inflate stream for its whole life (QEMU calls
+deflateReset per page for the same reason: a fresh zlib-ng stream per 4 KiB page costs more
+than the page, and its set-up holds the GIL, which would serialise the threads).
 
 Pages reach the workers in chunks of ``CHUNK``: one Python hand-over per chunk instead of per
 page (research/perf-limits.md: 17 µs per hand-over dwarfs a 16 µs page). The codecs release
@@ -37,18 +37,24 @@ from engine.wire import StreamError
 
 CHUNK = 64  # pages per hand-over to a worker
 T = TypeVar("T")
-SYNC = b"\x00\x00\xff\xff"  # the empty stored block a full flush ends with
+SYNC = b"\x00\x00\xff\xff"  # the empty stored block a sync flush ends with
 
-Compress = Callable[[list[memoryview]], list[bytes]]  # a chunk of pages, one blob each
+# A chunk of pages -> one blob and the CRC-32 of what was read, per page.
+Compress = Callable[[list[memoryview]], tuple[list[bytes], list[int]]]
 Decompress = Callable[[memoryview], bytes]
 
 
 def _zlib_compressor(level: int) -> Compress:
-    stream = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
-    put, flush, full = stream.compress, stream.flush, zlib_ng.Z_FULL_FLUSH
+    # zlib-ng's reusable stream for parallel gzip: per call it resets the raw-deflate stream,
+    # compresses, sync-flushes and takes the CRC, all with the GIL released. From a reset
+    # stream that is byte for byte the full-flush segment (compress + flush + crc32 were
+    # three GIL hand-overs per page, which kept two threads from scaling).
+    stream = zlib_ng._ParallelCompress(2 * PAGE_SIZE, level)  # room for a stored page
+    run = stream.compress_and_crc
 
-    def compress(pages: list[memoryview]) -> list[bytes]:
-        return [put(page) + flush(full) for page in pages]
+    def compress(pages: list[memoryview]) -> tuple[list[bytes], list[int]]:
+        done = [run(page, b"") for page in pages]
+        return [blob for blob, _ in done], [crc for _, crc in done]
 
     return compress
 
@@ -75,12 +81,14 @@ def _zstd_compressor(level: int) -> Compress:
     # zstd has no "stored" level 0 (it means "default"); levels 1-9 map one to one.
     cctx = zstandard.ZstdCompressor(level=max(1, level), write_content_size=True)
 
-    def compress(pages: list[memoryview]) -> list[bytes]:
+    crc32 = zlib_ng.crc32
+
+    def compress(pages: list[memoryview]) -> tuple[list[bytes], list[int]]:
         # One C call (GIL released) for the whole chunk, each page its own frame.
         frames = cctx.multi_compress_to_buffer(
             list[bytes | bytearray | memoryview](pages), threads=0
         )
-        return [frames[i].tobytes() for i in range(len(frames))]
+        return [frames[i].tobytes() for i in range(len(frames))], [crc32(p) for p in pages]
 
     return compress
 
@@ -201,12 +209,11 @@ class CompressPool(_Workers):
         t0 = time.perf_counter()
         streams = self._local.streams
         compress = streams.get(level) or streams.setdefault(level, self._codec.compressor(level))
-        buf, crc32 = self._ram.buf, zlib_ng.crc32
+        buf = self._ram.buf
         # Compress straight from guest RAM. A page the guest changes meanwhile was re-dirtied
         # after its bit was cleared, so it is sent again; the GIL-held work per page is kept
         # to a few list steps so that workers scale across cores.
-        views = [buf[i << PAGE_SHIFT : (i + 1) << PAGE_SHIFT] for i in indices]
-        data, crcs = compress(views), [crc32(v) for v in views]
+        data, crcs = compress([buf[i << PAGE_SHIFT : (i + 1) << PAGE_SHIFT] for i in indices])
         return CompressedChunk(data, crcs, time.perf_counter() - t0)
 
 
