@@ -15,10 +15,15 @@ Profiles, all deterministic from ``--seed``:
     names; page tables). A pool of distinct pages per kind is generated once and placed
     round-robin (a page recurs only thousands of pages later, beyond any codec window); the
     page number stamped in each page's last word makes every page distinct.
+    With ``rate=PAGES_PER_S`` (default 0: frozen) an idle OS's background writes (timers,
+    counters, logs): a vCPU thread rewrites a random 8-byte word in random pages of its own
+    non-zero memory, ``wss`` bytes of it (default 256M), so what it dirties compresses like
+    the rest of the guest.
 ``random-writer[,rate=PAGES_PER_S][,wss=SIZE]``
     ``idle`` content plus a vCPU thread writing a random 8-byte word into random pages of a
-    working set of ``wss`` bytes (default 256M), ``rate`` pages per second (default 25000,
-    ~100 MB/s, about 1 GbE: the articles' dirtying guest).
+    working set of ``wss`` bytes (default 256M) anywhere in RAM (mostly fresh zero pages),
+    ``rate`` pages per second (default 25000, ~100 MB/s, about 1 GbE: the articles' dirtying
+    guest).
 
 Calibration: real OS memory shrinks to about 42-45% per 4 KiB page with stdlib zlib level 1
 (QEMU's compressor). The generators model the structure of each kind rather than aim at a
@@ -58,6 +63,7 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 PROFILES = ("idle", "random-writer", "zero", "random")
+WRITERS = ("idle", "random-writer")  # profiles that may run a writer
 _WRITER_KEYS = {"rate", "wss"}
 DEFAULT_RATE = 25_000  # pages/s: ~100 MB/s, close to 1 GbE -- the interesting regime
 DEFAULT_WSS = 256 * MiB
@@ -89,7 +95,7 @@ def parse_size(text: str) -> int:
 @dataclass(frozen=True)
 class WorkloadSpec:
     name: str = "idle"
-    rate: int = DEFAULT_RATE  # pages written per second (random-writer)
+    rate: int = 0  # pages written per second (idle and random-writer)
     wss: int | None = None  # working-set bytes; None: min(DEFAULT_WSS, RAM)
 
     @classmethod
@@ -99,7 +105,7 @@ class WorkloadSpec:
         name = name.strip()
         if name not in PROFILES:
             raise ValueError(f"unknown workload '{name}' (choose from {', '.join(PROFILES)})")
-        keys = _WRITER_KEYS if name == "random-writer" else set()
+        keys = _WRITER_KEYS if name in WRITERS else set()
         seen: dict[str, str] = {}
         for opt in opts:
             key, eq, value = opt.partition("=")
@@ -111,7 +117,7 @@ class WorkloadSpec:
             if key in seen:
                 raise ValueError(f"workload option '{key}' given twice")
             seen[key] = value.strip()
-        rate = DEFAULT_RATE
+        rate = DEFAULT_RATE if name == "random-writer" else 0
         if "rate" in seen:
             try:
                 rate = int(seen["rate"])
@@ -127,7 +133,7 @@ class WorkloadSpec:
         return cls(name, rate, wss)
 
     def __str__(self) -> str:
-        if self.name != "random-writer":
+        if not self.rate:
             return self.name
         wss = f",wss={self.wss}" if self.wss is not None else ""
         return f"{self.name},rate={self.rate}{wss}"
@@ -475,17 +481,29 @@ class RandomWriter:
     PAUSE_POLL_S = 0.005  # how soon a resumed vCPU notices
 
     def __init__(
-        self, ram: GuestRam, gate: VcpuGate, rate: int, wss: int, seed: tuple[int, int]
+        self,
+        ram: GuestRam,
+        gate: VcpuGate,
+        rate: int,
+        wss: int,
+        seed: tuple[int, int],
+        among: npt.NDArray[np.intp] | None = None,
     ) -> None:
         self._ram = ram
         self._gate = gate
         self._rate = rate
         rng = np.random.Generator(np.random.PCG64([*seed, 1]))
-        ws_pages = max(1, min(wss, ram.size) // PAGE_SIZE)
-        # The working set is one allocation somewhere in RAM, 2 MiB aligned where possible.
-        align = 512 if ws_pages + 512 <= ram.pages else 1
-        base = int(rng.integers(0, (ram.pages - ws_pages) // align + 1)) * align
-        self.working_set = slice(base, base + ws_pages)
+        if among is not None and among.size:
+            # ``wss`` bytes of these pages (ascending), as one stretch starting anywhere.
+            n = min(among.size, max(1, wss // PAGE_SIZE))
+            first = int(rng.integers(0, among.size - n + 1))
+            self.working_set = among[first : first + n].astype(np.intp)
+        else:
+            # One allocation somewhere in RAM, 2 MiB aligned where possible.
+            n = max(1, min(wss, ram.size) // PAGE_SIZE)
+            align = 512 if n + 512 <= ram.pages else 1
+            base = int(rng.integers(0, (ram.pages - n) // align + 1)) * align
+            self.working_set = np.arange(base, base + n, dtype=np.intp)
         self._rng = rng
         self._stop = threading.Event()
         self._progress = threading.Condition()
@@ -538,7 +556,7 @@ class RandomWriter:
 
     def _run(self) -> None:
         words = self._ram.page_array.view(np.uint64)
-        base, span = self.working_set.start, self.working_set.stop - self.working_set.start
+        working_set, span = self.working_set, self.working_set.size
         owed = 0.0
         due = time.monotonic()  # when the next slice starts; absolute, so wakeup lag evens out
         while (lost := self._hold()) is not None:
@@ -549,7 +567,7 @@ class RandomWriter:
             owed -= count
             if count and self._gate.enter():  # a stop that came after _hold() wins here
                 try:
-                    pages = base + self._rng.integers(0, span, size=count)
+                    pages = working_set[self._rng.integers(0, span, size=count)]
                     slot = self._rng.integers(0, PAGE_SIZE // 8, size=count)
                     words[pages, slot] = self._rng.bit_generator.random_raw(count)
                     self._ram.mark_dirty(pages)
@@ -584,11 +602,15 @@ class Workload:
 
     def start(self, ram: GuestRam, gate: VcpuGate) -> None:
         """Start the guest's writer, if the profile has one and it is not running."""
-        if self.spec.name != "random-writer" or self.writer is not None:
+        if not self.spec.rate or self.writer is not None:
             return
         wss = self.spec.wss if self.spec.wss is not None else DEFAULT_WSS
         self._runs += 1
-        self.writer = RandomWriter(ram, gate, self.spec.rate, wss, (self.seed, self._runs))
+        # An idle OS rewrites its own memory; random-writer's working set is anywhere.
+        everything = np.arange(ram.pages, dtype=np.intp)
+        among = everything[~ram.zero_mask(everything)] if self.spec.name == "idle" else None
+        seed = (self.seed, self._runs)
+        self.writer = RandomWriter(ram, gate, self.spec.rate, wss, seed, among)
         self.writer.start()
 
     def stop(self) -> None:

@@ -51,7 +51,10 @@ QEMU options:
   -enable-kvm, -no-user-config
                           accepted and ignored
 qemu-hmp options:
-  --workload NAME         what the guest does: {workloads} (default idle)
+  --workload NAME[,rate=PAGES_PER_S][,wss=SIZE]
+                          what the guest does: {workloads}
+                          (default idle); idle and random-writer take a write rate
+                          and a working set
   --seed N                seed of the guest's content and writes (default 0)
   -h, --help              this text
   -version, --version     the version

@@ -59,6 +59,7 @@ def idle_ram() -> Iterator[GuestRam]:
         ("random-writer,wss=64M,rate=5", WorkloadSpec("random-writer", 5, 64 * MiB)),
         ("random-writer,wss=1G", WorkloadSpec("random-writer", DEFAULT_RATE, 1 << 30)),
         ("random-writer,wss=8192", WorkloadSpec("random-writer", DEFAULT_RATE, 8192)),
+        ("idle,rate=500,wss=8M", WorkloadSpec("idle", 500, 8 * MiB)),
     ],
 )
 def test_parse(text: str, spec: WorkloadSpec) -> None:
@@ -71,7 +72,8 @@ def test_parse(text: str, spec: WorkloadSpec) -> None:
     [
         ("", "unknown workload '' (choose from idle, random-writer, zero, random)"),
         ("busy", "unknown workload 'busy' (choose from idle, random-writer, zero, random)"),
-        ("idle,rate=5", "workload 'idle' has no option 'rate'"),
+        ("zero,rate=5", "workload 'zero' has no option 'rate'"),
+        ("idle,rate=0", "workload rate must be positive, not 0"),
         ("random-writer,speed=5", "workload 'random-writer' has no option 'speed'"),
         ("random-writer,rate", "workload option 'rate' is not key=value"),
         ("random-writer,", "workload option '' is not key=value"),
@@ -165,16 +167,43 @@ def test_writer_dirties_only_its_working_set(ram: GuestRam) -> None:
     writer = workload.writer
     assert writer is not None
     ws = writer.working_set
-    assert ws.stop - ws.start == 1024
-    assert 0 <= ws.start < ws.stop <= ram.pages
+    assert ws.size == 1024
+    assert (np.diff(ws) == 1).all()  # one allocation
+    assert 0 <= ws[0] and ws[-1] < ram.pages
     assert writer.wait_written(2000, timeout=10)
     workload.stop()
     assert workload.pages_written >= 2000
     dirty = np.flatnonzero(ram.take_dirty())
     assert dirty.size > 0
-    assert ws.start <= dirty.min() and dirty.max() < ws.stop
+    assert set(dirty.tolist()) <= set(ws.tolist())
     changed = np.flatnonzero((ram.page_array != before.reshape(ram.pages, PAGE_SIZE)).any(axis=1))
     assert set(changed.tolist()) <= set(dirty.tolist())
+
+
+def test_idle_background_writes_stay_in_its_own_nonzero_pages(ram: GuestRam) -> None:
+    """An idle OS's writes land in pages it already uses, so they compress like the rest."""
+    workload = Workload("idle,rate=20000,wss=2M", 5)
+    workload.fill(ram)
+    used = set(np.flatnonzero(nonzero_mask(ram)).tolist())
+    ram.start_dirty_log()
+    workload.start(ram, VcpuGate(True))
+    writer = workload.writer
+    assert writer is not None
+    assert writer.working_set.size == 512
+    assert set(writer.working_set.tolist()) <= used
+    assert writer.wait_written(2000, timeout=10)
+    workload.stop()
+    dirty = set(np.flatnonzero(ram.take_dirty()).tolist())
+    assert dirty and dirty <= set(writer.working_set.tolist())
+
+
+def test_idle_without_a_rate_writes_nothing(ram: GuestRam) -> None:
+    workload = Workload("idle", 5)
+    workload.fill(ram)
+    ram.start_dirty_log()
+    workload.start(ram, VcpuGate(True))
+    assert workload.writer is None
+    assert not ram.take_dirty().any()
 
 
 def test_writer_stops_while_paused_and_resumes(ram: GuestRam) -> None:
