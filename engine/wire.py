@@ -287,4 +287,6 @@ class PageDigest:
         self.crc[indices] = ZERO_CRC
 
     def hexdigest(self) -> str:
-        return hashlib.blake2b(self.crc.tobytes(), digest_size=16).hexdigest()
+        # Taken inside the downtime: SHA-256 runs on the CPU's SHA extensions, ~1 ms for the
+        # 2 MiB table of a 2 GiB guest (BLAKE2b took twice that).
+        return hashlib.sha256(self.crc.tobytes()).hexdigest()[:32]
