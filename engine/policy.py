@@ -20,7 +20,7 @@ measured and the policy can switch back.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 PERIOD_S = 0.1  # one decision per QEMU bandwidth window
 PROBE_EVERY = 16
@@ -49,6 +49,7 @@ class AdaptivePolicy:
     def __init__(self, level: int, max_level: int, workers: int) -> None:
         self._lock = threading.Lock()
         self._info = PolicyInfo(enabled=True, level=level)
+        self._level = level  # the configured compress-level
         self._max_level = max_level
         self._workers = workers
         self._chunks = 0
@@ -127,6 +128,16 @@ class AdaptivePolicy:
                 compressed_estimate=packed,
                 switches=info.switches + (compress != info.compress or level != info.level),
             )
+
+    def stop_and_copy(self, cap_bps: float, cap_source: str) -> None:
+        """The stop lifts max-bandwidth and is too short for feedback: levels chosen for a
+        capped stream would make the downtime CPU-bound, so restart from the configured
+        level and decide on/off for the new cap."""
+        with self._lock:
+            info = self._info
+            if info.level != self._level:
+                self._info = replace(info, level=self._level, switches=info.switches + 1)
+        self.update(cap_bps, cap_source)
 
     def info(self) -> PolicyInfo:
         with self._lock:

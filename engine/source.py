@@ -257,11 +257,15 @@ class OutgoingMigration(threading.Thread):
         if policy is None or now < self._policy_due:
             return
         self._policy_due = now + POLICY_PERIOD_S
-        link, cap = self._param("x-link-bandwidth"), self._param("max-bandwidth")
+        policy.update(*self._stream_cap())
+
+    def _stream_cap(self) -> tuple[int, str]:
+        """What bounds the stream (bytes/s, 0: nothing) and its name, for the policy."""
+        link = self._param("x-link-bandwidth")
+        cap = 0 if self._limiter.unlimited else self._param("max-bandwidth")
         if link and (not cap or link < cap):
-            policy.update(link, "x-link-bandwidth")
-        else:
-            policy.update(cap, "max-bandwidth" if cap else "")
+            return link, "x-link-bandwidth"
+        return cap, "max-bandwidth" if cap else ""
 
     def policy_info(self) -> PolicyInfo:
         return self._policy.info() if self._policy else PolicyInfo(enabled=False)
@@ -273,6 +277,8 @@ class OutgoingMigration(threading.Thread):
         if not self._vm_was_running:
             self.vm.set_state(RunState.FINISH_MIGRATE)
         self._limiter.unlimited = True
+        if self._policy:
+            self._policy.stop_and_copy(*self._stream_cap())
         self._sync()
         while self._dirty_pages:
             self._send_batch()

@@ -52,3 +52,15 @@ def test_measured_socket_speed_when_nothing_caps_the_stream():
     info = policy.info()
     assert info.link_source == "measured socket" and info.link_bps == 1000 * MB
     assert not info.compress
+
+
+def test_stop_and_copy_goes_back_to_the_configured_level_for_the_lifted_cap():
+    policy = AdaptivePolicy(level=1, max_level=9, workers=2)
+    for _ in range(4):  # a 32 MB/s cap leaves the workers idle: the level climbs
+        measured(policy, speed=300 * MB, ratio=2.0, cap=32 * MB)
+    assert policy.info().level == 5
+    policy.stop_and_copy(125 * MB, "x-link-bandwidth")  # max-bandwidth lifted, 1 GbE left
+    info = policy.info()
+    assert info.compress and info.level == 1
+    assert info.link_bps == 125 * MB and info.link_source == "x-link-bandwidth"
+    assert info.switches == 5
