@@ -236,43 +236,11 @@ def classic_runs(report: Report) -> None:
             "<= 0.45",
             value <= 0.45,
         )
-    network_bound_downtime(report, headers)
-
-
-def network_bound_downtime(report: Report, headers: list[str]) -> None:
-    """Where the articles' downtime gain comes from: a stop-and-copy bound by the network.
-
-    The idle profile writes nothing, and QEMU lifts max-bandwidth for stop-and-copy, so on
-    loopback its downtime is a few ms of fixed cost with or without compression. Here the
-    guest dirties a little (an OS's background writes) and the network itself is 32 MiB/s,
-    in stop-and-copy too: what is left to send at the end shrinks with compression.
-    """
-    plain_setup = Setup(
-        "quiet-32mibs-link",
-        ram="2G",
-        workload="random-writer,rate=500,wss=64M",
-        max_bandwidth="1G",
-        link=32 * MiB,
-    )
-    table = Table(
-        f"Downtime on a network-bound stop-and-copy: {classic.describe(plain_setup)}", headers
-    )
-    plain = experiment.run(plain_setup)
-    zlib = experiment.run(classic.compressed(plain_setup))
-    table.rows += [fig_row("compress off", plain), fig_row("zlib-ng level 1", zlib, plain)]
-    report.add(table)
-    value = zlib.number("downtime") / max(plain.number("downtime"), 1e-9)
-    report.check(
-        "quiet guest, 32 MiB/s link: zlib-ng on/off downtime",
-        value,
-        "(shows the articles' gain)",
-        value <= 0.65,
-    )
 
 
 def monitor_latency(report: Report, calls: int = 200) -> None:
     """`info migrate` round trips on the source during a heavy compressed migration."""
-    setup = replace(classic.compressed(classic.SETUPS["idle-32mibs"]), max_bandwidth="0")
+    setup = replace(classic.compressed(classic.SETUPS["idle-32mibs"]), max_bandwidth="0", link=0)
     setup = replace(setup, ram="4G", workload="random-writer,rate=20000,wss=1G")
     with experiment.migrating(setup) as (src, _dst):
         times = []
