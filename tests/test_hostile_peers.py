@@ -12,7 +12,9 @@ from collections.abc import Callable
 import pytest
 import test_machine
 from test_machine import Watch, dest, make, migrate
+from zlib_ng import zlib_ng
 
+from engine.compression import CODECS, Codec, Compress
 from engine.machine import Machine
 from engine.state import MigrationStatus, RunState
 
@@ -130,4 +132,58 @@ def test_corrupted_page_is_rejected_end_to_end(machines):
     assert dst.query_status().status is RunState.INMIGRATE
     proxy.join(30)
     # Retrying from scratch needs a source that has not migrated: this one never left running.
+    migrate(src, dst, uri)
+
+
+def deflated(data: bytes) -> bytes:
+    """A raw-deflate segment framed as the engine frames a page."""
+    stream = zlib_ng.compressobj(9, zlib_ng.DEFLATED, -15)
+    return stream.compress(data) + stream.flush(zlib_ng.Z_FULL_FLUSH)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\xab" * 64,  # garbage
+        deflated(bytes(1 << 20)),  # a bomb: 1 MiB of zeros in ~1 KiB
+        deflated(b"x" * 100),  # inflates to the wrong size
+    ],
+    ids=["garbage", "bomb", "wrong-size"],
+)
+def test_bad_compressed_page_from_a_real_source(machines, monkeypatch, bad):
+    """The source's compressor sends one bad page: the destination rejects the stream, the
+    source fails with its guest running, and a clean migration then completes."""
+    real = CODECS["zlib"]
+    tampered = threading.Event()
+
+    def compressor(level: int) -> Compress:
+        compress = real.compressor(level)
+
+        def corrupt_first(pages: list[memoryview]) -> tuple[list[bytes], list[int]]:
+            blobs, crcs = compress(pages)
+            if not tampered.is_set():
+                tampered.set()
+                blobs[0] = bad
+            return blobs, crcs
+
+        return corrupt_first
+
+    monkeypatch.setitem(CODECS, "zlib", Codec("zlib", compressor, real.decompressor))
+    dst, uri = dest(machines)
+    dst_watch = Watch(dst)
+    src = make(machines, seed=5)
+    for m in (src, dst):
+        m.set_capabilities({"compress": True})
+    src.migrate(uri)
+    info = src.wait_migration(30)
+    assert tampered.is_set()
+    assert info.status is MigrationStatus.FAILED
+    assert info.error_desc is not None and "decompress data failed" in info.error_desc  # the NACK
+    assert src.query_status().status is RunState.RUNNING
+    dst_watch.wait_status("failed")
+    failed = dst.query_migrate()
+    assert failed.status is MigrationStatus.FAILED
+    assert failed.error_desc is not None and "decompress data failed" in failed.error_desc
+    assert dst.query_status().status is RunState.INMIGRATE
+    monkeypatch.undo()
     migrate(src, dst, uri)
