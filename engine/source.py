@@ -322,7 +322,15 @@ class OutgoingMigration(threading.Thread):
 
     # -- iterations --------------------------------------------------------------------------
     def _sync(self) -> None:
-        """QEMU's migration_bitmap_sync: fold the guest's dirty log into the bitmap."""
+        """QEMU's migration_bitmap_sync: fold the guest's dirty log into the bitmap.
+
+        The sync lets pages already sent be found dirty again, so compressed pages still in
+        flight go out first, ended by an EOS at which the destination drains its workers:
+        a newer copy of a page then never shares a section with a stale one.
+        """
+        if self._inflight:
+            self._drain()
+            self._send_eos()
         taken = self.ram.take_dirty()
         new = int(np.count_nonzero(taken & ~self._bitmap))
         self._bitmap |= taken
@@ -349,13 +357,19 @@ class OutgoingMigration(threading.Thread):
         self.stats.throttle_pct = pct
 
     def _iterate(self) -> None:
-        """One ram_save_iterate: ≤50 ms of batches while the window has budget, then EOS."""
+        """One ram_save_iterate: ≤50 ms of batches while the window has budget, then EOS.
+
+        Compressed pages stay in flight across the EOS, as in QEMU 7.2 (3.1 dropped the
+        per-iteration flush for one before each sync), so the workers never run dry here;
+        multifd channels do sync at every EOS, as QEMU's do.
+        """
         t0 = time.monotonic()
         while self._dirty_pages and not self._limiter.exhausted():
             self._send_batch()
             if time.monotonic() - t0 > MAX_WAIT_S:
                 break
-        self._drain()
+        if self._multifd:
+            self._multifd.sync()
         self._send_eos()
         self._limiter.wait_window()
 

@@ -45,8 +45,17 @@ def guest(size: int = 8 * MiB, workload: str = "idle", seed: int = 7) -> GuestRa
     return ram
 
 
-def record_stream(ram: GuestRam, opts: OutgoingSettings | None = None) -> bytes:
-    """Migrate ``ram`` for real into a capturing peer; returns every byte the source sent."""
+def record_stream(
+    ram: GuestRam,
+    opts: OutgoingSettings | None = None,
+    *,
+    writer: str | None = None,
+    max_bandwidth: int = 0,
+) -> bytes:
+    """Migrate ``ram`` for real into a capturing peer; returns every byte the source sent.
+
+    With ``writer`` (a workload spec) the guest runs and dirties pages while it migrates.
+    """
     listener = Listener(Address("tcp", "127.0.0.1", 0))
     chunks: list[bytes] = []
 
@@ -65,17 +74,23 @@ def record_stream(ram: GuestRam, opts: OutgoingSettings | None = None) -> bytes:
 
     peer = threading.Thread(target=capture)
     peer.start()
+    vm = Vm(RunState.RUNNING if writer else RunState.PRELAUNCH, EventBus())
+    workload = Workload(writer, 1) if writer else None
+    if workload:
+        workload.start(ram, vm.gate)
     mig = OutgoingMigration(
         listener.addr,
         ram,
-        Vm(RunState.PRELAUNCH, EventBus()),
+        vm,
         opts or settings(),
-        {"max-bandwidth": 0, "downtime-limit": 300, "x-link-bandwidth": 0}.__getitem__,
+        {"max-bandwidth": max_bandwidth, "downtime-limit": 300, "x-link-bandwidth": 0}.__getitem__,
         lambda _m: None,
         lambda _n, _d: None,
     )
     mig.start()
     assert mig.wait(30)
+    if workload:
+        workload.stop()
     peer.join(30)
     assert str(mig.status) == "completed", mig.info()
     return b"".join(chunks)
