@@ -38,6 +38,9 @@ from engine.transport import Address, Link, RateLimiter, connect, send_buffers, 
 from engine.vm import Vm
 
 RAW_BATCH = 256  # pages per record without compression (1 MiB)
+# Pages scanned per step when only non-zero ones cost much (compress, multifd): zero pages go
+# in one record; fewer steps keep the migration thread ahead of the workers on sparse guests.
+SCAN_BATCH = wire.MAX_BATCH
 SCAN_WINDOW = 32768  # bitmap bits searched per step
 MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 ACK_TIMEOUT_S = 60.0
@@ -376,13 +379,16 @@ class OutgoingMigration(threading.Thread):
     def _next_pages(self, limit: int) -> npt.NDArray[np.intp]:
         """Up to ``limit`` dirty pages from the cursor on, wrapping; their bits are cleared.
 
-        The bitmap is searched a window at a time so a batch costs O(window), not O(RAM).
+        The bitmap is searched a window at a time so a batch costs O(window), not O(RAM); the
+        window starts at ``limit`` bits (a dense bitmap, as in the first pass, needs no more)
+        and grows up to SCAN_WINDOW where dirty pages are sparse.
         """
         pages = self.ram.pages
         found: list[npt.NDArray[np.intp]] = []
-        count, scanned, cur = 0, 0, self._cursor
+        count, scanned, cur, window = 0, 0, self._cursor, limit
         while count < limit and scanned < pages and self._dirty_pages:
-            end = min(cur + SCAN_WINDOW, pages)
+            end = min(cur + window, pages)
+            window = min(window * 8, SCAN_WINDOW)
             hits = np.flatnonzero(self._bitmap[cur:end])[: limit - count] + cur
             self._bitmap[hits] = False  # at once: a wrapped scan must not find them twice
             found.append(hits)
@@ -398,14 +404,15 @@ class OutgoingMigration(threading.Thread):
         return batch
 
     def _send_batch(self) -> None:
-        """Scan up to RAW_BATCH dirty pages: zero ones go at once, the rest raw or compressed."""
+        """Scan a step of dirty pages: zero ones go at once, the rest raw or compressed."""
         self._check_stop()
-        indices = self._next_pages(RAW_BATCH)
+        pool = self._pool
+        plain = pool is None and self._multifd is None
+        indices = self._next_pages(RAW_BATCH if plain else SCAN_BATCH)
         if not len(indices):
             return
         zero = self.ram.zero_mask(indices)
-        pool = self._pool
-        if pool is None and self._multifd is None:
+        if plain:
             self._send_plain(indices, zero, busy=0)
             return
         # QEMU checks for zero pages first; only the others are compressed or go to channels.
