@@ -115,6 +115,8 @@ def test_peer_killed(spawn: Spawn, point: KillPoint) -> None:
     src = spawn(*GUEST, "--workload", "random-writer,rate=5000,wss=2M", "--seed", "4")
     ready(dst, src)
     uri = listening_uri(dst)
+    if point.phase == "setup":  # a slow wire: the 8 MiB guest cannot be done before the kill
+        src.execute("migrate_set_parameter x-link-bandwidth 1M", T)
     if point.phase == "iterate":  # dirtying faster than it may send: passes go on
         src.execute("migrate_set_parameter max-bandwidth 4M", T)
     if point.phase == "stop-and-copy":  # converges at once, then copies over a slow link
