@@ -5,11 +5,11 @@ QEMU's compress threads. For zlib that is one raw-deflate segment per page, comp
 reset stream and ended by a sync flush (the bytes a full flush gives): it never refers to
 another page. Each worker keeps one deflate/inflate stream for its whole life (QEMU calls
 deflateReset per page for the same reason: a fresh zlib-ng stream per 4 KiB page costs more
-than the page, and its set-up holds the GIL, which would serialise the threads).
+than the page). engine/_pagecodec.c runs a whole chunk through zlib-ng per call.
 
 Pages reach the workers in chunks of ``CHUNK``: one Python hand-over per chunk instead of per
-page (research/perf-limits.md: 17 µs per hand-over dwarfs a 16 µs page). The codecs release
-the GIL while they work, so N threads use N cores.
+page (research/perf-limits.md: 17 µs per hand-over dwarfs a 16 µs page), and the codecs
+release the GIL once per chunk, so N threads use N cores.
 
 Output order: the source emits chunk results in submission order (a FIFO of futures), so
 the stream is deterministic for a given input; pages within an iteration are distinct, so
@@ -32,47 +32,38 @@ import numpy.typing as npt
 import zstandard
 from zlib_ng import zlib_ng
 
+from engine import _pagecodec
 from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
 from engine.wire import StreamError
 
 CHUNK = 64  # pages per hand-over to a worker
 T = TypeVar("T")
-SYNC = b"\x00\x00\xff\xff"  # the empty stored block a sync flush ends with
 
-# A chunk of pages -> one blob and the CRC-32 of what was read, per page.
-Compress = Callable[[list[memoryview]], tuple[list[bytes], list[int]]]
-Decompress = Callable[[memoryview], bytes]
+# Guest RAM and a chunk's page numbers -> one segment and the CRC-32 of what was read, per page.
+Compress = Callable[[memoryview, list[int]], tuple[list[bytes], list[int]]]
+# Guest RAM, page numbers, one segment each -> the pages' CRCs, once each is inflated in place.
+Decompress = Callable[[memoryview, list[int], list[memoryview]], list[int]]
+
+_pagecodec.bind(zlib_ng.__file__)  # the zlib-ng inside python-zlib-ng, as everywhere else
 
 
 def _zlib_compressor(level: int) -> Compress:
-    # zlib-ng's reusable stream for parallel gzip: per call it resets the raw-deflate stream,
-    # compresses, sync-flushes and takes the CRC, all with the GIL released. From a reset
-    # stream that is byte for byte the full-flush segment (compress + flush + crc32 were
-    # three GIL hand-overs per page, which kept two threads from scaling).
-    stream = zlib_ng._ParallelCompress(2 * PAGE_SIZE, level)  # room for a stored page
-    run = stream.compress_and_crc
-
-    def compress(pages: list[memoryview]) -> tuple[list[bytes], list[int]]:
-        done = [run(page, b"") for page in pages]
-        return [blob for blob, _ in done], [crc for _, crc in done]
-
-    return compress
+    # One C call per chunk: per page it resets the raw-deflate stream, compresses, sync-flushes
+    # and takes the CRC, with the GIL released for the whole chunk (a call per page was a GIL
+    # hand-over per page, which kept two threads from scaling).
+    return _pagecodec.Deflater(level).compress
 
 
 def _zlib_decompressor() -> Decompress:
-    stream = zlib_ng.decompressobj(-15)
+    inflater = _pagecodec.Inflater()
 
-    def decompress(blob: memoryview) -> bytes:
-        if blob[-4:] != SYNC:
-            raise StreamError("decompress data failed")
+    def decompress(ram: memoryview, pages: list[int], segments: list[memoryview]) -> list[int]:
+        # Straight into guest RAM; a segment must end with a sync flush and inflate to exactly
+        # one page with nothing left over (a decompression bomb stops at 4 KiB).
         try:
-            out = stream.decompress(blob, PAGE_SIZE)
-        except zlib_ng.error as exc:  # type: ignore[misc]
+            return inflater.decompress_into(ram, pages, segments)
+        except ValueError as exc:
             raise StreamError("decompress data failed") from exc
-        # Exactly one page and nothing left over: a decompression bomb stops at 4 KiB.
-        if len(out) != PAGE_SIZE or stream.unconsumed_tail:
-            raise StreamError("decompress data failed")
-        return out
 
     return decompress
 
@@ -80,23 +71,24 @@ def _zlib_decompressor() -> Decompress:
 def _zstd_compressor(level: int) -> Compress:
     # zstd has no "stored" level 0 (it means "default"); levels 1-9 map one to one.
     cctx = zstandard.ZstdCompressor(level=max(1, level), write_content_size=True)
-
     crc32 = zlib_ng.crc32
 
-    def compress(pages: list[memoryview]) -> tuple[list[bytes], list[int]]:
+    def compress(ram: memoryview, pages: list[int]) -> tuple[list[bytes], list[int]]:
+        views = [ram[i << PAGE_SHIFT : (i + 1) << PAGE_SHIFT] for i in pages]
         # One C call (GIL released) for the whole chunk, each page its own frame.
         frames = cctx.multi_compress_to_buffer(
-            list[bytes | bytearray | memoryview](pages), threads=0
+            list[bytes | bytearray | memoryview](views), threads=0
         )
-        return [frames[i].tobytes() for i in range(len(frames))], [crc32(p) for p in pages]
+        return [frames[i].tobytes() for i in range(len(frames))], [crc32(v) for v in views]
 
     return compress
 
 
 def _zstd_decompressor() -> Decompress:
     dctx = zstandard.ZstdDecompressor()
+    crc32 = zlib_ng.crc32
 
-    def decompress(blob: memoryview) -> bytes:
+    def page(blob: memoryview) -> bytes:
         try:
             if zstandard.frame_content_size(blob) != PAGE_SIZE:
                 raise StreamError("decompress data failed")
@@ -106,6 +98,14 @@ def _zstd_decompressor() -> Decompress:
         if len(out) != PAGE_SIZE:
             raise StreamError("decompress data failed")
         return out
+
+    def decompress(ram: memoryview, pages: list[int], segments: list[memoryview]) -> list[int]:
+        crcs = []
+        for index, blob in zip(pages, segments, strict=True):
+            out = page(blob)
+            ram[index << PAGE_SHIFT : (index + 1) << PAGE_SHIFT] = out
+            crcs.append(crc32(out))
+        return crcs
 
     return decompress
 
@@ -209,11 +209,9 @@ class CompressPool(_Workers):
         t0 = time.perf_counter()
         streams = self._local.streams
         compress = streams.get(level) or streams.setdefault(level, self._codec.compressor(level))
-        buf = self._ram.buf
         # Compress straight from guest RAM. A page the guest changes meanwhile was re-dirtied
-        # after its bit was cleared, so it is sent again; the GIL-held work per page is kept
-        # to a few list steps so that workers scale across cores.
-        data, crcs = compress([buf[i << PAGE_SHIFT : (i + 1) << PAGE_SHIFT] for i in indices])
+        # after its bit was cleared, so it is sent again.
+        data, crcs = compress(self._ram.buf, indices)
         return CompressedChunk(data, crcs, time.perf_counter() - t0)
 
 
@@ -236,10 +234,4 @@ class DecompressPool(_Workers):
     def _work(self, indices: list[int], blobs: Sequence[memoryview]) -> list[int]:
         streams = self._local.streams
         decompress = streams.get(0) or streams.setdefault(0, self._codec.decompressor())
-        buf, crc32 = self._ram.buf, zlib_ng.crc32
-        crcs = []
-        for index, blob in zip(indices, blobs, strict=True):
-            page = decompress(blob)
-            buf[index << PAGE_SHIFT : (index + 1) << PAGE_SHIFT] = page
-            crcs.append(crc32(page))
-        return crcs
+        return decompress(self._ram.buf, indices, list(blobs))

@@ -9,6 +9,7 @@ from zlib_ng import zlib_ng
 
 from engine.compression import CODECS
 from engine.guest import PAGE_SIZE
+from engine.wire import StreamError
 
 
 def sample_pages() -> list[bytes]:
@@ -23,18 +24,25 @@ def sample_pages() -> list[bytes]:
     ]
 
 
+def guest_of(pages: list[bytes]) -> memoryview:
+    return memoryview(bytearray(b"".join(pages)))
+
+
 @pytest.mark.parametrize("codec", sorted(CODECS))
 @pytest.mark.parametrize("level", [0, 1, 9])
 def test_each_page_decompresses_alone_in_any_order(codec, level):
     pages = sample_pages()
+    ram, numbers = guest_of(pages), list(range(len(pages)))
     compress = CODECS[codec].compressor(level)
-    blobs, crcs = compress([memoryview(p) for p in pages])
-    again, _ = compress([memoryview(p) for p in pages])  # a reused stream carries no history
+    blobs, crcs = compress(ram, numbers)
+    again, _ = compress(ram, numbers)  # a reused stream carries no history
     assert blobs == again
     assert crcs == [zlib_ng.crc32(p) for p in pages]
-    decompress = CODECS[codec].decompressor()
-    for i in reversed(range(len(pages))):
-        assert decompress(memoryview(blobs[i])) == pages[i]
+    target = guest_of([bytes(PAGE_SIZE)] * len(pages))
+    order = numbers[::-1]
+    got = CODECS[codec].decompressor()(target, order, [memoryview(blobs[i]) for i in order])
+    assert got == [crcs[i] for i in order]
+    assert target == ram
 
 
 @pytest.mark.parametrize("level", [0, 1, 9])
@@ -42,7 +50,43 @@ def test_zlib_segments_are_fresh_full_flush_segments(level):
     """What a new raw-deflate stream gives for the page and a full flush, as QEMU's per-page
     compress2 gives a self-contained stream."""
     pages = sample_pages()
-    blobs, _ = CODECS["zlib"].compressor(level)([memoryview(p) for p in pages])
+    blobs, _ = CODECS["zlib"].compressor(level)(guest_of(pages), list(range(len(pages))))
     for page, blob in zip(pages, blobs, strict=True):
         fresh = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
         assert blob == fresh.compress(page) + fresh.flush(zlib_ng.Z_FULL_FLUSH)
+
+
+def deflated(data: bytes) -> bytes:
+    stream = zlib_ng.compressobj(9, zlib_ng.DEFLATED, -15)
+    return stream.compress(data) + stream.flush(zlib_ng.Z_FULL_FLUSH)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"\xab" * 64,
+        deflated(bytes(1 << 20)),  # a bomb
+        deflated(b"x" * 100),  # short
+        deflated(bytes(PAGE_SIZE))[:-4],  # no sync flush at the end
+        deflated(bytes(PAGE_SIZE)) + deflated(b"x"),  # a byte more than the page
+    ],
+    ids=["empty", "garbage", "bomb", "short", "unflushed", "trailing"],
+)
+def test_zlib_bad_segment_fails_and_the_stream_goes_on(bad):
+    decompress = CODECS["zlib"].decompressor()
+    ram = guest_of([bytes(PAGE_SIZE)] * 2)
+    with pytest.raises(StreamError, match="decompress data failed"):
+        decompress(ram, [0], [memoryview(bad)])
+    page = bytes(range(256)) * 16
+    good, crcs = CODECS["zlib"].compressor(1)(guest_of([page]), [0])
+    assert decompress(ram, [1], [memoryview(good[0])]) == crcs
+    assert ram[PAGE_SIZE:] == page
+
+
+def test_pages_outside_guest_ram_are_refused():
+    ram = guest_of([bytes(PAGE_SIZE)])
+    with pytest.raises(IndexError):
+        CODECS["zlib"].compressor(1)(ram, [1])
+    with pytest.raises(IndexError):
+        CODECS["zlib"].decompressor()(ram, [-1], [memoryview(deflated(bytes(PAGE_SIZE)))])

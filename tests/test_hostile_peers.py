@@ -159,8 +159,8 @@ def test_bad_compressed_page_from_a_real_source(machines, monkeypatch, bad):
     def compressor(level: int) -> Compress:
         compress = real.compressor(level)
 
-        def corrupt_first(pages: list[memoryview]) -> tuple[list[bytes], list[int]]:
-            blobs, crcs = compress(pages)
+        def corrupt_first(ram: memoryview, pages: list[int]) -> tuple[list[bytes], list[int]]:
+            blobs, crcs = compress(ram, pages)
             if not tampered.is_set():
                 tampered.set()
                 blobs[0] = bad

@@ -1,0 +1,394 @@
+/* Whole chunks of 4 KiB pages through zlib-ng with the GIL released once per chunk.
+ *
+ * python-zlib-ng offers one call per page, and every call is a GIL hand-over: with two
+ * compress threads and a migration thread on two cores those hand-overs, not deflate, set
+ * the pace. Here a worker takes the GIL once per chunk of pages. The zlib-ng used is the
+ * one inside python-zlib-ng (its extension exports the zng_* API), bound at run time by
+ * bind(), so the pages are compressed by exactly the library the rest of the engine uses.
+ *
+ * Page format (same bytes as zlib-ng's compressobj(level, DEFLATED, -15) fed one page and a
+ * full flush): a raw-deflate segment from a reset stream, ended by a sync flush. Each
+ * segment inflates alone into exactly one page.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PAGE 4096
+#define CAPACITY (2 * PAGE) /* per compressed page: a stored page plus its framing fits */
+
+/* zlib-ng's native stream (zlib-ng.h, 2.x). */
+typedef struct {
+    const uint8_t *next_in;
+    uint32_t avail_in;
+    size_t total_in;
+    uint8_t *next_out;
+    uint32_t avail_out;
+    size_t total_out;
+    const char *msg;
+    void *state;
+    void *zalloc;
+    void *zfree;
+    void *opaque;
+    int data_type;
+    uint32_t adler;
+    unsigned long reserved;
+} zng_stream;
+
+enum { Z_OK = 0, Z_STREAM_END = 1, Z_BUF_ERROR = -5, Z_SYNC_FLUSH = 2, Z_DEFLATED = 8 };
+
+static int32_t (*deflate_init2)(zng_stream *, int32_t, int32_t, int32_t, int32_t, int32_t);
+static int32_t (*deflate_reset)(zng_stream *);
+static int32_t (*deflate_run)(zng_stream *, int32_t);
+static int32_t (*deflate_end)(zng_stream *);
+static int32_t (*inflate_init2)(zng_stream *, int32_t);
+static int32_t (*inflate_reset)(zng_stream *);
+static int32_t (*inflate_run)(zng_stream *, int32_t);
+static int32_t (*inflate_end)(zng_stream *);
+static uint32_t (*crc32_run)(uint32_t, const uint8_t *, uint32_t);
+
+static PyObject *
+bind(PyObject *module, PyObject *arg)
+{
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return NULL;
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL); /* kept open for the process's life */
+    if (lib == NULL) {
+        PyErr_Format(PyExc_ImportError, "cannot open zlib-ng: %s", dlerror());
+        return NULL;
+    }
+    struct { void **slot; const char *name; } symbols[] = {
+        {(void **)&deflate_init2, "zng_deflateInit2"},
+        {(void **)&deflate_reset, "zng_deflateReset"},
+        {(void **)&deflate_run, "zng_deflate"},
+        {(void **)&deflate_end, "zng_deflateEnd"},
+        {(void **)&inflate_init2, "zng_inflateInit2"},
+        {(void **)&inflate_reset, "zng_inflateReset"},
+        {(void **)&inflate_run, "zng_inflate"},
+        {(void **)&inflate_end, "zng_inflateEnd"},
+        {(void **)&crc32_run, "zng_crc32"},
+    };
+    for (size_t i = 0; i < sizeof(symbols) / sizeof(symbols[0]); i++) {
+        *symbols[i].slot = dlsym(lib, symbols[i].name);
+        if (*symbols[i].slot == NULL) {
+            PyErr_Format(PyExc_ImportError, "zlib-ng lacks %s", symbols[i].name);
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+bound(void)
+{
+    if (crc32_run == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_pagecodec.bind() was not called");
+        return 0;
+    }
+    return 1;
+}
+
+/* The page numbers of a list, each checked against the guest buffer's size. */
+static Py_ssize_t *
+page_numbers(PyObject *pages, Py_ssize_t n, Py_ssize_t size)
+{
+    Py_ssize_t *out = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
+    if (out == NULL)
+        return (Py_ssize_t *)PyErr_NoMemory();
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t page = PyLong_AsSsize_t(PyList_GET_ITEM(pages, k));
+        if (page == -1 && PyErr_Occurred()) {
+            PyMem_Free(out);
+            return NULL;
+        }
+        if (page < 0 || page >= size / PAGE) {
+            PyErr_Format(PyExc_IndexError, "page %zd is outside the buffer", page);
+            PyMem_Free(out);
+            return NULL;
+        }
+        out[k] = page;
+    }
+    return out;
+}
+
+/* -- Deflater ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    zng_stream stream;
+    int ready;
+} Deflater;
+
+static int
+deflater_init(Deflater *self, PyObject *args, PyObject *kwds)
+{
+    int level;
+    if (!PyArg_ParseTuple(args, "i", &level) || !bound())
+        return -1;
+    if (self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Deflater already initialised");
+        return -1;
+    }
+    memset(&self->stream, 0, sizeof(self->stream));
+    if (deflate_init2(&self->stream, level, Z_DEFLATED, -15, 8, 0) != Z_OK) {
+        PyErr_Format(PyExc_ValueError, "bad compression level %d", level);
+        return -1;
+    }
+    self->ready = 1;
+    return 0;
+}
+
+static void
+deflater_dealloc(Deflater *self)
+{
+    if (self->ready)
+        deflate_end(&self->stream);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* compress(ram, pages) -> (segments, crcs): one segment and the CRC-32 of each page. */
+static PyObject *
+deflater_compress(Deflater *self, PyObject *args)
+{
+    Py_buffer ram;
+    PyObject *pages, *segments = NULL, *checks = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*O!", &ram, &PyList_Type, &pages))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(pages), failed = -1;
+    Py_ssize_t *index = page_numbers(pages, n, ram.len);
+    uint8_t *out = PyMem_Malloc((n ? n : 1) * (CAPACITY + sizeof(uint32_t) * 2));
+    uint32_t *sizes, *crcs;
+    zng_stream *s = &self->stream;
+    if (index == NULL || out == NULL) {
+        if (out == NULL && index != NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    sizes = (uint32_t *)(out + n * CAPACITY);
+    crcs = sizes + n;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const uint8_t *page = (const uint8_t *)ram.buf + index[k] * PAGE;
+        deflate_reset(s);
+        s->next_in = page;
+        s->avail_in = PAGE;
+        s->next_out = out + k * CAPACITY;
+        s->avail_out = CAPACITY;
+        if (deflate_run(s, Z_SYNC_FLUSH) != Z_OK || s->avail_in || !s->avail_out) {
+            failed = k;
+            break;
+        }
+        sizes[k] = CAPACITY - s->avail_out;
+        crcs[k] = crc32_run(0, page, PAGE);
+    }
+    Py_END_ALLOW_THREADS
+    if (failed >= 0) {
+        PyErr_Format(PyExc_RuntimeError, "deflate failed on page %zd", index[failed]);
+        goto done;
+    }
+    segments = PyList_New(n);
+    checks = PyList_New(n);
+    if (segments == NULL || checks == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *segment = PyBytes_FromStringAndSize((char *)out + k * CAPACITY, sizes[k]);
+        PyObject *crc = PyLong_FromUnsignedLong(crcs[k]);
+        if (segment == NULL || crc == NULL) {
+            Py_XDECREF(segment);
+            Py_XDECREF(crc);
+            goto done;
+        }
+        PyList_SET_ITEM(segments, k, segment);
+        PyList_SET_ITEM(checks, k, crc);
+    }
+    result = PyTuple_Pack(2, segments, checks);
+done:
+    Py_XDECREF(segments);
+    Py_XDECREF(checks);
+    PyMem_Free(index);
+    PyMem_Free(out);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+static PyMethodDef deflater_methods[] = {
+    {"compress", (PyCFunction)deflater_compress, METH_VARARGS,
+     "compress(ram, pages) -> (segments, crcs) for those 4 KiB pages of ram."},
+    {NULL},
+};
+
+static PyTypeObject DeflaterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine._pagecodec.Deflater",
+    .tp_doc = "Deflater(level): one zlib-ng stream; one thread at a time.",
+    .tp_basicsize = sizeof(Deflater),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)deflater_init,
+    .tp_dealloc = (destructor)deflater_dealloc,
+    .tp_methods = deflater_methods,
+};
+
+/* -- Inflater ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    zng_stream stream;
+    int ready;
+} Inflater;
+
+static int
+inflater_init(Inflater *self, PyObject *args, PyObject *kwds)
+{
+    if (!PyArg_ParseTuple(args, "") || !bound())
+        return -1;
+    if (self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Inflater already initialised");
+        return -1;
+    }
+    memset(&self->stream, 0, sizeof(self->stream));
+    if (inflate_init2(&self->stream, -15) != Z_OK) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->ready = 1;
+    return 0;
+}
+
+static void
+inflater_dealloc(Inflater *self)
+{
+    if (self->ready)
+        inflate_end(&self->stream);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* One segment into one page: all of it consumed, exactly a page out, ended by a sync
+ * flush's empty stored block. Anything else is what a corrupt or hostile stream sends. */
+static int
+inflate_page(zng_stream *s, const uint8_t *in, Py_ssize_t len, uint8_t *page)
+{
+    static const uint8_t sync[4] = {0x00, 0x00, 0xff, 0xff};
+    if (len < 4 || len > CAPACITY || memcmp(in + len - 4, sync, 4) != 0)
+        return 0;
+    inflate_reset(s);
+    s->next_in = in;
+    s->avail_in = (uint32_t)len;
+    s->next_out = page;
+    s->avail_out = PAGE;
+    int32_t rc = inflate_run(s, Z_SYNC_FLUSH);
+    return (rc == Z_OK || rc == Z_BUF_ERROR) && !s->avail_in && !s->avail_out;
+}
+
+/* decompress_into(ram, pages, segments) -> crcs: each segment inflated into its page. */
+static PyObject *
+inflater_decompress_into(Inflater *self, PyObject *args)
+{
+    Py_buffer ram;
+    PyObject *pages, *segments, *result = NULL;
+    if (!PyArg_ParseTuple(args, "w*O!O!", &ram, &PyList_Type, &pages, &PyList_Type, &segments))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(pages), held = 0, failed = -1;
+    zng_stream *s = &self->stream;
+    Py_buffer *in = NULL;
+    uint32_t *crcs = NULL;
+    Py_ssize_t *index = NULL;
+    if (PyList_GET_SIZE(segments) != n) {
+        PyErr_SetString(PyExc_ValueError, "one segment per page");
+        goto done;
+    }
+    index = page_numbers(pages, n, ram.len);
+    in = PyMem_Calloc(n ? n : 1, sizeof(Py_buffer));
+    crcs = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t));
+    if (index == NULL || in == NULL || crcs == NULL) {
+        if (index != NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < n; held++)
+        if (PyObject_GetBuffer(PyList_GET_ITEM(segments, held), &in[held], PyBUF_SIMPLE) < 0)
+            goto done;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint8_t *page = (uint8_t *)ram.buf + index[k] * PAGE;
+        if (!inflate_page(s, in[k].buf, in[k].len, page)) {
+            failed = k;
+            break;
+        }
+        crcs[k] = crc32_run(0, page, PAGE);
+    }
+    Py_END_ALLOW_THREADS
+    if (failed >= 0) {
+        PyErr_SetString(PyExc_ValueError, "decompress data failed");
+        goto done;
+    }
+    result = PyList_New(n);
+    for (Py_ssize_t k = 0; result != NULL && k < n; k++) {
+        PyObject *crc = PyLong_FromUnsignedLong(crcs[k]);
+        if (crc == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, k, crc);
+    }
+done:
+    for (Py_ssize_t k = 0; k < held; k++)
+        PyBuffer_Release(&in[k]);
+    PyMem_Free(in);
+    PyMem_Free(crcs);
+    PyMem_Free(index);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+static PyMethodDef inflater_methods[] = {
+    {"decompress_into", (PyCFunction)inflater_decompress_into, METH_VARARGS,
+     "decompress_into(ram, pages, segments) -> crcs; ValueError on a bad segment."},
+    {NULL},
+};
+
+static PyTypeObject InflaterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine._pagecodec.Inflater",
+    .tp_doc = "Inflater(): one zlib-ng stream; one thread at a time.",
+    .tp_basicsize = sizeof(Inflater),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)inflater_init,
+    .tp_dealloc = (destructor)inflater_dealloc,
+    .tp_methods = inflater_methods,
+};
+
+/* -- module --------------------------------------------------------------------------- */
+
+static PyMethodDef module_methods[] = {
+    {"bind", bind, METH_O, "bind(path): take the zng_* functions from that shared object."},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "engine._pagecodec",
+    .m_doc = "Chunks of pages through zlib-ng.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__pagecodec(void)
+{
+    if (PyType_Ready(&DeflaterType) < 0 || PyType_Ready(&InflaterType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Deflater", (PyObject *)&DeflaterType) < 0 ||
+        PyModule_AddObjectRef(m, "Inflater", (PyObject *)&InflaterType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
