@@ -92,6 +92,22 @@ bound(void)
     return 1;
 }
 
+/* One stream serves one call at a time; a second thread gets an error, not a corrupt stream. */
+static int
+take(int ready, int *busy)
+{
+    if (!ready) {
+        PyErr_SetString(PyExc_RuntimeError, "stream not initialised");
+        return 0;
+    }
+    if (*busy) {
+        PyErr_SetString(PyExc_RuntimeError, "stream in use by another thread");
+        return 0;
+    }
+    *busy = 1;
+    return 1;
+}
+
 /* The page numbers of a list, each checked against the guest buffer's size. */
 static Py_ssize_t *
 page_numbers(PyObject *pages, Py_ssize_t n, Py_ssize_t size)
@@ -121,6 +137,7 @@ typedef struct {
     PyObject_HEAD
     zng_stream stream;
     int ready;
+    int busy; /* set, with the GIL held, while a call runs without it */
 } Deflater;
 
 static int
@@ -158,6 +175,10 @@ deflater_compress(Deflater *self, PyObject *args)
     PyObject *pages, *segments = NULL, *checks = NULL, *result = NULL;
     if (!PyArg_ParseTuple(args, "y*O!", &ram, &PyList_Type, &pages))
         return NULL;
+    if (!take(self->ready, &self->busy)) {
+        PyBuffer_Release(&ram);
+        return NULL;
+    }
     Py_ssize_t n = PyList_GET_SIZE(pages), failed = -1;
     Py_ssize_t *index = page_numbers(pages, n, ram.len);
     uint8_t *out = PyMem_Malloc((n ? n : 1) * (CAPACITY + sizeof(uint32_t) * 2));
@@ -207,6 +228,7 @@ deflater_compress(Deflater *self, PyObject *args)
     }
     result = PyTuple_Pack(2, segments, checks);
 done:
+    self->busy = 0;
     Py_XDECREF(segments);
     Py_XDECREF(checks);
     PyMem_Free(index);
@@ -239,6 +261,7 @@ typedef struct {
     PyObject_HEAD
     zng_stream stream;
     int ready;
+    int busy; /* set, with the GIL held, while a call runs without it */
 } Inflater;
 
 static int
@@ -292,6 +315,10 @@ inflater_decompress_into(Inflater *self, PyObject *args)
     PyObject *pages, *segments, *result = NULL;
     if (!PyArg_ParseTuple(args, "w*O!O!", &ram, &PyList_Type, &pages, &PyList_Type, &segments))
         return NULL;
+    if (!take(self->ready, &self->busy)) {
+        PyBuffer_Release(&ram);
+        return NULL;
+    }
     Py_ssize_t n = PyList_GET_SIZE(pages), held = 0, failed = -1;
     zng_stream *s = &self->stream;
     Py_buffer *in = NULL;
@@ -335,6 +362,7 @@ inflater_decompress_into(Inflater *self, PyObject *args)
             PyList_SET_ITEM(result, k, crc);
     }
 done:
+    self->busy = 0;
     for (Py_ssize_t k = 0; k < held; k++)
         PyBuffer_Release(&in[k]);
     PyMem_Free(in);

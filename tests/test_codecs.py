@@ -7,6 +7,7 @@ import random
 import pytest
 from zlib_ng import zlib_ng
 
+from engine._pagecodec import Deflater, Inflater
 from engine.compression import CODECS
 from engine.guest import PAGE_SIZE
 from engine.wire import StreamError
@@ -90,3 +91,10 @@ def test_pages_outside_guest_ram_are_refused():
         CODECS["zlib"].compressor(1)(ram, [1])
     with pytest.raises(IndexError):
         CODECS["zlib"].decompressor()(ram, [-1], [memoryview(deflated(bytes(PAGE_SIZE)))])
+
+
+def test_an_uninitialised_stream_raises_instead_of_crashing():
+    with pytest.raises(RuntimeError, match="not initialised"):
+        Deflater.__new__(Deflater).compress(bytearray(PAGE_SIZE), [0])
+    with pytest.raises(RuntimeError, match="not initialised"):
+        Inflater.__new__(Inflater).decompress_into(bytearray(PAGE_SIZE), [0], [memoryview(b"")])
