@@ -84,7 +84,6 @@ class GuestRam:
             raise ValueError(f"RAM size {size} is not a positive multiple of {PAGE_SIZE}")
         self.size = size
         self.pages = size // PAGE_SIZE
-        # mmap: zero-filled, page-aligned, and untouched pages cost no RSS.
         # Private anonymous memory: zero-filled, untouched pages cost no RSS, and (unlike a
         # shared mapping) it can use transparent huge pages, which make first touch ~4x cheaper.
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
