@@ -167,12 +167,13 @@ deflater_dealloc(Deflater *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* compress(ram, pages) -> (segments, crcs): one segment and the CRC-32 of each page. */
+/* compress(ram, pages) -> (payload, sizes, crcs): the pages' segments back to back, each
+ * segment's size and each page's CRC-32. */
 static PyObject *
 deflater_compress(Deflater *self, PyObject *args)
 {
     Py_buffer ram;
-    PyObject *pages, *segments = NULL, *checks = NULL, *result = NULL;
+    PyObject *pages, *payload = NULL, *lengths = NULL, *checks = NULL, *result = NULL;
     if (!PyArg_ParseTuple(args, "y*O!", &ram, &PyList_Type, &pages))
         return NULL;
     if (!take(self->ready, &self->busy)) {
@@ -211,25 +212,33 @@ deflater_compress(Deflater *self, PyObject *args)
         PyErr_Format(PyExc_RuntimeError, "deflate failed on page %zd", index[failed]);
         goto done;
     }
-    segments = PyList_New(n);
+    Py_ssize_t total = 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        total += sizes[k];
+    payload = PyBytes_FromStringAndSize(NULL, total);
+    lengths = PyList_New(n);
     checks = PyList_New(n);
-    if (segments == NULL || checks == NULL)
+    if (payload == NULL || lengths == NULL || checks == NULL)
         goto done;
+    char *at = PyBytes_AS_STRING(payload);
     for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *segment = PyBytes_FromStringAndSize((char *)out + k * CAPACITY, sizes[k]);
+        memcpy(at, out + k * CAPACITY, sizes[k]);
+        at += sizes[k];
+        PyObject *size = PyLong_FromUnsignedLong(sizes[k]);
         PyObject *crc = PyLong_FromUnsignedLong(crcs[k]);
-        if (segment == NULL || crc == NULL) {
-            Py_XDECREF(segment);
+        if (size == NULL || crc == NULL) {
+            Py_XDECREF(size);
             Py_XDECREF(crc);
             goto done;
         }
-        PyList_SET_ITEM(segments, k, segment);
+        PyList_SET_ITEM(lengths, k, size);
         PyList_SET_ITEM(checks, k, crc);
     }
-    result = PyTuple_Pack(2, segments, checks);
+    result = PyTuple_Pack(3, payload, lengths, checks);
 done:
     self->busy = 0;
-    Py_XDECREF(segments);
+    Py_XDECREF(payload);
+    Py_XDECREF(lengths);
     Py_XDECREF(checks);
     PyMem_Free(index);
     PyMem_Free(out);
@@ -239,7 +248,7 @@ done:
 
 static PyMethodDef deflater_methods[] = {
     {"compress", (PyCFunction)deflater_compress, METH_VARARGS,
-     "compress(ram, pages) -> (segments, crcs) for those 4 KiB pages of ram."},
+     "compress(ram, pages) -> (payload, sizes, crcs) for those 4 KiB pages of ram."},
     {NULL},
 };
 
@@ -307,45 +316,52 @@ inflate_page(zng_stream *s, const uint8_t *in, Py_ssize_t len, uint8_t *page)
     return (rc == Z_OK || rc == Z_BUF_ERROR) && !s->avail_in && !s->avail_out;
 }
 
-/* decompress_into(ram, pages, segments) -> crcs: each segment inflated into its page. */
+/* decompress_into(ram, pages, payload, sizes) -> crcs: the segments back to back in payload,
+ * each inflated into its page. */
 static PyObject *
 inflater_decompress_into(Inflater *self, PyObject *args)
 {
-    Py_buffer ram;
-    PyObject *pages, *segments, *result = NULL;
-    if (!PyArg_ParseTuple(args, "w*O!O!", &ram, &PyList_Type, &pages, &PyList_Type, &segments))
+    Py_buffer ram, payload;
+    PyObject *pages, *lengths, *result = NULL;
+    if (!PyArg_ParseTuple(args, "w*O!y*O!", &ram, &PyList_Type, &pages, &payload, &PyList_Type,
+                          &lengths))
         return NULL;
-    if (!take(self->ready, &self->busy)) {
-        PyBuffer_Release(&ram);
-        return NULL;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(pages), held = 0, failed = -1;
+    Py_ssize_t n = PyList_GET_SIZE(pages), failed = -1, used = 0;
     zng_stream *s = &self->stream;
-    Py_buffer *in = NULL;
     uint32_t *crcs = NULL;
-    Py_ssize_t *index = NULL;
-    if (PyList_GET_SIZE(segments) != n) {
-        PyErr_SetString(PyExc_ValueError, "one segment per page");
+    Py_ssize_t *index = NULL, *size = NULL;
+    if (!take(self->ready, &self->busy))
+        goto release;
+    if (PyList_GET_SIZE(lengths) != n) {
+        PyErr_SetString(PyExc_ValueError, "one size per page");
         goto done;
     }
     index = page_numbers(pages, n, ram.len);
-    in = PyMem_Calloc(n ? n : 1, sizeof(Py_buffer));
+    size = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
     crcs = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t));
-    if (index == NULL || in == NULL || crcs == NULL) {
+    if (index == NULL || size == NULL || crcs == NULL) {
         if (index != NULL)
             PyErr_NoMemory();
         goto done;
     }
-    for (; held < n; held++)
-        if (PyObject_GetBuffer(PyList_GET_ITEM(segments, held), &in[held], PyBUF_SIMPLE) < 0)
+    for (Py_ssize_t k = 0; k < n; k++) {
+        size[k] = PyLong_AsSsize_t(PyList_GET_ITEM(lengths, k));
+        if (size[k] < 0 || size[k] > payload.len - used) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "decompress data failed");
             goto done;
+        }
+        used += size[k];
+    }
     Py_BEGIN_ALLOW_THREADS
+    const uint8_t *at = payload.buf;
     for (Py_ssize_t k = 0; k < n; k++) {
         uint8_t *page = (uint8_t *)ram.buf + index[k] * PAGE;
-        if (!inflate_page(s, in[k].buf, in[k].len, page)) {
+        if (!inflate_page(s, at, size[k], page)) {
             failed = k;
             break;
         }
+        at += size[k];
         crcs[k] = crc32_run(0, page, PAGE);
     }
     Py_END_ALLOW_THREADS
@@ -363,18 +379,18 @@ inflater_decompress_into(Inflater *self, PyObject *args)
     }
 done:
     self->busy = 0;
-    for (Py_ssize_t k = 0; k < held; k++)
-        PyBuffer_Release(&in[k]);
-    PyMem_Free(in);
+release:
     PyMem_Free(crcs);
+    PyMem_Free(size);
     PyMem_Free(index);
+    PyBuffer_Release(&payload);
     PyBuffer_Release(&ram);
     return result;
 }
 
 static PyMethodDef inflater_methods[] = {
     {"decompress_into", (PyCFunction)inflater_decompress_into, METH_VARARGS,
-     "decompress_into(ram, pages, segments) -> crcs; ValueError on a bad segment."},
+     "decompress_into(ram, pages, payload, sizes) -> crcs; ValueError on a bad segment."},
     {NULL},
 };
 

@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,10 +39,12 @@ from engine.wire import StreamError
 CHUNK = 64  # pages per hand-over to a worker
 T = TypeVar("T")
 
-# Guest RAM and a chunk's page numbers -> one segment and the CRC-32 of what was read, per page.
-Compress = Callable[[memoryview, list[int]], tuple[list[bytes], list[int]]]
-# Guest RAM, page numbers, one segment each -> the pages' CRCs, once each is inflated in place.
-Decompress = Callable[[memoryview, list[int], list[memoryview]], list[int]]
+# Guest RAM and a chunk's page numbers -> the pages' segments back to back, each segment's
+# size, and the CRC-32 of what was read, per page.
+Compress = Callable[[memoryview, list[int]], tuple[bytes, list[int], list[int]]]
+# Guest RAM, page numbers, their segments back to back and their sizes -> the pages' CRCs,
+# once each is inflated in place.
+Decompress = Callable[[memoryview, list[int], memoryview, list[int]], list[int]]
 
 _pagecodec.bind(zlib_ng.__file__)  # the zlib-ng inside python-zlib-ng, as everywhere else
 
@@ -57,11 +59,13 @@ def _zlib_compressor(level: int) -> Compress:
 def _zlib_decompressor() -> Decompress:
     inflater = _pagecodec.Inflater()
 
-    def decompress(ram: memoryview, pages: list[int], segments: list[memoryview]) -> list[int]:
+    def decompress(
+        ram: memoryview, pages: list[int], payload: memoryview, sizes: list[int]
+    ) -> list[int]:
         # Straight into guest RAM; a segment must end with a sync flush and inflate to exactly
         # one page with nothing left over (a decompression bomb stops at 4 KiB).
         try:
-            return inflater.decompress_into(ram, pages, segments)
+            return inflater.decompress_into(ram, pages, payload, sizes)
         except ValueError as exc:
             raise StreamError("decompress data failed") from exc
 
@@ -73,13 +77,14 @@ def _zstd_compressor(level: int) -> Compress:
     cctx = zstandard.ZstdCompressor(level=max(1, level), write_content_size=True)
     crc32 = zlib_ng.crc32
 
-    def compress(ram: memoryview, pages: list[int]) -> tuple[list[bytes], list[int]]:
+    def compress(ram: memoryview, pages: list[int]) -> tuple[bytes, list[int], list[int]]:
         views = [ram[i << PAGE_SHIFT : (i + 1) << PAGE_SHIFT] for i in pages]
         # One C call (GIL released) for the whole chunk, each page its own frame.
         frames = cctx.multi_compress_to_buffer(
             list[bytes | bytearray | memoryview](views), threads=0
         )
-        return [frames[i].tobytes() for i in range(len(frames))], [crc32(v) for v in views]
+        segments = [frames[i].tobytes() for i in range(len(frames))]
+        return b"".join(segments), [len(f) for f in segments], [crc32(v) for v in views]
 
     return compress
 
@@ -99,10 +104,13 @@ def _zstd_decompressor() -> Decompress:
             raise StreamError("decompress data failed")
         return out
 
-    def decompress(ram: memoryview, pages: list[int], segments: list[memoryview]) -> list[int]:
-        crcs = []
-        for index, blob in zip(pages, segments, strict=True):
-            out = page(blob)
+    def decompress(
+        ram: memoryview, pages: list[int], payload: memoryview, sizes: list[int]
+    ) -> list[int]:
+        crcs, at = [], 0
+        for index, size in zip(pages, sizes, strict=True):
+            out = page(payload[at : at + size])
+            at += size
             ram[index << PAGE_SHIFT : (index + 1) << PAGE_SHIFT] = out
             crcs.append(crc32(out))
         return crcs
@@ -177,13 +185,15 @@ class _Workers:
 
 @dataclass
 class CompressedChunk:
-    """One worker's result: each page's compressed bytes and the CRC of what it read.
+    """One worker's result: the pages' segments back to back, their sizes, and the CRC of
+    what it read of each page.
 
     Like QEMU, every page is sent compressed even when that does not shrink it (level 0,
     random data): the statistics then say what compression really cost.
     """
 
-    data: list[bytes]
+    data: bytes
+    sizes: list[int]
     crcs: list[int]
     seconds: float  # worker time spent, for the adaptive policy
 
@@ -211,8 +221,8 @@ class CompressPool(_Workers):
         compress = streams.get(level) or streams.setdefault(level, self._codec.compressor(level))
         # Compress straight from guest RAM. A page the guest changes meanwhile was re-dirtied
         # after its bit was cleared, so it is sent again.
-        data, crcs = compress(self._ram.buf, indices)
-        return CompressedChunk(data, crcs, time.perf_counter() - t0)
+        data, sizes, crcs = compress(self._ram.buf, indices)
+        return CompressedChunk(data, sizes, crcs, time.perf_counter() - t0)
 
 
 class DecompressPool(_Workers):
@@ -225,13 +235,14 @@ class DecompressPool(_Workers):
         self._local = _PerThread()
 
     def decompress(
-        self, indices: npt.NDArray[np.intp], blobs: Sequence[memoryview]
+        self, indices: npt.NDArray[np.intp], payload: memoryview, sizes: list[int]
     ) -> Future[list[int]]:
-        """Inflate ``blobs[i]`` into page ``indices[i]``; the result is the pages' CRCs."""
+        """Inflate the segments in ``payload`` (``sizes`` bytes each) into pages ``indices``;
+        the result is the pages' CRCs."""
         pages = indices.tolist()
-        return self.submit(lambda: self._work(pages, blobs))
+        return self.submit(lambda: self._work(pages, payload, sizes))
 
-    def _work(self, indices: list[int], blobs: Sequence[memoryview]) -> list[int]:
+    def _work(self, indices: list[int], payload: memoryview, sizes: list[int]) -> list[int]:
         streams = self._local.streams
         decompress = streams.get(0) or streams.setdefault(0, self._codec.decompressor())
-        return decompress(self._ram.buf, indices, list(blobs))
+        return decompress(self._ram.buf, indices, payload, sizes)

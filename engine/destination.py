@@ -289,14 +289,16 @@ class StreamLoader:
         if len(comp):
             if self._pool is None:
                 raise wire.StreamError("Received an unexpected compressed page")
-            blob = memoryview(wire.read_body(conn, int(batch.clens.sum()), wire.MAX_RECORD))
-            ends = np.cumsum(batch.clens)
-            starts = ends - batch.clens
-            blobs = [blob[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+            payload = memoryview(wire.read_body(conn, int(batch.clens.sum()), wire.MAX_RECORD))
+            sizes = batch.clens.tolist()
+            bounds = np.concatenate(
+                ([0], np.cumsum(batch.clens)[CHUNK - 1 :: CHUNK], [len(payload)])
+            )
             self._written[comp] = True
-            for i in range(0, len(comp), CHUNK):
-                part = comp[i : i + CHUNK]
-                self._pending.append((part, self._pool.decompress(part, blobs[i : i + CHUNK])))
+            for k, i in enumerate(range(0, len(comp), CHUNK)):
+                part, segments = comp[i : i + CHUNK], payload[bounds[k] : bounds[k + 1]]
+                future = self._pool.decompress(part, segments, sizes[i : i + CHUNK])
+                self._pending.append((part, future))
             while len(self._pending) > self._max_pending:
                 self._collect()
 

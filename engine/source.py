@@ -469,10 +469,10 @@ class OutgoingMigration(threading.Thread):
         chunk = item.future.result()
         kinds = np.full(len(item.indices), wire.Kind.COMPRESSED, dtype=np.uint8)
         self._digest.crc[item.indices] = chunk.crcs
-        clens = [len(b) for b in chunk.data]
+        clens = chunk.sizes
         if self._policy:
-            self._policy.compressed(len(clens) * PAGE_SIZE, sum(clens), chunk.seconds)
-        batch = wire.encode_batch(item.indices, kinds, clens, chunk.data)
+            self._policy.compressed(len(clens) * PAGE_SIZE, len(chunk.data), chunk.seconds)
+        batch = wire.encode_batch(item.indices, kinds, clens, [chunk.data])
         self.stats.add_ram(self._send(batch), self.vm.running)
         self.stats.add_pages(
             zero=0,

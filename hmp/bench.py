@@ -169,7 +169,7 @@ def decompress_rate(ram: GuestRam, pages: npt.NDArray[np.intp], codec: str, reps
 
     def run() -> None:
         futures = [
-            workers.decompress(pages[i * CHUNK : (i + 1) * CHUNK], [memoryview(b) for b in c.data])
+            workers.decompress(pages[i * CHUNK : (i + 1) * CHUNK], memoryview(c.data), c.sizes)
             for i, c in enumerate(chunks)
         ]
         for f in futures:

@@ -159,12 +159,12 @@ def test_bad_compressed_page_from_a_real_source(machines, monkeypatch, bad):
     def compressor(level: int) -> Compress:
         compress = real.compressor(level)
 
-        def corrupt_first(ram: memoryview, pages: list[int]) -> tuple[list[bytes], list[int]]:
-            blobs, crcs = compress(ram, pages)
+        def corrupt_first(ram: memoryview, pages: list[int]) -> tuple[bytes, list[int], list[int]]:
+            payload, sizes, crcs = compress(ram, pages)
             if not tampered.is_set():
                 tampered.set()
-                blobs[0] = bad
-            return blobs, crcs
+                payload, sizes = bad + payload[sizes[0] :], [len(bad), *sizes[1:]]
+            return payload, sizes, crcs
 
         return corrupt_first
 
