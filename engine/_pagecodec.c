@@ -138,6 +138,8 @@ typedef struct {
     zng_stream stream;
     int ready;
     int busy; /* set, with the GIL held, while a call runs without it */
+    uint8_t *scratch; /* the last chunk's segments and sizes; kept, so no chunk pays for it */
+    Py_ssize_t scratch_pages;
 } Deflater;
 
 static int
@@ -164,6 +166,7 @@ deflater_dealloc(Deflater *self)
 {
     if (self->ready)
         deflate_end(&self->stream);
+    PyMem_Free(self->scratch);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -182,14 +185,20 @@ deflater_compress(Deflater *self, PyObject *args)
     }
     Py_ssize_t n = PyList_GET_SIZE(pages), failed = -1;
     Py_ssize_t *index = page_numbers(pages, n, ram.len);
-    uint8_t *out = PyMem_Malloc((n ? n : 1) * (CAPACITY + sizeof(uint32_t) * 2));
     uint32_t *sizes, *crcs;
     zng_stream *s = &self->stream;
-    if (index == NULL || out == NULL) {
-        if (out == NULL && index != NULL)
-            PyErr_NoMemory();
+    if (index == NULL)
         goto done;
+    if (n > self->scratch_pages) {
+        uint8_t *grown = PyMem_Realloc(self->scratch, n * (CAPACITY + sizeof(uint32_t) * 2));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        self->scratch = grown;
+        self->scratch_pages = n;
     }
+    uint8_t *out = self->scratch;
     sizes = (uint32_t *)(out + n * CAPACITY);
     crcs = sizes + n;
     Py_BEGIN_ALLOW_THREADS
@@ -241,7 +250,6 @@ done:
     Py_XDECREF(lengths);
     Py_XDECREF(checks);
     PyMem_Free(index);
-    PyMem_Free(out);
     PyBuffer_Release(&ram);
     return result;
 }

@@ -36,7 +36,10 @@ from engine import _pagecodec
 from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
 from engine.wire import StreamError
 
-CHUNK = 64  # pages per hand-over to a worker
+# Pages per hand-over to a worker. With the GIL taken once per chunk, what is left per chunk is
+# Python on the migration thread and the destination's reader: 256 ran the QEMU comparison
+# 10% faster end to end than 64; 512 was no faster and lengthens the tail of a stop-and-copy.
+CHUNK = 256
 T = TypeVar("T")
 
 # Guest RAM and a chunk's page numbers -> the pages' segments back to back, each segment's
