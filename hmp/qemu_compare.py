@@ -7,7 +7,7 @@ stdlib zlib level 1 shrinks it about as much as the blob (QEMU reports 2.34 agai
 blob's 2.37; with them it was 2.08). Both
 guests load it with ``-device loader`` at 1 MiB, both monitors get the same commands
 (compress on, 2 compress / 1 decompress threads, level 1, max-bandwidth 100G) and a
-blocking ``migrate``; the figures are each side's own ``info migrate``.
+blocking ``migrate``; the figures are each side's own ``info migrate``, three rounds each.
 """
 
 from __future__ import annotations
@@ -154,8 +154,18 @@ def available() -> bool:
     return shutil.which(QEMU) is not None
 
 
-def compare(workdir: Path, prealloc: bool) -> tuple[dict[str, str], dict[str, str]]:
-    """(QEMU's figures, ours) for the same image and flags; QEMU must be installed."""
+def compare(
+    workdir: Path, prealloc: bool, runs: int = 3
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """QEMU's figures and ours, ``runs`` rounds each for the same image and flags (the
+    reference's median of 3). The order alternates, so neither side always starts on a
+    machine the other has just left. QEMU must be installed."""
     image = build_image(workdir / f"image-{IMAGE_MIB}M-v2.bin")  # v2: no packed files
     os.sync()
-    return run_qemu(image, prealloc), run_ours(image, prealloc)
+    qemu: list[dict[str, str]] = []
+    ours: list[dict[str, str]] = []
+    for round_ in range(runs):
+        sides = [(run_qemu, qemu), (run_ours, ours)]
+        for run, results in sides if round_ % 2 == 0 else sides[::-1]:
+            results.append(run(image, prealloc))
+    return qemu, ours
