@@ -131,6 +131,21 @@ page_numbers(PyObject *pages, Py_ssize_t n, Py_ssize_t size)
     return out;
 }
 
+/* A list of n unsigned 32-bit values (sizes, CRCs); NULL with an exception set. */
+static PyObject *
+uint32_list(const uint32_t *values, Py_ssize_t n)
+{
+    PyObject *list = PyList_New(n);
+    for (Py_ssize_t k = 0; list != NULL && k < n; k++) {
+        PyObject *value = PyLong_FromUnsignedLong(values[k]);
+        if (value == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, k, value);
+    }
+    return list;
+}
+
 /* -- Deflater ------------------------------------------------------------------------- */
 
 typedef struct {
@@ -225,23 +240,14 @@ deflater_compress(Deflater *self, PyObject *args)
     for (Py_ssize_t k = 0; k < n; k++)
         total += sizes[k];
     payload = PyBytes_FromStringAndSize(NULL, total);
-    lengths = PyList_New(n);
-    checks = PyList_New(n);
+    lengths = uint32_list(sizes, n);
+    checks = uint32_list(crcs, n);
     if (payload == NULL || lengths == NULL || checks == NULL)
         goto done;
     char *at = PyBytes_AS_STRING(payload);
     for (Py_ssize_t k = 0; k < n; k++) {
         memcpy(at, out + k * CAPACITY, sizes[k]);
         at += sizes[k];
-        PyObject *size = PyLong_FromUnsignedLong(sizes[k]);
-        PyObject *crc = PyLong_FromUnsignedLong(crcs[k]);
-        if (size == NULL || crc == NULL) {
-            Py_XDECREF(size);
-            Py_XDECREF(crc);
-            goto done;
-        }
-        PyList_SET_ITEM(lengths, k, size);
-        PyList_SET_ITEM(checks, k, crc);
     }
     result = PyTuple_Pack(3, payload, lengths, checks);
 done:
@@ -377,14 +383,7 @@ inflater_decompress_into(Inflater *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "decompress data failed");
         goto done;
     }
-    result = PyList_New(n);
-    for (Py_ssize_t k = 0; result != NULL && k < n; k++) {
-        PyObject *crc = PyLong_FromUnsignedLong(crcs[k]);
-        if (crc == NULL)
-            Py_CLEAR(result);
-        else
-            PyList_SET_ITEM(result, k, crc);
-    }
+    result = uint32_list(crcs, n);
 done:
     self->busy = 0;
 release:

@@ -606,9 +606,10 @@ class Workload:
             return
         wss = self.spec.wss if self.spec.wss is not None else DEFAULT_WSS
         self._runs += 1
-        # An idle OS rewrites its own memory; random-writer's working set is anywhere.
-        everything = np.arange(ram.pages, dtype=np.intp)
-        among = everything[~ram.zero_mask(everything)] if self.spec.name == "idle" else None
+        among = None  # random-writer's working set is anywhere
+        if self.spec.name == "idle":  # an idle OS rewrites its own memory
+            everything = np.arange(ram.pages, dtype=np.intp)
+            among = everything[~ram.zero_mask(everything)]
         seed = (self.seed, self._runs)
         self.writer = RandomWriter(ram, gate, self.spec.rate, wss, seed, among)
         self.writer.start()
