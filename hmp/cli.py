@@ -14,14 +14,12 @@ from collections.abc import Callable
 from engine.errors import MigrationError
 from engine.machine import Loader, Machine, MachineOptions
 from engine.workload import WorkloadSpec
-from hmp.batch import run_batch
-from hmp.commands import QEMU_VERSION, package_version
+from hmp import harness, lab
 from hmp.exits import run_as_process
-from hmp.monitor import Monitor
-from hmp.qmp_cli import QmpFrontend, extract_qmp_options
+from hmp.monitor import QEMU_VERSION, Monitor, package_version, run_batch, strtosz, strtou64
+from hmp.qmp import QmpFrontend, extract_qmp_options
 from hmp.shell import USAGE as SHELL_USAGE
-from hmp.shell import ShellOptions
-from hmp.values import strtosz, strtou64
+from hmp.shell import ShellOptions, run_pair, run_repl
 
 MiB = 1024 * 1024
 DEFAULT_RAM = 128 * MiB
@@ -46,7 +44,7 @@ QEMU options:
                           copy a file into guest RAM at ADDR (repeatable)
   -monitor stdio          accepted (the monitor is always on stdio)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
-                          serve QMP there too (repeatable; see hmp/qmp.py)
+                          serve QMP there too (repeatable; see hmp/qmp/)
   -machine, -M, -smp, -display, -accel, -cpu, -vga, -nodefaults, -nographic,
   -enable-kvm, -no-user-config
                           accepted and ignored
@@ -77,7 +75,7 @@ def _lazy(module: str) -> Callable[[list[str]], int]:
 
 # `qemu-hmp NAME ...` runs SUBCOMMANDS[NAME](rest of argv) and exits with its status.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
-    name: _lazy(f"hmp.{name}") for name in ("demo", "bench", "record", "replay", "soak")
+    name: _lazy(module) for name, module in {**lab.SUBCOMMANDS, **harness.SUBCOMMANDS}.items()
 }
 
 
@@ -181,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return SUBCOMMANDS[argv[0]](argv[1:])
     shell, argv = ShellOptions.extract(argv)
     try:
-        qmp_specs, argv = extract_qmp_options(argv)  # -qmp: hmp/qmp_cli.py
+        qmp_specs, argv = extract_qmp_options(argv)  # -qmp: hmp/qmp/frontend.py
     except ValueError as err:
         sys.stderr.write(f"qemu-hmp: {err}\n")
         return 1
@@ -212,12 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if shell.pair:
-            from hmp.pair import run_pair
-
             return run_pair(mon, shell)
         if sys.stdin.isatty():
-            from hmp.repl import run_repl  # prompt_toolkit only when a person is typing
-
             return run_repl(mon, history=shell.history)
         status = run_batch(mon, sys.stdin)
         qmp.wait_for_quit()  # like QEMU, outlive the monitor's input

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.machine import Machine, MachineOptions
-from hmp.qmp import QmpServer
+from hmp.qmp.server import QmpServer
 
 ORACLE = Path(__file__).parent / "data" / "qmp"
 

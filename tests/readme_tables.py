@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from engine.params import CAPABILITIES, PARAMETERS, UINT64_MAX, Kind, ParamSpec
-from hmp import qmp
-from hmp.commands import COMMANDS, Command
-from hmp.completion import show_value
+from hmp.monitor.commands import COMMANDS, Command
+from hmp.qmp import server as qmp
+from hmp.shell.completion import show_value
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 EXTENSION = " *(extension)*"

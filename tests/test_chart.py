@@ -14,9 +14,9 @@ from PIL import Image
 
 from engine.machine import Machine, MachineOptions
 from engine.stats import Sample
-from hmp.chart import resample, sparkline, terminal_chart, write_png
-from hmp.monitor import Monitor
-from hmp.series import COLUMNS, to_csv, to_json
+from hmp.monitor.chart import resample, sparkline, terminal_chart, write_png
+from hmp.monitor.series import COLUMNS, to_csv, to_json
+from hmp.monitor.session import Monitor
 
 MiB = 1024 * 1024
 

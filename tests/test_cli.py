@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,10 +109,10 @@ def test_batch_mode_quit_and_end_of_input() -> None:
 
 
 def test_console_script() -> None:
-    script = shutil.which("qemu-hmp")
-    if script is None:
-        pytest.skip("qemu-hmp is not installed (pip install -e .)")
-    result = run("info status\n", "-m", "16M", exe=(script,))
+    """The script pip installed beside this interpreter (the README's venv is never on PATH)."""
+    script = Path(sys.executable).with_name("qemu-hmp")
+    assert script.is_file(), f"{script}: the package is not installed (pip install -e .)"
+    result = run("info status\n", "-m", "16M", exe=(str(script),))
     assert result.stdout == "(qemu) info status\nVM status: running\n"
 
 

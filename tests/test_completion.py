@@ -10,12 +10,12 @@ from pygments.token import Error, Keyword, Name, Number, String
 from engine.params import CAPABILITIES, PARAMETERS, PARAMS_BY_NAME, Kind
 from engine.snapshot import MigrationInfo, RamStats
 from engine.state import MigrationStatus
-from hmp import render
-from hmp.commands import COMMANDS, INFO_COMMANDS
-from hmp.completion import MonitorCompleter
-from hmp.lexer import MonitorLexer
-from hmp.toolbar import Progress, progress_text
-from hmp.watch import ended_notice
+from hmp.monitor import render
+from hmp.monitor.commands import COMMANDS, INFO_COMMANDS
+from hmp.shell.completion import MonitorCompleter
+from hmp.shell.lexer import MonitorLexer
+from hmp.shell.toolbar import Progress, progress_text
+from hmp.shell.watch import ended_notice
 
 MiB = 1024 * 1024
 

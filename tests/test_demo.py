@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 from engine.stats import Sample
-from hmp import classic
-from hmp.demo import CASES, Case, Figures, Measured, ProgressFn, run_demo, table
-from hmp.toolbar import Progress
+from hmp.lab.cases import CASES, Case, Figures
+from hmp.lab.demo import Measured, ProgressFn, run_classic, run_demo, table
+from hmp.lab.experiment import Setup
+from hmp.shell.toolbar import Progress
 
 MiB = 1024 * 1024
 
@@ -85,15 +85,10 @@ def test_progress_line_is_rewritten_in_place_on_a_terminal(tmp_path: Path) -> No
     ) in out.getvalue()
 
 
-def test_every_published_case_has_a_setup() -> None:
-    assert set(classic.SETUPS) == set(CASES)
-
-
-def test_classic_runner_migrates_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
-    small = classic.Setup("tiny", ram="64M", max_bandwidth="0")
-    monkeypatch.setitem(classic.SETUPS, "idle-1gbe", small)
+def test_classic_runner_migrates_for_real() -> None:
+    tiny = replace(CASES["idle-1gbe"], setup=Setup("tiny", ram="64M", max_bandwidth="0"))
     seen: list[str] = []
-    measured = classic.run_classic(CASES["idle-1gbe"], True, lambda p: seen.append(p.status))
+    measured = run_classic(tiny, True, lambda p: seen.append(p.status))
     assert measured.figures.transferred_kb > 0 and measured.figures.total_time_ms > 0
     assert measured.series and measured.series[-1].remaining == 0
     assert "zlib level 1, 12/3 threads" in measured.setup

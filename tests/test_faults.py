@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from hmp.endpoint import Endpoint
-from hmp.soak import info_value, listening_uri, migration_status, status_of, wait_for
+from hmp.harness.endpoint import Endpoint
+from hmp.lab.soak import info_value, listening_uri, migration_status, status_of, wait_for
 
 T = 20.0  # seconds any one wait may take
 RNG = random.Random(0x5EED)

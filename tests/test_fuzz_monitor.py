@@ -20,9 +20,9 @@ from test_parser import _assert_still_valid
 
 from engine.machine import Machine, MachineOptions
 from engine.params import CAPABILITIES, PARAMETERS
-from hmp.commands import COMMANDS, INFO_COMMANDS
-from hmp.monitor import Monitor
-from hmp.parser import ParseError, parse_line
+from hmp.monitor.commands import COMMANDS, INFO_COMMANDS
+from hmp.monitor.parser import ParseError, parse_line
+from hmp.monitor.session import Monitor
 
 NUMBERS = ["0", "1", "-1", "255", "256", "65536", "2147483648", "4294967296"]
 NUMBERS += ["18446744073709551615", "18446744073709551616", "1" * 40, "0x", "0x7fffffff"]

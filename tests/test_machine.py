@@ -415,12 +415,15 @@ def test_multifd_migration(machines, channels, compression):
 
 
 # The fast link's guest is big enough that most of it goes after the first decision (0.1 s
-# of compression, ~13000 pages on 2 cores, is sent before it).
+# of compression, ~13000 pages on 2 cores, is sent before it). Each decision has a margin of
+# 10x or more over any machine's speed (16 MiB/s is below what one core compresses, 4 GiB/s
+# far above it); the level the policy picks depends on how idle the workers are, i.e. on the
+# machine's speed, so tests/test_policy.py checks levels from injected measurements instead.
 @pytest.mark.parametrize(
     ("link", "expect_compress", "size"), [(16 * MiB, True, 128 * MiB), (4096 * MiB, False, GiB)]
 )
 def test_adaptive_compression_follows_the_link(machines, link, expect_compress, size):
-    """A slow link makes compression pay (and a better level); a fast one makes it cost."""
+    """A slow link makes compression pay; a fast one makes it cost."""
     dst, uri = dest(machines, ram_size=size)
     dst.set_capabilities({"compress": True})
     src = make(machines, ram_size=size, seed=4)
@@ -430,8 +433,6 @@ def test_adaptive_compression_follows_the_link(machines, link, expect_compress, 
     policy = src.query_compress_policy()
     assert policy.enabled and policy.link_source == "x-link-bandwidth"
     assert policy.compress is expect_compress
-    if expect_compress:
-        assert policy.level > 1
     info = src.query_migrate()
     assert info.compression is not None and info.ram is not None
     assert info.compression.pages + info.ram.normal + info.ram.duplicate == size // 4096

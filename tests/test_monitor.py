@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.machine import Machine, MachineOptions
-from hmp.commands import COMMANDS, INFO_COMMANDS
-from hmp.monitor import Monitor
+from hmp.monitor.commands import COMMANDS, INFO_COMMANDS
+from hmp.monitor.session import Monitor
 
 
 class Session:

@@ -27,8 +27,8 @@ import pytest
 
 from engine.machine import Machine, MachineOptions
 from hmp.cli import parse_size_mib
-from hmp.commands import COMMANDS
-from hmp.monitor import Monitor
+from hmp.monitor.commands import COMMANDS
+from hmp.monitor.session import Monitor
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2"
 CASES = sorted(DATA.glob("*.txt"))

@@ -10,10 +10,11 @@ import pytest
 from engine.params import CAPS_BY_NAME, PARAMETERS, MigrationConfig
 from engine.snapshot import CompressionStats, MigrationInfo, RamStats, StatusInfo
 from engine.state import MigrationStatus, RunState
-from hmp import render
+from hmp.monitor import render
 
-SHARED = Path("/work/shared/reference/qemu-7.2/transcripts")
 ORACLE = Path(__file__).parent / "data" / "qemu-7.2"
+# Sessions recorded on real QEMU 7.2 by the reference study (copied here with its notes).
+REFERENCE = ORACLE / "reference"
 KiB = 1024
 
 
@@ -31,10 +32,7 @@ def recorded(path: Path, command: str, nth: int = 0) -> str:
 
 
 def transcript(name: str) -> Path:
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"shared reference transcript {name} not available")
-    return path
+    return REFERENCE / name
 
 
 def ram(**overrides: int | float) -> RamStats:

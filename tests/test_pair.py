@@ -9,8 +9,8 @@ import pytest
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
-from hmp.completion import MonitorCompleter
-from hmp.pair import ENDPOINTS, listening_uri, split_endpoint
+from hmp.shell.completion import MonitorCompleter
+from hmp.shell.pair import ENDPOINTS, listening_uri, split_endpoint
 
 TIMEOUT = 60
 

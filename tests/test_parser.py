@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from engine.errors import MigrationError
 from engine.machine import Machine, MachineOptions
 from engine.params import PARAMETERS, PARAMS_BY_NAME, Kind, MigrationConfig
-from hmp.commands import COMMANDS, INFO_COMMANDS
-from hmp.monitor import Monitor
-from hmp.parser import ParseError, parse_args_type, parse_line
-from hmp.values import NumberError, RangeError, parse_parameter, strtosz, strtou64
+from hmp.monitor.commands import COMMANDS, INFO_COMMANDS
+from hmp.monitor.parser import ParseError, parse_args_type, parse_line
+from hmp.monitor.session import Monitor
+from hmp.monitor.values import NumberError, RangeError, parse_parameter, strtosz, strtou64
 
 
 def test_table_args_types_parse() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hmp.endpoint import Endpoint, free_port
+from hmp.harness.endpoint import Endpoint, free_port
 
 GLOBALS = """\
 globals:

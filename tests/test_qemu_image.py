@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import random
 
-from hmp.qemu_compare import PAGE, build_image
+from hmp.lab.qemu_compare import PAGE, build_image
 
 
 def test_image_keeps_text_and_binaries_and_leaves_out_compressed_files(tmp_path):

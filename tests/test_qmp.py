@@ -20,8 +20,8 @@ import pytest
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
 from engine.machine import Machine, MachineOptions
-from hmp.monitor import Monitor
-from hmp.qmp import QmpServer, parse_qmp_spec
+from hmp.monitor.session import Monitor
+from hmp.qmp.server import QmpServer, parse_qmp_spec
 from tests.qmp_helpers import RawClient, endpoint, load
 
 PAUSED = MachineOptions(ram_size=64 << 20, start_paused=True)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hmp.qmp_json import JsonError, JsonStreamer, dumps
+from hmp.qmp.jsonstream import JsonError, JsonStreamer, dumps
 from tests.qmp_helpers import RawClient, endpoint, load, options
 
 

@@ -22,8 +22,8 @@ from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.output.plain_text import PlainTextOutput
 
 from engine.machine import Machine, MachineOptions
-from hmp import repl
-from hmp.monitor import Monitor
+from hmp.monitor.session import Monitor
+from hmp.shell import repl
 
 TIMEOUT = 20.0
 MiB = 1024 * 1024

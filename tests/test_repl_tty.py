@@ -19,7 +19,7 @@ import pexpect
 import pyte
 import pytest
 
-from hmp.endpoint import Endpoint
+from hmp.harness.endpoint import Endpoint
 
 pytestmark = pytest.mark.tty
 

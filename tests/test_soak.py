@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hmp import soak
+from hmp.lab import soak
 
 
 def test_six_migrations_relay_without_growth(tmp_path: Path, capsys) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hmp.transcript import (
+from hmp.harness.transcript import (
     Kind,
     TranscriptError,
     generaliser,

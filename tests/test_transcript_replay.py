@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from hmp import record
-from hmp import replay as replay_cli
-from hmp.batch import END_MARKER_ENV
-from hmp.endpoint import Endpoint, EndpointTimeout
-from hmp.runner import Session, replay
-from hmp.transcript import parse
+from hmp.harness import record
+from hmp.harness import replay as replay_cli
+from hmp.harness.endpoint import Endpoint, EndpointTimeout
+from hmp.harness.runner import Session, replay
+from hmp.harness.transcript import parse
+from hmp.monitor.batch import END_MARKER_ENV
 
 pytest_plugins = ["pytester"]
 

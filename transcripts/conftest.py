@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hmp.runner import Result, replay
+from hmp.harness.runner import Result, replay
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -23,11 +23,10 @@ from typing import Any
 from engine.errors import MigrationError
 from engine.machine import Machine
 from engine.transport import Address, parse_uri
-from hmp import qapi
-from hmp.commands import QEMU_VERSION, package_version
-from hmp.monitor import Monitor
-from hmp.qapi import QmpError, Visitor
-from hmp.qmp_json import JsonError, JsonStreamer, dumps
+from hmp.monitor import QEMU_VERSION, Monitor, package_version
+from hmp.qmp import qapi
+from hmp.qmp.jsonstream import JsonError, JsonStreamer, dumps
+from hmp.qmp.qapi import QmpError, Visitor
 
 Args = dict[str, Any]
 

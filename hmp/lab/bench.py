@@ -29,8 +29,8 @@ from engine import wire
 from engine.compression import CHUNK, CODECS, CompressPool, DecompressPool
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.workload import Workload
-from hmp import classic, experiment, qemu_compare
-from hmp.experiment import Result, Setup
+from hmp.lab import cases, experiment, qemu_compare
+from hmp.lab.experiment import Result, Setup
 
 MiB = 1 << 20
 
@@ -201,16 +201,16 @@ def classic_runs(report: Report) -> None:
     headers += ["transferred kB", "x plain", "compression rate"]
     best: dict[str, float] = {}
     for key in ("idle-32mibs", "random-1gbe"):
-        plain_setup = classic.SETUPS[key]
-        table = Table(f"Classic experiment: {classic.describe(plain_setup)}", headers)
+        plain_setup = cases.CASES[key].setup
+        table = Table(f"Classic experiment: {cases.describe(plain_setup)}", headers)
         plain = experiment.run(plain_setup)
         table.rows.append(fig_row("compress off", plain))
         configs = {
-            "zlib-ng level 1, 12/3 threads": classic.compressed(plain_setup),
-            "zstd level 1, 12/3 threads": classic.compressed(plain_setup, "zstd"),
+            "zlib-ng level 1, 12/3 threads": cases.compressed(plain_setup),
+            "zstd level 1, 12/3 threads": cases.compressed(plain_setup, "zstd"),
             "multifd 4 channels, zstd": replace(plain_setup, multifd=4, multifd_compression="zstd"),
             "adaptive (x-compress-auto), zstd": replace(
-                classic.compressed(plain_setup, "zstd"), compress_auto=True
+                cases.compressed(plain_setup, "zstd"), compress_auto=True
             ),
         }
         results = {name: experiment.run(setup) for name, setup in configs.items()}
@@ -241,7 +241,7 @@ def classic_runs(report: Report) -> None:
 
 def monitor_latency(report: Report, calls: int = 200) -> None:
     """`info migrate` round trips on the source during a heavy compressed migration."""
-    setup = replace(classic.compressed(classic.SETUPS["idle-32mibs"]), max_bandwidth="0", link=0)
+    setup = replace(cases.compressed(cases.CASES["idle-32mibs"].setup), max_bandwidth="0", link=0)
     setup = replace(setup, ram="4G", workload="random-writer,rate=20000,wss=1G")
     with experiment.migrating(setup) as (src, _dst):
         times = []
@@ -255,7 +255,7 @@ def monitor_latency(report: Report, calls: int = 200) -> None:
     p99 = times[int(len(times) * 0.99) - 1]
     report.add(
         Table(
-            f"Monitor latency: {calls} x `info migrate` during {classic.describe(setup)}",
+            f"Monitor latency: {calls} x `info migrate` during {cases.describe(setup)}",
             ["p50 ms", "p99 ms", "max ms", "still active at the end"],
             [[times[len(times) // 2], p99, times[-1], active]],
         )

@@ -24,12 +24,12 @@ from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
-from hmp.commands import QEMU_VERSION
-from hmp.completion import MonitorCompleter
-from hmp.lexer import MonitorLexer
-from hmp.monitor import PROMPT, Monitor
-from hmp.toolbar import toolbar
-from hmp.watch import MigrationWatcher
+from hmp.markers import PROMPT
+from hmp.monitor import QEMU_VERSION, Monitor
+from hmp.shell.completion import MonitorCompleter
+from hmp.shell.lexer import MonitorLexer
+from hmp.shell.toolbar import toolbar
+from hmp.shell.watch import MigrationWatcher
 
 BANNER = f"QEMU {QEMU_VERSION} monitor - type 'help' for more information\n"
 REFRESH_S = 0.25  # toolbar redraws per second: 4, enough to watch figures move

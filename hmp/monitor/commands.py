@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 from engine.errors import MigrationError, file_errors
 from engine.params import CAPS_BY_NAME, PARAMS_BY_NAME
 from engine.state import MigrationStatus
-from hmp import chart, render, series
-from hmp.parser import Args, ArgSpec, find_command, parse_args_type, split_words
-from hmp.values import parse_parameter
+from hmp.monitor import chart, render, series
+from hmp.monitor.parser import Args, ArgSpec, find_command, parse_args_type, split_words
+from hmp.monitor.values import parse_parameter
 
 if TYPE_CHECKING:
-    from hmp.monitor import Monitor
+    from hmp.monitor.session import Monitor
 
 Handler = Callable[["Monitor", Args], None]
 

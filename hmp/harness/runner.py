@@ -22,8 +22,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from hmp.endpoint import Endpoint, EndpointError, EndpointExited, free_port
-from hmp.transcript import (
+from hmp.harness.endpoint import Endpoint, EndpointError, EndpointExited, free_port
+from hmp.harness.transcript import (
     STATUS_LABEL,
     Kind,
     Step,

@@ -5,12 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from hmp.monitor import PROMPT, Monitor
-
-# Opt-in for programs driving qemu-hmp over a pipe (hmp/endpoint.py): when this variable is set,
-# its value is printed on a line of its own after each command's output. A monitor prints
-# nothing at the end of a command, so without it a driver could not tell "done" from "slow".
-END_MARKER_ENV = "QEMU_HMP_END_MARKER"
+from hmp.markers import END_MARKER_ENV, PROMPT
+from hmp.monitor.session import Monitor
 
 
 def run_batch(mon: Monitor, lines: Iterable[str]) -> int:

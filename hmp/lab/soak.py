@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from hmp.endpoint import Endpoint
+from hmp.harness import Endpoint
 
 TIMEOUT_S = 60.0
 RSS_BOUND_KIB = 32 * 1024  # growth allowed between the first and the last process's peak

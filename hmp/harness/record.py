@@ -10,8 +10,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from hmp.runner import COMMAND_TIMEOUT, Session, run_steps
-from hmp.transcript import INDENT, Kind, Step, classify, render
+from hmp.harness.runner import COMMAND_TIMEOUT, Session, run_steps
+from hmp.harness.transcript import INDENT, Kind, Step, classify, render
 
 RECORD_HELP = """\
 Each input line is one step: `NAME> HMP LINE`, `$ NAME: COMMAND LINE`, `@wait ...`,

@@ -15,8 +15,7 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
 from engine.params import CAPABILITIES, PARAMETERS, PARAMS_BY_NAME, Kind, ParamSpec, ParamValue
-from hmp.commands import COMMANDS, Command, hmp_help
-from hmp.parser import ArgSpec, find_command
+from hmp.monitor import COMMANDS, ArgSpec, Command, find_command, hmp_help
 
 Current = Callable[[str], ParamValue]  # a parameter's value now, for the hint
 

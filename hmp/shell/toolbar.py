@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-
-from prompt_toolkit.formatted_text import StyleAndTextTuples
+from typing import TYPE_CHECKING
 
 from engine.machine import Machine
 from engine.snapshot import MigrationInfo
 from engine.state import RUNNING_STATES, MigrationStatus
+
+if TYPE_CHECKING:  # the demo's progress line uses this module without prompt_toolkit
+    from prompt_toolkit.formatted_text import StyleAndTextTuples
 
 MiB = 1024 * 1024
 BAR_CELLS = 20

@@ -9,7 +9,7 @@ from pygments.lexer import RegexLexer, words
 from pygments.token import Error, Keyword, Name, Number, String, Text, Whitespace
 
 from engine.params import CAPABILITIES, PARAMETERS
-from hmp.commands import COMMANDS
+from hmp.monitor import COMMANDS
 
 _END = r"(?=\s|$)"  # names hold hyphens, so \b would stop inside them
 

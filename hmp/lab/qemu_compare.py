@@ -1,7 +1,7 @@
 """qemu-hmp against real QEMU 7.2 on the same memory image, side by side in one run.
 
 The image is made of this machine's own binaries, libraries and source text, page-aligned,
-with runs of zero pages making up about 30%, like the reference blob in shared/reference:
+with runs of zero pages making up about 30%, like the blob QEMU 7.2 was first measured with:
 files that are already compressed (man pages, .gz docs, archives, images) are left out, so
 stdlib zlib level 1 shrinks it about as much as the blob (QEMU reports 2.34 against the
 blob's 2.37; with them it was 2.08). Both
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from hmp.endpoint import Endpoint, free_port
-from hmp.experiment import parse_info
+from hmp.harness import Endpoint, free_port
+from hmp.lab.experiment import parse_info
 
 PAGE = 4096
 IMAGE_MIB = 384

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.stats import Sample
-from hmp.endpoint import Endpoint, free_port
-from hmp.series import from_json
+from hmp.harness import Endpoint, free_port
+from hmp.monitor import series_from_json
 
 POLL_S = 0.2  # how often progress is read while the migration runs
 
@@ -155,5 +155,5 @@ def run(setup: Setup, progress: Callable[[dict[str, str]], None] | None = None) 
         with tempfile.TemporaryDirectory() as tmp:
             export = Path(tmp) / "series.json"
             src.execute(f'x_migrate_export "{export}"', 10)
-            series = from_json(export.read_text())
+            series = series_from_json(export.read_text())
         return Result(setup, status, figures, rss, series)

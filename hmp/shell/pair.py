@@ -17,10 +17,9 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from engine.machine import Machine
-from hmp.batch import run_batch
-from hmp.endpoint import Endpoint, EndpointError
-from hmp.monitor import Monitor
-from hmp.shell import ShellOptions
+from hmp.harness import Endpoint, EndpointError
+from hmp.monitor import Monitor, run_batch
+from hmp.shell.options import ShellOptions
 
 ENDPOINTS = ("src", "dst")
 _PREFIX = re.compile(r"\s*(src|dst)>\s?")
@@ -118,7 +117,7 @@ def run_pair(src: Monitor, shell: ShellOptions) -> int:
         with _relay_stderr(dst, mon):
             if not sys.stdin.isatty():
                 return run_batch(mon, sys.stdin)
-            from hmp.repl import run_repl  # prompt_toolkit only when a person is typing
+            from hmp.shell.repl import run_repl  # prompt_toolkit only when a person is typing
 
             mon.printf(f"qemu-hmp --pair: destination on {uri}; `dst> LINE` runs there\n")
             return run_repl(mon, history=shell.history, endpoints=ENDPOINTS)

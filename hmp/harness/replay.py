@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hmp.runner import COMMAND_TIMEOUT, replay
+from hmp.harness.runner import COMMAND_TIMEOUT, replay
 
 
 def main(argv: list[str]) -> int:

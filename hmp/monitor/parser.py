@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hmp.commands import Command
+    from hmp.monitor.commands import Command
 
 Args = dict[str, str | bool | int | None]
 

@@ -19,8 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO
 
-from hmp.batch import END_MARKER_ENV
-from hmp.monitor import PROMPT
+from hmp.markers import END_MARKER_ENV, PROMPT
 
 # Not something a monitor prints: ASCII record separators around a name.
 END_MARKER = "\x1eqemu-hmp:end-of-output\x1e"

@@ -17,7 +17,7 @@ from typing import Any
 from engine.machine import Machine
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus
-from hmp.toolbar import mib
+from hmp.shell.toolbar import mib
 
 POLL_S = 0.1
 # A failure needs no notice: the engine reports its error (as QEMU does) at either end.

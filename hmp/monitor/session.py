@@ -7,10 +7,8 @@ from typing import TextIO
 
 from engine.errors import MigrationError
 from engine.machine import Machine
-from hmp.commands import COMMANDS
-from hmp.parser import ParseError, parse_line
-
-PROMPT = "(qemu) "
+from hmp.monitor.commands import COMMANDS
+from hmp.monitor.parser import ParseError, parse_line
 
 
 class Monitor:

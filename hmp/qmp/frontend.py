@@ -15,7 +15,7 @@ import threading
 
 from engine.machine import Machine
 from hmp.monitor import Monitor
-from hmp.qmp import QmpServer, QmpSpec, parse_qmp_spec
+from hmp.qmp.server import QmpServer, QmpSpec, parse_qmp_spec
 
 
 def extract_qmp_options(argv: list[str]) -> tuple[list[QmpSpec], list[str]]:

@@ -3,8 +3,8 @@
 This module is the presentation: a live progress line per migration, a terminal chart and a
 PNG chart per case (plain vs compressed on one chart), then the articles' table with our
 figures next to the published ones and the compressed/plain ratios. Running the migrations
-is a Runner's job: ``hmp.classic.run_classic`` (two real qemu-hmp processes per run), or any
-callable of the same shape (tests pass a recorded one).
+is a Runner's job: ``run_classic`` (two real qemu-hmp processes per run), or any callable
+of the same shape (tests pass a recorded one).
 """
 
 from __future__ import annotations
@@ -19,25 +19,10 @@ from typing import Protocol, TextIO
 from tabulate import tabulate
 
 from engine.stats import Sample
-from hmp.chart import terminal_chart, write_png
-from hmp.toolbar import Progress, progress_text
-
-
-@dataclass(frozen=True)
-class Figures:
-    total_time_ms: float
-    downtime_ms: float
-    transferred_kb: float
-
-
-@dataclass(frozen=True)
-class Case:
-    """One block of the articles' table: a guest and a network, plain and compressed."""
-
-    key: str  # what `--case` and the runner name it by
-    title: str  # as the articles describe it
-    plain: Figures  # published, compress off
-    compressed: Figures  # published, compress level 1 with 8 or 12 / 2 or 3 threads
+from hmp.lab import cases, experiment
+from hmp.lab.cases import CASES, DEFAULT_CASES, Case, Figures, describe
+from hmp.monitor import terminal_chart, write_png
+from hmp.shell import Progress, progress_text
 
 
 @dataclass(frozen=True)
@@ -56,33 +41,27 @@ class Runner(Protocol):
     def __call__(self, case: Case, compress: bool, progress: ProgressFn) -> Measured: ...
 
 
-# The published figures (DESIGN.md, "The classic experiment"): key, title, then
-# (total time ms, downtime ms, transferred kB) plain and compressed.
-_PUBLISHED = (
-    ("idle-1gbe", "idle 4 GiB guest, 1 GbE", (3333, 100, 363536), (1833, 27, 107819)),
-    (
-        "random-1gbe",
-        "guest writing random data, 1 GbE",
-        (37369, 337, 4274143),
-        (15989, 173, 1699824),
-    ),
-    ("idle-32mibs", "idle 2 GiB guest, ~32 MiB/s", (9536, 34, 307783), (4466, 22, 140445)),
-    (
-        "idle-limited",
-        "idle 2 GiB guest, limited bandwidth",
-        (11720, 169, 311554),
-        (5652, 21, 140189),
-    ),
-)
-CLASSIC = tuple(Case(k, t, Figures(*p), Figures(*c)) for k, t, p, c in _PUBLISHED)
-CASES = {case.key: case for case in CLASSIC}
-DEFAULT_CASES = ("idle-1gbe", "random-1gbe")  # an idle and a busy guest: under 2 minutes
 MODES = (("plain", False), ("compress", True))
 COLUMNS = (
     ("total time ms", "total_time_ms"),
     ("downtime ms", "downtime_ms"),
     ("transferred kB", "transferred_kb"),
 )
+
+
+def figures(result: experiment.Result) -> Figures:
+    return Figures(
+        result.number("total time"), result.number("downtime"), result.number("transferred ram")
+    )
+
+
+def run_classic(case: Case, compress: bool, progress: ProgressFn) -> Measured:
+    """The demo's runner: one real two-process migration of ``case``, plain or compressed."""
+    setup = cases.compressed(case.setup) if compress else case.setup
+    result = experiment.run(setup, lambda f: progress(Progress.from_figures(f)))
+    if result.status != "completed":
+        raise RuntimeError(f"{describe(setup)}: migration {result.status}")
+    return Measured(figures(result), result.series, describe(setup))
 
 
 class LiveLine:
@@ -175,7 +154,5 @@ def main(argv: list[str]) -> int:
         "--out", type=Path, default=Path("qemu-hmp-demo"), help="directory for the PNG charts"
     )
     args = parser.parse_args(argv)
-    from hmp.classic import run_classic  # the runner imports this module's types
-
     cases = [CASES[key] for key in args.case or DEFAULT_CASES]
     return run_demo(run_classic, cases, args.out, sys.stdout)

@@ -1,0 +1,28 @@
+"""The HMP language: the command table and its parser, QEMU's value rules, the renderers of
+`info`, one monitor session over a Machine, batch mode, and the chart and export of a
+migration's time series. Other rooms use only the names below."""
+
+from hmp.monitor.batch import run_batch
+from hmp.monitor.chart import terminal_chart, write_png
+from hmp.monitor.commands import COMMANDS, QEMU_VERSION, Command, hmp_help, package_version
+from hmp.monitor.parser import ArgSpec, find_command
+from hmp.monitor.series import from_json as series_from_json
+from hmp.monitor.session import Monitor
+from hmp.monitor.values import strtosz, strtou64
+
+__all__ = [
+    "COMMANDS",
+    "QEMU_VERSION",
+    "ArgSpec",
+    "Command",
+    "Monitor",
+    "find_command",
+    "hmp_help",
+    "package_version",
+    "run_batch",
+    "series_from_json",
+    "strtosz",
+    "strtou64",
+    "terminal_chart",
+    "write_png",
+]
