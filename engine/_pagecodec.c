@@ -17,7 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PAGE 4096
+#define PAGE 4096 /* the guest page: exported as PAGE_SIZE, which engine/guest.py reads */
+#define ZLIBNG_MAJOR "2." /* zng_stream below is zlib-ng 2.x's layout */
 #define CAPACITY (2 * PAGE) /* per compressed page: a stored page plus its framing fits */
 
 /* zlib-ng's native stream (zlib-ng.h, 2.x). */
@@ -59,6 +60,17 @@ bind(PyObject *module, PyObject *arg)
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL); /* kept open for the process's life */
     if (lib == NULL) {
         PyErr_Format(PyExc_ImportError, "cannot open zlib-ng: %s", dlerror());
+        return NULL;
+    }
+    /* The stream layout below is zlib-ng 2.x's: any other release would be misread. */
+    const char *(*version)(void) = (const char *(*)(void))dlsym(lib, "zlibng_version");
+    if (version == NULL) {
+        PyErr_Format(PyExc_ImportError, "%s is not zlib-ng (no zlibng_version)", path);
+        return NULL;
+    }
+    if (strncmp(version(), ZLIBNG_MAJOR, strlen(ZLIBNG_MAJOR)) != 0) {
+        PyErr_Format(PyExc_ImportError, "zlib-ng %s found, the page codec needs %sx",
+                     version(), ZLIBNG_MAJOR);
         return NULL;
     }
     struct { void **slot; const char *name; } symbols[] = {
@@ -436,7 +448,8 @@ PyInit__pagecodec(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Deflater", (PyObject *)&DeflaterType) < 0 ||
+    if (PyModule_AddIntConstant(m, "PAGE_SIZE", PAGE) < 0 ||
+        PyModule_AddObjectRef(m, "Deflater", (PyObject *)&DeflaterType) < 0 ||
         PyModule_AddObjectRef(m, "Inflater", (PyObject *)&InflaterType) < 0) {
         Py_DECREF(m);
         return NULL;

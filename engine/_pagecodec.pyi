@@ -2,7 +2,10 @@
 
 from typing_extensions import Buffer
 
-def bind(path: str) -> None: ...
+PAGE_SIZE: int
+
+def bind(path: str) -> None:
+    """Bind the zlib-ng 2.x library at ``path``; ImportError for any other."""
 
 class Deflater:
     def __init__(self, level: int) -> None: ...

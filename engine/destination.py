@@ -10,6 +10,7 @@ source's: only then does the guest resume.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections import deque
@@ -29,6 +30,7 @@ from engine.state import MigrationStatus, RunState
 from engine.transport import Listener, shutdown
 from engine.vm import Vm
 
+log = logging.getLogger(__name__)
 STALE_PEEK_S = 1.0  # how long a new connection may take to show its first bytes
 CHANNEL_TIMEOUT_S = 10.0  # for multifd channels to connect after the main stream
 
@@ -126,6 +128,7 @@ class IncomingMigration(threading.Thread):
         except (wire.StreamError, OSError) as exc:
             error = str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
         except Exception as exc:  # a bug must still leave the destination consistent
+            log.exception("incoming migration on %s", self.listener.addr.uri())
             error = f"internal error: {exc!r}"
         finally:
             loader.close()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 Listener = Callable[[str, dict[str, Any]], None]
+
+
+log = logging.getLogger(__name__)
 
 
 class EventBus:
@@ -34,4 +38,4 @@ class EventBus:
             try:
                 listener(name, data)
             except Exception:  # a broken subscriber must not stop the migration
-                pass
+                log.exception("event subscriber failed on %s", name)

@@ -9,8 +9,10 @@ import numpy as np
 import numpy.typing as npt
 from zlib_ng import zlib_ng
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
+from engine import _pagecodec
+
+PAGE_SIZE: int = _pagecodec.PAGE_SIZE  # one definition, the C page codec's
+PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
 ZERO_PAGE = bytes(PAGE_SIZE)
 
 PageIndex = npt.NDArray[np.intp]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ from engine.guest import PAGE_SIZE, GuestRam
 from engine.params import CAPABILITIES, MigrationConfig, ParamValue
 from engine.policy import PolicyInfo
 from engine.snapshot import MigrationInfo, StatusInfo
-from engine.source import OutgoingMigration, OutgoingSettings
+from engine.source import OutgoingMigration, OutgoingSettings, multifd_channels
 from engine.state import MigrationStatus, RunState, is_running
 from engine.stats import Sample
 from engine.transport import Address, Listener, UnknownProtocol, parse_uri
@@ -23,6 +24,7 @@ from engine.vm import Vm
 from engine.workload import Workload, WorkloadSpec
 
 MiB = 1024 * 1024
+log = logging.getLogger(__name__)
 CONNECT_WAIT_S = 1.0  # how long `migrate` waits for the connection's outcome before returning
 
 
@@ -184,27 +186,7 @@ class Machine:
                         f"capability '{spec.name}' is not supported by qemu-hmp; "
                         f"run 'migrate_set_capability {spec.name} off'"
                     )
-            settings = OutgoingSettings(
-                compress=c.capability("compress"),
-                compress_method=str(c.param("x-compress-method")),
-                compress_level=int(c.param("compress-level")),
-                compress_threads=int(c.param("compress-threads")),
-                compress_wait_thread=bool(c.param("compress-wait-thread")),
-                auto_converge=c.capability("auto-converge"),
-                throttle_trigger_threshold=int(c.param("throttle-trigger-threshold")),
-                cpu_throttle_initial=int(c.param("cpu-throttle-initial")),
-                cpu_throttle_increment=int(c.param("cpu-throttle-increment")),
-                max_cpu_throttle=int(c.param("max-cpu-throttle")),
-                return_path=c.capability("return-path"),
-                compress_auto=c.capability("x-compress-auto"),
-                multifd_channels=self._multifd_channels(),
-                multifd_compression=str(c.param("multifd-compression")),
-                multifd_level=int(
-                    c.param("multifd-zstd-level")
-                    if c.param("multifd-compression") == "zstd"
-                    else c.param("multifd-zlib-level")
-                ),
-            )
+            settings = OutgoingSettings.from_config(c)
             mig = OutgoingMigration(
                 addr,
                 self.ram,
@@ -269,13 +251,9 @@ class Machine:
 
     def _migration_event(self, name: str, data: dict[str, Any]) -> None:
         """QEMU sends MIGRATION and MIGRATION_PASS only while the events capability is on."""
+        log.info("%s %s", name, data)
         if self.config.capability("events"):
             self.events.emit(name, data)
-
-    def _multifd_channels(self) -> int:
-        """multifd-channels while the multifd capability is on; 0 (no channels) otherwise."""
-        c = self.config
-        return int(c.param("multifd-channels")) if c.capability("multifd") else 0
 
     def _incoming_config(self) -> tuple[wire.StreamConfig, int]:
         c = self.config
@@ -286,7 +264,7 @@ class Machine:
             compress_method=str(c.param("x-compress-method")),
             # The source says how many channels it opens; the destination only has to agree
             # that multifd is on (QEMU would hang on a channel-count mismatch).
-            multifd_channels=self._multifd_channels(),
+            multifd_channels=multifd_channels(c),
         )
         return local, int(c.param("decompress-threads"))
 

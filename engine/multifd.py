@@ -35,7 +35,6 @@ HELLO = struct.Struct(">4sII16s")
 HELLO_MAGIC = b"QHMF"
 PACKET = 0x30
 SYNC = 0x31
-METHODS = ("none", "zlib", "zstd")
 
 
 @dataclass(frozen=True)
@@ -57,50 +56,73 @@ class Hello:
         return cls(channel, session)
 
 
-def _packer(method: str, level: int) -> Callable[[bytes], bytes]:
-    """How one channel turns a packet's pages into its payload."""
-    if method == "zlib":
-        stream = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
-        return lambda data: stream.compress(data) + stream.flush(zlib_ng.Z_SYNC_FLUSH)
-    if method == "zstd":
-        return zstandard.ZstdCompressor(level=max(1, level), write_content_size=True).compress
+Pack = Callable[[bytes], bytes]  # one channel's packet pages → payload
+Unpack = Callable[[bytes | bytearray, int], bytes | bytearray]  # payload → exactly size bytes
+
+
+def _zlib_packer(level: int) -> Pack:
+    stream = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
+    return lambda data: stream.compress(data) + stream.flush(zlib_ng.Z_SYNC_FLUSH)
+
+
+def _zlib_unpacker() -> Unpack:
+    stream = zlib_ng.decompressobj(-15)
+
+    def inflate(data: bytes | bytearray, size: int) -> bytes:
+        try:
+            out = stream.decompress(data, size)  # never inflates past the packet's pages
+        except zlib_ng.error as exc:  # type: ignore[misc]
+            raise wire.StreamError("multifd: decompress data failed") from exc
+        if len(out) != size or stream.unconsumed_tail:
+            raise wire.StreamError("multifd: decompress data failed")
+        return out
+
+    return inflate
+
+
+def _zstd_packer(level: int) -> Pack:
+    return zstandard.ZstdCompressor(level=max(1, level), write_content_size=True).compress
+
+
+def _zstd_unpacker() -> Unpack:
+    dctx = zstandard.ZstdDecompressor()
+
+    def unzstd(data: bytes | bytearray, size: int) -> bytes:
+        try:
+            if zstandard.frame_content_size(data) != size:
+                raise wire.StreamError("multifd: decompress data failed")
+            return dctx.decompress(data, max_output_size=size)
+        except zstandard.ZstdError as exc:
+            raise wire.StreamError("multifd: decompress data failed") from exc
+
+    return unzstd
+
+
+def _raw_packer(_level: int) -> Pack:
     return lambda data: data
 
 
-def _unpacker(method: str) -> Callable[[bytes | bytearray, int], bytes | bytearray]:
-    """Payload → exactly ``size`` bytes of pages, never inflating past them."""
-    if method == "zlib":
-        stream = zlib_ng.decompressobj(-15)
-
-        def inflate(data: bytes | bytearray, size: int) -> bytes:
-            try:
-                out = stream.decompress(data, size)
-            except zlib_ng.error as exc:  # type: ignore[misc]
-                raise wire.StreamError("multifd: decompress data failed") from exc
-            if len(out) != size or stream.unconsumed_tail:
-                raise wire.StreamError("multifd: decompress data failed")
-            return out
-
-        return inflate
-    if method == "zstd":
-        dctx = zstandard.ZstdDecompressor()
-
-        def unzstd(data: bytes | bytearray, size: int) -> bytes:
-            try:
-                if zstandard.frame_content_size(data) != size:
-                    raise wire.StreamError("multifd: decompress data failed")
-                return dctx.decompress(data, max_output_size=size)
-            except zstandard.ZstdError as exc:
-                raise wire.StreamError("multifd: decompress data failed") from exc
-
-        return unzstd
-
+def _raw_unpacker() -> Unpack:
     def raw(data: bytes | bytearray, size: int) -> bytes | bytearray:
         if len(data) != size:
             raise wire.StreamError("multifd: packet length does not match its pages")
         return data
 
     return raw
+
+
+@dataclass(frozen=True)
+class PacketCodec:
+    packer: Callable[[int], Pack]  # level → a packer for one channel
+    unpacker: Callable[[], Unpack]
+
+
+# multifd-compression's values: QEMU 7.2's, in its order.
+METHODS: dict[str, PacketCodec] = {
+    "none": PacketCodec(_raw_packer, _raw_unpacker),
+    "zlib": PacketCodec(_zlib_packer, _zlib_unpacker),
+    "zstd": PacketCodec(_zstd_packer, _zstd_unpacker),
+}
 
 
 def _hang_up(socks: Iterable[socket.socket]) -> None:
@@ -122,7 +144,7 @@ class _SendChannel(threading.Thread):
 
     def run(self) -> None:
         s = self._sender
-        pack = _packer(s.method, s.level)
+        pack = METHODS[s.method].packer(s.level)
         try:
             while True:
                 pages = self.jobs.get()
@@ -235,7 +257,7 @@ class _RecvChannel(threading.Thread):
 
     def run(self) -> None:
         r = self._receiver
-        unpack = _unpacker(r.method)
+        unpack = METHODS[r.method].unpacker()
         generation = 0
         try:
             while (head := wire.read_record_head(self.sock)) is not None:

@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from engine.compression import CODECS
 from engine.errors import MigrationError
+from engine.guest import PAGE_SIZE
+from engine.multifd import METHODS
+from engine.numbers import UINT8_MAX, UINT32_MAX, UINT64_MAX
 
 ParamValue = int | bool | str
-
-PAGE_SIZE = 4096
-UINT64_MAX = 2**64 - 1
 
 
 class Kind(StrEnum):
@@ -198,7 +199,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         Kind.ENUM,
         "none",
         "page compression of multifd",
-        choices=("none", "zlib", "zstd"),
+        choices=tuple(METHODS),
     ),
     # QEMU 7.2's monitor never range-checks these two (its overlay skips them), nor prints them.
     ParamSpec("multifd-zlib-level", Kind.UINT8, 1, "zlib level of multifd (0-9)", printed=False),
@@ -226,7 +227,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         Kind.ENUM,
         "zlib",
         "codec used by the compress capability",
-        choices=("zlib", "zstd"),
+        choices=tuple(CODECS),
         printed=False,
         extension=True,
     ),
@@ -324,9 +325,10 @@ _BACKGROUND_SNAPSHOT_INCOMPATIBLE = (
     "zero-copy-send",
 )
 _ZERO_COPY = "Zero copy only available for non-compressed non-TLS multifd migration"
-_UINT_MAX = {
-    Kind.UINT8: (255, "uint8_t"),
-    Kind.UINT32: (2**32 - 1, "uint32_t"),
+# Each integer kind's limit and the C type QEMU's errors name.
+UINT_LIMITS = {
+    Kind.UINT8: (UINT8_MAX, "uint8_t"),
+    Kind.UINT32: (UINT32_MAX, "uint32_t"),
     Kind.SIZE: (UINT64_MAX, "uint64"),
 }
 
@@ -344,7 +346,7 @@ def _typed(spec: ParamSpec, value: ParamValue) -> ParamValue:
         if spec.choices and value not in spec.choices:
             raise MigrationError(f"Parameter '{spec.name}' does not accept value '{value}'")
     else:
-        limit, ctype = _UINT_MAX[spec.kind]
+        limit, ctype = UINT_LIMITS[spec.kind]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
             raise MigrationError(f"Parameter '{spec.name}' expects {ctype}")
     return value
@@ -407,6 +409,10 @@ class MigrationConfig:
     def param(self, name: str) -> ParamValue:
         with self._lock:
             return self._params[name]
+
+    def value(self, name: str) -> ParamValue:
+        """A capability's state or a parameter's value, by name."""
+        return self.capability(name) if name in CAPS_BY_NAME else self.param(name)
 
     def capability(self, name: str) -> bool:
         with self._lock:

@@ -19,9 +19,11 @@ measured and the policy can switch back.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, replace
 
+log = logging.getLogger(__name__)
 PERIOD_S = 0.1  # one decision per QEMU bandwidth window
 PROBE_EVERY = 16
 MARGIN = 1.10  # a choice must be 10% better to replace the current one (no flapping)
@@ -128,6 +130,17 @@ class AdaptivePolicy:
                 compressed_estimate=packed,
                 switches=info.switches + (compress != info.compress or level != info.level),
             )
+            if self._info.switches != info.switches:
+                log.info(
+                    "x-compress-auto: %s level %d (link %.0f B/s from %s, compressors %.0f B/s,"
+                    " ratio %.2f)",
+                    "compress" if compress else "raw",
+                    level,
+                    link,
+                    source,
+                    speed,
+                    ratio,
+                )
 
     def stop_and_copy(self, cap_bps: float, cap_source: str) -> None:
         """The stop lifts max-bandwidth and is too short for feedback: levels chosen for a

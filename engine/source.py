@@ -11,6 +11,7 @@ setup → active: connect, send header and configuration, mark every page dirty,
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -18,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import Hello, MultifdSender
+from engine.params import MigrationConfig
 from engine.policy import PERIOD_S as POLICY_PERIOD_S
 from engine.policy import AdaptivePolicy, PolicyInfo
 from engine.snapshot import MigrationInfo
@@ -37,6 +39,7 @@ from engine.stats import SourceStats, now_ms
 from engine.transport import Address, Link, RateLimiter, connect, send_buffers, shutdown
 from engine.vm import Vm
 
+log = logging.getLogger(__name__)
 RAW_BATCH = 256  # pages per record without compression (1 MiB)
 # Pages scanned per step when only non-zero ones cost much (compress, multifd): zero pages go
 # in one record; fewer steps keep the migration thread ahead of the workers on sparse guests.
@@ -46,25 +49,47 @@ MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 ACK_TIMEOUT_S = 60.0
 
 
+def _entry(name: str) -> Any:
+    """A setting read from the capability or parameter ``name`` of engine/params.py."""
+    return field(metadata={"entry": name})
+
+
 @dataclass(frozen=True)
 class OutgoingSettings:
     """Parameters and capabilities as they were when `migrate` ran (QEMU snapshots these too)."""
 
-    compress: bool
-    compress_method: str
-    compress_level: int
-    compress_threads: int
-    compress_wait_thread: bool
-    auto_converge: bool
-    throttle_trigger_threshold: int
-    cpu_throttle_initial: int
-    cpu_throttle_increment: int
-    max_cpu_throttle: int
-    return_path: bool = False
-    compress_auto: bool = False  # x-compress-auto: engine/policy.py steers compression
+    compress: bool = _entry("compress")
+    compress_method: str = _entry("x-compress-method")
+    compress_level: int = _entry("compress-level")
+    compress_threads: int = _entry("compress-threads")
+    compress_wait_thread: bool = _entry("compress-wait-thread")
+    auto_converge: bool = _entry("auto-converge")
+    throttle_trigger_threshold: int = _entry("throttle-trigger-threshold")
+    cpu_throttle_initial: int = _entry("cpu-throttle-initial")
+    cpu_throttle_increment: int = _entry("cpu-throttle-increment")
+    max_cpu_throttle: int = _entry("max-cpu-throttle")
+    return_path: bool = _entry("return-path")
+    compress_auto: bool = _entry("x-compress-auto")  # engine/policy.py steers compression
+    multifd_compression: str = _entry("multifd-compression")
     multifd_channels: int = 0  # 0: the multifd capability is off
-    multifd_compression: str = "none"
-    multifd_level: int = 1
+    multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
+
+    @classmethod
+    def from_config(cls, config: MigrationConfig) -> OutgoingSettings:
+        values: dict[str, Any] = {
+            f.name: config.value(f.metadata["entry"]) for f in fields(cls) if f.metadata
+        }
+        method = values["multifd_compression"]
+        return cls(
+            **values,
+            multifd_channels=multifd_channels(config),
+            multifd_level=int(config.param(f"multifd-{method}-level")) if method != "none" else 1,
+        )
+
+
+def multifd_channels(config: MigrationConfig) -> int:
+    """multifd-channels while the multifd capability is on; 0 (no channels) otherwise."""
+    return int(config.param("multifd-channels")) if config.capability("multifd") else 0
 
 
 class Cancelled(Exception):
@@ -169,6 +194,7 @@ class OutgoingMigration(threading.Thread):
             else:
                 self._finish(MigrationStatus.FAILED, self._io_error(exc))
         except Exception as exc:  # a bug must still leave the VM running and the status sane
+            log.exception("outgoing migration to %s", self.addr.uri())
             self._finish(MigrationStatus.FAILED, f"internal error: {exc!r}")
         else:
             self._finish(MigrationStatus.COMPLETED, None)

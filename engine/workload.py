@@ -57,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.guest import PAGE_SIZE, GuestRam, VcpuGate
+from engine.numbers import strtosz
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -72,24 +73,9 @@ IDLE_NONZERO = 0.15
 RUN_MAX = 64
 POOL_PAGES = 4096  # distinct template pages; reused round-robin, far beyond any codec window
 
-_SIZE_SUFFIX = {"": 1, "B": 1, "K": KiB, "M": MiB, "G": GiB, "T": 1024 * GiB}
 
 U8 = npt.NDArray[np.uint8]
 U64 = npt.NDArray[np.uint64]
-
-
-def parse_size(text: str) -> int:
-    """``4096``, ``64K``, ``256M``, ``1.5G`` -> bytes (QEMU's size suffixes, base 1024)."""
-    t = text.strip().upper()
-    unit = t[-1:] if t[-1:] in _SIZE_SUFFIX else ""
-    num = t[: len(t) - len(unit)]
-    try:
-        value = float(num) if "." in num else int(num)
-    except ValueError:
-        raise ValueError(f"invalid size '{text}'") from None
-    if value < 0:
-        raise ValueError(f"invalid size '{text}'")
-    return int(value * _SIZE_SUFFIX[unit])
 
 
 @dataclass(frozen=True)
@@ -127,7 +113,10 @@ class WorkloadSpec:
                 raise ValueError(f"workload rate must be positive, not {rate}")
         wss = None
         if "wss" in seen:
-            wss = parse_size(seen["wss"])
+            try:  # QEMU's size spelling, as for -m and the monitor's sizes
+                wss = strtosz(seen["wss"])
+            except ValueError:
+                raise ValueError(f"invalid size '{seen['wss']}'") from None
             if wss < PAGE_SIZE:
                 raise ValueError(f"workload wss must be at least {PAGE_SIZE} bytes")
         return cls(name, rate, wss)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from engine.errors import MigrationError
 from engine.machine import Loader, Machine, MachineOptions
-from engine.workload import WorkloadSpec
+from engine.workload import PROFILES, WorkloadSpec
 from hmp import harness, lab
 from hmp.exits import run_as_process
+from hmp.log import extract_log_option, start_log
 from hmp.monitor import QEMU_VERSION, Monitor, package_version, run_batch, strtosz, strtou64
 from hmp.qmp import QmpFrontend, extract_qmp_options
 from hmp.shell import USAGE as SHELL_USAGE
@@ -23,7 +24,6 @@ from hmp.shell import ShellOptions, run_pair, run_repl
 
 MiB = 1024 * 1024
 DEFAULT_RAM = 128 * MiB
-WORKLOADS = ("idle", "random-writer", "zero", "random")
 
 # QEMU options that describe hardware qemu-hmp does not model: accepted so pasted QEMU command
 # lines work, and otherwise ignored (the value, if any, is skipped).
@@ -43,6 +43,8 @@ QEMU options:
   -device loader,file=PATH,addr=ADDR,force-raw=on
                           copy a file into guest RAM at ADDR (repeatable)
   -monitor stdio          accepted (the monitor is always on stdio)
+  -D FILE                 log to FILE: unexpected errors with their tracebacks, migration
+                          state changes, the adaptive policy's decisions (default: no log)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
                           serve QMP there too (repeatable; see hmp/qmp/)
   -machine, -M, -smp, -display, -accel, -cpu, -vga, -nodefaults, -nographic,
@@ -124,7 +126,7 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
         option = arg[1:] if arg.startswith("--") else arg
         if option in ("-h", "-help"):
             subcommands = ", ".join(SUBCOMMANDS)
-            sys.stdout.write(USAGE.format(subcommands=subcommands, workloads=", ".join(WORKLOADS)))
+            sys.stdout.write(USAGE.format(subcommands=subcommands, workloads=", ".join(PROFILES)))
             sys.stdout.write(SHELL_USAGE)
             return None
         if option == "-version":
@@ -149,8 +151,8 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
                 raise UsageError(f"{arg}: only '-monitor stdio' is supported")
         elif option == "-workload":
             workload = value(arg)
-            if workload.split(",")[0] not in WORKLOADS:
-                raise UsageError(f"{arg} {workload}: expected one of {', '.join(WORKLOADS)}")
+            if workload.split(",")[0] not in PROFILES:
+                raise UsageError(f"{arg} {workload}: expected one of {', '.join(PROFILES)}")
             try:  # options such as random-writer,rate=25000,wss=32M
                 WorkloadSpec.parse(workload)
             except ValueError as err:
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     shell, argv = ShellOptions.extract(argv)
     try:
         qmp_specs, argv = extract_qmp_options(argv)  # -qmp: hmp/qmp/frontend.py
+        log_file, argv = extract_log_option(argv)
+        start_log(log_file)
     except ValueError as err:
         sys.stderr.write(f"qemu-hmp: {err}\n")
         return 1

@@ -9,6 +9,7 @@ from engine import wire
 from engine.destination import StreamLoader
 from engine.events import EventBus
 from engine.guest import PAGE_SIZE, GuestRam
+from engine.params import MigrationConfig
 from engine.source import OutgoingMigration, OutgoingSettings
 from engine.state import RunState
 from engine.transport import Address, Listener
@@ -25,18 +26,18 @@ def settings(
     threads: int = 2,
     wait: bool = True,
 ) -> OutgoingSettings:
-    return OutgoingSettings(
-        compress=compress,
-        compress_method=method,
-        compress_level=level,
-        compress_threads=threads,
-        compress_wait_thread=wait,
-        auto_converge=False,
-        throttle_trigger_threshold=50,
-        cpu_throttle_initial=20,
-        cpu_throttle_increment=10,
-        max_cpu_throttle=99,
+    """The table's defaults (as `migrate` would read them) with these overrides."""
+    config = MigrationConfig()
+    config.set_capabilities({"compress": compress}, incoming=False)
+    config.set_parameters(
+        {
+            "x-compress-method": method,
+            "compress-level": level,
+            "compress-threads": threads,
+            "compress-wait-thread": wait,
+        }
     )
+    return OutgoingSettings.from_config(config)
 
 
 def guest(size: int = 8 * MiB, workload: str = "idle", seed: int = 7) -> GuestRam:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.machine import Loader, MachineOptions
-from hmp.cli import SUBCOMMANDS, WORKLOADS, UsageError, main, parse_argv
+from engine.workload import PROFILES
+from hmp.cli import SUBCOMMANDS, UsageError, main, parse_argv
 
 MiB = 1 << 20
 ORACLE = Path(__file__).parent / "data" / "qemu-7.2"
@@ -59,7 +60,7 @@ def test_harmless_qemu_options_are_ignored() -> None:
         (["-bogus"], "-bogus: invalid option"),
         (["disk.img"], "disk.img: disk images are not supported"),
         (["-monitor", "unix:/tmp/x"], "-monitor: only '-monitor stdio' is supported"),
-        (["--workload", "busy"], "--workload busy: expected one of " + ", ".join(WORKLOADS)),
+        (["--workload", "busy"], "--workload busy: expected one of " + ", ".join(PROFILES)),
         (["--seed", "x"], "--seed x: expected a non-negative integer"),
         (["-device", "e1000"], "-device e1000: only the loader device is supported"),
         (["-device", "loader,file=f,addr=1"],

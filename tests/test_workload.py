@@ -16,7 +16,6 @@ from engine.workload import (
     RandomWriter,
     Workload,
     WorkloadSpec,
-    parse_size,
 )
 
 MiB = 1024 * 1024
@@ -91,11 +90,12 @@ def test_parse_errors(text: str, message: str) -> None:
     assert str(err.value) == message
 
 
-def test_parse_size() -> None:
-    assert parse_size("4096") == 4096
-    assert parse_size("64k") == 64 * 1024
-    assert parse_size("1.5G") == 3 << 29
-    assert parse_size("2T") == 2 << 40
+def test_wss_is_spelled_as_qemu_spells_sizes() -> None:
+    """The same parser as -m and the monitor's sizes (QEMU's qemu_strtosz)."""
+    for text, size in [("4096", 4096), ("64k", 64 * 1024), ("1.5G", 3 << 29), ("0x2000", 8192)]:
+        assert WorkloadSpec.parse(f"idle,rate=1,wss={text}").wss == size
+    with pytest.raises(ValueError, match=r"invalid size '1\.5'"):
+        WorkloadSpec.parse("idle,rate=1,wss=1.5")  # a fraction needs a unit, as in QEMU
 
 
 # -- content ------------------------------------------------------------------------------------

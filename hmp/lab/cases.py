@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from engine.workload import MiB, WorkloadSpec, parse_size
+from engine.workload import MiB, WorkloadSpec
 from hmp.lab.experiment import Setup
+from hmp.monitor import strtosz
 
 GBE = 125_000_000  # 1 Gbit/s in bytes/s
 IDLE_OS = "idle,rate=1000,wss=8M"
@@ -91,7 +92,7 @@ def describe(setup: Setup) -> str:
         net = f"{setup.link / 2**20:g} MiB/s link"
     if not setup.link:
         net = f"{setup.max_bandwidth}/s"
-    elif parse_size(setup.max_bandwidth) < setup.link:
+    elif strtosz(setup.max_bandwidth, "M") < setup.link:
         net += f", max-bandwidth {setup.max_bandwidth}"
     spec = WorkloadSpec.parse(setup.workload)
     writes = f" writing {spec.rate} pages/s" if spec.rate else ""

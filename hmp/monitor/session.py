@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import TextIO
 
@@ -9,6 +10,8 @@ from engine.errors import MigrationError
 from engine.machine import Machine
 from hmp.monitor.commands import COMMANDS
 from hmp.monitor.parser import ParseError, parse_line
+
+log = logging.getLogger(__name__)
 
 
 class Monitor:
@@ -57,5 +60,6 @@ class Monitor:
             hint = err.hint if not err.hint or err.hint.endswith("\n") else err.hint + "\n"
             self.printf(f"Error: {err.desc}\n{hint}")
         except Exception as exc:  # a bug must not take the user's session down with it
+            log.exception("monitor command %r", line)
             self.error_report(f"internal error: {exc!r}")
         self.out.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import queue
 import socket
@@ -32,6 +33,9 @@ Args = dict[str, Any]
 
 
 # -- the -qmp option ------------------------------------------------------------------------------
+log = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class QmpSpec:
     """A parsed ``-qmp`` value: where to listen and whether to wait for the first client."""
@@ -242,6 +246,7 @@ class _Session:
         try:
             result = self._dispatch(request)
         except Exception as exc:  # a bug in one command must not take the session down
+            log.exception("QMP command")
             err = exc if isinstance(exc, QmpError) else QmpError(f"qemu-hmp internal error: {exc}")
             error = {"class": err.cls, "desc": err.desc}
             return {"error": error} if req_id is _NO_ID else {"id": req_id, "error": error}

@@ -1,0 +1,46 @@
+"""engine/_pagecodec.c binds only a zlib-ng whose stream layout it knows (2.x)."""
+
+from __future__ import annotations
+
+import ctypes.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine import _pagecodec, compression  # compression binds python-zlib-ng's zlib-ng
+from engine.guest import PAGE_SHIFT, PAGE_SIZE
+
+
+def fake_zlibng(tmp_path: Path, version: str) -> Path:
+    """A shared object that says it is zlib-ng ``version`` and has nothing else."""
+    source = tmp_path / "fake.c"
+    source.write_text(f'const char *zlibng_version(void) {{ return "{version}"; }}\n')
+    lib = tmp_path / "libfake.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", lib, source], check=True)
+    return lib
+
+
+def test_another_major_version_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ImportError, match=r"zlib-ng 3\.0\.0 found, the page codec needs 2\.x"):
+        _pagecodec.bind(str(fake_zlibng(tmp_path, "3.0.0")))
+
+
+def test_a_library_that_is_not_zlib_ng_is_refused() -> None:
+    libc = ctypes.util.find_library("c")
+    assert libc is not None
+    with pytest.raises(ImportError, match="is not zlib-ng"):
+        _pagecodec.bind(libc)
+
+
+def test_a_refused_bind_keeps_the_codec_working(tmp_path: Path) -> None:
+    with pytest.raises(ImportError):
+        _pagecodec.bind(str(fake_zlibng(tmp_path, "1.2.13")))
+    assert compression.CODECS["zlib"]  # bound at import, as the engine runs
+    ram = bytearray(PAGE_SIZE)
+    blob, sizes, crcs = _pagecodec.Deflater(1).compress(ram, [0])
+    assert len(sizes) == len(crcs) == 1 and 0 < sizes[0] == len(blob)
+
+
+def test_page_geometry_comes_from_the_codec() -> None:
+    assert PAGE_SIZE == _pagecodec.PAGE_SIZE == 1 << PAGE_SHIFT
