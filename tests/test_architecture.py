@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # room → the rooms (and top-level modules) it may import; docs/ARCHITECTURE.md shows the same.
 ALLOWED: dict[str, set[str]] = {
-    "top": {"monitor", "qmp", "shell", "harness", "lab", "exits", "cli", "markers"},
+    "top": {"monitor", "qmp", "shell", "harness", "lab", "exits", "cli", "log", "markers"},
     "monitor": {"markers"},
     "qmp": {"monitor"},
     "shell": {"monitor", "harness", "markers"},
