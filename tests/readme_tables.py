@@ -11,7 +11,8 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from engine.params import CAPABILITIES, PARAMETERS, UINT64_MAX, Kind, ParamSpec
+from engine.params import CAPABILITIES, PARAMETERS, Kind
+from hmp.monitor import valid_text
 from hmp.monitor.commands import COMMANDS, Command
 from hmp.qmp import server as qmp
 from hmp.shell.completion import show_value
@@ -43,28 +44,13 @@ def _commands() -> Iterator[tuple[str, ...]]:
         yield from (_listed(sub, f"{cmd.name} ") for sub in cmd.sub_table)
 
 
-def _valid(spec: ParamSpec) -> str:
-    if spec.kind is Kind.QMP_ONLY:
-        return "QMP only"
-    if spec.choices:
-        return " | ".join(spec.choices)
-    if spec.kind in (Kind.BOOL, Kind.STR):
-        return "on | off" if spec.kind is Kind.BOOL else "any string"
-    check = spec.check
-    if check is None:
-        return {Kind.UINT8: "0–255", Kind.UINT32: "0–4294967295"}.get(spec.kind, "size")
-    if check.power_of_two:
-        return f"power of 2, ≥ {check.low}"
-    return "size" if check.high == UINT64_MAX else f"{check.low}–{check.high}"
-
-
 def _parameters() -> Iterator[tuple[str, ...]]:
     for spec in PARAMETERS:
         default = "(unset)" if spec.kind is Kind.QMP_ONLY else show_value(spec, spec.default)
         note = EXTENSION if spec.extension else ""
         if not spec.printed and not spec.extension:
             note = " *(not printed by QEMU 7.2)*"
-        yield f"`{spec.name}`", default, _valid(spec), spec.doc + note
+        yield f"`{spec.name}`", default, valid_text(spec), spec.doc + note
 
 
 def _capabilities() -> Iterator[tuple[str, ...]]:

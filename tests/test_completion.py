@@ -12,10 +12,12 @@ from engine.snapshot import MigrationInfo, RamStats
 from engine.state import MigrationStatus
 from hmp.monitor import render
 from hmp.monitor.commands import COMMANDS, INFO_COMMANDS
+from hmp.monitor.values import parse_parameter
 from hmp.shell.completion import MonitorCompleter
 from hmp.shell.lexer import MonitorLexer
 from hmp.shell.toolbar import Progress, progress_text
 from hmp.shell.watch import ended_notice
+from tests.readme_tables import README
 
 MiB = 1024 * 1024
 
@@ -79,9 +81,37 @@ def test_value_hint_shows_the_current_value_first() -> None:
     )
     offered = complete("migrate_set_parameter compress-threads ", completer)
     assert offered == {
-        "12": "current; a value between 1 and 255",
-        "8": "default; a value between 1 and 255",
+        "12": "current; 1–255",
+        "8": "default; 1–255",
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "spelled"),
+    [
+        ("max-bandwidth", 32 * 1024 * 1024, "32M"),  # a bare 33554432 would mean 32 TiB/s
+        ("max-bandwidth", 1000, "1000B"),
+        ("max-bandwidth", 0, "0"),
+        ("xbzrle-cache-size", 64 * 1024 * 1024, "64M"),
+        ("downtime-limit", 300, "300"),  # milliseconds: no unit to add
+    ],
+)
+def test_offered_values_read_back_as_the_same_value(name: str, value: int, spelled: str) -> None:
+    spec = PARAMS_BY_NAME[name]
+    completer = MonitorCompleter(
+        current=lambda n: value if n == name else PARAMS_BY_NAME[n].default
+    )
+    offered = complete(f"migrate_set_parameter {name} ", completer)
+    assert spelled in offered
+    for text in offered:
+        assert parse_parameter(spec, text, lambda _w: None) in (value, spec.default)
+
+
+def test_menu_and_readme_say_the_same_range() -> None:
+    """announce-step takes 1-10000 (QEMU's error text says 0): one source for both."""
+    hint = dict(complete("migrate_set_parameter announce-s"))["announce-step"]
+    assert "; 1–10000; " in hint
+    assert "| `announce-step` | 100 ms | 1–10000 |" in README.read_text()
 
 
 def test_flags_come_from_args_type() -> None:

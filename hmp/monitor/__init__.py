@@ -8,7 +8,7 @@ from hmp.monitor.commands import COMMANDS, QEMU_VERSION, Command, hmp_help, pack
 from hmp.monitor.parser import ArgSpec, find_command
 from hmp.monitor.series import from_json as series_from_json
 from hmp.monitor.session import Monitor
-from hmp.monitor.values import strtosz, strtou64
+from hmp.monitor.values import spell, strtosz, strtou64, valid_text
 
 __all__ = [
     "COMMANDS",
@@ -21,8 +21,10 @@ __all__ = [
     "package_version",
     "run_batch",
     "series_from_json",
+    "spell",
     "strtosz",
     "strtou64",
     "terminal_chart",
+    "valid_text",
     "write_png",
 ]

@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.errors import MigrationError
-from engine.numbers import C_SPACE, INT64_MAX, SUFFIXES, NumberError, RangeError, strtosz, strtou64
+from engine.numbers import (
+    C_SPACE,
+    INT64_MAX,
+    SUFFIXES,
+    UINT64_MAX,
+    NumberError,
+    RangeError,
+    strtosz,
+    strtou64,
+)
 from engine.params import UINT_LIMITS, Kind, ParamSpec, ParamValue
 
 _SIZE_HINT = (
@@ -42,12 +51,47 @@ def _warn_hex_suffix(text: str, warn: Callable[[str], None]) -> None:
         warn(f"Using a multiplier suffix on hex numbers is deprecated: {text}")
 
 
+def default_unit(spec: ParamSpec) -> str:
+    """The unit of a bare number: HMP parses max-bandwidth itself, in MiB; sizes are bytes."""
+    return "M" if spec.name == "max-bandwidth" else "B"
+
+
+def spell(spec: ParamSpec, value: ParamValue) -> str:
+    """``value`` as it must be typed so that the monitor reads it back as the same value:
+    a byte size in its largest exact unit (33554432 → ``32M``, never a bare number that
+    max-bandwidth would read as MiB), a duration or count as it is."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if not isinstance(value, int) or "bytes" not in spec.unit or value == 0:
+        return str(value)
+    for i in range(len(SUFFIXES) - 1, -1, -1):
+        if value % 1024**i == 0:
+            return f"{value // 1024**i}{SUFFIXES[i]}"
+    raise AssertionError("unreachable: 1024**0 divides every integer")
+
+
+def valid_text(spec: ParamSpec) -> str:
+    """What ``spec`` accepts, for menus and the README. QEMU's own error text can be off
+    (announce-step's says "between 0" but takes 1 up), so this reads the rule itself."""
+    if spec.kind is Kind.QMP_ONLY:
+        return "QMP only"
+    if spec.choices:
+        return " | ".join(spec.choices)
+    if spec.kind in (Kind.BOOL, Kind.STR):
+        return "on | off" if spec.kind is Kind.BOOL else "any string"
+    check = spec.check
+    if check is None:
+        return {Kind.UINT8: "0–255", Kind.UINT32: "0–4294967295"}.get(spec.kind, "size")
+    if check.power_of_two:
+        return f"power of 2, ≥ {check.low}"
+    return "size" if check.high == UINT64_MAX else f"{check.low}–{check.high}"
+
+
 def _parse_size(spec: ParamSpec, text: str, warn: Callable[[str], None]) -> int:
     _warn_hex_suffix(text, warn)
-    if spec.name == "max-bandwidth":
-        # HMP parses this one itself, with MiB as the default unit.
+    if default_unit(spec) == "M":
         try:
-            value = strtosz(text, "M")
+            value = strtosz(text, default_unit(spec))
         except ValueError:
             value = -1
         if not 0 <= value <= INT64_MAX:

@@ -15,7 +15,7 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
 from engine.params import CAPABILITIES, PARAMETERS, PARAMS_BY_NAME, Kind, ParamSpec, ParamValue
-from hmp.monitor import COMMANDS, ArgSpec, Command, find_command, hmp_help
+from hmp.monitor import COMMANDS, ArgSpec, Command, find_command, hmp_help, spell, valid_text
 
 Current = Callable[[str], ParamValue]  # a parameter's value now, for the hint
 
@@ -49,12 +49,8 @@ def show_value(spec: ParamSpec, value: ParamValue) -> str:
 
 
 def param_hint(spec: ParamSpec) -> str:
-    """The meta text of a parameter: its default, its range and what it is."""
-    parts = [f"default {show_value(spec, spec.default)}"]
-    if spec.check is not None:
-        parts.append(spec.check.expects)
-    parts.append(spec.doc)
-    return "; ".join(parts)
+    """The meta text of a parameter: its default, what it accepts and what it is."""
+    return "; ".join((f"default {show_value(spec, spec.default)}", valid_text(spec), spec.doc))
 
 
 def _parameters() -> Iterator[tuple[str, str]]:
@@ -69,11 +65,12 @@ def _param_values(spec: ParamSpec, current: Current | None) -> Iterator[tuple[st
     elif spec.choices:
         yield from ((choice, "") for choice in spec.choices)
     elif spec.kind is not Kind.STR and spec.kind is not Kind.QMP_ONLY:
-        # A number: offer the current value (then the default) with the rule as meta.
-        rule = spec.check.expects if spec.check else spec.kind.value
+        # A number: offer the current value (then the default), spelled so that it reads
+        # back as the same value, with what the parameter accepts as meta.
+        rule = valid_text(spec)
         if current is not None and current(spec.name) != spec.default:
-            yield str(current(spec.name)), f"current; {rule}"
-        yield str(spec.default), f"default; {rule}"
+            yield spell(spec, current(spec.name)), f"current; {rule}"
+        yield spell(spec, spec.default), f"default; {rule}"
 
 
 class MonitorCompleter(Completer):
