@@ -233,7 +233,7 @@ class SourceStats:
                     setup_time=int(self.setup_ms or 0),
                     ram=self._ram(),
                     compression=self._compression(),
-                    cpu_throttle_percentage=self.throttle_pct or None,
+                    # QEMU stops the throttle at the end (cpu_throttle_stop): no line then.
                 )
             if status in STATS_STATES:
                 return MigrationInfo(
