@@ -55,8 +55,7 @@ def test_parameter_names_carry_default_range_and_doc() -> None:
     settable = [p.name for p in PARAMETERS if p.kind is not Kind.QMP_ONLY]
     assert list(offered) == settable
     assert offered["compress-level"] == (
-        "default 1; 0–9; "
-        "zlib level of the compress capability (0 none, 1 fastest, 9 best)"
+        "default 1; 0–9; zlib level of the compress capability (0 none, 1 fastest, 9 best)"
     )
     assert offered["downtime-limit"].startswith("default 300 ms; 0–2000000; ")
 

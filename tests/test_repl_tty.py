@@ -152,3 +152,54 @@ def test_toolbar_and_finished_notice_during_a_real_migration(term: Terminal) -> 
         assert "incoming migration completed" not in screen
         term.keys("quit", "Enter")
         term.wait_exit()
+
+
+def destination_uri(dst: Endpoint) -> str:
+    return dst.execute("info migrate", TIMEOUT).split("socket address: [\n\t")[1].split("\n")[0]
+
+
+def test_blocking_migrate_shows_progress_and_ctrl_c_says_it_detached(term: Terminal) -> None:
+    with Endpoint(["qemu-hmp", "-m", "64M", "-incoming", "tcp:127.0.0.1:0"], name="dst") as dst:
+        dst.wait_ready(TIMEOUT)
+        term.start("-m", "64M")
+        # 64 MiB at 1 MiB/s: a minute, so the wait is still on when Ctrl-C comes.
+        term.keys("migrate_set_parameter max-bandwidth 1M", "Enter")
+        term.keys(f"migrate {destination_uri(dst)}", "Enter")
+        screen = term.wait_for("% sent · ")  # the toolbar draws while migrate blocks
+        assert prompt_line(screen).startswith("(qemu) migrate tcp:")
+        term.keys("C-c")
+        term.wait_for("* stopped waiting: the migration goes on in the background")
+        term.keys("info migrate", "Enter")
+        term.wait_for("Migration status: active")  # detached, not cancelled
+        term.keys("migrate_cancel", "Enter")
+        term.keys("quit", "Enter")
+        term.wait_exit()
+
+
+def test_blocking_migrate_returns_to_the_prompt_when_it_completes(term: Terminal) -> None:
+    with Endpoint(["qemu-hmp", "-m", "16M", "-incoming", "tcp:127.0.0.1:0"], name="dst") as dst:
+        dst.wait_ready(TIMEOUT)
+        term.start("-m", "16M")
+        term.keys(f"migrate {destination_uri(dst)}", "Enter")
+        term.wait_for("* migration completed in ")
+        term.keys("info status", "Enter")
+        term.wait_for("VM status: paused (postmigrate)")
+        assert "stopped waiting" not in term.screen()
+        term.keys("quit", "Enter")
+        term.wait_exit()
+
+
+def test_history_suggestion_is_styled_apart_from_typed_text(term: Terminal) -> None:
+    term.start("-m", "16M")
+    term.keys("info status", "Enter")
+    term.wait_for("VM status: running")
+    term.keys("info st")
+    screen = term.wait_until(
+        lambda screen: prompt_line(screen) == "(qemu) info status", "the suggested rest"
+    )
+    row = max(y for y, line in enumerate(screen.splitlines()) if line.startswith("(qemu)"))
+    cells = term.screen_.buffer[row]
+    typed, suggested = cells[len("(qemu) info s")], cells[len("(qemu) info st")]
+    assert not typed.italics and suggested.italics
+    term.keys("C-u", "quit", "Enter")
+    term.wait_exit()

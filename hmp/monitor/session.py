@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from engine.errors import MigrationError
 from engine.machine import Machine
+from engine.snapshot import MigrationInfo
 from hmp.monitor.commands import COMMANDS
 from hmp.monitor.parser import ParseError, parse_line
 
@@ -22,6 +24,8 @@ class Monitor:
         self._out = out
         self._err = err
         self.quit_requested = False
+        # How a blocking `migrate` waits for its end; the REPL draws its progress meanwhile.
+        self.wait_migration: Callable[[], MigrationInfo] = machine.wait_migration
 
     # Resolved at each write, so prompt_toolkit's patch_stdout also catches monitor output.
     @property

@@ -8,22 +8,30 @@ prompt and redraws the line being typed.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prompt_toolkit import PromptSession
+from prompt_toolkit import Application, PromptSession
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.completion import Completer
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input
+from prompt_toolkit.input.typeahead import store_typeahead
+from prompt_toolkit.key_binding import KeyBindings, KeyPress, KeyPressEvent
+from prompt_toolkit.keys import Keys
+from prompt_toolkit.layout import FormattedTextControl, Layout, Window
 from prompt_toolkit.lexers import PygmentsLexer
 from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
+from engine.machine import Machine
+from engine.snapshot import MigrationInfo
+from engine.state import RUNNING_STATES
 from hmp.markers import PROMPT
 from hmp.monitor import QEMU_VERSION, Monitor
 from hmp.shell.completion import MonitorCompleter
@@ -49,7 +57,13 @@ STYLE = Style.from_dict(
         "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
         "toolbar.state": "bold",
         "toolbar.bar": "#5faf00",
+        # The greyed history suggestion must not look typed (in a screen capture too).
+        "auto-suggestion": "italic #767676",
     }
+)
+DETACHED = (
+    "* stopped waiting: the migration goes on in the background"
+    " (`info migrate` shows it, `migrate_cancel` stops it)\n"
 )
 
 
@@ -91,14 +105,58 @@ def make_session(
     )
 
 
+def wait_with_progress(session: PromptSession[str], machine: Machine) -> MigrationInfo:
+    """A blocking `migrate` in the REPL: the toolbar alone shows its progress until it ends.
+    Ctrl-C stops the wait, not the migration, and says so above the prompt. Other keys are
+    typed ahead: the next prompt gets them, as a suspended QEMU monitor reads them later."""
+    keys = KeyBindings()
+    typed: list[KeyPress] = []
+
+    @keys.add("c-c")
+    def _detach(event: KeyPressEvent) -> None:
+        event.app.exit(result=False)
+
+    @keys.add(Keys.Any)
+    @keys.add("enter")
+    @keys.add("tab")
+    def _type_ahead(event: KeyPressEvent) -> None:
+        typed.extend(event.key_sequence)
+
+    app: Application[bool] = Application(
+        layout=Layout(
+            Window(FormattedTextControl(lambda: toolbar(machine)), style="class:bottom-toolbar")
+        ),
+        key_bindings=keys,
+        style=STYLE,
+        refresh_interval=REFRESH_S,
+        erase_when_done=True,
+        input=session.app.input,
+        output=session.app.output,
+    )
+
+    async def watch() -> None:
+        # QEMU's monitor polls a blocking migrate too (hmp_migrate_status_cb, every second).
+        while machine.query_migrate().status in RUNNING_STATES:
+            await asyncio.sleep(REFRESH_S)
+        app.exit(result=True)
+
+    def start() -> None:
+        app.create_background_task(watch())
+
+    detached = not app.run(pre_run=start)
+    store_typeahead(app.input, typed)
+    if detached:
+        sys.stdout.write(DETACHED)
+    return machine.query_migrate()
+
+
 def prompt_loop(
     session: PromptSession[str],
     execute: Callable[[str], None],
     done: Callable[[], bool],
     prompt: str = PROMPT,
 ) -> None:
-    """Ctrl-C drops the line being typed (or stops waiting for a blocking `migrate`); Ctrl-D
-    on an empty line leaves, as `quit` does."""
+    """Ctrl-C drops the line being typed; Ctrl-D on an empty line leaves, as `quit` does."""
     while not done():
         try:
             line = session.prompt(prompt)
@@ -106,10 +164,7 @@ def prompt_loop(
             continue
         except EOFError:
             break
-        try:
-            execute(line)
-        except KeyboardInterrupt:
-            sys.stdout.write("\n")
+        execute(line)
 
 
 def post(text: str) -> None:
@@ -134,6 +189,7 @@ def run_repl(
         input,
         output,
     )
+    mon.wait_migration = lambda: wait_with_progress(session, machine)
     mon.printf(BANNER)
     with patch_stdout(raw=True), MigrationWatcher(machine, post):
         prompt_loop(session, mon.execute, lambda: mon.quit_requested)
