@@ -10,9 +10,9 @@ from pygments.token import Error, Keyword, Name, Number, String
 from engine.params import CAPABILITIES, PARAMETERS, PARAMS_BY_NAME, Kind
 from engine.snapshot import MigrationInfo, RamStats
 from engine.state import MigrationStatus
-from hmp.monitor import render
 from hmp.monitor.commands import COMMANDS, INFO_COMMANDS
 from hmp.monitor.values import parse_parameter
+from hmp.qmp import qapi
 from hmp.shell.completion import MonitorCompleter
 from hmp.shell.lexer import MonitorLexer
 from hmp.shell.toolbar import Progress, progress_text
@@ -197,14 +197,22 @@ def test_toolbar_idle_completed_and_destination() -> None:
     )
 
 
-def test_progress_from_info_migrate_text_matches_the_snapshot() -> None:
-    info = MigrationInfo(
-        status=MigrationStatus.ACTIVE, total_time=2500, expected_downtime=300, ram=ram()
-    )
-    lines = render.info_migrate(info).splitlines()
-    figures = dict(line.split(": ", 1) for line in lines if ": " in line)
-    assert Progress.from_figures(figures) == Progress.from_info(info)
-    assert progress_text(Progress.from_figures({})) == "no migration"
+@pytest.mark.parametrize(
+    "info",
+    [
+        MigrationInfo(),
+        MigrationInfo(
+            status=MigrationStatus.ACTIVE, total_time=2500, expected_downtime=300, ram=ram()
+        ),
+        MigrationInfo(status=MigrationStatus.COMPLETED, total_time=4100, downtime=21, ram=ram()),
+        MigrationInfo(status=MigrationStatus.ACTIVE),  # a destination: no figures
+        MigrationInfo(status=MigrationStatus.FAILED, error_desc="Unable to write to socket"),
+    ],
+    ids=["none", "active", "completed", "destination", "failed"],
+)
+def test_progress_from_query_migrate_matches_the_snapshot(info: MigrationInfo) -> None:
+    """What `demo` reads over QMP shows what the REPL shows of the same snapshot, to the byte."""
+    assert Progress.from_query_migrate(qapi.migration_info(info)) == Progress.from_info(info)
 
 
 def test_notices() -> None:

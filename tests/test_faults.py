@@ -1,9 +1,10 @@
 """Faults with real qemu-hmp processes: peers killed, peers that stall, signals, broken stdio.
 
-Every wait is on monitor output with a timeout. Kill points are chosen by a seeded RNG (the
-case list is the same on every run); a point is reached by watching the source's monitor:
-a number of `info migrate` polls after `migrate -d` (setup), a `dirty sync count` (iterate),
-or `info status` saying finish-migrate (stop-and-copy).
+Commands are typed at the monitors; every wait reads QMP (``query-migrate``,
+``query-status``), as a tool would, with a timeout. Kill points are chosen by a seeded RNG
+(the case list is the same on every run); a point is reached by watching the source: a number
+of `query-migrate` polls after `migrate -d` (setup), a ``dirty-sync-count`` (iterate), or
+`query-status` saying finish-migrate (stop-and-copy).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hmp.harness.endpoint import Endpoint
-from hmp.lab.soak import info_value, listening_uri, migration_status, status_of, wait_for
 
 T = 20.0  # seconds any one wait may take
 RNG = random.Random(0x5EED)
@@ -34,7 +35,7 @@ def spawn() -> Iterator[Spawn]:
     made: list[Endpoint] = []
 
     def start(*args: str) -> Endpoint:
-        ep = Endpoint(["qemu-hmp", *args])
+        ep = Endpoint(["qemu-hmp", *args], qmp=True)
         made.append(ep)
         return ep
 
@@ -48,8 +49,17 @@ def ready(*eps: Endpoint) -> None:
         ep.wait_ready(T)
 
 
-def status_is(*wanted: str) -> Callable[[str], bool]:
-    return lambda out: status_of(out) in wanted
+def wait_for(ep: Endpoint, command: str, done: Callable[[Any], bool]) -> Any:
+    """Poll QMP ``command`` back to back until ``done`` holds of its answer: that answer."""
+    return ep.qmp.poll(command, done, T, interval=0)
+
+
+def status_is(*wanted: str) -> Callable[[Any], bool]:
+    return lambda info: info.get("status") in wanted
+
+
+def migration_status(ep: Endpoint) -> str:
+    return str(ep.qmp.execute("query-migrate").get("status"))
 
 
 def vm_status(ep: Endpoint) -> str:
@@ -94,19 +104,18 @@ GUEST = ("-m", "8M")
 def reach(src: Endpoint, point: KillPoint) -> None:
     if point.phase == "setup":
         for _ in range(point.depth):
-            src.execute("info migrate", T)
+            src.qmp.execute("query-migrate")
     elif point.phase == "iterate":
-        wait_for(
-            src,
-            "info migrate",
-            lambda out: int(info_value(out, "dirty sync count") or 0) >= point.depth,
-            T,
-        )
+
+        def deep_enough(info: Any) -> bool:
+            return info.get("ram", {}).get("dirty-sync-count", 0) >= point.depth
+
+        wait_for(src, "query-migrate", deep_enough)
         assert vm_status(src) == "VM status: running"
     else:
-        wait_for(src, "info status", lambda out: "finish-migrate" in out, T)
+        wait_for(src, "query-status", lambda info: info["status"] == "finish-migrate")
         for _ in range(point.depth):
-            src.execute("info migrate", T)
+            src.qmp.execute("query-migrate")
 
 
 @pytest.mark.parametrize("point", KILLS, ids=str)
@@ -114,7 +123,7 @@ def test_peer_killed(spawn: Spawn, point: KillPoint) -> None:
     dst = spawn(*GUEST, "-incoming", "tcp:127.0.0.1:0")
     src = spawn(*GUEST, "--workload", "random-writer,rate=5000,wss=2M", "--seed", "4")
     ready(dst, src)
-    uri = listening_uri(dst)
+    uri = dst.listening_uri()
     if point.phase == "setup":  # a slow wire: the 8 MiB guest cannot be done before the kill
         src.execute("migrate_set_parameter x-link-bandwidth 1M", T)
     if point.phase == "iterate":  # dirtying faster than it may send: passes go on
@@ -126,18 +135,18 @@ def test_peer_killed(spawn: Spawn, point: KillPoint) -> None:
     reach(src, point)
     if point.victim == "destination":
         dst.kill()
-        wait_for(src, "info migrate", status_is("failed"), T)
+        wait_for(src, "query-migrate", status_is("failed"))
         assert vm_status(src) == "VM status: running"  # the guest goes on at the source
         return
     src.kill()
-    wait_for(dst, "info migrate", status_is("failed"), T)
+    wait_for(dst, "query-migrate", status_is("failed"))
     assert vm_status(dst) == "VM status: paused (inmigrate)"
-    assert listening_uri(dst) == uri  # listening again: a new source may retry
+    assert dst.listening_uri() == uri  # listening again: a new source may retry
     retry = spawn(*GUEST, "--seed", "5")
     ready(retry)
     retry.execute(f"migrate {uri}", T)
     assert migration_status(retry) == "completed"
-    wait_for(dst, "info migrate", status_is("completed"), T)
+    wait_for(dst, "query-migrate", status_is("completed"))
     assert vm_status(dst) == "VM status: running"
 
 
@@ -151,18 +160,18 @@ def test_cancel_is_prompt_when_the_destination_never_reads(spawn: Spawn) -> None
         src.execute(f"migrate -d tcp:127.0.0.1:{server.getsockname()[1]}", T)
         conn, _ = server.accept()  # accepted, never read
         with conn:
-            last: list[str | None] = [None]
+            last: list[int | None] = [None]
 
-            def stalled(out: str) -> bool:  # two equal figures in a row: blocked in send
-                figure = info_value(out, "transferred ram")
-                same = status_of(out) == "active" and figure == last[0]
+            def stalled(info: Any) -> bool:  # two equal figures in a row: blocked in send
+                figure = info.get("ram", {}).get("transferred")
+                same = info.get("status") == "active" and figure == last[0]
                 last[0] = figure
                 return same
 
-            wait_for(src, "info migrate", stalled, T)
+            wait_for(src, "query-migrate", stalled)
             t0 = time.monotonic()
             src.execute("migrate_cancel", T)
-            wait_for(src, "info migrate", status_is("cancelled"), T)
+            wait_for(src, "query-migrate", status_is("cancelled"))
             assert time.monotonic() - t0 < 2.0
     assert vm_status(src) == "VM status: running"
 
@@ -170,9 +179,9 @@ def test_cancel_is_prompt_when_the_destination_never_reads(spawn: Spawn) -> None
 def test_a_silent_source_does_not_hang_the_destination(spawn: Spawn) -> None:
     dst = spawn("-m", "4M", "-incoming", "tcp:127.0.0.1:0")
     ready(dst)
-    port = int(listening_uri(dst).rsplit(":", 1)[1])
+    port = int(dst.listening_uri().rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)):  # connects, sends nothing
-        wait_for(dst, "info migrate", status_is("active"), T)
+        wait_for(dst, "query-migrate", status_is("active"))
         assert dst.execute("migrate_cancel", T) == ""  # no outgoing migration: a no-op
         assert vm_status(dst) == "VM status: paused (inmigrate)"
         t0 = time.monotonic()
@@ -199,7 +208,7 @@ def test_signal_with_a_migration_running(
     ready(dst, src)
     src.execute("migrate_set_parameter max-bandwidth 2M", T)
     src.execute(f"migrate -d unix:{path}", T)
-    wait_for(dst, "info migrate", status_is("active"), T)
+    wait_for(dst, "query-migrate", status_is("active"))
     target, survivor = (src, dst) if victim == "source" else (dst, src)
     target.proc.send_signal(sig)
     assert target.proc.wait(T) == 0  # QEMU exits cleanly on these signals
@@ -207,10 +216,10 @@ def test_signal_with_a_migration_running(
     assert errors == [f"qemu-hmp: terminating on signal {sig.value}"]
     assert processes_named(f"{marker}-{'src' if victim == 'source' else 'dst'}") == []
     if victim == "source":  # the stream broke off cleanly: the destination waits again
-        wait_for(dst, "info migrate", status_is("failed"), T)
-        assert listening_uri(dst) == f"unix:{path}"
+        wait_for(dst, "query-migrate", status_is("failed"))
+        assert dst.listening_uri() == f"unix:{path}"
     else:  # the destination closed its listener (the socket file is gone)
-        wait_for(src, "info migrate", status_is("failed"), T)
+        wait_for(src, "query-migrate", status_is("failed"))
         assert vm_status(src) == "VM status: running"
         assert not path.exists()
     assert survivor.alive

@@ -10,7 +10,7 @@ from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
 from hmp.shell.completion import MonitorCompleter
-from hmp.shell.pair import ENDPOINTS, listening_uri, split_endpoint
+from hmp.shell.pair import ENDPOINTS, split_endpoint
 
 TIMEOUT = 60
 
@@ -27,11 +27,6 @@ TIMEOUT = 60
 )
 def test_prefix_selects_the_endpoint(line: str, split: tuple[str, str]) -> None:
     assert split_endpoint(line) == split
-
-
-def test_listening_uri() -> None:
-    text = "globals:\nclear-bitmap-shift: 18\nsocket address: [\n\ttcp:127.0.0.1:41234\n]\n"
-    assert listening_uri(text) == "tcp:127.0.0.1:41234"
 
 
 def test_completion_after_an_endpoint_prefix() -> None:

@@ -53,7 +53,7 @@ def test_512m_idle_guest_between_two_processes(transport: str, tmp_path: Path) -
     uri = f"tcp:127.0.0.1:{free_port()}" if transport == "tcp" else f"unix:{tmp_path}/m.sock"
     with (
         Endpoint(["qemu-hmp", "-m", "512M", "-incoming", uri], name="dst") as dst,
-        Endpoint(["qemu-hmp", "-m", "512M", "--seed", "3"], name="src") as src,
+        Endpoint(["qemu-hmp", "-m", "512M", "--seed", "3"], name="src", qmp=True) as src,
     ):
         dst.wait_ready(60)
         src.wait_ready(60)
@@ -68,9 +68,8 @@ def test_512m_idle_guest_between_two_processes(transport: str, tmp_path: Path) -
         assert len(lines) == len(expected), lines
         for line, pattern in zip(lines, expected, strict=True):
             assert re.fullmatch(pattern, line), (line, pattern)
-        figures = dict(line.split(": ", 1) for line in lines if ": " in line)
-        pages = int(figures["duplicate"].split()[0]) + int(figures["normal"].split()[0])
-        assert pages == 512 * 256
+        ram = src.qmp.execute("query-migrate")["ram"]
+        assert ram["duplicate"] + ram["normal"] == 512 * 256
         assert dst.execute("info migrate", 10) == GLOBALS + "Migration status: completed\n" + (
             "total time: 0 ms\n"
         )

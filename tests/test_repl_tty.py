@@ -130,10 +130,10 @@ def test_completion_ctrl_c_ctrl_d_and_history(term: Terminal) -> None:
 
 
 def test_toolbar_and_finished_notice_during_a_real_migration(term: Terminal) -> None:
-    with Endpoint(["qemu-hmp", "-m", "64M", "-incoming", "tcp:127.0.0.1:0"], name="dst") as dst:
+    argv = ["qemu-hmp", "-m", "64M", "-incoming", "tcp:127.0.0.1:0"]
+    with Endpoint(argv, name="dst", qmp=True) as dst:
         dst.wait_ready(TIMEOUT)
-        address = dst.execute("info migrate", TIMEOUT).split("socket address: [\n\t")[1]
-        uri = address.split("\n")[0]
+        uri = dst.listening_uri()
         term.start("-m", "64M")
         term.keys("migrate_set_parameter max-bandwidth 8M", "Enter")
         term.keys(f"migrate -d {uri}", "Enter")

@@ -1,16 +1,28 @@
-"""Driving endpoints: a qemu-hmp process over pipes, transcripts (format, runner), and the
-`record` and `replay` subcommands."""
+"""Driving endpoints: a qemu-hmp process over pipes, its figures over QMP (a client that also
+drives real QEMU), transcripts (format, runner), and the `record` and `replay` subcommands."""
 
 from hmp.harness.endpoint import Endpoint, EndpointError, EndpointExited, EndpointTimeout, free_port
+from hmp.harness.qmp_client import (
+    MIGRATION_ENDED,
+    QmpClient,
+    QmpClientError,
+    QmpCommandError,
+    QmpTimeout,
+)
 
 # `qemu-hmp NAME ...` runs this room's module's main(argv) (hmp/cli.py imports it lazily).
 SUBCOMMANDS = {"record": "hmp.harness.record", "replay": "hmp.harness.replay"}
 
 __all__ = [
+    "MIGRATION_ENDED",
     "SUBCOMMANDS",
     "Endpoint",
     "EndpointError",
     "EndpointExited",
     "EndpointTimeout",
+    "QmpClient",
+    "QmpClientError",
+    "QmpCommandError",
+    "QmpTimeout",
     "free_port",
 ]

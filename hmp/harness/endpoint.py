@@ -4,22 +4,32 @@ Used by transcripts (record/replay) and by any shell that drives a second endpoi
 process runs in batch mode with ``QEMU_HMP_END_MARKER`` set, so each command's output ends
 with a marker line; reader threads turn stdout and stderr into queues, so every wait has a
 timeout and a hung endpoint is reported instead of hanging its caller.
+
+With ``qmp=True`` the process also serves QMP on a socket in a private temporary directory,
+and ``endpoint.qmp`` is a client of it: programs read figures there (``query-migrate``), as
+tools read QEMU's, and type HMP only where a person would.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO
 
+from hmp.harness.qmp_client import QmpClient, QmpClientError, listening_uri
 from hmp.markers import END_MARKER_ENV, PROMPT
+
+log = logging.getLogger(__name__)
 
 # Not something a monitor prints: ASCII record separators around a name.
 END_MARKER = "\x1eqemu-hmp:end-of-output\x1e"
@@ -71,13 +81,17 @@ class Endpoint:
         name: str = "",
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        qmp: bool = False,
     ) -> None:
         self.name = name or shlex.join(argv)
         full_env = dict(os.environ if env is None else env)
         full_env[END_MARKER_ENV] = END_MARKER
         full_env["PYTHONUNBUFFERED"] = "1"
+        self._qmp_dir = tempfile.TemporaryDirectory(prefix="qemu-hmp-qmp-") if qmp else None
+        self._qmp: QmpClient | None = None
+        extra = ["-qmp", f"unix:{self._qmp_path},server=on,wait=off"] if qmp else []
         self.proc = subprocess.Popen(
-            resolve_argv(argv),
+            [*resolve_argv(argv), *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -96,13 +110,39 @@ class Endpoint:
     def alive(self) -> bool:
         return self.proc.poll() is None and not self._stdout_eof
 
+    @property
+    def _qmp_path(self) -> str:
+        assert self._qmp_dir is not None
+        return str(Path(self._qmp_dir.name) / "qmp.sock")
+
+    @property
+    def qmp(self) -> QmpClient:
+        """The QMP client of an endpoint started with ``qmp=True``, once wait_ready returned."""
+        if self._qmp is None:
+            raise EndpointError(f"{self.name}: no QMP session (started without qmp, or not ready)")
+        return self._qmp
+
     def wait_ready(self, timeout: float) -> None:
         """Return once the monitor reads commands (a destination then listens already).
 
-        An empty line is a no-op command; its end marker proves the machine was built.
+        An empty line is a no-op command; its end marker proves the machine was built and
+        the QMP socket bound (qemu-hmp binds it before its monitor reads), so the QMP client
+        connects here: its session exists before any figure is taken of the process.
         Raises EndpointExited when the process ended instead (a bad command line).
         """
         self.execute("", timeout)
+        if self._qmp_dir is not None and self._qmp is None:
+            try:
+                self._qmp = QmpClient(self._qmp_path, timeout)
+            except QmpClientError as err:
+                raise EndpointError(f"{self.name}: {err}") from None
+
+    def listening_uri(self) -> str:
+        """Where this destination listens (port 0 resolved), from its ``query-migrate``."""
+        try:
+            return listening_uri(self.qmp.execute("query-migrate"))
+        except (QmpClientError, ValueError) as err:
+            raise EndpointError(f"{self.name}: {err}") from None
 
     def execute(self, line: str, timeout: float) -> str:
         """Send one HMP line; return its output exactly, without the ``(qemu) LINE`` echo."""
@@ -162,6 +202,13 @@ class Endpoint:
             self.proc.kill()
         self.proc.wait()
         self._close_stdin()
+        self._release_qmp()
+
+    def _release_qmp(self) -> None:
+        if self._qmp is not None:
+            self._qmp.close()
+        if self._qmp_dir is not None:
+            self._qmp_dir.cleanup()
 
     def _close_stdin(self) -> None:
         if self.proc.stdin is not None and not self.proc.stdin.closed:
@@ -171,13 +218,30 @@ class Endpoint:
                 pass
 
     def close(self, timeout: float = 5.0) -> int:
-        """End of input (the monitor quits), then its exit status; killed if it lingers."""
+        """End of input (the monitor quits), then its exit status; killed if it lingers.
+
+        With QMP the process outlives its input, as QEMU does, so QMP ``quit`` ends it.
+        """
         self._close_stdin()
+        if self._qmp_dir is not None and self.proc.poll() is None:
+            self._quit_over_qmp(timeout)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            log.warning(
+                "%s: still running %gs after the end of its input: killed", self.name, timeout
+            )
             self.kill()
             return self.proc.wait()
+        finally:
+            self._release_qmp()
+
+    def _quit_over_qmp(self, timeout: float) -> None:
+        try:
+            self._qmp = self._qmp or QmpClient(self._qmp_path, timeout)
+            self._qmp.execute("quit", timeout=timeout)
+        except QmpClientError as err:  # it may be ending already (an HMP `quit`, a crash)
+            log.debug("%s: QMP quit: %s", self.name, err)
 
     def __enter__(self) -> Endpoint:
         return self

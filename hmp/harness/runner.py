@@ -1,17 +1,21 @@
 """Run transcript steps against live endpoints: replay (compare), update and record.
 
 Directives (no output of their own):
-    @wait NAME migrate STATUS [timeout=S]   poll `info migrate` until its status is STATUS
-                                            (``failed`` also matches ``failed (reason)``);
+    @wait NAME migrate STATUS [timeout=S]   poll `query-migrate` until its status is STATUS
+                                            (QAPI's: setup, active, completed, failed, ...);
                                             fails at once if the migration ends otherwise
-    @wait NAME status STATE [timeout=S]     poll `info status` until ``VM status: STATE``
-    @wait NAME pass N [timeout=S]           poll `info migrate` until ``dirty sync count`` is
-                                            at least N while it runs; fails at once if the
+    @wait NAME status STATE [timeout=S]     poll `query-status` until its status is STATE
+                                            (QAPI's RunState: running, inmigrate, ...)
+    @wait NAME pass N [timeout=S]           poll `query-migrate` until ``dirty-sync-count``
+                                            is at least N while it runs; fails at once if the
                                             migration has ended (shows one not converging)
     @kill NAME                              SIGKILL the endpoint (a host that dies)
     @stderr NAME                            the lines below are NAME's next stderr lines
                                             (async messages), waited for up to the timeout
 Stderr lines nobody expected are reported at the end as an extra ``@stderr`` block.
+
+Every endpoint also serves QMP (``-qmp`` on a private socket, see Endpoint), where the waits
+read, so no wait parses monitor text and no poll shows in a transcript.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from __future__ import annotations
 import difflib
 import shlex
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from hmp.harness.endpoint import Endpoint, EndpointError, EndpointExited, free_port
+from hmp.harness.qmp_client import MIGRATION_ENDED, QmpClientError, QmpTimeout
 from hmp.harness.transcript import (
-    STATUS_LABEL,
     Kind,
     Step,
     expand_ports,
@@ -40,11 +45,21 @@ COMMAND_TIMEOUT = 10.0  # seconds for one command or an @stderr block
 START_TIMEOUT = 30.0  # an endpoint's start (imports, guest fill) is slower on a loaded machine
 WAIT_TIMEOUT = 30.0  # default of @wait
 POLL_INTERVAL = 0.05  # between two polls of @wait
-# (command that shows it, the line's prefix, values after which it cannot change any more)
-WAITS = {
-    "migrate": ("info migrate", f"{STATUS_LABEL}: ", ("completed", "failed", "cancelled")),
-    "status": ("info status", "VM status: ", ()),
-    "pass": ("info migrate", "dirty sync count: ", ()),
+
+
+def _migration_status(info: Mapping[str, Any]) -> str:
+    return str(info.get("status", "none"))
+
+
+def _dirty_sync_count(info: Mapping[str, Any]) -> str:
+    return str(info.get("ram", {}).get("dirty-sync-count", "(none)"))
+
+
+# What each @wait polls over QMP, and the value it awaits in the answer.
+WAITS: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
+    "migrate": ("query-migrate", _migration_status),
+    "status": ("query-status", lambda info: str(info["status"])),
+    "pass": ("query-migrate", _dirty_sync_count),
 }
 
 
@@ -133,7 +148,7 @@ class Session:
         if step.name in self.endpoints:
             raise StepError(f"endpoint {step.name!r} is already started")
         argv = shlex.split(self.expand(step.arg))
-        endpoint = self.endpoints[step.name] = Endpoint(argv, name=step.name)
+        endpoint = self.endpoints[step.name] = Endpoint(argv, name=step.name, qmp=True)
         self.quiet[step.name] = not any("random-writer" in arg for arg in argv)
         try:
             endpoint.wait_ready(max(self.timeout, START_TIMEOUT))
@@ -167,28 +182,32 @@ class Session:
         want = " ".join(words)
         if what == "pass" and not want.isdigit():
             raise StepError(f"@wait {name} pass: a number, not {want!r}")
-        command, prefix, final = WAITS[what]
-        endpoint = self._endpoint(name)
-        deadline = time.monotonic() + timeout
-        state = "(none)"
-        while True:
-            lines = endpoint.execute(command, self.timeout).splitlines()
-            state = _field(lines, prefix)
+        command, value = WAITS[what]
+
+        def reached(info: Mapping[str, Any]) -> bool:
+            status = _migration_status(info)
             if what == "pass":  # a migration still under way that reached pass ``want``
-                status = _field(lines, WAITS["migrate"][1])
-                if status.split(" ")[0] in WAITS["migrate"][2]:
+                if status in MIGRATION_ENDED:
                     raise StepError(
-                        f"{name}: migrate is {status!r} at pass {state}, waited for {want}"
+                        f"{name}: migrate is {status!r} at pass {value(info)}, waited for {want}"
                     )
-                if state.isdigit() and int(state) >= int(want):
-                    return
-            elif state == want or state.startswith(want + " "):
-                return
-            elif state.split(" ")[0] in final:
-                raise StepError(f"{name}: {what} is {state!r}, waited for {want!r}")
-            if time.monotonic() >= deadline:
-                raise StepError(f"{name}: {what} still {state!r} after {timeout:g}s")
-            time.sleep(POLL_INTERVAL)
+                return value(info).isdigit() and int(value(info)) >= int(want)
+            if value(info) == want:
+                return True
+            if what == "migrate" and status in MIGRATION_ENDED:
+                raise StepError(f"{name}: migrate is {_described(info)!r}, waited for {want!r}")
+            return False
+
+        try:
+            self._endpoint(name).qmp.poll(command, reached, timeout, POLL_INTERVAL)
+        except QmpTimeout as err:
+            if err.last is None:  # the request itself had no answer
+                raise StepError(f"{name}: {err}") from None
+            raise StepError(
+                f"{name}: {what} still {value(err.last)!r} after {timeout:g}s"
+            ) from None
+        except (QmpClientError, EndpointError) as err:
+            raise StepError(f"{name}: {err}") from None
 
     def new_stderr(self) -> list[Step]:
         """Record mode: stderr lines that arrived since the last look, as @stderr steps."""
@@ -210,9 +229,10 @@ class Session:
         ]
 
 
-def _field(lines: list[str], prefix: str) -> str:
-    """What follows ``prefix`` on the first line that starts with it, else ``(none)``."""
-    return next((ln[len(prefix) :] for ln in lines if ln.startswith(prefix)), "(none)")
+def _described(info: Mapping[str, Any]) -> str:
+    """A migration's status with its failure's reason, as `info migrate` words it."""
+    reason = info.get("error-desc")
+    return f"{_migration_status(info)} ({reason})" if reason else _migration_status(info)
 
 
 def run_steps(

@@ -30,7 +30,7 @@ from engine.compression import CHUNK, CODECS, CompressPool, DecompressPool
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.workload import Workload
 from hmp.lab import cases, experiment, qemu_compare
-from hmp.lab.experiment import Result, Setup
+from hmp.lab.experiment import Result, Setup, figure
 
 MiB = 1 << 20
 
@@ -187,12 +187,16 @@ def decompress_rate(ram: GuestRam, pages: npt.NDArray[np.intp], codec: str, reps
 # -- two-process migrations ------------------------------------------------------------------
 
 
+# The classic table's figures: `query-migrate` key, and its unit's size (ms, ms, kB).
+FIG_COLUMNS = (("total-time", 1), ("downtime", 1), ("ram.transferred", 1024))
+
+
 def fig_row(label: str, result: Result, base: Result | None = None) -> list[Any]:
     row: list[Any] = [label, result.status]
-    for name in ("total time", "downtime", "transferred ram"):
-        value = result.number(name)
-        row += [value, value / base.number(name) if base and base.number(name) else ""]
-    return [*row, result.figures.get("compression rate", "")]
+    for key, unit in FIG_COLUMNS:
+        value, plain = result.number(key), base.number(key) if base else 0.0
+        row += [value / unit, value / plain if plain else ""]
+    return [*row, result.info.get("compression", {}).get("compression-rate", "")]
 
 
 def classic_runs(report: Report) -> None:
@@ -222,10 +226,10 @@ def classic_runs(report: Report) -> None:
         def ratio(result: Result, label: str, base: Result = plain) -> float:
             return result.number(label) / max(base.number(label), 1e-9)
 
-        checks = [("total time", 0.6)]
+        checks = [("total-time", 0.6)]
         if key == "idle-32mibs":
-            checks += [("transferred ram", 0.6), ("downtime", 0.65)]
-            for label in ("total time", "transferred ram"):
+            checks += [("ram.transferred", 0.6), ("downtime", 0.65)]
+            for label in ("total-time", "ram.transferred"):
                 best[label] = min(ratio(r, label) for n, r in results.items() if "zlib" not in n)
         for label, target in checks:
             value = ratio(zlib, label)
@@ -247,9 +251,9 @@ def monitor_latency(report: Report, calls: int = 200) -> None:
         times = []
         for _ in range(calls):
             t0 = time.perf_counter()
-            text = src.execute("info migrate", 10)
+            src.execute("info migrate", 10)
             times.append((time.perf_counter() - t0) * 1000)
-        active = "Migration status: active" in text
+        active = src.qmp.execute("query-migrate").get("status") == "active"
         src.execute("migrate_cancel", 10)
     times.sort()
     p99 = times[int(len(times) * 0.99) - 1]
@@ -279,15 +283,13 @@ def against_qemu(report: Report, workdir: Path) -> None:
     )
     for prealloc in (False, True):
         qemu, ours = qemu_compare.compare(workdir, prealloc)
-        times = [
-            [float(f.get("total time", "0 ms").split()[0]) for f in side] for side in (qemu, ours)
-        ]
+        times = [[figure(info, "total-time") for info in side] for side in (qemu, ours)]
         q, o = (statistics.median(t) for t in times)
         table.rows.append(
             ["-mem-prealloc" if prealloc else "(none)", q, o, o / q if q and o else ""]
             + [" ".join(f"{t:.0f}" for t in side) for side in times]
-            + [side[0].get("transferred ram", "") for side in (qemu, ours)]
-            + [side[0].get("compression rate", "") for side in (qemu, ours)]
+            + [figure(side[0], "ram.transferred") // 1024 for side in (qemu, ours)]
+            + [figure(side[0], "compression.compression-rate") for side in (qemu, ours)]
         )
         label = "with -mem-prealloc" if prealloc else "defaults"
         ratio = o / q if q and o else float("nan")  # nan: one side did not complete
@@ -338,11 +340,11 @@ def engine_runs(report: Report, reps: int) -> None:
     ram.close()
     random_1g = Setup("random-1g", ram="1G", workload="random", max_bandwidth="0")
     rand = min(
-        (experiment.run(random_1g) for _ in range(reps)), key=lambda r: r.number("total time")
+        (experiment.run(random_1g) for _ in range(reps)), key=lambda r: r.number("total-time")
     )
     zero = experiment.run(Setup("zero-4g", ram="4G", workload="zero", max_bandwidth="0"))
-    moved = size / 1e6 / (rand.number("total time") / 1000)
-    scan = 4 * size / 1e9 / (zero.number("total time") / 1000)
+    moved = size / 1e6 / (rand.number("total-time") / 1000)
+    scan = 4 * size / 1e9 / (zero.number("total-time") / 1000)
     cold, warm = zero_scan_rates(4 * size)
     table = Table(
         "Engine: uncompressed migration vs the machine's limits",
@@ -359,7 +361,7 @@ def engine_runs(report: Report, reps: int) -> None:
             [
                 label,
                 result.status,
-                result.number("total time"),
+                result.number("total-time"),
                 rate,
                 result.rss_kib["src"] / 1024,
                 result.rss_kib["dst"] / 1024,

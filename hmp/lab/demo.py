@@ -50,15 +50,14 @@ COLUMNS = (
 
 
 def figures(result: experiment.Result) -> Figures:
-    return Figures(
-        result.number("total time"), result.number("downtime"), result.number("transferred ram")
-    )
+    kbytes = result.number("ram.transferred") // 1024  # as `info migrate` shows it
+    return Figures(result.number("total-time"), result.number("downtime"), kbytes)
 
 
 def run_classic(case: Case, compress: bool, progress: ProgressFn) -> Measured:
     """The demo's runner: one real two-process migration of ``case``, plain or compressed."""
     setup = cases.compressed(case.setup) if compress else case.setup
-    result = experiment.run(setup, lambda f: progress(Progress.from_figures(f)))
+    result = experiment.run(setup, lambda info: progress(Progress.from_query_migrate(info)))
     if result.status != "completed":
         raise RuntimeError(f"{describe(setup)}: migration {result.status}")
     return Measured(figures(result), result.series, describe(setup))

@@ -1,25 +1,27 @@
 """One measured migration between two real qemu-hmp processes, set up with monitor commands.
 
-What `bench` and `demo` run: a destination and a source process (hmp/endpoint.py), the
-capabilities and parameters typed at both monitors exactly as a person would, `migrate -d`,
-then `info migrate` polled until the end. Figures come from the source's own `info migrate`;
-peak RSS of each process from /proc.
+What `bench` and `demo` run: a destination and a source process (hmp/harness/endpoint.py),
+the capabilities and parameters typed at both monitors exactly as a person would,
+`migrate -d`, then the source's `query-migrate` polled over QMP until the end, as a tool
+reads QEMU. Figures come from the source's own last `query-migrate`; peak RSS of each
+process from /proc.
 """
 
 from __future__ import annotations
 
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.stats import Sample
-from hmp.harness import Endpoint, free_port
+from hmp.harness import MIGRATION_ENDED, Endpoint, free_port
 from hmp.monitor import series_from_json
 
 POLL_S = 0.2  # how often progress is read while the migration runs
+CANCEL_S = 30.0  # past the setup's timeout: how long a cancelled migration may take to end
 
 
 @dataclass(frozen=True)
@@ -80,28 +82,28 @@ class Setup:
         return cmds
 
 
+def figure(info: Mapping[str, Any], key: str) -> float:
+    """A number of a `query-migrate` answer by its JSON keys, dotted: ``total-time`` (ms),
+    ``ram.transferred`` (bytes); 0 when absent (a migration that ended before it was measured)."""
+    value: Any = info
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return 0.0
+        value = value[part]
+    return float(value)
+
+
 @dataclass
 class Result:
     setup: Setup
     status: str
-    figures: dict[str, str]  # `info migrate` of the source at the end, label → value text
+    info: dict[str, Any]  # the source's last `query-migrate`
     rss_kib: dict[str, int]  # peak RSS per endpoint
     series: list[Sample] = field(default_factory=list)  # the engine's samples (x_migrate_export)
 
-    def number(self, label: str) -> float:
-        """The leading number of a figure (`total time: 123 ms` → 123.0); 0 when absent."""
-        text = self.figures.get(label, "0").split()[0]
-        return float(text)
-
-
-def parse_info(text: str) -> dict[str, str]:
-    """`info migrate` as label → value (`Migration status` keeps any `(reason)`)."""
-    out = {}
-    for line in text.splitlines():
-        label, sep, value = line.partition(": ")
-        if sep:
-            out[label] = value
-    return out
+    def number(self, key: str) -> float:
+        """``figure`` of the final `query-migrate` (``total-time``, ``ram.transferred``...)."""
+        return figure(self.info, key)
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -118,9 +120,9 @@ def migrating(setup: Setup) -> Iterator[tuple[Endpoint, Endpoint]]:
     port = free_port()
     argv = ["qemu-hmp", "-m", setup.ram]
     with (
-        Endpoint([*argv, "-incoming", f"tcp:127.0.0.1:{port}"], name="dst") as dst,
+        Endpoint([*argv, "-incoming", f"tcp:127.0.0.1:{port}"], name="dst", qmp=True) as dst,
         Endpoint(
-            [*argv, "--workload", setup.workload, "--seed", str(setup.seed)], name="src"
+            [*argv, "--workload", setup.workload, "--seed", str(setup.seed)], name="src", qmp=True
         ) as src,
     ):
         dst.wait_ready(60)
@@ -133,27 +135,28 @@ def migrating(setup: Setup) -> Iterator[tuple[Endpoint, Endpoint]]:
                 answer = endpoint.execute(command, 10)
                 if answer:
                     raise RuntimeError(f"{endpoint.name}: {command}: {answer.strip()}")
-        src.execute(f"migrate -d tcp:127.0.0.1:{port}", 10)
+        command = f"migrate -d tcp:127.0.0.1:{port}"
+        answer = src.execute(command, 10)
+        if answer:
+            raise RuntimeError(f"src: {command}: {answer.strip()}")
         yield src, dst
 
 
-def run(setup: Setup, progress: Callable[[dict[str, str]], None] | None = None) -> Result:
-    """Run one migration; ``progress`` sees the source's figures at every poll."""
+def run(setup: Setup, progress: Callable[[dict[str, Any]], None] | None = None) -> Result:
+    """Run one migration; ``progress`` sees the source's `query-migrate` at every poll."""
     with migrating(setup) as (src, dst):
-        tick = threading.Event()
-        while True:
-            figures = parse_info(src.execute("info migrate", 10))
+
+        def ended(info: dict[str, Any]) -> bool:
             if progress:
-                progress(figures)
-            status = figures.get("Migration status", "none")
-            if status not in ("setup", "active", "cancelling"):
-                break
-            if int(figures.get("total time", "0 ms").split()[0]) > setup.timeout * 1000:
-                src.execute("migrate_cancel", 10)
-            tick.wait(POLL_S)  # a display refresh interval, not a wait for a thread
+                progress(info)
+            if info.get("status") == "active" and figure(info, "total-time") > setup.timeout * 1000:
+                src.qmp.execute("migrate_cancel")
+            return info.get("status") in MIGRATION_ENDED
+
+        info = src.qmp.poll("query-migrate", ended, setup.timeout + CANCEL_S, POLL_S)
         rss = {"src": peak_rss_kib(src.proc.pid), "dst": peak_rss_kib(dst.proc.pid)}
         with tempfile.TemporaryDirectory() as tmp:
             export = Path(tmp) / "series.json"
             src.execute(f'x_migrate_export "{export}"', 10)
             series = series_from_json(export.read_text())
-        return Result(setup, status, figures, rss, series)
+        return Result(setup, str(info["status"]), info, rss, series)

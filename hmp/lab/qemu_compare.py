@@ -7,24 +7,25 @@ stdlib zlib level 1 shrinks it about as much as the blob (QEMU reports 2.34 agai
 blob's 2.37; with them it was 2.08). Both
 guests load it with ``-device loader`` at 1 MiB, both monitors get the same commands
 (compress on, 2 compress / 1 decompress threads, level 1, max-bandwidth 100G) and a
-blocking ``migrate``; the figures are each side's own ``info migrate``, three rounds each.
+blocking ``migrate``; the figures are each side's own ``query-migrate``, read over QMP (the
+same client for both), three rounds each.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import re
 import select
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from hmp.harness import Endpoint, free_port
-from hmp.lab.experiment import parse_info
+from hmp.harness import MIGRATION_ENDED, Endpoint, QmpClient, free_port
 
 PAGE = 4096
 IMAGE_MIB = 384
@@ -49,6 +50,8 @@ PACKED = (
 QEMU = "qemu-system-x86_64"
 QEMU_ARGS = ["-machine", "pc,accel=tcg", "-m", "512", "-smp", "1", "-display", "none"]
 QEMU_ARGS += ["-nodefaults", "-S", "-monitor", "stdio"]
+MIGRATE_TIMEOUT_S = 300.0
+POLL_S = 0.2  # QEMU's query-migrate while its monitor waits in `migrate`
 
 
 def commands(port: int, source: bool) -> list[str]:
@@ -59,7 +62,6 @@ def commands(port: int, source: bool) -> list[str]:
             "migrate_set_parameter compress-level 1",
             "migrate_set_parameter max-bandwidth 100G",
             f"migrate tcp:127.0.0.1:{port}",
-            "info migrate",
         ]
     else:
         cmds.append("migrate_set_parameter decompress-threads 1")
@@ -106,48 +108,66 @@ def wait_for_prompt(out: IO[str], timeout: float = 60.0) -> None:
         seen += os.read(out.fileno(), 4096).decode(errors="replace")
 
 
-def run_qemu(image: Path, prealloc: bool) -> dict[str, str]:
+def _ended(info: dict[str, Any]) -> bool:
+    return info.get("status") in MIGRATION_ENDED
+
+
+@contextmanager
+def qemu(args: Sequence[str], commands: Sequence[str]) -> Iterator[QmpClient]:
+    """A QEMU with its monitor on a pipe, typed ``commands`` once it prompts; its QMP client.
+
+    QEMU serves its monitor after it listens (``-incoming``) and binds its QMP socket.
+    """
+    with tempfile.TemporaryDirectory(prefix="qemu-hmp-compare-") as tmp:
+        path = f"{tmp}/qmp.sock"
+        proc = subprocess.Popen(
+            [QEMU, *args, "-qmp", f"unix:{path},server=on,wait=off"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            wait_for_prompt(proc.stdout)
+            with QmpClient(path) as client:
+                proc.stdin.write("".join(f"{command}\n" for command in commands))
+                proc.stdin.flush()
+                yield client
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def run_qemu(image: Path, prealloc: bool) -> dict[str, Any]:
+    """Real QEMU's ``query-migrate`` once the source's blocking ``migrate`` has ended."""
     port = free_port()
     device = ["-device", f"loader,file={image},addr=0x100000,force-raw=on"]
     args = [*QEMU_ARGS, *(["-mem-prealloc"] if prealloc else [])]
-    dst = subprocess.Popen(
-        [QEMU, *args, "-incoming", f"tcp:127.0.0.1:{port}"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert dst.stdin is not None and dst.stdout is not None
-        wait_for_prompt(dst.stdout)  # QEMU listens before it serves its monitor
-        dst.stdin.write("\n".join(commands(port, source=False)) + "\n")
-        dst.stdin.flush()
-        script = "\n".join([*commands(port, source=True), "quit"]) + "\n"
-        # The monitor waits for a blocking `migrate`, so the rest of the script runs after it.
-        out = subprocess.run(
-            [QEMU, *args, *device], input=script, capture_output=True, text=True, timeout=300
-        ).stdout
-    finally:
-        dst.kill()
-        dst.wait()
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]|\r", "", out)
-    return parse_info(text[text.rfind("globals:") :])
+    with (
+        qemu([*args, "-incoming", f"tcp:127.0.0.1:{port}"], commands(port, source=False)),
+        qemu([*args, *device], commands(port, source=True)) as src,
+    ):
+        return dict(src.poll("query-migrate", _ended, MIGRATE_TIMEOUT_S, POLL_S))
 
 
-def run_ours(image: Path, prealloc: bool) -> dict[str, str]:
+def run_ours(image: Path, prealloc: bool) -> dict[str, Any]:
     port = free_port()
     argv = ["qemu-hmp", "-m", "512M", "-S", "--workload", "zero"]
     argv += ["-mem-prealloc"] if prealloc else []
     with (
-        Endpoint([*argv, "-incoming", f"tcp:127.0.0.1:{port}"]) as dst,
-        Endpoint([*argv, "-device", f"loader,file={image},addr=0x100000,force-raw=on"]) as src,
+        Endpoint([*argv, "-incoming", f"tcp:127.0.0.1:{port}"], qmp=True) as dst,
+        Endpoint(
+            [*argv, "-device", f"loader,file={image},addr=0x100000,force-raw=on"], qmp=True
+        ) as src,
     ):
         dst.wait_ready(60)
         src.wait_ready(60)
         for command in commands(port, source=False):
             dst.execute(command, 10)
-        outputs = [src.execute(command, 300) for command in commands(port, source=True)]
-    return parse_info(outputs[-1])
+        for command in commands(port, source=True):
+            src.execute(command, MIGRATE_TIMEOUT_S)
+        return dict(src.qmp.execute("query-migrate"))
 
 
 def available() -> bool:
@@ -156,16 +176,16 @@ def available() -> bool:
 
 def compare(
     workdir: Path, prealloc: bool, runs: int = 3
-) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """QEMU's figures and ours, ``runs`` rounds each for the same image and flags (the
     reference's median of 3). The order alternates, so neither side always starts on a
     machine the other has just left. QEMU must be installed."""
     image = build_image(workdir / f"image-{IMAGE_MIB}M-v2.bin")  # v2: no packed files
     os.sync()
-    qemu: list[dict[str, str]] = []
-    ours: list[dict[str, str]] = []
+    theirs: list[dict[str, Any]] = []
+    ours: list[dict[str, Any]] = []
     for round_ in range(runs):
-        sides = [(run_qemu, qemu), (run_ours, ours)]
+        sides = [(run_qemu, theirs), (run_ours, ours)]
         for run, results in sides if round_ % 2 == 0 else sides[::-1]:
             results.append(run(image, prealloc))
-    return qemu, ours
+    return theirs, ours

@@ -4,8 +4,9 @@ A completed source is ``postmigrate`` and a completed destination cannot take a 
 incoming migration (as in QEMU), so the ping-pong is a relay: each round a fresh process
 starts as ``-incoming ... -S``, the current guest migrates into it, the destination is told
 ``cont`` and becomes the next source, and the old source quits. Every process thus lives
-through both roles. Meanwhile one thread per endpoint hammers ``info migrate``, and the
-driver samples each process's threads, file descriptors and RSS from /proc.
+through both roles. Meanwhile one thread per endpoint hammers ``info migrate`` (and reads the
+status from ``query-migrate`` over QMP, as a tool would), and the driver samples each
+process's threads, file descriptors and RSS from /proc.
 
 A migration passes when both sides say ``completed`` (the destination only completes once
 its RAM digest equals the source's) and neither process holds more threads or descriptors
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -28,11 +28,10 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from hmp.harness import Endpoint
+from hmp.harness import MIGRATION_ENDED, Endpoint
 
 TIMEOUT_S = 60.0
 RSS_BOUND_KIB = 32 * 1024  # growth allowed between the first and the last process's peak
-TERMINAL = ("completed", "failed", "cancelled")
 FIGURES = (("threads", "threads", 1), ("fds", "fds", 1), ("RSS MiB", "rss_kib", 1024))
 
 
@@ -70,43 +69,9 @@ def settled(pid: int, before: Figures, timeout: float = 5.0) -> Figures:
         threading.Event().wait(0.01)  # another process's threads: nothing to wait on but /proc
 
 
-def info_value(text: str, name: str) -> str | None:
-    """The value of ``name: value`` in monitor output (e.g. ``Migration status``)."""
-    match = re.search(rf"^{re.escape(name)}: (.*)$", text, re.MULTILINE)
-    return match.group(1) if match else None
-
-
-def listening_uri(ep: Endpoint) -> str:
-    """The address a destination listens on, from its ``info migrate`` (port 0 resolved)."""
-    match = re.search(r"^socket address: \[\n\t(\S+)\n\]", ep.execute("info migrate", 5), re.M)
-    if not match:
-        raise RuntimeError(f"{ep.name}: not listening")
-    return match.group(1)
-
-
-def wait_for(ep: Endpoint, line: str, done: Callable[[str], bool], timeout: float) -> str:
-    """Run ``line`` until its output satisfies ``done``; that output (or TimeoutError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        out = ep.execute(line, timeout)
-        if done(out):
-            return out
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{ep.name}: `{line}` never satisfied the wait:\n{out}")
-
-
-def status_of(info: str) -> str | None:
-    """The status word of ``info migrate`` output (a failure adds ``(error)`` after it)."""
-    value = info_value(info, "Migration status")
-    return value.split(" ", 1)[0] if value else None
-
-
-def migration_status(ep: Endpoint) -> str | None:
-    return status_of(ep.execute("info migrate", 10))
-
-
 class Hammer(threading.Thread):
-    """``info migrate`` on one endpoint, back to back, until its migration has ended."""
+    """``info migrate`` on one endpoint, back to back, until its migration has ended (which
+    ``query-migrate`` tells after each)."""
 
     def __init__(self, ep: Endpoint, timeout: float) -> None:
         super().__init__(name=f"hammer {ep.name}", daemon=True)
@@ -117,11 +82,12 @@ class Hammer(threading.Thread):
     def run(self) -> None:
         try:
             deadline = time.monotonic() + self.timeout
-            while self.status not in TERMINAL and time.monotonic() < deadline:
+            while self.status not in MIGRATION_ENDED and time.monotonic() < deadline:
                 t0 = time.monotonic()
-                self.status = migration_status(self.ep) or ""
+                self.ep.execute("info migrate", 10)  # the load, and its latency, under test
                 self.max_ms = max(self.max_ms, (time.monotonic() - t0) * 1000)
                 self.calls += 1
+                self.status = self.ep.qmp.execute("query-migrate").get("status", "none")
         except Exception as exc:  # reported with the round, never lost in a thread
             self.error = exc
 
@@ -169,7 +135,7 @@ class Soak:
         argv += ["--seed", str(seed)]
         if incoming:
             argv += ["-incoming", "tcp:127.0.0.1:0", "-S"]
-        ep = Endpoint(argv, name=f"p{seed}")
+        ep = Endpoint(argv, name=f"p{seed}", qmp=True)
         ep.wait_ready(TIMEOUT_S)
         self.peak_rss.append(0)
         return ep
@@ -200,7 +166,7 @@ class Soak:
         compress = self._compress(index)
         for ep in (src, dst):
             ep.execute(f"migrate_set_capability compress {'on' if compress else 'off'}", 10)
-        uri = listening_uri(dst)
+        uri = dst.listening_uri()
         src_before, dst_before = figures(src.proc.pid), figures(dst.proc.pid)
         src.execute(f"migrate -d {uri}", 10)
         hammers = [Hammer(src, TIMEOUT_S), Hammer(dst, TIMEOUT_S)]
@@ -221,21 +187,20 @@ class Soak:
         for h in hammers:
             if h.error:
                 raise h.error
-        info = src.execute("info migrate", 10)
+        info = src.qmp.execute("query-migrate")
         src_after = settled(src.proc.pid, src_before)
         dst_after = settled(dst.proc.pid, dst_before)
         births = len(self.peak_rss)
         for pos, role in ((births - 2, "src"), (births - 1, "dst")):
             peak = max([r[f"{role}_rss"] for r in samples] + [self.peak_rss[pos]])
             self.peak_rss[pos] = peak
-        total, transferred = info_value(info, "total time"), info_value(info, "transferred ram")
         return Round(
             index=index,
             compress=compress,
             src_status=hammers[0].status,
             dst_status=hammers[1].status,
-            total_ms=int(total.split()[0]) if total else None,
-            transferred_kb=int(transferred.split()[0]) if transferred else None,
+            total_ms=info.get("total-time"),
+            transferred_kb=info["ram"]["transferred"] // 1024 if "ram" in info else None,
             info_calls=sum(h.calls for h in hammers),
             info_max_ms=max(h.max_ms for h in hammers),
             src_before=src_before,

@@ -1,9 +1,10 @@
 """``qemu-hmp --pair``: one shell for both ends of a migration, for a laptop with one terminal.
 
 This process is the source; a destination qemu-hmp with the same RAM size, workload and seed
-runs as a child on a free 127.0.0.1 port, driven over pipes (hmp.endpoint). ``dst> LINE``
-runs LINE there and ``src> LINE`` or a plain LINE here; ``{dst}`` in any line stands for the
-destination's URI, so ``migrate -d {dst}`` needs no port. The destination's asynchronous
+runs as a child on a free 127.0.0.1 port, driven over pipes (hmp.harness.Endpoint), its
+address read from its ``query-migrate`` over QMP. ``dst> LINE`` runs LINE there and
+``src> LINE`` or a plain LINE here; ``{dst}`` in any line stands for the destination's URI,
+so ``migrate -d {dst}`` needs no port. The destination's asynchronous
 messages (stderr) are shown as they come, after ``dst: ``.
 """
 
@@ -35,13 +36,6 @@ def split_endpoint(line: str) -> tuple[str, str]:
     if match is None:
         return "src", line
     return match.group(1), line[match.end() :]
-
-
-def listening_uri(info_migrate: str) -> str:
-    """The URI under ``socket address: [`` in a destination's `info migrate`."""
-    lines = info_migrate.splitlines()
-    index = lines.index("socket address: [")
-    return lines[index + 1].strip()
 
 
 class PairMonitor(Monitor):
@@ -76,11 +70,11 @@ def _start_destination(machine: Machine) -> tuple[Endpoint, str]:
     opts = machine.opts
     argv = ["qemu-hmp", "-m", f"{opts.ram_size // 1024}K", "-incoming", "tcp:127.0.0.1:0"]
     argv += ["--workload", opts.workload, "--seed", str(opts.seed)]
-    dst = Endpoint(argv, name="dst")
+    dst = Endpoint(argv, name="dst", qmp=True)
     try:
         dst.wait_ready(START_TIMEOUT_S)
-        return dst, listening_uri(dst.execute("info migrate", START_TIMEOUT_S))
-    except (EndpointError, ValueError, IndexError):
+        return dst, dst.listening_uri()
+    except EndpointError:
         dst.kill()
         raise
 
@@ -109,7 +103,7 @@ def run_pair(src: Monitor, shell: ShellOptions) -> int:
     """Batch or interactive, as for one endpoint; the destination ends with this process."""
     try:
         dst, uri = _start_destination(src.machine)
-    except (EndpointError, ValueError, IndexError) as err:
+    except EndpointError as err:
         sys.stderr.write(f"qemu-hmp: --pair: the destination did not start: {err}\n")
         return 1
     mon = PairMonitor(src.machine, dst, uri)

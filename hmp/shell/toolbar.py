@@ -1,15 +1,15 @@
 """The live migration status line: the REPL's bottom toolbar and `demo`'s progress line.
 
-A pure function of a Progress value (from an endpoint's snapshot, or from `info migrate` text),
-so it is cheap to redraw a few times a second and easy to test. `info migrate` stays QEMU's; this is
-the workshop view next to it.
+A pure function of a Progress value (from an endpoint's snapshot, or from another process's
+`query-migrate`), so it is cheap to redraw a few times a second and easy to test. `info migrate`
+stays QEMU's; this is the workshop view next to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.machine import Machine
 from engine.snapshot import MigrationInfo
@@ -29,7 +29,7 @@ def mib(nbytes: int) -> str:
 @dataclass(frozen=True)
 class Progress:
     """What the status line shows of one migration: from an endpoint's snapshot (the REPL) or
-    from another process's `info migrate` text (`demo`, which drives processes over pipes)."""
+    from another process's `query-migrate` over QMP (`demo`, which drives processes)."""
 
     status: str
     total: int | None = None  # bytes of guest RAM; None when there are no RAM figures
@@ -60,24 +60,23 @@ class Progress:
         )
 
     @classmethod
-    def from_figures(cls, figures: Mapping[str, str]) -> Progress:
-        """From `info migrate` as label → value text (``total ram`` → ``"262144 kbytes"``)."""
-
-        def number(label: str) -> float:
-            return float(figures[label].split()[0]) if label in figures else 0.0
-
-        def kbytes(label: str) -> int:
-            return int(number(label)) * 1024
-
-        return cls(
-            figures.get("Migration status", "none").split()[0],
-            total=kbytes("total ram") if "total ram" in figures else None,
-            remaining=kbytes("remaining ram"),
-            transferred=kbytes("transferred ram"),
-            mbps=number("throughput"),
-            elapsed_ms=int(number("total time")),
-            expected_downtime_ms=int(number("expected downtime")),
-            downtime_ms=int(number("downtime")) if "downtime" in figures else None,
+    def from_query_migrate(cls, info: Mapping[str, Any]) -> Progress:
+        """From a `query-migrate` answer (QEMU's JSON: bytes, ms, absent members absent)."""
+        progress = cls(
+            str(info.get("status", MigrationStatus.NONE)),
+            elapsed_ms=info.get("total-time", 0),
+            expected_downtime_ms=info.get("expected-downtime", 0),
+            downtime_ms=info.get("downtime"),
+        )
+        ram = info.get("ram")
+        if ram is None:
+            return progress
+        return replace(
+            progress,
+            total=ram["total"],
+            remaining=ram["remaining"],
+            transferred=ram["transferred"],
+            mbps=ram["mbps"],
         )
 
     @property

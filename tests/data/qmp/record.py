@@ -5,7 +5,10 @@ writes CASE.jsonl: the first line ``{"argv": [...]}``, then ``{"greeting": ...}`
 raw text sent ``{"send": TEXT}`` followed by every message QEMU wrote back, ``{"recv": MSG}``
 (replies and events alike, in arrival order). Raw text, not objects, so malformed JSON can be
 recorded too. The ``migration`` case drives two QEMUs (``{"endpoint": "src"|"dst"}`` lines
-switch between them) through a compressed migration with events on.
+switch between them) through a compressed migration with events on. The ``client`` case is
+qemu-hmp's own QMP client (hmp/harness/qmp_client.py) driving QEMU through a tap that writes
+each line either way as it passes (``{"send": TEXT}``, ``{"recv": MSG, "raw": LINE}``), then
+``{"closed": true}`` when QEMU hung up.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from hmp.harness.qmp_client import QmpClient, QmpClientError, listening_uri
 
 HERE = Path(__file__).parent
 QEMU = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", "-nodefaults"]
@@ -152,6 +158,74 @@ def migration() -> list[dict[str, Any]]:
             src.close()
             dst.close()
     return out
+
+
+class Tap:
+    """A unix socket in front of ``target`` that records every line passing either way."""
+
+    def __init__(self, path: str, target: str) -> None:
+        self.path, self.target = path, target
+        self.records: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server = socket.socket(socket.AF_UNIX)
+        self._server.bind(path)
+        self._server.listen(1)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        client, _ = self._server.accept()
+        qemu = socket.socket(socket.AF_UNIX)
+        qemu.connect(self.target)
+        to_qemu = threading.Thread(target=self._pump, args=(client, qemu, "send"), daemon=True)
+        to_qemu.start()
+        self._pump(qemu, client, "recv")
+        client.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, key: str) -> None:
+        buf = b""
+        while chunk := src.recv(65536):
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                with self._lock:
+                    if key == "send":
+                        self.records.append({"send": line.decode() + "\n"})
+                    else:
+                        text = line.decode().removesuffix("\r")
+                        self.records.append({"recv": json.loads(text), "raw": text})
+                dst.sendall(line + b"\n")
+        if key == "recv":
+            with self._lock:
+                self.records.append({"closed": True})
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+
+def client() -> list[dict[str, Any]]:
+    """qemu-hmp's QmpClient against QEMU: queries, an event before a reply, errors, quit."""
+    args = ["-m", "128", "-incoming", "defer"]
+    with tempfile.TemporaryDirectory() as tmp:
+        q = Qemu(args, tmp)  # its own session is the first; QEMU serves one client at a time
+        q.sock.close()
+        tap = Tap(os.path.join(tmp, "tap.sock"), os.path.join(tmp, "q.sock"))
+        try:
+            with QmpClient(tap.path) as c:
+                c.execute("query-status")
+                c.execute("query-migrate")
+                c.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+                print(listening_uri(c.execute("query-migrate")))
+                for bad in (("no-such-command", None), ("migrate-set-parameters", {"x": 1})):
+                    try:
+                        c.execute(*bad)
+                    except QmpClientError as err:
+                        print(err)
+                c.execute("quit")
+                tap.join()
+        finally:
+            q.proc.wait(10)
+    return [{"argv": q.argv}, *tap.records]
 
 
 S = ["-m", "128", "-S"]
@@ -374,9 +448,13 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
 
 
 def main() -> None:
-    names = sys.argv[1:] or [*CASES, "migration"]
+    names = sys.argv[1:] or [*CASES, "migration", "client"]
+    recorders = {"migration": migration, "client": client}
     for name in names:
-        records = migration() if name == "migration" else run(*CASES[name], raw=name == "bytes")
+        if name in recorders:
+            records = recorders[name]()
+        else:
+            records = run(*CASES[name], raw=name == "bytes")
         with open(HERE / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         print(name)
