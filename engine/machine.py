@@ -44,6 +44,8 @@ class MachineOptions:
     seed: int = 0
     loaders: tuple[Loader, ...] = field(default=())
     prealloc: bool = False  # -mem-prealloc
+    # Each step of the completion handshake may take this long (both roles); tests shorten it.
+    switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S
 
 
 class _Refused:
@@ -58,6 +60,8 @@ class _Refused:
 
     def cancel(self) -> None:
         pass
+
+    close = cancel
 
     def wait(self, timeout: float | None = None) -> bool:
         return True
@@ -213,6 +217,7 @@ class Machine:
                 lambda n: int(c.param(n)),
                 self._notify,
                 self._migration_event,
+                self.opts.switchover_timeout,
             )
             self._outgoing = mig
         mig.start()
@@ -263,6 +268,7 @@ class Machine:
             self._incoming_failed,
             self._migration_event,
             failed,
+            self.opts.switchover_timeout,
         )
         self._incoming = incoming
         incoming.start()
@@ -319,7 +325,7 @@ class Machine:
         if self.vm.state is RunState.INMIGRATE:
             self._autostart = True
         else:
-            self.vm.start()
+            self.vm.start(cont=True)
 
     def close(self) -> None:
         """Stop every thread and socket of this endpoint (quit)."""
@@ -327,7 +333,7 @@ class Machine:
             self._closing = True
             outgoing, incoming = self._outgoing, self._incoming
         if outgoing is not None:
-            outgoing.cancel()
+            outgoing.close()
             outgoing.wait(10)
         if incoming is not None:
             incoming.close()
