@@ -182,7 +182,7 @@ def read_reply(sock: socket.socket) -> Reply | None:
     try:
         obj = parse_json(body, "reply")
     except StreamError as exc:
-        raise ForeignPeer(bytes(head + body)) from exc
+        raise ForeignPeer(bytes(body)) from exc
     return Reply(Rec(kind), peer_text(str(obj.get("error", "destination failed"))))
 
 
