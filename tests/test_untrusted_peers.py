@@ -131,8 +131,8 @@ def forge_source(uri: str, **config: object) -> None:
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(wire.header() + wire.record(wire.Rec.CONFIG, json.dumps(body).encode()))
         sock.settimeout(T)
-        reply = wire.read_reply(sock)
-    assert reply is not None and reply.kind is wire.Rec.NACK
+        reply = wire.read_record(sock, wire.MAX_JSON)
+    assert reply is not None and reply[0] == wire.Rec.NACK
 
 
 @pytest.mark.parametrize(
