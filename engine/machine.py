@@ -208,6 +208,7 @@ class Machine:
                     if c.param("multifd-compression") == "zstd"
                     else c.param("multifd-zlib-level")
                 ),
+                tls_creds=str(c.param("tls-creds")),
             )
             mig = OutgoingMigration(
                 addr,
@@ -285,6 +286,8 @@ class Machine:
 
     def _incoming_config(self) -> tuple[wire.StreamConfig, int]:
         c = self.config
+        if creds := c.param("tls-creds"):  # a plain-text stream is refused when TLS is asked for
+            raise wire.StreamError(f"No TLS credentials with id '{creds}'")
         local = wire.StreamConfig(
             page_size=PAGE_SIZE,
             ram_size=self.ram.size,

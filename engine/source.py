@@ -68,6 +68,7 @@ class OutgoingSettings:
     multifd_channels: int = 0  # 0: the multifd capability is off
     multifd_compression: str = "none"
     multifd_level: int = 1
+    tls_creds: str = ""  # qemu-hmp has no TLS objects: any id is refused, as QEMU refuses one
 
 
 class Cancelled(Exception):
@@ -172,6 +173,8 @@ class OutgoingMigration(threading.Thread):
         self._on_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
         try:
             self._sock = connect(self.addr)
+            if self.settings.tls_creds:  # never fall back to plain text when TLS is asked for
+                raise MigrationError(f"No TLS credentials with id '{self.settings.tls_creds}'")
             self._connected.set()
             if self._stop.is_set():
                 raise Cancelled

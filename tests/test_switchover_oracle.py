@@ -24,7 +24,7 @@ from test_handshake import CLOSED, source_unsure
 
 from engine import wire
 from engine.machine import Machine, MachineOptions
-from engine.state import MigrationStatus
+from engine.state import MigrationStatus, RunState
 from hmp.monitor import Monitor
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "switchover"
@@ -192,3 +192,29 @@ def test_a_peer_that_is_not_qemu_hmp(machines, name: str):
         differences["info status"] = ("VM status: running\n", set())
     replay(name, Session(machines, uri), differences)
     peer.join(30)
+
+
+def test_tls_creds_are_refused(machines):
+    """qemu-hmp has no TLS objects, so a `tls-creds` id names none, as in QEMU when the object
+    is missing: the migration fails after connecting instead of going out in plain text."""
+    dst, uri = destination(machines)
+    replay("tls_creds", Session(machines, uri), {})
+    assert dst.query_status().status is RunState.INMIGRATE
+
+
+def test_a_destination_with_tls_creds_refuses_a_plain_stream(machines):
+    """QEMU's destination would expect a TLS handshake; ours refuses the plain stream with
+    QEMU's error, fails (as qemu-hmp destinations do) and listens again."""
+    dst, uri = destination(machines)
+    dst.set_parameters({"tls-creds": "foo"})
+    src = Machine(MachineOptions(ram_size=SIZE))
+    machines.append(src)
+    src.migrate(uri)
+    info = src.wait_migration(30)
+    assert (info.status, info.error_desc) == (
+        MigrationStatus.FAILED,
+        "No TLS credentials with id 'foo'",
+    )
+    assert src.query_status().status is RunState.RUNNING
+    failed = dst.query_migrate()
+    assert failed.status is MigrationStatus.FAILED and failed.socket_address == (uri,)

@@ -10,6 +10,7 @@ destination QEMU, or a fake peer that is not QEMU) between commands; each such a
   finish-migrate; `cont`, `stop` and `migrate_cancel` are tried there.
 - postmigrate: after a completed migration, what the operator can do with the source.
 - foreign_peer[_rp]: the peer answers with an SSH banner and reads (and discards) the stream.
+- tls_creds: `tls-creds` names an object that does not exist (qemu-hmp has none at all).
 """
 
 from __future__ import annotations
@@ -141,6 +142,18 @@ def postmigrate(src: Source) -> None:
         dst.wait()
 
 
+def tls_creds(src: Source) -> None:
+    port = _port()
+    dst = _destination(port)
+    try:
+        src.run("migrate_set_parameter tls-creds foo")
+        for cmd in (f"migrate -d tcp:127.0.0.1:{port}", "info migrate", "info status"):
+            src.run(cmd)
+    finally:
+        dst.kill()
+        dst.wait()
+
+
 def _foreign(src: Source, *caps: str) -> None:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
@@ -168,6 +181,7 @@ CASES: dict[str, Callable[[Source], None]] = {
     "postmigrate": postmigrate,
     "foreign_peer": _foreign,
     "foreign_peer_rp": lambda src: _foreign(src, "return-path"),
+    "tls_creds": tls_creds,
 }
 
 
