@@ -316,7 +316,7 @@ class OutgoingMigration(threading.Thread):
         sent_all = now_ms()
         self._switch_over()
         # QEMU's downtime ends once everything is sent, unless the return path makes the source
-        # wait for the destination; qemu-hmp always waits for the digest verdict, but only
+        # wait for the destination; qemu-hmp always waits for the handshake's ACK, but only
         # counts that wait as downtime when return-path is on.
         self.stats.completed(None if self.settings.return_path else sent_all)
 

@@ -183,7 +183,9 @@ def read_reply(sock: socket.socket) -> Reply | None:
         obj = parse_json(body, "reply")
     except StreamError as exc:
         raise ForeignPeer(bytes(body)) from exc
-    return Reply(Rec(kind), peer_text(str(obj.get("error", "destination failed"))))
+    if kind != Rec.NACK:
+        return Reply(Rec(kind))
+    return Reply(Rec.NACK, peer_text(str(obj.get("error", "destination failed"))))
 
 
 def record(kind: Rec, body: bytes = b"") -> bytes:
