@@ -5,7 +5,8 @@ pages are received straight into guest RAM. Compressed
 pages go to the decompress workers, which inflate them straight into RAM; at each EOS the
 thread drains them, as QEMU does, so a page re-sent in a later iteration can never be
 overtaken by its stale copy. At DONE the CRC table of what was written must equal the
-source's: only then does the guest resume.
+source's; then READY, and the guest resumes only once the source's GO arrives (the
+completion handshake: docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 STALE_PEEK_S = 1.0  # how long a new connection may take to show its first bytes
 CHANNEL_TIMEOUT_S = 10.0  # for multifd channels to connect after the main stream
 
+log = logging.getLogger(__name__)
+
 
 class IncomingMigration(threading.Thread):
     def __init__(
@@ -46,9 +49,12 @@ class IncomingMigration(threading.Thread):
         on_failed: Callable[[IncomingMigration, str], None],
         on_event: Callable[[str, dict[str, Any]], None],
         previous: IncomingMigration | None = None,
+        switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S,
     ) -> None:
-        """``previous``: a failed attempt on the same address whose status shows until a retry."""
+        """``previous``: a failed attempt on the same address whose status shows until a retry;
+        ``switchover_timeout``: how long to wait for the source's GO once READY is sent."""
         super().__init__(name="incoming_migration", daemon=True)
+        self._switchover_timeout = switchover_timeout
         self.listener = listener
         self.ram = ram
         self.vm = vm
@@ -143,6 +149,15 @@ class IncomingMigration(threading.Thread):
             self._done.set()
 
     def _succeed(self, conn: socket.socket, runstate: RunState) -> None:
+        """The digest matched: the guest may run here only once the source has committed."""
+        lost = self._await_go(conn)
+        if lost is not None:  # the source keeps the guest: this side gives it up for good
+            self._fail(
+                conn,
+                f"the source did not confirm the switchover ({lost}); "
+                "the guest stays on the source",
+            )
+            return
         # QEMU's process_incoming_migration_bh: a running source means run here too
         # (unless -S or `stop`), otherwise take over the source's state.
         if runstate is RunState.RUNNING:
@@ -155,8 +170,24 @@ class IncomingMigration(threading.Thread):
         self._set_status(MigrationStatus.COMPLETED, None)
         try:
             conn.sendall(wire.json_record(wire.Rec.ACK, {}))
-        except OSError:
-            pass  # the source gave up waiting; our RAM is verified either way
+        except OSError as exc:  # the source then says the guest may be running here: it is
+            log.warning("could not confirm the switchover to the source: %s", exc)
+
+    def _await_go(self, conn: socket.socket) -> str | None:
+        """Send READY and wait for the source's GO: None once it came, else what went wrong."""
+        conn.settimeout(self._switchover_timeout)
+        try:
+            conn.sendall(wire.json_record(wire.Rec.READY, {}))
+            rec = wire.read_record(conn, wire.MAX_JSON)
+        except TimeoutError:
+            return f"no answer within {self._switchover_timeout:g} s"
+        except (wire.StreamError, OSError) as exc:
+            return str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
+        if rec is None:
+            return "the connection closed"
+        if rec[0] != wire.Rec.GO:
+            return f"record 0x{rec[0]:02x} instead of GO"
+        return None
 
     def _fail(self, conn: socket.socket, reason: str) -> None:
         with self._lock:

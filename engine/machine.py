@@ -46,6 +46,8 @@ class MachineOptions:
     seed: int = 0
     loaders: tuple[Loader, ...] = field(default=())
     prealloc: bool = False  # -mem-prealloc
+    # Each step of the completion handshake may take this long (both roles); tests shorten it.
+    switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S
 
 
 class _Refused:
@@ -60,6 +62,8 @@ class _Refused:
 
     def cancel(self) -> None:
         pass
+
+    close = cancel
 
     def wait(self, timeout: float | None = None) -> bool:
         return True
@@ -195,6 +199,7 @@ class Machine:
                 lambda n: int(c.param(n)),
                 self._notify,
                 self._migration_event,
+                self.opts.switchover_timeout,
             )
             self._outgoing = mig
         mig.start()
@@ -245,6 +250,7 @@ class Machine:
             self._incoming_failed,
             self._migration_event,
             failed,
+            self.opts.switchover_timeout,
         )
         self._incoming = incoming
         incoming.start()
@@ -257,6 +263,8 @@ class Machine:
 
     def _incoming_config(self) -> tuple[wire.StreamConfig, int]:
         c = self.config
+        if creds := c.param("tls-creds"):  # a plain-text stream is refused when TLS is asked for
+            raise wire.StreamError(f"No TLS credentials with id '{creds}'")
         local = wire.StreamConfig(
             page_size=PAGE_SIZE,
             ram_size=self.ram.size,
@@ -297,7 +305,7 @@ class Machine:
         if self.vm.state is RunState.INMIGRATE:
             self._autostart = True
         else:
-            self.vm.start()
+            self.vm.start(cont=True)
 
     def close(self) -> None:
         """Stop every thread and socket of this endpoint (quit)."""
@@ -305,7 +313,7 @@ class Machine:
             self._closing = True
             outgoing, incoming = self._outgoing, self._incoming
         if outgoing is not None:
-            outgoing.cancel()
+            outgoing.close()
             outgoing.wait(10)
         if incoming is not None:
             incoming.close()

@@ -5,8 +5,9 @@ setup → active: connect, send header and configuration, mark every page dirty,
   byte budget is spent, then EOS; every ≥100 ms re-measure bandwidth and the threshold
   (bandwidth × downtime-limit); sync the dirty log only when what is left fits the threshold.
   When, after a sync, it still fits: stop the VM, send the rest unthrottled and the digest
-  (the downtime, as QEMU counts it), then wait for the destination's verdict before
-  reporting completed (also downtime with return-path). Cancel and errors restart the VM.
+  (the downtime, as QEMU counts it), then the completion handshake before reporting
+  completed (also downtime with return-path). Cancel and errors restart the VM until the
+  source commits the switchover (GO); after that it never restarts by itself.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ RAW_BATCH = 256  # pages per record without compression (1 MiB)
 SCAN_BATCH = wire.MAX_BATCH
 SCAN_WINDOW = 32768  # bitmap bits searched per step
 MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
-ACK_TIMEOUT_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 def _entry(name: str) -> Any:
@@ -71,6 +73,7 @@ class OutgoingSettings:
     return_path: bool = _entry("return-path")
     compress_auto: bool = _entry("x-compress-auto")  # engine/policy.py steers compression
     multifd_compression: str = _entry("multifd-compression")
+    tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
     multifd_channels: int = 0  # 0: the multifd capability is off
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
 
@@ -114,8 +117,10 @@ class OutgoingMigration(threading.Thread):
         param: Callable[[str], int],
         report: Callable[[str], None],
         on_event: Callable[[str, dict[str, Any]], None],
+        switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S,
     ) -> None:
         super().__init__(name="live_migration", daemon=True)
+        self._switchover_timeout = switchover_timeout
         self._on_event = on_event  # MIGRATION / MIGRATION_PASS, filtered by the machine
         self.addr = addr
         self.ram = ram
@@ -143,6 +148,8 @@ class OutgoingMigration(threading.Thread):
         self._inflight: deque[_InFlight] = deque()
         self._digest = wire.PageDigest(ram.pages)
         self._vm_was_running = False
+        # True once GO may have reached the destination: only its NACK lets the guest run here.
+        self._handed_over = False
         self._dirty_rate_high = 0
 
     # -- the monitor's side ------------------------------------------------------------------
@@ -156,9 +163,16 @@ class OutgoingMigration(threading.Thread):
         return self.stats.snapshot(status, error)
 
     def cancel(self) -> None:
-        """QEMU's migrate_cancel: → cancelling, and shut the streams so nothing blocks."""
+        """QEMU's migrate_cancel: → cancelling, and shut the streams so nothing blocks.
+
+        Once the switchover is committed there is nothing to cancel: the guest may already run
+        on the destination, so it must not restart here.
+        """
         with self._lock:
-            if self._status not in (MigrationStatus.SETUP, MigrationStatus.ACTIVE):
+            if self._handed_over or self._status not in (
+                MigrationStatus.SETUP,
+                MigrationStatus.ACTIVE,
+            ):
                 return
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
@@ -166,6 +180,11 @@ class OutgoingMigration(threading.Thread):
         shutdown(self._sock)
         if self._multifd:
             self._multifd.close()
+
+    def close(self) -> None:
+        """Quit: cancel, or end the wait for the destination's ACK (the guest stays paused)."""
+        self.cancel()
+        shutdown(self._sock)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -178,6 +197,8 @@ class OutgoingMigration(threading.Thread):
         self._on_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
         try:
             self._sock = connect(self.addr)
+            if self.settings.tls_creds:  # never fall back to plain text when TLS is asked for
+                raise MigrationError(f"No TLS credentials with id '{self.settings.tls_creds}'")
             self._connected.set()
             if self._stop.is_set():
                 raise Cancelled
@@ -317,11 +338,9 @@ class OutgoingMigration(threading.Thread):
         self._send_eos()
         self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
         sent_all = now_ms()
-        verdict = self._await_verdict()
-        if verdict is not None:
-            raise MigrationError(verdict)
+        self._switch_over()
         # QEMU's downtime ends once everything is sent, unless the return path makes the source
-        # wait for the destination; qemu-hmp always waits for the digest verdict, but only
+        # wait for the destination; qemu-hmp always waits for the handshake's ACK, but only
         # counts that wait as downtime when return-path is on.
         self.stats.completed(None if self.settings.return_path else sent_all)
 
@@ -333,7 +352,7 @@ class OutgoingMigration(threading.Thread):
             self._multifd.close()
         if self._sock:
             self._sock.close()
-        if status is MigrationStatus.COMPLETED:
+        if status is MigrationStatus.COMPLETED or self._handed_over:
             self.vm.set_state(RunState.POSTMIGRATE)
         elif self._vm_was_running:
             self.vm.start()
@@ -535,27 +554,65 @@ class OutgoingMigration(threading.Thread):
         if self._stop.is_set():
             raise Cancelled
 
-    def _await_verdict(self) -> str | None:
-        """The destination's ACK (None) or NACK reason, after it checked the digest."""
+    # -- the completion handshake (docs/ARCHITECTURE.md) ---------------------------------------
+    def _switch_over(self) -> None:
+        """DONE is sent: wait for READY, commit, send GO, wait for ACK.
+
+        Until GO leaves, the destination cannot run the guest, so a failure restarts it here;
+        from then on only the destination's NACK may, and a lost ACK leaves it paused here
+        with a failure that says the destination may be running it.
+        """
+        self._expect(wire.Rec.READY)
+        with self._lock:
+            if self._status is not MigrationStatus.ACTIVE:  # a cancel came first
+                raise Cancelled
+            self._handed_over = True
+        try:
+            self.stats.add_stream(self._send([wire.json_record(wire.Rec.GO, {})]))
+        except OSError as exc:
+            raise MigrationError(self._lost(exc.strerror or str(exc))) from exc
+        self._expect(wire.Rec.ACK)
+
+    def _expect(self, kind: wire.Rec) -> None:
+        """The destination's next reply must be ``kind``; a NACK, a loss or any other reply
+        raises MigrationError (or Cancelled, when a cancel shut the socket)."""
         assert self._sock is not None
-        self._sock.settimeout(0.2)
-        deadline = time.monotonic() + ACK_TIMEOUT_S
-        while True:
-            self._check_stop()
-            try:
-                rec = wire.read_record(self._sock, wire.MAX_JSON)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    return "destination did not confirm the migration"
-        if rec is None:
-            return "Unable to read from socket: Connection reset by peer"
-        kind, body = rec
-        if kind == wire.Rec.ACK:
-            return None
-        if kind == wire.Rec.NACK:
-            return str(wire.parse_json(body, "reply").get("error", "destination failed"))
-        return "unexpected reply from the destination"
+        self._sock.settimeout(self._switchover_timeout)
+        try:
+            reply = wire.read_reply(self._sock)
+        except TimeoutError:
+            raise MigrationError(
+                self._lost(f"no answer within {self._switchover_timeout:g} s")
+            ) from None
+        except wire.ForeignPeer as exc:
+            raise MigrationError(self._lost(str(exc)) if self._handed_over else str(exc)) from exc
+        except OSError as exc:
+            self._check_cancelled()
+            raise MigrationError(self._lost(exc.strerror or str(exc))) from exc
+        if reply is None:
+            self._check_cancelled()
+            raise MigrationError(self._lost("the connection closed"))
+        if reply.kind is wire.Rec.NACK:
+            self._handed_over = False  # the destination will not run it: the guest is ours again
+            raise MigrationError(reply.error)
+        if reply.kind is not kind:
+            raise MigrationError(self._lost(f"it answered {reply.kind.name} out of turn"))
+
+    def _check_cancelled(self) -> None:
+        if self._stop.is_set() and not self._handed_over:
+            raise Cancelled
+
+    def _lost(self, cause: str) -> str:
+        """The failure of a handshake that lost its peer, saying which side holds the guest."""
+        if self._handed_over:
+            return (
+                f"lost contact with the destination after the switchover ({cause}): "
+                "the destination may be running the guest; check it before 'cont' here"
+            )
+        return (
+            f"lost contact with the destination before it confirmed the migration ({cause}); "
+            "the guest stays on the source"
+        )
 
     def _read_nack(self) -> str | None:
         """After a broken stream: did the destination say why before it closed?"""
@@ -564,9 +621,9 @@ class OutgoingMigration(threading.Thread):
             return None
         try:
             sock.settimeout(0.5)
-            rec = wire.read_record(sock, wire.MAX_JSON)
-        except (OSError, wire.StreamError):
+            reply = wire.read_reply(sock)
+        except wire.ForeignPeer as exc:
+            return str(exc)
+        except OSError:
             return None
-        if rec and rec[0] == wire.Rec.NACK:
-            return str(wire.parse_json(rec[1], "reply").get("error", ""))
-        return None
+        return reply.error if reply and reply.kind is wire.Rec.NACK else None

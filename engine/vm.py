@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from engine.errors import MigrationError
 from engine.events import EventBus
 from engine.guest import VcpuGate
 from engine.state import RunState
@@ -37,8 +38,12 @@ class Vm:
             self._events.emit("STOP", {})
         return was_running
 
-    def start(self) -> None:
+    def start(self, *, cont: bool = False) -> None:
+        """Run the vCPUs. ``cont`` (the monitor's) is refused in finish-migrate, as in QEMU:
+        the completion handshake decides where the guest runs, and a cont must not race it."""
         with self._lock:
+            if cont and self._state is RunState.FINISH_MIGRATE:
+                raise MigrationError("Migration is not finalized yet")
             was_running = self._state is RunState.RUNNING
             self._state = RunState.RUNNING
         self.gate.set_running(True)

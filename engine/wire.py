@@ -8,7 +8,14 @@ Layout (all integers big-endian, as in QEMU's stream)::
       BATCH   u32 n, n x u32 page index, n x u8 kind, m x u32 compressed length, payload
       EOS     empty: end of one iteration; the destination drains its decompressors here
       DONE    JSON: the source's run state and the digest of every page sent
-    reply     (destination -> source, same socket) one record ACK or NACK with JSON
+      GO      JSON: the source commits the switchover (sent only after READY)
+    replies   (destination -> source, same socket), JSON:
+      READY   the digest matched; the destination waits for GO before its guest may run
+      ACK     GO arrived: the destination holds the guest
+      NACK    {"error": reason}: the destination will not run the guest
+
+The completion handshake (DONE → READY → GO → ACK) keeps one guest from running twice
+whatever message is lost: docs/ARCHITECTURE.md has its table.
 
 Page kinds keep QEMU's RAM flag values (ZERO 0x02, PAGE 0x08, COMPRESS_PAGE 0x100) folded
 into one byte. Batches, not per-page records, keep the per-page Python cost off the hot path.
@@ -36,7 +43,7 @@ from zlib_ng import zlib_ng
 from engine.guest import PAGE_SIZE, ZERO_PAGE
 
 MAGIC = b"QHMP"
-VERSION = 1
+VERSION = 2  # 2: the completion handshake (READY, GO)
 HEADER = struct.Struct(">4sI")
 RECORD = struct.Struct(">BI")
 MAX_BATCH = 1024  # pages per batch
@@ -44,6 +51,8 @@ MAX_BATCH = 1024  # pages per batch
 MAX_COMPRESSED = PAGE_SIZE + PAGE_SIZE // 8 + 64
 MAX_RECORD = 4 + MAX_BATCH * (4 + 1 + 4 + MAX_COMPRESSED)
 MAX_JSON = 64 * 1024
+SWITCHOVER_TIMEOUT_S = 60.0  # how long each step of the completion handshake may take
+PEER_TEXT_LIMIT = 256  # characters of a peer's text kept once escaped
 ZERO_CRC = zlib_ng.crc32(ZERO_PAGE)
 
 
@@ -52,8 +61,10 @@ class Rec(IntEnum):
     BATCH = 0x02
     EOS = 0x10
     DONE = 0x00
+    GO = 0x11
     ACK = 0x21
     NACK = 0x22
+    READY = 0x23
 
 
 class Kind(IntEnum):
@@ -64,6 +75,32 @@ class Kind(IntEnum):
 
 class StreamError(Exception):
     """The stream is malformed; the message says how (shown as the migration's error)."""
+
+
+class ForeignPeer(StreamError):
+    """The destination answered with bytes that are not a reply of this protocol."""
+
+    def __init__(self, sent: bytes) -> None:
+        super().__init__(
+            "destination answered with something that is not a qemu-hmp migration stream "
+            f"(it sent {sent[:16]!r})"
+        )
+
+
+def peer_text(text: str) -> str:
+    """Text a peer sent, made safe to store and print: what is not printable (escape
+    sequences, a newline faking a ``(qemu) `` prompt, bidi controls) is escaped, and the
+    result holds at most PEER_TEXT_LIMIT characters."""
+    out: list[str] = []
+    size = 0
+    for ch in text:
+        piece = ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+        size += len(piece)
+        if size > PEER_TEXT_LIMIT:
+            out.append("...")
+            break
+        out.append(piece)
+    return "".join(out)
 
 
 def header() -> bytes:
@@ -115,6 +152,42 @@ def read_record(sock: socket.socket, limit: int) -> tuple[int, bytearray] | None
     return head[0], read_body(sock, head[1], limit)
 
 
+REPLIES = frozenset({Rec.READY, Rec.ACK, Rec.NACK})
+
+
+@dataclass(frozen=True)
+class Reply:
+    kind: Rec
+    error: str = ""  # a NACK's reason, made safe by peer_text
+
+
+def read_reply(sock: socket.socket) -> Reply | None:
+    """The destination's next reply; None once the connection has closed (even mid-record).
+
+    Raises ForeignPeer when what arrived is not a reply (an SSH banner, a NACK whose body is
+    not JSON), and TimeoutError or OSError as the socket does.
+    """
+    try:
+        head = read_exact(sock, RECORD.size)
+        if head is None:
+            return None
+        kind, length = RECORD.unpack(head)
+        if kind not in REPLIES or length > MAX_JSON:
+            raise ForeignPeer(bytes(head))
+        body = _read(sock, length)
+    except ForeignPeer:
+        raise
+    except StreamError:  # truncated: the peer closed in the middle of a record
+        return None
+    try:
+        obj = parse_json(body, "reply")
+    except StreamError as exc:
+        raise ForeignPeer(bytes(body)) from exc
+    if kind != Rec.NACK:
+        return Reply(Rec(kind))
+    return Reply(Rec.NACK, peer_text(str(obj.get("error", "destination failed"))))
+
+
 def record(kind: Rec, body: bytes = b"") -> bytes:
     return RECORD.pack(kind, len(body)) + body
 
@@ -162,12 +235,13 @@ class StreamConfig:
     def from_json(cls, obj: dict[str, Any]) -> StreamConfig:
         try:
             cfg = cls(
-                page_size=int(obj["page-size"]),
-                ram_size=int(obj["ram-size"]),
+                page_size=_bounded(obj["page-size"]),
+                ram_size=_bounded(obj["ram-size"]),
                 compress=bool(obj["compress"]),
-                compress_method=str(obj["compress-method"]),
-                multifd_channels=int(obj["multifd-channels"]),
-                multifd_compression=str(obj["multifd-compression"]),
+                # Names a peer chose end up in error messages: made safe to print.
+                compress_method=peer_text(str(obj["compress-method"])),
+                multifd_channels=_bounded(obj["multifd-channels"]),
+                multifd_compression=peer_text(str(obj["multifd-compression"])),
                 session=str(obj["session"]),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(Infinity)
@@ -196,6 +270,14 @@ class StreamConfig:
                 f"destination {local.compress_method}"
             )
         return None
+
+
+def _bounded(value: Any) -> int:
+    """A configuration integer; beyond 64 bits it could only be a peer's padding of messages."""
+    n = int(value)
+    if not -(1 << 63) <= n < 1 << 64:
+        raise ValueError(f"{n.bit_length()}-bit integer")
+    return n
 
 
 U32 = np.dtype(">u4")

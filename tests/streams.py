@@ -69,7 +69,9 @@ def record_stream(
                 kind, length = head
                 body = wire.read_body(conn, length, wire.MAX_RECORD)
                 chunks.append(wire.RECORD.pack(kind, length) + bytes(body))
-                if kind == wire.Rec.DONE:
+                if kind == wire.Rec.DONE:  # the completion handshake: READY, GO, ACK
+                    conn.sendall(wire.json_record(wire.Rec.READY, {}))
+                    assert wire.read_record(conn, wire.MAX_JSON) == (wire.Rec.GO, b"{}")
                     conn.sendall(wire.json_record(wire.Rec.ACK, {}))
                     break
 
