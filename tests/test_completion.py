@@ -10,6 +10,7 @@ from pygments.token import Error, Keyword, Name, Number, String
 from engine.params import CAPABILITIES, PARAMETERS, PARAMS_BY_NAME, Kind
 from engine.snapshot import MigrationInfo, RamStats
 from engine.state import MigrationStatus
+from hmp.monitor import render
 from hmp.monitor.commands import COMMANDS, INFO_COMMANDS
 from hmp.monitor.values import parse_parameter
 from hmp.qmp import qapi
@@ -178,7 +179,7 @@ def test_toolbar_while_active() -> None:
         status=MigrationStatus.ACTIVE, total_time=2500, expected_downtime=300, ram=ram()
     )
     assert progress_text(Progress.from_info(info), "running") == (
-        "migration active █████░░░░░░░░░░░░░░░  25% sent · 134.2 mbps · 192.0 MiB remaining"
+        "migration active █████░░░░░░░░░░░░░░░  25% in sync · 134.2 mbps · 192.0 MiB remaining"
         " · expected downtime 300 ms · 2.5 s"
     )
 
@@ -226,3 +227,17 @@ def test_notices() -> None:
     assert ended_notice(MigrationInfo(status=MigrationStatus.CANCELLED)) == (
         "* migration cancelled\n"
     )
+
+
+def test_toolbar_and_info_migrate_read_one_snapshot() -> None:
+    """The toolbar's expected downtime is the figure `info migrate` prints from that snapshot."""
+    ram = RamStats(
+        transferred=1, remaining=2 * MiB, total=4 * MiB, duplicate=0, skipped=0, normal=1,
+        normal_bytes=4096, dirty_sync_count=3, page_size=4096, multifd_bytes=0,
+        pages_per_second=1, mbps=8.0,
+    )  # fmt: skip
+    info = MigrationInfo(status=MigrationStatus.ACTIVE, total_time=1000, expected_downtime=4321,
+                         setup_time=1, ram=ram)  # fmt: skip
+    text = progress_text(Progress.from_info(info))
+    assert "expected downtime 4321 ms" in text and " 50% in sync" in text
+    assert "expected downtime: 4321 ms\n" in render.info_migrate(info)

@@ -80,7 +80,7 @@ def test_progress_line_is_rewritten_in_place_on_a_terminal(tmp_path: Path) -> No
     out = Tty()
     run_demo(recorded_runner, [CASES["idle-1gbe"]], tmp_path, out)
     assert (
-        "\r  plain    migration active █████░░░░░░░░░░░░░░░  25% sent · 800.0 mbps"
+        "\r  plain    migration active █████░░░░░░░░░░░░░░░  25% in sync · 800.0 mbps"
         " · 48.0 MiB remaining · expected downtime 300 ms · 0.5 s\x1b[K"
     ) in out.getvalue()
 

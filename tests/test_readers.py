@@ -38,7 +38,7 @@ def test_demo_figures_come_from_the_final_query_migrate() -> None:
 
 def test_progress_line_of_qemus_migration() -> None:
     assert progress_text(Progress.from_query_migrate(qemu_answers("active")[0])) == (
-        "migration active ░░░░░░░░░░░░░░░░░░░░   1% sent · 1.1 mbps · 127.5 MiB remaining"
+        "migration active ░░░░░░░░░░░░░░░░░░░░   1% in sync · 1.1 mbps · 127.5 MiB remaining"
         " · expected downtime 300 ms · 0.3 s"
     )
     done = qemu_answers("completed")[0]

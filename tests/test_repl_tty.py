@@ -137,7 +137,7 @@ def test_toolbar_and_finished_notice_during_a_real_migration(term: Terminal) -> 
         term.start("-m", "64M")
         term.keys("migrate_set_parameter max-bandwidth 8M", "Enter")
         term.keys(f"migrate -d {uri}", "Enter")
-        term.wait_for("% sent · ")  # the toolbar follows the migration
+        term.wait_for("% in sync · ")  # the toolbar follows the migration
         term.keys("info mig")
         # The notice lands above the prompt and the half-typed line survives the redraw.
         screen = term.wait_until(
@@ -165,7 +165,7 @@ def test_blocking_migrate_shows_progress_and_ctrl_c_says_it_detached(term: Termi
         # 64 MiB at 1 MiB/s: a minute, so the wait is still on when Ctrl-C comes.
         term.keys("migrate_set_parameter max-bandwidth 1M", "Enter")
         term.keys(f"migrate {destination_uri(dst)}", "Enter")
-        screen = term.wait_for("% sent · ")  # the toolbar draws while migrate blocks
+        screen = term.wait_for("% in sync · ")  # the toolbar draws while migrate blocks
         assert prompt_line(screen).startswith("(qemu) migrate tcp:")
         term.keys("C-c")
         term.wait_for("* stopped waiting: the migration goes on in the background")

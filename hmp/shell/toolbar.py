@@ -81,7 +81,8 @@ class Progress:
 
     @property
     def percent(self) -> float:
-        """How much of guest RAM is clean at the destination now (resent pages count once)."""
+        """How much of guest RAM is in sync at the destination now: it drops when a dirty
+        sync finds pages written again, so the toolbar says "in sync", not "sent"."""
         if not self.total:
             return 0.0
         return 100.0 * (self.total - self.remaining) / self.total
@@ -105,7 +106,7 @@ def progress_segments(p: Progress, vm: str | None = None) -> StyleAndTextTuples:
             head,
             ("class:toolbar", " "),
             ("class:toolbar.bar", bar(p.percent)),
-            ("class:toolbar", f" {p.percent:3.0f}% sent · {p.mbps:.1f} mbps"),
+            ("class:toolbar", f" {p.percent:3.0f}% in sync · {p.mbps:.1f} mbps"),
             ("class:toolbar", f" · {mib(p.remaining)} remaining"),
             ("class:toolbar", f" · expected downtime {p.expected_downtime_ms} ms"),
             ("class:toolbar", f" · {p.elapsed_ms / 1000:.1f} s"),
