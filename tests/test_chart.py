@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from engine.machine import Machine, MachineOptions
 from engine.stats import Sample
-from hmp.monitor.chart import resample, sparkline, terminal_chart, write_png
+from hmp.monitor.chart import figure, resample, sparkline, terminal_chart, write_png
 from hmp.monitor.series import COLUMNS, to_csv, to_json
 from hmp.monitor.session import Monitor
 
@@ -46,6 +47,29 @@ def test_png_renders_both_series(tmp_path: Path) -> None:
     # matplotlib's first two line colours (C0 blue, C1 orange): both series are drawn.
     assert (0x1F, 0x77, 0xB4) in colours and (0xFF, 0x7F, 0x0E) in colours
     assert len(colours) > 50  # text, axes and antialiased lines: not a blank canvas
+
+
+def test_a_long_title_stays_inside_the_png() -> None:
+    title = "guest writing random data, 1 GbE — ours: 2G random-writer guest writing 25000 pages/s"
+    fig = figure({"plain": PLAIN}, title)
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    fig.draw(renderer)
+    box = fig.axes[0].title.get_window_extent(renderer)
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+    assert "\n" in fig.axes[0].get_title()
+
+
+def test_dirty_rate_and_throttle_are_charted_when_they_move() -> None:
+    throttled = [replace(s, dirty_pages_rate=20000 - 100 * i, cpu_throttle=min(99, 20 * i))
+                 for i, s in enumerate(PLAIN)]  # fmt: skip
+    assert [ax.get_ylabel() for ax in figure({"plain": PLAIN}).axes] == [
+        "remaining RAM (MiB)", "throughput (mbps)"]  # fmt: skip
+    assert [ax.get_ylabel() for ax in figure({"plain": PLAIN, "ac": throttled}).axes] == [
+        "remaining RAM (MiB)", "throughput (mbps)", "dirty rate (pages/s)", "cpu throttle (%)"
+    ]  # fmt: skip
+    text = terminal_chart({"auto-converge": throttled}, width=12)
+    assert "dirty rate (pages/s, peak 20000.0):" in text
+    assert "cpu throttle (%, peak 99.0):" in text
 
 
 def test_resample_means_equal_slices() -> None:

@@ -1,47 +1,69 @@
 """Charts of migration time series (engine.stats.Sample lists): PNG and terminal text.
 
 Both take several named series (e.g. ``{"plain": [...], "compress": [...]}``) so that runs are
-compared on one chart: remaining RAM and throughput over time since `migrate`.
+compared on one chart: remaining RAM and throughput over time since `migrate`, and the guest's
+dirty rate and the auto-converge throttle when any series has them (a remedy's effect shows
+as the throttle steps up and the dirty rate comes down).
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.stats import Sample
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MiB = 1024 * 1024
 SPARKS = "▁▂▃▄▅▆▇█"
 
 Series = Mapping[str, Sequence[Sample]]
 
-# (title, unit, value of a sample): the two panels of both chart kinds.
-PANELS: tuple[tuple[str, str, Callable[[Sample], float]], ...] = (
+Panel = tuple[str, str, Callable[[Sample], float]]  # title, unit, value of a sample
+ALWAYS: tuple[Panel, ...] = (
     ("remaining RAM", "MiB", lambda s: s.remaining / MiB),
     ("throughput", "mbps", lambda s: s.mbps),
 )
+WHEN_SEEN: tuple[Panel, ...] = (  # drawn only when some sample is not zero
+    ("dirty rate", "pages/s", lambda s: s.dirty_pages_rate),
+    ("cpu throttle", "%", lambda s: s.cpu_throttle),
+)
+TITLE_WIDTH = 70  # characters of a PNG title line that fit an 800-pixel figure
 
 
-def write_png(path: str | Path, series: Series, title: str = "migration") -> None:
-    """Two stacked panels sharing the time axis, one line per series."""
+def panels(series: Series) -> tuple[Panel, ...]:
+    samples = [s for run in series.values() for s in run]
+    return ALWAYS + tuple(p for p in WHEN_SEEN if any(p[2](s) for s in samples))
+
+
+def figure(series: Series, title: str = "migration") -> Figure:
+    """Stacked panels sharing the time axis, one line per series; a long title wraps."""
     # matplotlib is imported here: a REPL that never draws a chart should not pay for it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 6), dpi=100, layout="constrained")
+    shown = panels(series)
+    fig = Figure(figsize=(8, 1.5 + 2.25 * len(shown)), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)  # the Agg canvas: no display needed
-    axes = fig.subplots(len(PANELS), 1, sharex=True)
-    for ax, (panel, unit, value) in zip(axes, PANELS, strict=True):
+    axes = fig.subplots(len(shown), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (panel, unit, value) in zip(axes, shown, strict=True):
         for name, samples in series.items():
             ax.plot([s.t_ms / 1000 for s in samples], [value(s) for s in samples], label=name)
         ax.set_ylabel(f"{panel} ({unit})")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
-    axes[0].set_title(title)
+    axes[0].set_title(textwrap.fill(title, TITLE_WIDTH))
     axes[-1].set_xlabel("time since migrate (s)")
-    fig.savefig(path, format="png")
+    return fig
+
+
+def write_png(path: str | Path, series: Series, title: str = "migration") -> None:
+    figure(series, title).savefig(path, format="png")
 
 
 def resample(values: Sequence[float], width: int) -> list[float]:
@@ -69,7 +91,7 @@ def terminal_chart(series: Series, width: int = 48) -> str:
         return "no migration time series\n"
     label = max(len(name) for name in named)
     lines = []
-    for panel, unit, value in PANELS:
+    for panel, unit, value in panels(named):
         values = {name: [value(s) for s in samples] for name, samples in named.items()}
         top = max(max(v) for v in values.values())
         lines.append(f"{panel} ({unit}, peak {top:.1f}):")

@@ -313,7 +313,7 @@ COMMANDS: tuple[Command, ...] = (
         "x_migrate_chart",
         "",
         "",
-        "chart the last migration's remaining RAM and throughput over time",
+        "chart the last migration's remaining RAM, throughput, dirty rate and throttle",
         hmp_x_migrate_chart,
         extension=True,
     ),
