@@ -100,7 +100,7 @@ class Machine:
         self._outgoing: OutgoingMigration | _Refused | None = None
         self._incoming: IncomingMigration | None = None
         self._closing = False
-        self.workload.start(self.ram, self.vm.gate)
+        self.workload.start(self.ram, self.vm.gate, self._notify)
         if opts.incoming not in (None, "defer"):
             self._listen(parse_uri(opts.incoming, incoming=True))
 

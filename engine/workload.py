@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,13 +105,50 @@ class WorkloadSpec:
 # -- the dirtying vCPU ------------------------------------------------------------------------
 
 
+class Pace:
+    """How many page writes a vCPU owes: ``rate`` per second of the time it ran.
+
+    Paused and throttled time does not count; a thread that woke late (a busy host) still
+    owes the time it was due to run, so the dirty rate is what the spec says and each
+    throttle step removes its share of it. What it cannot catch up within ``CATCH_UP_S``
+    is dropped and counted as missed: the host is too slow for the rate asked.
+    """
+
+    CATCH_UP_S = 0.1
+
+    def __init__(self, rate: int, now: float) -> None:
+        self.rate = rate
+        self._last = now
+        self._owed = 0.0
+        self.missed = 0  # page writes dropped because the thread fell behind
+
+    def owed(self, now: float, lost: float) -> int:
+        """Writes due now; ``lost``: time since the last call the vCPU did not run."""
+        self._owed += self.rate * max(0.0, now - self._last - lost)
+        self._last = now
+        cap = self.rate * self.CATCH_UP_S
+        if self._owed > cap:
+            self.missed += int(self._owed - cap)
+            self._owed = cap
+        count = int(self._owed)
+        self._owed -= count
+        return count
+
+
+def throttle_nap(pct: int, slice_s: float) -> float:
+    """QEMU's throttle: after each slice of running, sleep so that ``pct``% of time is asleep."""
+    return slice_s * pct / (100 - pct) if pct else 0.0
+
+
 class RandomWriter:
     """A vCPU thread storing one random word into each of ``rate`` random pages per second.
 
     Work is done in 10 ms slices (QEMU's throttle timeslice). Between slices the thread parks
     while the VM is paused and sleeps the throttle share (p/(100-p) of a slice) when
-    auto-converge throttles the vCPU, so a p% throttle cuts the dirty rate by p%. It reads
-    the gate's state but waits only on its own event, so :meth:`stop` is prompt in any state.
+    auto-converge throttles the vCPU; :class:`Pace` makes the writes ``rate`` per second of
+    running time, so a p% throttle cuts the dirty rate by p%. It reads the gate's state but
+    waits only on its own event, so :meth:`stop` is prompt in any state. ``report`` hears,
+    once, that this host cannot write as fast as ``rate`` asks.
     """
 
     SLICE_S = VcpuGate.SLICE_S
@@ -124,8 +162,13 @@ class RandomWriter:
         wss: int,
         seed: tuple[int, int],
         among: npt.NDArray[np.intp] | None = None,
+        report: Callable[[str], None] = lambda _msg: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` paces the writes (tests give it a host that falls behind)."""
         self._ram = ram
+        self._report = report
+        self._clock = clock
         self._gate = gate
         self._rate = rate
         rng = np.random.Generator(np.random.PCG64([*seed, 1]))
@@ -182,9 +225,8 @@ class RandomWriter:
                     return None
             self.parked.clear()
             lost = time.monotonic() - parked_at
-        pct = gate.throttle_pct
-        if pct:
-            nap = self.SLICE_S * pct / (100 - pct)
+        nap = throttle_nap(gate.throttle_pct, self.SLICE_S)
+        if nap:
             if stop.wait(nap):
                 return None
             lost += nap
@@ -193,14 +235,13 @@ class RandomWriter:
     def _run(self) -> None:
         words = self._ram.page_array.view(np.uint64)
         working_set, span = self.working_set, self.working_set.size
-        owed = 0.0
-        due = time.monotonic()  # when the next slice starts; absolute, so wakeup lag evens out
+        clock = self._clock
+        pace = Pace(self._rate, clock())
+        due = clock()  # when the next slice starts; absolute, so wakeup lag evens out
+        warned = False
         while (lost := self._hold()) is not None:
-            # Lost time is not made up for; a writer that fell behind catches up one slice.
-            due = max(due + lost, time.monotonic() - self.SLICE_S)
-            owed += self._rate * self.SLICE_S
-            count = int(owed)
-            owed -= count
+            due = max(due + lost, clock() - self.SLICE_S)
+            count = pace.owed(clock(), lost)
             if count and self._gate.enter():  # a stop that came after _hold() wins here
                 try:
                     pages = working_set[self._rng.integers(0, span, size=count)]
@@ -212,8 +253,14 @@ class RandomWriter:
                 with self._progress:
                     self._written += count
                     self._progress.notify_all()
+            if not warned and pace.missed > self._rate:  # more than a second's writes lost
+                warned = True
+                self._report(
+                    f"warning: the guest's writer cannot keep up with {self._rate} pages/s on"
+                    " this host: its dirty rate is lower than asked"
+                )
             due += self.SLICE_S
-            self._stop.wait(max(0.0, due - time.monotonic()))
+            self._stop.wait(min(self.SLICE_S, max(0.0, due - clock())))
 
 
 # -- the facade the machine uses --------------------------------------------------------------
@@ -236,7 +283,9 @@ class Workload:
         elif self.spec.name == "random":
             content.fill_random(ram, rng)
 
-    def start(self, ram: GuestRam, gate: VcpuGate) -> None:
+    def start(
+        self, ram: GuestRam, gate: VcpuGate, report: Callable[[str], None] = lambda _m: None
+    ) -> None:
         """Start the guest's writer, if the profile has one and it is not running."""
         if not self.spec.rate or self.writer is not None:
             return
@@ -247,7 +296,7 @@ class Workload:
             everything = np.arange(ram.pages, dtype=np.intp)
             among = everything[~ram.zero_mask(everything)]
         seed = (self.seed, self._runs)
-        self.writer = RandomWriter(ram, gate, self.spec.rate, wss, seed, among)
+        self.writer = RandomWriter(ram, gate, self.spec.rate, wss, seed, among, report)
         self.writer.start()
 
     def stop(self) -> None:

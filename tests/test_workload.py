@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -13,9 +15,11 @@ import pytest
 from engine.guest import PAGE_SIZE, GuestRam, VcpuGate
 from engine.workload import (
     DEFAULT_RATE,
+    Pace,
     RandomWriter,
     Workload,
     WorkloadSpec,
+    throttle_nap,
 )
 
 MiB = 1024 * 1024
@@ -234,19 +238,51 @@ def test_stop_is_prompt_while_paused_and_throttled(ram: GuestRam) -> None:
         assert time.monotonic() - begin < 0.5
 
 
-def test_throttle_cuts_the_dirty_rate(ram: GuestRam) -> None:
-    """A p% throttle stretches each 10 ms slice to 10/(1-p) ms: 50% halves the rate."""
+def test_pace_owes_rate_per_second_of_running_time() -> None:
+    """Late wakeups are made up for (a busy host); paused and throttled time is not."""
+    pace = Pace(20000, now=0.0)
+    assert pace.owed(0.010, lost=0.0) == 200  # one 10 ms slice
+    assert pace.owed(0.035, lost=0.0) == 500  # woke 15 ms late: still owes the 25 ms
+    assert pace.owed(0.045, lost=0.010) == 0  # the whole interval paused or asleep
+    assert pace.missed == 0
 
-    def seconds_for(pct: int, pages: int = 8000) -> float:
-        gate = VcpuGate(True)
-        gate.set_throttle(pct)
-        writer = RandomWriter(ram, gate, 20000, 4 * MiB, (2, 1))
-        writer.start()
-        assert writer.wait_written(200, timeout=10)  # first slice done: start the clock
-        begin = time.monotonic()
-        assert writer.wait_written(200 + pages, timeout=20)
-        elapsed = time.monotonic() - begin
-        writer.stop()
-        return elapsed
 
-    assert seconds_for(50) / seconds_for(0) >= 1.6
+def test_throttle_removes_its_share_of_the_dirty_rate() -> None:
+    """A p% throttle sleeps p/(100-p) of each slice: the writes per second of wall time
+    fall by exactly p%, at every step, from the first one."""
+    slice_s = RandomWriter.SLICE_S
+    for pct in (0, 20, 40, 60, 80, 99):
+        pace, now, written = Pace(20000, now=0.0), 0.0, 0
+        for _ in range(1000):
+            nap = throttle_nap(pct, slice_s)
+            now += slice_s + nap
+            written += pace.owed(now, lost=nap)
+        assert written / now == pytest.approx(20000 * (100 - pct) / 100, rel=1e-3)
+
+
+def test_a_host_too_slow_for_the_rate_is_counted_and_reported(ram: GuestRam) -> None:
+    pace = Pace(20000, now=0.0)
+    assert pace.owed(1.0, lost=0.0) == 2000  # a second behind: at most 0.1 s caught up
+    assert pace.missed == 18000
+    reports: list[str] = []
+    heard = threading.Event()
+    ticks = itertools.count()
+
+    def slow_host() -> float:
+        return next(ticks) * 1.0  # a second passes between any two looks at the clock
+
+    def report(message: str) -> None:
+        reports.append(message)
+        heard.set()
+
+    writer = RandomWriter(
+        ram, VcpuGate(True), 1000, 4 * MiB, (3, 1), report=report, clock=slow_host
+    )
+    writer.start()
+    assert heard.wait(timeout=30)
+    writer.stop()
+    assert not writer.alive
+    assert reports == [
+        "warning: the guest's writer cannot keep up with 1000 pages/s on this host:"
+        " its dirty rate is lower than asked"
+    ]
