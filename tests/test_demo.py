@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import replace
 from pathlib import Path
 
 from engine.stats import Sample
 from hmp.lab.cases import CASES, Case, Figures
-from hmp.lab.demo import Measured, ProgressFn, run_classic, run_demo, table
+from hmp.lab.demo import Measured, ProgressFn, cpu_available, run_classic, run_demo, table
 from hmp.lab.experiment import Setup
 from hmp.shell.toolbar import Progress
 
@@ -24,21 +25,25 @@ def series(seconds: float, total: int = 64 * MiB) -> list[Sample]:
 
 
 # What a run of each mode measured (total ms, downtime ms, kB), for every case alike.
-RECORDED = {False: Figures(2000, 50, 100000), True: Figures(1000, 25, 40000)}
+RECORDED = {
+    "plain": Figures(2000, 50, 100000),
+    "compress": Figures(1000, 25, 40000),
+    "adaptive": Figures(900, 24, 38000),
+}
+CORES = (2.0, 2)
 
 
-def recorded_runner(case: Case, compress: bool, progress: ProgressFn) -> Measured:
-    figures = RECORDED[compress]
+def recorded_runner(case: Case, mode: str, progress: ProgressFn) -> Measured:
+    figures = RECORDED[mode]
     for done in (0.25, 0.5):
         progress(Progress("active", 64 * MiB, int(64 * MiB * (1 - done)), 0, 800.0, 500, 300))
-    return Measured(figures, series(figures.total_time_ms / 1000), "64 MiB, recorded")
+    return Measured(figures, series(figures.total_time_ms / 1000), "64 MiB, recorded", 0.95)
 
 
 def test_table_puts_ours_next_to_published_with_ratios() -> None:
     case = CASES["idle-1gbe"]
-    plain = Measured(RECORDED[False], [], "")
-    compressed = Measured(RECORDED[True], [], "")
-    lines = table([(case, plain, compressed)]).splitlines()
+    runs = {mode: Measured(figures, [], "") for mode, figures in RECORDED.items()}
+    lines = table([(case, runs)]).splitlines()
     assert lines[0].split() == [
         "case", "run",
         "total", "time", "ms", "published",
@@ -50,25 +55,57 @@ def test_table_puts_ours_next_to_published_with_ratios() -> None:
         "plain", "2000", "3333", "50", "100", "100000", "363536",
     ]  # fmt: skip
     assert lines[3].split() == ["compress", "1000", "1833", "25", "27", "40000", "107819"]
-    assert lines[4].split() == ["compress/plain", "0.50", "0.55", "0.50", "0.27", "0.40", "0.30"]
+    assert lines[4].split() == ["adaptive", "900", "-", "24", "-", "38000", "-"]
+    assert lines[5].split() == ["compress/plain", "0.50", "0.55", "0.50", "0.27", "0.40", "0.30"]
+    assert lines[6].split() == ["adaptive/plain", "0.45", "-", "0.48", "-", "0.38", "-"]
 
 
 def test_demo_prints_progress_charts_and_the_table(tmp_path: Path) -> None:
     out = io.StringIO()
     cases = [CASES["idle-1gbe"], CASES["random-1gbe"]]
-    assert run_demo(recorded_runner, cases, tmp_path, out) == 0
+    assert run_demo(recorded_runner, cases, tmp_path, out, CORES) == 0
     text = out.getvalue()
+    assert text.startswith("CPU: 2.0 of 2 cores free for the two endpoints\n\n")
     # Not a terminal: no live rewriting, one final line per run.
     assert "\r" not in text
     assert "  plain    2000 ms, downtime 50 ms, 100000 kB  (64 MiB, recorded)\n" in text
     assert "  compress 1000 ms, downtime 25 ms, 40000 kB  (64 MiB, recorded)\n" in text
+    assert "  adaptive 900 ms, downtime 24 ms, 38000 kB  (64 MiB, recorded)\n" in text
+    assert "  compress/plain total time 0.50, published 0.55: as published\n" in text
+    assert (
+        "  compress/plain total time 0.50, published 0.43: the articles' guest wrote random"
+        " data, which stays incompressible; ours writes 8-byte words into mostly zero pages,"
+        " which compress far better\n"
+    ) in text
     assert text.count("remaining RAM (MiB, peak ") == 2
     for case in cases:
         png = tmp_path / f"qemu-hmp-demo-{case.key}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
         assert f"chart: {png}\n" in text
     last = text.splitlines()[-1].split()
-    assert last == ["compress/plain", "0.50", "0.43", "0.50", "0.51", "0.40", "0.40"]
+    assert last == ["adaptive/plain", "0.45", "-", "0.48", "-", "0.38", "-"]
+
+
+def test_a_cpu_bound_compress_run_is_named_as_such(tmp_path: Path) -> None:
+    def busy_machine(case: Case, mode: str, progress: ProgressFn) -> Measured:
+        slow = {"plain": Figures(2000, 50, 100000), "compress": Figures(3000, 80, 40000)}
+        figures = slow.get(mode, Figures(1950, 50, 100000))
+        return Measured(figures, series(1.0), "recorded", 0.3 if mode == "compress" else 0.97)
+
+    out = io.StringIO()
+    run_demo(busy_machine, [CASES["idle-1gbe"]], tmp_path, out, (1.1, 2))
+    text = out.getvalue()
+    assert "  this machine is busy: compressing at level 1 needs about a core per side" in text
+    assert (
+        "  compress/plain total time 1.50, published 0.55: the compress run filled 30% of its"
+        " link, so its compressors set the pace (CPU-bound; 1.1 cores free): compression pays"
+        " only with CPU to spare; the adaptive policy measured it (0.97)\n"
+    ) in text
+
+
+def test_cpu_available_counts_cores_we_can_use() -> None:
+    cores = cpu_available(0.05)
+    assert 0 < cores <= (os.cpu_count() or 1) * 1.05
 
 
 class Tty(io.StringIO):
@@ -78,7 +115,7 @@ class Tty(io.StringIO):
 
 def test_progress_line_is_rewritten_in_place_on_a_terminal(tmp_path: Path) -> None:
     out = Tty()
-    run_demo(recorded_runner, [CASES["idle-1gbe"]], tmp_path, out)
+    run_demo(recorded_runner, [CASES["idle-1gbe"]], tmp_path, out, CORES)
     assert (
         "\r  plain    migration active █████░░░░░░░░░░░░░░░  25% in sync · 800.0 mbps"
         " · 48.0 MiB remaining · expected downtime 300 ms · 0.5 s\x1b[K"
@@ -88,7 +125,7 @@ def test_progress_line_is_rewritten_in_place_on_a_terminal(tmp_path: Path) -> No
 def test_classic_runner_migrates_for_real() -> None:
     tiny = replace(CASES["idle-1gbe"], setup=Setup("tiny", ram="64M", max_bandwidth="0"))
     seen: list[str] = []
-    measured = run_classic(tiny, True, lambda p: seen.append(p.status))
+    measured = run_classic(tiny, "compress", lambda p: seen.append(p.status))
     assert measured.figures.transferred_kb > 0 and measured.figures.total_time_ms > 0
     assert measured.series and measured.series[-1].remaining == 0
     assert "zlib level 1, 12/3 threads" in measured.setup
