@@ -10,6 +10,7 @@ source's: only then does the guest resume.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections import deque
@@ -31,6 +32,8 @@ from engine.vm import Vm
 
 STALE_PEEK_S = 1.0  # how long a new connection may take to show its first bytes
 CHANNEL_TIMEOUT_S = 10.0  # for multifd channels to connect after the main stream
+
+log = logging.getLogger(__name__)
 
 
 class IncomingMigration(threading.Thread):
@@ -57,9 +60,14 @@ class IncomingMigration(threading.Thread):
         self._lock = threading.Lock()
         self._status = previous.status if previous else MigrationStatus.NONE
         self._error: str | None = previous._error if previous else None
-        self._stop = threading.Event()
+        self._closing = threading.Event()  # not ``_stop``: Thread.join calls its own _stop()
         self._done = threading.Event()
-        self._conn: socket.socket | None = None
+        # Every connection this migration took: close() shuts them down, under this lock, until
+        # the run thread releases them (only it closes them). Adoption checks _closing under
+        # the same lock, so a close can never fall between accepting a connection and owning it.
+        self._conn_lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._released = False
         # After a failed attempt RAM holds stale data; a fresh destination's is all zero.
         self._pristine = previous is None
 
@@ -78,10 +86,15 @@ class IncomingMigration(threading.Thread):
         return MigrationInfo(status=status, error_desc=error, socket_address=address)
 
     def close(self) -> None:
-        """Abandon the incoming side (quit): stop accepting and break the stream."""
-        self._stop.set()
+        """Abandon the incoming side (quit): stop accepting and break the stream.
+
+        Once this returns, the migration cannot complete: a connection accepted meanwhile is
+        closed on adoption, and a stream loaded meanwhile is refused at the verdict.
+        """
+        with self._conn_lock:
+            self._closing.set()
+            self._shut_owned()
         self.listener.close()
-        shutdown(self._conn)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -92,10 +105,41 @@ class IncomingMigration(threading.Thread):
             self._error = error
         self._on_event("MIGRATION", {"status": str(status)})
 
+    # -- connection ownership ----------------------------------------------------------------
+    def _adopt(self, conn: socket.socket | None) -> socket.socket | None:
+        """Own ``conn`` for this migration; after close() it is closed at once (None)."""
+        if conn is None:
+            return None
+        with self._conn_lock:
+            if not self._closing.is_set():
+                self._conns.append(conn)
+                return conn
+        conn.close()
+        return None
+
+    def _drop(self, conn: socket.socket) -> None:
+        with self._conn_lock:
+            self._conns.remove(conn)
+        conn.close()
+
+    def _shut_owned(self) -> None:
+        """Break every connection still owned, so the loader fails (caller holds _conn_lock)."""
+        if not self._released:
+            for conn in self._conns:
+                shutdown(conn)
+
+    def _release(self) -> bool:
+        """The stream is over: nothing may break the connections any more, only the run
+        thread closes them. Returns whether close() came meanwhile, decided now."""
+        with self._conn_lock:
+            self._released = True
+            return self._closing.is_set()
+
+    # -- the thread ----------------------------------------------------------------------------
     def _accept_stream(self) -> socket.socket | None:
         """The next connection that is not a leftover multifd channel of a refused migration
         (its source opened the channels before it read our refusal)."""
-        while (conn := self.listener.accept(self._stop)) is not None:
+        while (conn := self._adopt(self.listener.accept(self._closing))) is not None:
             conn.settimeout(STALE_PEEK_S)
             try:
                 stale = conn.recv(len(HELLO_MAGIC), socket.MSG_PEEK | socket.MSG_WAITALL)
@@ -104,7 +148,7 @@ class IncomingMigration(threading.Thread):
             conn.settimeout(None)
             if stale != HELLO_MAGIC:
                 return conn
-            conn.close()
+            self._drop(conn)
         return None
 
     def run(self) -> None:
@@ -112,13 +156,12 @@ class IncomingMigration(threading.Thread):
         if conn is None:
             self._done.set()
             return
-        self._conn = conn
         self._set_status(MigrationStatus.ACTIVE, None)
         loader = StreamLoader(
             self.ram,
             self._local_config,
             pristine=self._pristine,
-            accept=lambda: self.listener.accept(self._stop, CHANNEL_TIMEOUT_S),
+            accept=lambda: self._adopt(self.listener.accept(self._closing, CHANNEL_TIMEOUT_S)),
         )
         runstate, error = RunState.INMIGRATE, None
         try:
@@ -126,10 +169,14 @@ class IncomingMigration(threading.Thread):
         except (wire.StreamError, OSError) as exc:
             error = str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
         except Exception as exc:  # a bug must still leave the destination consistent
+            log.exception("incoming migration on %s", self.listener.addr.uri())
             error = f"internal error: {exc!r}"
         finally:
+            closed = self._release()
             loader.close()
             self.listener.close()  # before a retry listens on the same address
+        if closed and error is None:
+            error = "incoming migration closed before it completed"
         try:
             if error is None:
                 self._succeed(conn, runstate)
@@ -162,7 +209,7 @@ class IncomingMigration(threading.Thread):
             conn.sendall(wire.json_record(wire.Rec.NACK, {"error": reason}))
         except OSError:
             pass
-        if not self._stop.is_set():
+        if not self._closing.is_set():
             self._on_failed(self, reason)  # listens again first: whoever sees "failed" may retry
         self._on_event("MIGRATION", {"status": str(MigrationStatus.FAILED)})
 
@@ -184,6 +231,7 @@ class StreamLoader:
         self._local_config = local_config
         self._accept = accept
         self._multifd: MultifdReceiver | None = None
+        self._channels: list[socket.socket] = []  # closed by close(), whatever became of them
         self._eos = 0
         self._pool: DecompressPool | None = None
         self._pending: deque[tuple[npt.NDArray[np.intp], Future[list[int]]]] = deque()
@@ -193,10 +241,13 @@ class StreamLoader:
         self._max_pending = 4
 
     def close(self) -> None:
+        """End the workers and channel threads and close the channels (threads first)."""
         if self._pool:
             self._pool.close()
         if self._multifd:
             self._multifd.close()
+        for sock in self._channels:
+            sock.close()
 
     def load(self, conn: socket.socket, then: Callable[[], None] = lambda: None) -> RunState:
         """Read the whole stream; returns the source's run state once the digest matched.
@@ -249,21 +300,15 @@ class StreamLoader:
         if remote.multifd_compression not in METHODS:
             raise wire.StreamError(f"multifd: unknown compression {remote.multifd_compression}")
         socks: list[socket.socket | None] = [None] * remote.multifd_channels
-        try:
-            for _ in socks:
-                sock = self._accept()
-                if sock is None:
-                    raise wire.StreamError("multifd: a channel did not connect")
-                hello = Hello.read(sock)
-                if hello.session.hex() != remote.session or not 0 <= hello.channel < len(socks):
-                    sock.close()
-                    raise wire.StreamError("multifd: a channel of another migration connected")
-                socks[hello.channel] = sock
-        except BaseException:
-            for s in socks:
-                if s is not None:
-                    s.close()
-            raise
+        for _ in socks:
+            sock = self._accept()
+            if sock is None:
+                raise wire.StreamError("multifd: a channel did not connect")
+            self._channels.append(sock)
+            hello = Hello.read(sock)
+            if hello.session.hex() != remote.session or not 0 <= hello.channel < len(socks):
+                raise wire.StreamError("multifd: a channel of another migration connected")
+            socks[hello.channel] = sock
         self._multifd = MultifdReceiver(
             self.ram, self._digest, self._written, remote.multifd_compression
         )

@@ -11,6 +11,7 @@ setup → active: connect, send header and configuration, mark every page dirty,
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -44,6 +45,8 @@ SCAN_BATCH = wire.MAX_BATCH
 SCAN_WINDOW = 32768  # bitmap bits searched per step
 MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 ACK_TIMEOUT_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,13 @@ class OutgoingMigration(threading.Thread):
         self._lock = threading.Lock()
         self._status = MigrationStatus.SETUP
         self._error: str | None = None
-        self._stop = threading.Event()
+        self._cancel = threading.Event()  # not ``_stop``: Thread.join calls its own _stop()
         self._done = threading.Event()
         self._connected = threading.Event()  # set once the connection is up or has failed
         self._sock: socket.socket | None = None
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
-        self._limiter = RateLimiter(lambda: param("max-bandwidth"), self._stop)
-        self._link = Link(lambda: param("x-link-bandwidth"), self._stop)
+        self._limiter = RateLimiter(lambda: param("max-bandwidth"), self._cancel)
+        self._link = Link(lambda: param("x-link-bandwidth"), self._cancel)
         self._bitmap = np.ones(ram.pages, dtype=bool)
         self._dirty_pages = ram.pages
         self._cursor = 0
@@ -137,7 +140,7 @@ class OutgoingMigration(threading.Thread):
                 return
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
-        self._stop.set()
+        self._cancel.set()
         shutdown(self._sock)
         if self._multifd:
             self._multifd.close()
@@ -154,7 +157,7 @@ class OutgoingMigration(threading.Thread):
         try:
             self._sock = connect(self.addr)
             self._connected.set()
-            if self._stop.is_set():
+            if self._cancel.is_set():
                 raise Cancelled
             self._setup()
             self._precopy()
@@ -164,11 +167,12 @@ class OutgoingMigration(threading.Thread):
         except MigrationError as exc:
             self._finish(MigrationStatus.FAILED, exc.desc)
         except OSError as exc:
-            if self._stop.is_set():  # the cancel shut the socket under us
+            if self._cancel.is_set():  # the cancel shut the socket under us
                 self._finish(MigrationStatus.CANCELLED, None)
             else:
                 self._finish(MigrationStatus.FAILED, self._io_error(exc))
         except Exception as exc:  # a bug must still leave the VM running and the status sane
+            log.exception("outgoing migration to %s", self.addr.uri())
             self._finish(MigrationStatus.FAILED, f"internal error: {exc!r}")
         else:
             self._finish(MigrationStatus.COMPLETED, None)
@@ -506,7 +510,7 @@ class OutgoingMigration(threading.Thread):
         self.stats.add_ram(self._send([wire.record(wire.Rec.EOS)]), self.vm.running)
 
     def _check_stop(self) -> None:
-        if self._stop.is_set():
+        if self._cancel.is_set():
             raise Cancelled
 
     def _await_verdict(self) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import threading
@@ -12,9 +13,14 @@ from dataclasses import dataclass
 
 from engine.errors import MigrationError
 
+log = logging.getLogger(__name__)
+
 # Bytes a socket may hold on each side: several 1 MiB batches, so the source prepares the next
 # batch while the destination stores the last one (with 512 KiB they took turns: half speed).
 SOCKET_BUFFER = 4 * 1024 * 1024
+
+# How often a blocked accept() looks at its stop event and the listener's close.
+ACCEPT_POLL_S = 0.1
 
 # Protocols QEMU knows but qemu-hmp does not carry (a clear refusal, not QEMU's "valid protocol").
 UNSUPPORTED = ("exec", "fd", "rdma", "vsock", "file")
@@ -159,37 +165,54 @@ class Listener:
                 sock.bind((host, port))
                 self.addr = Address("tcp", host=host, port=sock.getsockname()[1])
             sock.listen(8)
-            sock.settimeout(0.1)  # accept() polls so that a stop or close is noticed
+            sock.settimeout(ACCEPT_POLL_S)
         except OSError as exc:
             raise MigrationError(
                 f"Failed to bind socket: {os.strerror(exc.errno or errno.EINVAL)}"
             ) from exc
         self._sock = sock
+        # Held across each accept poll, so close() never frees the descriptor under an accept
+        # (which could then take a connection from whatever socket reused the number);
+        # ``_closing`` makes the accept loop stand aside for a waiting close().
+        self._lock = threading.Lock()
+        self._closing = False
         self._closed = False
 
     def accept(self, stop: threading.Event, timeout: float | None = None) -> socket.socket | None:
         """The next connection; None once ``stop`` is set, time is up or the listener closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return None
+        while not (stop.is_set() or self._closing) and (
+            deadline is None or time.monotonic() < deadline
+        ):
+            with self._lock:
+                if self._closed:
+                    return None
+                try:
+                    conn, _ = self._sock.accept()
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    log.error("accept on %s failed: %s", self.addr.uri(), exc)
+                    return None
             tune(conn)
             return conn
         return None
 
     def close(self) -> None:
-        if not self._closed:
+        """Refuse further connections (waits for an accept poll in progress, ≤ ACCEPT_POLL_S)."""
+        self._closing = True
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
             self._sock.close()
-            if self.addr.kind == "unix":
-                try:
-                    os.unlink(self.addr.path)
-                except OSError:
-                    pass
+        if self.addr.kind == "unix":
+            try:
+                os.unlink(self.addr.path)
+            except FileNotFoundError:
+                pass  # removed by whoever bound the path next
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", self.addr.path, exc)
 
 
 class RateLimiter:
