@@ -143,7 +143,7 @@ class OutgoingMigration(threading.Thread):
         self._cancel.set()
         shutdown(self._sock)
         if self._multifd:
-            self._multifd.close()
+            self._multifd.hang_up()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
