@@ -32,6 +32,9 @@ from engine.vm import Vm
 
 STALE_PEEK_S = 1.0  # how long a new connection may take to show its first bytes
 CHANNEL_TIMEOUT_S = 10.0  # for multifd channels to connect after the main stream
+# From taking a stream to having its header, configuration and multifd channels: a silent or
+# trickling peer is dropped after this, so it cannot hold the one incoming slot for ever.
+SETUP_TIMEOUT_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ class IncomingMigration(threading.Thread):
         on_failed: Callable[[IncomingMigration, str], None],
         on_event: Callable[[str, dict[str, Any]], None],
         previous: IncomingMigration | None = None,
+        *,
+        setup_timeout_s: float = SETUP_TIMEOUT_S,
     ) -> None:
         """``previous``: a failed attempt on the same address whose status shows until a retry."""
         super().__init__(name="incoming_migration", daemon=True)
@@ -60,14 +65,20 @@ class IncomingMigration(threading.Thread):
         self._lock = threading.Lock()
         self._status = previous.status if previous else MigrationStatus.NONE
         self._error: str | None = previous._error if previous else None
+        self._setup_timeout_s = setup_timeout_s
         self._closing = threading.Event()  # not ``_stop``: Thread.join calls its own _stop()
         self._done = threading.Event()
-        # Every connection this migration took: close() shuts them down, under this lock, until
-        # the run thread releases them (only it closes them). Adoption checks _closing under
-        # the same lock, so a close can never fall between accepting a connection and owning it.
+        # Every connection this migration took, and what may still break them: close() and
+        # the setup deadline shut them down, under this lock, until the run thread releases
+        # them (only it closes them). Adoption checks _closing under the same lock, so a close
+        # can never fall between accepting a connection and owning it.
         self._conn_lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._released = False
+        self._set_up = False  # header, configuration and channels are in
+        self._timed_out = False
+        self._deadline = threading.Timer(setup_timeout_s, self._expire)
+        self._deadline.name, self._deadline.daemon = "incoming_deadline", True
         # After a failed attempt RAM holds stale data; a fresh destination's is all zero.
         self._pristine = previous is None
 
@@ -128,19 +139,36 @@ class IncomingMigration(threading.Thread):
             for conn in self._conns:
                 shutdown(conn)
 
-    def _release(self) -> bool:
+    def _expire(self) -> None:
+        """The setup deadline passed: drop the peer unless it delivered its setup in time."""
+        with self._conn_lock:
+            if self._set_up or self._released:
+                return
+            self._timed_out = True
+            self._shut_owned()
+        log.warning("incoming migration: no setup within %g s", self._setup_timeout_s)
+        self.listener.close()  # a channel still awaited will not come either
+
+    def _setup_done(self) -> None:
+        """Header, configuration and channels are in: no deadline, and no more connections."""
+        with self._conn_lock:
+            self._set_up = True
+        self._deadline.cancel()
+        self.listener.close()
+
+    def _release(self) -> tuple[bool, bool]:
         """The stream is over: nothing may break the connections any more, only the run
-        thread closes them. Returns whether close() came meanwhile, decided now."""
+        thread closes them. Returns (closed meanwhile, setup timed out), decided now."""
         with self._conn_lock:
             self._released = True
-            return self._closing.is_set()
+            return self._closing.is_set(), self._timed_out
 
     # -- the thread ----------------------------------------------------------------------------
     def _accept_stream(self) -> socket.socket | None:
         """The next connection that is not a leftover multifd channel of a refused migration
         (its source opened the channels before it read our refusal)."""
         while (conn := self._adopt(self.listener.accept(self._closing))) is not None:
-            conn.settimeout(STALE_PEEK_S)
+            conn.settimeout(min(STALE_PEEK_S, self._setup_timeout_s))
             try:
                 stale = conn.recv(len(HELLO_MAGIC), socket.MSG_PEEK | socket.MSG_WAITALL)
             except OSError:  # nothing yet: let the loader wait for its header
@@ -157,6 +185,7 @@ class IncomingMigration(threading.Thread):
             self._done.set()
             return
         self._set_status(MigrationStatus.ACTIVE, None)
+        self._deadline.start()
         loader = StreamLoader(
             self.ram,
             self._local_config,
@@ -165,17 +194,24 @@ class IncomingMigration(threading.Thread):
         )
         runstate, error = RunState.INMIGRATE, None
         try:
-            runstate = loader.load(conn, then=self.listener.close)
+            runstate = loader.load(conn, then=self._setup_done)
         except (wire.StreamError, OSError) as exc:
             error = str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
         except Exception as exc:  # a bug must still leave the destination consistent
             log.exception("incoming migration on %s", self.listener.addr.uri())
             error = f"internal error: {exc!r}"
         finally:
-            closed = self._release()
+            self._deadline.cancel()
+            self._deadline.join()
+            closed, timed_out = self._release()
             loader.close()
             self.listener.close()  # before a retry listens on the same address
-        if closed and error is None:
+        if timed_out:  # what the broken connection made the loader say is not the news
+            error = (
+                "the migration stream's header and configuration did not arrive within "
+                f"{self._setup_timeout_s:g} s"
+            )
+        elif closed and error is None:
             error = "incoming migration closed before it completed"
         try:
             if error is None:

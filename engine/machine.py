@@ -8,14 +8,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine import wire
-from engine.destination import IncomingMigration
+from engine.destination import SETUP_TIMEOUT_S, IncomingMigration
 from engine.errors import MigrationError, file_errors
 from engine.events import EventBus
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.params import CAPABILITIES, MigrationConfig, ParamValue
 from engine.policy import PolicyInfo
 from engine.snapshot import MigrationInfo, StatusInfo
-from engine.source import OutgoingMigration, OutgoingSettings
+from engine.source import STALL_WARNING_S, OutgoingMigration, OutgoingSettings
 from engine.state import MigrationStatus, RunState, is_running
 from engine.stats import Sample
 from engine.transport import Address, Listener, UnknownProtocol, parse_uri
@@ -44,6 +44,10 @@ class MachineOptions:
     seed: int = 0
     loaders: tuple[Loader, ...] = field(default=())
     prealloc: bool = False  # -mem-prealloc
+    # How long an incoming stream may take to deliver its header and configuration.
+    setup_timeout_s: float = SETUP_TIMEOUT_S
+    # How long an outgoing migration may send nothing while active before a warning.
+    stall_warning_s: float = STALL_WARNING_S
 
 
 class _Refused:
@@ -213,6 +217,7 @@ class Machine:
                 lambda n: int(c.param(n)),
                 self._notify,
                 self._migration_event,
+                stall_warning_s=self.opts.stall_warning_s,
             )
             self._outgoing = mig
         mig.start()
@@ -263,6 +268,7 @@ class Machine:
             self._incoming_failed,
             self._migration_event,
             failed,
+            setup_timeout_s=self.opts.setup_timeout_s,
         )
         self._incoming = incoming
         incoming.start()

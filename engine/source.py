@@ -45,6 +45,8 @@ SCAN_BATCH = wire.MAX_BATCH
 SCAN_WINDOW = 32768  # bitmap bits searched per step
 MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 ACK_TIMEOUT_S = 60.0
+# No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
+STALL_WARNING_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,47 @@ class Cancelled(Exception):
     pass
 
 
+class StallWatch(threading.Thread):
+    """Reports a stall once: no byte sent for ``after_s`` while the migration is active.
+
+    QEMU has no stall status (``info migrate`` keeps its layout), so the warning goes where
+    QEMU's warn_report would, the machine's report path, and to the log. It looks CHECKS
+    times per ``after_s``, so a stall is reported between ``after_s`` and 1.25 × ``after_s``
+    into it, and again only once bytes have moved in between.
+    """
+
+    CHECKS = 4
+
+    def __init__(
+        self,
+        progress: Callable[[], int],
+        active: Callable[[], bool],
+        after_s: float,
+        report: Callable[[str], None],
+    ) -> None:
+        super().__init__(name="migration_watch", daemon=True)
+        self._progress = progress  # bytes sent so far
+        self._active = active
+        self._after = after_s
+        self._report = report
+        self._ended = threading.Event()
+
+    def run(self) -> None:
+        seen, since, warned = self._progress(), time.monotonic(), False
+        while not self._ended.wait(self._after / self.CHECKS):
+            now, sent = time.monotonic(), self._progress()
+            if sent != seen or not self._active():
+                seen, since, warned = sent, now, False
+            elif not warned and now - since >= self._after:
+                warned = True
+                log.warning("migration: no progress for %g s", self._after)
+                self._report(f"warning: migration: no progress for {self._after:g} s")
+
+    def end(self) -> None:
+        self._ended.set()
+        self.join()
+
+
 @dataclass
 class _InFlight:
     """Non-zero pages with the compress workers, to be sent as one record when done."""
@@ -92,6 +135,8 @@ class OutgoingMigration(threading.Thread):
         param: Callable[[str], int],
         report: Callable[[str], None],
         on_event: Callable[[str, dict[str, Any]], None],
+        *,
+        stall_warning_s: float = STALL_WARNING_S,
     ) -> None:
         super().__init__(name="live_migration", daemon=True)
         self._on_event = on_event  # MIGRATION / MIGRATION_PASS, filtered by the machine
@@ -101,6 +146,7 @@ class OutgoingMigration(threading.Thread):
         self.settings = settings
         self._param = param  # live parameter reads: max-bandwidth, downtime-limit
         self._report = report
+        self._stall_warning_s = stall_warning_s
         self._lock = threading.Lock()
         self._status = MigrationStatus.SETUP
         self._error: str | None = None
@@ -153,6 +199,13 @@ class OutgoingMigration(threading.Thread):
 
     # -- the thread --------------------------------------------------------------------------
     def run(self) -> None:
+        watch = StallWatch(
+            lambda: self.stats.stream_bytes,
+            lambda: self._status is MigrationStatus.ACTIVE,
+            self._stall_warning_s,
+            self._report,
+        )
+        watch.start()
         self._on_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
         try:
             self._sock = connect(self.addr)
@@ -176,6 +229,7 @@ class OutgoingMigration(threading.Thread):
             self._finish(MigrationStatus.FAILED, f"internal error: {exc!r}")
         else:
             self._finish(MigrationStatus.COMPLETED, None)
+        watch.end()
 
     def _io_error(self, exc: OSError) -> str:
         verdict = self._read_nack()
