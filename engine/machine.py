@@ -141,6 +141,9 @@ class Machine:
 
     def set_parameters(self, values: Mapping[str, ParamValue]) -> None:
         self.config.set_parameters(values)
+        outgoing = self._outgoing
+        if isinstance(outgoing, OutgoingMigration):
+            outgoing.parameters_changed()  # rate waits re-time now, not when they run out
 
     # -- outgoing -----------------------------------------------------------------------------
     def migrate(

@@ -155,8 +155,8 @@ class OutgoingMigration(threading.Thread):
         self._connected = threading.Event()  # set once the connection is up or has failed
         self._sock: socket.socket | None = None
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
-        self._limiter = RateLimiter(lambda: param("max-bandwidth"), self._cancel)
-        self._link = Link(lambda: param("x-link-bandwidth"), self._cancel)
+        self._limiter = RateLimiter(lambda: param("max-bandwidth"))
+        self._link = Link(lambda: param("x-link-bandwidth"))
         self._bitmap = np.ones(ram.pages, dtype=bool)
         self._dirty_pages = ram.pages
         self._cursor = 0
@@ -187,9 +187,15 @@ class OutgoingMigration(threading.Thread):
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
         self._cancel.set()
+        self._end_pacing()
         shutdown(self._sock)
         if self._multifd:
             self._multifd.hang_up()
+
+    def parameters_changed(self) -> None:
+        """A live `migrate_set_parameter`: waits on the old rates re-time at the new ones."""
+        self._limiter.wake()
+        self._link.wake()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -358,6 +364,7 @@ class OutgoingMigration(threading.Thread):
         self.stats.completed(None if self.settings.return_path else sent_all)
 
     def _finish(self, status: MigrationStatus, error: str | None) -> None:
+        self._end_pacing()  # before joining the channels: none may stay in a rate wait
         self.ram.stop_dirty_log()
         if self._pool:
             self._pool.close()
@@ -566,6 +573,10 @@ class OutgoingMigration(threading.Thread):
     def _check_stop(self) -> None:
         if self._cancel.is_set():
             raise Cancelled
+
+    def _end_pacing(self) -> None:
+        self._limiter.end()
+        self._link.end()
 
     def _await_verdict(self) -> str | None:
         """The destination's ACK (None) or NACK reason, after it checked the digest."""
