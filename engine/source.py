@@ -226,7 +226,8 @@ class OutgoingMigration(threading.Thread):
         except MigrationError as exc:
             self._finish(MigrationStatus.FAILED, exc.desc)
         except OSError as exc:
-            if self._cancel.is_set():  # the cancel shut the socket under us
+            if self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
+                self._report(f"Unable to write to socket: {exc.strerror or exc}")
                 self._finish(MigrationStatus.CANCELLED, None)
             else:
                 self._finish(MigrationStatus.FAILED, self._io_error(exc))
