@@ -34,6 +34,11 @@ from engine.vm import Vm
 log = logging.getLogger(__name__)
 STALE_PEEK_S = 1.0  # how long a new connection may take to show its first bytes
 CHANNEL_TIMEOUT_S = 10.0  # for multifd channels to connect after the main stream
+# From taking a stream to having its header, configuration and multifd channels: a silent or
+# trickling peer is dropped after this, so it cannot hold the one incoming slot for ever.
+SETUP_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ class IncomingMigration(threading.Thread):
         on_event: Callable[[str, dict[str, Any]], None],
         previous: IncomingMigration | None = None,
         switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S,
+        *,
+        setup_timeout_s: float = SETUP_TIMEOUT_S,
     ) -> None:
         """``previous``: a failed attempt on the same address whose status shows until a retry;
         ``switchover_timeout``: how long to wait for the source's GO once READY is sent."""
@@ -65,9 +72,20 @@ class IncomingMigration(threading.Thread):
         self._lock = threading.Lock()
         self._status = previous.status if previous else MigrationStatus.NONE
         self._error: str | None = previous._error if previous else None
-        self._stop = threading.Event()
+        self._setup_timeout_s = setup_timeout_s
+        self._closing = threading.Event()  # not ``_stop``: Thread.join calls its own _stop()
         self._done = threading.Event()
-        self._conn: socket.socket | None = None
+        # Every connection this migration took, and what may still break them: close() and
+        # the setup deadline shut them down, under this lock, until the run thread releases
+        # them (only it closes them). Adoption checks _closing under the same lock, so a close
+        # can never fall between accepting a connection and owning it.
+        self._conn_lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._released = False
+        self._set_up = False  # header, configuration and channels are in
+        self._timed_out = False
+        self._deadline = threading.Timer(setup_timeout_s, self._expire)
+        self._deadline.name, self._deadline.daemon = "incoming_deadline", True
         # After a failed attempt RAM holds stale data; a fresh destination's is all zero.
         self._pristine = previous is None
 
@@ -86,10 +104,15 @@ class IncomingMigration(threading.Thread):
         return MigrationInfo(status=status, error_desc=error, socket_address=address)
 
     def close(self) -> None:
-        """Abandon the incoming side (quit): stop accepting and break the stream."""
-        self._stop.set()
+        """Abandon the incoming side (quit): stop accepting and break the stream.
+
+        Once this returns, the migration cannot complete: a connection accepted meanwhile is
+        closed on adoption, and a stream loaded meanwhile is refused at the verdict.
+        """
+        with self._conn_lock:
+            self._closing.set()
+            self._shut_owned()
         self.listener.close()
-        shutdown(self._conn)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -100,11 +123,59 @@ class IncomingMigration(threading.Thread):
             self._error = error
         self._on_event("MIGRATION", {"status": str(status)})
 
+    # -- connection ownership ----------------------------------------------------------------
+    def _adopt(self, conn: socket.socket | None) -> socket.socket | None:
+        """Own ``conn`` for this migration; after close() it is closed at once (None)."""
+        if conn is None:
+            return None
+        with self._conn_lock:
+            if not self._closing.is_set():
+                self._conns.append(conn)
+                return conn
+        conn.close()
+        return None
+
+    def _drop(self, conn: socket.socket) -> None:
+        with self._conn_lock:
+            self._conns.remove(conn)
+        conn.close()
+
+    def _shut_owned(self) -> None:
+        """Break every connection still owned, so the loader fails (caller holds _conn_lock)."""
+        if not self._released:
+            for conn in self._conns:
+                shutdown(conn)
+
+    def _expire(self) -> None:
+        """The setup deadline passed: drop the peer unless it delivered its setup in time."""
+        with self._conn_lock:
+            if self._set_up or self._released:
+                return
+            self._timed_out = True
+            self._shut_owned()
+        log.warning("incoming migration: no setup within %g s", self._setup_timeout_s)
+        self.listener.close()  # a channel still awaited will not come either
+
+    def _setup_done(self) -> None:
+        """Header, configuration and channels are in: no deadline, and no more connections."""
+        with self._conn_lock:
+            self._set_up = True
+        self._deadline.cancel()
+        self.listener.close()
+
+    def _release(self) -> tuple[bool, bool]:
+        """The stream is over: nothing may break the connections any more, only the run
+        thread closes them. Returns (closed meanwhile, setup timed out), decided now."""
+        with self._conn_lock:
+            self._released = True
+            return self._closing.is_set(), self._timed_out
+
+    # -- the thread ----------------------------------------------------------------------------
     def _accept_stream(self) -> socket.socket | None:
         """The next connection that is not a leftover multifd channel of a refused migration
         (its source opened the channels before it read our refusal)."""
-        while (conn := self.listener.accept(self._stop)) is not None:
-            conn.settimeout(STALE_PEEK_S)
+        while (conn := self._adopt(self.listener.accept(self._closing))) is not None:
+            conn.settimeout(min(STALE_PEEK_S, self._setup_timeout_s))
             try:
                 stale = conn.recv(len(HELLO_MAGIC), socket.MSG_PEEK | socket.MSG_WAITALL)
             except OSError:  # nothing yet: let the loader wait for its header
@@ -112,7 +183,7 @@ class IncomingMigration(threading.Thread):
             conn.settimeout(None)
             if stale != HELLO_MAGIC:
                 return conn
-            conn.close()
+            self._drop(conn)
         return None
 
     def run(self) -> None:
@@ -120,25 +191,35 @@ class IncomingMigration(threading.Thread):
         if conn is None:
             self._done.set()
             return
-        self._conn = conn
         self._set_status(MigrationStatus.ACTIVE, None)
+        self._deadline.start()
         loader = StreamLoader(
             self.ram,
             self._local_config,
             pristine=self._pristine,
-            accept=lambda: self.listener.accept(self._stop, CHANNEL_TIMEOUT_S),
+            accept=lambda: self._adopt(self.listener.accept(self._closing, CHANNEL_TIMEOUT_S)),
         )
         runstate, error = RunState.INMIGRATE, None
         try:
-            runstate = loader.load(conn, then=self.listener.close)
+            runstate = loader.load(conn, then=self._setup_done)
         except (wire.StreamError, OSError) as exc:
             error = str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
         except Exception as exc:  # a bug must still leave the destination consistent
             log.exception("incoming migration on %s", self.listener.addr.uri())
             error = f"internal error: {exc!r}"
         finally:
+            self._deadline.cancel()
+            self._deadline.join()
+            closed, timed_out = self._release()
             loader.close()
             self.listener.close()  # before a retry listens on the same address
+        if timed_out:  # what the broken connection made the loader say is not the news
+            error = (
+                "the migration stream's header and configuration did not arrive within "
+                f"{self._setup_timeout_s:g} s"
+            )
+        elif closed and error is None:
+            error = "incoming migration closed before it completed"
         try:
             if error is None:
                 self._succeed(conn, runstate)
@@ -196,7 +277,7 @@ class IncomingMigration(threading.Thread):
             conn.sendall(wire.json_record(wire.Rec.NACK, {"error": reason}))
         except OSError:
             pass
-        if not self._stop.is_set():
+        if not self._closing.is_set():
             self._on_failed(self, reason)  # listens again first: whoever sees "failed" may retry
         self._on_event("MIGRATION", {"status": str(MigrationStatus.FAILED)})
 
@@ -218,6 +299,7 @@ class StreamLoader:
         self._local_config = local_config
         self._accept = accept
         self._multifd: MultifdReceiver | None = None
+        self._channels: list[socket.socket] = []  # closed by close(), whatever became of them
         self._eos = 0
         self._pool: DecompressPool | None = None
         self._pending: deque[tuple[npt.NDArray[np.intp], Future[list[int]]]] = deque()
@@ -227,10 +309,13 @@ class StreamLoader:
         self._max_pending = 4
 
     def close(self) -> None:
+        """End the workers and channel threads and close the channels (threads first)."""
         if self._pool:
             self._pool.close()
         if self._multifd:
             self._multifd.close()
+        for sock in self._channels:
+            sock.close()
 
     def load(self, conn: socket.socket, then: Callable[[], None] = lambda: None) -> RunState:
         """Read the whole stream; returns the source's run state once the digest matched.
@@ -283,21 +368,15 @@ class StreamLoader:
         if remote.multifd_compression not in METHODS:
             raise wire.StreamError(f"multifd: unknown compression {remote.multifd_compression}")
         socks: list[socket.socket | None] = [None] * remote.multifd_channels
-        try:
-            for _ in socks:
-                sock = self._accept()
-                if sock is None:
-                    raise wire.StreamError("multifd: a channel did not connect")
-                hello = Hello.read(sock)
-                if hello.session.hex() != remote.session or not 0 <= hello.channel < len(socks):
-                    sock.close()
-                    raise wire.StreamError("multifd: a channel of another migration connected")
-                socks[hello.channel] = sock
-        except BaseException:
-            for s in socks:
-                if s is not None:
-                    s.close()
-            raise
+        for _ in socks:
+            sock = self._accept()
+            if sock is None:
+                raise wire.StreamError("multifd: a channel did not connect")
+            self._channels.append(sock)
+            hello = Hello.read(sock)
+            if hello.session.hex() != remote.session or not 0 <= hello.channel < len(socks):
+                raise wire.StreamError("multifd: a channel of another migration connected")
+            socks[hello.channel] = sock
         self._multifd = MultifdReceiver(
             self.ram, self._digest, self._written, remote.multifd_compression
         )

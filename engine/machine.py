@@ -9,14 +9,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine import wire
-from engine.destination import IncomingMigration
+from engine.destination import SETUP_TIMEOUT_S, IncomingMigration
 from engine.errors import MigrationError, file_errors
 from engine.events import EventBus
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.params import CAPABILITIES, MigrationConfig, ParamValue
 from engine.policy import PolicyInfo
 from engine.snapshot import MigrationInfo, StatusInfo
-from engine.source import OutgoingMigration, OutgoingSettings, multifd_channels
+from engine.source import (
+    STALL_WARNING_S,
+    OutgoingMigration,
+    OutgoingSettings,
+    multifd_channels,
+)
 from engine.state import MigrationStatus, RunState, is_running
 from engine.stats import Sample
 from engine.transport import Address, Listener, UnknownProtocol, parse_uri
@@ -48,6 +53,10 @@ class MachineOptions:
     prealloc: bool = False  # -mem-prealloc
     # Each step of the completion handshake may take this long (both roles); tests shorten it.
     switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S
+    # How long an incoming stream may take to deliver its header and configuration.
+    setup_timeout_s: float = SETUP_TIMEOUT_S
+    # How long an outgoing migration may send nothing while active before a warning.
+    stall_warning_s: float = STALL_WARNING_S
 
 
 class _Refused:
@@ -143,6 +152,9 @@ class Machine:
 
     def set_parameters(self, values: Mapping[str, ParamValue]) -> None:
         self.config.set_parameters(values)
+        outgoing = self._outgoing
+        if isinstance(outgoing, OutgoingMigration):
+            outgoing.parameters_changed()  # rate waits re-time now, not when they run out
 
     # -- outgoing -----------------------------------------------------------------------------
     def migrate(
@@ -200,6 +212,7 @@ class Machine:
                 self._notify,
                 self._migration_event,
                 self.opts.switchover_timeout,
+                stall_warning_s=self.opts.stall_warning_s,
             )
             self._outgoing = mig
         mig.start()
@@ -251,6 +264,7 @@ class Machine:
             self._migration_event,
             failed,
             self.opts.switchover_timeout,
+            setup_timeout_s=self.opts.setup_timeout_s,
         )
         self._incoming = incoming
         incoming.start()

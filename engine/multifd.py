@@ -14,12 +14,16 @@ Channel records: u8 type, u32 length, body; PACKET body: u32 n, n x u32 page, pa
 
 from __future__ import annotations
 
+import logging
 import queue
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -30,11 +34,15 @@ from engine import wire
 from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
 from engine.transport import send_buffers, shutdown
 
+log = logging.getLogger(__name__)
+
 PACKET_PAGES = 128  # QEMU's MULTIFD_PACKET_SIZE / page size
 HELLO = struct.Struct(">4sII16s")
 HELLO_MAGIC = b"QHMF"
 PACKET = 0x30
 SYNC = 0x31
+# A broken socket ends a channel thread at once; this only bounds a bug's cost at the end.
+JOIN_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -125,29 +133,48 @@ METHODS: dict[str, PacketCodec] = {
 }
 
 
-def _hang_up(socks: Iterable[socket.socket]) -> None:
-    """Break and close channel connections; their threads see the error and end."""
-    for sock in socks:
-        shutdown(sock)
-        sock.close()
+def _end_channels(
+    channels: Sequence[_SendChannel | _RecvChannel], wake: Callable[[], None]
+) -> None:
+    """Break the channels' connections, ``wake`` the idle threads, join every thread, close.
+
+    The sockets are closed only once their threads have ended, so no thread is left in a
+    call on a descriptor that another socket may have reused.
+    """
+    for channel in channels:
+        shutdown(channel.sock)
+    wake()
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    for channel in channels:
+        channel.join(max(0.0, deadline - time.monotonic()))
+        if channel.is_alive():
+            log.error("multifd: thread %s did not end", channel.name)
+        channel.sock.close()
 
 
 # -- source ----------------------------------------------------------------------------------
+
+
+class _End(Enum):
+    END = "end"  # the job that ends a channel thread: the migration is over
+
+
+END = _End.END
+Job = npt.NDArray[np.intp] | None | Literal[_End.END]  # pages, None for a SYNC, or END
 
 
 class _SendChannel(threading.Thread):
     def __init__(self, sender: MultifdSender, index: int, sock: socket.socket) -> None:
         super().__init__(name=f"multifdsend_{index}", daemon=True)
         self.sock = sock
-        self.jobs: queue.Queue[npt.NDArray[np.intp] | None] = queue.Queue(maxsize=2)
+        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=2)
         self._sender = sender
 
     def run(self) -> None:
         s = self._sender
         pack = METHODS[s.method].packer(s.level)
         try:
-            while True:
-                pages = self.jobs.get()
+            while (pages := self.jobs.get()) is not END:
                 if pages is None:
                     s.sent(send_buffers(self.sock, [wire.RECORD.pack(SYNC, 0)]), 0)
                     s.synced()
@@ -208,8 +235,21 @@ class MultifdSender:
             self._cond.wait_for(lambda: not self._pending_syncs or self._error is not None)
         self._raise()
 
+    def hang_up(self) -> None:
+        """Break the channels now (from any thread): a channel in a send fails and ends."""
+        for channel in self._channels:
+            shutdown(channel.sock)
+
     def close(self) -> None:
-        _hang_up(c.sock for c in self._channels)
+        """End every channel thread (the migration thread's last word on the channels)."""
+        _end_channels(self._channels, self._wake_idle)
+
+    def _wake_idle(self) -> None:
+        for channel in self._channels:
+            try:
+                channel.jobs.put_nowait(END)
+            except queue.Full:
+                pass  # busy: its next send fails on the broken socket and ends the thread
 
     # called from channel threads
     def sent(self, nbytes: int, pages: int) -> None:
@@ -232,7 +272,7 @@ class MultifdSender:
         self._next = (self._next + 1) % len(self._channels)
         self._put(channel, pages)
 
-    def _put(self, channel: _SendChannel, job: npt.NDArray[np.intp] | None) -> None:
+    def _put(self, channel: _SendChannel, job: Job) -> None:
         while True:
             self._raise()
             try:
@@ -348,5 +388,5 @@ class MultifdReceiver:
             self._cond.notify_all()
 
     def close(self) -> None:
-        self.fail(wire.StreamError("migration ended"))
-        _hang_up(c.sock for c in self._channels)
+        """End every channel thread: release the barrier, break the connections, join."""
+        _end_channels(self._channels, lambda: self.fail(wire.StreamError("migration ended")))

@@ -47,6 +47,8 @@ RAW_BATCH = 256  # pages per record without compression (1 MiB)
 SCAN_BATCH = wire.MAX_BATCH
 SCAN_WINDOW = 32768  # bitmap bits searched per step
 MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
+# No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
+STALL_WARNING_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,47 @@ class Cancelled(Exception):
     pass
 
 
+class StallWatch(threading.Thread):
+    """Reports a stall once: no byte sent for ``after_s`` while the migration is active.
+
+    QEMU has no stall status (``info migrate`` keeps its layout), so the warning goes where
+    QEMU's warn_report would, the machine's report path, and to the log. It looks CHECKS
+    times per ``after_s``, so a stall is reported between ``after_s`` and 1.25 × ``after_s``
+    into it, and again only once bytes have moved in between.
+    """
+
+    CHECKS = 4
+
+    def __init__(
+        self,
+        progress: Callable[[], int],
+        active: Callable[[], bool],
+        after_s: float,
+        report: Callable[[str], None],
+    ) -> None:
+        super().__init__(name="migration_watch", daemon=True)
+        self._progress = progress  # bytes sent so far
+        self._active = active
+        self._after = after_s
+        self._report = report
+        self._ended = threading.Event()
+
+    def run(self) -> None:
+        seen, since, warned = self._progress(), time.monotonic(), False
+        while not self._ended.wait(self._after / self.CHECKS):
+            now, sent = time.monotonic(), self._progress()
+            if sent != seen or not self._active():
+                seen, since, warned = sent, now, False
+            elif not warned and now - since >= self._after:
+                warned = True
+                log.warning("migration: no progress for %g s", self._after)
+                self._report(f"warning: migration: no progress for {self._after:g} s")
+
+    def end(self) -> None:
+        self._ended.set()
+        self.join()
+
+
 @dataclass
 class _InFlight:
     """Non-zero pages with the compress workers, to be sent as one record when done."""
@@ -118,6 +161,8 @@ class OutgoingMigration(threading.Thread):
         report: Callable[[str], None],
         on_event: Callable[[str, dict[str, Any]], None],
         switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S,
+        *,
+        stall_warning_s: float = STALL_WARNING_S,
     ) -> None:
         super().__init__(name="live_migration", daemon=True)
         self._switchover_timeout = switchover_timeout
@@ -128,16 +173,17 @@ class OutgoingMigration(threading.Thread):
         self.settings = settings
         self._param = param  # live parameter reads: max-bandwidth, downtime-limit
         self._report = report
+        self._stall_warning_s = stall_warning_s
         self._lock = threading.Lock()
         self._status = MigrationStatus.SETUP
         self._error: str | None = None
-        self._stop = threading.Event()
+        self._cancel = threading.Event()  # not ``_stop``: Thread.join calls its own _stop()
         self._done = threading.Event()
         self._connected = threading.Event()  # set once the connection is up or has failed
         self._sock: socket.socket | None = None
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
-        self._limiter = RateLimiter(lambda: param("max-bandwidth"), self._stop)
-        self._link = Link(lambda: param("x-link-bandwidth"), self._stop)
+        self._limiter = RateLimiter(lambda: param("max-bandwidth"))
+        self._link = Link(lambda: param("x-link-bandwidth"))
         self._bitmap = np.ones(ram.pages, dtype=bool)
         self._dirty_pages = ram.pages
         self._cursor = 0
@@ -176,10 +222,16 @@ class OutgoingMigration(threading.Thread):
                 return
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
-        self._stop.set()
+        self._cancel.set()
+        self._end_pacing()
         shutdown(self._sock)
         if self._multifd:
-            self._multifd.close()
+            self._multifd.hang_up()
+
+    def parameters_changed(self) -> None:
+        """A live `migrate_set_parameter`: waits on the old rates re-time at the new ones."""
+        self._limiter.wake()
+        self._link.wake()
 
     def close(self) -> None:
         """Quit: cancel, or end the wait for the destination's ACK (the guest stays paused)."""
@@ -194,13 +246,20 @@ class OutgoingMigration(threading.Thread):
 
     # -- the thread --------------------------------------------------------------------------
     def run(self) -> None:
+        watch = StallWatch(
+            lambda: self.stats.stream_bytes,
+            lambda: self._status is MigrationStatus.ACTIVE,
+            self._stall_warning_s,
+            self._report,
+        )
+        watch.start()
         self._on_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
         try:
             self._sock = connect(self.addr)
             if self.settings.tls_creds:  # never fall back to plain text when TLS is asked for
                 raise MigrationError(f"No TLS credentials with id '{self.settings.tls_creds}'")
             self._connected.set()
-            if self._stop.is_set():
+            if self._cancel.is_set():
                 raise Cancelled
             self._setup()
             self._precopy()
@@ -210,7 +269,8 @@ class OutgoingMigration(threading.Thread):
         except MigrationError as exc:
             self._finish(MigrationStatus.FAILED, exc.desc)
         except OSError as exc:
-            if self._stop.is_set():  # the cancel shut the socket under us
+            if self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
+                self._report(f"Unable to write to socket: {exc.strerror or exc}")
                 self._finish(MigrationStatus.CANCELLED, None)
             else:
                 self._finish(MigrationStatus.FAILED, self._io_error(exc))
@@ -219,6 +279,7 @@ class OutgoingMigration(threading.Thread):
             self._finish(MigrationStatus.FAILED, f"internal error: {exc!r}")
         else:
             self._finish(MigrationStatus.COMPLETED, None)
+        watch.end()
 
     def _io_error(self, exc: OSError) -> str:
         verdict = self._read_nack()
@@ -345,6 +406,7 @@ class OutgoingMigration(threading.Thread):
         self.stats.completed(None if self.settings.return_path else sent_all)
 
     def _finish(self, status: MigrationStatus, error: str | None) -> None:
+        self._end_pacing()  # before joining the channels: none may stay in a rate wait
         self.ram.stop_dirty_log()
         if self._pool:
             self._pool.close()
@@ -551,8 +613,12 @@ class OutgoingMigration(threading.Thread):
         self.stats.add_ram(self._send([wire.record(wire.Rec.EOS)]), self.vm.running)
 
     def _check_stop(self) -> None:
-        if self._stop.is_set():
+        if self._cancel.is_set():
             raise Cancelled
+
+    def _end_pacing(self) -> None:
+        self._limiter.end()
+        self._link.end()
 
     # -- the completion handshake (docs/ARCHITECTURE.md) ---------------------------------------
     def _switch_over(self) -> None:
@@ -599,7 +665,7 @@ class OutgoingMigration(threading.Thread):
             raise MigrationError(self._lost(f"it answered {reply.kind.name} out of turn"))
 
     def _check_cancelled(self) -> None:
-        if self._stop.is_set() and not self._handed_over:
+        if self._cancel.is_set() and not self._handed_over:
             raise Cancelled
 
     def _lost(self, cause: str) -> str:

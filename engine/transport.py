@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import threading
@@ -12,9 +13,14 @@ from dataclasses import dataclass
 
 from engine.errors import MigrationError
 
+log = logging.getLogger(__name__)
+
 # Bytes a socket may hold on each side: several 1 MiB batches, so the source prepares the next
 # batch while the destination stores the last one (with 512 KiB they took turns: half speed).
 SOCKET_BUFFER = 4 * 1024 * 1024
+
+# How often a blocked accept() looks at its stop event and the listener's close.
+ACCEPT_POLL_S = 0.1
 
 # Protocols QEMU knows but qemu-hmp does not carry (a clear refusal, not QEMU's "valid protocol").
 UNSUPPORTED = ("exec", "fd", "rdma", "vsock", "file")
@@ -159,59 +165,78 @@ class Listener:
                 sock.bind((host, port))
                 self.addr = Address("tcp", host=host, port=sock.getsockname()[1])
             sock.listen(8)
-            sock.settimeout(0.1)  # accept() polls so that a stop or close is noticed
+            sock.settimeout(ACCEPT_POLL_S)
         except OSError as exc:
             raise MigrationError(
                 f"Failed to bind socket: {os.strerror(exc.errno or errno.EINVAL)}"
             ) from exc
         self._sock = sock
+        # Held across each accept poll, so close() never frees the descriptor under an accept
+        # (which could then take a connection from whatever socket reused the number);
+        # ``_closing`` makes the accept loop stand aside for a waiting close().
+        self._lock = threading.Lock()
+        self._closing = False
         self._closed = False
 
     def accept(self, stop: threading.Event, timeout: float | None = None) -> socket.socket | None:
         """The next connection; None once ``stop`` is set, time is up or the listener closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return None
+        while not (stop.is_set() or self._closing) and (
+            deadline is None or time.monotonic() < deadline
+        ):
+            with self._lock:
+                if self._closed:
+                    return None
+                try:
+                    conn, _ = self._sock.accept()
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    log.error("accept on %s failed: %s", self.addr.uri(), exc)
+                    return None
             tune(conn)
             return conn
         return None
 
     def close(self) -> None:
-        if not self._closed:
+        """Refuse further connections (waits for an accept poll in progress, ≤ ACCEPT_POLL_S)."""
+        self._closing = True
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
             self._sock.close()
-            if self.addr.kind == "unix":
-                try:
-                    os.unlink(self.addr.path)
-                except OSError:
-                    pass
+        if self.addr.kind == "unix":
+            try:
+                os.unlink(self.addr.path)
+            except FileNotFoundError:
+                pass  # removed by whoever bound the path next
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", self.addr.path, exc)
 
 
 class RateLimiter:
     """QEMU's limiter: a byte budget of max-bandwidth/10 per 100 ms window.
 
-    ``rate`` is re-read at each window, so `migrate_set_parameter max-bandwidth` applies live;
-    0 means unlimited, as in QEMU. Bytes beyond a window's budget are carried into the next,
-    so whole-batch sends still average out to the limit.
+    ``rate`` is re-read at each check, so `migrate_set_parameter max-bandwidth` applies live,
+    and :meth:`wake` re-checks a waiting sender at once; 0 means unlimited, as in QEMU. Bytes
+    beyond a window's budget are carried into the next, so whole-batch sends still average
+    out to the limit.
     """
 
     WINDOW_S = 0.1
 
-    def __init__(self, rate: Callable[[], int], stop: threading.Event) -> None:
+    def __init__(self, rate: Callable[[], int]) -> None:
         self._rate = rate
-        self._stop = stop
+        # Guards the counters (multifd channel threads charge too) and wakes a waiting sender.
+        self._cond = threading.Condition()
         self._window_start = time.monotonic()
         self._used = 0
-        self._lock = threading.Lock()  # multifd channel threads charge too
+        self._ended = False
         self.unlimited = False  # stop-and-copy lifts the limit
 
     def charge(self, nbytes: int) -> None:
-        with self._lock:
+        with self._cond:
             self._used += nbytes
 
     def _budget(self) -> int:
@@ -219,45 +244,86 @@ class RateLimiter:
         rate = 0 if self.unlimited else self._rate()
         now = time.monotonic()
         if now >= self._window_start + self.WINDOW_S:
-            with self._lock:
-                self._used = max(0, self._used - rate // 10) if rate else 0
+            self._used = max(0, self._used - rate // 10) if rate else 0
             self._window_start = now
         return rate // 10 if rate else 0
 
-    def exhausted(self) -> bool:
+    def _exhausted(self) -> bool:
         budget = self._budget()
         return bool(budget) and self._used >= budget
 
+    def exhausted(self) -> bool:
+        with self._cond:
+            return self._exhausted()
+
     def wait_window(self) -> None:
         """When the budget is spent, wait for the next window (QEMU's migration_rate_limit)."""
-        while self.exhausted():
-            left = self._window_start + self.WINDOW_S - time.monotonic()
-            if self._stop.wait(max(left, 0.0)):
-                return
+        with self._cond:
+            while not self._ended and self._exhausted():
+                left = self._window_start + self.WINDOW_S - time.monotonic()
+                self._cond.wait(max(left, 0.0))
+
+    def wake(self) -> None:
+        """The rate may have changed: a waiting sender re-checks its budget now."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        """The migration is over: no wait, now or later."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
 
 
 class Link:
     """An emulated network link of ``rate()`` bytes/s for experiments (0: the socket's own speed).
 
     Unlike max-bandwidth it never lifts, not even in stop-and-copy: it is the wire, not a
-    policy. The sender is held back until the link would have carried what it sent.
+    policy. A sender is held back until the link would have carried what it sent, at the
+    rate in force meanwhile: :meth:`wake` after a change re-times every wait at the new rate
+    (what is still on the wire drains at it), so no wait outlasts what the current rate implies.
     """
 
-    BURST_S = 0.005
+    BURST_S = 0.005  # an idle link banks at most this much time
 
-    def __init__(self, rate: Callable[[], int], stop: threading.Event) -> None:
+    def __init__(self, rate: Callable[[], int]) -> None:
         self._rate = rate
-        self._stop = stop
-        self._lock = threading.Lock()  # one link under several multifd channels
-        self._free_at = time.monotonic()
+        self._cond = threading.Condition()  # one link under several multifd channels
+        self._at = time.monotonic()
+        self._rate_now = max(0, rate())  # the rate since ``_at``
+        self._sent = 0.0  # bytes handed to the link
+        self._carried = 0.0  # bytes it has carried (ahead of _sent by at most a burst)
+        self._ended = False
+
+    def _advance(self) -> None:
+        """Carry what the link carried since ``_at`` at the rate then in force; re-read it."""
+        now, rate = time.monotonic(), self._rate_now
+        if rate:
+            credit = self._sent + rate * self.BURST_S
+            self._carried = min(self._carried + (now - self._at) * rate, credit)
+        else:
+            self._carried = self._sent  # no link: nothing is left on the wire
+        self._at = now
+        self._rate_now = max(0, self._rate())
 
     def pace(self, nbytes: int) -> None:
-        rate = self._rate()
-        if rate <= 0:
-            return
-        with self._lock:
-            now = time.monotonic()
-            self._free_at = max(self._free_at, now - self.BURST_S) + nbytes / rate
-            delay = self._free_at - now
-        if delay > 0:
-            self._stop.wait(delay)
+        with self._cond:
+            self._advance()
+            self._sent += nbytes
+            mark = self._sent
+            while not self._ended and self._rate_now and self._carried < mark:
+                self._cond.wait((mark - self._carried) / self._rate_now)
+                self._advance()
+
+    def wake(self) -> None:
+        """The rate may have changed: what was carried so far counts at the old rate, the
+        rest at the new one, from now."""
+        with self._cond:
+            self._advance()
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        """The migration is over: no wait, now or later."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
