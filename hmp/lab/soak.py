@@ -8,6 +8,10 @@ through both roles. Meanwhile one thread per endpoint hammers ``info migrate`` (
 status from ``query-migrate`` over QMP, as a tool would), and the driver samples each
 process's threads, file descriptors and RSS from /proc.
 
+Each round migrates plain, compressed (compress-threads workers on both sides) or over multifd
+channels (one thread per channel on both sides), in turn by default: the thread and descriptor
+counts then show any worker or channel a migration leaves behind.
+
 A migration passes when both sides say ``completed`` (the destination only completes once
 its RAM digest equals the source's) and neither process holds more threads or descriptors
 after it than before; the soak passes when every migration did and no process's RSS grew
@@ -33,6 +37,18 @@ from hmp.harness import MIGRATION_ENDED, Endpoint
 TIMEOUT_S = 60.0
 RSS_BOUND_KIB = 32 * 1024  # growth allowed between the first and the last process's peak
 FIGURES = (("threads", "threads", 1), ("fds", "fds", 1), ("RSS MiB", "rss_kib", 1024))
+# How each kind of round is set up, on both sides, before `migrate`.
+MODES: dict[str, tuple[str, ...]] = {
+    "plain": ("migrate_set_capability compress off", "migrate_set_capability multifd off"),
+    "compress": ("migrate_set_capability multifd off", "migrate_set_capability compress on"),
+    "multifd": (
+        "migrate_set_capability compress off",
+        "migrate_set_capability multifd on",
+        "migrate_set_parameter multifd-channels 4",
+        "migrate_set_parameter multifd-compression zstd",
+    ),
+}
+CYCLE = tuple(MODES)
 
 
 @dataclass(frozen=True)
@@ -95,7 +111,7 @@ class Hammer(threading.Thread):
 @dataclass
 class Round:
     index: int
-    compress: bool
+    mode: str  # a key of MODES
     src_status: str
     dst_status: str
     total_ms: int | None
@@ -119,7 +135,7 @@ class SoakOptions:
     migrations: int = 50
     ram: str = "16M"
     workload: str = "random-writer,rate=2000,wss=4M"
-    compress: str = "alternate"  # on | off | alternate
+    mode: str = "cycle"  # a key of MODES, or cycle: each in turn
     sample_s: float = 0.05
 
 
@@ -140,8 +156,8 @@ class Soak:
         self.peak_rss.append(0)
         return ep
 
-    def _compress(self, index: int) -> bool:
-        return self.opts.compress == "on" or (self.opts.compress == "alternate" and index % 2 == 0)
+    def _mode(self, index: int) -> str:
+        return CYCLE[index % len(CYCLE)] if self.opts.mode == "cycle" else self.opts.mode
 
     def run(self) -> list[Round]:
         src = self._spawn(0, incoming=False)
@@ -163,9 +179,12 @@ class Soak:
         return self.rounds
 
     def _round(self, index: int, src: Endpoint, dst: Endpoint) -> Round:
-        compress = self._compress(index)
+        mode = self._mode(index)
         for ep in (src, dst):
-            ep.execute(f"migrate_set_capability compress {'on' if compress else 'off'}", 10)
+            for command in MODES[mode]:
+                answer = ep.execute(command, 10)
+                if answer:
+                    raise RuntimeError(f"{ep.name}: {command}: {answer.strip()}")
         uri = dst.listening_uri()
         src_before, dst_before = figures(src.proc.pid), figures(dst.proc.pid)
         src.execute(f"migrate -d {uri}", 10)
@@ -196,7 +215,7 @@ class Soak:
             self.peak_rss[pos] = peak
         return Round(
             index=index,
-            compress=compress,
+            mode=mode,
             src_status=hammers[0].status,
             dst_status=hammers[1].status,
             total_ms=info.get("total-time"),
@@ -214,7 +233,7 @@ class Soak:
     def row(r: Round) -> str:
         digest = "match" if r.dst_status == "completed" else f"FAILED ({r.dst_status})"
         return (
-            f"#{r.index + 1:<3} compress {'on ' if r.compress else 'off'} {r.src_status:<9} "
+            f"#{r.index + 1:<3} {r.mode:<8} {r.src_status:<9} "
             f"digest {digest}  {r.total_ms} ms {r.transferred_kb} kB  "
             f"threads/fds src {r.src_before.threads}/{r.src_before.fds}->"
             f"{r.src_after.threads}/{r.src_after.fds} dst {r.dst_before.threads}/"
@@ -252,10 +271,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("-n", "--migrations", type=int, default=SoakOptions.migrations)
     ap.add_argument("-m", "--ram", default=SoakOptions.ram, help="guest RAM of every process")
     ap.add_argument("--workload", default=SoakOptions.workload)
-    ap.add_argument("--compress", choices=("on", "off", "alternate"), default="alternate")
+    ap.add_argument(
+        "--mode", choices=(*MODES, "cycle"), default="cycle", help="what each round migrates with"
+    )
     ap.add_argument("--json", type=Path, help="also write every round and sample here")
     args = ap.parse_args(argv)
-    opts = SoakOptions(args.migrations, args.ram, args.workload, args.compress)
+    opts = SoakOptions(args.migrations, args.ram, args.workload, args.mode)
     soak = Soak(opts, log=lambda line: print(line, flush=True))  # noqa: T201
     soak.run()
     sys.stdout.write(soak.summary())
