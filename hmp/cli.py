@@ -16,8 +16,9 @@ from engine.machine import Loader, Machine, MachineOptions
 from engine.workload import WorkloadSpec
 from hmp.batch import run_batch
 from hmp.commands import QEMU_VERSION, package_version
-from hmp.exits import run_as_process
+from hmp.exits import ProcessEnd, run_as_process, serve_until_quit
 from hmp.monitor import Monitor
+from hmp.monitor_socket import MonitorSockets, extract_monitor_options
 from hmp.qmp_cli import QmpFrontend, extract_qmp_options
 from hmp.shell import USAGE as SHELL_USAGE
 from hmp.shell import ShellOptions
@@ -44,7 +45,10 @@ QEMU options:
   -mem-prealloc           allocate all guest RAM at start (no page faults while migrating)
   -device loader,file=PATH,addr=ADDR,force-raw=on
                           copy a file into guest RAM at ADDR (repeatable)
-  -monitor stdio          accepted (the monitor is always on stdio)
+  -monitor stdio | none | unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
+          | telnet:HOST:PORT,server=on,wait=off
+                          where the monitor is (repeatable; default stdio; see
+                          hmp/monitor_socket.py)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
                           serve QMP there too (repeatable; see hmp/qmp.py)
   -machine, -M, -smp, -display, -accel, -cpu, -vga, -nodefaults, -nographic,
@@ -146,9 +150,6 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
             opts["prealloc"] = True
         elif option == "-device":
             loaders.append(_parse_loader(value(arg)))
-        elif option == "-monitor":
-            if value(arg) != "stdio":
-                raise UsageError(f"{arg}: only '-monitor stdio' is supported")
         elif option == "-workload":
             workload = value(arg)
             if workload.split(",")[0] not in WORKLOADS:
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     shell, argv = ShellOptions.extract(argv)
     try:
         qmp_specs, argv = extract_qmp_options(argv)  # -qmp: hmp/qmp_cli.py
+        monitor_specs, argv = extract_monitor_options(argv)  # -monitor: hmp/monitor_socket.py
     except ValueError as err:
         sys.stderr.write(f"qemu-hmp: {err}\n")
         return 1
@@ -204,24 +206,38 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"qemu-hmp: {getattr(err, 'desc', err)}\n")
         return 1
     mon = Monitor(machine)
+    end = ProcessEnd()  # what a `quit` typed into QMP or a monitor socket releases
+    end.on_end(machine.close)
     try:
-        qmp = QmpFrontend(machine, mon, qmp_specs)
+        qmp = QmpFrontend(machine, qmp_specs, end)
+        end.on_end(qmp.close)
+        sockets = MonitorSockets(machine, monitor_specs, end.now)
+        end.on_end(sockets.close)
     except ValueError as err:
-        machine.close()
+        end.release()
         sys.stderr.write(f"qemu-hmp: {err}\n")
         return 1
     try:
-        if shell.pair:
-            from hmp.pair import run_pair
-
-            return run_pair(mon, shell)
-        if sys.stdin.isatty():
-            from hmp.repl import run_repl  # prompt_toolkit only when a person is typing
-
-            return run_repl(mon, history=shell.history)
-        status = run_batch(mon, sys.stdin)
-        qmp.wait_for_quit()  # like QEMU, outlive the monitor's input
-        return status
+        stdio = any(spec.stdio for spec in monitor_specs)
+        return _run_monitor(mon, shell, stdio, others=bool(qmp.servers or sockets.servers))
     finally:
-        qmp.close()
-        machine.close()
+        end.release()
+
+
+def _run_monitor(mon: Monitor, shell: ShellOptions, stdio: bool, *, others: bool) -> int:
+    """The monitor on stdio if there is one; then, like QEMU, outlive the end of its input
+    while other front ends (QMP, monitor sockets) may still quit, or forever without any."""
+    status = 0
+    if stdio and shell.pair:
+        from hmp.pair import run_pair
+
+        return run_pair(mon, shell)
+    if stdio and sys.stdin.isatty():
+        from hmp.repl import run_repl  # prompt_toolkit only when a person is typing
+
+        return run_repl(mon, history=shell.history)
+    if stdio:
+        status = run_batch(mon, sys.stdin)
+    if not mon.quit_requested and (others or not stdio):
+        serve_until_quit()
+    return status

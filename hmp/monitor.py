@@ -7,10 +7,11 @@ from typing import TextIO
 
 from engine.errors import MigrationError
 from engine.machine import Machine
-from hmp.commands import COMMANDS
+from hmp.commands import COMMANDS, QEMU_VERSION
 from hmp.parser import ParseError, parse_line
 
 PROMPT = "(qemu) "
+BANNER = f"QEMU {QEMU_VERSION} monitor - type 'help' for more information\n"
 
 
 class Monitor:

@@ -24,14 +24,12 @@ from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
-from hmp.commands import QEMU_VERSION
 from hmp.completion import MonitorCompleter
 from hmp.lexer import MonitorLexer
-from hmp.monitor import PROMPT, Monitor
+from hmp.monitor import BANNER, PROMPT, Monitor
 from hmp.toolbar import toolbar
 from hmp.watch import MigrationWatcher
 
-BANNER = f"QEMU {QEMU_VERSION} monitor - type 'help' for more information\n"
 REFRESH_S = 0.25  # toolbar redraws per second: 4, enough to watch figures move
 
 STYLE = Style.from_dict(
