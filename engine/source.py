@@ -44,6 +44,9 @@ SCAN_BATCH = wire.MAX_BATCH
 SCAN_WINDOW = 32768  # bitmap bits searched per step
 MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 ACK_TIMEOUT_S = 60.0
+# What QEMU 7.2's savevm reports when the RAM section's iteration fails on a broken stream
+# (section 2 is RAM in QEMU's pc machine; -5 is the -EIO its stream errors become).
+RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
 
 
 @dataclass(frozen=True)
@@ -174,9 +177,15 @@ class OutgoingMigration(threading.Thread):
             self._finish(MigrationStatus.COMPLETED, None)
 
     def _io_error(self, exc: OSError) -> str:
+        """QEMU's text for a broken stream: errno as the kernel gave it. A peer that died with
+        nothing unread sent FIN, so our next write met its reset in CLOSE_WAIT: EPIPE, "Broken
+        pipe"; one that died with bytes unread sent RST at once: "Connection reset by peer"."""
         verdict = self._read_nack()
         if verdict:
             return verdict
+        if self._status is MigrationStatus.ACTIVE and self.vm.state is not RunState.FINISH_MIGRATE:
+            # In QEMU the RAM iteration fails first, with the stream's -EIO, and savevm says so.
+            self._report(RAM_ITERATE_FAILED)
         return f"Unable to write to socket: {exc.strerror or exc}"
 
     def _set_status(self, old: MigrationStatus, new: MigrationStatus) -> None:
