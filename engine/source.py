@@ -244,8 +244,8 @@ class OutgoingMigration(threading.Thread):
         return sock
 
     def _multifd_sent(self, nbytes: int, pages: int) -> None:
-        """A channel thread sent a packet (or a SYNC): QEMU counts it as multifd and RAM bytes."""
-        self.stats.add_multifd(nbytes, pages, self.vm.running)
+        """A channel thread sent a packet (or a SYNC): transferred and multifd bytes, as QEMU's."""
+        self.stats.add_multifd(nbytes, pages)
         self._limiter.charge(nbytes)
         self._link.pace(nbytes)
 

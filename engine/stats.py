@@ -61,7 +61,7 @@ class SourceStats:
     transferred: int = 0
     precopy_bytes: int = 0
     downtime_bytes: int = 0
-    stream_bytes: int = 0  # everything written to the socket (QEMU's qemu_file_total_transferred)
+    stream_bytes: int = 0  # everything written to the sockets (QEMU's migration_total_bytes)
     duplicate: int = 0
     normal: int = 0
     dirty_sync_count: int = 0
@@ -107,10 +107,12 @@ class SourceStats:
             else:
                 self.downtime_bytes += nbytes
 
-    def add_multifd(self, nbytes: int, pages: int, vm_running: bool) -> None:
-        """A multifd packet: its bytes count as RAM and multifd bytes, its pages as normal."""
-        self.add_ram(nbytes, vm_running)
+    def add_multifd(self, nbytes: int, pages: int) -> None:
+        """A multifd packet: its bytes count as transferred and multifd bytes, its pages as
+        normal. As in QEMU 7.2, precopy and downtime bytes are the main stream's alone."""
         with self._lock:
+            self.stream_bytes += nbytes
+            self.transferred += nbytes
             self.multifd_bytes += nbytes
             self.normal += pages
 

@@ -57,7 +57,8 @@ QEMU options:
 qemu-hmp options:
   --workload NAME[,rate=PAGES_PER_S][,wss=SIZE]
                           what the guest does: {workloads}
-                          (default idle); idle and random-writer take a write rate
+                          (default idle; zero, the images alone, with -device
+                          loader); idle and random-writer take a write rate
                           and a working set
   --seed N                seed of the guest's content and writes (default 0)
   -h, --help              this text
