@@ -195,13 +195,16 @@ class SourceStats:
     def start_downtime(self) -> None:
         self.downtime_start_ms = now_ms()
 
-    def completed(self, end_ms: float | None = None) -> None:
-        """Freeze total time and downtime at ``end_ms`` (default: now)."""
+    def completed(self, downtime_end_ms: float | None = None) -> None:
+        """Freeze total time now, as QEMU's end time at completion, and downtime at
+        ``downtime_end_ms`` (default: now). The total runs to now even when downtime ended
+        earlier: a `total time` polled while the source waited for the verdict must not be
+        undercut by the final one."""
         with self._lock:
-            t = now_ms() if end_ms is None else end_ms
-            self.end_ms = t
+            t = self.end_ms = now_ms()
+            downtime_end = t if downtime_end_ms is None else downtime_end_ms
             assert self.downtime_start_ms is not None
-            self.downtime_ms = t - self.downtime_start_ms
+            self.downtime_ms = downtime_end - self.downtime_start_ms
             self.remaining = 0
             self.dirty_pages_rate = 0
             active = (t - self.start_ms) - (self.setup_ms or 0.0)
@@ -238,9 +241,11 @@ class SourceStats:
                     cpu_throttle_percentage=self.throttle_pct or None,
                 )
             if status in STATS_STATES:
+                # Between completed() and the status switch: the frozen end, not a later now.
+                end = now_ms() if self.end_ms is None else self.end_ms
                 return MigrationInfo(
                     status=status,
-                    total_time=int(now_ms() - self.start_ms),
+                    total_time=int(end - self.start_ms),
                     expected_downtime=self.expected_downtime_ms,
                     setup_time=int(self.setup_ms or 0),
                     ram=self._ram(),
