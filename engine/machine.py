@@ -47,7 +47,7 @@ class MachineOptions:
     name: str | None = None
     incoming: str | None = None  # a URI, or "defer"
     start_paused: bool = False  # -S
-    workload: str = "idle"
+    workload: str | None = None  # None: `workload_name`
     seed: int = 0
     loaders: tuple[Loader, ...] = field(default=())
     prealloc: bool = False  # -mem-prealloc
@@ -57,6 +57,13 @@ class MachineOptions:
     setup_timeout_s: float = SETUP_TIMEOUT_S
     # How long an outgoing migration may send nothing while active before a warning.
     stall_warning_s: float = STALL_WARNING_S
+
+    def workload_name(self) -> str:
+        """The workload named, else ``idle``; with a loader ``zero``: QEMU's RAM is then the
+        images and zeros, and nothing writes it."""
+        if self.workload is not None:
+            return self.workload
+        return "zero" if self.loaders else "idle"
 
 
 class _Refused:
@@ -95,7 +102,7 @@ class Machine:
         # Preallocated RAM is touched whole anyway, and huge pages make that faster.
         huge = opts.incoming is None or opts.prealloc
         self.ram = GuestRam(opts.ram_size, prealloc=opts.prealloc, huge=huge)
-        self.workload = Workload(WorkloadSpec.parse(opts.workload), opts.seed)
+        self.workload = Workload(WorkloadSpec.parse(opts.workload_name()), opts.seed)
         if opts.incoming is None:  # a destination's RAM starts empty and is filled by migration
             self.workload.fill(self.ram)
         for loader in opts.loaders:

@@ -2,7 +2,7 @@
 
 Validation, defaults, the `info migrate_*` renderers, completion and the README all read these
 tables. Error texts are QEMU's, byte for byte (``migrate_params_check`` / ``migrate_caps_check``).
-Parsing the monitor's strings into typed values is the monitor's job (``hmp.values``).
+Parsing the monitor's strings into typed values is the monitor's job (``hmp/monitor/values.py``).
 """
 
 from __future__ import annotations

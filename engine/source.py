@@ -47,6 +47,9 @@ RAW_BATCH = 256  # pages per record without compression (1 MiB)
 SCAN_BATCH = wire.MAX_BATCH
 SCAN_WINDOW = 32768  # bitmap bits searched per step
 MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
+# What QEMU 7.2's savevm reports when the RAM section's iteration fails on a broken stream
+# (section 2 is RAM in QEMU's pc machine; -5 is the -EIO its stream errors become).
+RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
 # No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
 STALL_WARNING_S = 30.0
 
@@ -282,9 +285,15 @@ class OutgoingMigration(threading.Thread):
         watch.end()
 
     def _io_error(self, exc: OSError) -> str:
+        """QEMU's text for a broken stream: errno as the kernel gave it. A peer that died with
+        nothing unread sent FIN, so our next write met its reset in CLOSE_WAIT: EPIPE, "Broken
+        pipe"; one that died with bytes unread sent RST at once: "Connection reset by peer"."""
         verdict = self._read_nack()
         if verdict:
             return verdict
+        if self._status is MigrationStatus.ACTIVE and self.vm.state is not RunState.FINISH_MIGRATE:
+            # In QEMU the RAM iteration fails first, with the stream's -EIO, and savevm says so.
+            self._report(RAM_ITERATE_FAILED)
         return f"Unable to write to socket: {exc.strerror or exc}"
 
     def _set_status(self, old: MigrationStatus, new: MigrationStatus) -> None:
@@ -343,8 +352,8 @@ class OutgoingMigration(threading.Thread):
         return sock
 
     def _multifd_sent(self, nbytes: int, pages: int) -> None:
-        """A channel thread sent a packet (or a SYNC): QEMU counts it as multifd and RAM bytes."""
-        self.stats.add_multifd(nbytes, pages, self.vm.running)
+        """A channel thread sent a packet (or a SYNC): transferred and multifd bytes, as QEMU's."""
+        self.stats.add_multifd(nbytes, pages)
         self._limiter.charge(nbytes)
         self._link.pace(nbytes)
 

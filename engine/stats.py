@@ -61,7 +61,7 @@ class SourceStats:
     transferred: int = 0
     precopy_bytes: int = 0
     downtime_bytes: int = 0
-    stream_bytes: int = 0  # everything written to the socket (QEMU's qemu_file_total_transferred)
+    stream_bytes: int = 0  # everything written to the sockets (QEMU's migration_total_bytes)
     duplicate: int = 0
     normal: int = 0
     dirty_sync_count: int = 0
@@ -107,10 +107,12 @@ class SourceStats:
             else:
                 self.downtime_bytes += nbytes
 
-    def add_multifd(self, nbytes: int, pages: int, vm_running: bool) -> None:
-        """A multifd packet: its bytes count as RAM and multifd bytes, its pages as normal."""
-        self.add_ram(nbytes, vm_running)
+    def add_multifd(self, nbytes: int, pages: int) -> None:
+        """A multifd packet: its bytes count as transferred and multifd bytes, its pages as
+        normal. As in QEMU 7.2, precopy and downtime bytes are the main stream's alone."""
         with self._lock:
+            self.stream_bytes += nbytes
+            self.transferred += nbytes
             self.multifd_bytes += nbytes
             self.normal += pages
 
@@ -193,13 +195,16 @@ class SourceStats:
     def start_downtime(self) -> None:
         self.downtime_start_ms = now_ms()
 
-    def completed(self, end_ms: float | None = None) -> None:
-        """Freeze total time and downtime at ``end_ms`` (default: now)."""
+    def completed(self, downtime_end_ms: float | None = None) -> None:
+        """Freeze total time now, as QEMU's end time at completion, and downtime at
+        ``downtime_end_ms`` (default: now). The total runs to now even when downtime ended
+        earlier: a `total time` polled while the source waited for the verdict must not be
+        undercut by the final one."""
         with self._lock:
-            t = now_ms() if end_ms is None else end_ms
-            self.end_ms = t
+            t = self.end_ms = now_ms()
+            downtime_end = t if downtime_end_ms is None else downtime_end_ms
             assert self.downtime_start_ms is not None
-            self.downtime_ms = t - self.downtime_start_ms
+            self.downtime_ms = downtime_end - self.downtime_start_ms
             self.remaining = 0
             self.dirty_pages_rate = 0
             active = (t - self.start_ms) - (self.setup_ms or 0.0)
@@ -236,9 +241,11 @@ class SourceStats:
                     # QEMU stops the throttle at the end (cpu_throttle_stop): no line then.
                 )
             if status in STATS_STATES:
+                # Between completed() and the status switch: the frozen end, not a later now.
+                end = now_ms() if self.end_ms is None else self.end_ms
                 return MigrationInfo(
                     status=status,
-                    total_time=int(now_ms() - self.start_ms),
+                    total_time=int(end - self.start_ms),
                     expected_downtime=self.expected_downtime_ms,
                     setup_time=int(self.setup_ms or 0),
                     ram=self._ram(),

@@ -15,9 +15,18 @@ from engine.errors import MigrationError
 from engine.machine import Loader, Machine, MachineOptions
 from engine.workload import PROFILES, WorkloadSpec
 from hmp import harness, lab
-from hmp.exits import run_as_process
+from hmp.exits import ProcessEnd, run_as_process, serve_until_quit
 from hmp.log import extract_log_option, start_log
-from hmp.monitor import QEMU_VERSION, Monitor, package_version, run_batch, strtosz, strtou64
+from hmp.monitor import (
+    QEMU_VERSION,
+    Monitor,
+    MonitorSockets,
+    extract_monitor_options,
+    package_version,
+    run_batch,
+    strtosz,
+    strtou64,
+)
 from hmp.qmp import QmpFrontend, extract_qmp_options
 from hmp.shell import USAGE as SHELL_USAGE
 from hmp.shell import ShellOptions, run_pair, run_repl
@@ -42,7 +51,10 @@ QEMU options:
   -mem-prealloc           allocate all guest RAM at start (no page faults while migrating)
   -device loader,file=PATH,addr=ADDR,force-raw=on
                           copy a file into guest RAM at ADDR (repeatable)
-  -monitor stdio          accepted (the monitor is always on stdio)
+  -monitor stdio | none | unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
+          | telnet:HOST:PORT,server=on,wait=off
+                          where the monitor is (repeatable; default stdio; see
+                          hmp/monitor/socket.py)
   -D FILE                 log to FILE: unexpected errors with their tracebacks, migration
                           state changes, the adaptive policy's decisions (default: no log)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
@@ -53,7 +65,8 @@ QEMU options:
 qemu-hmp options:
   --workload NAME[,rate=PAGES_PER_S][,wss=SIZE]
                           what the guest does: {workloads}
-                          (default idle); idle and random-writer take a write rate
+                          (default idle; zero, the images alone, with -device
+                          loader); idle and random-writer take a write rate
                           and a working set
   --seed N                seed of the guest's content and writes (default 0)
   -h, --help              this text
@@ -146,9 +159,6 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
             opts["prealloc"] = True
         elif option == "-device":
             loaders.append(_parse_loader(value(arg)))
-        elif option == "-monitor":
-            if value(arg) != "stdio":
-                raise UsageError(f"{arg}: only '-monitor stdio' is supported")
         elif option == "-workload":
             workload = value(arg)
             if workload.split(",")[0] not in PROFILES:
@@ -184,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         qmp_specs, argv = extract_qmp_options(argv)  # -qmp: hmp/qmp/frontend.py
         log_file, argv = extract_log_option(argv)
         start_log(log_file)
+        monitor_specs, argv = extract_monitor_options(argv)  # -monitor: hmp/monitor/socket.py
     except ValueError as err:
         sys.stderr.write(f"qemu-hmp: {err}\n")
         return 1
@@ -206,20 +217,34 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"qemu-hmp: {getattr(err, 'desc', err)}\n")
         return 1
     mon = Monitor(machine)
+    end = ProcessEnd()  # what a `quit` typed into QMP or a monitor socket releases
+    end.on_end(machine.close)
     try:
-        qmp = QmpFrontend(machine, mon, qmp_specs)
+        qmp = QmpFrontend(machine, qmp_specs, end)
+        end.on_end(qmp.close)
+        sockets = MonitorSockets(machine, monitor_specs, end.now)
+        end.on_end(sockets.close)
     except ValueError as err:
-        machine.close()
+        end.release()
         sys.stderr.write(f"qemu-hmp: {err}\n")
         return 1
     try:
-        if shell.pair:
-            return run_pair(mon, shell)
-        if sys.stdin.isatty():
-            return run_repl(mon, history=shell.history)
-        status = run_batch(mon, sys.stdin)
-        qmp.wait_for_quit()  # like QEMU, outlive the monitor's input
-        return status
+        stdio = any(spec.stdio for spec in monitor_specs)
+        return _run_monitor(mon, shell, stdio, others=bool(qmp.servers or sockets.servers))
     finally:
-        qmp.close()
-        machine.close()
+        end.release()
+
+
+def _run_monitor(mon: Monitor, shell: ShellOptions, stdio: bool, *, others: bool) -> int:
+    """The monitor on stdio if there is one; then, like QEMU, outlive the end of its input
+    while other front ends (QMP, monitor sockets) may still quit, or forever without any."""
+    status = 0
+    if stdio and shell.pair:
+        return run_pair(mon, shell)
+    if stdio and sys.stdin.isatty():
+        return run_repl(mon, history=shell.history)
+    if stdio:
+        status = run_batch(mon, sys.stdin)
+    if not mon.quit_requested and (others or not stdio):
+        serve_until_quit()
+    return status

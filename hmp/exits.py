@@ -3,16 +3,22 @@
 As QEMU does, SIGTERM (and SIGINT when no person types at a terminal; the REPL reads Ctrl-C
 as a key) ends the process cleanly: a running migration is cancelled, the machine closed,
 ``qemu-hmp: terminating on signal N`` written, status 0. A full disk or a closed pipe gives
-one line on stderr and status 1, not a traceback.
+one line on stderr and status 1, not a traceback. A ``quit`` typed into a front end other
+than stdio (QMP, a monitor socket) ends the process from that front end's thread
+(`ProcessEnd`); with such front ends the process outlives the end of stdin (`serve_until_quit`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import termios
+import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
 
 class Terminated(BaseException):
@@ -55,3 +61,42 @@ def run_as_process(main: Callable[[list[str]], int], argv: list[str]) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         sys.stderr.write(f"qemu-hmp: {where}{exc.strerror or exc}\n")
         return 1
+
+
+class ProcessEnd:
+    """``quit`` from a front end's thread, as QEMU's: release what was registered, restore the
+    terminal (a prompt may be up on stdin), exit 0 whatever the main thread is doing."""
+
+    def __init__(self) -> None:
+        self._tty = termios.tcgetattr(0) if sys.stdin.isatty() else None
+        self._cleanups: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def on_end(self, cleanup: Callable[[], None]) -> None:
+        self._cleanups.append(cleanup)
+
+    def release(self) -> None:
+        """Run the cleanups, last registered first (front ends before the machine), once."""
+        with self._lock:
+            cleanups, self._cleanups = self._cleanups, []
+        for cleanup in reversed(cleanups):
+            cleanup()
+
+    def now(self) -> NoReturn:
+        self.release()
+        if self._tty is not None:
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(0, termios.TCSANOW, self._tty)
+            sys.stdout.write("\x1b[?2004l\x1b[?25h\n")  # bracketed paste off, cursor on
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def serve_until_quit() -> None:
+    """After stdin's monitor ended (or without one): serve the other front ends until one of
+    them quits (`ProcessEnd`), or Ctrl-C, as QEMU outlives its monitor's input."""
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        sys.stderr.write("qemu-hmp: terminating on signal 2\n")

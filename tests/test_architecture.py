@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOWED: dict[str, set[str]] = {
     "top": {"monitor", "qmp", "shell", "harness", "lab", "exits", "cli", "log", "markers"},
     "monitor": {"markers"},
-    "qmp": {"monitor"},
+    "qmp": {"monitor", "exits"},
     "shell": {"monitor", "harness", "markers"},
     "harness": {"markers"},
     "lab": {"monitor", "shell", "harness"},

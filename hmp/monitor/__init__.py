@@ -7,15 +7,19 @@ from hmp.monitor.chart import terminal_chart, write_png
 from hmp.monitor.commands import COMMANDS, QEMU_VERSION, Command, hmp_help, package_version
 from hmp.monitor.parser import ArgSpec, find_command
 from hmp.monitor.series import from_json as series_from_json
-from hmp.monitor.session import Monitor
+from hmp.monitor.session import BANNER, Monitor
+from hmp.monitor.socket import MonitorSockets, extract_monitor_options
 from hmp.monitor.values import spell, strtosz, strtou64, valid_text
 
 __all__ = [
+    "BANNER",
     "COMMANDS",
     "QEMU_VERSION",
     "ArgSpec",
     "Command",
     "Monitor",
+    "MonitorSockets",
+    "extract_monitor_options",
     "find_command",
     "hmp_help",
     "package_version",

@@ -15,7 +15,7 @@ so ``pmemsave 0 4096 /tmp/x`` reads ``4096 / tmp`` (an error in QEMU too: quote 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -307,15 +307,30 @@ def parse_line(table: Sequence[Command], line: str) -> Parsed | None:
         raise ParseError(err.text + f'Try "help {typed}" for more information\n') from None
 
 
-def split_words(text: str) -> list[str]:
-    """Words of a line as `help` sees them (quoted strings allowed); stops at a bad quote."""
+def _words(text: str) -> Iterator[str]:
+    """The words of a line (quoted strings allowed); ParseError at a bad quote."""
     cur = _Cursor(text)
-    words: list[str] = []
     while True:
         cur.skip_space()
         if cur.at_end():
-            return words
-        try:
-            words.append(read_string(cur))
-        except ParseError:
-            return words
+            return
+        yield read_string(cur)
+
+
+def split_words(text: str) -> list[str]:
+    """Words of a line as `help` sees them; stops at a bad quote."""
+    words: list[str] = []
+    try:
+        for word in _words(text):
+            words.append(word)
+    except ParseError:
+        pass  # `help` names what came before the bad quote
+    return words
+
+
+def words_or_none(text: str) -> list[str] | None:
+    """Words of a line as QEMU's completion sees them: None at a bad quote."""
+    try:
+        return list(_words(text))
+    except ParseError:
+        return None

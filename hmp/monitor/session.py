@@ -10,10 +10,11 @@ from typing import TextIO
 from engine.errors import MigrationError
 from engine.machine import Machine
 from engine.snapshot import MigrationInfo
-from hmp.monitor.commands import COMMANDS
+from hmp.monitor.commands import COMMANDS, QEMU_VERSION
 from hmp.monitor.parser import ParseError, parse_line
 
 log = logging.getLogger(__name__)
+BANNER = f"QEMU {QEMU_VERSION} monitor - type 'help' for more information\n"
 
 
 class Monitor:

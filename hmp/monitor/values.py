@@ -30,6 +30,13 @@ _TRUE = ("on", "yes", "true", "y")
 _FALSE = ("off", "no", "false", "n")
 
 
+def parse_bool(text: str) -> bool | None:
+    """QEMU's boolean spellings (``on|yes|true|y``, ``off|no|false|n``); None for others."""
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    return None
+
+
 def _expects(name: str, what: str) -> MigrationError:
     return MigrationError(f"Parameter '{name}' expects {what}")
 
@@ -123,9 +130,10 @@ def parse_parameter(spec: ParamSpec, text: str, warn: Callable[[str], None]) -> 
     if spec.kind is Kind.SIZE:
         return _parse_size(spec, text, warn)
     if spec.kind is Kind.BOOL:
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise _expects(spec.name, "'on' or 'off'")
+        value = parse_bool(text)
+        if value is None:
+            raise _expects(spec.name, "'on' or 'off'")
+        return value
     if spec.kind is Kind.ENUM and text not in spec.choices:
         raise MigrationError(f"Parameter '{spec.name}' does not accept value '{text}'")
     return text

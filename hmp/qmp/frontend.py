@@ -7,14 +7,10 @@ releases the endpoint and ends the process, as QEMU's does.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-import termios
-import threading
 
 from engine.machine import Machine
-from hmp.monitor import Monitor
+from hmp.exits import ProcessEnd
 from hmp.qmp.server import QmpServer, QmpSpec, parse_qmp_spec
 
 
@@ -35,17 +31,15 @@ def extract_qmp_options(argv: list[str]) -> tuple[list[QmpSpec], list[str]]:
 
 
 class QmpFrontend:
-    """The ``-qmp`` servers of one qemu-hmp process (ValueError, QEMU's text, if one can't bind)."""
+    """The ``-qmp`` servers of one qemu-hmp process (ValueError, QEMU's text, if one can't bind).
 
-    def __init__(self, machine: Machine, mon: Monitor, specs: list[QmpSpec]) -> None:
-        self._machine = machine
-        self._mon = mon
-        # A QMP `quit` may end the process mid-prompt: keep the terminal mode to restore.
-        self._tty = termios.tcgetattr(0) if specs and sys.stdin.isatty() else None
+    A QMP ``quit`` ends the process through ``end``."""
+
+    def __init__(self, machine: Machine, specs: list[QmpSpec], end: ProcessEnd) -> None:
         self.servers: list[QmpServer] = []
         for spec in specs:
             try:
-                server = QmpServer(machine, spec, on_quit=self._quit)
+                server = QmpServer(machine, spec, on_quit=end.now)
             except OSError as err:
                 self.close()
                 raise ValueError(
@@ -55,27 +49,6 @@ class QmpFrontend:
             if spec.wait:
                 sys.stderr.write(f"qemu-hmp: -qmp {spec.text}: waiting for a client\n")
             server.start()
-
-    def wait_for_quit(self) -> None:
-        """After the monitor's input ended: with ``-qmp``, serve until QMP ``quit`` or Ctrl-C."""
-        if not self.servers or self._mon.quit_requested:
-            return
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            sys.stderr.write("qemu-hmp: terminating on signal 2\n")
-
-    def _quit(self) -> None:
-        """QMP ``quit`` (runs on a session thread): release everything, then end the process."""
-        self.close()
-        self._machine.close()
-        if self._tty is not None:
-            with contextlib.suppress(termios.error):
-                termios.tcsetattr(0, termios.TCSANOW, self._tty)
-            sys.stdout.write("\x1b[?2004l\x1b[?25h\n")  # bracketed paste off, cursor on
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
 
     def close(self) -> None:
         for server in self.servers:

@@ -69,7 +69,7 @@ class PairMonitor(Monitor):
 def _start_destination(machine: Machine) -> tuple[Endpoint, str]:
     opts = machine.opts
     argv = ["qemu-hmp", "-m", f"{opts.ram_size // 1024}K", "-incoming", "tcp:127.0.0.1:0"]
-    argv += ["--workload", opts.workload, "--seed", str(opts.seed)]
+    argv += ["--workload", opts.workload_name(), "--seed", str(opts.seed)]
     dst = Endpoint(argv, name="dst", qmp=True)
     try:
         dst.wait_ready(START_TIMEOUT_S)

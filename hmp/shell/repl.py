@@ -33,13 +33,12 @@ from engine.machine import Machine
 from engine.snapshot import MigrationInfo
 from engine.state import RUNNING_STATES
 from hmp.markers import PROMPT
-from hmp.monitor import QEMU_VERSION, Monitor
+from hmp.monitor import BANNER, Monitor
 from hmp.shell.completion import MonitorCompleter
 from hmp.shell.lexer import MonitorLexer
 from hmp.shell.toolbar import toolbar
 from hmp.shell.watch import MigrationWatcher
 
-BANNER = f"QEMU {QEMU_VERSION} monitor - type 'help' for more information\n"
 REFRESH_S = 0.25  # toolbar redraws per second: 4, enough to watch figures move
 
 STYLE = Style.from_dict(
