@@ -40,7 +40,7 @@ class Clock:
 
 
 class Verdict:
-    """Holds the source after its last byte, before it reads the destination's verdict."""
+    """Holds the source after its last byte, before the completion handshake."""
 
     def __init__(self) -> None:
         self.due = threading.Event()
@@ -53,14 +53,14 @@ def held(monkeypatch: pytest.MonkeyPatch) -> tuple[Clock, Verdict]:
     for module in (stats, source):
         monkeypatch.setattr(module, "now_ms", clock)
     verdict = Verdict()
-    await_verdict = OutgoingMigration._await_verdict
+    switch_over = OutgoingMigration._switch_over
 
     def hold(self: OutgoingMigration) -> Any:
         verdict.due.set()
         assert verdict.go.wait(TIMEOUT)
-        return await_verdict(self)
+        return switch_over(self)
 
-    monkeypatch.setattr(OutgoingMigration, "_await_verdict", hold)
+    monkeypatch.setattr(OutgoingMigration, "_switch_over", hold)
     return clock, verdict
 
 
