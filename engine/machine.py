@@ -96,7 +96,11 @@ class Machine:
         self._closing = False
         self.workload.start(self.ram, self.vm.gate)
         if opts.incoming not in (None, "defer"):
-            self._listen(parse_uri(opts.incoming, incoming=True))
+            try:
+                self._listen(parse_uri(opts.incoming, incoming=True))
+            except MigrationError:
+                self.workload.stop()  # no Machine to close() comes out of a failed __init__
+                raise
 
     def _load_file(self, loader: Loader) -> None:
         try:

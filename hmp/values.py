@@ -16,7 +16,7 @@ from engine.params import UINT64_MAX, Kind, ParamSpec, ParamValue
 C_SPACE = " \t\n\v\f\r"
 _SUFFIXES = "BKMGTPE"
 _INT64_MAX = 2**63 - 1
-_SIZE_HINT = (
+SIZE_HINT = (
     "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
     "and exabytes, respectively.\n"
 )
@@ -113,6 +113,13 @@ def strtosz(text: str, default_suffix: str = "B") -> int:
     return total
 
 
+def parse_bool(text: str) -> bool:
+    """QEMU's qapi_bool_parse: ``on|yes|true|y`` or ``off|no|false|n``; ValueError otherwise."""
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(text)
+
+
 def _expects(name: str, what: str) -> MigrationError:
     return MigrationError(f"Parameter '{name}' expects {what}")
 
@@ -152,7 +159,7 @@ def _parse_size(spec: ParamSpec, text: str, warn: Callable[[str], None]) -> int:
         raise MigrationError(msg) from None
     except NumberError:
         raise MigrationError(
-            f"Parameter '{spec.name}' expects a non-negative number below 2^64", hint=_SIZE_HINT
+            f"Parameter '{spec.name}' expects a non-negative number below 2^64", hint=SIZE_HINT
         ) from None
     if spec.name == "xbzrle-cache-size" and value > _INT64_MAX:
         raise MigrationError(f"Invalid size {text}")
@@ -171,9 +178,10 @@ def parse_parameter(spec: ParamSpec, text: str, warn: Callable[[str], None]) -> 
     if spec.kind is Kind.SIZE:
         return _parse_size(spec, text, warn)
     if spec.kind is Kind.BOOL:
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise _expects(spec.name, "'on' or 'off'")
+        try:
+            return parse_bool(text)
+        except ValueError:
+            raise _expects(spec.name, "'on' or 'off'") from None
     if spec.kind is Kind.ENUM and text not in spec.choices:
         raise MigrationError(f"Parameter '{spec.name}' does not accept value '{text}'")
     return text
