@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -103,14 +104,16 @@ class Machine:
                 raise
 
     def _load_file(self, loader: Loader) -> None:
+        room = max(0, self.ram.size - loader.addr)
         try:
             with open(loader.path, "rb") as f:
-                data = f.read()
+                data = f.read(room + 1)  # a byte more than fits is enough to refuse (/dev/zero)
+                size = max(os.fstat(f.fileno()).st_size, len(data))
         except OSError as exc:
             raise MigrationError(f"could not load '{loader.path}': {exc.strerror}") from exc
-        if loader.addr + len(data) > self.ram.size:
+        if len(data) > room:
             raise MigrationError(
-                f"Cannot load '{loader.path}' ({len(data)} bytes) at {loader.addr:#x}: "
+                f"Cannot load '{loader.path}' ({size} bytes) at {loader.addr:#x}: "
                 "it does not fit in guest RAM"
             )
         self.ram.write(loader.addr, data)

@@ -13,11 +13,15 @@ from collections.abc import Callable
 
 from engine.errors import MigrationError
 from engine.machine import Loader, Machine, MachineOptions
+from engine.params import UINT64_MAX
+from engine.transport import AddressError
 from engine.workload import WorkloadSpec
 from hmp.batch import run_batch
+from hmp.chardev import monitor_chardev
 from hmp.commands import QEMU_VERSION, package_version
 from hmp.exits import run_as_process
 from hmp.monitor import Monitor
+from hmp.qemuopts import OptionError, OptType, parse_opts
 from hmp.qmp_cli import QmpFrontend, extract_qmp_options
 from hmp.shell import USAGE as SHELL_USAGE
 from hmp.shell import ShellOptions
@@ -61,8 +65,13 @@ qemu-hmp options:
 """
 
 
-class UsageError(Exception):
-    """A bad command line; the message is printed after ``qemu-hmp: ``."""
+# The QemuOpts of -m and -name in QEMU 7.2 (the first item may leave its name out).
+MEMORY_OPTIONS = {"size": OptType.SIZE, "slots": OptType.NUMBER, "maxmem": OptType.SIZE}
+NAME_OPTIONS = {"guest": OptType.STRING, "process": OptType.STRING, "debug-threads": OptType.BOOL}
+
+
+class UsageError(OptionError):
+    """A bad command line: one message, printed after ``qemu-hmp: ``."""
 
 
 def _lazy(module: str) -> Callable[[list[str]], int]:
@@ -81,16 +90,45 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
-def parse_size_mib(text: str) -> int:
-    """QEMU's ``-m``: a size whose default unit is MiB (``size=`` prefix allowed); 0 = default."""
+def _options(option: str, text: str, table: dict[str, OptType], implied: str) -> dict[str, str]:
     try:
-        size = strtosz(text.removeprefix("size="), "M")
-    except ValueError:
+        return parse_opts(text, table, implied)
+    except OptionError as err:
+        raise err.located(f"{option} {text}") from None
+
+
+def parse_size_mib(text: str) -> int:
+    """QEMU's ``-m [size=]SIZE[,slots=N,maxmem=SIZE]``: a bare number is MiB; 0 the default."""
+    opts = _options("-m", text, MEMORY_OPTIONS, "size")
+    size = strtosz(opts.get("size", "0"))
+    if opts.get("size", "")[-1:].isdigit():  # QEMU's legacy unit for a bare number
+        size *= MiB
+        if size > UINT64_MAX:
+            raise UsageError("Parameter 'memory.size' expects size")
+    # QEMU rounds the RAM size up to 8 KiB, in 64 bits (so the largest sizes wrap to 0).
+    size = (-(-size // 8192) * 8192) % 2**64 or DEFAULT_RAM
+    _check_maxmem(opts, size)
+    return size
+
+
+def _check_maxmem(opts: dict[str, str], size: int) -> None:
+    """QEMU's checks of maxmem and slots (qemu-hmp has no hotplug, so they go no further)."""
+    if "maxmem" not in opts:
+        if "slots" in opts:
+            raise UsageError("slots specified but no max-size")
+        return
+    maxmem, slots = strtosz(opts["maxmem"]), strtou64(opts.get("slots", "0"))
+    prefix = "invalid value of maxmem: "
+    if maxmem < size:
         raise UsageError(
-            f"-m {text}: Parameter 'size' expects a non-negative number below 2^64"
-        ) from None
-    # QEMU rounds the RAM size up to 8 KiB.
-    return -(-size // 8192) * 8192 if size else DEFAULT_RAM
+            f"{prefix}maximum memory size ({maxmem:#x}) must be at least the initial memory "
+            f"size ({size:#x})"
+        )
+    if slots and maxmem == size:
+        raise UsageError(
+            f"{prefix}memory slots were specified but maximum memory size ({maxmem:#x}) is "
+            f"equal to the initial memory size ({size:#x})"
+        )
 
 
 def _parse_loader(spec: str) -> Loader:
@@ -110,10 +148,24 @@ def _parse_loader(spec: str) -> Loader:
     return Loader(values["file"], addr)
 
 
+def _monitor(option: str, spec: str, stdio_users: int) -> int:
+    """``-monitor SPEC``: QEMU's checks of the chardev, then only stdio (once) is served."""
+    try:
+        backend, _ = monitor_chardev(spec)
+    except OptionError as err:
+        raise err.located(f"{option} {spec}") from None
+    if backend != "stdio":
+        raise UsageError(f"{option} {spec}: only '-monitor stdio' is supported")
+    if stdio_users > 1:  # the first -monitor stdio is the monitor qemu-hmp always has
+        raise UsageError(f"{option} {spec}: cannot use stdio by multiple character devices")
+    return stdio_users + 1
+
+
 def parse_argv(argv: list[str]) -> MachineOptions | None:
     """``None`` when the command line asked for help or the version (already printed)."""
     opts: dict[str, object] = {}
     loaders: list[Loader] = []
+    stdio_users = 1  # the monitor is always on stdio
     args = iter(argv)
 
     def value(option: str) -> str:
@@ -139,7 +191,7 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
         elif option == "-name":
             # QEMU also takes "guest=NAME,debug-threads=on"; only the name matters here.
             name = value(arg)
-            opts["name"] = name.removeprefix("guest=").split(",")[0]
+            opts["name"] = _options(arg, name, NAME_OPTIONS, "guest").get("guest")
         elif option == "-S":
             opts["start_paused"] = True
         elif option == "-mem-prealloc":
@@ -147,8 +199,7 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
         elif option == "-device":
             loaders.append(_parse_loader(value(arg)))
         elif option == "-monitor":
-            if value(arg) != "stdio":
-                raise UsageError(f"{arg}: only '-monitor stdio' is supported")
+            stdio_users = _monitor(arg, value(arg), stdio_users)
         elif option == "-workload":
             workload = value(arg)
             if workload.split(",")[0] not in WORKLOADS:
@@ -160,7 +211,7 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
             opts["workload"] = workload
         elif option == "-seed":
             seed = value(arg)
-            if not seed.isdigit():
+            if not (seed.isascii() and seed.isdigit()):
                 raise UsageError(f"{arg} {seed}: expected a non-negative integer")
             opts["seed"] = int(seed)
         elif option in IGNORED_WITH_VALUE:
@@ -174,6 +225,12 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
     return MachineOptions(loaders=tuple(loaders), **opts)  # type: ignore[arg-type]
 
 
+def _fail(err: OptionError) -> int:
+    """Print QEMU's messages about the command line, each after ``qemu-hmp: ``; status 1."""
+    sys.stderr.write("".join(f"qemu-hmp: {message}\n" for message in err.messages))
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the process itself: signals and broken stdio end it cleanly
         return run_as_process(main, sys.argv[1:])
@@ -182,14 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     shell, argv = ShellOptions.extract(argv)
     try:
         qmp_specs, argv = extract_qmp_options(argv)  # -qmp: hmp/qmp_cli.py
-    except ValueError as err:
-        sys.stderr.write(f"qemu-hmp: {err}\n")
-        return 1
-    try:
         opts = parse_argv(argv)
-    except UsageError as err:
-        sys.stderr.write(f"qemu-hmp: {err}\n")
-        return 1
+    except OptionError as err:
+        return _fail(err)
     if opts is None:
         return 0
     mon: Monitor | None = None
@@ -200,16 +252,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         machine = Machine(opts, notify=notify)
-    except (MigrationError, OSError) as err:
-        sys.stderr.write(f"qemu-hmp: {getattr(err, 'desc', err)}\n")
-        return 1
+    except AddressError as err:  # QEMU names the option whose address failed
+        return _fail(OptionError(err.report()).located(f"-incoming {opts.incoming}"))
+    except MigrationError as err:
+        return _fail(OptionError(err.report()))
     mon = Monitor(machine)
     try:
         qmp = QmpFrontend(machine, mon, qmp_specs)
-    except ValueError as err:
+    except OptionError as err:
         machine.close()
-        sys.stderr.write(f"qemu-hmp: {err}\n")
-        return 1
+        return _fail(err)
     try:
         if shell.pair:
             from hmp.pair import run_pair
