@@ -120,25 +120,20 @@ def inet_parse(text: str) -> Address:
     """QEMU 7.2's inet_parse: ``HOST:PORT``, ``:PORT`` or ``[HOST]:PORT``, then options."""
     data = c_bytes(text)
     if data.startswith(b":"):
-        host_end = 0
-        port_start = 1
-        error = f"error parsing port in address '{text}'"
+        host, port_start, what, separated = b"", 1, "port in address", True
     elif data.startswith(b"["):
-        host_end = scan_field(data, 1, b"]", HOST_MAX)
-        bad = host_end == 1 or data[host_end : host_end + 2] != b"]:"
-        port_start = -1 if bad else host_end + 2
-        error = f"error parsing IPv6 address '{text}'"
+        end = scan_field(data, 1, b"]", HOST_MAX)
+        host, port_start, what = data[1:end], end + 2, "IPv6 address"
+        separated = end > 1 and data[end : end + 2] == b"]:"
     else:
-        host_end = scan_field(data, 0, b":", HOST_MAX)
-        bad = host_end == 0 or data[host_end : host_end + 1] != b":"
-        port_start = -1 if bad else host_end + 1
-        error = f"error parsing address '{text}'"
-    port_end = scan_field(data, port_start, b",", PORT_MAX) if port_start >= 0 else -1
-    if port_end <= port_start:
-        raise AddressError(error)
-    host = data[1:host_end] if data.startswith(b"[") else data[:host_end]
-    port = data[port_start:port_end]
-    return replace(Address("tcp", c_text(host), c_text(port)), **_inet_options(data[port_end:]))
+        end = scan_field(data, 0, b":", HOST_MAX)
+        host, port_start, what = data[:end], end + 1, "address"
+        separated = end > 0 and data[end : end + 1] == b":"
+    port_end = scan_field(data, port_start, b",", PORT_MAX)
+    if not separated or port_end == port_start:
+        raise AddressError(f"error parsing {what} '{text}'")
+    address = Address("tcp", c_text(host), c_text(data[port_start:port_end]))
+    return replace(address, **_inet_options(data[port_end:]))
 
 
 def _inet_options(opts: bytes) -> dict[str, Any]:
@@ -183,7 +178,8 @@ def _family(addr: Address) -> socket.AddressFamily:
     return socket.AF_UNSPEC
 
 
-AddrInfo = tuple[socket.AddressFamily, int, tuple[Any, ...]]  # family, protocol, sockaddr
+# family, protocol, and the address as socket.connect takes it (a tuple, or an AF_UNIX path)
+AddrInfo = tuple[socket.AddressFamily, int, Any]
 
 
 def resolve(addr: Address, *, listening: bool) -> list[AddrInfo]:
@@ -226,7 +222,7 @@ def _check_unix_path(path: str) -> None:
 
 
 def _strerror(exc: OSError) -> str:
-    return os.strerror(exc.errno) if exc.errno else "Connection timed out"
+    return os.strerror(exc.errno) if exc.errno else "Connection timed out"  # a socket timeout
 
 
 def connect(addr: Address, timeout: float = 10.0) -> socket.socket:
@@ -234,7 +230,7 @@ def connect(addr: Address, timeout: float = 10.0) -> socket.socket:
     trying each address getaddrinfo gave in turn, as QEMU does; the last failure is reported."""
     if addr.kind == "unix":
         _check_unix_path(addr.path)
-        targets: list[AddrInfo] = [(socket.AF_UNIX, 0, (addr.path,))]
+        targets: list[AddrInfo] = [(socket.AF_UNIX, 0, addr.path)]
     else:
         targets = resolve(addr, listening=False)
     error = ""
@@ -246,7 +242,7 @@ def connect(addr: Address, timeout: float = 10.0) -> socket.socket:
             continue
         sock.settimeout(timeout)
         try:
-            sock.connect(sockaddr if family != socket.AF_UNIX else sockaddr[0])
+            sock.connect(sockaddr)
         except OSError as exc:
             sock.close()
             error = f"Failed to connect to '{addr.display()}': {_strerror(exc)}"

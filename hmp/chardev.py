@@ -41,18 +41,16 @@ NAMED = ("null", "pty", "msmouse", "wctablet", "braille", "testdev", "stdio", "c
 # Backends QEMU opens by a prefix (the path or address after it is theirs to check).
 PREFIXED = ("COM", "file:", "pipe:", "pty:", "udp:", "/dev/")
 # What a socket chardev may ask for that qemu-hmp does not do (each refused by name).
-UNSUPPORTED_FLAGS = ("telnet", "tn3270", "websocket", "mux", "abstract")
-UNSUPPORTED_STRINGS = ("fd", "logfile", "backend")
+UNSUPPORTED_FLAGS = ("telnet", "tn3270", "websocket", "mux")
+UNSUPPORTED_STRINGS = ("fd", "logfile")
 
 
 @dataclass(frozen=True)
-class Chardev:
-    """A parsed chardev: its backend and, for a socket, the address and the server flags."""
+class ServerSocket:
+    """A socket chardev in server mode: where to listen, and whether to wait for a client."""
 
-    backend: str
-    address: Address | None = None
-    server: bool = False
-    wait: bool = True
+    address: Address
+    wait: bool
 
 
 def _parse_error(text: str, *messages: str) -> OptionError:
@@ -118,7 +116,7 @@ def monitor_chardev(text: str) -> tuple[str, dict[str, str]]:
     return parse_chardev(text)
 
 
-def qmp_chardev(text: str) -> Chardev:
+def qmp_chardev(text: str) -> ServerSocket:
     """``-qmp VALUE``: a socket qemu-hmp listens on (stdio is the monitor's)."""
     backend, opts = monitor_chardev(text)
     if backend == "stdio":
@@ -135,7 +133,7 @@ def _opts(text: str, params: str, implied: str | None) -> dict[str, str]:
         raise _parse_error(text, *err.messages) from None
 
 
-def socket_chardev(opts: dict[str, str]) -> Chardev:
+def socket_chardev(opts: dict[str, str]) -> ServerSocket:
     """A socket chardev's checks, in QEMU's order (qemu_chr_parse_socket, then validation);
     a client, or a feature qemu-hmp lacks, is refused with one line of ours."""
     path, host, fd = opts.get("path"), opts.get("host"), opts.get("fd")
@@ -158,12 +156,12 @@ def socket_chardev(opts: dict[str, str]) -> Chardev:
         raise OptionError("'wait' option is incompatible with socket in client connect mode")
     if "tls-creds" in opts:  # qemu-hmp has no -object, so never any credentials
         raise OptionError(f"No TLS credentials with id '{opts['tls-creds']}'")
-    for name in UNSUPPORTED_STRINGS:
-        if opts.get(name, "socket") != "socket":
-            raise OptionError(f"option '{name}' is not supported by qemu-hmp")
-    for name in UNSUPPORTED_FLAGS:
-        if flag(opts, name):
-            raise OptionError(f"option '{name}' is not supported by qemu-hmp")
+    refused = [name for name in UNSUPPORTED_STRINGS if name in opts]
+    refused += [name for name in UNSUPPORTED_FLAGS if flag(opts, name)]
+    refused += ["backend"] if opts.get("backend", "socket") != "socket" else []
+    refused += ["abstract"] if path is not None and flag(opts, "abstract") else []
+    if refused:
+        raise OptionError(f"option '{refused[0]}' is not supported by qemu-hmp")
     if path is None and host is None:
         raise OptionError("Unable to parse FD number ")  # QEMU's words when nothing is given
     if not server:
@@ -174,7 +172,7 @@ def socket_chardev(opts: dict[str, str]) -> Chardev:
         address = Address("unix", path=path)
     else:
         address = _inet(opts)
-    return Chardev("socket", address, server, flag(opts, "wait", True))
+    return ServerSocket(address, flag(opts, "wait", True))
 
 
 def _inet(opts: dict[str, str]) -> Address:

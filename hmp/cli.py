@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(OptionError(err.report()).located(f"-incoming {opts.incoming}"))
     except MigrationError as err:
         return _fail(OptionError(err.report()))
+    except OSError as err:
+        return _fail(OptionError(err.strerror or str(err)))
     mon = Monitor(machine)
     try:
         qmp = QmpFrontend(machine, mon, qmp_specs)
