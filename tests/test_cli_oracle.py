@@ -1,4 +1,4 @@
-"""Replay the command lines recorded from QEMU 7.2 (tests/data/qemu-7.2/cli.txt) against ours.
+"""Replay the command lines recorded from QEMU 7.2 (tests/data/qemu-7.2/cli.argv.out) against ours.
 
 Each case ran QEMU with the case's options and ``quit`` on stdin; ours runs the same options in
 process, in a scratch directory, with ``quit`` on stdin too. What QEMU wrote to stderr must be
@@ -35,7 +35,7 @@ class Case:
 
 def load() -> list[Case]:
     cases: list[Case] = []
-    for line in (DATA / "cli.txt").read_text().splitlines():
+    for line in (DATA / "cli.argv.out").read_text().splitlines():
         if line.startswith("$ "):
             cases.append(Case(shlex.split(line[2:])))
         elif line.startswith("# stderr: "):

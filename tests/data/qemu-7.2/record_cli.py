@@ -2,7 +2,7 @@
 
 ``cases/cli.argv`` holds one case a line, shell words: QEMU options run after BASE (and after
 ``-monitor stdio`` unless the case has a -monitor of its own), with ``quit`` on stdin. For
-each, ``cli.txt`` gets ``$ OPTIONS``, then what QEMU wrote to stderr, one ``# stderr: LINE``
+each, ``cli.argv.out`` gets ``$ OPTIONS``, then what QEMU wrote to stderr, one ``# stderr: LINE``
 each, then ``# exit STATUS``. QEMU runs in an empty scratch directory, so relative socket
 paths land there; tests/test_cli_oracle.py runs qemu-hmp the same way.
 """
@@ -44,7 +44,7 @@ def run_case(case: list[str]) -> str:
 
 
 def main() -> None:
-    (HERE / "cli.txt").write_text("".join(run_case(case) for case in load_cases()))
+    (HERE / "cli.argv.out").write_text("".join(run_case(case) for case in load_cases()))
 
 
 if __name__ == "__main__":
