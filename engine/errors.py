@@ -18,6 +18,10 @@ class MigrationError(Exception):
         self.hint = hint
         self.cls = cls
 
+    def report(self) -> str:
+        """What QEMU's error_report_err prints: the message, then the hint's lines."""
+        return f"{self.desc}\n{self.hint.rstrip()}" if self.hint else self.desc
+
 
 @contextmanager
 def file_errors(path: str) -> Iterator[None]:

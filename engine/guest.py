@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
+import os
 import threading
 
 import numpy as np
@@ -10,6 +12,7 @@ import numpy.typing as npt
 from zlib_ng import zlib_ng
 
 from engine import _pagecodec
+from engine.errors import MigrationError
 
 PAGE_SIZE: int = _pagecodec.PAGE_SIZE  # one definition, the C page codec's
 PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
@@ -88,7 +91,11 @@ class GuestRam:
         self.pages = size // PAGE_SIZE
         # Private anonymous memory: zero-filled, untouched pages cost no RSS, and (unlike a
         # shared mapping) it can use transparent huge pages, which make first touch ~4x cheaper.
-        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except (OSError, OverflowError) as exc:  # more than the kernel, or the address space, has
+            reason = os.strerror(getattr(exc, "errno", None) or errno.ENOMEM)
+            raise MigrationError(f"cannot set up guest memory 'ram': {reason}") from exc
         if huge and hasattr(mmap, "MADV_HUGEPAGE"):
             self._map.madvise(mmap.MADV_HUGEPAGE)
         self.buf = memoryview(self._map)

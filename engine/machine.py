@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -118,17 +119,23 @@ class Machine:
         self._closing = False
         self.workload.start(self.ram, self.vm.gate, self._notify)
         if opts.incoming not in (None, "defer"):
-            self._listen(parse_uri(opts.incoming, incoming=True))
+            try:
+                self._listen(parse_uri(opts.incoming, incoming=True))
+            except MigrationError:
+                self.workload.stop()  # no Machine to close() comes out of a failed __init__
+                raise
 
     def _load_file(self, loader: Loader) -> None:
+        room = max(0, self.ram.size - loader.addr)
         try:
             with open(loader.path, "rb") as f:
-                data = f.read()
+                data = f.read(room + 1)  # a byte more than fits is enough to refuse (/dev/zero)
+                size = max(os.fstat(f.fileno()).st_size, len(data))
         except OSError as exc:
             raise MigrationError(f"could not load '{loader.path}': {exc.strerror}") from exc
-        if loader.addr + len(data) > self.ram.size:
+        if len(data) > room:
             raise MigrationError(
-                f"Cannot load '{loader.path}' ({len(data)} bytes) at {loader.addr:#x}: "
+                f"Cannot load '{loader.path}' ({size} bytes) at {loader.addr:#x}: "
                 "it does not fit in guest RAM"
             )
         self.ram.write(loader.addr, data)

@@ -16,6 +16,11 @@ UINT64_MAX = 2**64 - 1
 INT64_MAX = 2**63 - 1
 C_SPACE = " \t\n\v\f\r"
 SUFFIXES = "BKMGTPE"
+# QEMU's hint after a size it could not read.
+SIZE_HINT = (
+    "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+    "and exabytes, respectively.\n"
+)
 
 
 class NumberError(ValueError):

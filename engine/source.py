@@ -270,7 +270,7 @@ class OutgoingMigration(threading.Thread):
         except Cancelled:
             self._finish(MigrationStatus.CANCELLED, None)
         except MigrationError as exc:
-            self._finish(MigrationStatus.FAILED, exc.desc)
+            self._finish(MigrationStatus.FAILED, exc.desc, exc.report())
         except OSError as exc:
             if self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
                 self._report(f"Unable to write to socket: {exc.strerror or exc}")
@@ -414,7 +414,9 @@ class OutgoingMigration(threading.Thread):
         # counts that wait as downtime when return-path is on.
         self.stats.completed(None if self.settings.return_path else sent_all)
 
-    def _finish(self, status: MigrationStatus, error: str | None) -> None:
+    def _finish(self, status: MigrationStatus, error: str | None, report: str = "") -> None:
+        """End in ``status``; ``error`` is the status text, ``report`` what stderr gets (with
+        QEMU's hint lines) when it is more."""
         self._end_pacing()  # before joining the channels: none may stay in a rate wait
         self.ram.stop_dirty_log()
         if self._pool:
@@ -435,7 +437,7 @@ class OutgoingMigration(threading.Thread):
             self._error = error
         self._on_event("MIGRATION", {"status": str(status)})
         if error:
-            self._report(error)
+            self._report(report or error)
         self._connected.set()
         self._done.set()
 

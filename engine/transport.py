@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from engine.errors import MigrationError
 
@@ -25,19 +29,38 @@ ACCEPT_POLL_S = 0.1
 # Protocols QEMU knows but qemu-hmp does not carry (a clear refusal, not QEMU's "valid protocol").
 UNSUPPORTED = ("exec", "fd", "rdma", "vsock", "file")
 
+# QEMU's inet_parse reads a host of at most 64 bytes and cuts the port after 32.
+HOST_MAX, PORT_MAX = 64, 32
+UNIX_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path) on Linux
+IPPROTO_MPTCP = 262
+FLAGS = ("ipv4", "ipv6", "keep-alive", "mptcp")  # inet_parse's boolean options, in its order
 
-class UnknownProtocol(MigrationError):
+
+class AddressError(MigrationError):
+    """A socket address that cannot be parsed, resolved, bound or reached (QEMU's texts)."""
+
+
+class UnknownProtocol(AddressError):
     """QEMU refuses these before the migration records any error text."""
 
 
 @dataclass(frozen=True)
 class Address:
-    """A parsed ``tcp:HOST:PORT`` or ``unix:PATH``; the port may be a service name."""
+    """A parsed ``tcp:HOST:PORT[,opts]`` or ``unix:PATH``.
+
+    ``port`` stays the text given: as QEMU does, getaddrinfo resolves it (a number, with glibc's
+    wrap-around above 65535, or a service name such as ``http``) when it is used.
+    """
 
     kind: str  # "tcp" | "unix"
     host: str = ""
-    port: int | str = 0
+    port: str = ""
     path: str = ""
+    ipv4: bool | None = None  # None: not given
+    ipv6: bool | None = None
+    to: int | None = None  # last port to try when the first one is taken (listening)
+    keep_alive: bool = False
+    mptcp: bool = False
 
     def uri(self) -> str:
         return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
@@ -47,75 +70,271 @@ class Address:
         return self.path if self.kind == "unix" else f"{self.host}:{self.port}"
 
 
+def _unsupported(scheme: str) -> AddressError:
+    return AddressError(f"migration protocol '{scheme}' is not supported by qemu-hmp")
+
+
 def parse_uri(uri: str, *, incoming: bool) -> Address:
     """Parse a migration URI; ``migrate`` and ``migrate_incoming`` word errors differently."""
+    uri = uri.split("\0", 1)[0]  # QEMU sees a C string
     scheme, sep, rest = uri.partition(":")
     if sep and scheme == "tcp":
-        return _parse_inet(rest)
+        return socket_parse(rest)
     if sep and scheme == "unix":
-        if not rest:
-            raise MigrationError("invalid Unix socket address")
-        return Address("unix", path=rest)
+        return socket_parse(uri)
     if sep and scheme in UNSUPPORTED:
-        raise MigrationError(f"migration protocol '{scheme}' is not supported by qemu-hmp")
+        raise _unsupported(scheme)
     if incoming:
         raise UnknownProtocol(f"unknown migration protocol: {uri}")
     raise UnknownProtocol("Parameter 'uri' expects a valid migration protocol")
 
 
-def _parse_inet(rest: str) -> Address:
-    text = rest.split(",", 1)[0]  # QEMU options such as ",ipv4" are accepted and ignored
-    if text.startswith("["):
-        host, close, tail = text[1:].partition("]")
-        ok = bool(close) and tail.startswith(":")
-        port = tail[1:]
+def socket_parse(text: str) -> Address:
+    """QEMU's socket_parse: ``unix:PATH``, ``tcp:`` once more, or else ``HOST:PORT``.
+
+    QEMU hands what follows a migration URI's ``tcp:`` to it, so ``tcp:unix:PATH`` is a Unix
+    socket there and here.
+    """
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix == "unix":
+        if not rest:
+            raise AddressError("invalid Unix socket address")
+        return Address("unix", path=rest)
+    if sep and prefix in ("fd", "vsock"):
+        raise _unsupported(prefix)
+    return inet_parse(rest if sep and prefix == "tcp" else text)
+
+
+def c_bytes(text: str) -> bytes:
+    """The bytes C code sees (arguments that were not UTF-8 come back as they were)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def c_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def scan_field(data: bytes, start: int, stops: bytes, limit: int) -> int:
+    """sscanf's ``%LIMIT[^STOPS]``: the end of the field at ``start`` (``start``: no match)."""
+    end = start
+    while end < len(data) and end - start < limit and data[end] not in stops:
+        end += 1
+    return end
+
+
+def inet_parse(text: str) -> Address:
+    """QEMU 7.2's inet_parse: ``HOST:PORT``, ``:PORT`` or ``[HOST]:PORT``, then options."""
+    data = c_bytes(text)
+    if data.startswith(b":"):
+        host, port_start, what, separated = b"", 1, "port in address", True
+    elif data.startswith(b"["):
+        end = scan_field(data, 1, b"]", HOST_MAX)
+        host, port_start, what = data[1:end], end + 2, "IPv6 address"
+        separated = end > 1 and data[end : end + 2] == b"]:"
     else:
-        host, colon, port = text.rpartition(":")
-        ok = bool(colon)
-    if not ok or not port:
-        raise MigrationError(f"error parsing address '{rest}'")
-    # A service name is resolved later, as QEMU does (and fails there if unknown).
-    return Address("tcp", host=host, port=int(port) if port.isdigit() else port)
+        end = scan_field(data, 0, b":", HOST_MAX)
+        host, port_start, what = data[:end], end + 1, "address"
+        separated = end > 0 and data[end : end + 1] == b":"
+    port_end = scan_field(data, port_start, b",", PORT_MAX)
+    if not separated or port_end == port_start:
+        raise AddressError(f"error parsing {what} '{text}'")
+    address = Address("tcp", c_text(host), c_text(data[port_start:port_end]))
+    return replace(address, **_inet_options(data[port_end:]))
 
 
-def resolve(addr: Address, *, listening: bool) -> tuple[socket.AddressFamily, tuple[str, int]]:
-    """getaddrinfo with QEMU's error text; an empty host means any address when listening."""
-    host = addr.host or ("0.0.0.0" if listening else "")
+def _inet_options(opts: bytes) -> dict[str, Any]:
+    """inet_parse's options: ``,to=N`` and the flags; anything else is ignored, as in QEMU."""
+    found: dict[str, Any] = {}
+    at = opts.find(b",to=")
+    if at >= 0:
+        match = re.match(rb"[ \t\n\v\f\r]*([+-]?[0-9]+)(?=,|$)", opts[at + 4 :])
+        if match is None:
+            raise AddressError("error parsing to= argument")
+        value = max(-(2**63), min(int(match.group(1)), 2**63 - 1))  # sscanf's %d saturates
+        found["to"] = value & 0xFFFF  # and QEMU keeps a uint16
+    for flag in FLAGS:
+        at = opts.find(b"," + flag.encode())
+        if at >= 0:
+            found[flag.replace("-", "_")] = _parse_flag(flag, opts[at + 1 + len(flag) :])
+    return found
+
+
+def _parse_flag(flag: str, rest: bytes) -> bool:
+    """``,FLAG``, ``,FLAG=on`` or ``,FLAG=off``, up to the next comma (``,,`` is refused)."""
+    value, comma, after = rest.partition(b",")
+    if not (comma and after.startswith(b",")):
+        if value in (b"", b"=on"):
+            return True
+        if value == b"=off":
+            return False
+    raise AddressError(f"error parsing '{flag}' flag '{c_text(rest)}'")
+
+
+def _family(addr: Address) -> socket.AddressFamily:
+    """QEMU's inet_ai_family_from_address: what ipv4/ipv6 ask getaddrinfo for."""
+    v4, v6 = addr.ipv4, addr.ipv6
+    if v4 is False and v6 is False:
+        raise AddressError("Cannot disable IPv4 and IPv6 at same time")
+    if v4 and v6:
+        return socket.AF_INET6 if not addr.host else socket.AF_UNSPEC
+    if v6 or v4 is False:
+        return socket.AF_INET6
+    if v4 or v6 is False:
+        return socket.AF_INET
+    return socket.AF_UNSPEC
+
+
+# family, protocol, and the address as socket.connect takes it (a tuple, or an AF_UNIX path)
+AddrInfo = tuple[socket.AddressFamily, int, Any]
+
+
+def resolve(addr: Address, *, listening: bool) -> list[AddrInfo]:
+    """getaddrinfo on the very strings QEMU passes it, with QEMU's flags and error text.
+
+    Listening, an empty host means every address and an empty port any free one.
+    """
+    family = _family(addr)
+    if listening:
+        flags = socket.AI_PASSIVE
+        host, port = addr.host or None, addr.port or None
+    else:
+        flags = socket.AI_CANONNAME | socket.AI_ADDRCONFIG | socket.AI_V4MAPPED
+        host, port = addr.host, addr.port
     try:
-        if not host:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        family, _, _, _, sockaddr = socket.getaddrinfo(host, addr.port, 0, socket.SOCK_STREAM)[0]
+        infos = socket.getaddrinfo(
+            host if host is None else c_bytes(host),
+            port if port is None else c_bytes(port),
+            family,
+            socket.SOCK_STREAM,
+            0,
+            flags,
+        )
     except socket.gaierror as exc:
-        raise MigrationError(
-            f"address resolution failed for {addr.display()}: {exc.strerror}"
+        raise AddressError(
+            f"address resolution failed for {addr.host}:{addr.port}: {exc.strerror}"
         ) from exc
-    return family, (str(sockaddr[0]), int(sockaddr[1]))
+    proto = IPPROTO_MPTCP if addr.mptcp else 0
+    return [(info[0], proto or info[2], info[4]) for info in infos]
+
+
+def _check_unix_path(path: str) -> None:
+    """QEMU's length check of sun_path, one byte stricter: QEMU fills all 108 bytes, while
+    Python's socket module wants room for the NUL, so a 108-byte path is refused here too."""
+    if len(os.fsencode(path)) >= UNIX_PATH_MAX:
+        raise AddressError(
+            f"UNIX socket path '{path}' is too long",
+            hint=f"Path must be less than {UNIX_PATH_MAX} bytes",
+        )
+
+
+def _strerror(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else "Connection timed out"  # a socket timeout
 
 
 def connect(addr: Address, timeout: float = 10.0) -> socket.socket:
-    """Connect with QEMU's error texts (``Failed to connect to 'HOST:PORT': <strerror>``)."""
-    try:
-        if addr.kind == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: str | tuple[str, int] = addr.path
-        else:
-            family, target = resolve(addr, listening=False)
-            sock = socket.socket(family, socket.SOCK_STREAM)
+    """Connect with QEMU's error texts (``Failed to connect to 'HOST:PORT': <strerror>``),
+    trying each address getaddrinfo gave in turn, as QEMU does; the last failure is reported."""
+    if addr.kind == "unix":
+        _check_unix_path(addr.path)
+        targets: list[AddrInfo] = [(socket.AF_UNIX, 0, addr.path)]
+    else:
+        targets = resolve(addr, listening=False)
+    error = ""
+    for family, proto, sockaddr in targets:
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        except OSError as exc:
+            error = f"Failed to create socket family {family.value}: {_strerror(exc)}"
+            continue
         sock.settimeout(timeout)
         try:
-            sock.connect(target)
-        except OSError:
+            sock.connect(sockaddr)
+        except OSError as exc:
             sock.close()
-            raise
+            error = f"Failed to connect to '{addr.display()}': {_strerror(exc)}"
+            continue
+        tune(sock, keep_alive=addr.keep_alive)
+        return sock
+    raise AddressError(error)
+
+
+def listen(addr: Address, backlog: int = 8) -> socket.socket:
+    """A listening socket at ``addr`` (QEMU's inet_listen_saddr / unix_listen_saddr texts)."""
+    return _listen_unix(addr.path, backlog) if addr.kind == "unix" else _listen_inet(addr, backlog)
+
+
+def _listen_unix(path: str, backlog: int) -> socket.socket:
+    _check_unix_path(path)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)  # a stale socket is replaced, as QEMU does; never any other file
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else "Connection timed out"
-        raise MigrationError(f"Failed to connect to '{addr.display()}': {reason}") from exc
-    tune(sock)
+        sock.close()
+        raise AddressError(f"Failed to bind socket to {path}: {_strerror(exc)}") from exc
+    return _start_listening(sock, backlog)
+
+
+def _start_listening(sock: socket.socket, backlog: int) -> socket.socket:
+    try:
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise AddressError(f"Failed to listen on socket: {_strerror(exc)}") from exc
     return sock
 
 
-def tune(sock: socket.socket) -> None:
+def _listen_inet(addr: Address, backlog: int) -> socket.socket:
+    """Each address getaddrinfo gave, each port up to ``to``: the first that is free."""
+    # Without ipv4/ipv6 (or with both) an IPv6 wildcard also takes IPv4, as in QEMU.
+    v6only = not ((addr.ipv4 is None and addr.ipv6 is None) or (addr.ipv4 and addr.ipv6))
+    created, last_errno = False, 0
+    for family, proto, sockaddr in resolve(addr, listening=True):
+        first = int(sockaddr[1])
+        for port in range(first, max(first, addr.to or 0) + 1):
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            except OSError as exc:
+                last_errno = exc.errno or 0
+                break
+            created = True
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            target = (sockaddr[0], port & 0xFFFF, *sockaddr[2:])
+            if _bind(sock, family, target, v6only):
+                if addr.keep_alive:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                return _start_listening(sock, backlog)
+            last_errno = errno.EADDRINUSE
+    what = "Failed to find an available port" if created else "Failed to create a socket"
+    raise AddressError(f"{what}: {os.strerror(last_errno)}")
+
+
+def _bind(
+    sock: socket.socket, family: socket.AddressFamily, target: tuple[Any, ...], v6only: bool
+) -> bool:
+    """Bind; False (socket closed) when the port is taken. An IPv6 socket that also wanted
+    IPv4 retries IPv6 alone, since the taken one may be the IPv4 port (QEMU's try_bind)."""
+    ipv6 = family == socket.AF_INET6
+    for only in (v6only, True) if ipv6 and not v6only else (v6only,):
+        if ipv6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(only))
+        try:
+            sock.bind(target)
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                sock.close()
+                raise AddressError(f"Failed to bind socket: {_strerror(exc)}") from exc
+    sock.close()
+    return False
+
+
+def tune(sock: socket.socket, *, keep_alive: bool = False) -> None:
     sock.settimeout(None)
+    if keep_alive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -151,25 +370,12 @@ class Listener:
     one plus the multifd channels), after which further connections are refused, as in QEMU."""
 
     def __init__(self, addr: Address) -> None:
-        try:
-            if addr.kind == "unix":
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                if os.path.exists(addr.path):
-                    os.unlink(addr.path)
-                sock.bind(addr.path)
-                self.addr = addr
-            else:
-                family, (host, port) = resolve(addr, listening=True)
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((host, port))
-                self.addr = Address("tcp", host=host, port=sock.getsockname()[1])
-            sock.listen(8)
-            sock.settimeout(ACCEPT_POLL_S)
-        except OSError as exc:
-            raise MigrationError(
-                f"Failed to bind socket: {os.strerror(exc.errno or errno.EINVAL)}"
-            ) from exc
+        sock = listen(addr)
+        if addr.kind == "tcp":  # the address actually bound: port 0 becomes the real port
+            host, port = sock.getsockname()[:2]
+            addr = replace(addr, host=str(host), port=str(port), to=None)
+        self.addr = addr
+        sock.settimeout(0.1)  # accept() polls so that a stop or close is noticed
         self._sock = sock
         # Held across each accept poll, so close() never frees the descriptor under an accept
         # (which could then take a connection from whatever socket reused the number);

@@ -29,6 +29,7 @@ The content itself is engine/content.py's.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ PROFILES = ("idle", "random-writer", "zero", "random")
 WRITERS = ("idle", "random-writer")  # profiles that may run a writer
 _WRITER_KEYS = {"rate", "wss"}
 DEFAULT_RATE = 25_000  # pages/s: ~100 MB/s, close to 1 GbE -- the interesting regime
+# 64 GiB/s of page writes, beyond any memory bus: a writer's per-slice arrays stay bounded.
+MAX_RATE = 1 << 24
 DEFAULT_WSS = 256 * MiB
 
 
@@ -79,12 +82,13 @@ class WorkloadSpec:
             seen[key] = value.strip()
         rate = DEFAULT_RATE if name == "random-writer" else 0
         if "rate" in seen:
-            try:
-                rate = int(seen["rate"])
-            except ValueError:
-                raise ValueError(f"workload rate '{seen['rate']}' is not an integer") from None
+            if not re.fullmatch(r"[0-9]+", seen["rate"]):  # ASCII: int() would take ٣ or 1_0
+                raise ValueError(f"workload rate '{seen['rate']}' is not an integer")
+            rate = int(seen["rate"])
             if rate <= 0:
                 raise ValueError(f"workload rate must be positive, not {rate}")
+            if rate > MAX_RATE:
+                raise ValueError(f"workload rate must be at most {MAX_RATE} pages/s, not {rate}")
         wss = None
         if "wss" in seen:
             try:  # QEMU's size spelling, as for -m and the monitor's sizes

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 from engine.errors import MigrationError
 from engine.machine import Loader, Machine, MachineOptions
+from engine.params import UINT64_MAX
+from engine.transport import AddressError
 from engine.workload import PROFILES, WorkloadSpec
 from hmp import harness, lab
 from hmp.exits import ProcessEnd, run_as_process, serve_until_quit
@@ -27,6 +29,7 @@ from hmp.monitor import (
     strtosz,
     strtou64,
 )
+from hmp.qemuopts import OptionError, OptType, parse_opts
 from hmp.qmp import QmpFrontend, extract_qmp_options
 from hmp.shell import USAGE as SHELL_USAGE
 from hmp.shell import ShellOptions, run_pair, run_repl
@@ -74,8 +77,13 @@ qemu-hmp options:
 """
 
 
-class UsageError(Exception):
-    """A bad command line; the message is printed after ``qemu-hmp: ``."""
+# The QemuOpts of -m and -name in QEMU 7.2 (the first item may leave its name out).
+MEMORY_OPTIONS = {"size": OptType.SIZE, "slots": OptType.NUMBER, "maxmem": OptType.SIZE}
+NAME_OPTIONS = {"guest": OptType.STRING, "process": OptType.STRING, "debug-threads": OptType.BOOL}
+
+
+class UsageError(OptionError):
+    """A bad command line: one message, printed after ``qemu-hmp: ``."""
 
 
 def _lazy(module: str) -> Callable[[list[str]], int]:
@@ -94,16 +102,45 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
-def parse_size_mib(text: str) -> int:
-    """QEMU's ``-m``: a size whose default unit is MiB (``size=`` prefix allowed); 0 = default."""
+def _options(option: str, text: str, table: dict[str, OptType], implied: str) -> dict[str, str]:
     try:
-        size = strtosz(text.removeprefix("size="), "M")
-    except ValueError:
+        return parse_opts(text, table, implied)
+    except OptionError as err:
+        raise err.located(f"{option} {text}") from None
+
+
+def parse_size_mib(text: str) -> int:
+    """QEMU's ``-m [size=]SIZE[,slots=N,maxmem=SIZE]``: a bare number is MiB; 0 the default."""
+    opts = _options("-m", text, MEMORY_OPTIONS, "size")
+    size = strtosz(opts.get("size", "0"))
+    if opts.get("size", "")[-1:].isdigit():  # QEMU's legacy unit for a bare number
+        size *= MiB
+        if size > UINT64_MAX:
+            raise UsageError("Parameter 'memory.size' expects size")
+    # QEMU rounds the RAM size up to 8 KiB, in 64 bits (so the largest sizes wrap to 0).
+    size = (-(-size // 8192) * 8192) % 2**64 or DEFAULT_RAM
+    _check_maxmem(opts, size)
+    return size
+
+
+def _check_maxmem(opts: dict[str, str], size: int) -> None:
+    """QEMU's checks of maxmem and slots (qemu-hmp has no hotplug, so they go no further)."""
+    if "maxmem" not in opts:
+        if "slots" in opts:
+            raise UsageError("slots specified but no max-size")
+        return
+    maxmem, slots = strtosz(opts["maxmem"]), strtou64(opts.get("slots", "0"))
+    prefix = "invalid value of maxmem: "
+    if maxmem < size:
         raise UsageError(
-            f"-m {text}: Parameter 'size' expects a non-negative number below 2^64"
-        ) from None
-    # QEMU rounds the RAM size up to 8 KiB.
-    return -(-size // 8192) * 8192 if size else DEFAULT_RAM
+            f"{prefix}maximum memory size ({maxmem:#x}) must be at least the initial memory "
+            f"size ({size:#x})"
+        )
+    if slots and maxmem == size:
+        raise UsageError(
+            f"{prefix}memory slots were specified but maximum memory size ({maxmem:#x}) is "
+            f"equal to the initial memory size ({size:#x})"
+        )
 
 
 def _parse_loader(spec: str) -> Loader:
@@ -152,7 +189,7 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
         elif option == "-name":
             # QEMU also takes "guest=NAME,debug-threads=on"; only the name matters here.
             name = value(arg)
-            opts["name"] = name.removeprefix("guest=").split(",")[0]
+            opts["name"] = _options(arg, name, NAME_OPTIONS, "guest").get("guest")
         elif option == "-S":
             opts["start_paused"] = True
         elif option == "-mem-prealloc":
@@ -170,7 +207,7 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
             opts["workload"] = workload
         elif option == "-seed":
             seed = value(arg)
-            if not seed.isdigit():
+            if not (seed.isascii() and seed.isdigit()):
                 raise UsageError(f"{arg} {seed}: expected a non-negative integer")
             opts["seed"] = int(seed)
         elif option in IGNORED_WITH_VALUE:
@@ -184,6 +221,12 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
     return MachineOptions(loaders=tuple(loaders), **opts)  # type: ignore[arg-type]
 
 
+def _fail(err: OptionError) -> int:
+    """Print QEMU's messages about the command line, each after ``qemu-hmp: ``; status 1."""
+    sys.stderr.write("".join(f"qemu-hmp: {message}\n" for message in err.messages))
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the process itself: signals and broken stdio end it cleanly
         return run_as_process(main, sys.argv[1:])
@@ -195,14 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         log_file, argv = extract_log_option(argv)
         start_log(log_file)
         monitor_specs, argv = extract_monitor_options(argv)  # -monitor: hmp/monitor/socket.py
-    except ValueError as err:
-        sys.stderr.write(f"qemu-hmp: {err}\n")
-        return 1
-    try:
         opts = parse_argv(argv)
-    except UsageError as err:
-        sys.stderr.write(f"qemu-hmp: {err}\n")
-        return 1
+    except OptionError as err:
+        return _fail(err)
+    except ValueError as err:  # -D and -monitor: one line each
+        return _fail(OptionError(str(err)))
     if opts is None:
         return 0
     mon: Monitor | None = None
@@ -213,9 +253,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         machine = Machine(opts, notify=notify)
-    except (MigrationError, OSError) as err:
-        sys.stderr.write(f"qemu-hmp: {getattr(err, 'desc', err)}\n")
-        return 1
+    except AddressError as err:  # QEMU names the option whose address failed
+        return _fail(OptionError(err.report()).located(f"-incoming {opts.incoming}"))
+    except MigrationError as err:
+        return _fail(OptionError(err.report()))
+    except OSError as err:
+        return _fail(OptionError(err.strerror or str(err)))
     mon = Monitor(machine)
     end = ProcessEnd()  # what a `quit` typed into QMP or a monitor socket releases
     end.on_end(machine.close)
@@ -224,10 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         end.on_end(qmp.close)
         sockets = MonitorSockets(machine, monitor_specs, end.now)
         end.on_end(sockets.close)
-    except ValueError as err:
+    except OptionError as err:
         end.release()
-        sys.stderr.write(f"qemu-hmp: {err}\n")
-        return 1
+        return _fail(err)
     try:
         stdio = any(spec.stdio for spec in monitor_specs)
         return _run_monitor(mon, shell, stdio, others=bool(qmp.servers or sockets.servers))

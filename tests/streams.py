@@ -57,7 +57,7 @@ def record_stream(
 
     With ``writer`` (a workload spec) the guest runs and dirties pages while it migrates.
     """
-    listener = Listener(Address("tcp", "127.0.0.1", 0))
+    listener = Listener(Address("tcp", "127.0.0.1", "0"))
     chunks: list[bytes] = []
 
     def capture() -> None:

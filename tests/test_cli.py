@@ -11,10 +11,13 @@ import pytest
 
 from engine.machine import Loader, MachineOptions
 from engine.workload import PROFILES
-from hmp.cli import SUBCOMMANDS, UsageError, main, parse_argv
+from hmp.cli import SUBCOMMANDS, main, parse_argv
+from hmp.monitor.values import SIZE_HINT
+from hmp.qemuopts import OptionError
 
 MiB = 1 << 20
 ORACLE = Path(__file__).parent / "data" / "qemu-7.2"
+NOT_A_SIZE = f"Parameter 'size' expects a non-negative number below 2^64\n{SIZE_HINT.rstrip()}"
 
 
 def opts(*argv: str) -> MachineOptions:
@@ -54,8 +57,8 @@ def test_harmless_qemu_options_are_ignored() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["-m", "abc"], "-m abc: Parameter 'size' expects a non-negative number below 2^64"),
-        (["-m", "64MB"], "-m 64MB: Parameter 'size' expects a non-negative number below 2^64"),
+        (["-m", "abc"], f"-m abc: {NOT_A_SIZE}"),
+        (["-m", "64MB"], f"-m 64MB: {NOT_A_SIZE}"),
         (["-m"], "-m: requires an argument"),
         (["-bogus"], "-bogus: invalid option"),
         (["disk.img"], "disk.img: disk images are not supported"),
@@ -71,7 +74,7 @@ def test_harmless_qemu_options_are_ignored() -> None:
 def test_bad_command_lines(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(OptionError) as err:
         parse_argv(argv)
     assert str(err.value) == message
     assert main(argv) == 1
@@ -116,10 +119,10 @@ def test_console_script() -> None:
     assert result.stdout == "(qemu) info status\nVM status: running\n"
 
 
-def test_bad_size_exits_1_with_one_line() -> None:
+def test_bad_size_exits_1_with_qemus_lines() -> None:
     result = run("", "-m", "abc")
     assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("qemu-hmp: -m abc:")
+    assert result.stderr.count("\n") == 3 and result.stderr.startswith("qemu-hmp: -m abc:")
 
 
 @pytest.mark.tty

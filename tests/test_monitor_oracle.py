@@ -52,8 +52,8 @@ def load(path: Path) -> tuple[MachineOptions, list[Step]]:
     for line in lines[:-1] if lines and lines[-1] == "" else lines:
         if line.startswith("(qemu) "):
             steps.append(Step(line.removeprefix("(qemu) ")))
-        elif line.startswith("# stderr: qemu-system-x86_64: "):
-            steps[-1].stderr.append(line.removeprefix("# stderr: qemu-system-x86_64: "))
+        elif line.startswith("# stderr: "):  # a hint line has no program name
+            steps[-1].stderr.append(line[10:].removeprefix("qemu-system-x86_64: "))
         elif line.startswith("# file: "):
             name, size = line.removeprefix("# file: ").rsplit(" ", 1)
             steps[-1].files[name] = int(size)

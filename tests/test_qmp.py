@@ -261,9 +261,9 @@ def test_quit_announces_shutdown_then_hangs_up(tmp_path: Path) -> None:
     ("text", "error"),
     [
         ("unix:/tmp/x.sock", "add server=on"),
-        ("unix:/tmp/x.sock,server=on,wait=maybe", "unsupported option 'wait=maybe'"),
-        ("tcp:127.0.0.1:4444,server=on,telnet=on", "unsupported option 'telnet=on'"),
-        ("stdio,server=on", "unknown migration protocol"),
+        ("unix:/tmp/x.sock,server=on,wait=maybe", "Parameter 'wait' expects 'on' or 'off'"),
+        ("tcp:127.0.0.1:4444,server=on,telnet=on", "option 'telnet' is not supported"),
+        ("stdio,server=on", "'stdio,server=on' is not a valid char driver"),
     ],
 )
 def test_qmp_spec_errors(text: str, error: str) -> None:
@@ -275,7 +275,7 @@ def test_qmp_spec_forms() -> None:
     spec = parse_qmp_spec("unix:/tmp/q.sock,server=on,wait=off")
     assert (spec.address.path, spec.wait) == ("/tmp/q.sock", False)
     spec = parse_qmp_spec("tcp:localhost:4444,server,nowait")  # QEMU's legacy spelling
-    assert (spec.address.host, spec.address.port, spec.wait) == ("localhost", 4444, False)
+    assert (spec.address.host, spec.address.port, spec.wait) == ("localhost", "4444", False)
     assert parse_qmp_spec("tcp::4444,server=on").wait  # QEMU waits unless told not to
 
 
@@ -423,4 +423,5 @@ def test_cli_reports_a_busy_qmp_address() -> None:
             timeout=TIMEOUT,
         )
     assert proc.returncode == 1
-    assert proc.stderr == f"qemu-hmp: -qmp {spec}: Failed to bind socket: Address already in use\n"
+    taken = "Failed to find an available port: Address already in use"  # QEMU 7.2's words
+    assert proc.stderr == f"qemu-hmp: -qmp {spec}: {taken}\n"

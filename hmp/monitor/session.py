@@ -62,8 +62,7 @@ class Monitor:
         except ParseError as err:
             self.printf(err.text)
         except MigrationError as err:
-            hint = err.hint if not err.hint or err.hint.endswith("\n") else err.hint + "\n"
-            self.printf(f"Error: {err.desc}\n{hint}")
+            self.printf(f"Error: {err.report()}\n")
         except Exception as exc:  # a bug must not take the user's session down with it
             log.exception("monitor command %r", line)
             self.error_report(f"internal error: {exc!r}")

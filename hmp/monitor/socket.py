@@ -26,7 +26,7 @@ from engine.machine import Machine
 from engine.transport import Address, Listener, parse_uri
 from hmp.monitor.readline import ENCODING, LineEditor, complete
 from hmp.monitor.session import BANNER, Monitor
-from hmp.monitor.values import parse_bool
+from hmp.qemuopts import parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,13 @@ def parse_monitor_spec(text: str) -> MonitorSpec:
             raise ValueError(
                 f"{prefix}Invalid parameter '{key}'\nqemu-hmp: {prefix}parse error: {text}"
             )
-        state = parse_bool(value)
-        if state is None:
+        try:
+            state = parse_bool(value)
+        except ValueError:
             raise ValueError(
                 f"{prefix}Parameter '{key}' expects 'on' or 'off'\n"
                 f"qemu-hmp: {prefix}parse error: {text}"
-            )
+            ) from None
         if key in flags:
             flags[key] = state
     if not flags["server"]:

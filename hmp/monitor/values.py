@@ -13,6 +13,7 @@ from engine.errors import MigrationError
 from engine.numbers import (
     C_SPACE,
     INT64_MAX,
+    SIZE_HINT,
     SUFFIXES,
     UINT64_MAX,
     NumberError,
@@ -21,20 +22,7 @@ from engine.numbers import (
     strtou64,
 )
 from engine.params import UINT_LIMITS, Kind, ParamSpec, ParamValue
-
-_SIZE_HINT = (
-    "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-    "and exabytes, respectively.\n"
-)
-_TRUE = ("on", "yes", "true", "y")
-_FALSE = ("off", "no", "false", "n")
-
-
-def parse_bool(text: str) -> bool | None:
-    """QEMU's boolean spellings (``on|yes|true|y``, ``off|no|false|n``); None for others."""
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    return None
+from hmp.qemuopts import parse_bool
 
 
 def _expects(name: str, what: str) -> MigrationError:
@@ -111,7 +99,7 @@ def _parse_size(spec: ParamSpec, text: str, warn: Callable[[str], None]) -> int:
         raise MigrationError(msg) from None
     except NumberError:
         raise MigrationError(
-            f"Parameter '{spec.name}' expects a non-negative number below 2^64", hint=_SIZE_HINT
+            f"Parameter '{spec.name}' expects a non-negative number below 2^64", hint=SIZE_HINT
         ) from None
     if spec.name == "xbzrle-cache-size" and value > INT64_MAX:
         raise MigrationError(f"Invalid size {text}")
@@ -130,10 +118,10 @@ def parse_parameter(spec: ParamSpec, text: str, warn: Callable[[str], None]) -> 
     if spec.kind is Kind.SIZE:
         return _parse_size(spec, text, warn)
     if spec.kind is Kind.BOOL:
-        value = parse_bool(text)
-        if value is None:
-            raise _expects(spec.name, "'on' or 'off'")
-        return value
+        try:
+            return parse_bool(text)
+        except ValueError:
+            raise _expects(spec.name, "'on' or 'off'") from None
     if spec.kind is Kind.ENUM and text not in spec.choices:
         raise MigrationError(f"Parameter '{spec.name}' does not accept value '{text}'")
     return text

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import sys
 
+from engine.errors import MigrationError
 from engine.machine import Machine
 from hmp.exits import ProcessEnd
+from hmp.qemuopts import OptionError
 from hmp.qmp.server import QmpServer, QmpSpec, parse_qmp_spec
 
 
 def extract_qmp_options(argv: list[str]) -> tuple[list[QmpSpec], list[str]]:
-    """Take every ``-qmp VALUE`` (or ``--qmp``) out of ``argv``; ValueError on a bad one."""
+    """Take every ``-qmp VALUE`` (or ``--qmp``) out of ``argv``; OptionError on a bad one."""
     specs: list[QmpSpec] = []
     rest: list[str] = []
     args = iter(argv)
@@ -23,7 +25,7 @@ def extract_qmp_options(argv: list[str]) -> tuple[list[QmpSpec], list[str]]:
         if arg in ("-qmp", "--qmp"):
             value = next(args, None)
             if value is None:
-                raise ValueError(f"{arg}: requires an argument")
+                raise OptionError(f"{arg}: requires an argument")
             specs.append(parse_qmp_spec(value))
         else:
             rest.append(arg)
@@ -31,7 +33,8 @@ def extract_qmp_options(argv: list[str]) -> tuple[list[QmpSpec], list[str]]:
 
 
 class QmpFrontend:
-    """The ``-qmp`` servers of one qemu-hmp process (ValueError, QEMU's text, if one can't bind).
+    """The ``-qmp`` servers of one qemu-hmp process (OptionError, QEMU's text, if one can't
+    listen).
 
     A QMP ``quit`` ends the process through ``end``."""
 
@@ -40,11 +43,9 @@ class QmpFrontend:
         for spec in specs:
             try:
                 server = QmpServer(machine, spec, on_quit=end.now)
-            except OSError as err:
+            except MigrationError as err:  # transport's AddressError: resolve, bind, listen
                 self.close()
-                raise ValueError(
-                    f"-qmp {spec.text}: Failed to bind socket: {err.strerror}"
-                ) from err
+                raise OptionError(f"-qmp {spec.text}: {err.report()}") from err
             self.servers.append(server)
             if spec.wait:
                 sys.stderr.write(f"qemu-hmp: -qmp {spec.text}: waiting for a client\n")

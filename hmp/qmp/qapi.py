@@ -15,7 +15,6 @@ from typing import Any
 from engine.errors import MigrationError
 from engine.params import CAPABILITIES, PARAMETERS, Kind, ParamSpec, ParamValue
 from engine.snapshot import MigrationInfo, StatusInfo
-from engine.transport import parse_uri
 
 UINT64 = 1 << 64
 
@@ -166,13 +165,15 @@ def _members(obj: Any) -> dict[str, Any]:
 
 
 def socket_address(uri: str) -> dict[str, Any]:
-    """A ``tcp:``/``unix:`` URI as a QAPI ``SocketAddress`` (port as a string, as QEMU has it)."""
-    addr = parse_uri(uri, incoming=True)
-    if addr.kind == "unix":
-        return {"type": "unix", "path": addr.path}
-    out: dict[str, Any] = {"type": "inet", "host": addr.host, "port": str(addr.port)}
+    """A bound ``tcp:HOST:PORT``/``unix:PATH`` as a QAPI ``SocketAddress`` (port as a string,
+    as QEMU has it). The host is numeric and unbracketed (``tcp:::1:4444``), as QEMU prints it."""
+    scheme, _, rest = uri.partition(":")
+    if scheme == "unix":
+        return {"type": "unix", "path": rest}
+    host, _, port = rest.rpartition(":")
+    out: dict[str, Any] = {"type": "inet", "host": host, "port": port}
     try:
-        out[f"ipv{ipaddress.ip_address(addr.host).version}"] = True
+        out[f"ipv{ipaddress.ip_address(host).version}"] = True
     except ValueError:
         pass  # a host name: QEMU reports the family only for what it bound
     return out

@@ -14,7 +14,6 @@ import logging
 import os
 import queue
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +22,10 @@ from typing import Any
 
 from engine.errors import MigrationError
 from engine.machine import Machine
-from engine.transport import Address, parse_uri
+from engine.transport import Address, listen
+from hmp.chardev import qmp_chardev
 from hmp.monitor import QEMU_VERSION, Monitor, package_version
+from hmp.qemuopts import OptionError
 from hmp.qmp import qapi
 from hmp.qmp.jsonstream import JsonError, JsonStreamer, dumps
 from hmp.qmp.qapi import QmpError, Visitor
@@ -46,25 +47,13 @@ class QmpSpec:
 
 
 def parse_qmp_spec(text: str) -> QmpSpec:
-    """``unix:PATH`` or ``tcp:HOST:PORT`` with QEMU's socket options (server is required)."""
-    base, *options = text.split(",")
-    flags = {"server": False, "wait": True}
-    for opt in options:
-        key, eq, value = opt.partition("=")
-        if key == "nowait" and not eq:
-            key, value = "wait", "off"
-        elif not eq:
-            value = "on"  # QEMU's legacy bare ``server``
-        if key not in flags or value not in ("on", "off"):
-            raise ValueError(f"-qmp {text}: unsupported option '{opt}'")
-        flags[key] = value == "on"
-    if not flags["server"]:
-        raise ValueError(f"-qmp {text}: qemu-hmp only listens: add server=on")
+    """``unix:PATH`` or ``tcp:HOST:PORT`` with QEMU's chardev options (hmp/chardev.py; server
+    is required); an OptionError (a ValueError) carries QEMU's lines, each after ``-qmp TEXT: ``."""
     try:
-        address = parse_uri(base, incoming=True)
-    except MigrationError as err:
-        raise ValueError(f"-qmp {text}: {err.desc}") from err
-    return QmpSpec(address, flags["wait"], text)
+        chardev = qmp_chardev(text)
+    except OptionError as err:
+        raise err.located(f"-qmp {text}") from None
+    return QmpSpec(chardev.address, chardev.wait, text)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -341,24 +330,8 @@ class QmpServer:
         self._sessions: set[_Session] = set()
         self._closed = threading.Event()
         self._first_client = threading.Event()
-        self._listener = self._listen(self.spec.address)
+        self._listener = listen(self.spec.address)  # an AddressError has QEMU's text
         self._accepter = threading.Thread(target=self._accept, name="qmp-accept", daemon=True)
-
-    @staticmethod
-    def _listen(addr: Address) -> socket.socket:
-        if addr.kind == "unix":
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.stat(addr.path).st_mode):
-                    os.unlink(addr.path)  # a stale socket, as QEMU replaces; never a file
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(addr.path)
-        else:
-            family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((addr.host, addr.port))
-        sock.listen(8)
-        return sock
 
     @property
     def address(self) -> str:
