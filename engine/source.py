@@ -181,6 +181,7 @@ class OutgoingMigration(threading.Thread):
         self._status = MigrationStatus.SETUP
         self._error: str | None = None
         self._cancel = threading.Event()  # not ``_stop``: Thread.join calls its own _stop()
+        self._quitting = False
         self._done = threading.Event()
         self._connected = threading.Event()  # set once the connection is up or has failed
         self._sock: socket.socket | None = None
@@ -237,7 +238,9 @@ class OutgoingMigration(threading.Thread):
         self._link.wake()
 
     def close(self) -> None:
-        """Quit: cancel, or end the wait for the destination's ACK (the guest stays paused)."""
+        """Quit: cancel, or end the wait for the destination's ACK (the guest stays paused).
+        A quitting QEMU just exits: no cancel, so nothing to report."""
+        self._quitting = True
         self.cancel()
         shutdown(self._sock)
 
@@ -273,7 +276,8 @@ class OutgoingMigration(threading.Thread):
             self._finish(MigrationStatus.FAILED, exc.desc, exc.report())
         except OSError as exc:
             if self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
-                self._report(f"Unable to write to socket: {exc.strerror or exc}")
+                if not self._quitting:
+                    self._report(f"Unable to write to socket: {exc.strerror or exc}")
                 self._finish(MigrationStatus.CANCELLED, None)
             else:
                 self._finish(MigrationStatus.FAILED, self._io_error(exc))

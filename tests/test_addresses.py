@@ -22,9 +22,9 @@ from engine.machine import Loader, Machine, MachineOptions
 from engine.transport import Address, AddressError, Listener, listen, parse_uri, resolve
 from engine.workload import WorkloadSpec
 from hmp.cli import UsageError, parse_argv
-from hmp.monitor import Monitor
-from hmp.qapi import socket_address
-from hmp.qmp import QmpServer
+from hmp.monitor.session import Monitor
+from hmp.qmp.qapi import socket_address
+from hmp.qmp.server import QmpServer
 
 LOOPBACK = "127.0.0.1"
 TIMEOUT = 10.0

@@ -31,9 +31,9 @@ from engine.transport import inet_parse, parse_uri, socket_parse
 from engine.workload import WorkloadSpec
 from hmp.chardev import monitor_chardev, qmp_chardev
 from hmp.cli import MEMORY_OPTIONS, parse_argv, parse_size_mib
-from hmp.monitor import Monitor
+from hmp.monitor.session import Monitor
 from hmp.qemuopts import OptionError, parse_opts
-from hmp.qmp import parse_qmp_spec
+from hmp.qmp.server import parse_qmp_spec
 
 HINTS = {  # lines QEMU prints bare, after a message
     "Path must be less than 108 bytes",

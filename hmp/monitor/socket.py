@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import socket
 import sys
 import threading
@@ -23,10 +22,11 @@ from typing import TextIO
 
 from engine.errors import MigrationError
 from engine.machine import Machine
-from engine.transport import Address, Listener, parse_uri
+from engine.transport import Address, Listener
+from hmp.chardev import monitor_chardev, socket_chardev
 from hmp.monitor.readline import ENCODING, LineEditor, complete
 from hmp.monitor.session import BANNER, Monitor
-from hmp.qemuopts import parse_bool
+from hmp.qemuopts import OptionError, flag
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +37,6 @@ ECHO, SUPPRESS_GO_AHEAD, BINARY = 1, 3, 0
 TELNET_OFFERS = bytes(
     [IAC, WILL, ECHO, IAC, WILL, SUPPRESS_GO_AHEAD, IAC, WILL, BINARY, IAC, DO, BINARY]
 )
-
-# Character devices QEMU could put its monitor on that qemu-hmp has not (spelled as -monitor's).
-QEMU_ONLY_DRIVERS = frozenset(
-    {"null", "vc", "pty", "file", "pipe", "udp", "websocket", "mon", "chardev", "ringbuf",
-     "memory", "serial", "parallel", "msmouse", "braille", "testdev", "spicevmc", "spiceport"}
-)  # fmt: skip
-# Socket options QEMU knows that qemu-hmp does not implement (others are invalid in QEMU too).
-UNSUPPORTED_OPTIONS = frozenset(
-    {"reconnect", "tls-creds", "tls-authz", "websocket", "mux", "logfile", "logappend",
-     "abstract", "tight", "tn3270", "to"}
-)  # fmt: skip
-IGNORED_OPTIONS = frozenset({"ipv4", "ipv6", "nodelay"})  # accepted; nothing here to tune
 
 
 # -- the -monitor option --------------------------------------------------------------------
@@ -64,46 +52,21 @@ class MonitorSpec:
 
 
 def parse_monitor_spec(text: str) -> MonitorSpec:
-    """QEMU's ``-monitor`` syntax; ValueError with QEMU's text (lines after the first repeat
-    the ``qemu-hmp: -monitor TEXT: `` prefix, as QEMU's error lines do)."""
-    prefix = f"-monitor {text}: "
-    if text in ("stdio", "none"):
-        return MonitorSpec(text, stdio=text == "stdio")
-    scheme, _, rest = text.partition(":")
-    base, *options = rest.split(",")
-    if scheme in QEMU_ONLY_DRIVERS:
-        raise ValueError(f"{prefix}only stdio, none, unix:, tcp: and telnet: are supported")
-    if scheme not in ("unix", "tcp", "telnet"):
-        raise ValueError(
-            f"{prefix}'{text}' is not a valid char driver\nqemu-hmp: {prefix}parse error: {text}"
-        )
-    flags = {"server": False, "wait": True, "telnet": scheme == "telnet"}
-    for option in options:
-        key, eq, value = option.partition("=")
-        if not eq:  # a bare name: ``server`` is server=on, ``nowait`` wait=off
-            key, value = ("wait", "off") if key == "nowait" else (key, "on")
-        if key in UNSUPPORTED_OPTIONS:
-            raise ValueError(f"{prefix}option '{key}' is not supported by qemu-hmp")
-        if key not in flags and key not in IGNORED_OPTIONS:
-            raise ValueError(
-                f"{prefix}Invalid parameter '{key}'\nqemu-hmp: {prefix}parse error: {text}"
-            )
-        try:
-            state = parse_bool(value)
-        except ValueError:
-            raise ValueError(
-                f"{prefix}Parameter '{key}' expects 'on' or 'off'\n"
-                f"qemu-hmp: {prefix}parse error: {text}"
-            ) from None
-        if key in flags:
-            flags[key] = state
-    if not flags["server"]:
-        raise ValueError(f"{prefix}qemu-hmp only listens: add server=on")
+    """QEMU's ``-monitor`` checks and texts (hmp/chardev.py); then what qemu-hmp serves:
+    stdio, none, or a socket it listens on (telnet negotiated here)."""
     try:
-        address = parse_uri(f"{'tcp' if scheme == 'telnet' else scheme}:{base}", incoming=True)
-    except MigrationError:
-        raise ValueError(f"{prefix}parse error: {text}") from None
-    return MonitorSpec(text, address, telnet=flags["telnet"], wait=flags["wait"])
+        if text == "none":
+            return MonitorSpec(text)
+        backend, opts = monitor_chardev(text)
+        if backend == "stdio":  # mon:stdio too: the monitor is the only user of stdio here
+            return MonitorSpec(text, stdio=True)
+        if backend != "socket":
+            raise OptionError("only stdio, none, unix:, tcp: and telnet: are supported")
+        telnet = flag(opts, "telnet")
+        server = socket_chardev({k: v for k, v in opts.items() if k != "telnet"})
+    except OptionError as err:
+        raise err.located(f"-monitor {text}") from None
+    return MonitorSpec(text, server.address, telnet=telnet, wait=server.wait)
 
 
 def extract_monitor_options(argv: list[str]) -> tuple[list[MonitorSpec], list[str]]:
@@ -118,6 +81,10 @@ def extract_monitor_options(argv: list[str]) -> tuple[list[MonitorSpec], list[st
             if value is None:
                 raise ValueError(f"{arg}: requires an argument")
             specs.append(parse_monitor_spec(value))
+            if sum(spec.stdio for spec in specs) > 1:
+                raise OptionError("cannot use stdio by multiple character devices").located(
+                    f"-monitor {value}"
+                )
         else:
             rest.append(arg)
     return specs or [MonitorSpec("stdio", stdio=True)], rest
@@ -290,16 +257,8 @@ def _listen(spec: MonitorSpec) -> Listener:
     assert spec.address is not None
     try:
         return Listener(spec.address)
-    except MigrationError as err:
-        cause = err.__cause__
-        if not isinstance(cause, OSError) or isinstance(cause, socket.gaierror):
-            raise ValueError(f"-monitor {spec.text}: {err.desc}") from err
-        reason = os.strerror(cause.errno or 0)
-        if spec.address.kind == "unix":
-            where = f"Failed to bind socket to {spec.address.path}"
-        else:
-            where = "Failed to find an available port"
-        raise ValueError(f"-monitor {spec.text}: {where}: {reason}") from err
+    except MigrationError as err:  # transport's AddressError has QEMU's text
+        raise OptionError(err.report()).located(f"-monitor {spec.text}") from err
 
 
 class MonitorSockets:
