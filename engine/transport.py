@@ -404,6 +404,10 @@ class Listener:
             return conn
         return None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Refuse further connections (waits for an accept poll in progress, ≤ ACCEPT_POLL_S)."""
         self._closing = True
