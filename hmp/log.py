@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import logging
 
+from hmp.qemuopts import take_option
+
 FORMAT = "%(asctime)s %(threadName)s %(name)s %(levelname)s: %(message)s"
 
 
 def extract_log_option(argv: list[str]) -> tuple[str | None, list[str]]:
-    """``-D FILE`` (or ``--D``, as QEMU spells options either way) out of ``argv``."""
-    path, rest, args = None, [], iter(argv)
-    for arg in args:
-        if arg in ("-D", "--D"):
-            path = next(args, None)
-            if path is None:
-                raise ValueError(f"{arg}: requires an argument")
-        else:
-            rest.append(arg)
-    return path, rest
+    """``-D FILE`` (or ``--D``) out of ``argv``; the last one counts, as in QEMU."""
+    paths, rest = take_option(argv, "D")
+    return (paths[-1] if paths else None), rest
 
 
 def start_log(path: str | None) -> None:

@@ -116,3 +116,20 @@ def parse_opts(
 def flag(opts: dict[str, str], name: str, default: bool = False) -> bool:
     """A BOOL option's value (already checked by parse_opts)."""
     return parse_bool(opts[name]) if name in opts else default
+
+
+def take_option(argv: list[str], name: str) -> tuple[list[str], list[str]]:
+    """Every value of ``-NAME VALUE`` (or ``--NAME``, as QEMU allows) out of ``argv``, in
+    order, and the arguments left; OptionError when the last one has no value."""
+    values: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in (f"-{name}", f"--{name}"):
+            value = next(args, None)
+            if value is None:
+                raise OptionError(f"{arg}: requires an argument")
+            values.append(value)
+        else:
+            rest.append(arg)
+    return values, rest

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import test_machine
 from proxy import DOWN, UP, Action, RecordProxy, Rule
 from test_machine import Watch, dest, make, migrate
 
@@ -23,7 +22,6 @@ from engine.errors import MigrationError
 from engine.machine import Machine
 from engine.state import MigrationStatus, RunState
 
-machines = test_machine.machines
 SIZE = 4 << 20
 SHORT = 0.3  # the switchover timeout a case runs into
 LONG = 30.0  # the other side's: never reached, it only bounds a broken run

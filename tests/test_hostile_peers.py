@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-import test_machine
 from test_machine import Watch, dest, make, migrate
 from zlib_ng import zlib_ng
 
@@ -18,7 +17,6 @@ from engine.compression import CODECS, Codec, Compress
 from engine.state import MigrationStatus, RunState
 
 MiB = 1 << 20
-machines = test_machine.machines  # the fixture dest() and make() add machines to
 
 
 def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 20) -> None:

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import test_machine
 from streams import guest, record_stream
 from test_machine import make
 
@@ -24,7 +23,6 @@ from engine.vm import Vm
 
 MiB = 1 << 20
 SIZE = 4 * MiB
-machines = test_machine.machines  # the fixture make() adds machines to
 
 
 class GatedListener(Listener):

@@ -22,7 +22,6 @@ from engine.transport import Link, RateLimiter, parse_uri
 from engine.vm import Vm
 
 MiB = 1 << 20
-machines = test_machine.machines  # the fixture dest() and make() add machines to
 
 
 class Rate:

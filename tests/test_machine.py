@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +46,6 @@ class Watch:
                 lambda: sum(n == name for n, _ in self.events) >= count, timeout
             )
         assert ok, f"fewer than {count} {name} events"
-
-
-@pytest.fixture
-def machines() -> Iterator[list[Machine]]:
-    made: list[Machine] = []
-    yield made
-    for m in made:
-        m.close()
 
 
 def make(machines: list[Machine], **kw: Any) -> Machine:

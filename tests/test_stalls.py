@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-import test_machine
 from test_machine import Watch, make, migrate
 
 from engine import wire
@@ -20,7 +19,6 @@ from engine.state import MigrationStatus, RunState
 MiB = 1 << 20
 SETUP_S = 0.3  # the destination's setup bound, shortened
 TIMED_OUT = f"the migration stream's header and configuration did not arrive within {SETUP_S:g} s"
-machines = test_machine.machines  # the fixture make() adds machines to
 
 
 class Reports:

@@ -14,7 +14,7 @@ import io
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,14 +84,6 @@ class Session:
         return self.out.getvalue(), {
             line.removeprefix("qemu-hmp: ") for line in self.err.getvalue().splitlines()
         }
-
-
-@pytest.fixture
-def machines() -> Iterator[list[Machine]]:
-    made: list[Machine] = []
-    yield made
-    for m in made:
-        m.close()
 
 
 def destination(machines: list[Machine]) -> tuple[Machine, str]:

@@ -13,7 +13,6 @@ import io
 import json
 import socket
 import threading
-from collections.abc import Iterator
 
 import pytest
 from test_machine import Watch
@@ -38,14 +37,6 @@ class Reported:
         opts = MachineOptions(ram_size=SIZE, incoming=incoming)
         self.machine = Machine(opts, notify=self.lines.append)
         machines.append(self.machine)
-
-
-@pytest.fixture
-def machines() -> Iterator[list[Machine]]:
-    made: list[Machine] = []
-    yield made
-    for m in made:
-        m.close()
 
 
 class FakeDestination(threading.Thread):

@@ -26,7 +26,7 @@ from engine.transport import Address, Listener
 from hmp.chardev import monitor_chardev, socket_chardev
 from hmp.monitor.readline import ENCODING, LineEditor, complete
 from hmp.monitor.session import BANNER, Monitor
-from hmp.qemuopts import OptionError, flag
+from hmp.qemuopts import OptionError, flag, take_option
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +70,16 @@ def parse_monitor_spec(text: str) -> MonitorSpec:
 
 
 def extract_monitor_options(argv: list[str]) -> tuple[list[MonitorSpec], list[str]]:
-    """Take every ``-monitor VALUE`` (or ``--monitor``) out of ``argv``; ValueError on a bad
+    """Take every ``-monitor VALUE`` (or ``--monitor``) out of ``argv``; OptionError on a bad
     one. No ``-monitor`` at all means the monitor on stdio, as QEMU's default."""
+    values, rest = take_option(argv, "monitor")
     specs: list[MonitorSpec] = []
-    rest: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if arg in ("-monitor", "--monitor"):
-            value = next(args, None)
-            if value is None:
-                raise ValueError(f"{arg}: requires an argument")
-            specs.append(parse_monitor_spec(value))
-            if sum(spec.stdio for spec in specs) > 1:
-                raise OptionError("cannot use stdio by multiple character devices").located(
-                    f"-monitor {value}"
-                )
-        else:
-            rest.append(arg)
+    for value in values:
+        specs.append(parse_monitor_spec(value))
+        if sum(spec.stdio for spec in specs) > 1:
+            raise OptionError("cannot use stdio by multiple character devices").located(
+                f"-monitor {value}"
+            )
     return specs or [MonitorSpec("stdio", stdio=True)], rest
 
 

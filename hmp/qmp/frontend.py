@@ -12,24 +12,14 @@ import sys
 from engine.errors import MigrationError
 from engine.machine import Machine
 from hmp.exits import ProcessEnd
-from hmp.qemuopts import OptionError
+from hmp.qemuopts import OptionError, take_option
 from hmp.qmp.server import QmpServer, QmpSpec, parse_qmp_spec
 
 
 def extract_qmp_options(argv: list[str]) -> tuple[list[QmpSpec], list[str]]:
     """Take every ``-qmp VALUE`` (or ``--qmp``) out of ``argv``; OptionError on a bad one."""
-    specs: list[QmpSpec] = []
-    rest: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if arg in ("-qmp", "--qmp"):
-            value = next(args, None)
-            if value is None:
-                raise OptionError(f"{arg}: requires an argument")
-            specs.append(parse_qmp_spec(value))
-        else:
-            rest.append(arg)
-    return specs, rest
+    values, rest = take_option(argv, "qmp")
+    return [parse_qmp_spec(value) for value in values], rest
 
 
 class QmpFrontend:
