@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import select
 import signal
 import socket
 import subprocess
@@ -26,39 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qemu_on_socket import QemuOnSocket
+
 HERE = Path(__file__).parent
-QEMU = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", "-nodefaults"]
-QEMU += ["-m", "512"]
+RAM = ["-m", "512"]
 IMAGE = 64 << 20
-
-
-class Qemu:
-    def __init__(self, name: str, scratch: str, args: list[str]) -> None:
-        path = os.path.join(scratch, f"{name}.sock")
-        if os.path.exists(path):
-            os.unlink(path)  # left by the QEMU killed in the case before
-        self.proc = subprocess.Popen(
-            [*QEMU, *args, "-monitor", f"unix:{path},server=on,wait=off"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        while not os.path.exists(path):
-            time.sleep(0.05)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
-        self._until_prompt()
-
-    def _until_prompt(self) -> bytes:
-        data = b""
-        while not data.endswith(b"(qemu) "):
-            assert select.select([self.sock], [], [], 30)[0], data
-            data += self.sock.recv(65536)
-        return data
-
-    def hmp(self, line: str) -> str:
-        self.sock.sendall(line.encode() + b"\n")
-        out = self._until_prompt().removesuffix(b"(qemu) ").split(b"\r\n", 1)[1]
-        return out.decode().replace("\r\n", "\n")
 
 
 def recv_queue(port: int) -> int:
@@ -73,8 +44,16 @@ def recv_queue(port: int) -> int:
 
 
 def record(case: str, scratch: str, image: str, port: int) -> dict[str, Any]:
-    dst = Qemu("dst", scratch, ["-incoming", f"tcp:127.0.0.1:{port}"])
-    src = Qemu("src", scratch, ["-device", f"loader,file={image},addr=0x1000000,force-raw=on"])
+    dst = QemuOnSocket(
+        os.path.join(scratch, "dst.sock"),
+        [*RAM, "-incoming", f"tcp:127.0.0.1:{port}"],
+        subprocess.PIPE,
+    )
+    src = QemuOnSocket(
+        os.path.join(scratch, "src.sock"),
+        [*RAM, "-device", f"loader,file={image},addr=0x1000000,force-raw=on"],
+        subprocess.PIPE,
+    )
     try:
         src.hmp("migrate_set_parameter max-bandwidth 32M")
         src.hmp(f"migrate -d tcp:127.0.0.1:{port}")

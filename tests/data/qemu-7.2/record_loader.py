@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import select
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,10 +23,12 @@ from typing import Any
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parents[2]))
+sys.path.insert(0, str(HERE))
+from qemu_on_socket import QEMU, QemuOnSocket  # noqa: E402
+
 from hmp.harness.transcript import generaliser  # noqa: E402
 
-QEMU = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", "-nodefaults"]
-QEMU += ["-m", "64"]
+RAM = ["-m", "64"]
 IMAGE_PAGES = 2048
 LOADER_ADDR = 0x100000
 PAGE = 4096
@@ -47,38 +47,6 @@ def image_bytes() -> bytes:
     return b"".join(pages)
 
 
-class Qemu:
-    def __init__(self, path: str, args: list[str]) -> None:
-        if os.path.exists(path):
-            os.unlink(path)  # left by the QEMU of the case before
-        self.proc = subprocess.Popen(
-            [*QEMU, *args, "-monitor", f"unix:{path},server=on,wait=off"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        while not os.path.exists(path):
-            time.sleep(0.05)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
-        self._until_prompt()
-
-    def _until_prompt(self) -> bytes:
-        data = b""
-        while not data.endswith(b"(qemu) "):
-            assert select.select([self.sock], [], [], 30)[0], data
-            data += self.sock.recv(65536)
-        return data
-
-    def hmp(self, line: str) -> str:
-        self.sock.sendall(line.encode() + b"\n")
-        out = self._until_prompt().removesuffix(b"(qemu) ").split(b"\r\n", 1)[1]
-        return out.decode().replace("\r\n", "\n")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
 def figures(lines: list[str]) -> dict[str, int]:
     """``label: N unit`` lines as numbers."""
     out = {}
@@ -94,9 +62,11 @@ def record(setup: list[str], scratch: str, image: str) -> dict[str, Any]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    dst = Qemu(os.path.join(scratch, "dst.sock"), ["-incoming", f"tcp:127.0.0.1:{port}"])
+    dst = QemuOnSocket(
+        os.path.join(scratch, "dst.sock"), [*RAM, "-incoming", f"tcp:127.0.0.1:{port}"]
+    )
     device = f"loader,file={image},addr={LOADER_ADDR:#x},force-raw=on"
-    src = Qemu(os.path.join(scratch, "src.sock"), ["-S", "-device", device])
+    src = QemuOnSocket(os.path.join(scratch, "src.sock"), [*RAM, "-S", "-device", device])
     try:
         for line in setup:
             src.hmp(line)
@@ -122,7 +92,7 @@ def main() -> None:
         image = os.path.join(scratch, "image.bin")
         Path(image).write_bytes(image_bytes())
         cases = {name: record(setup, scratch, image) for name, setup in CASES.items()}
-    data = {"qemu": QEMU[1:], "image_pages": IMAGE_PAGES, "loader_addr": LOADER_ADDR}
+    data = {"qemu": [*QEMU[1:], *RAM], "image_pages": IMAGE_PAGES, "loader_addr": LOADER_ADDR}
     (HERE / "loader_migration.json").write_text(json.dumps({**data, "cases": cases}, indent=1))
 
 
