@@ -4,8 +4,10 @@ Each case starts ``qemu-system-x86_64 ... -qmp unix:SOCK,server=on,wait=off``, c
 writes CASE.jsonl: the first line ``{"argv": [...]}``, then ``{"greeting": ...}``, then for each
 raw text sent ``{"send": TEXT}`` followed by every message QEMU wrote back, ``{"recv": MSG}``
 (replies and events alike, in arrival order). Raw text, not objects, so malformed JSON can be
-recorded too. The ``migration`` case drives two QEMUs (``{"endpoint": "src"|"dst"}`` lines
-switch between them) through a compressed migration with events on.
+recorded too; a text too big to store is ``{"prefix", "fill", "count", "suffix"}`` (`expand`).
+Cases in `RAW` also keep each message's exact line (``"raw"``), for byte-for-byte checks. The
+``migration`` case drives two QEMUs (``{"endpoint": "src"|"dst"}`` lines switch between them)
+through a compressed migration with events on.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ def _x(cmd: str, args: dict[str, Any] | None = None, id: Any = _NO_ID) -> str:
     if id is not _NO_ID:
         msg["id"] = id
     return json.dumps(msg) + "\n"
+
+
+def big(prefix: str, fill: str, count: int, suffix: str) -> dict[str, Any]:
+    """A send of ``prefix + fill * count + suffix``, stored as its recipe."""
+    return {"prefix": prefix, "fill": fill, "count": count, "suffix": suffix}
+
+
+def expand(send: str | dict[str, Any]) -> str:
+    if isinstance(send, str):
+        return send
+    return send["prefix"] + send["fill"] * send["count"] + send["suffix"]
 
 
 def _caps(**states: bool) -> dict[str, Any]:
@@ -83,9 +96,9 @@ class Qemu:
                 return
             self.buf += chunk
 
-    def send(self, text: str) -> list[str]:
+    def send(self, text: str, first: float = 2.0) -> list[str]:
         self.sock.sendall(text.encode("utf-8", "surrogateescape"))
-        return list(self.read())
+        return list(self.read(first))
 
     def close(self) -> None:
         self.sock.close()
@@ -93,16 +106,21 @@ class Qemu:
         self.proc.wait()
 
 
-def run(args: list[str], sends: list[str], raw: bool = False) -> list[dict[str, Any]]:
+def _recv(line: str, raw: bool) -> dict[str, Any]:
+    return {"recv": json.loads(line), **({"raw": line} if raw else {})}
+
+
+def run(args: list[str], sends: list[Any], raw: bool = False) -> list[dict[str, Any]]:
     """One session; with ``raw``, each message's exact line too (to check the serializer)."""
     with tempfile.TemporaryDirectory() as tmp:
         q = Qemu(args, tmp)
         out: list[dict[str, Any]] = [{"argv": q.argv}, {"greeting": q.greeting}]
         try:
-            for text in sends:
-                out.append({"send": text})
-                for line in q.send(text):
-                    out.append({"recv": json.loads(line), **({"raw": line} if raw else {})})
+            for send in sends:
+                out.append({"send": send})
+                # QEMU reads a byte per main-loop turn: a big send takes a minute or more.
+                first = 2.0 if isinstance(send, str) else 900.0
+                out.extend(_recv(line, raw) for line in q.send(expand(send), first))
         finally:
             q.close()
     return out
@@ -373,10 +391,66 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+# QEMU's json-streamer limits (64 MiB of tokens, 2 Mi tokens, nesting 1024) and what its
+# lexer does around them (the deepest value allowed is left to the unit tests: its reply is
+# deeper than Python's json module reads). The token-count sends hold 15 tokens besides the
+# fill's pairs.
+_ARG_X = '{"execute": "query-status", "arguments": {"x": '
+_HOSTNAME = '{"execute": "migrate-set-parameters", "arguments": {"tls-hostname": "'
+CASES["limits"] = (
+    S,
+    [
+        NEG,
+        "[" * 1025 + "]" * 1025 + "\n",
+        '{"execute": "query-status", "id": ' + "[" * 1024 + "]" * 1024 + "}\n",
+        big(_ARG_X + "[", "1, ", (1 << 20) - 8, "1]}}\n"),  # 2 Mi - 1 tokens
+        big(_ARG_X + "[", "1, ", (1 << 20) - 7, "1]}}\n"),  # 2 Mi + 1: the last one fails
+        big(_ARG_X + "[", "1, ", 1 << 20, "1]}}\n"),
+        big(_HOSTNAME, "a", 10 << 20, '"}}\n'),
+        _x("query-name", id="after 10 MiB"),
+        big(_ARG_X + '"', "a", (64 << 20) + 3, '"}}\n'),  # one token over 64 MiB
+        big(_ARG_X + "[", '"' + "a" * (1 << 20) + '", ', 64, "1]}}\n"),  # 64 MiB of tokens
+        _x("query-name", id="after 64 MiB"),
+    ],
+)
+# The lexer byte by byte: what is an error in a string, where recovery after one ends.
+CASES["lexer"] = (
+    S,
+    [
+        NEG,
+        "\u00e9\n",
+        '"a\udcffb"\n',
+        '"a\udcfe"\n',
+        '"a\\\udcff"\n',
+        '{"execute": "query-name", "id": "\u00e9\udcc3"}\n',
+        '{"execute": "query-name", "id": "\udcc0\udc80"}\n',
+        '{"execute": "query-name", "id": "\udced\udca0\udc80"}\n',
+        '{"execute": "query-name", "id": "\u00e9\u4e2d\U0001f600"}\n',
+        "@\udcff5\n",
+        "@\udcfe5\n",
+        "@\t5\n",
+        "@\udcc35\n",
+        "@\x7f5\n",
+        "5\udcff\n",
+        "[}]\n",
+        '{"a": 1]}\n',
+        "-\n",  # the stray token takes the line end: recovery lasts to the next one
+        "1.e5\n",
+        "1e+\n",
+        "\n",
+        "00\n",
+        "[00]\n",
+        "[-]\n",
+        "-0.5e-3 \n",
+    ],
+)
+RAW = {"bytes", "limits", "lexer"}
+
+
 def main() -> None:
     names = sys.argv[1:] or [*CASES, "migration"]
     for name in names:
-        records = migration() if name == "migration" else run(*CASES[name], raw=name == "bytes")
+        records = migration() if name == "migration" else run(*CASES[name], raw=name in RAW)
         with open(HERE / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         print(name)
