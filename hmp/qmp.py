@@ -82,7 +82,7 @@ def _qmp_capabilities(session: _Session, args: Args) -> Any:
 def _query_version(session: _Session, args: Args) -> Any:
     major, minor, micro = (int(n) for n in QEMU_VERSION.split("."))
     package = f"qemu-hmp {package_version()}"
-    return {"qemu": {"micro": micro, "minor": minor, "major": major}, "package": package}
+    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": package}
 
 
 def _set_parameters(session: _Session, args: Args) -> Any:

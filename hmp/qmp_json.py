@@ -7,11 +7,13 @@ and a lexer error drops the value being built, reports ``stray '…'``, and skip
 next structural character or line end. The lexer works on bytes, as QEMU's does, and scans
 runs (string bodies, digits, skipped input) with one regular-expression call each, so reading
 is linear in the input. Output escapes every non-printable or non-ASCII character as
-``\\uXXXX`` (upper-case hex) and prints doubles with 17 significant digits, as QEMU does.
+``\\uXXXX`` (upper-case hex), prints doubles with 17 significant digits, and lists an object's
+keys in the order of QEMU's QDict hash table.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -407,9 +409,13 @@ def _codepoint(body: str, start: int, text: str) -> tuple[int, int]:
 
 # -- output ---------------------------------------------------------------------------------------
 def dumps(obj: Any) -> str:
-    """One QMP message as QEMU writes it (``", "`` and ``": "`` separators, no newline)."""
+    """One QMP message as QEMU writes it (``", "`` and ``": "`` separators, no newline).
+
+    A dict's keys come in the order QEMU's QDict iterates them (`qdict_order`), so build dicts
+    in QAPI member order: that is what decides between keys that share a bucket.
+    """
     if isinstance(obj, dict):
-        return "{" + ", ".join(f"{_string(k)}: {dumps(v)}" for k, v in obj.items()) + "}"
+        return "{" + ", ".join(f"{_string(k)}: {dumps(v)}" for k, v in qdict_order(obj)) + "}"
     if isinstance(obj, list | tuple):
         return "[" + ", ".join(dumps(v) for v in obj) + "]"
     if isinstance(obj, str):
@@ -425,19 +431,49 @@ def dumps(obj: Any) -> str:
     raise TypeError(f"not JSON: {type(obj).__name__}")
 
 
+QDICT_BUCKETS = 512
+
+
+def qdict_order(obj: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``obj``'s items as a QEMU QDict lists them: by hash bucket, and within a bucket the
+    last inserted first (each bucket is a list that insertion pushes onto)."""
+    items = list(obj.items())
+    order = sorted(range(len(items)), key=lambda i: (_bucket(items[i][0]), -i))
+    return [items[i] for i in order]
+
+
+def _bucket(key: str) -> int:
+    return _short_bucket(key) if len(key) <= 64 else _tdb_hash(key) % QDICT_BUCKETS
+
+
+@functools.lru_cache(maxsize=1024)
+def _short_bucket(key: str) -> int:
+    return _tdb_hash(key) % QDICT_BUCKETS
+
+
+def _tdb_hash(key: str) -> int:
+    """The TDB hash QDict uses: ``len * 0x238F13AF + sum(byte[i] << (i * 5 % 24))``, then one
+    linear congruential step, in 32-bit arithmetic. The shifts repeat every 24 bytes, so the
+    bytes are summed per residue (a C-speed pass each) instead of one at a time."""
+    data = key.encode("utf-8", "surrogatepass")
+    total = 0x238F13AF * len(data)
+    for k in range(min(24, len(data))):
+        total += sum(data[k::24]) << (k * 5 % 24)
+    return (1103515243 * (total & 0xFFFFFFFF) + 12345) & 0xFFFFFFFF
+
+
 _OUT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r"}
 _OUT_ESCAPES |= {"\t": "\\t"}
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\U0010ffff]')
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    if ch in _OUT_ESCAPES:
+        return _OUT_ESCAPES[ch]
+    data = ch.encode("utf-16-be", "surrogatepass")
+    return "".join(f"\\u{data[k]:02X}{data[k + 1]:02X}" for k in range(0, len(data), 2))
 
 
 def _string(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        if ch in _OUT_ESCAPES:
-            out.append(_OUT_ESCAPES[ch])
-        elif " " <= ch < "\x7f":
-            out.append(ch)
-        else:
-            data = ch.encode("utf-16-be", "surrogatepass")
-            out.extend(f"\\u{data[k]:02X}{data[k + 1]:02X}" for k in range(0, len(data), 2))
-    out.append('"')
-    return "".join(out)
+    return '"' + _NEEDS_ESCAPE.sub(_escape, s) + '"'

@@ -133,7 +133,9 @@ def _free_port() -> int:
 
 
 def migration() -> list[dict[str, Any]]:
-    """src -> dst over TCP, compress and events on both sides; poll query-migrate until done."""
+    """src -> dst over TCP, compress and events on both sides; poll query-migrate until done.
+
+    Every message keeps its exact line (``"raw"``): the layout of query-migrate's answers."""
     port = _free_port()
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,9 +146,9 @@ def migration() -> list[dict[str, Any]]:
         def step(name: str, text: str) -> list[Any]:
             out.append({"endpoint": name})
             out.append({"send": text})
-            got = [json.loads(line) for line in ends[name].send(text)]
-            out.extend({"recv": m} for m in got)
-            return got
+            got = [_recv(line, raw=True) for line in ends[name].send(text)]
+            out.extend(got)
+            return [m["recv"] for m in got]
 
         try:
             for name in ("dst", "src"):
@@ -444,7 +446,24 @@ CASES["lexer"] = (
         "-0.5e-3 \n",
     ],
 )
-RAW = {"bytes", "limits", "lexer"}
+# Every reply shape as QEMU lays it out (its QDict's order), byte for byte.
+CASES["keyorder"] = (
+    S,
+    [
+        NEG,
+        _x("query-status", id=1),
+        _x("query-migrate-capabilities"),
+        _x("query-migrate-parameters"),
+        _x("query-migrate"),
+        _x("query-version"),
+        _x("no-such-command", id="x"),
+        _x("migrate-set-parameters", {"compress-level": 10}, id=2),
+        _x("query-name", id={"b": 1, "a": 2, "status": 3, "singlestep": 4, "id": 5}),
+        _x("migrate", {"uri": "tcp:127.0.0.1:1"}),
+        _x("query-migrate"),
+    ],
+)
+RAW = {"bytes", "limits", "lexer", "keyorder"}
 
 
 def main() -> None:
