@@ -16,11 +16,21 @@ PROMPT = "(qemu) "
 class Monitor:
     """Output goes to ``out`` (QEMU's monitor_printf) and ``err`` (QEMU's error_report)."""
 
-    def __init__(self, machine: Machine, out: TextIO | None = None, err: TextIO | None = None):
+    def __init__(
+        self,
+        machine: Machine,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        *,
+        can_suspend: bool = True,
+    ):
         self.machine = machine
         self._out = out
         self._err = err
         self.quit_requested = False
+        # QEMU's monitor_suspend fails for the HMP that human-monitor-command runs: nothing
+        # there may wait for a migration.
+        self.can_suspend = can_suspend
 
     # Resolved at each write, so prompt_toolkit's patch_stdout also catches monitor output.
     @property

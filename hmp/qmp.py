@@ -112,7 +112,7 @@ def _migrate(session: _Session, args: Args) -> Any:
 def _human_monitor_command(session: _Session, args: Args) -> Any:
     if args.get("cpu-index", 0) != 0:  # qemu-hmp guests have one vCPU
         raise QmpError("Parameter 'cpu-index' expects a CPU number")
-    text, quit_requested = session.server.run_hmp(args["command-line"])
+    text, quit_requested = hmp_to_string(session.machine, args["command-line"])
     if quit_requested:
         session.server.quit(session)
     return text.replace("\n", "\r\n")  # what QEMU's monitor output always does
@@ -420,9 +420,14 @@ class _Session:
 
 # -- the server -----------------------------------------------------------------------------------
 def hmp_to_string(machine: Machine, line: str) -> tuple[str, bool]:
-    """Run one HMP command line as ``human-monitor-command`` does: its text, and whether it quit."""
+    """Run one HMP command line as ``human-monitor-command`` does: its text, and whether it quit.
+
+    Each runs in a monitor of its own that cannot suspend (a `migrate` goes on detached, as in
+    QEMU), so commands of different clients run side by side like their QMP commands do: the
+    machine is thread-safe and no lock is held across one.
+    """
     out = io.StringIO()
-    monitor = Monitor(machine, out=out, err=out)
+    monitor = Monitor(machine, out=out, err=out, can_suspend=False)
     monitor.execute(line)
     return out.getvalue(), monitor.quit_requested
 
@@ -441,7 +446,6 @@ class QmpServer:
         self.spec = parse_qmp_spec(spec) if isinstance(spec, str) else spec
         self._on_quit = on_quit or self._shutdown
         self._lock = threading.Lock()
-        self._hmp_lock = threading.Lock()
         self._sessions: set[_Session] = set()
         self._closed = threading.Event()
         self._first_client = threading.Event()
@@ -503,10 +507,6 @@ class QmpServer:
     def forget(self, session: _Session) -> None:
         with self._lock:
             self._sessions.discard(session)
-
-    def run_hmp(self, line: str) -> tuple[str, bool]:
-        with self._hmp_lock:  # one HMP command at a time, whichever client sent it
-            return hmp_to_string(self.machine, line)
 
     def quit(self, session: _Session) -> None:
         """``quit``: announce SHUTDOWN; `quit_done` follows once the reply went out."""

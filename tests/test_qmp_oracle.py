@@ -29,11 +29,8 @@ CASES = (
 
 # Requests whose QEMU answer qemu-hmp does not give yet: (case, request, occurrence) -> why.
 # A listed request that starts matching QEMU fails the test, so this list stays honest.
-_HMP = '{"execute": "human-monitor-command", "arguments": {"command-line": "%s"}}\n'
 _INCOMING = '{"execute": "migrate-incoming", "arguments": {"uri": "%s"}}\n'
 KNOWN: dict[tuple[str, str, int], str] = {
-    # QEMU's HMP-in-QMP monitor cannot suspend, so there `migrate` without -d runs detached.
-    ("hmp", _HMP % "migrate tcp:127.0.0.1:1", 0): "hmp.monitor has no non-suspendable mode",
     # QEMU announces MIGRATION setup on migrate-incoming even with the events capability off.
     ("incoming", _INCOMING % "foo:bar", 0): "engine: no unconditional MIGRATION setup event",
     ("incoming", _INCOMING % "tcp:127.0.0.1:0", 0): "engine: no unconditional MIGRATION setup",
