@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -34,4 +37,4 @@ class EventBus:
             try:
                 listener(name, data)
             except Exception:  # a broken subscriber must not stop the migration
-                pass
+                log.exception("event subscriber failed on %s", name)

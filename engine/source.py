@@ -150,7 +150,7 @@ class OutgoingMigration(threading.Thread):
 
     # -- the thread --------------------------------------------------------------------------
     def run(self) -> None:
-        self._on_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
+        # The machine announced setup before it started this thread, as QEMU's migrate_init.
         try:
             self._sock = connect(self.addr)
             self._connected.set()

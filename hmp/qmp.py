@@ -8,7 +8,8 @@ and a writer thread, so a slow or vanished client never blocks the engine's even
 Output is bounded: a client that does not read its replies has its requests left unread (the
 reader waits once `REPLY_BACKLOG` bytes are queued, as QEMU's monitor stops reading while its
 request queue is full), and one that lets `EVENT_BACKLOG` bytes of events pile up is hung up
-on.
+on. Events that other threads raise while a command runs follow that command's reply, as in
+QEMU, whose main loop dispatches them after the command; the command's own come before it.
 """
 
 from __future__ import annotations
@@ -256,7 +257,9 @@ class _Session:
         self._negotiated = False
         self._oob = False
         self.quitting = False  # set by `quit`: end the session once its reply is out
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # orders replies and events
+        self._busy = False  # a command is running on the reader thread
+        self._deferred: list[bytes] = []  # events raised elsewhere meanwhile
         self._closed = False
         self._unsubscribe = self.machine.events.subscribe(self._event)
         self._reader = threading.Thread(target=self._read, name="qmp-reader", daemon=True)
@@ -286,7 +289,12 @@ class _Session:
         msg: dict[str, Any] = {"timestamp": stamp, "event": name}
         if data:
             msg["data"] = data
-        backlog = self._out.put(self._line(msg))
+        line = self._line(msg)
+        with self._lock:
+            if self._busy and threading.current_thread() is not self._reader:
+                self._deferred.append(line)
+                return
+            backlog = self._out.put(line)
         if backlog > EVENT_BACKLOG:
             log.warning("QMP client left %d bytes of events unread: hanging up", backlog)
             self._hang_up()
@@ -309,7 +317,7 @@ class _Session:
             for request in streamer.feed(data):
                 if not self._room():
                     return
-                self._out.put(self._reply(request))
+                self._answer(request)
                 if self.quitting:
                     return
 
@@ -323,6 +331,17 @@ class _Session:
             return self._out.wait_room(REPLY_BACKLOG)
         finally:
             self.held.clear()
+
+    def _answer(self, request: Any) -> None:
+        """Run one request; queue its reply, then the events others raised meanwhile."""
+        with self._lock:
+            self._busy = True
+        reply = self._reply(request)
+        with self._lock:
+            self._busy = False
+            for line in (reply, *self._deferred):
+                self._out.put(line)
+            self._deferred.clear()
 
     def _write(self) -> None:
         while (chunk := self._out.next()) is not None:

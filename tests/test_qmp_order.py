@@ -39,7 +39,7 @@ def mask(line: str) -> str:
     return line
 
 
-@pytest.mark.parametrize("case", ["keyorder"])
+@pytest.mark.parametrize("case", ["keyorder", "events", "incoming_events"])
 def test_lines_are_qemus(case: str, tmp_path: Path) -> None:
     with endpoint(tmp_path, options(load(case)[0]["argv"])) as server:
         replay_lines(server.spec.address.path, case, mask)

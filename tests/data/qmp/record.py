@@ -446,6 +446,49 @@ CASES["lexer"] = (
         "-0.5e-3 \n",
     ],
 )
+# MIGRATION events around a migrate that fails at once, that fails to connect, and through
+# HMP (whose migrate there goes on detached), with events on and off; then the incoming side,
+# which announces setup whether events are on or not.
+_HMP_LINE = "human-monitor-command"
+CASES["events"] = (
+    S,
+    [
+        NEG,
+        _x("migrate", {"uri": "tcp:127.0.0.1:1", "resume": True}),  # before migrate_init
+        _x("migrate", {"uri": "foo:bar"}),  # events off
+        _x("migrate-set-capabilities", _caps(events=True)),
+        *(_x("migrate", {"uri": uri}) for uri in ("foo:bar", "tcp:127.0.0.1", "bogus", "")),
+        _x("query-migrate"),
+        _x("migrate", {"uri": "tcp:127.0.0.1:1"}),
+        _x("query-migrate"),
+        *(
+            _x(_HMP_LINE, {"command-line": line})
+            for line in (
+                "migrate foo:bar",
+                'migrate ""',
+                "migrate tcp:127.0.0.1:1",
+                "migrate -d tcp:127.0.0.1:1",
+                "info migrate",
+            )
+        ),
+        _x("stop"),
+        _x("cont"),
+    ],
+)
+CASES["incoming_events"] = (
+    ["-m", "128", "-incoming", "defer"],
+    [
+        NEG,
+        _x("migrate-incoming", {"uri": "foo:bar"}),
+        _x("migrate-incoming", {"uri": "tcp:127.0.0.1"}),
+        _x("migrate-set-capabilities", _caps(events=True)),
+        _x(_HMP_LINE, {"command-line": "migrate_incoming foo:bar"}),
+        _x(_HMP_LINE, {"command-line": "migrate_incoming tcp:127.0.0.1:0"}),
+        _x("query-migrate"),
+        _x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
+        _x("query-status"),
+    ],
+)
 # Every reply shape as QEMU lays it out (its QDict's order), byte for byte.
 CASES["keyorder"] = (
     S,
@@ -463,7 +506,7 @@ CASES["keyorder"] = (
         _x("query-migrate"),
     ],
 )
-RAW = {"bytes", "limits", "lexer", "keyorder"}
+RAW = {"bytes", "limits", "lexer", "events", "incoming_events", "keyorder"}
 
 
 def main() -> None:
