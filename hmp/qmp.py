@@ -325,7 +325,7 @@ class _Session:
         """Wait until the client has read enough of its replies; False if it went away."""
         if self._out.backlog <= REPLY_BACKLOG:
             return True
-        log.info("QMP client is not reading its replies: its requests wait")
+        log.debug("QMP client is not reading its replies: its requests wait")
         self.held.set()
         try:
             return self._out.wait_room(REPLY_BACKLOG)
