@@ -8,13 +8,26 @@ replayed as text. A 10 MiB string is read in a few steps per chunk, never one pe
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.machine import MachineOptions
 from hmp.qmp_json import JsonStreamer
 from tests.qmp_helpers import endpoint, replay_lines
+
+# Pieces that exercise every lexer state and its ends, including bytes QEMU refuses.
+_PIECES = [bytes([b]) for b in b"{}[]:,\"'\\ \t\n-+.eE019aeflnrstu@"] + [
+    b"true",
+    b"\xc3\xa9",
+    b"\xff",
+    b"\xc0\x80",
+    b"\x01",
+    b"\\u00e9",
+]
 
 PAUSED = MachineOptions(ram_size=16 << 20, start_paused=True)
 
@@ -47,3 +60,18 @@ def test_a_long_string_takes_a_few_steps_per_chunk(monkeypatch: pytest.MonkeyPat
     values = [value for data in chunks for value in streamer.feed(data)]
     assert values == [{"s": text}]
     assert steps <= len(chunks) + 10
+
+
+def _feed(chunks: list[bytes]) -> list[object]:
+    streamer = JsonStreamer()
+    return [value for data in chunks for value in streamer.feed(data)]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(_PIECES), max_size=40), st.lists(st.integers(0, 200), max_size=4))
+def test_where_the_input_is_split_changes_nothing(pieces: list[bytes], cuts: list[int]) -> None:
+    """The lexer takes runs up to a chunk's end and goes on in the next: same values."""
+    data = b"".join(pieces)
+    bounds = [0, *sorted(min(c, len(data)) for c in cuts), len(data)]
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    assert _feed(chunks) == _feed([data])
