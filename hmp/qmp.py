@@ -183,9 +183,6 @@ COMMANDS: dict[str, _Command] = {
 
 
 # -- one client -----------------------------------------------------------------------------------
-_NO_ID = object()
-
-
 class _Outbox:
     """What one client has yet to read, counted in bytes until the socket took it."""
 
@@ -359,20 +356,15 @@ class _Session:
             self._sock.shutdown(socket.SHUT_RDWR)
 
     def _reply(self, request: Any) -> bytes:
-        req_id = request.get("id", _NO_ID) if isinstance(request, dict) else _NO_ID
+        """The reply's line; ``id`` echoed when there is one (`dumps` puts it in QEMU's place)."""
+        echo = {"id": request["id"]} if isinstance(request, dict) and "id" in request else {}
         try:
-            result = self._dispatch(request)
-            return self._line(
-                {"return": result} if req_id is _NO_ID else {"return": result, "id": req_id}
-            )
+            return self._line({"return": self._dispatch(request), **echo})
         except Exception as exc:  # a bug in one command must not take the session down
             if not isinstance(exc, QmpError):
                 log.exception("QMP command failed")
             err = exc if isinstance(exc, QmpError) else QmpError(f"qemu-hmp internal error: {exc}")
-            error = {"class": err.cls, "desc": err.desc}
-            return self._line(
-                {"error": error} if req_id is _NO_ID else {"id": req_id, "error": error}
-            )
+            return self._line({"error": {"class": err.cls, "desc": err.desc}, **echo})
 
     def _dispatch(self, request: Any) -> Any:
         if isinstance(request, JsonError):
