@@ -39,6 +39,16 @@ _STRING_STOP = {
 }
 _RECOVERY_STOP = re.compile(rb"[{}\[\]\x00-\x08\x0a-\x1f\xfe\xff]")
 _BAD_IN_STRING = frozenset(range(0x20)) | {0xFE, 0xFF}
+# A whole simple token after optional whitespace, taken in one match (the common case, which
+# the byte-wise states would lex the same way): punctuation, a double-quoted string without
+# escapes, a number or a keyword followed by a byte that cannot continue it.
+_SIMPLE = re.compile(
+    rb"[ \t\r\n]*(?:"
+    rb"(?P<punct>[{}\[\]:,])"
+    rb'|(?P<str>"[^"\\' + _NOT_IN_STRING + rb']*")'
+    rb"|(?P<num>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)(?=[^0-9.eE+\-])"
+    rb"|(?P<kw>[a-z]+)(?=[^a-z]))"
+)
 
 # Numbers: the state after each character class; where a number may end (the next character
 # then starts a new token); the one continuation that is an error there (a leading zero).
@@ -125,14 +135,18 @@ class JsonStreamer:
         return match.start()
 
     def _start(self, data: bytes, pos: int) -> int:
+        while (match := _SIMPLE.match(data, pos)) is not None:
+            kind = match.lastgroup or ""
+            text = match[kind]
+            if len(text) > MAX_TOKEN_SIZE:  # the states below know what QEMU does then
+                break
+            self._emit(text.decode() if kind == "punct" else kind, text)
+            pos = match.end()
         pos = _WHITESPACE.match(data, pos).end()  # type: ignore[union-attr]
         if pos == len(data):
             return pos
-        byte, char = data[pos], data[pos : pos + 1]
-        if char in b"{}[]:,":
-            self._parts, self._len = [char], 1
-            self._emit(char.decode())
-        elif byte in b"\"'":
+        byte, char = data[pos], data[pos : pos + 1]  # punctuation never gets here
+        if byte in b"\"'":
             self._begin(char, "str")
             self._quote = byte
         elif char == b"-" or 0x30 <= byte <= 0x39:
@@ -156,7 +170,7 @@ class JsonStreamer:
         byte = data[end]
         if byte == self._quote:  # it ends the token: the streamer checks the size
             self._parts.append(data[end : end + 1])
-            self._emit("str")
+            self._finish("str")
         elif byte == 0x5C:  # a backslash: the parser checks the escape
             self._state = "escape"
             self._take(data, end, end + 1)
@@ -183,7 +197,7 @@ class JsonStreamer:
             self._num = following
             return self._take(data, pos, pos + 1)
         if self._num in _NUM_ENDS and not (self._num == "zero" and cls in ("0", "d")):
-            self._emit("num")
+            self._finish("num")
             return pos  # this byte starts the next token
         self._stray(data[pos : pos + 1])
         return pos + 1
@@ -192,7 +206,7 @@ class JsonStreamer:
         end = _LOWER.match(data, pos).end()  # type: ignore[union-attr]
         pos = self._take(data, pos, end)
         if self._state == "kw" and pos < len(data):
-            self._emit("kw")
+            self._finish("kw")
         return pos
 
     def _take(self, data: bytes, start: int, end: int) -> int:
@@ -223,10 +237,14 @@ class JsonStreamer:
         self._state = "start"
 
     # -- streamer: group tokens into values -----------------------------------------------------
-    def _emit(self, kind: str) -> None:
-        """QEMU's json_message_process_token: limits first, then parse once balanced."""
+    def _finish(self, kind: str) -> None:
+        """The token being lexed is complete."""
         text = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         self._parts, self._len, self._state = [], 0, "start"
+        self._emit(kind, text)
+
+    def _emit(self, kind: str, text: bytes) -> None:
+        """QEMU's json_message_process_token: limits first, then parse once balanced."""
         if kind in "{}":
             self._braces += 1 if kind == "{" else -1
         elif kind in "[]":
