@@ -32,7 +32,7 @@ _PIECES = [bytes([b]) for b in b"{}[]:,\"'\\ \t\n-+.eE019aeflnrstu@"] + [
 PAUSED = MachineOptions(ram_size=16 << 20, start_paused=True)
 
 
-@pytest.mark.parametrize("case", ["lexer"])
+@pytest.mark.parametrize("case", ["lexer", pytest.param("limits", marks=pytest.mark.slow)])
 def test_replies_are_qemus(case: str, tmp_path: Path) -> None:
     with endpoint(tmp_path, PAUSED) as server:
         replay_lines(server.spec.address.path, case)

@@ -411,7 +411,7 @@ CASES["limits"] = (
         big(_HOSTNAME, "a", 10 << 20, '"}}\n'),
         _x("query-name", id="after 10 MiB"),
         big(_ARG_X + '"', "a", (64 << 20) + 3, '"}}\n'),  # one token over 64 MiB
-        big(_ARG_X + "[", '"' + "a" * (1 << 20) + '", ', 64, "1]}}\n"),  # 64 MiB of tokens
+        big(_ARG_X + "[", '"' + "a" * 1022 + '", ', 65500, "1]}}\n"),  # 64 MiB of tokens
         _x("query-name", id="after 64 MiB"),
     ],
 )
