@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 Listener = Callable[[str, dict[str, Any]], None]
 
 

@@ -120,7 +120,7 @@ class Machine:
         self.workload.start(self.ram, self.vm.gate, self._notify)
         if opts.incoming not in (None, "defer"):
             try:
-                self._listen(parse_uri(opts.incoming, incoming=True))
+                self._start_incoming(opts.incoming)
             except MigrationError:
                 self.workload.stop()  # no Machine to close() comes out of a failed __init__
                 raise
@@ -202,11 +202,9 @@ class Machine:
                     )
             try:
                 addr = parse_uri(uri, incoming=False)
-            except UnknownProtocol:
-                self._outgoing = _Refused(None)  # QEMU records no reason for this one
-                raise
             except MigrationError as exc:
-                self._outgoing = _Refused(exc.desc)
+                # QEMU records no reason for an unknown protocol
+                self._refuse(None if isinstance(exc, UnknownProtocol) else exc.desc)
                 raise
             if blk or inc:
                 raise MigrationError("Block migration (-b, -i) is not supported by qemu-hmp")
@@ -217,6 +215,7 @@ class Machine:
                         f"run 'migrate_set_capability {spec.name} off'"
                     )
             settings = OutgoingSettings.from_config(c)
+            self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
             mig = OutgoingMigration(
                 addr,
                 self.ram,
@@ -232,6 +231,12 @@ class Machine:
         mig.start()
         # Like QEMU, a local connect that fails at once is reported before `migrate` returns.
         mig.wait_connected(CONNECT_WAIT_S)
+
+    def _refuse(self, error: str | None) -> None:
+        """A URI QEMU cannot use: its migrate_init announced setup before looking at it."""
+        self._outgoing = _Refused(error)
+        for status in (MigrationStatus.SETUP, MigrationStatus.FAILED):
+            self._migration_event("MIGRATION", {"status": str(status)})
 
     def query_compress_policy(self) -> PolicyInfo:
         """The adaptive compression policy's last decision (`info x_compress_policy`)."""
@@ -265,7 +270,12 @@ class Machine:
                 raise MigrationError("The incoming migration has already been started")
             if self.vm.state is not RunState.INMIGRATE:
                 raise MigrationError("'-incoming' was not specified on the command line")
-            self._listen(parse_uri(uri, incoming=True))
+            self._start_incoming(uri)
+
+    def _start_incoming(self, uri: str) -> None:
+        # QEMU announces setup before it looks at the URI, whether `events` is on or not.
+        self.events.emit("MIGRATION", {"status": str(MigrationStatus.SETUP)})
+        self._listen(parse_uri(uri, incoming=True))
 
     def _listen(self, addr: Address, failed: IncomingMigration | None = None) -> None:
         incoming = IncomingMigration(

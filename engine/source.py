@@ -259,7 +259,7 @@ class OutgoingMigration(threading.Thread):
             self._report,
         )
         watch.start()
-        self._on_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
+        # The machine announced setup before it started this thread, as QEMU's migrate_init.
         try:
             self._sock = connect(self.addr)
             if self.settings.tls_creds:  # never fall back to plain text when TLS is asked for

@@ -154,6 +154,9 @@ def hmp_migrate(mon: Monitor, args: Args) -> None:
     flags = {key: bool(args[key]) for key in ("blk", "inc", "resume")}
     mon.machine.migrate(str(args["uri"]), **flags)
     if not args["detach"]:
+        if not mon.can_suspend:
+            mon.printf("terminal does not allow synchronous migration, continuing detached\n")
+            return
         info = mon.wait_migration()
         if info.status is MigrationStatus.FAILED and info.error_desc:
             mon.error_report(info.error_desc)

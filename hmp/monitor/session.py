@@ -20,13 +20,23 @@ BANNER = f"QEMU {QEMU_VERSION} monitor - type 'help' for more information\n"
 class Monitor:
     """Output goes to ``out`` (QEMU's monitor_printf) and ``err`` (QEMU's error_report)."""
 
-    def __init__(self, machine: Machine, out: TextIO | None = None, err: TextIO | None = None):
+    def __init__(
+        self,
+        machine: Machine,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        *,
+        can_suspend: bool = True,
+    ):
         self.machine = machine
         self._out = out
         self._err = err
         self.quit_requested = False
         # How a blocking `migrate` waits for its end; the REPL draws its progress meanwhile.
         self.wait_migration: Callable[[], MigrationInfo] = machine.wait_migration
+        # QEMU's monitor_suspend fails for the HMP that human-monitor-command runs: nothing
+        # there may wait for a migration.
+        self.can_suspend = can_suspend
 
     # Resolved at each write, so prompt_toolkit's patch_stdout also catches monitor output.
     @property

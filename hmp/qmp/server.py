@@ -4,6 +4,12 @@ Each client gets QEMU 7.2's greeting, must negotiate with ``qmp_capabilities``, 
 the migration commands; replies echo ``id``; events reach every negotiated client. Clients
 may come one after another or at once. Each has a reader thread (which runs its commands)
 and a writer thread, so a slow or vanished client never blocks the engine's event emitters.
+
+Output is bounded: a client that does not read its replies has its requests left unread (the
+reader waits once `REPLY_BACKLOG` bytes are queued, as QEMU's monitor stops reading while its
+request queue is full), and one that lets `EVENT_BACKLOG` bytes of events pile up is hung up
+on. Events that other threads raise while a command runs follow that command's reply, as in
+QEMU, whose main loop dispatches them after the command; the command's own come before it.
 """
 
 from __future__ import annotations
@@ -12,10 +18,10 @@ import contextlib
 import io
 import logging
 import os
-import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +37,10 @@ from hmp.qmp.jsonstream import JsonError, JsonStreamer, dumps
 from hmp.qmp.qapi import QmpError, Visitor
 
 Args = dict[str, Any]
+log = logging.getLogger(__name__)
+
+REPLY_BACKLOG = 1 << 20  # bytes queued for a client beyond which its requests wait
+EVENT_BACKLOG = 16 << 20  # bytes queued for a client beyond which it is hung up on
 
 
 # -- the -qmp option ------------------------------------------------------------------------------
@@ -74,7 +84,7 @@ def _qmp_capabilities(session: _Session, args: Args) -> Any:
 def _query_version(session: _Session, args: Args) -> Any:
     major, minor, micro = (int(n) for n in QEMU_VERSION.split("."))
     package = f"qemu-hmp {package_version()}"
-    return {"qemu": {"micro": micro, "minor": minor, "major": major}, "package": package}
+    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": package}
 
 
 def _set_parameters(session: _Session, args: Args) -> Any:
@@ -94,7 +104,7 @@ def _migrate(session: _Session, args: Args) -> Any:
 def _human_monitor_command(session: _Session, args: Args) -> Any:
     if args.get("cpu-index", 0) != 0:  # qemu-hmp guests have one vCPU
         raise QmpError("Parameter 'cpu-index' expects a CPU number")
-    text, quit_requested = session.server.run_hmp(args["command-line"])
+    text, quit_requested = hmp_to_string(session.machine, args["command-line"])
     if quit_requested:
         session.server.quit(session)
     return text.replace("\n", "\r\n")  # what QEMU's monitor output always does
@@ -164,7 +174,60 @@ COMMANDS: dict[str, _Command] = {
 
 
 # -- one client -----------------------------------------------------------------------------------
-_NO_ID = object()
+class _Outbox:
+    """What one client has yet to read, counted in bytes until the socket took it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._chunks: deque[bytes] = deque()
+        self._bytes = 0
+        self._open = True
+
+    @property
+    def backlog(self) -> int:
+        with self._cond:
+            return self._bytes
+
+    def put(self, chunk: bytes) -> int:
+        """Queue ``chunk`` (dropped once closed); the backlog after it."""
+        with self._cond:
+            if self._open:
+                self._chunks.append(chunk)
+                self._bytes += len(chunk)
+                self._cond.notify_all()
+            return self._bytes
+
+    def next(self) -> bytes | None:
+        """The oldest chunk, still counted until `sent`; None once closed and drained."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._chunks or not self._open)
+            return self._chunks[0] if self._chunks else None
+
+    def sent(self) -> None:
+        with self._cond:
+            if self._chunks:  # `discard` may have emptied it meanwhile
+                self._bytes -= len(self._chunks.popleft())
+                self._cond.notify_all()
+
+    def wait_room(self, limit: int) -> bool:
+        """Block while more than ``limit`` bytes wait; False if closed meanwhile."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._bytes <= limit or not self._open)
+            return self._open
+
+    def close(self) -> None:
+        """Take nothing more; what is queued still goes out."""
+        with self._cond:
+            self._open = False
+            self._cond.notify_all()
+
+    def discard(self) -> None:
+        """Close and drop what is queued: the client will not read it."""
+        with self._cond:
+            self._open = False
+            self._chunks.clear()
+            self._bytes = 0
+            self._cond.notify_all()
 
 
 class _Session:
@@ -176,15 +239,24 @@ class _Session:
         self.server = server
         self.machine = server.machine
         self._sock = sock
-        self._out: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._out = _Outbox()
+        self.held = threading.Event()  # set while requests wait for the client to read
+        self.ended = threading.Event()  # set once closed and its output released
         self._negotiated = False
         self._oob = False
         self.quitting = False  # set by `quit`: end the session once its reply is out
-        self._close_lock = threading.Lock()
+        self._lock = threading.Lock()  # orders replies and events
+        self._busy = False  # a command is running on the reader thread
+        self._deferred: list[bytes] = []  # events raised elsewhere meanwhile
         self._closed = False
         self._unsubscribe = self.machine.events.subscribe(self._event)
         self._reader = threading.Thread(target=self._read, name="qmp-reader", daemon=True)
         self._writer = threading.Thread(target=self._write, name="qmp-writer", daemon=True)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of replies and events queued for this client and not yet sent."""
+        return self._out.backlog
 
     def start(self) -> None:
         self._writer.start()
@@ -193,8 +265,9 @@ class _Session:
     def negotiate(self, oob: bool) -> None:
         self._negotiated, self._oob = True, oob
 
-    def send(self, msg: dict[str, Any]) -> None:
-        self._out.put((dumps(msg) + "\r\n").encode())
+    @staticmethod
+    def _line(msg: dict[str, Any]) -> bytes:
+        return (dumps(msg) + "\r\n").encode()
 
     def _event(self, name: str, data: dict[str, Any]) -> None:
         if not self._negotiated:
@@ -204,17 +277,21 @@ class _Session:
         msg: dict[str, Any] = {"timestamp": stamp, "event": name}
         if data:
             msg["data"] = data
-        self.send(msg)
+        line = self._line(msg)
+        with self._lock:
+            if self._busy and threading.current_thread() is not self._reader:
+                self._deferred.append(line)
+                return
+            backlog = self._out.put(line)
+        if backlog > EVENT_BACKLOG:
+            log.warning("QMP client left %d bytes of events unread: hanging up", backlog)
+            self._hang_up()
 
     def _read(self) -> None:
-        self.send({"QMP": {"version": _query_version(self, {}), "capabilities": ["oob"]}})
-        streamer = JsonStreamer()
+        greeting = {"QMP": {"version": _query_version(self, {}), "capabilities": ["oob"]}}
+        self._out.put(self._line(greeting))
         try:
-            while not self.quitting and (data := self._sock.recv(65536)):
-                for request in streamer.feed(data):
-                    self.send(self._reply(request))
-                    if self.quitting:
-                        break
+            self._serve()
         except OSError:
             pass  # the client went away, or the server is closing
         finally:
@@ -222,24 +299,63 @@ class _Session:
         if self.quitting:
             self.server.quit_done()
 
+    def _serve(self) -> None:
+        streamer = JsonStreamer()
+        while not self.quitting and (data := self._sock.recv(65536)):
+            for request in streamer.feed(data):
+                if not self._room():
+                    return
+                self._answer(request)
+                if self.quitting:
+                    return
+
+    def _room(self) -> bool:
+        """Wait until the client has read enough of its replies; False if it went away."""
+        if self._out.backlog <= REPLY_BACKLOG:
+            return True
+        log.debug("QMP client is not reading its replies: its requests wait")
+        self.held.set()
+        try:
+            return self._out.wait_room(REPLY_BACKLOG)
+        finally:
+            self.held.clear()
+
+    def _answer(self, request: Any) -> None:
+        """Run one request; queue its reply, then the events others raised meanwhile."""
+        with self._lock:
+            self._busy = True
+        reply = self._reply(request)
+        with self._lock:
+            self._busy = False
+            for line in (reply, *self._deferred):
+                self._out.put(line)
+            self._deferred.clear()
+
     def _write(self) -> None:
-        while (chunk := self._out.get()) is not None:
+        while (chunk := self._out.next()) is not None:
             try:
                 self._sock.sendall(chunk)
             except OSError:
-                self.close()  # wakes the reader, which ends the session
+                self._hang_up()  # wakes the reader, which ends the session
                 return
+            self._out.sent()
 
-    def _reply(self, request: Any) -> dict[str, Any]:
-        req_id = request.get("id", _NO_ID) if isinstance(request, dict) else _NO_ID
+    def _hang_up(self) -> None:
+        """Drop what is queued and break the connection; `close` follows from the reader."""
+        self._out.discard()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def _reply(self, request: Any) -> bytes:
+        """The reply's line; ``id`` echoed when there is one (`dumps` puts it in QEMU's place)."""
+        echo = {"id": request["id"]} if isinstance(request, dict) and "id" in request else {}
         try:
-            result = self._dispatch(request)
+            return self._line({"return": self._dispatch(request), **echo})
         except Exception as exc:  # a bug in one command must not take the session down
-            log.exception("QMP command")
+            if not isinstance(exc, QmpError):
+                log.exception("QMP command failed")
             err = exc if isinstance(exc, QmpError) else QmpError(f"qemu-hmp internal error: {exc}")
-            error = {"class": err.cls, "desc": err.desc}
-            return {"error": error} if req_id is _NO_ID else {"id": req_id, "error": error}
-        return {"return": result} if req_id is _NO_ID else {"return": result, "id": req_id}
+            return self._line({"error": {"class": err.cls, "desc": err.desc}, **echo})
 
     def _dispatch(self, request: Any) -> Any:
         if isinstance(request, JsonError):
@@ -283,19 +399,20 @@ class _Session:
         return COMMANDS[name]
 
     def close(self) -> None:
-        """End the session: let queued replies out (for at most a second), then hang up."""
-        with self._close_lock:
+        """End the session: let queued output out (for at most a second), then hang up and
+        release what the client did not read."""
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
         self._unsubscribe()
-        self._out.put(None)
+        self._out.close()
         if threading.current_thread() is not self._writer and self._writer.is_alive():
             self._writer.join(1.0)
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+        self._hang_up()
         self._sock.close()
         self.server.forget(self)
+        self.ended.set()
 
     def join(self, timeout: float) -> None:
         for thread in (self._reader, self._writer):
@@ -305,9 +422,14 @@ class _Session:
 
 # -- the server -----------------------------------------------------------------------------------
 def hmp_to_string(machine: Machine, line: str) -> tuple[str, bool]:
-    """Run one HMP command line as ``human-monitor-command`` does: its text, and whether it quit."""
+    """Run one HMP command line as ``human-monitor-command`` does: its text, and whether it quit.
+
+    Each runs in a monitor of its own that cannot suspend (a `migrate` goes on detached, as in
+    QEMU), so commands of different clients run side by side like their QMP commands do: the
+    machine is thread-safe and no lock is held across one.
+    """
     out = io.StringIO()
-    monitor = Monitor(machine, out=out, err=out)
+    monitor = Monitor(machine, out=out, err=out, can_suspend=False)
     monitor.execute(line)
     return out.getvalue(), monitor.quit_requested
 
@@ -326,7 +448,6 @@ class QmpServer:
         self.spec = parse_qmp_spec(spec) if isinstance(spec, str) else spec
         self._on_quit = on_quit or self._shutdown
         self._lock = threading.Lock()
-        self._hmp_lock = threading.Lock()
         self._sessions: set[_Session] = set()
         self._closed = threading.Event()
         self._first_client = threading.Event()
@@ -364,13 +485,14 @@ class QmpServer:
             session.start()
             self._first_client.set()
 
+    def sessions(self) -> list[_Session]:
+        """The clients connected now (a snapshot), e.g. to see what each has queued."""
+        with self._lock:
+            return list(self._sessions)
+
     def forget(self, session: _Session) -> None:
         with self._lock:
             self._sessions.discard(session)
-
-    def run_hmp(self, line: str) -> tuple[str, bool]:
-        with self._hmp_lock:  # one HMP command at a time, whichever client sent it
-            return hmp_to_string(self.machine, line)
 
     def quit(self, session: _Session) -> None:
         """``quit``: announce SHUTDOWN; `quit_done` follows once the reply went out."""

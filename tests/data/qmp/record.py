@@ -4,10 +4,12 @@ Each case starts ``qemu-system-x86_64 ... -qmp unix:SOCK,server=on,wait=off``, c
 writes CASE.jsonl: the first line ``{"argv": [...]}``, then ``{"greeting": ...}``, then for each
 raw text sent ``{"send": TEXT}`` followed by every message QEMU wrote back, ``{"recv": MSG}``
 (replies and events alike, in arrival order). Raw text, not objects, so malformed JSON can be
-recorded too. The ``migration`` case drives two QEMUs (``{"endpoint": "src"|"dst"}`` lines
-switch between them) through a compressed migration with events on. The ``client`` case is
-qemu-hmp's own QMP client (hmp/harness/qmp_client.py) driving QEMU through a tap that writes
-each line either way as it passes (``{"send": TEXT}``, ``{"recv": MSG, "raw": LINE}``), then
+recorded too; a text too big to store is ``{"prefix", "fill", "count", "suffix"}`` (`expand`).
+Cases in `RAW` also keep each message's exact line (``"raw"``), for byte-for-byte checks. The
+``migration`` case drives two QEMUs (``{"endpoint": "src"|"dst"}`` lines switch between them)
+through a compressed migration with events on. The ``client`` case is qemu-hmp's own QMP
+client (hmp/harness/qmp_client.py) driving QEMU through a tap that writes each line either
+way as it passes (``{"send": TEXT}``, ``{"recv": MSG, "raw": LINE}``), then
 ``{"closed": true}`` when QEMU hung up.
 """
 
@@ -43,6 +45,17 @@ def _x(cmd: str, args: dict[str, Any] | None = None, id: Any = _NO_ID) -> str:
     if id is not _NO_ID:
         msg["id"] = id
     return json.dumps(msg) + "\n"
+
+
+def big(prefix: str, fill: str, count: int, suffix: str) -> dict[str, Any]:
+    """A send of ``prefix + fill * count + suffix``, stored as its recipe."""
+    return {"prefix": prefix, "fill": fill, "count": count, "suffix": suffix}
+
+
+def expand(send: str | dict[str, Any]) -> str:
+    if isinstance(send, str):
+        return send
+    return send["prefix"] + send["fill"] * send["count"] + send["suffix"]
 
 
 def _caps(**states: bool) -> dict[str, Any]:
@@ -89,9 +102,9 @@ class Qemu:
                 return
             self.buf += chunk
 
-    def send(self, text: str) -> list[str]:
+    def send(self, text: str, first: float = 2.0) -> list[str]:
         self.sock.sendall(text.encode("utf-8", "surrogateescape"))
-        return list(self.read())
+        return list(self.read(first))
 
     def close(self) -> None:
         self.sock.close()
@@ -99,16 +112,21 @@ class Qemu:
         self.proc.wait()
 
 
-def run(args: list[str], sends: list[str], raw: bool = False) -> list[dict[str, Any]]:
+def _recv(line: str, raw: bool) -> dict[str, Any]:
+    return {"recv": json.loads(line), **({"raw": line} if raw else {})}
+
+
+def run(args: list[str], sends: list[Any], raw: bool = False) -> list[dict[str, Any]]:
     """One session; with ``raw``, each message's exact line too (to check the serializer)."""
     with tempfile.TemporaryDirectory() as tmp:
         q = Qemu(args, tmp)
         out: list[dict[str, Any]] = [{"argv": q.argv}, {"greeting": q.greeting}]
         try:
-            for text in sends:
-                out.append({"send": text})
-                for line in q.send(text):
-                    out.append({"recv": json.loads(line), **({"raw": line} if raw else {})})
+            for send in sends:
+                out.append({"send": send})
+                # QEMU reads a byte per main-loop turn: a big send takes a minute or more.
+                first = 2.0 if isinstance(send, str) else 900.0
+                out.extend(_recv(line, raw) for line in q.send(expand(send), first))
         finally:
             q.close()
     return out
@@ -121,7 +139,9 @@ def _free_port() -> int:
 
 
 def migration() -> list[dict[str, Any]]:
-    """src -> dst over TCP, compress and events on both sides; poll query-migrate until done."""
+    """src -> dst over TCP, compress and events on both sides; poll query-migrate until done.
+
+    Every message keeps its exact line (``"raw"``): the layout of query-migrate's answers."""
     port = _free_port()
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,9 +152,9 @@ def migration() -> list[dict[str, Any]]:
         def step(name: str, text: str) -> list[Any]:
             out.append({"endpoint": name})
             out.append({"send": text})
-            got = [json.loads(line) for line in ends[name].send(text)]
-            out.extend({"recv": m} for m in got)
-            return got
+            got = [_recv(line, raw=True) for line in ends[name].send(text)]
+            out.extend(got)
+            return [m["recv"] for m in got]
 
         try:
             for name in ("dst", "src"):
@@ -447,6 +467,122 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+# QEMU's json-streamer limits (64 MiB of tokens, 2 Mi tokens, nesting 1024) and what its
+# lexer does around them (the deepest value allowed is left to the unit tests: its reply is
+# deeper than Python's json module reads). The token-count sends hold 15 tokens besides the
+# fill's pairs.
+_ARG_X = '{"execute": "query-status", "arguments": {"x": '
+_HOSTNAME = '{"execute": "migrate-set-parameters", "arguments": {"tls-hostname": "'
+CASES["limits"] = (
+    S,
+    [
+        NEG,
+        "[" * 1025 + "]" * 1025 + "\n",
+        '{"execute": "query-status", "id": ' + "[" * 1024 + "]" * 1024 + "}\n",
+        big(_ARG_X + "[", "1, ", (1 << 20) - 8, "1]}}\n"),  # 2 Mi - 1 tokens
+        big(_ARG_X + "[", "1, ", (1 << 20) - 7, "1]}}\n"),  # 2 Mi + 1: the last one fails
+        big(_ARG_X + "[", "1, ", 1 << 20, "1]}}\n"),
+        big(_HOSTNAME, "a", 10 << 20, '"}}\n'),
+        _x("query-name", id="after 10 MiB"),
+        big(_ARG_X + '"', "a", (64 << 20) + 3, '"}}\n'),  # one token over 64 MiB
+        big(_ARG_X + "[", '"' + "a" * 1022 + '", ', 65500, "1]}}\n"),  # 64 MiB of tokens
+        _x("query-name", id="after 64 MiB"),
+    ],
+)
+# The lexer byte by byte: what is an error in a string, where recovery after one ends.
+CASES["lexer"] = (
+    S,
+    [
+        NEG,
+        "\u00e9\n",
+        '"a\udcffb"\n',
+        '"a\udcfe"\n',
+        '"a\\\udcff"\n',
+        '{"execute": "query-name", "id": "\u00e9\udcc3"}\n',
+        '{"execute": "query-name", "id": "\udcc0\udc80"}\n',
+        '{"execute": "query-name", "id": "\udced\udca0\udc80"}\n',
+        '{"execute": "query-name", "id": "\u00e9\u4e2d\U0001f600"}\n',
+        "@\udcff5\n",
+        "@\udcfe5\n",
+        "@\t5\n",
+        "@\udcc35\n",
+        "@\x7f5\n",
+        "5\udcff\n",
+        "[}]\n",
+        '{"a": 1]}\n',
+        "-\n",  # the stray token takes the line end: recovery lasts to the next one
+        "1.e5\n",
+        "1e+\n",
+        "\n",
+        "00\n",
+        "[00]\n",
+        "[-]\n",
+        "-0.5e-3 \n",
+    ],
+)
+# MIGRATION events around a migrate that fails at once, that fails to connect, and through
+# HMP (whose migrate there goes on detached), with events on and off; then the incoming side,
+# which announces setup whether events are on or not.
+_HMP_LINE = "human-monitor-command"
+CASES["events"] = (
+    S,
+    [
+        NEG,
+        _x("migrate", {"uri": "tcp:127.0.0.1:1", "resume": True}),  # before migrate_init
+        _x("migrate", {"uri": "foo:bar"}),  # events off
+        _x("migrate-set-capabilities", _caps(events=True)),
+        *(_x("migrate", {"uri": uri}) for uri in ("foo:bar", "tcp:127.0.0.1", "bogus", "")),
+        _x("query-migrate"),
+        _x("migrate", {"uri": "tcp:127.0.0.1:1"}),
+        _x("query-migrate"),
+        *(
+            _x(_HMP_LINE, {"command-line": line})
+            for line in (
+                "migrate foo:bar",
+                'migrate ""',
+                "migrate tcp:127.0.0.1:1",
+                "migrate -d tcp:127.0.0.1:1",
+                "info migrate",
+            )
+        ),
+        _x("stop"),
+        _x("cont"),
+    ],
+)
+CASES["incoming_events"] = (
+    ["-m", "128", "-incoming", "defer"],
+    [
+        NEG,
+        _x("migrate-incoming", {"uri": "foo:bar"}),
+        _x("migrate-incoming", {"uri": "tcp:127.0.0.1"}),
+        _x("migrate-set-capabilities", _caps(events=True)),
+        _x(_HMP_LINE, {"command-line": "migrate_incoming foo:bar"}),
+        _x(_HMP_LINE, {"command-line": "migrate_incoming tcp:127.0.0.1:0"}),
+        _x("query-migrate"),
+        _x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
+        _x("query-status"),
+    ],
+)
+# Every reply shape as QEMU lays it out (its QDict's order), byte for byte.
+CASES["keyorder"] = (
+    S,
+    [
+        NEG,
+        _x("query-status", id=1),
+        _x("query-migrate-capabilities"),
+        _x("query-migrate-parameters"),
+        _x("query-migrate"),
+        _x("query-version"),
+        _x("no-such-command", id="x"),
+        _x("migrate-set-parameters", {"compress-level": 10}, id=2),
+        _x("query-name", id={"b": 1, "a": 2, "status": 3, "singlestep": 4, "id": 5}),
+        _x("migrate", {"uri": "tcp:127.0.0.1:1"}),
+        _x("query-migrate"),
+    ],
+)
+RAW = {"bytes", "limits", "lexer", "events", "incoming_events", "keyorder"}
+
+
 def main() -> None:
     names = sys.argv[1:] or [*CASES, "migration", "client"]
     recorders = {"migration": migration, "client": client}
@@ -454,7 +590,7 @@ def main() -> None:
         if name in recorders:
             records = recorders[name]()
         else:
-            records = run(*CASES[name], raw=name == "bytes")
+            records = run(*CASES[name], raw=name in RAW)
         with open(HERE / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         print(name)
