@@ -1,157 +1,50 @@
 """Re-record the QEMU 7.2 QMP oracle: ``python tests/data/qmp/record.py [CASE...]``.
 
-Each case starts ``qemu-system-x86_64 ... -qmp unix:SOCK,server=on,wait=off``, connects, and
-writes CASE.jsonl: the first line ``{"argv": [...]}``, then ``{"greeting": ...}``, then for each
-raw text sent ``{"send": TEXT}`` followed by every message QEMU wrote back, ``{"recv": MSG}``
-(replies and events alike, in arrival order). Raw text, not objects, so malformed JSON can be
-recorded too. The ``migration`` case drives two QEMUs (``{"endpoint": "src"|"dst"}`` lines
-switch between them) through a compressed migration with events on.
+Each case starts ``qemu-system-x86_64 ... -qmp unix:SOCK,server=on,wait=off`` and writes
+CASE.jsonl in the format tests/data/qmp_recorder.py describes. The ``migration`` case drives
+two QEMUs (``{"endpoint": "src"|"dst"}`` lines switch between them) through a compressed
+migration with events on.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import select
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from qmp_recorder import NEG, Pair, Record, caps, free_port, run, write, x
+
 HERE = Path(__file__).parent
 QEMU = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", "-nodefaults"]
-NEG = '{"execute": "qmp_capabilities"}\n'
 
 
-_NO_ID = object()
-
-
-def _x(cmd: str, args: dict[str, Any] | None = None, id: Any = _NO_ID) -> str:
-    msg: dict[str, Any] = {"execute": cmd}
-    if args is not None:
-        msg["arguments"] = args
-    if id is not _NO_ID:
-        msg["id"] = id
-    return json.dumps(msg) + "\n"
-
-
-def _caps(**states: bool) -> dict[str, Any]:
-    return {
-        "capabilities": [{"capability": k.replace("_", "-"), "state": v} for k, v in states.items()]
-    }
-
-
-class Qemu:
-    """One QEMU with a QMP socket; ``send`` returns what it answered until it went quiet."""
-
-    def __init__(self, args: list[str], workdir: str, name: str = "q") -> None:
-        path = os.path.join(workdir, f"{name}.sock")
-        self.argv = [*args, "-qmp", "unix:SOCK,server=on,wait=off"]
-        self.proc = subprocess.Popen(
-            [*QEMU, *args, "-qmp", f"unix:{path},server=on,wait=off"],
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                raise TimeoutError(path)
-            time.sleep(0.02)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
-        self.buf = b""
-        self.greeting = json.loads(next(self.read(first=10.0)))
-
-    def read(self, first: float = 2.0, quiet: float = 0.3) -> Iterator[str]:
-        """Lines (CRLF dropped) until ``quiet`` s pass without one (``first`` s for the first)."""
-        wait = first
-        while True:
-            while b"\r\n" in self.buf:
-                line, self.buf = self.buf.split(b"\r\n", 1)
-                wait = quiet
-                yield line.decode()
-            if not select.select([self.sock], [], [], wait)[0]:
-                return
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:  # after `quit`
-                return
-            if not chunk:
-                return
-            self.buf += chunk
-
-    def send(self, text: str) -> list[str]:
-        self.sock.sendall(text.encode("utf-8", "surrogateescape"))
-        return list(self.read())
-
-    def close(self) -> None:
-        self.sock.close()
-        self.proc.kill()
-        self.proc.wait()
-
-
-def run(args: list[str], sends: list[str], raw: bool = False) -> list[dict[str, Any]]:
-    """One session; with ``raw``, each message's exact line too (to check the serializer)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        q = Qemu(args, tmp)
-        out: list[dict[str, Any]] = [{"argv": q.argv}, {"greeting": q.greeting}]
-        try:
-            for text in sends:
-                out.append({"send": text})
-                for line in q.send(text):
-                    out.append({"recv": json.loads(line), **({"raw": line} if raw else {})})
-        finally:
-            q.close()
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def migration() -> list[dict[str, Any]]:
+def migration() -> list[Record]:
     """src -> dst over TCP, compress and events on both sides; poll query-migrate until done."""
-    port = _free_port()
-    out: list[dict[str, Any]] = []
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        dst = Qemu(["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"], tmp, "dst")
-        src = Qemu(["-m", "128"], tmp, "src")
-        ends = {"src": src, "dst": dst}
-
-        def step(name: str, text: str) -> list[Any]:
-            out.append({"endpoint": name})
-            out.append({"send": text})
-            got = [json.loads(line) for line in ends[name].send(text)]
-            out.extend({"recv": m} for m in got)
-            return got
-
+        pair = Pair(QEMU, tmp)
         try:
+            argv = {
+                "dst": ["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"],
+                "src": ["-m", "128"],
+            }
             for name in ("dst", "src"):
-                out.append({"endpoint": name, "argv": ends[name].argv})
-                out.append({"greeting": ends[name].greeting})
-                step(name, NEG)
-                step(name, _x("migrate-set-capabilities", _caps(compress=True, events=True)))
-                step(name, _x("query-migrate"))
+                pair.start(name, argv[name])
+                pair.step(name, NEG)
+                pair.step(name, x("migrate-set-capabilities", caps(compress=True, events=True)))
+                pair.step(name, x("query-migrate"))
             # Slow enough (~4 s) that the polls below also see the active state.
-            step("src", _x("migrate-set-parameters", {"max-bandwidth": 131072}))
-            step("src", _x("migrate", {"uri": f"tcp:127.0.0.1:{port}"}))
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                got = step("src", _x("query-migrate"))
-                if any(m.get("return", {}).get("status") in ("completed", "failed") for m in got):
-                    break
+            pair.step("src", x("migrate-set-parameters", {"max-bandwidth": 131072}))
+            pair.step("src", x("migrate", {"uri": f"tcp:127.0.0.1:{port}"}))
+            pair.poll_migrate("src", ("completed", "failed"))
             for name in ("src", "dst"):
-                step(name, _x("query-migrate"))
-                step(name, _x("query-status"))
+                pair.step(name, x("query-migrate"))
+                pair.step(name, x("query-status"))
         finally:
-            src.close()
-            dst.close()
-    return out
+            pair.close()
+    return pair.out
 
 
 S = ["-m", "128", "-S"]
@@ -184,8 +77,8 @@ SET_PARAMS = [
     {"compress-level": 5, "compress-threads": 0},
 ]
 SET_CAPS: list[Any] = [
-    _caps(compress=True, auto_converge=True),
-    _caps(multifd=True),
+    caps(compress=True, auto_converge=True),
+    caps(multifd=True),
     {"capabilities": [{"capability": "foo", "state": True}]},
     {"capabilities": [{"capability": "compress"}]},
     {"capabilities": [{"capability": "compress", "state": "on"}]},
@@ -195,31 +88,31 @@ SET_CAPS: list[Any] = [
     {"capabilities": [{"capability": 5, "state": True}]},
     {"capabilities": [{"state": True}]},
     {},
-    _caps(compress=False),
+    caps(compress=False),
 ]
 
 CASES: dict[str, tuple[list[str], list[str]]] = {
     "protocol": (
         S,
         [
-            _x("query-status", id=1),
-            _x("qmp_capabilities", {"enable": ["foo"]}),
-            _x("qmp_capabilities", id="neg"),
-            _x("qmp_capabilities"),
-            _x("query-status", id={"a": [1, "b"]}),
-            _x("query-status", id=None),
-            _x("query-version"),
-            _x("no-such-command", id=7),
-            _x("query-status", {"x": 1}),
-            _x("migrate"),
-            _x("migrate", {"uri": 5}),
-            _x("migrate-incoming", {"uri": True}),
-            _x("human-monitor-command", {"command-line": "info status", "cpu-index": "0"}),
-            _x("human-monitor-command", {"command-line": "info status", "cpu-index": 5}),
-            _x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": 1}),
-            _x("stop", {"a": 1}),
-            _x("query-commands", {}),
-            _x("migrate-set-parameters"),
+            x("query-status", id=1),
+            x("qmp_capabilities", {"enable": ["foo"]}),
+            x("qmp_capabilities", id="neg"),
+            x("qmp_capabilities"),
+            x("query-status", id={"a": [1, "b"]}),
+            x("query-status", id=None),
+            x("query-version"),
+            x("no-such-command", id=7),
+            x("query-status", {"x": 1}),
+            x("migrate"),
+            x("migrate", {"uri": 5}),
+            x("migrate-incoming", {"uri": True}),
+            x("human-monitor-command", {"command-line": "info status", "cpu-index": "0"}),
+            x("human-monitor-command", {"command-line": "info status", "cpu-index": 5}),
+            x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": 1}),
+            x("stop", {"a": 1}),
+            x("query-commands", {}),
+            x("migrate-set-parameters"),
             "[1]\n",
             '"str"\n',
             "true\n",
@@ -251,39 +144,39 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "oob": (
         S,
         [
-            _x("qmp_capabilities", {"enable": ["oob"]}),
+            x("qmp_capabilities", {"enable": ["oob"]}),
             '{"exec-oob": "query-status", "id": 1}\n',
             '{"exec-oob": "no-such-command"}\n',
             '{"execute": "query-status", "exec-oob": "query-status"}\n',
-            _x("query-status", id=2),
+            x("query-status", id=2),
         ],
     ),
     "config": (
         S,
         [
             NEG,
-            _x("query-migrate"),
-            _x("query-migrate-capabilities"),
-            _x("query-migrate-parameters"),
-            *(_x("migrate-set-parameters", p) for p in SET_PARAMS),
-            *(_x("migrate-set-capabilities", c) for c in SET_CAPS),
-            _x("query-migrate-capabilities"),
-            _x("query-migrate-parameters"),
+            x("query-migrate"),
+            x("query-migrate-capabilities"),
+            x("query-migrate-parameters"),
+            *(x("migrate-set-parameters", p) for p in SET_PARAMS),
+            *(x("migrate-set-capabilities", c) for c in SET_CAPS),
+            x("query-migrate-capabilities"),
+            x("query-migrate-parameters"),
         ],
     ),
     "runstate": (
         S,
         [
             NEG,
-            _x("query-status"),
-            _x("stop"),
-            _x("cont"),
-            _x("query-status"),
-            _x("cont"),
-            _x("stop"),
-            _x("stop"),
-            _x("query-status"),
-            _x("quit"),
+            x("query-status"),
+            x("stop"),
+            x("cont"),
+            x("query-status"),
+            x("cont"),
+            x("stop"),
+            x("stop"),
+            x("query-status"),
+            x("quit"),
         ],
     ),
     "hmp": (
@@ -291,7 +184,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [
             NEG,
             *(
-                _x("human-monitor-command", {"command-line": line})
+                x("human-monitor-command", {"command-line": line})
                 for line in (
                     "info status",
                     "info migrate_capabilities",
@@ -304,37 +197,37 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
                     "migrate tcp:127.0.0.1:1",
                 )
             ),
-            _x("human-monitor-command", {}),
-            _x("query-status"),
-            _x("human-monitor-command", {"command-line": "quit"}),
+            x("human-monitor-command", {}),
+            x("query-status"),
+            x("human-monitor-command", {"command-line": "quit"}),
         ],
     ),
     "incoming": (
         ["-m", "128", "-incoming", "defer"],
         [
             NEG,
-            _x("query-status"),
-            _x("query-migrate"),
-            _x("migrate", {"uri": "tcp:127.0.0.1:1"}),
-            _x("migrate-incoming", {"uri": "foo:bar"}),
-            _x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
-            _x("query-migrate"),
-            _x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
-            _x("stop"),
-            _x("cont"),
+            x("query-status"),
+            x("query-migrate"),
+            x("migrate", {"uri": "tcp:127.0.0.1:1"}),
+            x("migrate-incoming", {"uri": "foo:bar"}),
+            x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
+            x("query-migrate"),
+            x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
+            x("stop"),
+            x("cont"),
         ],
     ),
     "outgoing_errors": (
         S,
         [
             NEG,
-            _x("migrate_cancel"),
-            _x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
-            _x("migrate", {"uri": "foo:bar"}),
-            _x("query-migrate"),
-            _x("migrate", {"uri": "tcp:127.0.0.1:1"}),
-            _x("query-migrate"),
-            _x("migrate_cancel"),
+            x("migrate_cancel"),
+            x("migrate-incoming", {"uri": "tcp:127.0.0.1:0"}),
+            x("migrate", {"uri": "foo:bar"}),
+            x("query-migrate"),
+            x("migrate", {"uri": "tcp:127.0.0.1:1"}),
+            x("query-migrate"),
+            x("migrate_cancel"),
         ],
     ),
     # migrate's blk/inc/resume checks, in QEMU's order (qemu-hmp has them in Machine.migrate).
@@ -342,32 +235,32 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["-m", "128"],
         [
             NEG,
-            _x("migrate", {"uri": "foo:bar", "resume": True, "blk": True}),
-            _x("migrate-set-capabilities", _caps(block=True)),
-            _x("migrate", {"uri": "tcp:127.0.0.1:1", "inc": True}),
-            _x("migrate-set-capabilities", _caps(block=False)),
-            _x("migrate-set-parameters", {"block-incremental": True}),
-            _x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": True}),
-            _x("migrate-set-parameters", {"block-incremental": False}),
-            _x("migrate-set-capabilities", _caps(x_colo=True, block=True)),
-            _x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": True, "inc": True}),
-            _x("migrate-set-capabilities", _caps(x_colo=False, block=False)),
-            _x("migrate", {"uri": "foo:bar", "blk": True}),
-            _x("query-migrate"),
+            x("migrate", {"uri": "foo:bar", "resume": True, "blk": True}),
+            x("migrate-set-capabilities", caps(block=True)),
+            x("migrate", {"uri": "tcp:127.0.0.1:1", "inc": True}),
+            x("migrate-set-capabilities", caps(block=False)),
+            x("migrate-set-parameters", {"block-incremental": True}),
+            x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": True}),
+            x("migrate-set-parameters", {"block-incremental": False}),
+            x("migrate-set-capabilities", caps(x_colo=True, block=True)),
+            x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": True, "inc": True}),
+            x("migrate-set-capabilities", caps(x_colo=False, block=False)),
+            x("migrate", {"uri": "foo:bar", "blk": True}),
+            x("query-migrate"),
         ],
     ),
-    "commands": (S, [NEG, _x("query-commands")]),
+    "commands": (S, [NEG, x("query-commands")]),
     "bytes": (
         S,
         [
             NEG,
             *(
-                _x("query-name", id=i)
+                x("query-name", id=i)
                 for i in (1, 1.0, 0.1, -0.0, 1e300, 2**63, -(2**63) - 1, True, None, [], {})
             ),
             '{"execute": "query-name", "id": "a/b\\u007f<\\ud83d\\ude00\\t\\"\\\\\\u00e9"}\n',
-            _x("query-name", id={"k": [1, "x", None]}),
-            _x("migrate-set-parameters", {"x": 1}, id="e"),
+            x("query-name", id={"k": [1, "x", None]}),
+            x("migrate-set-parameters", {"x": 1}, id="e"),
         ],
     ),
 }
@@ -376,9 +269,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
 def main() -> None:
     names = sys.argv[1:] or [*CASES, "migration"]
     for name in names:
-        records = migration() if name == "migration" else run(*CASES[name], raw=name == "bytes")
-        with open(HERE / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
+        records = (
+            migration() if name == "migration" else run(QEMU, *CASES[name], raw=name == "bytes")
+        )
+        write(HERE / f"{name}.jsonl", records)
         print(name)
 
 
