@@ -13,12 +13,15 @@ is its options, the others its commands, run in file order. Its recording has on
 ``# argv: NAME: ...`` line per endpoint and a ``# endpoint: NAME`` line wherever the commands
 switch endpoint.
 
-In options and commands, ``$SCRATCH`` is the case's scratch directory, ``$IMAGE`` the RAM
-image (see ``Recorder``) and ``$PORT`` a free TCP port on 127.0.0.1; outputs name them the
-same way, so a recording does not depend on the run. ``CMD @until TEXT`` repeats CMD until
-its output contains TEXT and stores the last output, marked ``# polled until: TEXT``.
-An endpoint that exits is marked ``# exited: CODE``; a command that timed out, or was sent to
-an endpoint that had exited, ends the case with a ``# recorder error: ...`` line.
+In options and commands, ``$SCRATCH`` is the case's scratch directory, ``$PORT`` a free TCP
+port on 127.0.0.1, and a recorder may make files of its own (``Recorder.made``, e.g.
+``$IMAGE``); outputs name them the same way, so a recording does not depend on the run.
+``CMD @until REGEX`` repeats CMD until REGEX matches in its output (``re.MULTILINE``) and
+stores that output, marked ``# polled until: REGEX``. An endpoint that exits is marked
+``# exited: CODE`` (after the command that ended it, or where the case waits for it with the
+line ``@exit``). A command that timed out or was sent to an endpoint that had exited, or an
+``@until`` that a finished migration can no longer meet, ends the case with a
+``# recorder error: ...`` line.
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ from qmp_recorder import free_port
 
 PROMPT = b"(qemu) "
 UNTIL = " @until "
+EXIT = "@exit"
 ENDPOINT = re.compile(r"^(src|dst): ")
 POLL_INTERVAL = 0.1  # seconds between two polls of an ``@until`` command
 POLL_TIMEOUT = 120.0  # an ``@until`` condition not met by then is a recorder error
+# A migration that ended (7.2: "Migration status: failed", 11.1: "Status: \t\tcompleted").
+FINISHED = re.compile(r"^(Migration )?[Ss]tatus:\s+(completed|failed|cancelled)\b", re.MULTILINE)
 
 
 def _read_until_prompt(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bytes:
@@ -99,17 +105,33 @@ class Monitor:
         # The echo (readline redraws) ends at the first CRLF; the output follows it.
         _echo, _, body = raw.partition(b"\r\n")
         out = f"(qemu) {cmd}\n" + body.decode().replace("\r\n", "\n")
-        out += "".join(f"# stderr: {line}\n" for line in _drain(self.proc).splitlines())
-        return out + exited
+        return out + self._stderr() + exited
 
-    def poll_until(self, cmd: str, text: str) -> str:
-        """The output of the first of repeated ``cmd`` that contains ``text``."""
+    def step(self, line: str) -> str:
+        """One line of a case: a command, ``CMD @until REGEX``, or ``@exit``."""
+        if line == EXIT:
+            return self.wait_exit()
+        if self.proc.poll() is not None:
+            raise EOFError("the endpoint had exited")
+        typed, _, until = line.partition(UNTIL)
+        return self.poll_until(typed, until) if until else self.command(typed)
+
+    def wait_exit(self, timeout: float = 30.0) -> str:
+        """QEMU's last stderr lines and ``# exited: CODE`` once it exits by itself."""
+        code = self.proc.wait(timeout)
+        return self._stderr() + f"# exited: {code}\n"
+
+    def _stderr(self) -> str:
+        return "".join(f"# stderr: {line}\n" for line in _drain(self.proc).splitlines())
+
+    def poll_until(self, cmd: str, pattern: str) -> str:
+        """The output of the first of repeated ``cmd`` in which the regex ``pattern`` matches."""
         deadline = time.monotonic() + POLL_TIMEOUT
-        while text not in (out := self.command(cmd)):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise TimeoutError(f"{cmd!r} never printed {text!r}; last:\n{out}")
+        while not re.search(pattern, out := self.command(cmd), re.MULTILINE):
+            if time.monotonic() > deadline or self.proc.poll() is not None or FINISHED.search(out):
+                raise TimeoutError(f"{cmd!r} never matched {pattern!r}; last:\n{out}")
             time.sleep(POLL_INTERVAL)
-        return out + f"# polled until: {text}\n"
+        return out + f"# polled until: {pattern}\n"
 
     def close(self) -> None:
         self.proc.kill()
@@ -140,12 +162,12 @@ class Case:
 class Recorder:
     """Runs cases with ``qemu`` (the binary and the options every case shares).
 
-    ``image`` makes the RAM image ``$IMAGE`` names, once, when a case first names it.
+    ``made`` maps a placeholder (``$IMAGE``) to what makes its file for a case run in a folder.
     """
 
     here: Path
     qemu: list[str]
-    image: Callable[[], Path] | None = None
+    made: dict[str, Callable[[Path], Path]] = field(default_factory=dict)
     banner: bool = False  # store each endpoint's first line as ``# banner: ...``
 
     def cases(self) -> dict[str, Case]:
@@ -162,7 +184,9 @@ class Recorder:
 
         def unfill(text: str) -> str:
             for name, value in names.items():
-                text = text.replace(f":{value}" if name == "$PORT" else value, name)
+                if name == "$PORT":  # a number: only where it follows a colon (host:port)
+                    name, value = f":{name}", f":{value}"
+                text = text.replace(value, name)
             return text
 
         out: list[str] = []
@@ -186,10 +210,9 @@ class Recorder:
             "$SCRATCH": lambda: str(folder),
             "$PORT": lambda: str(free_port()),
         }
-        if (image := self.image) is not None:
-            values["$IMAGE"] = lambda: str(image())
         text = "\n".join(lines)
-        return {name: value() for name, value in values.items() if name in text}
+        names = {name: value() for name, value in values.items() if name in text}
+        return names | {name: str(make(folder)) for name, make in self.made.items() if name in text}
 
     def _steps(
         self, case: Case, monitors: dict[str, Monitor], folder: Path, fill: Callable[[str], str]
@@ -201,13 +224,9 @@ class Recorder:
             if name != current:
                 out.append(f"# endpoint: {name}\n")
                 current = name
-            typed, _, until = fill(cmd).partition(UNTIL)
-            monitor = monitors[name]
             try:
-                if monitor.proc.poll() is not None:
-                    raise EOFError(f"{name} had exited")
-                text = monitor.poll_until(typed, until) if until else monitor.command(typed)
-            except (TimeoutError, EOFError) as err:
+                text = monitors[name].step(fill(cmd))
+            except (TimeoutError, subprocess.TimeoutExpired, EOFError) as err:
                 out.append(f"# recorder error: {cmd}: {err}\n".replace("\n", " ").rstrip() + "\n")
                 break
             out.append(text)

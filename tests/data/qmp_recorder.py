@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +153,77 @@ class Pair:
 def write(path: Path, records: list[Record]) -> None:
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def pair_migration(
+    qemu: list[str], capabilities: dict[str, Any], parent: str | None = None
+) -> list[Record]:
+    """src -> dst over TCP with ``capabilities`` on both sides, slow enough that query-migrate
+    (polled until the end) also sees it active; then each side's query-migrate and status."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(dir=parent) as tmp:
+        pair = Pair(qemu, tmp)
+        try:
+            argv = {"dst": ["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"]}
+            argv["src"] = ["-m", "128"]
+            for name in ("dst", "src"):
+                pair.start(name, argv[name])
+                pair.step(name, NEG)
+                pair.step(name, x("migrate-set-capabilities", capabilities))
+                pair.step(name, x("query-migrate"))
+            # 128 KiB/s: QEMU 7.2 takes ~4 s for an idle 128 MiB guest.
+            pair.step("src", x("migrate-set-parameters", {"max-bandwidth": 131072}))
+            pair.step("src", x("migrate", {"uri": f"tcp:127.0.0.1:{port}"}))
+            pair.poll_migrate("src", ("completed", "failed"))
+            for name in ("src", "dst"):
+                pair.step(name, x("query-migrate"))
+                pair.step(name, x("query-status"))
+        finally:
+            pair.close()
+    return pair.out
+
+
+def schema(q: Qemu, wanted: Callable[[str], bool]) -> dict[str, Any]:
+    """The commands and events ``wanted`` picks from query-qmp-schema, each type inlined
+    (introspection numbers types it does not name), in QEMU's member order."""
+    (reply,) = (json.loads(line) for line in q.send(x("query-qmp-schema")))
+    entities = {e["name"]: e for e in reply["return"]}
+    picked: dict[str, Any] = {"commands": {}, "events": {}}
+    for e in reply["return"]:
+        if e["meta-type"] in ("command", "event") and wanted(e["name"]):
+            kind = "commands" if e["meta-type"] == "command" else "events"
+            picked[kind][e["name"]] = {
+                key: _inline(entities, e[key], ()) for key in ("arg-type", "ret-type") if key in e
+            } | ({"features": e["features"]} if e.get("features") else {})
+    return picked
+
+
+def _inline(entities: dict[str, Any], name: str, outer: tuple[str, ...]) -> Any:
+    e = entities[name]
+    if name in outer:  # a recursive type: named once
+        return f"(recursive {name})"
+    within = (*outer, name)
+    kind = e["meta-type"]
+    if kind == "builtin":
+        return name
+    if kind == "enum":
+        out: dict[str, Any] = {"enum": e["values"]}
+    elif kind == "array":
+        out = {"array": _inline(entities, e["element-type"], within)}
+    elif kind == "alternate":
+        out = {"alternate": [_inline(entities, m["type"], within) for m in e["members"]]}
+    else:
+        out = {"members": [_member(entities, m, within) for m in e["members"]]}
+        if "tag" in e:
+            out["tag"] = e["tag"]
+            out["variants"] = {
+                v["case"]: _inline(entities, v["type"], within) for v in e["variants"]
+            }
+    return out | ({"features": e["features"]} if e.get("features") else {})
+
+
+def _member(entities: dict[str, Any], m: dict[str, Any], outer: tuple[str, ...]) -> dict[str, Any]:
+    out = {"name": m["name"], "type": _inline(entities, m["type"], outer)}
+    if "default" in m:
+        out["optional"] = True
+    return out | ({"features": m["features"]} if m.get("features") else {})

@@ -9,12 +9,11 @@ migration with events on.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from qmp_recorder import NEG, Pair, Record, caps, free_port, run, write, x
+from qmp_recorder import NEG, Record, caps, pair_migration, run, write, x
 
 HERE = Path(__file__).parent
 QEMU = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", "-nodefaults"]
@@ -22,29 +21,7 @@ QEMU = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", "-
 
 def migration() -> list[Record]:
     """src -> dst over TCP, compress and events on both sides; poll query-migrate until done."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        pair = Pair(QEMU, tmp)
-        try:
-            argv = {
-                "dst": ["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"],
-                "src": ["-m", "128"],
-            }
-            for name in ("dst", "src"):
-                pair.start(name, argv[name])
-                pair.step(name, NEG)
-                pair.step(name, x("migrate-set-capabilities", caps(compress=True, events=True)))
-                pair.step(name, x("query-migrate"))
-            # Slow enough (~4 s) that the polls below also see the active state.
-            pair.step("src", x("migrate-set-parameters", {"max-bandwidth": 131072}))
-            pair.step("src", x("migrate", {"uri": f"tcp:127.0.0.1:{port}"}))
-            pair.poll_migrate("src", ("completed", "failed"))
-            for name in ("src", "dst"):
-                pair.step(name, x("query-migrate"))
-                pair.step(name, x("query-status"))
-        finally:
-            pair.close()
-    return pair.out
+    return pair_migration(QEMU, caps(compress=True, events=True))
 
 
 S = ["-m", "128", "-S"]
