@@ -182,10 +182,11 @@ class Recorder:
                 text = text.replace(name, value)
             return text
 
+        # A port is a number: put back only where it follows a colon (host:port).
+        back = [(f":{v}", f":{n}") if n == "$PORT" else (v, n) for n, v in names.items()]
+
         def unfill(text: str) -> str:
-            for name, value in names.items():
-                if name == "$PORT":  # a number: only where it follows a colon (host:port)
-                    name, value = f":{name}", f":{value}"
+            for value, name in back:
                 text = text.replace(value, name)
             return text
 
