@@ -3,12 +3,15 @@ record_xbzrle.py) on two of our machines, each command's output against QEMU's.
 
 Every output is compared byte for byte except `info migrate` on the source, whose figures are
 measurements: there the xbzrle block must have QEMU's lines in QEMU's order, numbers masked
-but the cache size exact (it is a parameter), after the RAM lines as QEMU's.
+but the cache size exact (it is a parameter), after the RAM lines as QEMU's. QMP's
+``query-migrate`` must carry QEMU's ``xbzrle-cache`` members (QEMU's JSON objects are hash
+tables: their order is not QEMU's to keep, so the names and types are compared).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from test_machine import Watch
 
 from engine.machine import Machine, MachineOptions
 from hmp.monitor import Monitor
+from hmp.qmp import qapi
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "xbzrle"
 MiB = 1 << 20
@@ -95,3 +99,22 @@ def test_xbzrle_migration_matches_qemu(sides) -> None:
     assert compared == 3
     dst.watch.wait_status("completed")
     assert dst.run("info migrate") == dst_steps[-1][1]
+
+
+def test_query_migrate_has_qemus_xbzrle_cache(sides) -> None:
+    src, dst = sides
+    qemu = json.loads((DATA / "query_migrate.json").read_text())
+    for side in (src, dst):
+        side.machine.set_capabilities({"xbzrle": True, "events": True})
+    address = dst.machine.query_migrate().socket_address
+    assert address is not None
+    src.machine.set_parameters({"max-bandwidth": 0})
+    src.machine.migrate(address[0])
+    src.machine.wait_migration(60)
+    ours = qapi.migration_info(src.machine.query_migrate())
+    assert ours["status"] == qemu["status"] == "completed"
+    assert ours["xbzrle-cache"].keys() == qemu["xbzrle-cache"].keys()
+    assert ours["xbzrle-cache"]["cache-size"] == qemu["xbzrle-cache"]["cache-size"]
+    for name, value in qemu["xbzrle-cache"].items():
+        assert isinstance(ours["xbzrle-cache"][name], float if "rate" in name else int), name
+        assert isinstance(value, int | float)
