@@ -436,7 +436,7 @@ static PyTypeObject InflaterType = {
  * another page's entry younger than CACHE_LIFETIME syncs. */
 
 #define CACHE_LIFETIME 2
-#define NO_PAGE (-1)
+#define NO_PAGE 0 /* addr holds page + 1: a calloc'd table starts empty, untouched */
 
 enum { XBZ_MISS = -2, XBZ_OVERFLOW = -1 }; /* else: the delta's length (0: unchanged) */
 
@@ -556,10 +556,10 @@ static int
 cache_insert(uint8_t *data, int64_t *addr, int64_t *age, Py_ssize_t slot, int64_t page,
              int64_t now, const uint8_t *from)
 {
-    if (addr[slot] != NO_PAGE && addr[slot] != page && age[slot] + CACHE_LIFETIME > now)
+    if (addr[slot] != NO_PAGE && addr[slot] != page + 1 && age[slot] + CACHE_LIFETIME > now)
         return 0; /* another page's entry, still fresh */
     memcpy(data + slot * PAGE, from, PAGE);
-    addr[slot] = page;
+    addr[slot] = page + 1;
     age[slot] = now;
     return 1;
 }
@@ -609,7 +609,7 @@ xbzrle_encode(PyObject *module, PyObject *args)
         Py_ssize_t slot = page & (slots - 1);
         memcpy(cur, (const uint8_t *)ram.buf + page * PAGE, PAGE);
         crcs[k] = crc32_run(0, cur, PAGE);
-        if (addr[slot] != page) {
+        if (addr[slot] != page + 1) {
             if (!last)
                 cache_insert(data, addr, age, slot, page, now, cur);
             state[k] = XBZ_MISS;

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from zlib_ng import zlib_ng
 
 from engine import _pagecodec
+from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.wire import StreamError
 
@@ -48,11 +49,14 @@ class PageCache:
             raise ValueError(f"cache size {size} is not a power of two of pages")
         self.size = size
         slots = size // PAGE_SIZE
-        # Buffers the C codec reads and updates: each slot's copy (calloc'd, so untouched
-        # slots cost no RAM), the page it holds (-1: none) and the sync count it was used at.
-        self._data = np.zeros(size, dtype=np.uint8).data
-        self._addr = np.full(slots, -1, dtype=np.int64).data
-        self._age = np.zeros(slots, dtype=np.int64).data
+        # Buffers the C codec reads and updates, all calloc'd so untouched slots cost no RAM:
+        # each slot's copy, the page it holds plus one (0: none), the sync it was used at.
+        try:
+            self._data = np.zeros(size, dtype=np.uint8).data
+            self._addr = np.zeros(slots, dtype=np.int64).data
+            self._age = np.zeros(slots, dtype=np.int64).data
+        except MemoryError:
+            raise MigrationError(f"xbzrle: cannot allocate a page cache of {size} bytes") from None
 
     def encode(self, ram: GuestRam, pages: npt.NDArray[np.intp], age: int, last: bool) -> Encoded:
         """``last``: the final stage, whose pages never come again, reads the cache only."""

@@ -14,6 +14,7 @@ from test_machine import SIZE, MiB, dest, make, migrate
 from test_stream import batch_record, expect_failure, inject
 
 from engine import wire
+from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.machine import Machine
 from engine.xbzrle import MISS, OVERFLOW, PageCache, decode_into
@@ -316,3 +317,8 @@ def test_compress_takes_the_first_pass_and_xbzrle_the_rest(machines):
     assert info.compression.pages == first_pass
     assert info.xbzrle_cache.pages == 3 * len(dirtier.pages)
     assert info.ram.normal == len(dirtier.pages)  # the misses of pass 2
+
+
+def test_a_cache_that_cannot_be_allocated_fails_the_migration_clearly():
+    with pytest.raises(MigrationError, match="xbzrle: cannot allocate a page cache of"):
+        PageCache(1 << 62)
