@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -231,7 +232,9 @@ class Dirtier:
     bitmap syncs, from the migration thread's MIGRATION_PASS event: the pages are dirty for
     the next sync, whatever the timing, so each pass after the first resends them."""
 
-    def __init__(self, src: Machine, count: int, passes: int, on_pass: Any = None) -> None:
+    def __init__(
+        self, src: Machine, count: int, passes: int, on_pass: Callable[[int], None] | None = None
+    ) -> None:
         nonzero = np.flatnonzero(~src.ram.zero_mask(np.arange(src.ram.pages)))
         self.pages = nonzero[:: max(1, len(nonzero) // count)][:count]
         self.passes = passes
@@ -249,11 +252,11 @@ class Dirtier:
         self.on_pass(data["pass"])
 
 
-def xbzrle_pair(machines, **dst_caps: bool) -> tuple[Machine, Machine, str]:
+def xbzrle_pair(machines, **caps: bool) -> tuple[Machine, Machine, str]:
     dst, uri = dest(machines)
-    dst.set_capabilities({"xbzrle": True, **dst_caps})
+    dst.set_capabilities({"xbzrle": True, **caps})
     src = make(machines, workload="idle", seed=21, start_paused=True)
-    src.set_capabilities({"xbzrle": True, **dst_caps})
+    src.set_capabilities({"xbzrle": True, **caps})
     # A threshold of a few pages: every pass the dirtier made must be sent before completion.
     # The limiter makes the first pass (~5 MiB raw, ~2 MiB compressed) span several 100 ms
     # windows, so a threshold is measured before it ends: a few pages at 1 ms of downtime.
@@ -302,7 +305,7 @@ def test_resize_during_migration_empties_the_cache(machines):
 
 def test_resize_refuses_what_qemu_refuses(machines):
     src = make(machines)
-    with pytest.raises(Exception, match="expects a power of two no less than the target page"):
+    with pytest.raises(MigrationError, match="expects a power of two no less than the target"):
         src.set_parameters({"xbzrle-cache-size": 3 * MiB})
 
 
