@@ -425,17 +425,355 @@ static PyTypeObject InflaterType = {
     .tp_methods = inflater_methods,
 };
 
+/* -- XBZRLE --------------------------------------------------------------------------- */
+/* QEMU's XBZRLE format (docs/xbzrle.txt): the XOR of the cached and the current page as
+ * alternating runs, zero-run length then non-zero-run length, each a ULEB128 of at most two
+ * bytes, the non-zero run followed by the current page's bytes. A trailing zero run is not
+ * written, so an unchanged page encodes to nothing; a delta longer than the page overflows.
+ *
+ * The page cache follows QEMU's page_cache.c: direct-mapped (slot = page & (slots - 1)); a hit
+ * refreshes the entry's age to the current dirty-sync count; an insertion does not evict
+ * another page's entry younger than CACHE_LIFETIME syncs. */
+
+#define CACHE_LIFETIME 2
+#define NO_PAGE 0 /* addr holds page + 1: a calloc'd table starts empty, untouched */
+
+enum { XBZ_MISS = -2, XBZ_OVERFLOW = -1 }; /* else: the delta's length (0: unchanged) */
+
+static Py_ssize_t
+uleb_put(uint8_t *out, uint32_t v)
+{
+    if (v < 0x80) {
+        out[0] = (uint8_t)v;
+        return 1;
+    }
+    out[0] = (uint8_t)(v | 0x80);
+    out[1] = (uint8_t)(v >> 7);
+    return 2;
+}
+
+static Py_ssize_t
+uleb_len(Py_ssize_t v)
+{
+    return v < 0x80 ? 1 : 2;
+}
+
+/* The end of the run from i on of bytes where old and new are equal (eq) or differ. */
+static Py_ssize_t
+run_end(const uint8_t *old, const uint8_t *new, Py_ssize_t i, int eq)
+{
+    if (eq) { /* word at a time over equal bytes: the common case of a sparse change */
+        while (i + 8 <= PAGE) {
+            uint64_t a, b;
+            memcpy(&a, old + i, 8);
+            memcpy(&b, new + i, 8);
+            if (a != b)
+                break;
+            i += 8;
+        }
+    }
+    while (i < PAGE && (old[i] == new[i]) == eq)
+        i++;
+    return i;
+}
+
+/* Encode new against old into out (at most PAGE bytes): its length, or XBZ_OVERFLOW. */
+static Py_ssize_t
+xbzrle_encode_page(const uint8_t *old, const uint8_t *new, uint8_t *out)
+{
+    Py_ssize_t i = 0, d = 0;
+    while (i < PAGE) {
+        Py_ssize_t z = run_end(old, new, i, 1);
+        if (z == PAGE)
+            break; /* the rest is unchanged: not written */
+        Py_ssize_t nz = run_end(old, new, z, 0);
+        if (d + uleb_len(z - i) + uleb_len(nz - z) + (nz - z) > PAGE)
+            return XBZ_OVERFLOW;
+        d += uleb_put(out + d, (uint32_t)(z - i));
+        d += uleb_put(out + d, (uint32_t)(nz - z));
+        memcpy(out + d, new + z, nz - z);
+        d += nz - z;
+        i = nz;
+    }
+    return d;
+}
+
+static Py_ssize_t
+uleb_get(const uint8_t *in, Py_ssize_t left, uint32_t *v)
+{
+    if (left < 1)
+        return -1;
+    if (in[0] < 0x80) {
+        *v = in[0];
+        return 1;
+    }
+    if (left < 2 || in[1] >= 0x80)
+        return -1;
+    *v = (in[0] & 0x7f) | ((uint32_t)in[1] << 7);
+    return 2;
+}
+
+/* Walk a delta; with page set, apply it. 0 when the delta is malformed or reaches past the
+ * page; every length is checked before anything is written. */
+static int
+xbzrle_walk(const uint8_t *in, Py_ssize_t len, uint8_t *page)
+{
+    Py_ssize_t i = 0, d = 0;
+    while (i < len) {
+        uint32_t z, nz;
+        Py_ssize_t k = uleb_get(in + i, len - i, &z);
+        if (k < 0 || (i && !z))
+            return 0; /* only the first zero run may be empty */
+        i += k;
+        k = uleb_get(in + i, len - i, &nz);
+        if (k < 0 || !nz)
+            return 0;
+        i += k;
+        if (z > PAGE - d || nz > PAGE - d - z || (Py_ssize_t)nz > len - i)
+            return 0;
+        d += z;
+        if (page != NULL)
+            memcpy(page + d, in + i, nz);
+        d += nz;
+        i += nz;
+    }
+    return 1;
+}
+
+/* A writable buffer of n elements of size bytes: cache arrays the caller keeps. */
+static int
+sized(Py_buffer *b, Py_ssize_t n, Py_ssize_t size, const char *what)
+{
+    if (b->len != n * size) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd bytes, expected %zd", what, b->len, n * size);
+        return 0;
+    }
+    return 1;
+}
+
+/* cache_insert: 1 when page now owns its slot, with data copied in. */
+static int
+cache_insert(uint8_t *data, int64_t *addr, int64_t *age, Py_ssize_t slot, int64_t page,
+             int64_t now, const uint8_t *from)
+{
+    if (addr[slot] != NO_PAGE && addr[slot] != page + 1 && age[slot] + CACHE_LIFETIME > now)
+        return 0; /* another page's entry, still fresh */
+    memcpy(data + slot * PAGE, from, PAGE);
+    addr[slot] = page + 1;
+    age[slot] = now;
+    return 1;
+}
+
+/* xbzrle_encode(ram, pages, cache, addr, age, now, last) -> (status, raw, deltas, crcs):
+ * per page XBZ_MISS or XBZ_OVERFLOW (its bytes in raw, sent as a normal page) or the length
+ * of its delta in deltas (0: unchanged, nothing to send), and the CRC-32 of the bytes the
+ * destination will hold. In the last stage (vCPUs stopped) the cache is read, not changed. */
+static PyObject *
+xbzrle_encode(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, cache, addrs, ages;
+    PyObject *pages, *result = NULL, *status = NULL, *raw = NULL, *deltas = NULL, *checks = NULL;
+    long long now;
+    int last;
+    if (!PyArg_ParseTuple(args, "y*O!w*w*w*Lp", &ram, &PyList_Type, &pages, &cache, &addrs,
+                          &ages, &now, &last))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(pages), slots = cache.len / PAGE;
+    Py_ssize_t *index = NULL;
+    uint8_t *buf = NULL, *cur = NULL;
+    int32_t *state = NULL;
+    uint32_t *crcs = NULL;
+    Py_ssize_t nraw = 0, ndelta = 0;
+    if (!bound() || slots < 1 || (slots & (slots - 1)) || cache.len % PAGE ||
+        !sized(&addrs, slots, 8, "addr") || !sized(&ages, slots, 8, "age")) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "cache is not a power of two of pages");
+        goto done;
+    }
+    index = page_numbers(pages, n, ram.len);
+    buf = PyMem_Malloc((n ? n : 1) * PAGE * 2 + PAGE);
+    state = PyMem_Malloc((n ? n : 1) * sizeof(int32_t));
+    crcs = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t));
+    if (index == NULL || buf == NULL || state == NULL || crcs == NULL) {
+        if (index != NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    uint8_t *rawbuf = buf, *deltabuf = buf + n * PAGE;
+    cur = buf + 2 * n * PAGE; /* the page as read once: what is encoded, cached and sent */
+    uint8_t *data = cache.buf;
+    int64_t *addr = addrs.buf, *age = ages.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < n; k++) {
+        int64_t page = index[k];
+        Py_ssize_t slot = page & (slots - 1);
+        memcpy(cur, (const uint8_t *)ram.buf + page * PAGE, PAGE);
+        crcs[k] = crc32_run(0, cur, PAGE);
+        if (addr[slot] != page + 1) {
+            if (!last)
+                cache_insert(data, addr, age, slot, page, now, cur);
+            state[k] = XBZ_MISS;
+        } else {
+            age[slot] = now;
+            uint8_t *old = data + slot * PAGE;
+            Py_ssize_t len = xbzrle_encode_page(old, cur, deltabuf + ndelta);
+            state[k] = (int32_t)len;
+            if (len > 0)
+                ndelta += len;
+            if (len != 0 && !last)
+                memcpy(old, cur, PAGE);
+        }
+        if (state[k] < 0) {
+            memcpy(rawbuf + nraw * PAGE, cur, PAGE);
+            nraw++;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    status = PyList_New(n);
+    raw = PyBytes_FromStringAndSize((const char *)rawbuf, nraw * PAGE);
+    deltas = PyBytes_FromStringAndSize((const char *)deltabuf, ndelta);
+    checks = uint32_list(crcs, n);
+    if (status == NULL || raw == NULL || deltas == NULL || checks == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *v = PyLong_FromLong(state[k]);
+        if (v == NULL)
+            goto done;
+        PyList_SET_ITEM(status, k, v);
+    }
+    result = PyTuple_Pack(4, status, raw, deltas, checks);
+done:
+    Py_XDECREF(status);
+    Py_XDECREF(raw);
+    Py_XDECREF(deltas);
+    Py_XDECREF(checks);
+    PyMem_Free(crcs);
+    PyMem_Free(state);
+    PyMem_Free(buf);
+    PyMem_Free(index);
+    PyBuffer_Release(&ages);
+    PyBuffer_Release(&addrs);
+    PyBuffer_Release(&cache);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+/* xbzrle_cache_zero(pages, cache, addr, age, now): zero pages sent enter the cache as zeros,
+ * so no stale copy of a page now zero stays there (QEMU's xbzrle_cache_zero_page). */
+static PyObject *
+xbzrle_cache_zero(PyObject *module, PyObject *args)
+{
+    static const uint8_t zero[PAGE];
+    Py_buffer cache, addrs, ages;
+    PyObject *pages, *result = NULL;
+    long long now;
+    if (!PyArg_ParseTuple(args, "O!w*w*w*L", &PyList_Type, &pages, &cache, &addrs, &ages, &now))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(pages), slots = cache.len / PAGE;
+    if (slots < 1 || (slots & (slots - 1)) || !sized(&addrs, slots, 8, "addr") ||
+        !sized(&ages, slots, 8, "age")) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "cache is not a power of two of pages");
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t page = PyLong_AsSsize_t(PyList_GET_ITEM(pages, k));
+        if (page < 0) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_IndexError, "page %zd", page);
+            goto done;
+        }
+        cache_insert(cache.buf, addrs.buf, ages.buf, page & (slots - 1), page, now, zero);
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&ages);
+    PyBuffer_Release(&addrs);
+    PyBuffer_Release(&cache);
+    return result;
+}
+
+/* xbzrle_decode_into(ram, pages, payload, sizes) -> crcs: each delta, back to back in
+ * payload, checked whole and then applied to its page; ValueError (nothing of that delta
+ * written) on the first malformed one. */
+static PyObject *
+xbzrle_decode_into(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, payload;
+    PyObject *pages, *lengths, *result = NULL;
+    if (!PyArg_ParseTuple(args, "w*O!y*O!", &ram, &PyList_Type, &pages, &payload, &PyList_Type,
+                          &lengths))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(pages), failed = -1, used = 0;
+    Py_ssize_t *index = NULL, *size = NULL;
+    uint32_t *crcs = NULL;
+    if (!bound())
+        goto done;
+    if (PyList_GET_SIZE(lengths) != n) {
+        PyErr_SetString(PyExc_ValueError, "one size per page");
+        goto done;
+    }
+    index = page_numbers(pages, n, ram.len);
+    size = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
+    crcs = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t));
+    if (index == NULL || size == NULL || crcs == NULL) {
+        if (index != NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        size[k] = PyLong_AsSsize_t(PyList_GET_ITEM(lengths, k));
+        if (size[k] < 0 || size[k] > PAGE || size[k] > payload.len - used) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "XBZRLE delta length out of bounds");
+            goto done;
+        }
+        used += size[k];
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const uint8_t *at = payload.buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint8_t *page = (uint8_t *)ram.buf + index[k] * PAGE;
+        if (!xbzrle_walk(at, size[k], NULL)) {
+            failed = k;
+            break;
+        }
+        xbzrle_walk(at, size[k], page);
+        at += size[k];
+        crcs[k] = crc32_run(0, page, PAGE);
+    }
+    Py_END_ALLOW_THREADS
+    if (failed >= 0) {
+        PyErr_Format(PyExc_ValueError, "bad XBZRLE delta for page %zd", index[failed]);
+        goto done;
+    }
+    result = uint32_list(crcs, n);
+done:
+    PyMem_Free(crcs);
+    PyMem_Free(size);
+    PyMem_Free(index);
+    PyBuffer_Release(&payload);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
 /* -- module --------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
     {"bind", bind, METH_O, "bind(path): take the zng_* functions from that shared object."},
+    {"xbzrle_encode", xbzrle_encode, METH_VARARGS,
+     "xbzrle_encode(ram, pages, cache, addr, age, now, last) -> (status, raw, deltas, crcs)."},
+    {"xbzrle_cache_zero", xbzrle_cache_zero, METH_VARARGS,
+     "xbzrle_cache_zero(pages, cache, addr, age, now): cache those pages as zero pages."},
+    {"xbzrle_decode_into", xbzrle_decode_into, METH_VARARGS,
+     "xbzrle_decode_into(ram, pages, payload, sizes) -> crcs; ValueError on a bad delta."},
     {NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "engine._pagecodec",
-    .m_doc = "Chunks of pages through zlib-ng.",
+    .m_doc = "Chunks of pages through zlib-ng, and XBZRLE deltas.",
     .m_size = -1,
     .m_methods = module_methods,
 };

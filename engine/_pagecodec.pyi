@@ -1,4 +1,5 @@
-"""engine/_pagecodec.c: chunks of 4 KiB pages through the zlib-ng of python-zlib-ng."""
+"""engine/_pagecodec.c: chunks of 4 KiB pages through the zlib-ng of python-zlib-ng, and
+XBZRLE deltas (engine/xbzrle.py)."""
 
 from typing_extensions import Buffer
 
@@ -6,6 +7,16 @@ PAGE_SIZE: int
 
 def bind(path: str) -> None:
     """Bind the zlib-ng 2.x library at ``path``; ImportError for any other."""
+
+def xbzrle_encode(
+    ram: Buffer, pages: list[int], cache: Buffer, addr: Buffer, age: Buffer, now: int, last: bool
+) -> tuple[list[int], bytes, bytes, list[int]]: ...
+def xbzrle_cache_zero(
+    pages: list[int], cache: Buffer, addr: Buffer, age: Buffer, now: int
+) -> None: ...
+def xbzrle_decode_into(
+    ram: Buffer, pages: list[int], payload: Buffer, sizes: list[int]
+) -> list[int]: ...
 
 class Deflater:
     def __init__(self, level: int) -> None: ...

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine import wire
+from engine import wire, xbzrle
 from engine.compression import CHUNK, CODECS, DecompressPool
 from engine.guest import GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
@@ -398,6 +398,9 @@ class StreamLoader:
                 wire.recv_into(conn, view)
             self._written[raw] = True
             self._digest.crc[raw] = ram.crc_pages(raw)
+        deltas = batch.of(wire.Kind.XBZRLE)
+        if len(deltas):
+            self._apply_deltas(conn, deltas, batch.clens)
         comp = batch.of(wire.Kind.COMPRESSED)
         if len(comp):
             if self._pool is None:
@@ -414,6 +417,18 @@ class StreamLoader:
                 self._pending.append((part, future))
             while len(self._pending) > self._max_pending:
                 self._collect()
+
+    def _apply_deltas(
+        self, conn: socket.socket, pages: npt.NDArray[np.intp], sizes: npt.NDArray[np.intp]
+    ) -> None:
+        """XBZRLE pages: each delta applies to the page as this side holds it, so every copy
+        still with the decompressors lands first."""
+        self._drain()
+        payload = memoryview(wire.read_body(conn, int(sizes.sum()), wire.MAX_RECORD))
+        self._digest.crc[pages] = xbzrle.decode_into(
+            self.ram, pages.tolist(), payload, sizes.tolist()
+        )
+        self._written[pages] = True
 
     def _collect(self) -> None:
         indices, future = self._pending.popleft()

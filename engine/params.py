@@ -262,7 +262,11 @@ CHECK_ORDER: tuple[str, ...] = (
 
 # QAPI MigrationCapability enum order.
 CAPABILITIES: tuple[CapabilitySpec, ...] = (
-    CapabilitySpec("xbzrle", "send XOR-based zero-run-length deltas of re-dirtied pages"),
+    CapabilitySpec(
+        "xbzrle",
+        "send XOR-based zero-run-length deltas of re-dirtied pages",
+        supported=True,
+    ),
     CapabilitySpec("rdma-pin-all", "pin all guest RAM at the start of an RDMA migration"),
     CapabilitySpec(
         "auto-converge",

@@ -1,7 +1,8 @@
 """Immutable values the front ends read: what QMP ``query-migrate`` / ``query-status`` return.
 
 The monitor formats these and nothing else, so `info` output is a pure function of a snapshot.
-Field names follow QAPI (``MigrationInfo``, ``MigrationStats``, ``CompressionStats``).
+Field names follow QAPI (``MigrationInfo``, ``MigrationStats``, ``XBZRLECacheStats``,
+``CompressionStats``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ class CompressionStats:
 
 
 @dataclass(frozen=True)
+class XbzrleCacheStats:
+    """QAPI ``XBZRLECacheStats``, members in QEMU's order."""
+
+    cache_size: int  # bytes
+    bytes: int  # delta bytes sent, and a page per overflow
+    pages: int  # pages found in the cache (deltas, unchanged pages and overflows)
+    cache_miss: int
+    cache_miss_rate: float
+    encoding_rate: float
+    overflow: int
+
+
+@dataclass(frozen=True)
 class MigrationInfo:
     """One endpoint's ``query-migrate`` answer; ``None`` means the field is absent."""
 
@@ -63,6 +77,7 @@ class MigrationInfo:
     downtime: int | None = None  # ms
     setup_time: int | None = None  # ms
     ram: RamStats | None = None
+    xbzrle_cache: XbzrleCacheStats | None = None
     compression: CompressionStats | None = None
     cpu_throttle_percentage: int | None = None
     socket_address: tuple[str, ...] | None = None  # e.g. ("tcp:127.0.0.1:4444",)

@@ -39,6 +39,7 @@ from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats, now_ms
 from engine.transport import Address, Link, RateLimiter, connect, send_buffers, shutdown
 from engine.vm import Vm
+from engine.xbzrle import MISS, OVERFLOW, PageCache
 
 log = logging.getLogger(__name__)
 RAW_BATCH = 256  # pages per record without compression (1 MiB)
@@ -77,6 +78,7 @@ class OutgoingSettings:
     max_cpu_throttle: int = _entry("max-cpu-throttle")
     return_path: bool = _entry("return-path")
     compress_auto: bool = _entry("x-compress-auto")  # engine/policy.py steers compression
+    xbzrle: bool = _entry("xbzrle")
     multifd_compression: str = _entry("multifd-compression")
     tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
     multifd_channels: int = 0  # 0: the multifd capability is off
@@ -196,6 +198,9 @@ class OutgoingMigration(threading.Thread):
         self._policy: AdaptivePolicy | None = None
         self._policy_due = 0.0
         self._inflight: deque[_InFlight] = deque()
+        self._cache: PageCache | None = None  # the xbzrle capability's page cache
+        self._round_done = False  # the first pass over RAM is over: xbzrle may start
+        self._last_stage = False  # the vCPUs are stopped: the cache is read, not updated
         self._digest = wire.PageDigest(ram.pages)
         self._vm_was_running = False
         # True once GO may have reached the destination: only its NACK lets the guest run here.
@@ -233,9 +238,12 @@ class OutgoingMigration(threading.Thread):
             self._multifd.hang_up()
 
     def parameters_changed(self) -> None:
-        """A live `migrate_set_parameter`: waits on the old rates re-time at the new ones."""
+        """A live `migrate_set_parameter`: waits on the old rates re-time at the new ones, and
+        a new xbzrle-cache-size shows at once (the migration thread swaps the cache itself)."""
         self._limiter.wake()
         self._link.wake()
+        if self._cache is not None:
+            self.stats.xbzrle_cache_size = self._param("xbzrle-cache-size")
 
     def close(self) -> None:
         """Quit: cancel, or end the wait for the destination's ACK (the guest stays paused).
@@ -316,6 +324,9 @@ class OutgoingMigration(threading.Thread):
             )
             if s.compress_auto:
                 self._policy = AdaptivePolicy(max(1, s.compress_level), 9, self._pool.active)
+        if s.xbzrle:
+            self._cache = PageCache(self._param("xbzrle-cache-size"))
+            self.stats.xbzrle_cache_size = self._cache.size
         config = wire.StreamConfig(
             page_size=PAGE_SIZE,
             ram_size=self.ram.size,
@@ -401,6 +412,7 @@ class OutgoingMigration(threading.Thread):
         if not self._vm_was_running:
             self.vm.set_state(RunState.FINISH_MIGRATE)
         self._limiter.unlimited = True
+        self._last_stage = True
         if self._policy:
             self._policy.stop_and_copy(*self._stream_cap())
         self._sync()
@@ -510,6 +522,7 @@ class OutgoingMigration(threading.Thread):
         count, scanned, cur, window = 0, 0, self._cursor, limit
         while count < limit and scanned < pages and self._dirty_pages:
             end = min(cur + window, pages)
+            self._round_done |= end == pages  # QEMU enables xbzrle once its scan wraps
             window = min(window * 8, SCAN_WINDOW)
             hits = np.flatnonzero(self._bitmap[cur:end])[: limit - count] + cur
             self._bitmap[hits] = False  # at once: a wrapped scan must not find them twice
@@ -530,10 +543,15 @@ class OutgoingMigration(threading.Thread):
         self._check_stop()
         pool = self._pool
         plain = pool is None and self._multifd is None
+        # Decided before the scan: the step that ends the first pass still belongs to it.
+        cache = self._xbzrle_cache()
         indices = self._next_pages(RAW_BATCH if plain else SCAN_BATCH)
         if not len(indices):
             return
         zero = self.ram.zero_mask(indices)
+        if cache is not None:
+            self._send_xbzrle(cache, indices, zero)
+            return
         if plain:
             self._send_plain(indices, zero, busy=0)
             return
@@ -584,6 +602,57 @@ class OutgoingMigration(threading.Thread):
             compressed=0,
             compressed_bytes=0,
             busy=busy,
+        )
+
+    def _xbzrle_cache(self) -> PageCache | None:
+        """The page cache once xbzrle is in use, resized to xbzrle-cache-size (emptied, as
+        QEMU's resize does); None before the first pass is over, or under multifd, whose
+        channels take every non-zero page in QEMU 7.2."""
+        cache = self._cache
+        if cache is None or not self._round_done or self._multifd is not None:
+            return None
+        size = self._param("xbzrle-cache-size")
+        if size != cache.size:
+            log.info("xbzrle cache resized from %d to %d bytes", cache.size, size)
+            cache = self._cache = PageCache(size)
+        return cache
+
+    def _send_xbzrle(
+        self, cache: PageCache, indices: npt.NDArray[np.intp], zero: npt.NDArray[np.bool_]
+    ) -> None:
+        """A step of dirty pages through the xbzrle cache (it replaces compression, as in
+        QEMU 7.2): zero pages as they are, cached pages as deltas, the others whole; an
+        unchanged cached page is not sent at all."""
+        age = self.stats.dirty_sync_count
+        if zero.any():
+            self._send_plain(indices[zero], zero[zero], busy=0)
+            cache.cache_zero(indices[zero], age)
+        pages = indices[~zero]
+        if not len(pages):
+            return
+        enc = cache.encode(self.ram, pages, age, self._last_stage)
+        status = np.asarray(enc.status)
+        self._digest.crc[pages] = enc.crcs
+        sent, whole = status != 0, status < 0
+        clens = status[status > 0]
+        if sent.any():
+            kinds = np.where(whole, np.uint8(wire.Kind.PAGE), np.uint8(wire.Kind.XBZRLE))
+            batch = wire.encode_batch(
+                pages[sent], kinds[sent].astype(np.uint8), clens.tolist(), [enc.raw, enc.deltas]
+            )
+            self.stats.add_ram(self._send(batch), self.vm.running)
+        overflow = int(np.count_nonzero(status == OVERFLOW))
+        self.stats.add_pages(
+            zero=0, normal=int(whole.sum()), compressed=0, compressed_bytes=0, busy=0
+        )
+        self.stats.add_xbzrle(
+            hits=int(np.count_nonzero(status != MISS)),
+            sent=len(clens),
+            # QEMU counts a delta and its framing (ours: a kind byte and a u32 length), and a
+            # whole page per overflow.
+            nbytes=int(clens.sum()) + 5 * len(clens) + overflow * PAGE_SIZE,
+            miss=int(np.count_nonzero(status == MISS)),
+            overflow=overflow,
         )
 
     def _emit_oldest(self) -> None:

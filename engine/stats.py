@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine.guest import PAGE_SIZE
-from engine.snapshot import CompressionStats, MigrationInfo, RamStats
+from engine.snapshot import CompressionStats, MigrationInfo, RamStats, XbzrleCacheStats
 from engine.state import STATS_STATES, MigrationStatus
 
 WINDOW_MS = 100  # QEMU's BUFFER_DELAY: bandwidth/threshold/mbps window
@@ -34,6 +34,9 @@ class _Period:
     comp_pages: int = 0
     comp_bytes: int = 0
     xfer_bytes: int = 0
+    xbzrle_pages: int = 0
+    xbzrle_bytes: int = 0
+    xbzrle_miss: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Sample:
 class SourceStats:
     total: int  # guest RAM bytes
     compress: bool
+    xbzrle_cache_size: int = 0  # 0: the xbzrle capability is off
     start_ms: float = field(default_factory=now_ms)
     setup_ms: float | None = None
     end_ms: float | None = None
@@ -73,6 +77,14 @@ class SourceStats:
     comp_bytes: int = 0
     busy_rate: float = 0.0
     compression_rate: float = 0.0
+    # xbzrle (QEMU's xbzrle_counters)
+    xbzrle_pages: int = 0
+    xbzrle_sent: int = 0  # pages that went as deltas: QEMU's target pages for the rates
+    xbzrle_bytes: int = 0
+    xbzrle_miss: int = 0
+    xbzrle_overflow: int = 0
+    xbzrle_miss_rate: float = 0.0
+    xbzrle_encoding_rate: float = 0.0
     # window figures
     mbps: float = 0.0
     pages_per_second: int = 0
@@ -90,7 +102,7 @@ class SourceStats:
 
     # -- updates from the migration thread ---------------------------------------------------
     def pages_total(self) -> int:
-        return self.duplicate + self.normal + self.comp_pages
+        return self.duplicate + self.normal + self.comp_pages + self.xbzrle_sent
 
     def add_stream(self, nbytes: int) -> None:
         """Bytes on the wire that are not RAM records (header, configuration, completion)."""
@@ -125,6 +137,16 @@ class SourceStats:
             self.comp_pages += compressed
             self.comp_bytes += compressed_bytes
             self.comp_busy += busy
+
+    def add_xbzrle(self, *, hits: int, sent: int, nbytes: int, miss: int, overflow: int) -> None:
+        """A batch through the cache: ``hits`` found there, ``sent`` of them as deltas, whose
+        ``nbytes`` count as QEMU counts them (overflows as a whole page each)."""
+        with self._lock:
+            self.xbzrle_pages += hits
+            self.xbzrle_sent += sent
+            self.xbzrle_bytes += nbytes
+            self.xbzrle_miss += miss
+            self.xbzrle_overflow += overflow
 
     def set_remaining(self, dirty_pages: int) -> None:
         self.remaining = dirty_pages * PAGE_SIZE
@@ -176,6 +198,8 @@ class SourceStats:
                 return None
             self.dirty_pages_rate = int(p.dirty_pages * 1000 / spent)
             pages = self.pages_total() - p.pages
+            if pages and self.xbzrle_cache_size:
+                self._xbzrle_rates(p, pages)
             if pages:
                 self.busy_rate = (self.comp_busy - p.busy) / pages
                 dbytes = self.comp_bytes - p.comp_bytes
@@ -189,8 +213,18 @@ class SourceStats:
                 comp_pages=self.comp_pages,
                 comp_bytes=self.comp_bytes,
                 xfer_bytes=self.transferred,
+                xbzrle_pages=self.xbzrle_pages,
+                xbzrle_bytes=self.xbzrle_bytes,
+                xbzrle_miss=self.xbzrle_miss,
             )
             return closed
+
+    def _xbzrle_rates(self, p: _Period, pages: int) -> None:
+        """QEMU's migration_update_rates: misses per page sent, and the pages found in the
+        cache over the bytes they cost, both over the period just closed (0 without hits)."""
+        self.xbzrle_miss_rate = (self.xbzrle_miss - p.xbzrle_miss) / pages
+        hits, nbytes = self.xbzrle_pages - p.xbzrle_pages, self.xbzrle_bytes - p.xbzrle_bytes
+        self.xbzrle_encoding_rate = hits * PAGE_SIZE / nbytes if hits and nbytes else 0.0
 
     def start_downtime(self) -> None:
         self.downtime_start_ms = now_ms()
@@ -237,6 +271,7 @@ class SourceStats:
                     downtime=int(self.downtime_ms),
                     setup_time=int(self.setup_ms or 0),
                     ram=self._ram(),
+                    xbzrle_cache=self._xbzrle(),
                     compression=self._compression(),
                     # QEMU stops the throttle at the end (cpu_throttle_stop): no line then.
                 )
@@ -249,6 +284,7 @@ class SourceStats:
                     expected_downtime=self.expected_downtime_ms,
                     setup_time=int(self.setup_ms or 0),
                     ram=self._ram(),
+                    xbzrle_cache=self._xbzrle(),
                     compression=self._compression(),
                     cpu_throttle_percentage=self.throttle_pct or None,
                 )
@@ -271,6 +307,19 @@ class SourceStats:
             dirty_pages_rate=self.dirty_pages_rate,
             precopy_bytes=self.precopy_bytes,
             downtime_bytes=self.downtime_bytes,
+        )
+
+    def _xbzrle(self) -> XbzrleCacheStats | None:
+        if not self.xbzrle_cache_size:
+            return None
+        return XbzrleCacheStats(
+            cache_size=self.xbzrle_cache_size,
+            bytes=self.xbzrle_bytes,
+            pages=self.xbzrle_pages,
+            cache_miss=self.xbzrle_miss,
+            cache_miss_rate=self.xbzrle_miss_rate,
+            encoding_rate=self.xbzrle_encoding_rate,
+            overflow=self.xbzrle_overflow,
         )
 
     def _compression(self) -> CompressionStats | None:

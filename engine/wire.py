@@ -5,7 +5,8 @@ Layout (all integers big-endian, as in QEMU's stream)::
     header    b"QHMP" u32 version
     record    u8 type, u32 body length, body            (length <= MAX_RECORD)
       CONFIG  JSON: page size, RAM size, capabilities that must match on both sides
-      BATCH   u32 n, n x u32 page index, n x u8 kind, m x u32 compressed length, payload
+      BATCH   u32 n, n x u32 page index, n x u8 kind, m x u32 length (compressed and
+              XBZRLE pages, in page order), payload: raw pages, then those blobs
       EOS     empty: end of one iteration; the destination drains its decompressors here
       DONE    JSON: the source's run state and the digest of every page sent
       GO      JSON: the source commits the switchover (sent only after READY)
@@ -17,8 +18,9 @@ Layout (all integers big-endian, as in QEMU's stream)::
 The completion handshake (DONE → READY → GO → ACK) keeps one guest from running twice
 whatever message is lost: docs/ARCHITECTURE.md has its table.
 
-Page kinds keep QEMU's RAM flag values (ZERO 0x02, PAGE 0x08, COMPRESS_PAGE 0x100) folded
-into one byte. Batches, not per-page records, keep the per-page Python cost off the hot path.
+Page kinds keep QEMU's RAM flag values (ZERO 0x02, PAGE 0x08, XBZRLE 0x40, COMPRESS_PAGE
+0x100) folded into one byte. Batches, not per-page records, keep the per-page Python cost off
+the hot path.
 
 The digest is a CRC-32 per page kept as pages are sent (source) and written (destination);
 at the end both sides hash their CRC table, so verification costs ~1 MiB of hashing per GiB
@@ -43,7 +45,7 @@ from zlib_ng import zlib_ng
 from engine.guest import PAGE_SIZE, ZERO_PAGE
 
 MAGIC = b"QHMP"
-VERSION = 2  # 2: the completion handshake (READY, GO)
+VERSION = 3  # 2: the completion handshake (READY, GO); 3: XBZRLE pages
 HEADER = struct.Struct(">4sI")
 RECORD = struct.Struct(">BI")
 MAX_BATCH = 1024  # pages per batch
@@ -71,6 +73,10 @@ class Kind(IntEnum):
     ZERO = 0x02
     PAGE = 0x08
     COMPRESSED = 0x01  # QEMU's RAM_SAVE_FLAG_COMPRESS_PAGE (0x100) does not fit a byte
+    XBZRLE = 0x40  # a delta against the page the destination holds (engine/xbzrle.py)
+
+
+BLOBS = (Kind.COMPRESSED, Kind.XBZRLE)  # kinds whose pages carry a length and a blob
 
 
 class StreamError(Exception):
@@ -309,7 +315,7 @@ class BatchHead:
 
     indices: npt.NDArray[np.intp]
     kinds: npt.NDArray[np.uint8]
-    clens: npt.NDArray[np.intp]
+    clens: npt.NDArray[np.intp]  # of the pages with a blob, all of one kind of BLOBS
 
     def of(self, kind: Kind) -> npt.NDArray[np.intp]:
         return self.indices[self.kinds == kind]
@@ -327,19 +333,32 @@ def read_batch_head(sock: socket.socket, length: int, pages: int) -> BatchHead:
     kinds = np.frombuffer(meta, np.uint8, n, 4 * n)
     if int(indices.max()) >= pages:
         raise StreamError(f"page {int(indices.max())} is outside guest RAM ({pages} pages)")
-    known = (kinds == Kind.ZERO) | (kinds == Kind.PAGE) | (kinds == Kind.COMPRESSED)
+    known = np.isin(kinds, tuple(Kind))
     if not known.all():
         raise StreamError(f"unknown page kind 0x{int(kinds[~known][0]):02x}")
-    m = int((kinds == Kind.COMPRESSED).sum())
+    blob = np.isin(kinds, BLOBS)
+    m = int(blob.sum())
     clens = np.frombuffer(_read(sock, 4 * m), U32, m).astype(np.intp)
-    if m and (int(clens.max()) > MAX_COMPRESSED or int(clens.min()) == 0):
-        bad = int(clens.max()) if int(clens.max()) > MAX_COMPRESSED else 0
-        raise StreamError(f"Invalid compressed data length: {bad}")
+    xbzrle = kinds[blob] == Kind.XBZRLE
+    if xbzrle.any() and not xbzrle.all():  # each blob kind is read as one run
+        raise StreamError("page batch mixes compressed and XBZRLE pages")
+    _check_lengths(clens[~xbzrle], clens[xbzrle])
     raw = int((kinds == Kind.PAGE).sum())
     expected = 4 + 5 * n + 4 * m + raw * PAGE_SIZE + int(clens.sum())
     if length != expected:
         raise StreamError(f"page batch length {length} does not match its contents ({expected})")
     return BatchHead(indices, kinds, clens)
+
+
+def _check_lengths(compressed: npt.NDArray[np.intp], xbzrle: npt.NDArray[np.intp]) -> None:
+    """Each blob's length, before any blob is read (QEMU's texts where it has them)."""
+    if len(compressed) and (int(compressed.max()) > MAX_COMPRESSED or int(compressed.min()) == 0):
+        bad = int(compressed.max()) if int(compressed.max()) > MAX_COMPRESSED else 0
+        raise StreamError(f"Invalid compressed data length: {bad}")
+    if len(xbzrle) and int(xbzrle.max()) > PAGE_SIZE:
+        raise StreamError("Failed to load XBZRLE page - len overflow!")
+    if len(xbzrle) and int(xbzrle.min()) == 0:  # an unchanged page is never sent
+        raise StreamError("Failed to load XBZRLE page - decode error!")
 
 
 def _read(sock: socket.socket, n: int) -> bytearray:

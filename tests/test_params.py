@@ -37,6 +37,7 @@ def test_tables_are_well_formed() -> None:
         "multifd",
         "return-path",
         "x-compress-auto",
+        "xbzrle",
     }
     assert len(PARAMS_BY_NAME) == len(PARAMETERS)
     assert len(CAPS_BY_NAME) == len(CAPABILITIES)

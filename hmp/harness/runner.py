@@ -21,6 +21,7 @@ read, so no wait parses monitor text and no poll shows in a transcript.
 from __future__ import annotations
 
 import difflib
+import re
 import shlex
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -45,6 +46,7 @@ COMMAND_TIMEOUT = 10.0  # seconds for one command or an @stderr block
 START_TIMEOUT = 30.0  # an endpoint's start (imports, guest fill) is slower on a loaded machine
 WAIT_TIMEOUT = 30.0  # default of @wait
 POLL_INTERVAL = 0.05  # between two polls of @wait
+WRITER = re.compile(r"random-writer|\brate=[1-9]")  # a --workload whose guest writes
 
 
 def _migration_status(info: Mapping[str, Any]) -> str:
@@ -149,7 +151,8 @@ class Session:
             raise StepError(f"endpoint {step.name!r} is already started")
         argv = shlex.split(self.expand(step.arg))
         endpoint = self.endpoints[step.name] = Endpoint(argv, name=step.name, qmp=True)
-        self.quiet[step.name] = not any("random-writer" in arg for arg in argv)
+        # A guest writes with random-writer, or with a rate (idle's background writes).
+        self.quiet[step.name] = not any(WRITER.search(arg) for arg in argv)
         try:
             endpoint.wait_ready(max(self.timeout, START_TIMEOUT))
         except EndpointExited:  # a bad command line: what it said, and its exit status

@@ -189,6 +189,8 @@ TIMING = {
     "compression busy": "{int}",
     "compression busy rate": "{float}",
     "compression rate": "{float}",
+    "xbzrle cache miss rate": "{float}",
+    "xbzrle encoding rate": "{float}",
     "cpu throttle percentage": "{pct}",
 }
 # Counts that are exact once a migration of a quiet guest has completed (same seed, same
@@ -201,6 +203,10 @@ COUNTS = {
     "normal bytes": "{kb} kbytes",
     "compression pages": "{int} pages",
     "compressed size": "{kb} kbytes",
+    "xbzrle transferred": "{kb} kbytes",
+    "xbzrle pages": "{int} pages",
+    "xbzrle cache miss": "{int} pages",
+    "xbzrle overflow": "{int}",
 }
 STATUS_LABEL = "Migration status"
 

@@ -92,6 +92,17 @@ def info_migrate(info: MigrationInfo) -> str:
             lines.append(f"setup: {info.setup_time} ms")
     if info.ram is not None:
         lines += _ram_lines(info.ram)
+    if info.xbzrle_cache is not None:
+        x = info.xbzrle_cache
+        lines += [
+            f"cache size: {x.cache_size} bytes",
+            f"xbzrle transferred: {x.bytes >> 10} kbytes",
+            f"xbzrle pages: {x.pages} pages",
+            f"xbzrle cache miss: {x.cache_miss} pages",
+            f"xbzrle cache miss rate: {x.cache_miss_rate:0.2f}",
+            f"xbzrle encoding rate: {x.encoding_rate:0.2f}",
+            f"xbzrle overflow: {x.overflow}",
+        ]
     if info.compression is not None:
         c = info.compression
         lines += [
