@@ -194,9 +194,13 @@ def test_history_suggestion_is_styled_apart_from_typed_text(term: Terminal) -> N
     term.keys("info status", "Enter")
     term.wait_for("VM status: running")
     term.keys("info st")
-    screen = term.wait_until(
-        lambda screen: prompt_line(screen) == "(qemu) info status", "the suggested rest"
-    )
+
+    def suggested(screen: str) -> bool:  # on the new prompt, below the answer
+        lines = screen.splitlines()
+        answer = lines.index("VM status: running")
+        return any(line == "(qemu) info status" for line in lines[answer + 1 :])
+
+    screen = term.wait_until(suggested, "the suggested rest on the new prompt")
     row = max(y for y, line in enumerate(screen.splitlines()) if line.startswith("(qemu)"))
     cells = term.screen_.buffer[row]
     typed, suggested = cells[len("(qemu) info s")], cells[len("(qemu) info st")]

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_machine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from streams import guest, record_stream
@@ -21,7 +20,6 @@ from engine.machine import Machine
 from engine.xbzrle import MISS, OVERFLOW, PageCache, decode_into
 
 PAGES = 8
-machines = test_machine.machines
 
 
 def reference_decode(delta: bytes, page: bytes) -> bytes | None:
