@@ -24,8 +24,8 @@ zlib-ng-1 1.92x, zstd-1 2.33x. tests/test_fill.py holds the table to the generat
 Speed: the generators are vectorised (no Python loop per page, field or word), work in chunks
 of CHUNK_PAGES, and draw from skewed distributions through :class:`_Dist`'s guide tables
 instead of ``Generator.choice``'s binary search per draw; the idle fill writes only its
-non-zero pages, a run at a time (see :func:`fill_idle`). Filling 2 GiB takes about 0.5 s of
-CPU (idle) and 0.9 s (random: the bit generator, and page faults) on the 2-vCPU box.
+non-zero pages, a run at a time (see :func:`fill_idle`). Filling 2 GiB takes 0.5-0.6 s of
+CPU (idle) and 0.9-1.3 s (random: the bit generator, and page faults) on the 2-vCPU box.
 """
 
 from __future__ import annotations
