@@ -100,7 +100,8 @@ def test_the_idle_fill_touches_only_the_pages_it_writes() -> None:
 
 
 def test_populate_faults_in_the_range_and_no_more() -> None:
-    ram = GuestRam(8 * MiB, huge=False)
+    ram = GuestRam(8 * MiB)
+    ram.use_small_pages()  # as the idle fill does (else a huge page would hold the range)
     ram.populate(100, 164)
     assert np.flatnonzero(resident(ram)).tolist() == list(range(100, 164))
     assert not ram.page_array[100:164].any()  # faulted in as zero pages, nothing written
