@@ -10,58 +10,143 @@ compressed/original; others as original/compressed):
 ======  =====  ======  =========  ======
 kind    pages  zlib-1  zlib-ng-1  zstd-1
 ======  =====  ======  =========  ======
-text    1608   0.384   1.98x      2.63x
-binary  1696   0.518   1.58x      1.94x
-data    1611   0.376   2.35x      2.84x
-all     4915   0.428   1.91x      2.40x
+text    1551   0.384   1.98x      2.63x
+binary  1644   0.519   1.58x      1.94x
+data    1720   0.378   2.34x      2.82x
+all     4915   0.427   1.92x      2.40x
 ======  =====  ======  =========  ======
 
-Seeds 1-5 on 64 MiB give zlib-1 0.425-0.439; the pages of a real booted guest measured here
-gave zlib-1 0.429, zlib-ng-1 1.92x, zstd-1 2.33x. Filling 2 GiB takes about 1 s (idle) and
-2-2.5 s (random: page faults on the shared mapping dominate) on the 2-vCPU box.
+Seeds 1-5 on 64 MiB give zlib-1 0.421-0.437; over seeds 10-39 on 64 MiB the means are text
+0.3865, binary 0.5192, data 0.3777, all 0.4299 (the per-page loops these generators replaced:
+0.3865, 0.5189, 0.3777, 0.4296). The pages of a real booted guest measured here gave zlib-1 0.429,
+zlib-ng-1 1.92x, zstd-1 2.33x. tests/test_fill.py holds the table to the generators.
+
+Speed: the generators are vectorised (no Python loop per page, field or word), work in chunks
+of CHUNK_PAGES, and draw from skewed distributions through :class:`_Dist`'s guide tables
+instead of ``Generator.choice``'s binary search per draw; the idle fill writes only its
+non-zero pages, a run at a time (see :func:`fill_idle`). Filling 2 GiB takes 0.5-0.6 s of
+CPU (idle) and 0.9-1.3 s (random: the bit generator, and page faults) on the 2-vCPU box.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from engine.guest import PAGE_SIZE, GuestRam
 
-MiB = 1024 * 1024
 IDLE_NONZERO = 0.15
 RUN_MAX = 64
 POOL_PAGES = 4096  # distinct template pages; reused round-robin, far beyond any codec window
+WORDS_PER_PAGE = PAGE_SIZE // 8
+CHUNK_PAGES = 64  # generators work in chunks of pages, so their temporaries stay in cache
 
 U8 = npt.NDArray[np.uint8]
 U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
 # Each generator returns ``n`` distinct template pages of one kind as an (n, PAGE_SIZE) array.
 
-I64 = npt.NDArray[np.int64]
+
+class _Dist:
+    """Discrete distributions drawn by inverse CDF through guide tables of 2**16 buckets.
+
+    ``Generator.choice(k, p=p)`` binary-searches the CDF for every draw (25-75 ns); here 16
+    random bits pick a bucket, which settles the draw unless a CDF step falls inside it, and
+    only those draws take 16 more bits and a search: the same distribution (to 2**-32) at
+    about 4 ns per draw. With several weight vectors, ``which`` picks one per draw.
+    """
+
+    def __init__(self, *weights: npt.ArrayLike) -> None:
+        steps, guides, sizes = [], [], []
+        for i, w in enumerate(weights):
+            cdf = np.cumsum(np.asarray(w, dtype=np.float64))
+            step = np.round(cdf / cdf[-1] * 2**32).astype(np.int64)  # the last is 2**32
+            # Bucket b holds [b, b+1) << 16: the draw is the count of steps <= u, which is
+            # ``low`` at its start and ``high`` just before its end.
+            low = np.cumsum(np.bincount(-(-step >> 16), minlength=1 << 16))[: 1 << 16]
+            high = np.cumsum(np.bincount(step >> 16, minlength=1 << 16))[: 1 << 16]
+            guides.append(np.where(low == high, low, -1))  # -1: a CDF step cuts the bucket
+            steps.append(step + (i << 32))  # distribution i searches the range [i, i+1) << 32
+            sizes.append(step.size)
+        self._guide = np.concatenate(guides)
+        self._steps = np.concatenate(steps)
+        self._first = np.cumsum(sizes) - sizes  # the first outcome of each, in _steps
+
+    def __call__(
+        self,
+        rng: np.random.Generator,
+        shape: int | tuple[int, ...],
+        which: npt.NDArray[np.bool_] | I64 | None = None,
+    ) -> I64:
+        count = int(np.prod(shape))
+        bucket = _uint16(rng, count).astype(np.int64)  # the high 16 bits of a 32-bit uniform
+        if which is not None:
+            bucket |= which.astype(np.int64) << 16
+        out: I64 = self._guide[bucket]
+        cut = np.flatnonzero(out < 0)
+        u = (bucket[cut] << 16) | _uint16(rng, cut.size)
+        out[cut] = np.searchsorted(self._steps, u, side="right") - self._first[u >> 32]
+        return out.reshape(shape)
 
 
-def _table(items: list[bytes]) -> tuple[U8, I64, I64]:
-    """A table of byte strings as one flat array plus starts and lengths (for _gather)."""
+def _uint16(rng: np.random.Generator, count: int) -> npt.NDArray[np.uint16]:
+    return rng.bit_generator.random_raw((count + 3) // 4).view(np.uint16)[:count]
+
+
+def _zipf(n: int, q: float = 2.7) -> npt.NDArray[np.float64]:
+    return 1.0 / (np.arange(n, dtype=np.float64) + q)
+
+
+def _uniform_pick(rng: np.random.Generator, values: npt.NDArray[np.integer], shape: int) -> I64:
+    return values[rng.integers(0, values.size, size=shape)].astype(np.int64)
+
+
+class _Table(NamedTuple):
+    """Byte strings as one flat array plus the start and length of each (for _gather)."""
+
+    flat: U8
+    starts: I64
+    lens: I64
+
+
+def _table(items: list[bytes]) -> _Table:
     lens = np.array([len(x) for x in items], dtype=np.int64)
-    return np.frombuffer(b"".join(items), dtype=np.uint8), np.cumsum(lens) - lens, lens
+    return _Table(np.frombuffer(b"".join(items), dtype=np.uint8), np.cumsum(lens) - lens, lens)
 
 
-def _gather(starts: I64, lens: I64, picks: I64, limit: int) -> I64:
+def _concat(*tables: _Table) -> _Table:
+    lens = np.concatenate([t.lens for t in tables])
+    return _Table(np.concatenate([t.flat for t in tables]), np.cumsum(lens) - lens, lens)
+
+
+def _positions(table: _Table, picks: I64, limit: int) -> I64:
     """Flat-table positions of the first ``limit`` bytes of the concatenated ``picks``."""
-    n = lens[picks]
+    n = table.lens[picks]
     ends = np.cumsum(n)
     used = int(np.searchsorted(ends, limit)) + 1  # picks needed to cover ``limit`` bytes
     assert used <= ends.size, "generator drew too few items"
-    pos = np.repeat(starts[picks[:used]] - (ends[:used] - n[:used]), n[:used])[:limit]
-    pos += np.arange(limit)
-    return pos
+    n, starts = n[:used], table.starts[picks[:used]]
+    # Positions step by one inside an item and jump to the next item's start at its first byte.
+    step = np.ones(int(ends[used - 1]), dtype=np.int64)
+    step[0] = starts[0]
+    step[ends[: used - 1]] = starts[1:] - starts[:-1] - n[:-1] + 1
+    return np.cumsum(step)[:limit]
 
 
-def _pages(stream: U8, n: int) -> U8:
-    return stream.reshape(n, PAGE_SIZE)
+def _gather(table: _Table, picks: I64, limit: int) -> U8:
+    """The first ``limit`` bytes of the concatenation of the table's items ``picks``."""
+    return table.flat[_positions(table, picks, limit)]
 
+
+def _chunks(n: int) -> list[int]:
+    """``n`` pages as chunks small enough that a generator's temporaries stay in cache."""
+    return [min(CHUNK_PAGES, n - i) for i in range(0, n, CHUNK_PAGES)]
+
+
+# -- text ---------------------------------------------------------------------------------------
 
 _COMMON = (
     b"the of and to a in is that for it as was with be by on not he this are or his from at "
@@ -74,35 +159,38 @@ _COMMON = (
 ).split()
 _ONSETS = "b c d f g h j k l m n p r s t v w y z bl br ch cl cr dr fl fr gr pl pr sc sh sl sp st "
 _ONSETS += "str th tr wh"
-_SYLLABLES = [
-    (o + v + c).encode()
-    for o in ["", *_ONSETS.split()]
-    for v in ["a", "e", "i", "o", "u", "ea", "ou", "io"]
-    for c in ["", "n", "r", "s", "t", "l", "nd", "ng", "st", "ck"]
-]
-# Separators after each word, for prose and for source-like text (config, code, markup).
-_SEPS = (
-    b" ",
-    b"\n",
-    b"\n\n",
-    b", ",
-    b". ",
-    b"\n    ",
-    b"\n        ",
-    b"\n\t",
-    b" = ",
-    b"(",
-    b");\n",
+_SYLLABLES = _table(
+    [
+        (o + v + c).encode()
+        for o in ["", *_ONSETS.split()]
+        for v in ["a", "e", "i", "o", "u", "ea", "ou", "io"]
+        for c in ["", "n", "r", "s", "t", "l", "nd", "ng", "st", "ck"]
+    ]
 )
-_SEP_PROSE = np.array([80, 6, 1, 7, 6, 0, 0, 0, 0, 0, 0], dtype=float)
-_SEP_SOURCE = np.array([40, 8, 2, 6, 1, 10, 10, 3, 8, 6, 6], dtype=float)
+# Separators after each word, for prose and for source-like text (config, code, markup).
+_SEPS = _table(
+    [b" ", b"\n", b"\n\n", b", ", b". ", b"\n    ", b"\n        ", b"\n\t", b" = ", b"(", b");\n"]
+)
+# Separator weights: prose (which=0), source (which=1).
+_SEP_P = _Dist([80, 6, 1, 7, 6, 0, 0, 0, 0, 0, 0], [40, 8, 2, 6, 1, 10, 10, 3, 8, 6, 6])
 _TOPIC = 200  # content words one page of prose draws on (source text: a quarter of them)
 _TOKENS_PER_BLOCK = 700  # about one page
+_WORDS = 6000  # invented content words per text pool
+_SYLLABLES_PER_WORD = np.array([1, 1, 2, 2, 2, 3])
+_SYLLABLE_P = _Dist(_zipf(_SYLLABLES.lens.size, 20))
+_WORD_P = _Dist(_zipf(_WORDS))
+_RANK_P = _Dist(_zipf(_TOPIC), _zipf(_TOPIC // 4))  # prose, source
+_FUNCTION_P = _Dist(_zipf(len(_COMMON)))
+_COMMON_TABLE = _table(_COMMON)
 
 
-def _zipf(n: int, q: float = 2.7) -> npt.NDArray[np.float64]:
-    w = 1.0 / (np.arange(n) + q)
-    return w / w.sum()
+def _words(rng: np.random.Generator) -> _Table:
+    """Invented content words of one to three syllables (Zipf-distributed syllables)."""
+    nsyl = _uniform_pick(rng, _SYLLABLES_PER_WORD, _WORDS)
+    syl = _SYLLABLE_P(rng, int(nsyl.sum()))
+    lens = np.add.reduceat(_SYLLABLES.lens[syl], np.cumsum(nsyl) - nsyl)
+    flat = _gather(_SYLLABLES, syl, int(lens.sum()))
+    return _Table(flat, np.cumsum(lens) - lens, lens)
 
 
 def _text(rng: np.random.Generator, n: int) -> U8:
@@ -111,34 +199,21 @@ def _text(rng: np.random.Generator, n: int) -> U8:
     Function words follow one Zipf law; content words come from a per-page topic drawn from a
     larger Zipf vocabulary, so words recur within a page as they do in real text.
     """
-    nsyl = rng.choice([1, 1, 2, 2, 2, 3], size=6000)
-    syl = rng.choice(len(_SYLLABLES), size=int(nsyl.sum()), p=_zipf(len(_SYLLABLES), 20))
-    ends = np.cumsum(nsyl).tolist()
-    syl_l = syl.tolist()
-    words = [
-        b"".join(_SYLLABLES[s] for s in syl_l[e - k : e])
-        for k, e in zip(nsyl.tolist(), ends, strict=True)
-    ]
-    vocab = list(_COMMON) + words
-    flat, starts, lens = _table(vocab + list(_SEPS))
-    ntok = n * PAGE_SIZE // 5 + PAGE_SIZE  # a word plus a separator averages > 6 bytes
+    vocab = _concat(_COMMON_TABLE, _words(rng), _SEPS)
+    return np.concatenate([_documents(rng, vocab, m) for m in _chunks(n)]).reshape(n, PAGE_SIZE)
+
+
+def _documents(rng: np.random.Generator, vocab: _Table, n: int) -> U8:
+    """``n`` pages of text: a stream of words and separators in blocks of about a page."""
+    ntok = n * PAGE_SIZE // 5 + 1024  # a word and its separator: 5.4-7.6 bytes a page
     block = np.arange(ntok) // _TOKENS_PER_BLOCK
-    source = (rng.random(block[-1] + 1) < 0.5)[block]
-    topics = len(_COMMON) + rng.choice(
-        len(words), size=(block[-1] + 1, _TOPIC), p=_zipf(len(words))
-    )
-    rank = np.where(
-        source,
-        rng.choice(_TOPIC // 4, size=ntok, p=_zipf(_TOPIC // 4)),
-        rng.choice(_TOPIC, size=ntok, p=_zipf(_TOPIC)),
-    )
-    function = rng.choice(len(_COMMON), size=ntok, p=_zipf(len(_COMMON)))
-    seps = np.where(
-        source,
-        rng.choice(len(_SEPS), size=ntok, p=_SEP_SOURCE / _SEP_SOURCE.sum()),
-        rng.choice(len(_SEPS), size=ntok, p=_SEP_PROSE / _SEP_PROSE.sum()),
-    )
-    word = np.where(rng.random(ntok) < 0.5, function, topics[block, rank])
+    nblocks = int(block[-1]) + 1
+    source = (rng.random(nblocks) < 0.5)[block]
+    topics = len(_COMMON) + _WORD_P(rng, nblocks * _TOPIC)  # row b: block b's topic
+    rank = _RANK_P(rng, ntok, source)
+    function = _FUNCTION_P(rng, ntok)
+    seps = _SEP_P(rng, ntok, source)
+    word = np.where(rng.random(ntok) < 0.5, function, topics[block * _TOPIC + rank])
     # Phrases recur (code above all): segments of ~4 tokens repeat one seen 2-64 tokens back.
     seg = np.cumsum(rng.random(ntok) < 0.25)
     back = rng.integers(2, 65, size=seg[-1] + 1)[seg]
@@ -146,10 +221,11 @@ def _text(rng: np.random.Generator, n: int) -> U8:
     src_i = np.where(copy, np.arange(ntok) - back, np.arange(ntok))
     picks = np.empty(2 * ntok, dtype=np.int64)
     picks[0::2] = word[src_i]
-    picks[1::2] = len(vocab) + seps[src_i]
-    pos = _gather(starts, lens, picks, n * PAGE_SIZE)
-    return _pages(flat[pos], n)
+    picks[1::2] = vocab.lens.size - _SEPS.lens.size + seps[src_i]
+    return _gather(vocab, picks, n * PAGE_SIZE)
 
+
+# -- code and executables -----------------------------------------------------------------------
 
 # x86-64-like instruction templates (single instructions and common idioms) with weights.
 # Tokens: a hex byte, or an operand field: d stack disp8, R rel32, i imm8, I imm32 (small),
@@ -169,12 +245,15 @@ _CODE = (
     ("ff 15 R", 2), ("64 48 8b 04 25 28 00 00 00", 1),
 )  # fmt: skip
 _FIELDS = {"d": [1], "R": [2, 2, 3, 4], "i": [5], "I": [6, 0, 0, 0], "m": [7], "b": [8]}
+_FIELD_KINDS = 8  # the field kinds above, 1-8 (0: a plain byte)
 # Register pairs in ModRM are far from uniform (rdi/rsi/rax/rbx/rbp dominate).
 _MODRM = np.array([0xC7, 0xC6, 0xDF, 0xE7, 0xEF, 0xC3, 0xD8, 0xF7, 0xC2, 0xD6, 0xFE, 0xC1, 0xE5])
+_MODRM_P = _Dist(_zipf(_MODRM.size, 1.0))
+_SLOT_P, _SLOT_USE_P = _Dist(_zipf(16, 2.0)), _Dist(_zipf(4, 1.0))
 
 
-def _code_table() -> tuple[U8, U8, I64, I64, npt.NDArray[np.float64]]:
-    """Templates as flat byte and field-kind tables (fields are placeholder zero bytes)."""
+def _code_tables() -> tuple[_Table, U8]:
+    """Templates as a byte table (fields are placeholder zero bytes) and each byte's field kind."""
     codes: list[bytes] = []
     kinds: list[bytes] = []
     for tmpl, _ in _CODE:
@@ -183,122 +262,196 @@ def _code_table() -> tuple[U8, U8, I64, I64, npt.NDArray[np.float64]]:
         codes.append(
             bytes(0 if t in _FIELDS else int(t, 16) for t in toks for _ in _FIELDS.get(t, [0]))
         )
-    flat, starts, lens = _table(codes)
-    weights = np.array([w for _, w in _CODE], dtype=float)
-    return flat, _table(kinds)[0], starts, lens, weights / weights.sum()
+    return _table(codes), _table(kinds).flat
 
 
-_CODE_BYTES, _CODE_KINDS, _CODE_STARTS, _CODE_LENS, _CODE_P = _code_table()
+_CODE_BYTES, _CODE_KINDS = _code_tables()
+_CODE_P = _Dist([w for _, w in _CODE])
 
 
 def _code(rng: np.random.Generator, n: int) -> U8:
     """Instruction streams: skewed opcode and register mix, stack slots, near calls and jumps."""
-    picks = rng.choice(_CODE_P.size, size=n * PAGE_SIZE // 3 + PAGE_SIZE, p=_CODE_P)
-    pos = _gather(_CODE_STARTS, _CODE_LENS, picks, n * PAGE_SIZE)
-    out = _CODE_BYTES[pos]
-    kind = _CODE_KINDS[pos]
+    return np.concatenate([_instructions(rng, m) for m in _chunks(n)]).reshape(n, PAGE_SIZE)
 
-    def fill(k: int, values: Callable[[int], npt.NDArray[np.integer]]) -> None:
-        sel = kind == k
-        out[sel] = values(int(sel.sum())) & 0xFF
+
+def _instructions(rng: np.random.Generator, n: int) -> U8:
+    """``n`` pages of instructions, as one byte stream."""
+    picks = _CODE_P(rng, n * PAGE_SIZE // 4 + 1024)  # templates average 4.6 bytes
+    pos = _positions(_CODE_BYTES, picks, n * PAGE_SIZE)
+    out, kind = _CODE_BYTES.flat[pos], _CODE_KINDS[pos]
+    fields = np.flatnonzero(kind)
+    counts = np.bincount(kind[fields], minlength=_FIELD_KINDS + 1)
+    # at[k]: where the bytes of field kind k are, ascending (at[0], plain bytes, is empty).
+    at = np.split(fields[np.argsort(kind[fields], kind="stable")], np.cumsum(counts)[:-1])
+
+    def put(k: int, values: npt.NDArray[np.integer]) -> None:
+        out[at[k]] = values & 0xFF
 
     # A function (~256 bytes) keeps using the same few stack slots.
-    slots = 1 + rng.choice(16, size=(n * PAGE_SIZE // 256 + 1, 4), p=_zipf(16, 2.0))
-    func = np.flatnonzero(kind == 1) // 256
-    fill(1, lambda m: -8 * slots[func, rng.choice(4, size=m, p=_zipf(4, 1.0))])  # [rbp-8*k]
+    slots = 1 + _SLOT_P(rng, (n * PAGE_SIZE // 256 + 1) * 4)  # four per function
+    put(1, -8 * slots[at[1] // 256 * 4 + _SLOT_USE_P(rng, counts[1])])  # [rbp-8*k]
     # rel32 within +-1 MiB: two random bytes, a nibble, then the sign byte.
-    fill(2, lambda m: rng.integers(0, 256, size=m))
-    fill(3, lambda m: rng.integers(0, 16, size=m) | rng.choice([0, 0xF0], size=m))
-    high = np.flatnonzero(kind == 4)  # always right after its kind-3 byte
-    out[high] = np.where(out[high - 1] >= 0xF0, 0xFF, 0)
-    fill(5, lambda m: 8 * rng.integers(0, 9, size=m))
-    fill(6, lambda m: np.minimum(rng.geometric(0.1, size=m), 255))
-    fill(7, lambda m: rng.choice(_MODRM, size=m, p=_zipf(_MODRM.size, 1.0)))
-    fill(8, lambda m: rng.integers(2, 0x40, size=m))
-    return _pages(out, n)
+    put(2, rng.integers(0, 256, size=counts[2]))
+    put(3, rng.integers(0, 16, size=counts[3]) | (rng.integers(0, 2, size=counts[3]) * 0xF0))
+    out[at[4]] = np.where(out[at[4] - 1] >= 0xF0, 0xFF, 0)  # always right after its kind-3 byte
+    put(5, 8 * rng.integers(0, 9, size=counts[5]))
+    put(6, np.minimum(rng.geometric(0.1, size=counts[6]), 255))
+    put(7, _MODRM[_MODRM_P(rng, counts[7])])
+    put(8, rng.integers(2, 0x40, size=counts[8]))
+    return out
 
 
 def _binary(rng: np.random.Generator, n: int) -> U8:
     """Executable images: .text, plus .rodata (strings) and symbol/relocation tables."""
     n_text, n_ro = n * 55 // 100, n * 25 // 100
-    tables = np.empty((n - n_text - n_ro, PAGE_SIZE // 8), dtype=np.uint64)
-    for p in range(tables.shape[0]):
-        tables[p] = _elf_table(rng)
+    tables = _elf_tables(rng, n - n_text - n_ro)
     return np.concatenate([_code(rng, n_text), _text(rng, n_ro), tables.view(np.uint8)])
 
 
-def _elf_table(rng: np.random.Generator) -> U64:
-    """Elf64_Rela (offset, info, addend) or Elf64_Sym (name, info/shndx, value, size) rows."""
-    rows = np.zeros((PAGE_SIZE // 24 + 1, 3), dtype=np.uint64)
-    start = int(rng.integers(1 << 12, 1 << 22)) * 8
-    m = rows.shape[0]
-    if rng.random() < 0.5:  # R_X86_64_RELATIVE relocations of a pointer table
-        rows[:, 0] = start + 8 * np.arange(m, dtype=np.uint64)
-        rows[:, 1] = 8
-        rows[:, 2] = start // 2 + np.cumsum(rng.integers(16, 4096, size=m)).astype(np.uint64)
-    else:  # dynamic symbols: global functions in .text (shndx 15), ascending name offsets
-        rows[:, 0] = np.cumsum(rng.integers(8, 40, size=m)).astype(np.uint64) | (0x12 << 32)
-        rows[:, 0] |= np.uint64(15 << 48)
-        rows[:, 1] = start // 4 + np.cumsum(rng.integers(16, 2048, size=m)).astype(np.uint64)
-        rows[:, 2] = rng.geometric(0.01, size=m).astype(np.uint64)
-    return rows.reshape(-1)[: PAGE_SIZE // 8]
+_ELF_ROWS = WORDS_PER_PAGE // 3 + 1  # 24-byte rows covering one page
+
+
+def _elf_tables(rng: np.random.Generator, n: int) -> U64:
+    """Pages of Elf64_Rela (offset, info, addend) or Elf64_Sym (name, info/shndx, value, size).
+
+    Half the pages are R_X86_64_RELATIVE relocations of a pointer table; the others dynamic
+    symbols: global functions in .text (shndx 15) with ascending name offsets.
+    """
+    rows = np.zeros((n, _ELF_ROWS, 3), dtype=np.uint64)
+    start = (rng.integers(1 << 12, 1 << 22, size=(n, 1)) * 8).astype(np.uint64)
+    rela = rng.random(n) < 0.5
+    r, s = int(rela.sum()), n - int(rela.sum())
+    index = np.arange(_ELF_ROWS, dtype=np.uint64)
+
+    def ascending(m: int, low: int, high: int) -> U64:
+        return np.cumsum(rng.integers(low, high, size=(m, _ELF_ROWS)), axis=1).astype(np.uint64)
+
+    rows[rela, :, 0] = start[rela] + np.uint64(8) * index
+    rows[rela, :, 1] = 8
+    rows[rela, :, 2] = start[rela] // np.uint64(2) + ascending(r, 16, 4096)
+    rows[~rela, :, 0] = ascending(s, 8, 40) | np.uint64((0x12 << 32) | (15 << 48))
+    rows[~rela, :, 1] = start[~rela] // np.uint64(4) + ascending(s, 16, 2048)
+    rows[~rela, :, 2] = rng.geometric(0.01, size=(s, _ELF_ROWS)).astype(np.uint64)
+    return rows.reshape(n, -1)[:, :WORDS_PER_PAGE]
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+_SLOTS = np.array([2, 3, 4, 5, 6, 8, 12, 16])  # 8-byte fields per struct
+_LETTERS = np.frombuffer(b"etaoinshrdlcumwfgypbvkjxqz_", dtype=np.uint8)
+_LETTER_P = _Dist(_zipf(_LETTERS.size, 4.0))  # roughly English letter frequencies
+# A column's kind (index into _FIELD_VALUES), drawn uniformly from this list: pointer x3,
+# small int x2, zero, double, id, string, flags.
+_FIELD_P = np.array([0, 0, 0, 1, 1, 2, 3, 4, 5, 6])
+_HEAP_BASES = np.array(
+    [0x0000_5555_5555_0000, 0x0000_7F00_0000_0000, 0xFFFF_8880_0000_0000], dtype=np.uint64
+)
+_FLAGS = np.array([0x1, 0x3, 0x11, 0x41, 0x100, 0x8001])
 
 
 def _data(rng: np.random.Generator, n: int) -> U8:
     """Arrays of structs (pointers, small ints, doubles, ids, short strings) and page tables."""
-    pages = np.zeros((n, PAGE_SIZE // 8), dtype=np.uint64)
-    for p in range(n):
-        if rng.random() < 0.1:
-            pages[p] = _page_table(rng)
-            continue
-        slots = int(rng.choice([2, 3, 4, 5, 6, 8, 12, 16]))
-        nrec = int(PAGE_SIZE // 8 // slots * rng.uniform(0.5, 1.0))  # arenas are part-used
-        rec = np.empty((nrec, slots), dtype=np.uint64)
-        for j in range(slots):
-            rec[:, j] = _field(rng, int(rng.integers(0, len(_FIELD_P))), nrec)
-        pages[p, : nrec * slots] = rec.reshape(-1)
-    return pages.view(np.uint8)
+    return np.concatenate([_data_pages(rng, m) for m in _chunks(n)]).view(np.uint8)
 
 
-_LETTERS = np.frombuffer(b"etaoinshrdlcumwfgypbvkjxqz_", dtype=np.uint8)
-_LETTER_P = _zipf(_LETTERS.size, 4.0)  # roughly English letter frequencies
-_FIELD_P = (0, 0, 0, 1, 1, 2, 3, 4, 5, 6)  # ptr x3, small int x2, zero, double, id, str, flags
-_HEAP_BASES = (0x0000_5555_5555_0000, 0x0000_7F00_0000_0000, 0xFFFF_8880_0000_0000)
+def _data_pages(rng: np.random.Generator, n: int) -> U64:
+    """``n`` data pages: a tenth page tables, the rest arrays of structs.
+
+    A struct page holds records of 2-16 fields, each field (column) of one kind with its own
+    parameters (a heap region, a pair of flag values); arenas are part-used, the rest zero.
+    """
+    pages = np.zeros((n, WORDS_PER_PAGE), dtype=np.uint64)
+    tables = rng.random(n) < 0.1
+    pages[tables] = _page_tables(rng, int(tables.sum()))
+    structs = np.flatnonzero(~tables)
+    slots = _uniform_pick(rng, _SLOTS, structs.size)
+    nrec = (WORDS_PER_PAGE // slots * rng.uniform(0.5, 1.0, size=structs.size)).astype(np.int64)
+    first = np.cumsum(slots) - slots  # each page's first column
+    columns = int(slots.sum())
+    kind = _uniform_pick(rng, _FIELD_P, columns)
+    # Word w of a page is field w % slots of record w // slots, a word of that column.
+    cell = np.flatnonzero(np.arange(WORDS_PER_PAGE) < (nrec * slots)[:, None])
+    page, word = cell // WORDS_PER_PAGE, cell % WORDS_PER_PAGE
+    column = first[page] + word % slots[page]
+    field_kind = kind[column]
+    values = np.zeros(column.size, dtype=np.uint64)
+    for k, field in enumerate(_FIELD_VALUES):
+        sel = np.flatnonzero(field_kind == k)
+        values[sel] = field(rng, column[sel], columns)
+    pages.reshape(-1)[structs[page] * WORDS_PER_PAGE + word] = values
+    return pages
 
 
-def _field(rng: np.random.Generator, pick: int, m: int) -> U64:
-    kind = _FIELD_P[pick]
-    if kind == 0:  # pointers into one heap region, 16-aligned, some NULL
-        base = _HEAP_BASES[int(rng.integers(0, 3))] + int(rng.integers(0, 1 << 16)) * (1 << 24)
-        ptr = np.uint64(base) + rng.integers(0, 1 << 20, size=m).astype(np.uint64) * np.uint64(16)
-        return np.where(rng.random(m) < 0.2, np.uint64(0), ptr)
-    if kind == 1:  # counters, lengths, enums (two 32-bit halves)
-        lo = np.minimum(rng.geometric(0.05, size=m), 1 << 31).astype(np.uint64)
-        hi = np.where(rng.random(m) < 0.5, 0, rng.integers(0, 8, size=m)).astype(np.uint64)
-        return lo | (hi << np.uint64(32))
-    if kind == 2:  # padding
-        return np.zeros(m, dtype=np.uint64)
-    if kind == 3:  # doubles: whole numbers or measurements
-        vals = np.where(rng.random(m) < 0.5, rng.integers(0, 1000, size=m), rng.random(m) * 100)
-        return vals.astype(np.float64).view(np.uint64)
-    if kind == 4:  # hashes, ids, random keys
-        return rng.integers(0, 1 << 63, size=m, dtype=np.int64).astype(np.uint64)
-    if kind == 5:  # short NUL-padded names
-        chars = rng.choice(_LETTERS, size=(m, 8), p=_LETTER_P)
-        chars[np.arange(8) >= rng.integers(2, 9, size=(m, 1))] = 0
-        return chars.view(np.uint64).reshape(m)
-    flags = rng.choice([0x1, 0x3, 0x11, 0x41, 0x100, 0x8001], size=2)
-    return rng.choice(flags, size=m).astype(np.uint64)
+def _pointers(rng: np.random.Generator, column: I64, columns: int) -> U64:
+    """Pointers into one heap region per column, 16-aligned, some NULL."""
+    region = _HEAP_BASES[rng.integers(0, 3, size=columns)]
+    region += rng.integers(0, 1 << 16, size=columns).astype(np.uint64) << np.uint64(24)
+    ptr = region[column] + (rng.integers(0, 1 << 20, size=column.size).astype(np.uint64) << 4)
+    return np.where(rng.random(column.size) < 0.2, np.uint64(0), ptr)
 
 
-def _page_table(rng: np.random.Generator) -> U64:
+def _counts(rng: np.random.Generator, column: I64, columns: int) -> U64:
+    """Counters, lengths, enums (two 32-bit halves)."""
+    m = column.size
+    lo = np.minimum(rng.geometric(0.05, size=m), 1 << 31).astype(np.uint64)
+    hi = np.where(rng.random(m) < 0.5, 0, rng.integers(0, 8, size=m)).astype(np.uint64)
+    return lo | (hi << np.uint64(32))
+
+
+def _padding(rng: np.random.Generator, column: I64, columns: int) -> U64:
+    return np.zeros(column.size, dtype=np.uint64)
+
+
+def _doubles(rng: np.random.Generator, column: I64, columns: int) -> U64:
+    """Whole numbers or measurements."""
+    m = column.size
+    vals = np.where(rng.random(m) < 0.5, rng.integers(0, 1000, size=m), rng.random(m) * 100)
+    return vals.astype(np.float64).view(np.uint64)
+
+
+def _ids(rng: np.random.Generator, column: I64, columns: int) -> U64:
+    """Hashes, ids, random keys."""
+    return rng.integers(0, 1 << 63, size=column.size, dtype=np.int64).astype(np.uint64)
+
+
+def _names(rng: np.random.Generator, column: I64, columns: int) -> U64:
+    """Short NUL-padded names."""
+    m = column.size
+    chars = _LETTERS[_LETTER_P(rng, (m, 8))]
+    chars[np.arange(8) >= rng.integers(2, 9, size=(m, 1))] = 0
+    return chars.view(np.uint64).reshape(m)
+
+
+def _flags(rng: np.random.Generator, column: I64, columns: int) -> U64:
+    """One of two flag values per column."""
+    pair = _FLAGS[rng.integers(0, _FLAGS.size, size=(columns, 2))]
+    return pair.reshape(-1)[column * 2 + rng.integers(0, 2, size=column.size)].astype(np.uint64)
+
+
+# By _FIELD_P's kind number: (random generator, each word's column, number of columns).
+_FIELD_VALUES: tuple[Callable[[np.random.Generator, I64, int], U64], ...] = (
+    _pointers,
+    _counts,
+    _padding,
+    _doubles,
+    _ids,
+    _names,
+    _flags,
+)
+
+
+def _page_tables(rng: np.random.Generator, n: int) -> U64:
     """PTEs: frames mostly in runs, present/rw/user/accessed/dirty/NX flag mixes, holes."""
-    step = np.where(rng.random(512) < 0.8, 1, rng.integers(2, 1 << 18, size=512))
-    frames = (int(rng.integers(1 << 10, 1 << 22)) + np.cumsum(step)).astype(np.uint64)
-    flags = rng.choice(np.array([0x63, 0x67, 0x25, 0x8000000000000063], dtype=np.uint64), size=512)
-    pte = (frames << np.uint64(12)) | flags
-    return np.where(rng.random(512) < 0.15, np.uint64(0), pte)
+    shape = (n, WORDS_PER_PAGE)
+    step = np.where(rng.random(shape) < 0.8, 1, rng.integers(2, 1 << 18, size=shape))
+    base = rng.integers(1 << 10, 1 << 22, size=(n, 1))
+    frames = (base + np.cumsum(step, axis=1)).astype(np.uint64)
+    flags = np.array([0x63, 0x67, 0x25, 0x8000000000000063], dtype=np.uint64)
+    pte = (frames << np.uint64(12)) | flags[rng.integers(0, 4, size=shape)]
+    return np.where(rng.random(shape) < 0.15, np.uint64(0), pte)
 
+
+# -- placement ----------------------------------------------------------------------------------
 
 # Kinds of non-zero runs and their shares: page cache of documents, executable images, data.
 _KINDS: tuple[tuple[Callable[[np.random.Generator, int], U8], float], ...] = (
@@ -306,6 +459,14 @@ _KINDS: tuple[tuple[Callable[[np.random.Generator, int], U8], float], ...] = (
     (_binary, 0.35),
     (_data, 0.35),
 )
+
+
+class Layout(NamedTuple):
+    """The idle guest's non-zero runs: first page, length and kind (index into _KINDS)."""
+
+    starts: I64
+    lens: I64
+    kinds: I64
 
 
 def _idle_runs(rng: np.random.Generator, pages: int) -> tuple[I64, I64]:
@@ -328,34 +489,55 @@ def _idle_runs(rng: np.random.Generator, pages: int) -> tuple[I64, I64]:
     return starts, lens
 
 
-def fill_idle(ram: GuestRam, rng: np.random.Generator) -> None:
-    """OS-like content: runs of text, binary and data pages among zero pages."""
+def fill_idle(ram: GuestRam, rng: np.random.Generator) -> Layout:
+    """OS-like content: runs of text, binary and data pages among zero pages.
+
+    Only the non-zero pages are touched, and RAM is backed by 4 KiB pages first: a huge page
+    would zero 2 MiB at the first write into it, and some run falls in almost every one (for
+    2 GiB: 3-5 s of CPU instead of 0.2, and all of RAM resident instead of 15%). The price is
+    paid by the first zero scan of a migration, which maps the zero page into each untouched
+    4 KiB page (0.35 s more for 2 GiB). Each run is faulted in with one call, then filled:
+    each kind's pool (shuffled once) is laid round-robin over that kind's pages in address
+    order, so a run is one or two slice copies from the pool.
+    """
     starts, lens = _idle_runs(rng, ram.pages)
-    if not lens.size:
-        return
     kinds = rng.choice(len(_KINDS), size=lens.size, p=[share for _, share in _KINDS])
-    page_kind = np.repeat(kinds, lens)
-    dst = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
-    words = ram.page_array.view(np.uint64)
+    layout = Layout(starts, lens, kinds)
+    if not lens.size:
+        return layout
+    ram.use_small_pages()
     for k, (gen, share) in enumerate(_KINDS):
-        where = dst[page_kind == k]
-        if not where.size:
+        mine = kinds == k
+        total = int(lens[mine].sum())
+        if not total:
             continue
-        pool = gen(rng, min(where.size, max(1, round(POOL_PAGES * share))))
-        order = rng.permutation(pool.shape[0])
-        for lo in range(0, where.size, 1 << 14):  # bounded temporaries on big guests
-            chunk = where[lo : lo + (1 << 14)]
-            src = order[np.arange(lo, lo + chunk.size) % order.size]
-            ram.page_array[chunk] = pool[src]
-            # Pool pages recur; the page number in the last word makes every page distinct.
-            words[chunk, -1] = chunk.astype(np.uint64)
-    ram.mark_dirty(dst)
+        npool = min(total, max(1, round(POOL_PAGES * share)))
+        pool = gen(rng, npool)[rng.permutation(npool)]
+        offsets = (np.cumsum(lens[mine]) - lens[mine]) % npool
+        for start, length, offset in zip(
+            starts[mine].tolist(), lens[mine].tolist(), offsets.tolist(), strict=True
+        ):
+            ram.populate(start, start + length)
+            _copy_wrapped(ram.page_array[start : start + length], pool, offset)
+    pages = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+    # Pool pages recur; the page number in the last word makes every page distinct.
+    ram.page_array.view(np.uint64)[pages, -1] = pages.astype(np.uint64)
+    ram.mark_dirty(pages)
+    return layout
+
+
+def _copy_wrapped(dst: U8, pool: U8, offset: int) -> None:
+    """Pool pages ``offset, offset+1, ...`` (wrapping around the pool) into ``dst``."""
+    head = min(dst.shape[0], pool.shape[0] - offset)
+    np.copyto(dst[:head], pool[offset : offset + head])
+    np.copyto(dst[head:], pool[: dst.shape[0] - head])
 
 
 def fill_random(ram: GuestRam, rng: np.random.Generator) -> None:
-    """Every page random bytes, in cache-sized chunks straight from the bit generator."""
+    """Every page random bytes, straight from the bit generator in chunks that stay in cache
+    (a bigger temporary would be fresh memory, faulted in again for every chunk)."""
     words = ram.array.view(np.uint64)
-    step = 4 * MiB // 8
+    step = 256 * 1024 // 8
     for lo in range(0, words.size, step):
         hi = min(lo + step, words.size)
         words[lo:hi] = rng.bit_generator.random_raw(hi - lo)

@@ -281,7 +281,8 @@ class Workload:
         self._written_before = 0
 
     def fill(self, ram: GuestRam) -> None:
-        rng = np.random.Generator(np.random.PCG64([self.seed, 0]))
+        # SFC64: the fastest of numpy's bit generators (random: 2 GiB of raw draws).
+        rng = np.random.Generator(np.random.SFC64([self.seed, 0]))
         if self.spec.name in ("idle", "random-writer"):
             content.fill_idle(ram, rng)
         elif self.spec.name == "random":
