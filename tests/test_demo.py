@@ -90,7 +90,8 @@ def test_a_cpu_bound_compress_run_is_named_as_such(tmp_path: Path) -> None:
     def busy_machine(case: Case, mode: str, progress: ProgressFn) -> Measured:
         slow = {"plain": Figures(2000, 50, 100000), "compress": Figures(3000, 80, 40000)}
         figures = slow.get(mode, Figures(1950, 50, 100000))
-        return Measured(figures, series(1.0), "recorded", 0.3 if mode == "compress" else 0.97)
+        compress = mode == "compress"
+        return Measured(figures, series(1.0), "recorded", 0.3 if compress else 0.97, 1.05)
 
     out = io.StringIO()
     run_demo(busy_machine, [CASES["idle-1gbe"]], tmp_path, out, (1.1, 2))
@@ -98,9 +99,22 @@ def test_a_cpu_bound_compress_run_is_named_as_such(tmp_path: Path) -> None:
     assert "  this machine is busy: compressing at level 1 needs about a core per side" in text
     assert (
         "  compress/plain total time 1.50, published 0.55: the compress run filled 30% of its"
-        " link, so its compressors set the pace (CPU-bound; 1.1 cores free): compression pays"
+        " link while the endpoints used 1.1 of the 1.1 free cores: CPU-bound, compression pays"
         " only with CPU to spare; the adaptive policy measured it (0.97)\n"
     ) in text
+
+
+def test_a_run_that_leaves_its_link_idle_but_not_its_cpu_is_not_called_cpu_bound(
+    tmp_path: Path,
+) -> None:
+    """A dirtying guest's compressed run can leave the link idle while waiting to converge."""
+
+    def converging(case: Case, mode: str, progress: ProgressFn) -> Measured:
+        return Measured(RECORDED[mode], series(1.0), "recorded", 0.4, 0.5)
+
+    out = io.StringIO()
+    run_demo(converging, [CASES["idle-1gbe"]], tmp_path, out, (2.0, 2))
+    assert "CPU-bound" not in out.getvalue()
 
 
 def test_cpu_available_counts_cores_we_can_use() -> None:

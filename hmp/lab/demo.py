@@ -39,6 +39,7 @@ class Measured:
     series: Sequence[Sample]
     setup: str
     link_use: float = 1.0  # the run's mean rate over the cap it had (link or max-bandwidth)
+    cores_used: float = 0.0  # CPU seconds both endpoints used per second of the migration
 
 
 ProgressFn = Callable[[Progress], None]
@@ -96,7 +97,9 @@ def run_classic(case: Case, mode: str, progress: ProgressFn) -> Measured:
     seconds = result.number("total-time") / 1000
     rate = result.number("ram.transferred") / seconds if seconds else 0.0
     cap = cases.cap_bps(setup)
-    return Measured(figures(result), result.series, describe(setup), rate / cap if cap else 1.0)
+    cores = sum(result.cpu_s.values()) / seconds if seconds else 0.0
+    use = rate / cap if cap else 1.0
+    return Measured(figures(result), result.series, describe(setup), use, cores)
 
 
 def why(case: Case, runs: Mapping[str, Measured], cores: float) -> str:
@@ -105,12 +108,12 @@ def why(case: Case, runs: Mapping[str, Measured], cores: float) -> str:
     theirs = case.compressed.total_time_ms / case.plain.total_time_ms
     adaptive = runs["adaptive"].figures.total_time_ms / runs["plain"].figures.total_time_ms
     head = f"  compress/plain total time {ours:.2f}, published {theirs:.2f}: "
-    use = runs["compress"].link_use
-    if use < CPU_BOUND:
+    run = runs["compress"]
+    if run.link_use < CPU_BOUND and run.cores_used >= CPU_BOUND * cores:
         return head + (
-            f"the compress run filled {use:.0%} of its link, so its compressors set the pace"
-            f" (CPU-bound; {cores:.1f} cores free): compression pays only with CPU to spare;"
-            f" the adaptive policy measured it ({adaptive:.2f})\n"
+            f"the compress run filled {run.link_use:.0%} of its link while the endpoints used"
+            f" {run.cores_used:.1f} of the {cores:.1f} free cores: CPU-bound, compression pays"
+            f" only with CPU to spare; the adaptive policy measured it ({adaptive:.2f})\n"
         )
     if abs(ours - theirs) <= CLOSE * theirs:
         return head + "as published\n"

@@ -9,6 +9,7 @@ process from /proc.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -100,10 +101,17 @@ class Result:
     info: dict[str, Any]  # the source's last `query-migrate`
     rss_kib: dict[str, int]  # peak RSS per endpoint
     series: list[Sample] = field(default_factory=list)  # the engine's samples (x_migrate_export)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU time each used while migrating
 
     def number(self, key: str) -> float:
         """``figure`` of the final `query-migrate` (``total-time``, ``ram.transferred``...)."""
         return figure(self.info, key)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -145,6 +153,8 @@ def migrating(setup: Setup) -> Iterator[tuple[Endpoint, Endpoint]]:
 def run(setup: Setup, progress: Callable[[dict[str, Any]], None] | None = None) -> Result:
     """Run one migration; ``progress`` sees the source's `query-migrate` at every poll."""
     with migrating(setup) as (src, dst):
+        ends = {"src": src, "dst": dst}
+        cpu0 = {name: cpu_seconds(ep.proc.pid) for name, ep in ends.items()}  # just migrating
 
         def ended(info: dict[str, Any]) -> bool:
             if progress:
@@ -154,9 +164,10 @@ def run(setup: Setup, progress: Callable[[dict[str, Any]], None] | None = None) 
             return info.get("status") in MIGRATION_ENDED
 
         info = src.qmp.poll("query-migrate", ended, setup.timeout + CANCEL_S, POLL_S)
+        cpu = {name: cpu_seconds(ep.proc.pid) - cpu0[name] for name, ep in ends.items()}
         rss = {"src": peak_rss_kib(src.proc.pid), "dst": peak_rss_kib(dst.proc.pid)}
         with tempfile.TemporaryDirectory() as tmp:
             export = Path(tmp) / "series.json"
             src.execute(f'x_migrate_export "{export}"', 10)
             series = series_from_json(export.read_text())
-        return Result(setup, str(info["status"]), info, rss, series)
+        return Result(setup, str(info["status"]), info, rss, series, cpu)

@@ -88,9 +88,10 @@ class Qemu:
                 return
             self.buf += chunk
 
-    def send(self, text: str) -> list[str]:
+    def send(self, text: str, first: float = 2.0) -> list[str]:
+        """``first``: how long the first answer may take (QEMU reads huge inputs a byte a turn)."""
         self.sock.sendall(text.encode("utf-8", "surrogateescape"))
-        return list(self.read())
+        return list(self.read(first))
 
     def close(self) -> None:
         self.sock.close()

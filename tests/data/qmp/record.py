@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hmp.harness.qmp_client import QmpClient, QmpClientError, listening_uri
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))
+from qmp_recorder import Qemu, caps  # noqa: E402
+
 QEMU = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", "-nodefaults"]
 NEG = '{"execute": "qmp_capabilities"}\n'
 
@@ -58,60 +58,6 @@ def expand(send: str | dict[str, Any]) -> str:
     return send["prefix"] + send["fill"] * send["count"] + send["suffix"]
 
 
-def _caps(**states: bool) -> dict[str, Any]:
-    return {
-        "capabilities": [{"capability": k.replace("_", "-"), "state": v} for k, v in states.items()]
-    }
-
-
-class Qemu:
-    """One QEMU with a QMP socket; ``send`` returns what it answered until it went quiet."""
-
-    def __init__(self, args: list[str], workdir: str, name: str = "q") -> None:
-        path = os.path.join(workdir, f"{name}.sock")
-        self.argv = [*args, "-qmp", "unix:SOCK,server=on,wait=off"]
-        self.proc = subprocess.Popen(
-            [*QEMU, *args, "-qmp", f"unix:{path},server=on,wait=off"],
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                raise TimeoutError(path)
-            time.sleep(0.02)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
-        self.buf = b""
-        self.greeting = json.loads(next(self.read(first=10.0)))
-
-    def read(self, first: float = 2.0, quiet: float = 0.3) -> Iterator[str]:
-        """Lines (CRLF dropped) until ``quiet`` s pass without one (``first`` s for the first)."""
-        wait = first
-        while True:
-            while b"\r\n" in self.buf:
-                line, self.buf = self.buf.split(b"\r\n", 1)
-                wait = quiet
-                yield line.decode()
-            if not select.select([self.sock], [], [], wait)[0]:
-                return
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:  # after `quit`
-                return
-            if not chunk:
-                return
-            self.buf += chunk
-
-    def send(self, text: str, first: float = 2.0) -> list[str]:
-        self.sock.sendall(text.encode("utf-8", "surrogateescape"))
-        return list(self.read(first))
-
-    def close(self) -> None:
-        self.sock.close()
-        self.proc.kill()
-        self.proc.wait()
-
-
 def _recv(line: str, raw: bool) -> dict[str, Any]:
     return {"recv": json.loads(line), **({"raw": line} if raw else {})}
 
@@ -119,7 +65,7 @@ def _recv(line: str, raw: bool) -> dict[str, Any]:
 def run(args: list[str], sends: list[Any], raw: bool = False) -> list[dict[str, Any]]:
     """One session; with ``raw``, each message's exact line too (to check the serializer)."""
     with tempfile.TemporaryDirectory() as tmp:
-        q = Qemu(args, tmp)
+        q = Qemu(QEMU, args, tmp)
         out: list[dict[str, Any]] = [{"argv": q.argv}, {"greeting": q.greeting}]
         try:
             for send in sends:
@@ -145,8 +91,8 @@ def migration() -> list[dict[str, Any]]:
     port = _free_port()
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        dst = Qemu(["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"], tmp, "dst")
-        src = Qemu(["-m", "128"], tmp, "src")
+        dst = Qemu(QEMU, ["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"], tmp, "dst")
+        src = Qemu(QEMU, ["-m", "128"], tmp, "src")
         ends = {"src": src, "dst": dst}
 
         def step(name: str, text: str) -> list[Any]:
@@ -161,7 +107,7 @@ def migration() -> list[dict[str, Any]]:
                 out.append({"endpoint": name, "argv": ends[name].argv})
                 out.append({"greeting": ends[name].greeting})
                 step(name, NEG)
-                step(name, _x("migrate-set-capabilities", _caps(compress=True, events=True)))
+                step(name, _x("migrate-set-capabilities", caps(compress=True, events=True)))
                 step(name, _x("query-migrate"))
             # Slow enough (~4 s) that the polls below also see the active state.
             step("src", _x("migrate-set-parameters", {"max-bandwidth": 131072}))
@@ -227,7 +173,7 @@ def client() -> list[dict[str, Any]]:
     """qemu-hmp's QmpClient against QEMU: queries, an event before a reply, errors, quit."""
     args = ["-m", "128", "-incoming", "defer"]
     with tempfile.TemporaryDirectory() as tmp:
-        q = Qemu(args, tmp)  # its own session is the first; QEMU serves one client at a time
+        q = Qemu(QEMU, args, tmp)  # its own session is the first; QEMU serves one client at a time
         q.sock.close()
         tap = Tap(os.path.join(tmp, "tap.sock"), os.path.join(tmp, "q.sock"))
         try:
@@ -278,8 +224,8 @@ SET_PARAMS = [
     {"compress-level": 5, "compress-threads": 0},
 ]
 SET_CAPS: list[Any] = [
-    _caps(compress=True, auto_converge=True),
-    _caps(multifd=True),
+    caps(compress=True, auto_converge=True),
+    caps(multifd=True),
     {"capabilities": [{"capability": "foo", "state": True}]},
     {"capabilities": [{"capability": "compress"}]},
     {"capabilities": [{"capability": "compress", "state": "on"}]},
@@ -289,7 +235,7 @@ SET_CAPS: list[Any] = [
     {"capabilities": [{"capability": 5, "state": True}]},
     {"capabilities": [{"state": True}]},
     {},
-    _caps(compress=False),
+    caps(compress=False),
 ]
 
 CASES: dict[str, tuple[list[str], list[str]]] = {
@@ -437,15 +383,15 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [
             NEG,
             _x("migrate", {"uri": "foo:bar", "resume": True, "blk": True}),
-            _x("migrate-set-capabilities", _caps(block=True)),
+            _x("migrate-set-capabilities", caps(block=True)),
             _x("migrate", {"uri": "tcp:127.0.0.1:1", "inc": True}),
-            _x("migrate-set-capabilities", _caps(block=False)),
+            _x("migrate-set-capabilities", caps(block=False)),
             _x("migrate-set-parameters", {"block-incremental": True}),
             _x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": True}),
             _x("migrate-set-parameters", {"block-incremental": False}),
-            _x("migrate-set-capabilities", _caps(x_colo=True, block=True)),
+            _x("migrate-set-capabilities", caps(x_colo=True, block=True)),
             _x("migrate", {"uri": "tcp:127.0.0.1:1", "blk": True, "inc": True}),
-            _x("migrate-set-capabilities", _caps(x_colo=False, block=False)),
+            _x("migrate-set-capabilities", caps(x_colo=False, block=False)),
             _x("migrate", {"uri": "foo:bar", "blk": True}),
             _x("query-migrate"),
         ],
@@ -530,7 +476,7 @@ CASES["events"] = (
         NEG,
         _x("migrate", {"uri": "tcp:127.0.0.1:1", "resume": True}),  # before migrate_init
         _x("migrate", {"uri": "foo:bar"}),  # events off
-        _x("migrate-set-capabilities", _caps(events=True)),
+        _x("migrate-set-capabilities", caps(events=True)),
         *(_x("migrate", {"uri": uri}) for uri in ("foo:bar", "tcp:127.0.0.1", "bogus", "")),
         _x("query-migrate"),
         _x("migrate", {"uri": "tcp:127.0.0.1:1"}),
@@ -555,7 +501,7 @@ CASES["incoming_events"] = (
         NEG,
         _x("migrate-incoming", {"uri": "foo:bar"}),
         _x("migrate-incoming", {"uri": "tcp:127.0.0.1"}),
-        _x("migrate-set-capabilities", _caps(events=True)),
+        _x("migrate-set-capabilities", caps(events=True)),
         _x(_HMP_LINE, {"command-line": "migrate_incoming foo:bar"}),
         _x(_HMP_LINE, {"command-line": "migrate_incoming tcp:127.0.0.1:0"}),
         _x("query-migrate"),
