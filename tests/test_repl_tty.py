@@ -207,3 +207,17 @@ def test_history_suggestion_is_styled_apart_from_typed_text(term: Terminal) -> N
     assert not typed.italics and suggested.italics
     term.keys("C-u", "quit", "Enter")
     term.wait_exit()
+
+
+def test_tab_offers_values_that_mean_what_the_menu_says(term: Terminal) -> None:
+    """max-bandwidth's current value is offered as 32M: a bare 33554432 would mean 32 TiB/s."""
+    term.start("-m", "16M")
+    term.keys("migrate_set_parameter max-bandwidth 32M", "Enter")
+    term.keys("migrate_set_parameter max-bandwidth ", "Tab")
+    term.wait_for("current; size")  # the menu: the current value first
+    term.keys("Tab", "Enter")  # take the first entry, run it
+    term.keys("info migrate_parameters", "Enter")
+    screen = term.wait_for("max-bandwidth: 33554432 bytes/second")  # not 32 TiB/s
+    assert screen.splitlines().count("(qemu) migrate_set_parameter max-bandwidth 32M") == 2
+    term.keys("quit", "Enter")
+    term.wait_exit()
