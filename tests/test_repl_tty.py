@@ -3,8 +3,8 @@
 pexpect runs the shell on a pty; everything it prints goes through pyte, a VT100 emulator,
 so tests read the screen as a person would see it (toolbar, redrawn prompt), as with tmux's
 capture-pane but with nothing to install outside the project. A destination qemu-hmp runs
-beside it over pipes (hmp/harness/endpoint.py), so the migration is real. Every wait reads output with a
-deadline.
+beside it over pipes (hmp/harness/endpoint.py), so the migration is real. Every wait reads
+output with a deadline.
 """
 
 from __future__ import annotations
