@@ -44,10 +44,34 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+def _relay_signals() -> None:
+    """Make a signal reach the main thread whichever thread the kernel gave it to.
+
+    Python runs signal handlers in the main thread only, when it next runs Python code; a
+    signal delivered to another thread (an engine or QMP thread) leaves a main thread blocked
+    in ``read()`` on stdin blocked for good. The wakeup fd hears of every signal; this thread
+    re-sends each to the main thread, whose blocking call then returns (EINTR) and the
+    handler runs. A second copy is harmless: the handler ignores later signals.
+    """
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
+    signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
+    main = threading.main_thread()
+
+    def relay() -> None:
+        while data := os.read(readable, 64):
+            for signum in data:  # only those that end the process (a tty's Ctrl-C is a key)
+                if signal.getsignal(signum) is _terminate and main.ident is not None:
+                    signal.pthread_kill(main.ident, signum)
+
+    threading.Thread(target=relay, name="signal-relay", daemon=True).start()
+
+
 def run_as_process(main: Callable[[list[str]], int], argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if not sys.stdin.isatty():
         signal.signal(signal.SIGINT, _terminate)
+    _relay_signals()
     try:
         return main(argv)
     except Terminated as exc:

@@ -9,6 +9,7 @@ of `query-migrate` polls after `migrate -d` (setup), a ``dirty-sync-count`` (ite
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import signal
@@ -272,3 +273,18 @@ def test_monitor_with_stdout_closed() -> None:
     rc, err = run_closed([sys.executable, "-m", "hmp", "-m", "4M"], b"info status\n" * 50, None)
     assert rc == 1 and "Traceback" not in err
     assert err == "qemu-hmp: output closed early (broken pipe)\n"
+
+
+def test_sigterm_delivered_to_another_thread_still_ends_the_process(spawn: Spawn) -> None:
+    """The kernel may hand a process's signal to any thread; Python's handler runs only in the
+    main thread, which sat in read() on stdin for good. Deliver it to a non-main thread."""
+    ep = spawn("-m", "16M")
+    ready(ep)
+    pid = ep.proc.pid
+    others = [int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid]
+    assert others  # the QMP threads at least
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_tgkill = 234  # x86-64
+    assert libc.syscall(sys_tgkill, pid, others[0], signal.SIGTERM) == 0
+    assert ep.proc.wait(T) == 0
+    assert "qemu-hmp: terminating on signal 15" in ep.read_stderr(None, 1.0)
