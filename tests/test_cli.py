@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from engine.machine import Loader, MachineOptions
@@ -127,7 +128,6 @@ def test_bad_size_exits_1_with_qemus_lines() -> None:
 
 @pytest.mark.tty
 def test_interactive_prompt(tmp_path: Path) -> None:
-    pexpect = pytest.importorskip("pexpect")
     # History goes under tmp_path, never into the real user's $XDG_STATE_HOME.
     env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "XDG_STATE_HOME": str(tmp_path)}
     child = pexpect.spawn(

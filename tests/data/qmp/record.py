@@ -29,22 +29,10 @@ from hmp.harness.qmp_client import QmpClient, QmpClientError, listening_uri
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
-from qmp_recorder import Qemu, caps  # noqa: E402
+from qmp_recorder import NEG, Qemu, caps  # noqa: E402
+from qmp_recorder import x as _x  # noqa: E402
 
 QEMU = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", "-nodefaults"]
-NEG = '{"execute": "qmp_capabilities"}\n'
-
-
-_NO_ID = object()
-
-
-def _x(cmd: str, args: dict[str, Any] | None = None, id: Any = _NO_ID) -> str:
-    msg: dict[str, Any] = {"execute": cmd}
-    if args is not None:
-        msg["arguments"] = args
-    if id is not _NO_ID:
-        msg["id"] = id
-    return json.dumps(msg) + "\n"
 
 
 def big(prefix: str, fill: str, count: int, suffix: str) -> dict[str, Any]:
