@@ -259,18 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(OptionError(err.report()))
     except OSError as err:
         return _fail(OptionError(err.strerror or str(err)))
-    mon = Monitor(machine)
     end = ProcessEnd()  # what a `quit` typed into QMP or a monitor socket releases
     end.on_end(machine.close)
-    try:
-        qmp = QmpFrontend(machine, qmp_specs, end)
-        end.on_end(qmp.close)
-        sockets = MonitorSockets(machine, monitor_specs, end.now)
-        end.on_end(sockets.close)
-    except OptionError as err:
-        end.release()
-        return _fail(err)
-    try:
+    try:  # from here a signal or a quit, whenever it comes, releases all that exists
+        mon = Monitor(machine)
+        try:
+            qmp = QmpFrontend(machine, qmp_specs, end)
+            sockets = MonitorSockets(machine, monitor_specs, end)
+        except OptionError as err:
+            return _fail(err)
         stdio = any(spec.stdio for spec in monitor_specs)
         return _run_monitor(mon, shell, stdio, others=bool(qmp.servers or sockets.servers))
     finally:

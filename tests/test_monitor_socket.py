@@ -21,6 +21,7 @@ from engine.machine import Machine, MachineOptions
 from hmp.monitor.commands import COMMANDS
 from hmp.monitor.readline import HISTORY_SIZE, LINE_MAX, LineEditor, complete
 from hmp.monitor.socket import MonitorSocket, TelnetFilter, parse_monitor_spec
+from tests.listening import wait_listening
 
 TIMEOUT = 10.0
 PROMPT = b"(qemu) "
@@ -187,10 +188,7 @@ def test_close_hangs_up_and_removes_the_socket_file(tmp_path: Path) -> None:
 
 
 def wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.01)
+    wait_listening([path], [proc], TIMEOUT)
 
 
 def test_stdio_and_a_socket_side_by_side(tmp_path: Path) -> None:

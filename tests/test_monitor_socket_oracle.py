@@ -13,8 +13,10 @@ Re-record with ``python tests/data/qemu-7.2/record_socket.py``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +32,7 @@ import pytest
 from engine.machine import Machine, MachineOptions
 from hmp.monitor.commands import QEMU_VERSION
 from hmp.monitor.socket import MonitorSocket, parse_monitor_spec
+from tests.listening import wait_listening
 
 DATA = json.loads((Path(__file__).parent / "data/qemu-7.2/monitor_socket.json").read_text())
 CASES: dict[str, dict[str, Any]] = DATA["cases"]
@@ -108,6 +111,7 @@ class Process:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps every thread
         )
         assert self.proc.stdin is not None
         self.proc.stdin.write(case.get("stdin", "").encode())
@@ -115,15 +119,12 @@ class Process:
         self.stderr = self._until_listening(spec)
 
     def _until_listening(self, spec: str) -> str:
-        """With wait=on, the line saying so; else the socket file's appearance."""
+        """With wait=on, the line saying so; else the socket listening."""
         assert self.proc.stderr is not None
         if "wait=off" not in spec:
             assert select.select([self.proc.stderr], [], [], TIMEOUT)[0]
             return self.proc.stderr.readline().decode()
-        deadline = time.monotonic() + TIMEOUT
-        while not Path(self.path).exists():
-            assert time.monotonic() < deadline and self.proc.poll() is None
-            time.sleep(0.01)
+        wait_listening([self.path], [self.proc], TIMEOUT)
         return ""
 
     def connect(self) -> socket.socket:
@@ -136,7 +137,11 @@ class Process:
         rest of stderr."""
         if expected_exit is None:
             self.proc.terminate()
-        out, err = self.proc.communicate(timeout=TIMEOUT)
+        try:
+            out, err = self.proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # the threads' stacks, for the report
+            raise AssertionError(self.proc.communicate()[1].decode(errors="replace")) from None
         return (self.proc.returncode if expected_exit is not None else None), out, err
 
 

@@ -22,6 +22,7 @@ from qemu.qmp import EventListener, ExecuteError, QMPClient
 from engine.machine import Machine, MachineOptions
 from hmp.monitor.session import Monitor
 from hmp.qmp.server import QmpServer, parse_qmp_spec
+from tests.listening import wait_listening
 from tests.qmp_helpers import RawClient, endpoint, load
 
 PAUSED = MachineOptions(ram_size=64 << 20, start_paused=True)
@@ -317,10 +318,7 @@ def processes(tmp_path: Path) -> Iterator[tuple[str, str]]:
         for argv, path in zip(argvs, paths, strict=True)
     ]
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not all(Path(p).exists() for p in paths):
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
-            time.sleep(0.01)
+        wait_listening(paths, procs, TIMEOUT)
         yield paths
         assert [p.wait(TIMEOUT) for p in procs] == [0, 0]
     finally:

@@ -24,6 +24,7 @@ from engine.errors import MigrationError
 from engine.machine import Machine
 from engine.transport import Address, Listener
 from hmp.chardev import monitor_chardev, socket_chardev
+from hmp.exits import ProcessEnd
 from hmp.monitor.readline import ENCODING, LineEditor, complete
 from hmp.monitor.session import BANNER, Monitor
 from hmp.qemuopts import OptionError, flag, take_option
@@ -255,17 +256,18 @@ def _listen(spec: MonitorSpec) -> Listener:
 
 
 class MonitorSockets:
-    """Every ``-monitor`` socket of a process; ``quit`` on any of them calls ``on_quit``."""
+    """Every ``-monitor`` socket of a process; ``quit`` on any of them ends it through
+    ``end``, whose cleanups hold ``close`` before any socket serves (a quit typed at once must
+    still remove the socket files)."""
 
-    def __init__(
-        self, machine: Machine, specs: list[MonitorSpec], on_quit: Callable[[], None]
-    ) -> None:
+    def __init__(self, machine: Machine, specs: list[MonitorSpec], end: ProcessEnd) -> None:
         self.servers: list[MonitorSocket] = []
+        end.on_end(self.close)
         for spec in specs:
             if spec.address is None:
                 continue
             try:
-                self.servers.append(MonitorSocket(machine, spec, on_quit))
+                self.servers.append(MonitorSocket(machine, spec, end.now))
             except ValueError:
                 self.close()
                 raise

@@ -26,10 +26,12 @@ class QmpFrontend:
     """The ``-qmp`` servers of one qemu-hmp process (OptionError, QEMU's text, if one can't
     listen).
 
-    A QMP ``quit`` ends the process through ``end``."""
+    A QMP ``quit`` ends the process through ``end``, whose cleanups hold ``close`` before any
+    server serves (a quit sent at once must still remove the socket files)."""
 
     def __init__(self, machine: Machine, specs: list[QmpSpec], end: ProcessEnd) -> None:
         self.servers: list[QmpServer] = []
+        end.on_end(self.close)
         for spec in specs:
             try:
                 server = QmpServer(machine, spec, on_quit=end.now)
