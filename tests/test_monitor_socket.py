@@ -18,9 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.machine import Machine, MachineOptions
+from hmp.exits import ProcessEnd
+from hmp.monitor import MonitorSockets
 from hmp.monitor.commands import COMMANDS
 from hmp.monitor.readline import HISTORY_SIZE, LINE_MAX, LineEditor, complete
 from hmp.monitor.socket import MonitorSocket, TelnetFilter, parse_monitor_spec
+from hmp.qmp import QmpFrontend
+from hmp.qmp.server import parse_qmp_spec
 from tests.listening import wait_listening
 
 TIMEOUT = 10.0
@@ -246,3 +250,19 @@ def test_qmp_quit_also_removes_the_monitor_socket(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_quit_at_once_still_removes_every_socket_file(tmp_path: Path) -> None:
+    """The front ends put their cleanup into the process's end before they serve: a quit that
+    comes before the caller does anything more (here: at once) removes every socket file."""
+    machine = Machine(MachineOptions(ram_size=16 << 20))
+    end = ProcessEnd()
+    mon, qmp = tmp_path / "mon.sock", tmp_path / "qmp.sock"
+    try:
+        QmpFrontend(machine, [parse_qmp_spec(f"unix:{qmp},server=on,wait=off")], end)
+        MonitorSockets(machine, [parse_monitor_spec(f"unix:{mon},server=on,wait=off")], end)
+        assert mon.exists() and qmp.exists()
+        end.release()  # what a quit typed at either runs
+        assert not mon.exists() and not qmp.exists()
+    finally:
+        machine.close()
