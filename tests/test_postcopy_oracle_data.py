@@ -87,5 +87,5 @@ def _event(record: dict[str, object]) -> object:
 
 def test_readme_describes_every_case_and_session() -> None:
     readme = (ORACLE / "README.md").read_text()
-    for name in [*(p.stem for p in CASES), *(p.name for p in SESSIONS)]:
+    for name in [p.stem for p in (*CASES, *SESSIONS)]:
         assert f"`{name}`" in readme, name
