@@ -156,8 +156,20 @@ def qmp_kill_src(s: Session) -> None:
     s.query("dst")
 
 
+def qmp_cancel(s: Session) -> None:
+    """migrate_cancel on the source in postcopy-active, then cont there."""
+    s.start(["events", "postcopy-ram"])
+    s.switch()
+    s.pair.step("src", x("migrate_cancel"))
+    s.status("src", "cancelled")
+    s.status("dst", "postcopy-paused")
+    s.query("src", "dst")
+    s.pair.step("src", x("cont"))
+    s.query("src")
+
+
 SESSIONS: dict[str, Callable[[Session], None]] = {
-    f.__name__: f for f in (qmp_postcopy, qmp_recover, qmp_kill_dst, qmp_kill_src)
+    f.__name__: f for f in (qmp_postcopy, qmp_recover, qmp_kill_dst, qmp_kill_src, qmp_cancel)
 }
 # One QEMU over QMP: the postcopy commands' errors and the capability checks.
 ERRORS = [
