@@ -60,13 +60,16 @@ class Qemu:
             [*qemu, *args, "-qmp", f"unix:{path},server=on,wait=off"],
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                raise TimeoutError(path)
-            time.sleep(0.02)
         self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
+        deadline = time.monotonic() + 10
+        while True:  # the path appears at bind(), before QEMU listens: refused until then
+            try:
+                self.sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(path) from None
+                time.sleep(0.02)
         self.buf = b""
         self.greeting = json.loads(next(self.read(first=10.0)))
 
