@@ -263,6 +263,16 @@ class Machine:
         if outgoing is not None:
             outgoing.cancel()
 
+    def migrate_continue(self, state: MigrationStatus) -> None:
+        """QEMU's migrate-continue: only in the named state, which pause-before-switchover's
+        pre-switchover is the one to leave (a continue in another state changes nothing)."""
+        outgoing = self._outgoing
+        current = self._outgoing_status()
+        if current is not state:
+            raise MigrationError(f"Migration not in expected state: {current}")
+        if isinstance(outgoing, OutgoingMigration) and state is MigrationStatus.PRE_SWITCHOVER:
+            outgoing.continue_switchover()
+
     # -- incoming -----------------------------------------------------------------------------
     def migrate_incoming(self, uri: str) -> None:
         with self._lock:

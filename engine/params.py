@@ -287,7 +287,11 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
         "the source waits for the destination before completing (counted as downtime)",
         supported=True,
     ),
-    CapabilitySpec("pause-before-switchover", "pause in pre-switchover before the device state"),
+    CapabilitySpec(
+        "pause-before-switchover",
+        "pause in pre-switchover, vCPUs stopped, until migrate_continue",
+        supported=True,
+    ),
     CapabilitySpec("multifd", "send pages over multifd-channels parallel channels", supported=True),
     CapabilitySpec("dirty-bitmaps", "migrate block dirty bitmaps"),
     CapabilitySpec("postcopy-blocktime", "measure vCPU blocktime in postcopy"),

@@ -53,6 +53,15 @@ MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
 # No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
 STALL_WARNING_S = 30.0
+# QEMU's migrate_fd_cancel acts in every running state; ours until GO is sent.
+CANCELLABLE = frozenset(
+    {
+        MigrationStatus.SETUP,
+        MigrationStatus.ACTIVE,
+        MigrationStatus.PRE_SWITCHOVER,
+        MigrationStatus.DEVICE,
+    }
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,7 @@ class OutgoingSettings:
     cpu_throttle_increment: int = _entry("cpu-throttle-increment")
     max_cpu_throttle: int = _entry("max-cpu-throttle")
     return_path: bool = _entry("return-path")
+    pause_before_switchover: bool = _entry("pause-before-switchover")
     compress_auto: bool = _entry("x-compress-auto")  # engine/policy.py steers compression
     xbzrle: bool = _entry("xbzrle")
     multifd_compression: str = _entry("multifd-compression")
@@ -185,6 +195,9 @@ class OutgoingMigration(threading.Thread):
         self._cancel = threading.Event()  # not ``_stop``: Thread.join calls its own _stop()
         self._quitting = False
         self._done = threading.Event()
+        # pause-before-switchover: set by `migrate_continue pre-switchover`, a cancel or quit.
+        self._continue = threading.Event()
+        self._phase = MigrationStatus.ACTIVE  # QEMU's current_active_state: active, then device
         self._connected = threading.Event()  # set once the connection is up or has failed
         self._sock: socket.socket | None = None
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
@@ -224,18 +237,20 @@ class OutgoingMigration(threading.Thread):
         on the destination, so it must not restart here.
         """
         with self._lock:
-            if self._handed_over or self._status not in (
-                MigrationStatus.SETUP,
-                MigrationStatus.ACTIVE,
-            ):
+            if self._handed_over or self._status not in CANCELLABLE:
                 return
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
         self._cancel.set()
+        self._continue.set()  # QEMU's cancel posts the pause semaphore too
         self._end_pacing()
         shutdown(self._sock)
         if self._multifd:
             self._multifd.hang_up()
+
+    def continue_switchover(self) -> None:
+        """`migrate_continue pre-switchover` (the machine checked the state)."""
+        self._continue.set()
 
     def parameters_changed(self) -> None:
         """A live `migrate_set_parameter`: waits on the old rates re-time at the new ones, and
@@ -411,6 +426,8 @@ class OutgoingMigration(threading.Thread):
         self._vm_was_running = self.vm.stop(RunState.FINISH_MIGRATE)
         if not self._vm_was_running:
             self.vm.set_state(RunState.FINISH_MIGRATE)
+        if self.settings.pause_before_switchover:
+            self._pause()
         self._limiter.unlimited = True
         self._last_stage = True
         if self._policy:
@@ -429,6 +446,16 @@ class OutgoingMigration(threading.Thread):
         # wait for the destination; qemu-hmp always waits for the handshake's ACK, but only
         # counts that wait as downtime when return-path is on.
         self.stats.completed(None if self.settings.return_path else sent_all)
+
+    def _pause(self) -> None:
+        """QEMU's migration_maybe_pause: the vCPUs are stopped and nothing of the final pass
+        is sent yet; wait in pre-switchover for `migrate_continue`, then go on in device.
+        The destination cannot run the guest before GO, so it waits with it."""
+        self._set_status(MigrationStatus.ACTIVE, MigrationStatus.PRE_SWITCHOVER)
+        self._continue.wait()  # the user's to end, as in QEMU: continue, cancel or quit do
+        self._check_stop()
+        self._set_status(MigrationStatus.PRE_SWITCHOVER, MigrationStatus.DEVICE)
+        self._phase = MigrationStatus.DEVICE
 
     def _finish(self, status: MigrationStatus, error: str | None, report: str = "") -> None:
         """End in ``status``; ``error`` is the status text, ``report`` what stderr gets (with
@@ -714,7 +741,7 @@ class OutgoingMigration(threading.Thread):
         """
         self._expect(wire.Rec.READY)
         with self._lock:
-            if self._status is not MigrationStatus.ACTIVE:  # a cancel came first
+            if self._status is not self._phase:  # a cancel came first
                 raise Cancelled
             self._handed_over = True
         try:

@@ -33,6 +33,7 @@ def test_tables_are_well_formed() -> None:
     assert {c.name for c in CAPABILITIES if c.supported} == {
         "compress",
         "events",
+        "pause-before-switchover",
         "auto-converge",
         "multifd",
         "return-path",

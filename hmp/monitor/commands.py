@@ -174,9 +174,7 @@ def hmp_migrate_continue(mon: Monitor, args: Args) -> None:
     state = str(args["state"])
     if state not in MigrationStatus.__members__.values():
         raise MigrationError(f"invalid parameter value: {state}")
-    # Only pause-before-switchover stops a migration in a state to continue from; unsupported.
-    current = mon.machine.query_migrate().status or MigrationStatus.NONE
-    raise MigrationError(f"Migration not in expected state: {current}")
+    mon.machine.migrate_continue(MigrationStatus(state))
 
 
 # -- vCPUs and the monitor itself -------------------------------------------------------------

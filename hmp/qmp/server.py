@@ -28,6 +28,7 @@ from typing import Any
 
 from engine.errors import MigrationError
 from engine.machine import Machine
+from engine.state import MigrationStatus
 from engine.transport import Address, listen
 from hmp.chardev import qmp_chardev
 from hmp.monitor import QEMU_VERSION, Monitor, package_version
@@ -125,6 +126,11 @@ def _migrate_incoming(session: _Session, args: Args) -> Any:
     return {}
 
 
+def _migrate_continue(session: _Session, args: Args) -> Any:
+    session.machine.migrate_continue(MigrationStatus(args["state"]))
+    return {}
+
+
 def _done(action: Callable[[Machine], object]) -> Handler:
     """A command without arguments that just calls the machine and returns ``{}``."""
 
@@ -163,6 +169,9 @@ COMMANDS: dict[str, _Command] = {
     "migrate": _Command(qapi.struct({"uri": qapi.string}, _MIGRATE_FLAGS), _migrate),
     "migrate_cancel": _Command(qapi.NO_ARGS, _done(Machine.migrate_cancel)),
     "migrate-incoming": _Command(qapi.struct({"uri": qapi.string}), _migrate_incoming),
+    "migrate-continue": _Command(
+        qapi.struct({"state": qapi.enum(tuple(MigrationStatus))}), _migrate_continue
+    ),
     "stop": _Command(qapi.NO_ARGS, _done(Machine.stop)),
     "cont": _Command(qapi.NO_ARGS, _done(Machine.cont)),
     "quit": _Command(qapi.NO_ARGS, _quit),
