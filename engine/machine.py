@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine import wire
+from engine.command import CommandListener
 from engine.destination import SETUP_TIMEOUT_S, IncomingMigration
 from engine.errors import MigrationError, file_errors
 from engine.events import EventBus
@@ -208,6 +209,8 @@ class Machine:
                 raise
             if blk or inc:
                 raise MigrationError("Block migration (-b, -i) is not supported by qemu-hmp")
+            if addr.kind == "exec" and c.capability("multifd"):
+                raise MigrationError("multifd is not supported by current protocol")
             for spec in CAPABILITIES:
                 if not spec.supported and c.capability(spec.name):
                     raise MigrationError(
@@ -289,7 +292,7 @@ class Machine:
 
     def _listen(self, addr: Address, failed: IncomingMigration | None = None) -> None:
         incoming = IncomingMigration(
-            Listener(addr),
+            CommandListener(addr) if addr.kind == "exec" else Listener(addr),
             self.ram,
             self.vm,
             self._incoming_config,
@@ -327,6 +330,8 @@ class Machine:
     def _incoming_failed(self, mig: IncomingMigration, reason: str) -> None:
         """QEMU would exit here; qemu-hmp reports, keeps the guest waiting and listens again."""
         self._notify(f"load of migration failed: {reason}")
+        if mig.listener.one_way:  # an exec: command ran once; QEMU exits here
+            return
         with self._lock:
             if self._incoming is mig and not self._closing:
                 try:

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine import wire
+from engine.command import CommandChannel
 from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
@@ -200,6 +201,7 @@ class OutgoingMigration(threading.Thread):
         self._phase = MigrationStatus.ACTIVE  # QEMU's current_active_state: active, then device
         self._connected = threading.Event()  # set once the connection is up or has failed
         self._sock: socket.socket | None = None
+        self._command: CommandChannel | None = None  # exec: the command the stream goes to
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
         self._limiter = RateLimiter(lambda: param("max-bandwidth"))
         self._link = Link(lambda: param("x-link-bandwidth"))
@@ -284,7 +286,7 @@ class OutgoingMigration(threading.Thread):
         watch.start()
         # The machine announced setup before it started this thread, as QEMU's migrate_init.
         try:
-            self._sock = connect(self.addr)
+            self._sock = self._open()
             if self.settings.tls_creds:  # never fall back to plain text when TLS is asked for
                 raise MigrationError(f"No TLS credentials with id '{self.settings.tls_creds}'")
             self._connected.set()
@@ -300,7 +302,7 @@ class OutgoingMigration(threading.Thread):
         except OSError as exc:
             if self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
                 if not self._quitting:
-                    self._report(f"Unable to write to socket: {exc.strerror or exc}")
+                    self._report(self._write_error(exc))
                 self._finish(MigrationStatus.CANCELLED, None)
             else:
                 self._finish(MigrationStatus.FAILED, self._io_error(exc))
@@ -315,13 +317,26 @@ class OutgoingMigration(threading.Thread):
         """QEMU's text for a broken stream: errno as the kernel gave it. A peer that died with
         nothing unread sent FIN, so our next write met its reset in CLOSE_WAIT: EPIPE, "Broken
         pipe"; one that died with bytes unread sent RST at once: "Connection reset by peer"."""
-        verdict = self._read_nack()
+        verdict = None if self._command else self._read_nack()  # a command cannot answer
         if verdict:
             return verdict
         if self._status is MigrationStatus.ACTIVE and self.vm.state is not RunState.FINISH_MIGRATE:
             # In QEMU the RAM iteration fails first, with the stream's -EIO, and savevm says so.
             self._report(RAM_ITERATE_FAILED)
-        return f"Unable to write to socket: {exc.strerror or exc}"
+        return self._write_error(exc)
+
+    def _write_error(self, exc: OSError) -> str:
+        """QEMU's text for a write that failed, naming its channel."""
+        return (
+            f"Unable to write to {'command' if self._command else 'socket'}: {exc.strerror or exc}"
+        )
+
+    def _open(self) -> socket.socket:
+        """The stream's socket: connected to the destination, or an exec: command's."""
+        if self.addr.kind != "exec":
+            return connect(self.addr)
+        self._command = CommandChannel(self.addr.command, outgoing=True)
+        return self._command.sock
 
     def _set_status(self, old: MigrationStatus, new: MigrationStatus) -> None:
         """QEMU's migrate_set_state: change only from ``old`` (a cancel may have won)."""
@@ -441,7 +456,10 @@ class OutgoingMigration(threading.Thread):
         self._send_eos()
         self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
         sent_all = now_ms()
-        self._switch_over()
+        if self._command:  # a saved stream: no return path, no handshake (engine/command.py)
+            self._command.finish(self._switchover_timeout)
+        else:
+            self._switch_over()
         # QEMU's downtime ends once everything is sent, unless the return path makes the source
         # wait for the destination; qemu-hmp always waits for the handshake's ACK, but only
         # counts that wait as downtime when return-path is on.
@@ -468,6 +486,8 @@ class OutgoingMigration(threading.Thread):
             self._multifd.close()
         if self._sock:
             self._sock.close()
+        if self._command:
+            self._command.end(0)  # a command still running is killed: the stream is over
         if status is MigrationStatus.COMPLETED or self._handed_over:
             self.vm.set_state(RunState.POSTMIGRATE)
         elif self._vm_was_running:

@@ -48,7 +48,8 @@ usage: qemu-hmp [options]            a QEMU 7.2 monitor on stdin/stdout
 
 QEMU options:
   -m SIZE                 guest RAM (default 128M; a bare number is MiB; suffixes K M G T)
-  -incoming URI|defer     be a migration destination (tcp:HOST:PORT, unix:PATH)
+  -incoming URI|defer     be a migration destination (tcp:HOST:PORT, unix:PATH,
+                          exec:COMMAND: restore what COMMAND prints)
   -name NAME              the VM name shown by `info name`
   -S                      start with the vCPUs paused
   -mem-prealloc           allocate all guest RAM at start (no page faults while migrating)
