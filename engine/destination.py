@@ -58,6 +58,7 @@ class IncomingMigration(threading.Thread):
         switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S,
         *,
         setup_timeout_s: float = SETUP_TIMEOUT_S,
+        report: Callable[[str], None] = lambda _msg: None,
     ) -> None:
         """``previous``: a failed attempt on the same address whose status shows until a retry;
         ``switchover_timeout``: how long to wait for the source's GO once READY is sent."""
@@ -70,6 +71,7 @@ class IncomingMigration(threading.Thread):
         self._autostart = autostart
         self._on_failed = on_failed
         self._on_event = on_event
+        self._report = report  # QEMU's warn_report
         self._lock = threading.Lock()
         self._status = previous.status if previous else MigrationStatus.NONE
         self._error: str | None = previous._error if previous else None
@@ -200,6 +202,7 @@ class IncomingMigration(threading.Thread):
             self.ram,
             self._local_config,
             pristine=self._pristine,
+            warn=self._report,
             accept=lambda: self._adopt(self.listener.accept(self._closing, CHANNEL_TIMEOUT_S)),
         )
         runstate, error = RunState.INMIGRATE, None
@@ -301,12 +304,14 @@ class StreamLoader:
         local_config: Callable[[], tuple[wire.StreamConfig, int]],
         *,
         pristine: bool,
+        warn: Callable[[str], None] = lambda _msg: None,
         accept: Callable[[], socket.socket | None] = lambda: None,
     ) -> None:
         """``accept`` yields the next connection to the listener (for multifd channels)."""
         self.ram = ram
         self._local_config = local_config
         self._accept = accept
+        self._warn = warn
         self._multifd: MultifdReceiver | None = None
         self._channels: list[socket.socket] = []  # closed by close(), whatever became of them
         self._eos = 0
@@ -367,6 +372,9 @@ class StreamLoader:
         problem = remote.mismatch(local)
         if problem:
             raise wire.StreamError(problem)
+        if remote.uuid and not local.uuid:  # QEMU's vmstate_uuid_post_load
+            log.warning("UUID is received %s, but local uuid isn't set", remote.uuid)
+            self._warn(f"warning: UUID is received {remote.uuid}, but local uuid isn't set")
         if remote.multifd_channels:
             self._connect_channels(remote)
         if remote.compress:

@@ -32,6 +32,7 @@ from engine.workload import Workload, WorkloadSpec
 
 MiB = 1024 * 1024
 log = logging.getLogger(__name__)
+NULL_UUID = "00000000-0000-0000-0000-000000000000"
 CONNECT_WAIT_S = 1.0  # how long `migrate` waits for the connection's outcome before returning
 
 
@@ -52,6 +53,7 @@ class MachineOptions:
     workload: str | None = None  # None: `workload_name`
     seed: int = 0
     loaders: tuple[Loader, ...] = field(default=())
+    uuid: str | None = None  # -uuid, in lower case; None: not set (QEMU's qemu_uuid_set)
     prealloc: bool = False  # -mem-prealloc
     # Each step of the completion handshake may take this long (both roles); tests shorten it.
     switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S
@@ -142,6 +144,11 @@ class Machine:
         self.ram.write(loader.addr, data)
 
     # -- queries ------------------------------------------------------------------------------
+    @property
+    def uuid(self) -> str:
+        """`info uuid`: -uuid, or QEMU's all-zero UUID."""
+        return self.opts.uuid or NULL_UUID
+
     def query_status(self) -> StatusInfo:
         state = self.vm.state
         return StatusInfo(running=state is RunState.RUNNING, status=state)
@@ -218,6 +225,8 @@ class Machine:
                         f"run 'migrate_set_capability {spec.name} off'"
                     )
             settings = OutgoingSettings.from_config(c)
+            if settings.validate_uuid and self.opts.uuid:  # QEMU's vmstate_uuid_needed
+                settings = replace(settings, uuid=self.opts.uuid)
             self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
             mig = OutgoingMigration(
                 addr,
@@ -302,6 +311,7 @@ class Machine:
             failed,
             self.opts.switchover_timeout,
             setup_timeout_s=self.opts.setup_timeout_s,
+            report=self._notify,
         )
         self._incoming = incoming
         incoming.start()
@@ -324,6 +334,7 @@ class Machine:
             # The source says how many channels it opens; the destination only has to agree
             # that multifd is on (QEMU would hang on a channel-count mismatch).
             multifd_channels=multifd_channels(c),
+            uuid=self.opts.uuid or "",
         )
         return local, int(c.param("decompress-threads"))
 

@@ -299,7 +299,11 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
         "late-block-activate", "activate block devices only when the destination starts"
     ),
     CapabilitySpec("x-ignore-shared", "skip shared RAM blocks (unstable)"),
-    CapabilitySpec("validate-uuid", "check that source and destination UUIDs match"),
+    CapabilitySpec(
+        "validate-uuid",
+        "send -uuid for the destination to check against its own",
+        supported=True,
+    ),
     CapabilitySpec("background-snapshot", "write-protect RAM to take a live snapshot"),
     CapabilitySpec("zero-copy-send", "send multifd pages with MSG_ZEROCOPY"),
     CapabilitySpec("postcopy-preempt", "a separate channel for postcopy page requests"),

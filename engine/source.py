@@ -92,7 +92,9 @@ class OutgoingSettings:
     xbzrle: bool = _entry("xbzrle")
     multifd_compression: str = _entry("multifd-compression")
     tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
+    validate_uuid: bool = _entry("validate-uuid")
     multifd_channels: int = 0  # 0: the multifd capability is off
+    uuid: str = ""  # sent for the destination to check: -uuid, with validate-uuid on
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
 
     @classmethod
@@ -365,6 +367,7 @@ class OutgoingMigration(threading.Thread):
             multifd_channels=s.multifd_channels,
             multifd_compression=s.multifd_compression,
             session=os.urandom(16).hex(),
+            uuid=s.uuid,
         )
         self.stats.add_stream(
             self._send([wire.header(), wire.json_record(wire.Rec.CONFIG, config.to_json())])

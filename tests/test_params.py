@@ -34,6 +34,7 @@ def test_tables_are_well_formed() -> None:
         "compress",
         "events",
         "pause-before-switchover",
+        "validate-uuid",
         "auto-converge",
         "multifd",
         "return-path",
