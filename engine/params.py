@@ -338,7 +338,11 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
         supported=True,
     ),
     CapabilitySpec("background-snapshot", "write-protect RAM to take a live snapshot"),
-    CapabilitySpec("zero-copy-send", "send multifd pages with MSG_ZEROCOPY"),
+    CapabilitySpec(
+        "zero-copy-send",
+        "send multifd pages from guest RAM with MSG_ZEROCOPY",
+        supported=True,
+    ),
     CapabilitySpec("postcopy-preempt", "a separate channel for postcopy page requests"),
     CapabilitySpec(
         "x-compress-auto",

@@ -93,6 +93,7 @@ class OutgoingSettings:
     multifd_compression: str = _entry("multifd-compression")
     tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
     validate_uuid: bool = _entry("validate-uuid")
+    zero_copy_send: bool = _entry("zero-copy-send")
     multifd_channels: int = 0  # 0: the multifd capability is off
     uuid: str = ""  # sent for the destination to check: -uuid, with validate-uuid on
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
@@ -388,6 +389,8 @@ class OutgoingMigration(threading.Thread):
                 s.multifd_compression,
                 s.multifd_level,
                 self._multifd_sent,
+                zero_copy=s.zero_copy_send,
+                fallback=self.stats.zero_copy_fallback,
             )
         self.ram.start_dirty_log()
         self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones

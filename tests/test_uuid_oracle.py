@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from info_layout import layout
 from test_machine import Watch, ram_hash
 
 from engine.machine import Machine, MachineOptions
@@ -25,7 +26,6 @@ from hmp.monitor import Monitor
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "uuid"
 MiB = 1 << 20
-NUMBER = re.compile(r"\d+(\.\d+)?")
 A = "12345678-1234-5678-9abc-def012345678"
 B = "87654321-4321-8765-cba9-876543210fed"
 QEMU_ERR = "# stderr: qemu-system-x86_64: "
@@ -67,13 +67,6 @@ class Side:
         self.out.seek(0), self.out.truncate()
         self.mon.execute(command)
         return self.out.getvalue()
-
-
-def layout(info: str) -> list[str]:
-    """`info migrate` with figures masked, without the lines QEMU prints only when not zero
-    (which are zero depends on where the stop fell)."""
-    optional = ("precopy ram", "downtime ram", "postcopy ram")
-    return [NUMBER.sub("N", x) for x in info.splitlines() if not x.startswith(optional)]
 
 
 def uuid_of(argv: str) -> str | None:
