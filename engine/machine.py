@@ -218,6 +218,11 @@ class Machine:
                 raise MigrationError("Block migration (-b, -i) is not supported by qemu-hmp")
             if addr.kind == "exec" and c.capability("multifd"):
                 raise MigrationError("multifd is not supported by current protocol")
+            if addr.kind != "exec" and c.capability("background-snapshot"):
+                raise MigrationError(  # ours: a live destination would run a second guest
+                    "background-snapshot saves to an exec: command only here "
+                    "(a destination that loads it would run a second copy of the guest)"
+                )
             for spec in CAPABILITIES:
                 if not spec.supported and c.capability(spec.name):
                     raise MigrationError(

@@ -337,7 +337,11 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
         "send -uuid for the destination to check against its own",
         supported=True,
     ),
-    CapabilitySpec("background-snapshot", "write-protect RAM to take a live snapshot"),
+    CapabilitySpec(
+        "background-snapshot",
+        "save RAM as it is at the start to exec: while the guest runs (copy-before-write)",
+        supported=True,
+    ),
     CapabilitySpec(
         "zero-copy-send",
         "send multifd pages from guest RAM with MSG_ZEROCOPY",

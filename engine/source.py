@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from zlib_ng import zlib_ng
 
 from engine import wire
+from engine.background import CopyBeforeWrite
 from engine.command import CommandChannel
 from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
 from engine.errors import MigrationError
@@ -94,6 +96,7 @@ class OutgoingSettings:
     tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
     validate_uuid: bool = _entry("validate-uuid")
     zero_copy_send: bool = _entry("zero-copy-send")
+    background_snapshot: bool = _entry("background-snapshot")
     multifd_channels: int = 0  # 0: the multifd capability is off
     uuid: str = ""  # sent for the destination to check: -uuid, with validate-uuid on
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
@@ -296,8 +299,11 @@ class OutgoingMigration(threading.Thread):
             if self._cancel.is_set():
                 raise Cancelled
             self._setup()
-            self._precopy()
-            self._complete()
+            if self.settings.background_snapshot:
+                self._background()
+            else:
+                self._precopy()
+                self._complete()
         except Cancelled:
             self._finish(MigrationStatus.CANCELLED, None)
         except MigrationError as exc:
@@ -392,8 +398,9 @@ class OutgoingMigration(threading.Thread):
                 zero_copy=s.zero_copy_send,
                 fallback=self.stats.zero_copy_fallback,
             )
-        self.ram.start_dirty_log()
-        self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
+        if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
+            self.ram.start_dirty_log()
+            self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
         self.stats.setup_done(self._param("downtime-limit"))
         self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
 
@@ -471,6 +478,48 @@ class OutgoingMigration(threading.Thread):
         # counts that wait as downtime when return-path is on.
         self.stats.completed(None if self.settings.return_path else sent_all)
 
+    def _background(self) -> None:
+        """background-snapshot (QEMU's bg_migration_thread): stop the vCPUs just long enough
+        to start copy-before-write (engine/background.py), then save every page once while
+        the guest runs on; the stream holds RAM as it was at that stop. The guest keeps
+        running here afterwards: a snapshot hands nothing over."""
+        prior = self.vm.state
+        self.stats.start_downtime()
+        was_running = self.vm.stop()
+        tracker = CopyBeforeWrite(self.ram)
+        if was_running:
+            self.vm.start()
+        resumed = now_ms()
+        try:
+            while (batch := tracker.next_batch(RAW_BATCH)) is not None:
+                self._check_stop()
+                self._send_saved(*batch)
+                self.stats.set_remaining(tracker.left)
+                if self._limiter.exhausted():
+                    self._limiter.wait_window()
+        finally:
+            tracker.close()
+        log.info("background snapshot: %d pages copied ahead of guest stores", tracker.copied_pages)
+        self._send_eos()
+        done = {"runstate": str(prior), "digest": self._digest.hexdigest()}
+        self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
+        assert self._command is not None  # the machine allows snapshots to exec: only
+        self._command.finish(self._switchover_timeout)
+        self.stats.completed(resumed)
+
+    def _send_saved(self, indices: npt.NDArray[np.intp], data: npt.NDArray[np.uint8]) -> None:
+        """Pages as they were saved (``data``: one row per page), not as RAM holds them now."""
+        zero = ~data.view(np.uint64).any(axis=1)
+        raw = data[~zero]
+        kinds = np.where(zero, np.uint8(wire.Kind.ZERO), np.uint8(wire.Kind.PAGE)).astype(np.uint8)
+        self._digest.set_zero(indices[zero])
+        self._digest.crc[indices[~zero]] = [zlib_ng.crc32(row) for row in raw]
+        batch = wire.encode_batch(indices, kinds, [], [raw.reshape(-1).data])
+        self.stats.add_ram(self._send(batch), self.vm.running)
+        self.stats.add_pages(
+            zero=int(zero.sum()), normal=len(raw), compressed=0, compressed_bytes=0, busy=0
+        )
+
     def _pause(self) -> None:
         """QEMU's migration_maybe_pause: the vCPUs are stopped and nothing of the final pass
         is sent yet; wait in pre-switchover for `migrate_continue`, then go on in device.
@@ -494,7 +543,9 @@ class OutgoingMigration(threading.Thread):
             self._sock.close()
         if self._command:
             self._command.end(0)  # a command still running is killed: the stream is over
-        if status is MigrationStatus.COMPLETED or self._handed_over:
+        if self._handed_over or (
+            status is MigrationStatus.COMPLETED and not self.settings.background_snapshot
+        ):
             self.vm.set_state(RunState.POSTMIGRATE)
         elif self._vm_was_running:
             self.vm.start()

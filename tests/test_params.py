@@ -35,6 +35,7 @@ def test_tables_are_well_formed() -> None:
         "events",
         "pause-before-switchover",
         "validate-uuid",
+        "background-snapshot",
         "zero-copy-send",
         "auto-converge",
         "multifd",
