@@ -153,6 +153,7 @@ COMMANDS: dict[str, _Command] = {
         qapi.NO_ARGS,
         lambda s, a: {} if s.machine.opts.name is None else {"name": s.machine.opts.name},
     ),
+    "query-uuid": _Command(qapi.NO_ARGS, lambda s, a: {"UUID": s.machine.uuid}),
     "query-status": _Command(qapi.NO_ARGS, lambda s, a: qapi.status_info(s.machine.query_status())),
     "query-migrate": _Command(
         qapi.NO_ARGS, lambda s, a: qapi.migration_info(s.machine.query_migrate())

@@ -3,8 +3,9 @@
 The format is ../peers/record_peers.py's (``(qemu) CMD`` and its exact output, ``# stderr:``
 lines, ``# exit: STATUS``; ``{port}`` is the destination's port), one file per case, the
 source first, then ``# endpoint: dst`` and the destination. cli.txt holds the -uuid values
-QEMU refuses or takes, each with its exit status and stderr. tests/test_uuid_oracle.py
-replays them.
+QEMU refuses or takes, each with its exit status and stderr. qmp.jsonl
+(tests/data/qmp_recorder.py's format, with raw lines): query-uuid with and without -uuid.
+tests/test_uuid_oracle.py replays them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "peers"))
 from record_peers import QEMU, Session, free_port  # noqa: E402
+
+sys.path.insert(0, str(HERE.parent.parent))
+from qmp_recorder import NEG, run, write, x  # noqa: E402
 
 A = "12345678-1234-5678-9abc-def012345678"
 B = "87654321-4321-8765-cba9-876543210fed"
@@ -99,6 +103,10 @@ def main() -> None:
         for name, (s, d) in CASES.items():
             (HERE / f"{name}.txt").write_text(migration(Path(scratch), s, d))
         (HERE / "cli.txt").write_text(cli(Path(scratch)))
+        sends = [NEG, x("query-uuid"), x("query-uuid", {"foo": 1})]
+        records = run(QEMU, ["-m", "128", "-uuid", A.upper()], sends, raw=True, parent=scratch)
+        records += run(QEMU, ["-m", "128"], sends[:2], raw=True, parent=scratch)
+        write(HERE / "qmp.jsonl", records)
 
 
 if __name__ == "__main__":
