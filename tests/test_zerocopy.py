@@ -80,12 +80,13 @@ def test_zero_copy_migration_matches_qemu_and_counts_loopbacks_copies(
     assert ram_hash(src) == ram_hash(dst)
     ram = src.query_migrate().ram
     assert ram is not None
-    # Loopback hands the pages to the receiving socket: the kernel copies every send, so every
-    # channel's flush at every sync saw a copy (QEMU 7.2 counted 7 with 2 channels, 3 syncs).
-    assert ram.dirty_sync_missed_zero_copy >= 2 * ram.dirty_sync_count
+    # Loopback hands the pages to the receiving socket: the kernel copies every send, so each
+    # channel's flush at a sync after packets saw a copy (QEMU 7.2 counted 7 here); a flush
+    # with no packet since the last one has nothing to count (the test below).
+    assert ram.dirty_sync_missed_zero_copy > 0
 
 
-def test_buffers_are_held_until_their_completion() -> None:
+def test_buffers_are_held_until_completed_and_a_flush_counts_once() -> None:
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname()[:2])
     peer, _ = server.accept()
