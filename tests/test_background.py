@@ -19,6 +19,7 @@ from engine.errors import MigrationError
 from engine.machine import Machine, MachineOptions
 from engine.state import MigrationStatus, RunState
 from hmp.monitor import Monitor
+from hmp.qmp import qapi
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "background"
 MiB = 1 << 20
@@ -150,6 +151,15 @@ def test_events_match_qemu_for_a_running_guest(made: list[Side], tmp_path: Path)
     assert src.machine.wait_migration(60).status is MigrationStatus.COMPLETED
     ours = [d.get("status", name) for name, d in src.watch.events if name != "MIGRATION_PASS"]
     assert ours == qemu_events()
+    done = qapi.migration_info(src.machine.query_migrate())
+    theirs = next(
+        r["recv"]["return"]
+        for r in map(json.loads, (DATA / "qmp.jsonl").read_text().splitlines())
+        if isinstance(r.get("recv", {}).get("return"), dict)
+        and r["recv"]["return"].get("status") == "completed"
+    )
+    assert done.keys() == theirs.keys() and done["ram"].keys() == theirs["ram"].keys()
+    assert done["ram"]["dirty-sync-count"] == theirs["ram"]["dirty-sync-count"] == 0
     assert all(name != "MIGRATION_PASS" for name, _ in src.watch.events)
 
 

@@ -20,6 +20,7 @@ from test_machine import Watch, ram_hash
 from engine.machine import Machine, MachineOptions
 from engine.state import MigrationStatus
 from hmp.monitor import Monitor
+from hmp.qmp import qapi
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "pause"
 MiB = 1 << 20
@@ -99,11 +100,24 @@ def qemu_events(name: str) -> list[str]:
     return out
 
 
+def qemu_paused_reply() -> dict[str, Any]:
+    """QEMU's query-migrate while paused in pre-switchover."""
+    for line in (DATA / "qmp.jsonl").read_text().splitlines():
+        reply = json.loads(line).get("recv", {}).get("return")
+        if isinstance(reply, dict) and reply.get("status") == "pre-switchover":
+            return reply
+    raise AssertionError("no query-migrate in pre-switchover recorded")
+
+
 def test_events_in_qemus_order(sides: tuple[Side, Side, str]) -> None:
     src, _dst, port = sides
     src.machine.set_capabilities({"pause-before-switchover": True})
     src.machine.migrate(f"tcp:127.0.0.1:{port}")
     src.watch.wait_status("pre-switchover")
+    ours_paused = qapi.migration_info(src.machine.query_migrate())
+    theirs_paused = qemu_paused_reply()
+    assert ours_paused.keys() == theirs_paused.keys()  # QEMU's members while paused
+    assert ours_paused["ram"].keys() == theirs_paused["ram"].keys()
     src.machine.migrate_continue(MigrationStatus.PRE_SWITCHOVER)
     src.machine.wait_migration(60)
     ours = [
