@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine import wire, xbzrle
+from engine.command import CommandListener
 from engine.compression import CHUNK, CODECS, DecompressPool
 from engine.guest import GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 class IncomingMigration(threading.Thread):
     def __init__(
         self,
-        listener: Listener,
+        listener: Listener | CommandListener,
         ram: GuestRam,
         vm: Vm,
         local_config: Callable[[], tuple[wire.StreamConfig, int]],
@@ -57,6 +58,7 @@ class IncomingMigration(threading.Thread):
         switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S,
         *,
         setup_timeout_s: float = SETUP_TIMEOUT_S,
+        report: Callable[[str], None] = lambda _msg: None,
     ) -> None:
         """``previous``: a failed attempt on the same address whose status shows until a retry;
         ``switchover_timeout``: how long to wait for the source's GO once READY is sent."""
@@ -69,6 +71,7 @@ class IncomingMigration(threading.Thread):
         self._autostart = autostart
         self._on_failed = on_failed
         self._on_event = on_event
+        self._report = report  # QEMU's warn_report
         self._lock = threading.Lock()
         self._status = previous.status if previous else MigrationStatus.NONE
         self._error: str | None = previous._error if previous else None
@@ -98,7 +101,8 @@ class IncomingMigration(threading.Thread):
         omits it there; `info migrate` still prints ``total time: 0 ms``), the listening address."""
         with self._lock:
             status, error = self._status, self._error
-        address = None if status is MigrationStatus.COMPLETED else (self.listener.addr.uri(),)
+        listening = status is not MigrationStatus.COMPLETED and not self.listener.one_way
+        address = (self.listener.addr.uri(),) if listening else None
         if status is MigrationStatus.NONE:
             return MigrationInfo(socket_address=address)
         return MigrationInfo(status=status, error_desc=error, socket_address=address)
@@ -189,6 +193,7 @@ class IncomingMigration(threading.Thread):
     def run(self) -> None:
         conn = self._accept_stream()
         if conn is None:
+            self.listener.finish()
             self._done.set()
             return
         self._set_status(MigrationStatus.ACTIVE, None)
@@ -197,6 +202,7 @@ class IncomingMigration(threading.Thread):
             self.ram,
             self._local_config,
             pristine=self._pristine,
+            warn=self._report,
             accept=lambda: self._adopt(self.listener.accept(self._closing, CHANNEL_TIMEOUT_S)),
         )
         runstate, error = RunState.INMIGRATE, None
@@ -220,6 +226,9 @@ class IncomingMigration(threading.Thread):
             )
         elif closed and error is None:
             error = "incoming migration closed before it completed"
+        how = self.listener.finish()
+        if error is not None and how and not timed_out:
+            error = f"{error}; {how}"  # an exec: command's exit says more than its stream
         try:
             if error is None:
                 self._succeed(conn, runstate)
@@ -230,8 +239,9 @@ class IncomingMigration(threading.Thread):
             self._done.set()
 
     def _succeed(self, conn: socket.socket, runstate: RunState) -> None:
-        """The digest matched: the guest may run here only once the source has committed."""
-        lost = self._await_go(conn)
+        """The digest matched: the guest may run here only once the source has committed
+        (a stream without a return path, exec:, has nobody to commit: its digest is all)."""
+        lost = None if self.listener.one_way else self._await_go(conn)
         if lost is not None:  # the source keeps the guest: this side gives it up for good
             self._fail(
                 conn,
@@ -249,6 +259,8 @@ class IncomingMigration(threading.Thread):
         else:
             self.vm.set_state(runstate)
         self._set_status(MigrationStatus.COMPLETED, None)
+        if self.listener.one_way:
+            return
         try:
             conn.sendall(wire.json_record(wire.Rec.ACK, {}))
         except OSError as exc:  # the source then says the guest may be running here: it is
@@ -292,12 +304,14 @@ class StreamLoader:
         local_config: Callable[[], tuple[wire.StreamConfig, int]],
         *,
         pristine: bool,
+        warn: Callable[[str], None] = lambda _msg: None,
         accept: Callable[[], socket.socket | None] = lambda: None,
     ) -> None:
         """``accept`` yields the next connection to the listener (for multifd channels)."""
         self.ram = ram
         self._local_config = local_config
         self._accept = accept
+        self._warn = warn
         self._multifd: MultifdReceiver | None = None
         self._channels: list[socket.socket] = []  # closed by close(), whatever became of them
         self._eos = 0
@@ -358,6 +372,9 @@ class StreamLoader:
         problem = remote.mismatch(local)
         if problem:
             raise wire.StreamError(problem)
+        if remote.uuid and not local.uuid:  # QEMU's vmstate_uuid_post_load
+            log.warning("UUID is received %s, but local uuid isn't set", remote.uuid)
+            self._warn(f"warning: UUID is received {remote.uuid}, but local uuid isn't set")
         if remote.multifd_channels:
             self._connect_channels(remote)
         if remote.compress:

@@ -6,6 +6,7 @@ import errno
 import mmap
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -109,6 +110,9 @@ class GuestRam:
         self._dirty = np.zeros(self.pages, dtype=bool)
         self._dirty_lock = threading.Lock()
         self._logging = False
+        # Called with the pages a guest store is about to change (background-snapshot's
+        # copy-before-write: engine/background.py); installed only while the vCPUs are stopped.
+        self.write_hook: Callable[[npt.NDArray[np.intp]], None] | None = None
 
     def use_small_pages(self) -> None:
         """Back RAM not yet touched with 4 KiB pages, for scattered first writes (the idle
@@ -141,6 +145,12 @@ class GuestRam:
             self._logging = False
             self._dirty[:] = False
 
+    def before_write(self, pages: npt.NDArray[np.intp]) -> None:
+        """Every guest store calls this first with the pages it will change."""
+        hook = self.write_hook
+        if hook is not None:
+            hook(pages)
+
     def mark_dirty(self, pages: PageIndex | slice) -> None:
         """Record guest writes; called *after* the bytes are written so no update is lost."""
         if self._logging:
@@ -159,8 +169,10 @@ class GuestRam:
         end = offset + len(data)
         if offset < 0 or end > self.size:
             raise ValueError(f"write of {len(data)} bytes at {offset:#x} is outside guest RAM")
+        pages = np.arange(offset >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT)
+        self.before_write(pages)
         self.buf[offset:end] = data
-        self.mark_dirty(slice(offset >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT))
+        self.mark_dirty(pages)
 
     def zero_mask(self, indices: PageIndex) -> npt.NDArray[np.bool_]:
         """Which of these sorted pages are all zero: vectorised over runs, no page copies."""

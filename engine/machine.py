@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine import wire
+from engine.command import CommandListener
 from engine.destination import SETUP_TIMEOUT_S, IncomingMigration
 from engine.errors import MigrationError, file_errors
 from engine.events import EventBus
@@ -31,6 +32,7 @@ from engine.workload import Workload, WorkloadSpec
 
 MiB = 1024 * 1024
 log = logging.getLogger(__name__)
+NULL_UUID = "00000000-0000-0000-0000-000000000000"
 CONNECT_WAIT_S = 1.0  # how long `migrate` waits for the connection's outcome before returning
 
 
@@ -51,6 +53,7 @@ class MachineOptions:
     workload: str | None = None  # None: `workload_name`
     seed: int = 0
     loaders: tuple[Loader, ...] = field(default=())
+    uuid: str | None = None  # -uuid, in lower case; None: not set (QEMU's qemu_uuid_set)
     prealloc: bool = False  # -mem-prealloc
     # Each step of the completion handshake may take this long (both roles); tests shorten it.
     switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S
@@ -141,6 +144,11 @@ class Machine:
         self.ram.write(loader.addr, data)
 
     # -- queries ------------------------------------------------------------------------------
+    @property
+    def uuid(self) -> str:
+        """`info uuid`: -uuid, or QEMU's all-zero UUID."""
+        return self.opts.uuid or NULL_UUID
+
     def query_status(self) -> StatusInfo:
         state = self.vm.state
         return StatusInfo(running=state is RunState.RUNNING, status=state)
@@ -208,6 +216,13 @@ class Machine:
                 raise
             if blk or inc:
                 raise MigrationError("Block migration (-b, -i) is not supported by qemu-hmp")
+            if addr.kind == "exec" and c.capability("multifd"):
+                raise MigrationError("multifd is not supported by current protocol")
+            if addr.kind != "exec" and c.capability("background-snapshot"):
+                raise MigrationError(  # ours: a live destination would run a second guest
+                    "background-snapshot saves to an exec: command only here "
+                    "(a destination that loads it would run a second copy of the guest)"
+                )
             for spec in CAPABILITIES:
                 if not spec.supported and c.capability(spec.name):
                     raise MigrationError(
@@ -215,6 +230,8 @@ class Machine:
                         f"run 'migrate_set_capability {spec.name} off'"
                     )
             settings = OutgoingSettings.from_config(c)
+            if settings.validate_uuid and self.opts.uuid:  # QEMU's vmstate_uuid_needed
+                settings = replace(settings, uuid=self.opts.uuid)
             self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
             mig = OutgoingMigration(
                 addr,
@@ -263,6 +280,16 @@ class Machine:
         if outgoing is not None:
             outgoing.cancel()
 
+    def migrate_continue(self, state: MigrationStatus) -> None:
+        """QEMU's migrate-continue: only in the named state, which pause-before-switchover's
+        pre-switchover is the one to leave (a continue in another state changes nothing)."""
+        outgoing = self._outgoing
+        current = self._outgoing_status()
+        if current is not state:
+            raise MigrationError(f"Migration not in expected state: {current}")
+        if isinstance(outgoing, OutgoingMigration) and state is MigrationStatus.PRE_SWITCHOVER:
+            outgoing.continue_switchover()
+
     # -- incoming -----------------------------------------------------------------------------
     def migrate_incoming(self, uri: str) -> None:
         with self._lock:
@@ -279,7 +306,7 @@ class Machine:
 
     def _listen(self, addr: Address, failed: IncomingMigration | None = None) -> None:
         incoming = IncomingMigration(
-            Listener(addr),
+            CommandListener(addr) if addr.kind == "exec" else Listener(addr),
             self.ram,
             self.vm,
             self._incoming_config,
@@ -289,6 +316,7 @@ class Machine:
             failed,
             self.opts.switchover_timeout,
             setup_timeout_s=self.opts.setup_timeout_s,
+            report=self._notify,
         )
         self._incoming = incoming
         incoming.start()
@@ -311,12 +339,15 @@ class Machine:
             # The source says how many channels it opens; the destination only has to agree
             # that multifd is on (QEMU would hang on a channel-count mismatch).
             multifd_channels=multifd_channels(c),
+            uuid=self.opts.uuid or "",
         )
         return local, int(c.param("decompress-threads"))
 
     def _incoming_failed(self, mig: IncomingMigration, reason: str) -> None:
         """QEMU would exit here; qemu-hmp reports, keeps the guest waiting and listens again."""
         self._notify(f"load of migration failed: {reason}")
+        if mig.listener.one_way:  # an exec: command ran once; QEMU exits here
+            return
         with self._lock:
             if self._incoming is mig and not self._closing:
                 try:

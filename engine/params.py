@@ -63,6 +63,7 @@ class CapabilitySpec:
     doc: str
     supported: bool = False  # the qemu-hmp engine implements it; others store but refuse to migrate
     extension: bool = False
+    refused_because: str = ""  # why qemu-hmp will not implement it (the README's table)
 
 
 def _between(low: int, high: int) -> Range:
@@ -267,37 +268,85 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
         "send XOR-based zero-run-length deltas of re-dirtied pages",
         supported=True,
     ),
-    CapabilitySpec("rdma-pin-all", "pin all guest RAM at the start of an RDMA migration"),
+    CapabilitySpec(
+        "rdma-pin-all",
+        "pin all guest RAM at the start of an RDMA migration",
+        refused_because="needs RDMA hardware and the rdma: transport",
+    ),
     CapabilitySpec(
         "auto-converge",
         "throttle vCPUs when the guest dirties RAM faster than it is sent",
         supported=True,
     ),
-    CapabilitySpec("zero-blocks", "encode zero blocks in block migration"),
+    CapabilitySpec(
+        "zero-blocks",
+        "encode zero blocks in block migration",
+        refused_because="a block-migration option, and qemu-hmp emulates no disks",
+    ),
     CapabilitySpec(
         "compress", "compress pages with compress-threads zlib workers (both ends)", supported=True
     ),
     CapabilitySpec("events", "emit an event at every migration state change", supported=True),
     CapabilitySpec("postcopy-ram", "start the destination before all RAM is sent"),
-    CapabilitySpec("x-colo", "COLO fault tolerance (unstable)"),
+    CapabilitySpec(
+        "x-colo",
+        "COLO fault tolerance (unstable)",
+        refused_because=(
+            "needs a secondary VM kept in lockstep by device checkpoints; "
+            "qemu-hmp emulates no devices"
+        ),
+    ),
     CapabilitySpec("release-ram", "free source RAM as postcopy sends it"),
-    CapabilitySpec("block", "old-style block migration (-b/-i)"),
+    CapabilitySpec(
+        "block",
+        "old-style block migration (-b/-i)",
+        refused_because="copies disks, and qemu-hmp emulates no disks",
+    ),
     CapabilitySpec(
         "return-path",
         "the source waits for the destination before completing (counted as downtime)",
         supported=True,
     ),
-    CapabilitySpec("pause-before-switchover", "pause in pre-switchover before the device state"),
+    CapabilitySpec(
+        "pause-before-switchover",
+        "pause in pre-switchover, vCPUs stopped, until migrate_continue",
+        supported=True,
+    ),
     CapabilitySpec("multifd", "send pages over multifd-channels parallel channels", supported=True),
-    CapabilitySpec("dirty-bitmaps", "migrate block dirty bitmaps"),
+    CapabilitySpec(
+        "dirty-bitmaps",
+        "migrate block dirty bitmaps",
+        refused_because="the bitmaps belong to disks, and qemu-hmp emulates no disks",
+    ),
     CapabilitySpec("postcopy-blocktime", "measure vCPU blocktime in postcopy"),
     CapabilitySpec(
-        "late-block-activate", "activate block devices only when the destination starts"
+        "late-block-activate",
+        "activate block devices only when the destination starts",
+        refused_because="there are no block devices to activate: qemu-hmp emulates no disks",
     ),
-    CapabilitySpec("x-ignore-shared", "skip shared RAM blocks (unstable)"),
-    CapabilitySpec("validate-uuid", "check that source and destination UUIDs match"),
-    CapabilitySpec("background-snapshot", "write-protect RAM to take a live snapshot"),
-    CapabilitySpec("zero-copy-send", "send multifd pages with MSG_ZEROCOPY"),
+    CapabilitySpec(
+        "x-ignore-shared",
+        "skip shared RAM blocks (unstable)",
+        refused_because=(
+            "needs RAM shared with another process (memory-backend share=on); "
+            "qemu-hmp's is one private block"
+        ),
+    ),
+    CapabilitySpec(
+        "validate-uuid",
+        "send -uuid for the destination to check against its own",
+        supported=True,
+    ),
+    CapabilitySpec(
+        "background-snapshot",
+        "save RAM as it is at the start to exec: while the guest runs (copy-before-write)",
+        supported=True,
+    ),
+    CapabilitySpec(
+        "zero-copy-send",
+        "send multifd pages from guest RAM with MSG_ZEROCOPY",
+        supported=True,
+    ),
     CapabilitySpec("postcopy-preempt", "a separate channel for postcopy page requests"),
     CapabilitySpec(
         "x-compress-auto",

@@ -25,8 +25,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from zlib_ng import zlib_ng
 
 from engine import wire
+from engine.background import CopyBeforeWrite
+from engine.command import CommandChannel
 from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
@@ -53,6 +56,15 @@ MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
 # No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
 STALL_WARNING_S = 30.0
+# QEMU's migrate_fd_cancel acts in every running state; ours until GO is sent.
+CANCELLABLE = frozenset(
+    {
+        MigrationStatus.SETUP,
+        MigrationStatus.ACTIVE,
+        MigrationStatus.PRE_SWITCHOVER,
+        MigrationStatus.DEVICE,
+    }
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +89,16 @@ class OutgoingSettings:
     cpu_throttle_increment: int = _entry("cpu-throttle-increment")
     max_cpu_throttle: int = _entry("max-cpu-throttle")
     return_path: bool = _entry("return-path")
+    pause_before_switchover: bool = _entry("pause-before-switchover")
     compress_auto: bool = _entry("x-compress-auto")  # engine/policy.py steers compression
     xbzrle: bool = _entry("xbzrle")
     multifd_compression: str = _entry("multifd-compression")
     tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
+    validate_uuid: bool = _entry("validate-uuid")
+    zero_copy_send: bool = _entry("zero-copy-send")
+    background_snapshot: bool = _entry("background-snapshot")
     multifd_channels: int = 0  # 0: the multifd capability is off
+    uuid: str = ""  # sent for the destination to check: -uuid, with validate-uuid on
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
 
     @classmethod
@@ -185,8 +202,12 @@ class OutgoingMigration(threading.Thread):
         self._cancel = threading.Event()  # not ``_stop``: Thread.join calls its own _stop()
         self._quitting = False
         self._done = threading.Event()
+        # pause-before-switchover: set by `migrate_continue pre-switchover`, a cancel or quit.
+        self._continue = threading.Event()
+        self._phase = MigrationStatus.ACTIVE  # QEMU's current_active_state: active, then device
         self._connected = threading.Event()  # set once the connection is up or has failed
         self._sock: socket.socket | None = None
+        self._command: CommandChannel | None = None  # exec: the command the stream goes to
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
         self._limiter = RateLimiter(lambda: param("max-bandwidth"))
         self._link = Link(lambda: param("x-link-bandwidth"))
@@ -224,18 +245,20 @@ class OutgoingMigration(threading.Thread):
         on the destination, so it must not restart here.
         """
         with self._lock:
-            if self._handed_over or self._status not in (
-                MigrationStatus.SETUP,
-                MigrationStatus.ACTIVE,
-            ):
+            if self._handed_over or self._status not in CANCELLABLE:
                 return
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
         self._cancel.set()
+        self._continue.set()  # QEMU's cancel posts the pause semaphore too
         self._end_pacing()
         shutdown(self._sock)
         if self._multifd:
             self._multifd.hang_up()
+
+    def continue_switchover(self) -> None:
+        """`migrate_continue pre-switchover` (the machine checked the state)."""
+        self._continue.set()
 
     def parameters_changed(self) -> None:
         """A live `migrate_set_parameter`: waits on the old rates re-time at the new ones, and
@@ -269,15 +292,18 @@ class OutgoingMigration(threading.Thread):
         watch.start()
         # The machine announced setup before it started this thread, as QEMU's migrate_init.
         try:
-            self._sock = connect(self.addr)
+            self._sock = self._open()
             if self.settings.tls_creds:  # never fall back to plain text when TLS is asked for
                 raise MigrationError(f"No TLS credentials with id '{self.settings.tls_creds}'")
             self._connected.set()
             if self._cancel.is_set():
                 raise Cancelled
             self._setup()
-            self._precopy()
-            self._complete()
+            if self.settings.background_snapshot:
+                self._background()
+            else:
+                self._precopy()
+                self._complete()
         except Cancelled:
             self._finish(MigrationStatus.CANCELLED, None)
         except MigrationError as exc:
@@ -285,7 +311,7 @@ class OutgoingMigration(threading.Thread):
         except OSError as exc:
             if self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
                 if not self._quitting:
-                    self._report(f"Unable to write to socket: {exc.strerror or exc}")
+                    self._report(self._write_error(exc))
                 self._finish(MigrationStatus.CANCELLED, None)
             else:
                 self._finish(MigrationStatus.FAILED, self._io_error(exc))
@@ -300,13 +326,26 @@ class OutgoingMigration(threading.Thread):
         """QEMU's text for a broken stream: errno as the kernel gave it. A peer that died with
         nothing unread sent FIN, so our next write met its reset in CLOSE_WAIT: EPIPE, "Broken
         pipe"; one that died with bytes unread sent RST at once: "Connection reset by peer"."""
-        verdict = self._read_nack()
+        verdict = None if self._command else self._read_nack()  # a command cannot answer
         if verdict:
             return verdict
         if self._status is MigrationStatus.ACTIVE and self.vm.state is not RunState.FINISH_MIGRATE:
             # In QEMU the RAM iteration fails first, with the stream's -EIO, and savevm says so.
             self._report(RAM_ITERATE_FAILED)
-        return f"Unable to write to socket: {exc.strerror or exc}"
+        return self._write_error(exc)
+
+    def _write_error(self, exc: OSError) -> str:
+        """QEMU's text for a write that failed, naming its channel."""
+        return (
+            f"Unable to write to {'command' if self._command else 'socket'}: {exc.strerror or exc}"
+        )
+
+    def _open(self) -> socket.socket:
+        """The stream's socket: connected to the destination, or an exec: command's."""
+        if self.addr.kind != "exec":
+            return connect(self.addr)
+        self._command = CommandChannel(self.addr.command, outgoing=True)
+        return self._command.sock
 
     def _set_status(self, old: MigrationStatus, new: MigrationStatus) -> None:
         """QEMU's migrate_set_state: change only from ``old`` (a cancel may have won)."""
@@ -335,6 +374,7 @@ class OutgoingMigration(threading.Thread):
             multifd_channels=s.multifd_channels,
             multifd_compression=s.multifd_compression,
             session=os.urandom(16).hex(),
+            uuid=s.uuid,
         )
         self.stats.add_stream(
             self._send([wire.header(), wire.json_record(wire.Rec.CONFIG, config.to_json())])
@@ -355,9 +395,12 @@ class OutgoingMigration(threading.Thread):
                 s.multifd_compression,
                 s.multifd_level,
                 self._multifd_sent,
+                zero_copy=s.zero_copy_send,
+                fallback=self.stats.zero_copy_fallback,
             )
-        self.ram.start_dirty_log()
-        self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
+        if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
+            self.ram.start_dirty_log()
+            self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
         self.stats.setup_done(self._param("downtime-limit"))
         self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
 
@@ -411,6 +454,8 @@ class OutgoingMigration(threading.Thread):
         self._vm_was_running = self.vm.stop(RunState.FINISH_MIGRATE)
         if not self._vm_was_running:
             self.vm.set_state(RunState.FINISH_MIGRATE)
+        if self.settings.pause_before_switchover:
+            self._pause()
         self._limiter.unlimited = True
         self._last_stage = True
         if self._policy:
@@ -424,11 +469,66 @@ class OutgoingMigration(threading.Thread):
         self._send_eos()
         self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
         sent_all = now_ms()
-        self._switch_over()
+        if self._command:  # a saved stream: no return path, no handshake (engine/command.py)
+            self._command.finish(self._switchover_timeout)
+        else:
+            self._switch_over()
         # QEMU's downtime ends once everything is sent, unless the return path makes the source
         # wait for the destination; qemu-hmp always waits for the handshake's ACK, but only
         # counts that wait as downtime when return-path is on.
         self.stats.completed(None if self.settings.return_path else sent_all)
+
+    def _background(self) -> None:
+        """background-snapshot (QEMU's bg_migration_thread): stop the vCPUs just long enough
+        to start copy-before-write (engine/background.py), then save every page once while
+        the guest runs on; the stream holds RAM as it was at that stop. The guest keeps
+        running here afterwards: a snapshot hands nothing over."""
+        prior = self.vm.state
+        self.stats.start_downtime()
+        was_running = self.vm.stop()
+        tracker = CopyBeforeWrite(self.ram)
+        if was_running:
+            self.vm.start()
+        resumed = now_ms()
+        try:
+            while (batch := tracker.next_batch(RAW_BATCH)) is not None:
+                self._check_stop()
+                self._send_saved(*batch)
+                self.stats.set_remaining(tracker.left)
+                if self._limiter.exhausted():
+                    self._limiter.wait_window()
+        finally:
+            tracker.close()
+        log.info("background snapshot: %d pages copied ahead of guest stores", tracker.copied_pages)
+        self._send_eos()
+        done = {"runstate": str(prior), "digest": self._digest.hexdigest()}
+        self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
+        assert self._command is not None  # the machine allows snapshots to exec: only
+        self._command.finish(self._switchover_timeout)
+        self.stats.completed(resumed)
+
+    def _send_saved(self, indices: npt.NDArray[np.intp], data: npt.NDArray[np.uint8]) -> None:
+        """Pages as they were saved (``data``: one row per page), not as RAM holds them now."""
+        zero = ~data.view(np.uint64).any(axis=1)
+        raw = data[~zero]
+        kinds = np.where(zero, np.uint8(wire.Kind.ZERO), np.uint8(wire.Kind.PAGE)).astype(np.uint8)
+        self._digest.set_zero(indices[zero])
+        self._digest.crc[indices[~zero]] = [zlib_ng.crc32(row) for row in raw]
+        batch = wire.encode_batch(indices, kinds, [], [raw.reshape(-1).data])
+        self.stats.add_ram(self._send(batch), self.vm.running)
+        self.stats.add_pages(
+            zero=int(zero.sum()), normal=len(raw), compressed=0, compressed_bytes=0, busy=0
+        )
+
+    def _pause(self) -> None:
+        """QEMU's migration_maybe_pause: the vCPUs are stopped and nothing of the final pass
+        is sent yet; wait in pre-switchover for `migrate_continue`, then go on in device.
+        The destination cannot run the guest before GO, so it waits with it."""
+        self._set_status(MigrationStatus.ACTIVE, MigrationStatus.PRE_SWITCHOVER)
+        self._continue.wait()  # the user's to end, as in QEMU: continue, cancel or quit do
+        self._check_stop()
+        self._set_status(MigrationStatus.PRE_SWITCHOVER, MigrationStatus.DEVICE)
+        self._phase = MigrationStatus.DEVICE
 
     def _finish(self, status: MigrationStatus, error: str | None, report: str = "") -> None:
         """End in ``status``; ``error`` is the status text, ``report`` what stderr gets (with
@@ -441,7 +541,11 @@ class OutgoingMigration(threading.Thread):
             self._multifd.close()
         if self._sock:
             self._sock.close()
-        if status is MigrationStatus.COMPLETED or self._handed_over:
+        if self._command:
+            self._command.end(0)  # a command still running is killed: the stream is over
+        if self._handed_over or (
+            status is MigrationStatus.COMPLETED and not self.settings.background_snapshot
+        ):
             self.vm.set_state(RunState.POSTMIGRATE)
         elif self._vm_was_running:
             self.vm.start()
@@ -714,7 +818,7 @@ class OutgoingMigration(threading.Thread):
         """
         self._expect(wire.Rec.READY)
         with self._lock:
-            if self._status is not MigrationStatus.ACTIVE:  # a cancel came first
+            if self._status is not self._phase:  # a cancel came first
                 raise Cancelled
             self._handed_over = True
         try:

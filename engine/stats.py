@@ -71,6 +71,7 @@ class SourceStats:
     dirty_sync_count: int = 0
     remaining: int = 0
     multifd_bytes: int = 0
+    zero_copy_fallbacks: int = 0  # channel flushes that found a copied zero-copy send
     # compression
     comp_pages: int = 0
     comp_busy: int = 0
@@ -127,6 +128,11 @@ class SourceStats:
             self.transferred += nbytes
             self.multifd_bytes += nbytes
             self.normal += pages
+
+    def zero_copy_fallback(self) -> None:
+        """QEMU's dirty_sync_missed_zero_copy: a sync whose flush saw the kernel copy."""
+        with self._lock:
+            self.zero_copy_fallbacks += 1
 
     def add_pages(
         self, *, zero: int, normal: int, compressed: int, compressed_bytes: int, busy: int
@@ -307,6 +313,7 @@ class SourceStats:
             dirty_pages_rate=self.dirty_pages_rate,
             precopy_bytes=self.precopy_bytes,
             downtime_bytes=self.downtime_bytes,
+            dirty_sync_missed_zero_copy=self.zero_copy_fallbacks,
         )
 
     def _xbzrle(self) -> XbzrleCacheStats | None:

@@ -27,7 +27,7 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 ACCEPT_POLL_S = 0.1
 
 # Protocols QEMU knows but qemu-hmp does not carry (a clear refusal, not QEMU's "valid protocol").
-UNSUPPORTED = ("exec", "fd", "rdma", "vsock", "file")
+UNSUPPORTED = ("fd", "rdma", "vsock", "file")
 
 # QEMU's inet_parse reads a host of at most 64 bytes and cuts the port after 32.
 HOST_MAX, PORT_MAX = 64, 32
@@ -46,13 +46,13 @@ class UnknownProtocol(AddressError):
 
 @dataclass(frozen=True)
 class Address:
-    """A parsed ``tcp:HOST:PORT[,opts]`` or ``unix:PATH``.
+    """A parsed ``tcp:HOST:PORT[,opts]``, ``unix:PATH`` or ``exec:COMMAND``.
 
     ``port`` stays the text given: as QEMU does, getaddrinfo resolves it (a number, with glibc's
     wrap-around above 65535, or a service name such as ``http``) when it is used.
     """
 
-    kind: str  # "tcp" | "unix"
+    kind: str  # "tcp" | "unix" | "exec"
     host: str = ""
     port: str = ""
     path: str = ""
@@ -61,12 +61,17 @@ class Address:
     to: int | None = None  # last port to try when the first one is taken (listening)
     keep_alive: bool = False
     mptcp: bool = False
+    command: str = ""  # exec: the shell command (engine/command.py)
 
     def uri(self) -> str:
+        if self.kind == "exec":
+            return f"exec:{self.command}"
         return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
 
     def display(self) -> str:
-        """How QEMU names the peer in errors: ``host:port`` or the socket path."""
+        """How QEMU names the peer in errors: ``host:port``, the socket path, the command."""
+        if self.kind == "exec":
+            return self.command
         return self.path if self.kind == "unix" else f"{self.host}:{self.port}"
 
 
@@ -82,6 +87,8 @@ def parse_uri(uri: str, *, incoming: bool) -> Address:
         return socket_parse(rest)
     if sep and scheme == "unix":
         return socket_parse(uri)
+    if sep and scheme == "exec":
+        return Address("exec", command=rest)
     if sep and scheme in UNSUPPORTED:
         raise _unsupported(scheme)
     if incoming:
@@ -369,6 +376,8 @@ class Listener:
     """A listening socket; its owner closes it once it has the connections it wants (one, or
     one plus the multifd channels), after which further connections are refused, as in QEMU."""
 
+    one_way = False  # its streams have a return path (engine/command.py's have none)
+
     def __init__(self, addr: Address) -> None:
         sock = listen(addr)
         if addr.kind == "tcp":  # the address actually bound: port 0 becomes the real port
@@ -407,6 +416,11 @@ class Listener:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def finish(self) -> str | None:
+        """The stream is over: what failed besides it (a command's exit, for
+        CommandListener); for a socket, nothing."""
+        return None
 
     def close(self) -> None:
         """Refuse further connections (waits for an accept poll in progress, ≤ ACCEPT_POLL_S)."""

@@ -225,6 +225,7 @@ class StreamConfig:
     multifd_channels: int = 0  # 0: multifd off
     multifd_compression: str = "none"
     session: str = ""  # ties multifd channel connections to this stream
+    uuid: str = ""  # the source's -uuid, sent with validate-uuid on ("": none sent)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -235,6 +236,7 @@ class StreamConfig:
             "multifd-channels": self.multifd_channels,
             "multifd-compression": self.multifd_compression,
             "session": self.session,
+            "uuid": self.uuid,
         }
 
     @classmethod
@@ -249,6 +251,7 @@ class StreamConfig:
                 multifd_channels=_bounded(obj["multifd-channels"]),
                 multifd_compression=peer_text(str(obj["multifd-compression"])),
                 session=str(obj["session"]),
+                uuid=peer_text(str(obj.get("uuid", ""))),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(Infinity)
             raise StreamError("configuration section is incomplete") from exc
@@ -258,6 +261,8 @@ class StreamConfig:
         """QEMU-style description of the first setting that differs, or None."""
         if self.page_size != local.page_size:
             return f"page size mismatch: source {self.page_size}, destination {local.page_size}"
+        if self.uuid and local.uuid and self.uuid != local.uuid:  # QEMU's configuration section
+            return f"UUID received is {self.uuid} and local is {local.uuid}"
         if self.ram_size != local.ram_size:
             return (
                 f"Length mismatch: pc.ram: 0x{self.ram_size:x} in != 0x{local.ram_size:x}: "

@@ -250,6 +250,7 @@ class RandomWriter:
                 try:
                     pages = working_set[self._rng.integers(0, span, size=count)]
                     slot = self._rng.integers(0, PAGE_SIZE // 8, size=count)
+                    self._ram.before_write(pages)
                     words[pages, slot] = self._rng.bit_generator.random_raw(count)
                     self._ram.mark_dirty(pages)
                 finally:

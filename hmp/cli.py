@@ -8,6 +8,7 @@ SUBCOMMANDS. Options may be spelled with one dash or two, as QEMU allows.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from collections.abc import Callable
 
@@ -48,8 +49,10 @@ usage: qemu-hmp [options]            a QEMU 7.2 monitor on stdin/stdout
 
 QEMU options:
   -m SIZE                 guest RAM (default 128M; a bare number is MiB; suffixes K M G T)
-  -incoming URI|defer     be a migration destination (tcp:HOST:PORT, unix:PATH)
+  -incoming URI|defer     be a migration destination (tcp:HOST:PORT, unix:PATH,
+                          exec:COMMAND: restore what COMMAND prints)
   -name NAME              the VM name shown by `info name`
+  -uuid UUID              the VM UUID (`info uuid`; checked by validate-uuid)
   -S                      start with the vCPUs paused
   -mem-prealloc           allocate all guest RAM at start (no page faults while migrating)
   -device loader,file=PATH,addr=ADDR,force-raw=on
@@ -80,6 +83,10 @@ qemu-hmp options:
 # The QemuOpts of -m and -name in QEMU 7.2 (the first item may leave its name out).
 MEMORY_OPTIONS = {"size": OptType.SIZE, "slots": OptType.NUMBER, "maxmem": OptType.SIZE}
 NAME_OPTIONS = {"guest": OptType.STRING, "process": OptType.STRING, "debug-threads": OptType.BOOL}
+
+
+# qemu_uuid_parse: exactly 8-4-4-4-12 hex digits, either case.
+UUID = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 class UsageError(OptionError):
@@ -190,6 +197,11 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
             # QEMU also takes "guest=NAME,debug-threads=on"; only the name matters here.
             name = value(arg)
             opts["name"] = _options(arg, name, NAME_OPTIONS, "guest").get("guest")
+        elif option == "-uuid":
+            text = value(arg)
+            if not UUID.fullmatch(text):
+                raise UsageError(f"{arg} {text}: failed to parse UUID string: wrong format")
+            opts["uuid"] = text.lower()  # QEMU prints it in lower case
         elif option == "-S":
             opts["start_paused"] = True
         elif option == "-mem-prealloc":

@@ -56,6 +56,8 @@ def _parameters() -> Iterator[tuple[str, ...]]:
 def _capabilities() -> Iterator[tuple[str, ...]]:
     for cap in CAPABILITIES:
         done = "yes" if cap.supported else "stored, refused at `migrate`"
+        if cap.refused_because:
+            done += f": {cap.refused_because}"
         yield f"`{cap.name}`", done, cap.doc + (EXTENSION if cap.extension else "")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -103,6 +104,9 @@ class Session:
         self.endpoints: dict[str, Endpoint] = {}
         self.quiet: dict[str, bool] = {}  # endpoint -> its guest writes nothing
         self.ports: dict[str, int] = {}
+        # The endpoints' working directory: files they name relatively (`pmemsave`, an
+        # exec: command's) live there and go with the run.
+        self._scratch = tempfile.TemporaryDirectory(prefix="qemu-hmp-transcript-")
 
     def __enter__(self) -> Session:
         return self
@@ -110,6 +114,7 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         for endpoint in self.endpoints.values():
             endpoint.kill()
+        self._scratch.cleanup()
 
     def expand(self, text: str) -> str:
         for name in port_names(text):
@@ -150,7 +155,9 @@ class Session:
         if step.name in self.endpoints:
             raise StepError(f"endpoint {step.name!r} is already started")
         argv = shlex.split(self.expand(step.arg))
-        endpoint = self.endpoints[step.name] = Endpoint(argv, name=step.name, qmp=True)
+        endpoint = self.endpoints[step.name] = Endpoint(
+            argv, name=step.name, qmp=True, cwd=self._scratch.name
+        )
         # A guest writes with random-writer, or with a rate (idle's background writes).
         self.quiet[step.name] = not any(WRITER.search(arg) for arg in argv)
         try:

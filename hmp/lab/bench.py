@@ -32,6 +32,7 @@ from engine.guest import PAGE_SIZE, GuestRam
 from engine.workload import Workload
 from hmp.lab import cases, experiment, qemu_compare
 from hmp.lab.experiment import Result, Setup, figure
+from hmp.monitor import strtosz
 
 MiB = 1 << 20
 
@@ -242,6 +243,59 @@ def classic_runs(report: Report) -> None:
             "<= 0.45",
             value <= 0.45,
         )
+
+
+def xbzrle_setups(ram: str) -> dict[str, Setup]:
+    """The two guests of the xbzrle comparison, in ``ram``: one rewriting 6000 pages/s of a
+    working set of its own memory (an eighth of RAM, at most 32 MiB: inside the default 64 MiB
+    cache) with 8-byte changes, near what 32 MiB/s carries, so plain needs passes; and one
+    writing random words anywhere in half of RAM (far more pages than the cache holds)."""
+    size = strtosz(ram, "M")
+    wss = min(size // 8, 32 * MiB)  # half the default cache at most
+    base = Setup("xbzrle", ram=ram, max_bandwidth="32M", timeout=60.0)
+    return {
+        "working set < cache, small changes": replace(
+            base, name="xbzrle-wss", workload=f"idle,rate=6000,wss={wss // MiB}M"
+        ),
+        "random writes, wss = RAM/2": replace(
+            base, name="xbzrle-random", workload=f"random-writer,rate=5000,wss={size // 2 // MiB}M"
+        ),
+    }
+
+
+def xbzrle_runs(report: Report, ram: str) -> None:
+    """xbzrle vs plain vs compress on each guest: transferred, total time, passes."""
+    headers = ["config", "status", "total ms", "x plain", "transferred kB", "x plain"]
+    headers += ["dirty syncs", "xbzrle pages", "xbzrle cache miss rate"]
+    for title, plain_setup in xbzrle_setups(ram).items():
+        table = Table(f"xbzrle: {ram} guest, {title} ({plain_setup.workload}), 32 MiB/s", headers)
+        configs = {
+            "plain": plain_setup,
+            "xbzrle (64 MiB cache)": replace(plain_setup, xbzrle=True),
+            "compress (zlib-ng 1, 12/3 threads)": cases.compressed(plain_setup),
+        }
+        results = {name: experiment.run(setup) for name, setup in configs.items()}
+        plain = results["plain"]
+        for name, result in results.items():
+            cache = result.info.get("xbzrle-cache", {})
+            row: list[Any] = [name, result.status]
+            for key, unit in (("total-time", 1), ("ram.transferred", 1024)):
+                value = result.number(key)
+                row += [value / unit, value / max(plain.number(key), 1e-9)]
+            row += [
+                result.number("ram.dirty-sync-count"),
+                cache.get("pages", ""),
+                cache.get("cache-miss-rate", ""),
+            ]
+            table.rows.append(row)
+        report.add(table)
+        ratio = results["xbzrle (64 MiB cache)"].number("ram.transferred") / max(
+            plain.number("ram.transferred"), 1e-9
+        )
+        if plain_setup.name == "xbzrle-random":  # no deltas to win: only the bookkeeping
+            report.check(f"{title}: xbzrle/plain transferred", ratio, "<= 1.05", ratio <= 1.05)
+        else:
+            report.check(f"{title}: xbzrle/plain transferred", ratio, "<= 1.0", ratio <= 1.0)
 
 
 def monitor_latency(report: Report, calls: int = 200) -> None:
@@ -477,7 +531,8 @@ def digest_cost(report: Report) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="qemu-hmp bench", description=__doc__)
-    parser.add_argument("what", choices=("compress", "engine", "fill", "all"))
+    parser.add_argument("what", choices=("compress", "engine", "fill", "xbzrle", "all"))
+    parser.add_argument("--ram", default="1G", help="guest RAM of the xbzrle comparison")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per figure (best kept)")
     parser.add_argument("--seed", type=int, default=1)
@@ -494,6 +549,8 @@ def main(argv: list[str]) -> int:
             engine_runs(report, args.reps)
         elif args.what == "fill":  # a part of engine
             fill_runs(report, args.reps)
+        if args.what in ("xbzrle", "all"):
+            xbzrle_runs(report, args.ram)
     finally:  # what was measured is kept even when a later run fails
         sys.stdout.write(report.targets())
         if args.json:

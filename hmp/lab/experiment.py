@@ -44,6 +44,8 @@ class Setup:
     multifd_compression: str = "none"
     auto_converge: bool = False
     compress_auto: bool = False  # x-compress-auto: the adaptive policy steers compression
+    xbzrle: bool = False  # the xbzrle capability (the source's; a destination needs nothing)
+    xbzrle_cache: str = "64M"  # xbzrle-cache-size
     timeout: float = 120.0
 
     def source_commands(self) -> list[str]:
@@ -59,6 +61,11 @@ class Setup:
             cmds.append("migrate_set_capability auto-converge on")
         if self.compress_auto:
             cmds.append("migrate_set_capability x-compress-auto on")
+        if self.xbzrle:
+            cmds += [
+                "migrate_set_capability xbzrle on",
+                f"migrate_set_parameter xbzrle-cache-size {self.xbzrle_cache}",
+            ]
         return self.common_commands() + cmds
 
     def destination_commands(self) -> list[str]:

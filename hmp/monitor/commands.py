@@ -120,6 +120,10 @@ def hmp_info_name(mon: Monitor, args: Args) -> None:
         mon.printf(f"{mon.machine.opts.name}\n")
 
 
+def hmp_info_uuid(mon: Monitor, args: Args) -> None:
+    mon.printf(f"{mon.machine.uuid}\n")
+
+
 # -- configuration ----------------------------------------------------------------------------
 def _unknown_name(name: str, known: dict[str, object], example: str) -> MigrationError:
     """QEMU's error; plus, for an old underscore spelling, a line naming the QEMU one."""
@@ -174,9 +178,7 @@ def hmp_migrate_continue(mon: Monitor, args: Args) -> None:
     state = str(args["state"])
     if state not in MigrationStatus.__members__.values():
         raise MigrationError(f"invalid parameter value: {state}")
-    # Only pause-before-switchover stops a migration in a state to continue from; unsupported.
-    current = mon.machine.query_migrate().status or MigrationStatus.NONE
-    raise MigrationError(f"Migration not in expected state: {current}")
+    mon.machine.migrate_continue(MigrationStatus(state))
 
 
 # -- vCPUs and the monitor itself -------------------------------------------------------------
@@ -237,6 +239,7 @@ INFO_COMMANDS: tuple[Command, ...] = (
     ),
     Command("name", "", "", "show the current VM name", hmp_info_name),
     Command("status", "", "", "show the current VM status (running|paused)", hmp_info_status),
+    Command("uuid", "", "", "show the current VM UUID", hmp_info_uuid),
     Command("version", "", "", "show the version of QEMU", hmp_info_version),
     Command(
         "x_compress_policy",

@@ -28,6 +28,7 @@ from typing import Any
 
 from engine.errors import MigrationError
 from engine.machine import Machine
+from engine.state import MigrationStatus
 from engine.transport import Address, listen
 from hmp.chardev import qmp_chardev
 from hmp.monitor import QEMU_VERSION, Monitor, package_version
@@ -125,6 +126,11 @@ def _migrate_incoming(session: _Session, args: Args) -> Any:
     return {}
 
 
+def _migrate_continue(session: _Session, args: Args) -> Any:
+    session.machine.migrate_continue(MigrationStatus(args["state"]))
+    return {}
+
+
 def _done(action: Callable[[Machine], object]) -> Handler:
     """A command without arguments that just calls the machine and returns ``{}``."""
 
@@ -147,6 +153,7 @@ COMMANDS: dict[str, _Command] = {
         qapi.NO_ARGS,
         lambda s, a: {} if s.machine.opts.name is None else {"name": s.machine.opts.name},
     ),
+    "query-uuid": _Command(qapi.NO_ARGS, lambda s, a: {"UUID": s.machine.uuid}),
     "query-status": _Command(qapi.NO_ARGS, lambda s, a: qapi.status_info(s.machine.query_status())),
     "query-migrate": _Command(
         qapi.NO_ARGS, lambda s, a: qapi.migration_info(s.machine.query_migrate())
@@ -163,6 +170,9 @@ COMMANDS: dict[str, _Command] = {
     "migrate": _Command(qapi.struct({"uri": qapi.string}, _MIGRATE_FLAGS), _migrate),
     "migrate_cancel": _Command(qapi.NO_ARGS, _done(Machine.migrate_cancel)),
     "migrate-incoming": _Command(qapi.struct({"uri": qapi.string}), _migrate_incoming),
+    "migrate-continue": _Command(
+        qapi.struct({"state": qapi.enum(tuple(MigrationStatus))}), _migrate_continue
+    ),
     "stop": _Command(qapi.NO_ARGS, _done(Machine.stop)),
     "cont": _Command(qapi.NO_ARGS, _done(Machine.cont)),
     "quit": _Command(qapi.NO_ARGS, _quit),

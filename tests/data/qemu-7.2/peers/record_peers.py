@@ -19,7 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
-from record import QEMU, _drain, _read_until_prompt  # noqa: E402
+sys.path.insert(0, str(HERE.parent.parent))
+from hmp_recorder import _drain, _read_until_prompt  # noqa: E402
+from record import QEMU  # noqa: E402
 
 RANDOM_IMAGE = 32 * 1024 * 1024  # a guest that does not fit in socket buffers
 

@@ -1,0 +1,185 @@
+"""background-snapshot: a snapshot to an exec: command while the guest writes throughout
+restores to exactly the RAM of its start (engine/background.py); QEMU 7.2's checks, layout
+and events replayed from tests/data/qemu-7.2/background (recorded by record_background.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from info_layout import layout
+from test_machine import Watch, ram_hash
+
+from engine.errors import MigrationError
+from engine.machine import Machine, MachineOptions
+from engine.state import MigrationStatus, RunState
+from hmp.monitor import Monitor
+from hmp.qmp import qapi
+
+DATA = Path(__file__).parent / "data" / "qemu-7.2" / "background"
+MiB = 1 << 20
+WRITER = "random-writer,rate=20000,wss=8M"
+
+
+def steps(text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if line.startswith("(qemu) "):
+            out.append((line.removeprefix("(qemu) "), ""))
+        elif out and not line.startswith("# "):
+            out[-1] = (out[-1][0], out[-1][1] + line + "\n")
+    return out
+
+
+class Side:
+    def __init__(self, opts: MachineOptions) -> None:
+        self.machine = Machine(opts)
+        self.watch = Watch(self.machine)
+        self.machine.set_capabilities({"events": True})
+        self.out = io.StringIO()
+        self.mon = Monitor(self.machine, self.out, io.StringIO())
+
+    def run(self, command: str) -> str:
+        self.out.seek(0), self.out.truncate()
+        self.mon.execute(command)
+        return self.out.getvalue()
+
+
+@pytest.fixture
+def made() -> Iterator[list[Side]]:
+    sides: list[Side] = []
+    yield sides
+    for side in sides:
+        side.machine.close()
+
+
+def side(made: list[Side], **kw: object) -> Side:
+    made.append(Side(MachineOptions(ram_size=16 * MiB, **kw)))  # type: ignore[arg-type]
+    return made[-1]
+
+
+def test_compatibility_checks_match_qemu(made: list[Side]) -> None:
+    s = side(made)
+    for command, expected in steps((DATA / "checks.txt").read_text()):
+        assert s.run(command) == expected, command
+
+
+def test_snapshot_and_restore_match_qemu(
+    made: list[Side], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the recording's commands name files relatively
+    src_text, _, dst_text = (DATA / "snapshot.txt").read_text().partition("# endpoint: dst\n")
+    src = side(made, workload=WRITER, seed=5)
+    for command, expected in steps(src_text):
+        ours = src.run(command)
+        assert (layout(ours) if command == "info migrate" else ours) == (
+            layout(expected) if command == "info migrate" else expected
+        ), command
+    dst = side(made, incoming="defer", start_paused=True)
+    assert "-S -incoming exec:cat snap.bin" in dst_text
+    dst.run('migrate_incoming "exec:cat snap.bin"')
+    dst.watch.wait_status("completed")
+    for command, expected in steps(dst_text):
+        assert dst.run(command) == expected, command
+
+
+def qemu_events() -> list[str]:
+    out = []
+    for line in (DATA / "qmp.jsonl").read_text().splitlines():
+        msg = json.loads(line).get("recv", {})
+        if "event" in msg:
+            out.append(msg["data"]["status"] if msg["event"] == "MIGRATION" else msg["event"])
+    return out
+
+
+class Gate:
+    """A FIFO an exec: command reads to its end before it reads the stream: the snapshot,
+    larger than the socket's buffer, cannot finish until ``open`` (held open read-write,
+    so nothing blocks on it)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "gate"
+        os.mkfifo(self.path)
+        self._fd: int | None = os.open(self.path, os.O_RDWR)
+
+    def command(self, target: Path) -> str:
+        return f"cat {shlex.quote(str(self.path))} > /dev/null; cat > {shlex.quote(str(target))}"
+
+    def open(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the last writer gone: the command's first cat ends
+            self._fd = None
+
+
+def test_a_snapshot_holds_the_ram_of_its_start_while_the_guest_writes(
+    made: list[Side], tmp_path: Path
+) -> None:
+    src = side(made, workload=WRITER, seed=6)
+    m = src.machine
+    m.stop()  # the instant to snapshot: RAM now
+    at_start = ram_hash(m)
+    m.set_capabilities({"background-snapshot": True})
+    saved, gate = tmp_path / "snap.bin", Gate(tmp_path)
+    m.migrate(f"exec:{gate.command(saved)}")
+    src.watch.wait_status("active")
+    m.cont()
+    writer = m.workload.writer
+    assert writer is not None
+    assert writer.wait_written(writer.pages_written + 5000, 30)  # thousands of stores
+    assert m.query_migrate().status is MigrationStatus.ACTIVE  # held by the gate
+    gate.open()
+    assert m.wait_migration(60).status is MigrationStatus.COMPLETED
+    assert m.vm.state is RunState.RUNNING  # the guest runs on: a snapshot hands nothing over
+    assert m.ram.write_hook is None  # tracking ended with the snapshot
+    assert ram_hash(m) != at_start  # the guest did write meanwhile
+    dst = side(made, incoming="defer")
+    dst.machine.migrate_incoming(f"exec:cat {shlex.quote(str(saved))}")
+    dst.watch.wait_status("completed")
+    assert ram_hash(dst.machine) == at_start
+    assert dst.machine.vm.state is RunState.PAUSED  # as the source was at the start
+
+
+def test_events_match_qemu_for_a_running_guest(made: list[Side], tmp_path: Path) -> None:
+    src = side(made, workload=WRITER, seed=7)
+    src.machine.set_capabilities({"background-snapshot": True})
+    src.machine.migrate(f"exec:cat > {shlex.quote(str(tmp_path / 's.bin'))}")
+    assert src.machine.wait_migration(60).status is MigrationStatus.COMPLETED
+    ours = [d.get("status", name) for name, d in src.watch.events if name != "MIGRATION_PASS"]
+    assert ours == qemu_events()
+    done = qapi.migration_info(src.machine.query_migrate())
+    theirs = next(
+        r["recv"]["return"]
+        for r in map(json.loads, (DATA / "qmp.jsonl").read_text().splitlines())
+        if isinstance(r.get("recv", {}).get("return"), dict)
+        and r["recv"]["return"].get("status") == "completed"
+    )
+    assert done.keys() == theirs.keys() and done["ram"].keys() == theirs["ram"].keys()
+    assert done["ram"]["dirty-sync-count"] == theirs["ram"]["dirty-sync-count"] == 0
+    assert all(name != "MIGRATION_PASS" for name, _ in src.watch.events)
+
+
+def test_cancel_ends_tracking_and_the_guest_runs_on(made: list[Side], tmp_path: Path) -> None:
+    src = side(made, workload=WRITER, seed=8)
+    m = src.machine
+    m.set_capabilities({"background-snapshot": True})
+    gate = Gate(tmp_path)
+    m.migrate(f"exec:{gate.command(tmp_path / 's.bin')}")
+    src.watch.wait_status("active")
+    m.migrate_cancel()  # the command never read: it is killed with the stream
+    assert m.wait_migration(30).status is MigrationStatus.CANCELLED
+    assert m.ram.write_hook is None
+    assert m.vm.state is RunState.RUNNING
+    gate.open()
+
+
+def test_only_to_an_exec_command(made: list[Side]) -> None:
+    src = side(made)
+    src.machine.set_capabilities({"background-snapshot": True})
+    with pytest.raises(MigrationError, match="exec: command only"):
+        src.machine.migrate("tcp:127.0.0.1:1")
+    assert src.machine.vm.state is RunState.RUNNING
