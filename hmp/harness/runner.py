@@ -19,7 +19,8 @@ read, so no wait parses monitor text and no poll shows in a transcript.
 
 An endpoint whose command is ``qemu-system-*`` is a real QEMU, typed at through ``qemu-hmp
 --connect`` (hmp/harness/qemu_endpoint.py); ``{dir}`` in a step is a private directory of
-the run, for its sockets, and ``{here}`` the transcript's folder. ``against_qemu`` starts every qemu-hmp endpoint as that QEMU instead.
+the run, for its sockets, and ``{here}`` the transcript's folder. ``against_qemu`` starts
+every qemu-hmp endpoint as that QEMU instead.
 """
 
 from __future__ import annotations
