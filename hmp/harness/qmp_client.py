@@ -162,6 +162,10 @@ class QmpClient:
                 chunk = self._sock.recv(65536)
             except TimeoutError:
                 continue  # the deadline check above raises
+            except ConnectionError as err:  # reset: QEMU died with our request unread
+                raise QmpConnectionError(
+                    f"QMP {self.path}: the peer closed the connection ({err.strerror})"
+                ) from None
             except OSError as err:
                 raise QmpConnectionError(f"QMP {self.path}: {err.strerror or err}") from None
             if not chunk:

@@ -303,12 +303,14 @@ def replay(
     timeout: float = COMMAND_TIMEOUT,
     update: bool = False,
     against_qemu: bool = False,
+    here: str | None = None,
 ) -> Result:
     """Run a transcript; ``update`` writes unmatched volatile figures as placeholders;
-    ``against_qemu`` runs its qemu-hmp endpoints as real QEMUs (see qemu_argv)."""
+    ``against_qemu`` runs its qemu-hmp endpoints as real QEMUs (see qemu_argv); ``here``
+    is its folder (default: ``path``'s)."""
     started = time.monotonic()
     errors: list[str] = []
-    here = os.path.dirname(os.path.abspath(path))
+    here = here or os.path.dirname(os.path.abspath(path))
     with Session(
         timeout=timeout, generalise=update, against_qemu=against_qemu, here=here
     ) as session:

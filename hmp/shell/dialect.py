@@ -42,6 +42,7 @@ def _qemu_commands(table: tuple[Command, ...]) -> tuple[Command, ...]:
     return tuple(kept)
 
 
+@cache  # one Dialect per release, whatever version asked for it
 def _qemu_7_2() -> Dialect:
     return Dialect(
         "7.2",
@@ -56,7 +57,6 @@ RELEASES: dict[tuple[int, int], Callable[[], Dialect]] = {(7, 2): _qemu_7_2}
 OURS = Dialect("qemu-hmp", COMMANDS, CAPABILITIES, PARAMETERS)
 
 
-@cache
 def dialect_for(version: tuple[int, int] | None = None) -> Dialect:
     """qemu-hmp's own dialect for None; for a QEMU version, that release's, or the newest
     release before it (a QEMU newer than every row speaks at least that one's monitor), or
