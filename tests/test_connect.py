@@ -23,8 +23,9 @@ import pytest
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
-from hmp.harness import Endpoint, QmpClient, free_port
+from hmp.harness import Endpoint, QmpClient, free_port, qmp_client
 from hmp.harness.qemu_endpoint import qemu_argv
+from hmp.shell import connect as connect_module
 from hmp.shell.completion import MonitorCompleter
 from hmp.shell.connect import ConnectError, RemoteMonitor, connect
 from hmp.shell.dialect import OURS, dialect_for
@@ -74,6 +75,19 @@ def test_a_peer_that_never_greets_is_bounded(tmp_path: Path) -> None:
         gave_up.set()
 
 
+def test_a_peer_that_never_ends_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(qmp_client, "MAX_LINE", 64 * 1024)
+
+    def endless(conn: socket.socket, _lines: Lines) -> None:
+        with pytest.raises(ConnectionError):  # the client hangs up on it
+            while True:
+                conn.sendall(b" " * 65536)
+
+    with peer(tmp_path, endless) as path:
+        with pytest.raises(ConnectError, match=r"^not a QMP server: not QMP: a line of more"):
+            connect(path)
+
+
 def test_qemu_closing_mid_command_ends_the_session(tmp_path: Path) -> None:
     def closes(conn: socket.socket, lines: Lines) -> None:
         negotiated(conn, lines)
@@ -89,6 +103,26 @@ def test_qemu_closing_mid_command_ends_the_session(tmp_path: Path) -> None:
     assert (mon.quit_requested, mon.status, out.getvalue()) == (True, 1, "")
     assert err.getvalue() == (
         f"qemu-hmp: --connect {path}: the peer closed the connection during `info status`\n"
+    )
+
+
+def test_a_frozen_qemu_is_a_bounded_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connect_module, "COMMAND_TIMEOUT_S", 0.2)
+    released = threading.Event()
+
+    def frozen(conn: socket.socket, lines: Lines) -> None:
+        negotiated(conn, lines)
+        assert lines.next() is not None  # read, never answered
+        released.wait(10)
+
+    out, err = io.StringIO(), io.StringIO()
+    with peer(tmp_path, frozen) as path, QmpClient(path) as client:
+        mon = RemoteMonitor(client, dialect_for((7, 2)), out=out, err=err)
+        mon.execute("info status")
+        released.set()
+    assert (mon.quit_requested, out.getvalue()) == (False, "")  # the user may try again
+    assert err.getvalue() == (
+        f"qemu-hmp: --connect {path}: no answer from QEMU within 0.2 s to `info status`\n"
     )
 
 
@@ -257,6 +291,12 @@ def test_toolbar_and_events_during_a_migration_between_qemus(
     )
     term.keys("C-u", "x_migrate_chart", "Enter")
     term.wait_for("remaining RAM")  # drawn from the polled query-migrate samples
+    export = tmp_path / "migration.csv"
+    term.keys(f"x_migrate_export {export}", "Enter")
+    term.wait_until(lambda _screen: export.exists(), "the export")
+    header, first, *_ = export.read_text().splitlines()
+    assert header == "t_ms,transferred,remaining,mbps,dirty_pages_rate,cpu_throttle"
+    assert int(first.split(",")[2]) > 0  # RAM remained when the first sample was taken
     term.keys("quit", "Enter")
     term.wait_exit()
     assert src.proc.wait(TIMEOUT) == 0  # `quit` went to QEMU
