@@ -257,7 +257,11 @@ def test_typing_and_completion_at_a_real_qemu(
     term.keys(" on", "Enter", "info migrate_capabilities", "Enter")
     term.wait_for("xbzrle: on")
     assert qemu.hmp("info migrate_capabilities").startswith("xbzrle: on\r\n")  # QEMU's own
-    term.keys("C-d")
+    # A parameter's value as QEMU reports it (polled) is offered first, spelled to mean it.
+    term.keys("migrate_set_parameter max-bandwidth 32M", "Enter")
+    term.keys("migrate_set_parameter max-bandwidth ", "Tab")
+    term.wait_for("current; size")
+    term.keys("C-c", "C-d")
     term.wait_exit()
     assert qemu.proc.poll() is None  # leaving the shell leaves QEMU running
 

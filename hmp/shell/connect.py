@@ -110,10 +110,12 @@ class QemuLink:
     def __init__(
         self,
         client: QmpClient,
+        defaults: Mapping[str, ParamValue],
         post: Callable[[str], None] | None = None,
         lost: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
+        self.defaults = defaults
         self.progress = Progress("none")
         self.vm = ""
         self.params: dict[str, ParamValue] = {}
@@ -135,14 +137,14 @@ class QemuLink:
         self._thread.join()
 
     def current(self, name: str) -> ParamValue:
-        """A parameter's value as QEMU last reported it (completion's hint)."""
-        return self.params.get(name, "")
+        """A parameter's value as QEMU last reported it (completion's hint), else its default."""
+        return self.params.get(name, self.defaults.get(name, ""))
 
     def refresh(self) -> None:
         """One poll: migration, run state, parameters, events. QmpClientError if QEMU fails."""
         info = self.client.execute("query-migrate", timeout=POLL_TIMEOUT_S)
         self.vm = str(self.client.execute("query-status", timeout=POLL_TIMEOUT_S)["status"])
-        self.params = self.client.execute("query-migrate-parameters", timeout=POLL_TIMEOUT_S)
+        self.refresh_params()
         self.progress = Progress.from_query_migrate(info)
         self.series.add(info)
         key = (self.progress.status, self.progress.elapsed_ms)
@@ -152,6 +154,9 @@ class QemuLink:
         for event in self.client.take_events():
             if event.get("event") in SHOWN_EVENTS:
                 self._notice(event_notice(str(event["event"]), event.get("data", {})))
+
+    def refresh_params(self) -> None:
+        self.params = self.client.execute("query-migrate-parameters", timeout=POLL_TIMEOUT_S)
 
     def _notice(self, text: str) -> None:
         if self._post is not None:
@@ -186,7 +191,8 @@ class RemoteMonitor:
         out: TextIO | None = None,
         err: TextIO | None = None,
     ) -> None:
-        self.link = QemuLink(client, post, self.lose)
+        defaults = {spec.name: spec.default for spec in dialect.parameters}
+        self.link = QemuLink(client, defaults, post, self.lose)
         self.dialect = dialect
         self.address = client.path
         self._on_lost = on_lost
@@ -239,9 +245,17 @@ class RemoteMonitor:
                 self.lose(f"{_reason(self.address, err)} during `{line}`")
         else:
             self.printf(str(text))
+            if not quitting:  # the next Tab offers what the line may have set
+                self._refresh_params()
         if quitting:
             self.quit_requested = True
         self.out.flush()
+
+    def _refresh_params(self) -> None:
+        try:
+            self.link.refresh_params()
+        except QmpClientError as err:  # the next command or poll says what became of QEMU
+            log.debug("--connect: query-migrate-parameters: %s", err)
 
     def _local(self, line: str) -> None:
         """``x_migrate_chart`` / ``x_migrate_export``: our commands, over polled figures."""
