@@ -304,3 +304,23 @@ def test_toolbar_and_events_during_a_migration_between_qemus(
     term.keys("quit", "Enter")
     term.wait_exit()
     assert src.proc.wait(TIMEOUT) == 0  # `quit` went to QEMU
+
+
+@pytest.mark.qemu
+@pytest.mark.tty
+def test_qemu_killed_mid_command_at_the_prompt(
+    tmp_path: Path, term: Terminal, qemus: list[Qemu]
+) -> None:
+    qemu = Qemu(tmp_path, "src", "-m", "64M")
+    qemus.append(qemu)
+    term.start("--connect", qemu.address)
+    term.wait_for("QEMU 7.2.")
+    qemu.proc.send_signal(signal.SIGSTOP)  # the command below gets no answer
+    term.keys("info status", "Enter")
+    term.wait_for("(qemu) info status")
+    qemu.kill()
+    term.wait_for(f"qemu-hmp: --connect {qemu.address}: the peer closed the connection")
+    term.wait_exit(connect_module.COMMAND_TIMEOUT_S / 2)  # not at the command's deadline
+    assert term.child is not None
+    term.child.close()
+    assert term.child.exitstatus == 1
