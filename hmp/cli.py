@@ -33,7 +33,7 @@ from hmp.monitor import (
 from hmp.qemuopts import OptionError, OptType, parse_opts
 from hmp.qmp import QmpFrontend, extract_qmp_options
 from hmp.shell import USAGE as SHELL_USAGE
-from hmp.shell import ShellOptions, run_pair, run_repl
+from hmp.shell import ShellOptions, run_connect, run_pair, run_repl
 
 MiB = 1024 * 1024
 DEFAULT_RAM = 128 * MiB
@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     shell, argv = ShellOptions.extract(argv)
+    if shell.connect is not None:
+        if argv:  # the QEMU it connects to has its own command line
+            return _fail(UsageError(f"--connect: unexpected argument {argv[0]}"))
+        return run_connect(shell.connect, shell, interactive=sys.stdin.isatty())
     try:
         qmp_specs, argv = extract_qmp_options(argv)  # -qmp: hmp/qmp/frontend.py
         log_file, argv = extract_log_option(argv)

@@ -218,13 +218,12 @@ def test_progress_from_query_migrate_matches_the_snapshot(info: MigrationInfo) -
 
 def test_notices() -> None:
     done = MigrationInfo(status=MigrationStatus.COMPLETED, total_time=4100, downtime=21, ram=ram())
-    assert ended_notice(done) == (
+    assert ended_notice(Progress.from_info(done)) == (
         "* migration completed in 4100 ms (downtime 21 ms, 64.0 MiB sent, 134.2 mbps)\n"
     )
-    assert ended_notice(MigrationInfo(status=MigrationStatus.COMPLETED, total_time=0)) == (
-        "* incoming migration completed\n"
-    )
-    assert ended_notice(MigrationInfo(status=MigrationStatus.CANCELLED)) == (
+    completed_here = MigrationInfo(status=MigrationStatus.COMPLETED, total_time=0)
+    assert ended_notice(Progress.from_info(completed_here)) == ("* incoming migration completed\n")
+    assert ended_notice(Progress.from_info(MigrationInfo(status=MigrationStatus.CANCELLED))) == (
         "* migration cancelled\n"
     )
 

@@ -23,9 +23,19 @@ def test_quick_start_is_two_commands_then_examples():
     assert "pytest" in blocks[1]
 
 
-def test_ci_runs_the_readme_test_command():
-    script = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert quick_start_blocks()[1] in script
+def ci_commands() -> list[str]:
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_ci_runs_the_readme_test_command_first_then_the_qemu_tests():
+    commands = ci_commands()
+    setup = ["set -euo pipefail", 'cd "$(dirname "$0")/.."']
+    assert commands[: len(setup) + 1] == [*setup, quick_start_blocks()[1]]
+    rest = commands[len(setup) + 1 :]
+    # The one step after it: QEMU installed when missing, then the tests it deselects.
+    assert "apt-get install -y qemu-system-x86" in "\n".join(rest)
+    assert rest[-1] == ".venv/bin/python -m pytest -m qemu"
 
 
 def test_reference_tables_are_current():

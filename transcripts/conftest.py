@@ -1,7 +1,8 @@
 """pytest collects every ``*.hmpt`` here: one item per transcript, a unified diff on failure.
 
 ``pytest transcripts --update-transcripts`` rewrites the expectations that no longer match
-(patterns that still match are kept, as with cram -i).
+(patterns that still match are kept, as with cram -i). A transcript that starts a real QEMU
+(``$ NAME: qemu-system-...``) carries the ``qemu`` marker: ``pytest -m qemu`` runs it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from hmp.harness.qemu_endpoint import is_qemu
 from hmp.harness.runner import Result, replay
+from hmp.harness.transcript import Kind, parse
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,7 +32,11 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Fil
 
 class TranscriptFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
-        yield TranscriptItem.from_parent(self, name=self.path.name)
+        item = TranscriptItem.from_parent(self, name=self.path.name)
+        steps = parse(self.path.read_text())
+        if any(s.kind is Kind.START and is_qemu(s.arg.split()) for s in steps):
+            item.add_marker(pytest.mark.qemu)
+        yield item
 
 
 class TranscriptMismatch(Exception):
@@ -41,7 +48,9 @@ class TranscriptMismatch(Exception):
 class TranscriptItem(pytest.Item):
     def runtest(self) -> None:
         update = self.config.getoption("--update-transcripts", default=False)
-        result = replay(self.path.read_text(), self.path.name, update=update)
+        result = replay(
+            self.path.read_text(), self.path.name, update=update, here=str(self.path.parent)
+        )
         if update and not result.errors and not result.passed:
             self.path.write_text(result.actual)
             return

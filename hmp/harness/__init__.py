@@ -7,6 +7,7 @@ from hmp.harness.qmp_client import (
     QmpClient,
     QmpClientError,
     QmpCommandError,
+    QmpConnectionError,
     QmpTimeout,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "QmpClient",
     "QmpClientError",
     "QmpCommandError",
+    "QmpConnectionError",
     "QmpTimeout",
     "free_port",
 ]

@@ -3,7 +3,8 @@
 It speaks QEMU's protocol — the greeting, ``qmp_capabilities``, then one request at a time,
 each with an ``id`` — so it drives real QEMU 7.2 (``-qmp unix:PATH,server=on,wait=off``) as it
 drives qemu-hmp. Every read has a deadline; events that arrive between replies are kept in
-``events`` (the newest EVENTS_KEPT), never mistaken for a reply.
+``events`` (the newest EVENTS_KEPT), never mistaken for a reply. It connects to a unix
+socket path, or to ``unix:PATH`` / ``tcp:HOST:PORT`` as ``--connect`` spells them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 10.0  # default bound of one request and its reply
 POLL_INTERVAL_S = 0.05  # between two requests of ``poll``
 EVENTS_KEPT = 1000
+MAX_LINE = 16 * 1024 * 1024  # QEMU's longest answers are a few hundred KiB; past this, not QMP
 # QAPI MigrationStatus values after which a migration's status does not change any more.
 MIGRATION_ENDED = frozenset({"completed", "failed", "cancelled"})
 
@@ -56,25 +58,45 @@ class QmpClient:
     """One negotiated QMP session on a unix socket; safe to share between threads."""
 
     def __init__(self, path: str, timeout: float = TIMEOUT_S) -> None:
+        """``path``: a unix socket's path, or ``unix:PATH`` or ``tcp:HOST:PORT``."""
         self.path = path
         self.timeout = timeout
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self._buf = b""
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + timeout
         try:
-            self._sock.connect(path)
-            self.greeting = self._read(time.monotonic() + timeout)
+            self._sock = _connect(path, timeout)
+        except (OSError, ValueError) as err:
+            message = err.strerror if isinstance(err, OSError) and err.strerror else err
+            raise QmpConnectionError(f"QMP {path}: cannot connect: {message}") from None
+        try:
+            try:
+                self.greeting = self._read(deadline)
+            except QmpTimeout:
+                raise QmpTimeout(f"QMP {path}: no greeting within {timeout:g}s") from None
             if "QMP" not in self.greeting:
                 raise QmpClientError(f"QMP {path}: expected a greeting, got {self.greeting}")
             self.execute("qmp_capabilities")
-        except OSError as err:
-            self._sock.close()
-            raise QmpConnectionError(f"QMP {path}: cannot connect: {err.strerror or err}") from None
         except QmpClientError:
             self._sock.close()
             raise
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        """The peer's version, from its greeting: (major, minor, micro)."""
+        qemu = self.greeting["QMP"].get("version", {}).get("qemu", {})
+        return int(qemu.get("major", 0)), int(qemu.get("minor", 0)), int(qemu.get("micro", 0))
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The events kept so far, oldest first, and forget them (safe beside ``execute``)."""
+        taken = []
+        while True:
+            try:
+                taken.append(self.events.popleft())
+            except IndexError:
+                return taken
 
     def execute(
         self, command: str, arguments: Mapping[str, Any] | None = None, timeout: float | None = None
@@ -140,11 +162,17 @@ class QmpClient:
                 chunk = self._sock.recv(65536)
             except TimeoutError:
                 continue  # the deadline check above raises
+            except ConnectionError as err:  # reset: QEMU died with our request unread
+                raise QmpConnectionError(
+                    f"QMP {self.path}: the peer closed the connection ({err.strerror})"
+                ) from None
             except OSError as err:
                 raise QmpConnectionError(f"QMP {self.path}: {err.strerror or err}") from None
             if not chunk:
                 raise QmpConnectionError(f"QMP {self.path}: the peer closed the connection")
             self._buf += chunk
+            if len(self._buf) > MAX_LINE and b"\n" not in self._buf:
+                raise QmpClientError(f"QMP {self.path}: not QMP: a line of more than 16 MiB")
         line, self._buf = self._buf.split(b"\n", 1)
         try:
             msg = json.loads(line)
@@ -162,6 +190,23 @@ class QmpClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _connect(target: str, timeout: float) -> socket.socket:
+    """A connected socket to a unix path, ``unix:PATH`` or ``tcp:HOST:PORT`` (``[IPV6]``)."""
+    if target.startswith("tcp:"):
+        host, sep, port = target.removeprefix("tcp:").rpartition(":")
+        if not sep or not host or not port:
+            raise ValueError(f"expected tcp:HOST:PORT, not {target!r}")
+        return socket.create_connection((host.removeprefix("[").removesuffix("]"), port), timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(target.removeprefix("unix:"))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def socket_uri(address: Mapping[str, Any]) -> str:

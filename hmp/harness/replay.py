@@ -1,4 +1,5 @@
-"""``qemu-hmp replay FILE...``: re-run transcripts, a unified diff per mismatch."""
+"""``qemu-hmp replay [--against-qemu] FILE...``: re-run transcripts, a unified diff per
+mismatch; ``--against-qemu`` runs the qemu-hmp endpoints as real QEMUs instead."""
 
 from __future__ import annotations
 
@@ -14,10 +15,24 @@ def main(argv: list[str]) -> int:
     ap.add_argument("files", nargs="+", type=Path, metavar="FILE")
     ap.add_argument("--update", action="store_true", help="rewrite expectations that differ")
     ap.add_argument("--timeout", type=float, default=COMMAND_TIMEOUT, help="seconds a command")
+    ap.add_argument(
+        "--against-qemu",
+        action="store_true",
+        help="start each qemu-hmp endpoint as a real QEMU (qemu-system-x86_64 -M none, same "
+        "-m, -incoming, -S and -device loader; $QEMU_HMP_QEMU names another binary)",
+    )
     args = ap.parse_args(argv)
+    if args.against_qemu and args.update:
+        ap.error("--update rewrites what qemu-hmp answers: not with --against-qemu")
     failed = 0
     for path in args.files:
-        result = replay(path.read_text(), str(path), timeout=args.timeout, update=args.update)
+        result = replay(
+            path.read_text(),
+            str(path),
+            timeout=args.timeout,
+            update=args.update,
+            against_qemu=args.against_qemu,
+        )
         if args.update and not result.errors and not result.passed:
             path.write_text(result.actual)
             sys.stdout.write(f"updated {path} ({result.seconds:.1f}s)\n")

@@ -12,15 +12,23 @@ Directives (no output of their own):
     @kill NAME                              SIGKILL the endpoint (a host that dies)
     @stderr NAME                            the lines below are NAME's next stderr lines
                                             (async messages), waited for up to the timeout
+    @ignore-stderr NAME                     NAME's stderr from here on is not compared (what
+                                            QEMU's destination says of a cut stream varies)
 Stderr lines nobody expected are reported at the end as an extra ``@stderr`` block.
 
 Every endpoint also serves QMP (``-qmp`` on a private socket, see Endpoint), where the waits
 read, so no wait parses monitor text and no poll shows in a transcript.
+
+An endpoint whose command is ``qemu-system-*`` is a real QEMU, typed at through ``qemu-hmp
+--connect`` (hmp/harness/qemu_endpoint.py); ``{dir}`` in a step is a private directory of
+the run, for its sockets, and ``{here}`` the transcript's folder. ``against_qemu`` starts
+every qemu-hmp endpoint as that QEMU instead.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import shlex
 import tempfile
@@ -30,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hmp.harness.endpoint import Endpoint, EndpointError, EndpointExited, free_port
+from hmp.harness.qemu_endpoint import QemuEndpoint, is_qemu, qemu_argv
 from hmp.harness.qmp_client import MIGRATION_ENDED, QmpClientError, QmpTimeout
 from hmp.harness.transcript import (
     Kind,
@@ -47,6 +56,8 @@ COMMAND_TIMEOUT = 10.0  # seconds for one command or an @stderr block
 START_TIMEOUT = 30.0  # an endpoint's start (imports, guest fill) is slower on a loaded machine
 WAIT_TIMEOUT = 30.0  # default of @wait
 POLL_INTERVAL = 0.05  # between two polls of @wait
+DIR = "{dir}"  # a step's private directory of the run (QEMU's sockets)
+HERE = "{here}"  # the transcript's own folder (the images its endpoints load)
 WRITER = re.compile(r"random-writer|\brate=[1-9]")  # a --workload whose guest writes
 
 
@@ -98,15 +109,25 @@ class Session:
     Use as a context manager: every endpoint is killed on exit, whatever happened.
     """
 
-    def __init__(self, *, timeout: float = COMMAND_TIMEOUT, generalise: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = COMMAND_TIMEOUT,
+        generalise: bool = False,
+        against_qemu: bool = False,
+        here: str = ".",
+    ) -> None:
         self.timeout = timeout
+        self.here = here
         self.generalise = generalise
-        self.endpoints: dict[str, Endpoint] = {}
+        self.against_qemu = against_qemu
+        self.endpoints: dict[str, Endpoint | QemuEndpoint] = {}
         self.quiet: dict[str, bool] = {}  # endpoint -> its guest writes nothing
         self.ports: dict[str, int] = {}
-        # The endpoints' working directory: files they name relatively (`pmemsave`, an
-        # exec: command's) live there and go with the run.
-        self._scratch = tempfile.TemporaryDirectory(prefix="qemu-hmp-transcript-")
+        self.unchecked: set[str] = set()  # @ignore-stderr
+        # The run's directory: {dir} in steps, and the endpoints' working directory, so files
+        # they name relatively (`pmemsave`, an exec: command's) go with the run.
+        self._dir = tempfile.TemporaryDirectory(prefix="qemu-hmp-run-")
 
     def __enter__(self) -> Session:
         return self
@@ -114,12 +135,12 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         for endpoint in self.endpoints.values():
             endpoint.kill()
-        self._scratch.cleanup()
+        self._dir.cleanup()
 
     def expand(self, text: str) -> str:
         for name in port_names(text):
             self.ports.setdefault(name, free_port())
-        return expand_ports(text, self.ports)
+        return expand_ports(text, self.ports).replace(DIR, self._dir.name).replace(HERE, self.here)
 
     def run(self, step: Step) -> Step:
         """The step with its actual output as its expectation (matching lines kept)."""
@@ -135,7 +156,7 @@ class Session:
     def _literal(self, line: str) -> str:
         return literal(line, self.ports)
 
-    def _endpoint(self, name: str) -> Endpoint:
+    def _endpoint(self, name: str) -> Endpoint | QemuEndpoint:
         if name not in self.endpoints:
             raise StepError(f"no endpoint {name!r} was started")
         return self.endpoints[name]
@@ -155,9 +176,14 @@ class Session:
         if step.name in self.endpoints:
             raise StepError(f"endpoint {step.name!r} is already started")
         argv = shlex.split(self.expand(step.arg))
-        endpoint = self.endpoints[step.name] = Endpoint(
-            argv, name=step.name, qmp=True, cwd=self._scratch.name
-        )
+        endpoint: Endpoint | QemuEndpoint
+        if self.against_qemu and argv[:1] == ["qemu-hmp"]:  # QEMU's errors under our name
+            endpoint = QemuEndpoint(qemu_argv(argv), name=step.name, program_as="qemu-hmp")
+        elif is_qemu(argv):
+            endpoint = QemuEndpoint(argv, name=step.name)
+        else:
+            endpoint = Endpoint(argv, name=step.name, qmp=True, cwd=self._dir.name)
+        self.endpoints[step.name] = endpoint
         # A guest writes with random-writer, or with a rate (idle's background writes).
         self.quiet[step.name] = not any(WRITER.search(arg) for arg in argv)
         try:
@@ -174,6 +200,10 @@ class Session:
             return []
         if word == "kill" and len(args) == 1:
             self._endpoint(args[0]).kill()
+            return []
+        if word == "ignore-stderr" and len(args) == 1:
+            self._endpoint(args[0]).read_stderr()
+            self.unchecked.add(args[0])
             return []
         if word == "stderr" and len(args) == 1:
             return self._endpoint(args[0]).read_stderr(len(step.expected), self.timeout)
@@ -235,7 +265,7 @@ class Session:
         return [
             Step(Kind.DIRECTIVE, f"@stderr {name}", arg=f"stderr {name}", expected=lines)
             for name, lines in zip(self.endpoints, outputs, strict=True)
-            if lines
+            if lines and name not in self.unchecked
         ]
 
 
@@ -269,11 +299,22 @@ def run_steps(
 
 
 def replay(
-    text: str, path: str = "<transcript>", *, timeout: float = COMMAND_TIMEOUT, update: bool = False
+    text: str,
+    path: str = "<transcript>",
+    *,
+    timeout: float = COMMAND_TIMEOUT,
+    update: bool = False,
+    against_qemu: bool = False,
+    here: str | None = None,
 ) -> Result:
-    """Run a transcript; ``update`` writes unmatched volatile figures as placeholders."""
+    """Run a transcript; ``update`` writes unmatched volatile figures as placeholders;
+    ``against_qemu`` runs its qemu-hmp endpoints as real QEMUs (see qemu_argv); ``here``
+    is its folder (default: ``path``'s)."""
     started = time.monotonic()
     errors: list[str] = []
-    with Session(timeout=timeout, generalise=update) as session:
+    here = here or os.path.dirname(os.path.abspath(path))
+    with Session(
+        timeout=timeout, generalise=update, against_qemu=against_qemu, here=here
+    ) as session:
         actual = render(list(run_steps(parse(text), session, errors)))
     return Result(path, text, actual, errors, time.monotonic() - started)

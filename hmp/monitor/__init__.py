@@ -4,8 +4,15 @@ migration's time series. Other rooms use only the names below."""
 
 from hmp.monitor.batch import run_batch
 from hmp.monitor.chart import terminal_chart, write_png
-from hmp.monitor.commands import COMMANDS, QEMU_VERSION, Command, hmp_help, package_version
-from hmp.monitor.parser import ArgSpec, find_command
+from hmp.monitor.commands import (
+    COMMANDS,
+    QEMU_VERSION,
+    Command,
+    hmp_help,
+    package_version,
+    write_series,
+)
+from hmp.monitor.parser import ArgSpec, ParseError, find_command, parse_line
 from hmp.monitor.series import from_json as series_from_json
 from hmp.monitor.session import BANNER, Monitor
 from hmp.monitor.socket import MonitorSockets, extract_monitor_options
@@ -19,10 +26,12 @@ __all__ = [
     "Command",
     "Monitor",
     "MonitorSockets",
+    "ParseError",
     "extract_monitor_options",
     "find_command",
     "hmp_help",
     "package_version",
+    "parse_line",
     "run_batch",
     "series_from_json",
     "spell",
@@ -31,4 +40,5 @@ __all__ = [
     "terminal_chart",
     "valid_text",
     "write_png",
+    "write_series",
 ]

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Protocol, TextIO
 
 from hmp.markers import END_MARKER_ENV, PROMPT
-from hmp.monitor.session import Monitor
 
 
-def run_batch(mon: Monitor, lines: Iterable[str]) -> int:
+class LineMonitor(Protocol):
+    """What batch mode needs of a monitor: ours (Monitor), or the shell's in front of a QEMU."""
+
+    quit_requested: bool
+
+    @property
+    def out(self) -> TextIO: ...
+
+    def printf(self, text: str) -> None: ...
+
+    def execute(self, line: str) -> None: ...
+
+
+def run_batch(mon: LineMonitor, lines: Iterable[str]) -> int:
     """Run each line as `(qemu) LINE` plus its output; stop at the end or at `quit`."""
     marker = os.environ.get(END_MARKER_ENV)
     for raw in lines:

@@ -7,7 +7,7 @@ parse result → engine call → QEMU's format; they write to the monitor, never
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from engine.errors import MigrationError, file_errors
 from engine.params import CAPS_BY_NAME, PARAMS_BY_NAME
 from engine.state import MigrationStatus
+from engine.stats import Sample
 from hmp.monitor import chart, render, series
 from hmp.monitor.parser import Args, ArgSpec, find_command, parse_args_type, split_words
 from hmp.monitor.values import parse_parameter
@@ -202,11 +203,15 @@ def hmp_pmemsave(mon: Monitor, args: Args) -> None:
 
 
 # -- extensions: the last outgoing migration's time series (one sample per ~100 ms) -------------
-def hmp_x_migrate_export(mon: Monitor, args: Args) -> None:
-    path = str(args["filename"])
-    text = series.render(path, mon.machine.migration_timeseries())
+def write_series(path: str, samples: Sequence[Sample]) -> None:
+    """``x_migrate_export``'s file (also written by the shell in front of a real QEMU)."""
+    text = series.render(path, samples)
     with file_errors(path), open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def hmp_x_migrate_export(mon: Monitor, args: Args) -> None:
+    write_series(str(args["filename"]), mon.machine.migration_timeseries())
 
 
 def hmp_x_migrate_chart(mon: Monitor, args: Args) -> None:

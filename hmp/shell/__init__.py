@@ -1,11 +1,13 @@
 """A person at a terminal: the REPL (prompt_toolkit), completion, highlighting, the progress
-toolbar, messages above the prompt, and `--pair`. Importing this package does not load
-prompt_toolkit: batch mode reads the shell's options too."""
+toolbar, messages above the prompt, `--pair`, and `--connect` (the shell in front of a real
+QEMU). Importing this package does not load prompt_toolkit: batch mode reads the shell's
+options too."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hmp.shell.connect import run_connect
 from hmp.shell.options import USAGE, ShellOptions
 from hmp.shell.toolbar import Progress, progress_text
 
@@ -25,4 +27,12 @@ def run_pair(mon: Monitor, shell: ShellOptions) -> int:
     return run(mon, shell)
 
 
-__all__ = ["USAGE", "Progress", "ShellOptions", "progress_text", "run_pair", "run_repl"]
+__all__ = [
+    "USAGE",
+    "Progress",
+    "ShellOptions",
+    "progress_text",
+    "run_connect",
+    "run_pair",
+    "run_repl",
+]

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
-from engine.params import CAPABILITIES, PARAMETERS, PARAMS_BY_NAME, Kind, ParamSpec, ParamValue
-from hmp.monitor import COMMANDS, ArgSpec, Command, find_command, hmp_help, spell, valid_text
+from engine.params import Kind, ParamSpec, ParamValue
+from hmp.monitor import ArgSpec, Command, find_command, hmp_help, spell, valid_text
+from hmp.shell.dialect import OURS, Dialect
 
 Current = Callable[[str], ParamValue]  # a parameter's value now, for the hint
 
@@ -36,8 +37,8 @@ def _command_names(table: Sequence[Command]) -> Iterator[tuple[str, str]]:
             yield name, _first_line(cmd.help)
 
 
-def _capabilities() -> Iterator[tuple[str, str]]:
-    for cap in CAPABILITIES:
+def _capabilities(dialect: Dialect) -> Iterator[tuple[str, str]]:
+    for cap in dialect.capabilities:
         yield cap.name, cap.doc
 
 
@@ -53,8 +54,8 @@ def param_hint(spec: ParamSpec) -> str:
     return "; ".join((f"default {show_value(spec, spec.default)}", valid_text(spec), spec.doc))
 
 
-def _parameters() -> Iterator[tuple[str, str]]:
-    for spec in PARAMETERS:
+def _parameters(dialect: Dialect) -> Iterator[tuple[str, str]]:
+    for spec in dialect.parameters:
         if spec.kind is not Kind.QMP_ONLY:  # the monitor cannot set it
             yield spec.name, param_hint(spec)
 
@@ -78,11 +79,13 @@ class MonitorCompleter(Completer):
 
     def __init__(
         self,
-        table: Sequence[Command] = COMMANDS,
+        table: Sequence[Command] | None = None,
         current: Current | None = None,
         endpoints: Sequence[str] = (),
+        dialect: Dialect = OURS,
     ):
-        self.table = table
+        self.dialect = dialect
+        self.table = dialect.commands if table is None else table
         self.current = current
         self.prefixes = [f"{name}>" for name in endpoints]  # `--pair`'s `dst> LINE`
 
@@ -132,8 +135,8 @@ class MonitorCompleter(Completer):
         if spec.kind == "b":
             yield from (("on", ""), ("off", ""))
         elif spec.key == "capability":
-            yield from _capabilities()
+            yield from _capabilities(self.dialect)
         elif spec.key == "parameter":
-            yield from _parameters()
-        elif spec.key == "value" and before and before[0] in PARAMS_BY_NAME:
-            yield from _param_values(PARAMS_BY_NAME[before[0]], self.current)
+            yield from _parameters(self.dialect)
+        elif spec.key == "value" and before and (param := self.dialect.parameter(before[0])):
+            yield from _param_values(param, self.current)

@@ -8,8 +8,7 @@ from typing import Any, ClassVar
 from pygments.lexer import RegexLexer, words
 from pygments.token import Error, Keyword, Name, Number, String, Text, Whitespace
 
-from engine.params import CAPABILITIES, PARAMETERS
-from hmp.monitor import COMMANDS
+from hmp.shell.dialect import Dialect, dialect_for
 
 _END = r"(?=\s|$)"  # names hold hyphens, so \b would stop inside them
 
@@ -19,27 +18,22 @@ def _names(names: Iterable[str]) -> object:
     return words(sorted(names, key=len, reverse=True), suffix=_END)
 
 
-_COMMANDS = [name for cmd in COMMANDS for name in cmd.names]
-_SUBCOMMANDS = [name for cmd in COMMANDS for sub in cmd.sub_table for name in sub.names]
-
-
-class MonitorLexer(RegexLexer):
-    name = "QEMU monitor"
-    aliases: ClassVar[list[str]] = ["hmp"]
-
-    tokens: ClassVar[dict[str, list[Any]]] = {
+def _tokens(dialect: Dialect) -> dict[str, list[Any]]:
+    commands = [name for cmd in dialect.commands for name in cmd.names]
+    subcommands = [name for cmd in dialect.commands for sub in cmd.sub_table for name in sub.names]
+    return {
         "root": [
             (r"\s+", Whitespace),
             (r"[a-z][a-z0-9]*>", Name.Label),  # `--pair`'s endpoint prefix: src>, dst>
-            (_names(_COMMANDS), Keyword, "args"),
+            (_names(commands), Keyword, "args"),
             (r"\S+", Error, "args"),
         ],
         "args": [
             (r"\n", Whitespace, "#pop"),
             (r"\s+", Whitespace),
-            (_names(_SUBCOMMANDS), Name.Function),
-            (_names(cap.name for cap in CAPABILITIES), Name.Attribute),
-            (_names(p.name for p in PARAMETERS), Name.Variable),
+            (_names(subcommands), Name.Function),
+            (_names(cap.name for cap in dialect.capabilities), Name.Attribute),
+            (_names(p.name for p in dialect.parameters), Name.Variable),
             (words(("on", "off"), suffix=_END), Keyword.Constant),
             (r"-[a-z]" + _END, Name.Builtin),
             (r"(tcp|unix|exec|fd|rdma):\S*", String),
@@ -49,3 +43,17 @@ class MonitorLexer(RegexLexer):
             (r"\S+", Text),
         ],
     }
+
+
+def lexer_for(dialect: Dialect) -> type[RegexLexer]:
+    """A lexer class whose word lists are ``dialect``'s (pygments compiles a class's tokens)."""
+    attrs = {"name": f"QEMU monitor ({dialect.version})", "tokens": _tokens(dialect)}
+    return type(f"MonitorLexer_{dialect.version.replace('.', '_')}", (RegexLexer,), attrs)
+
+
+class MonitorLexer(RegexLexer):
+    """qemu-hmp's own monitor, extensions included."""
+
+    name = "QEMU monitor"
+    aliases: ClassVar[list[str]] = ["hmp"]
+    tokens: ClassVar[dict[str, list[Any]]] = _tokens(dialect_for(None))

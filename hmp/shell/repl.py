@@ -28,15 +28,19 @@ from prompt_toolkit.lexers import PygmentsLexer
 from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
+from pygments.lexer import RegexLexer
 
 from engine.machine import Machine
 from engine.snapshot import MigrationInfo
 from engine.state import RUNNING_STATES
+from hmp.harness import QmpClient
 from hmp.markers import PROMPT
 from hmp.monitor import BANNER, Monitor
 from hmp.shell.completion import MonitorCompleter
-from hmp.shell.lexer import MonitorLexer
-from hmp.shell.toolbar import toolbar
+from hmp.shell.connect import RemoteMonitor, banner
+from hmp.shell.dialect import Dialect
+from hmp.shell.lexer import MonitorLexer, lexer_for
+from hmp.shell.toolbar import progress_segments, toolbar
 from hmp.shell.watch import MigrationWatcher
 
 REFRESH_S = 0.25  # toolbar redraws per second: 4, enough to watch figures move
@@ -86,6 +90,7 @@ def make_session(
     history: History,
     input: Input | None = None,
     output: Output | None = None,
+    lexer: type[RegexLexer] = MonitorLexer,
 ) -> PromptSession[str]:
     return PromptSession(
         history=history,
@@ -94,7 +99,7 @@ def make_session(
         # completion is still running (fast typists, pasted lines, tests).
         complete_while_typing=False,
         auto_suggest=AutoSuggestFromHistory(),
-        lexer=PygmentsLexer(MonitorLexer),
+        lexer=PygmentsLexer(lexer),
         style=STYLE,
         include_default_pygments_style=False,
         bottom_toolbar=bottom_toolbar,
@@ -193,3 +198,38 @@ def run_repl(
     with patch_stdout(raw=True), MigrationWatcher(machine, post):
         prompt_loop(session, mon.execute, lambda: mon.quit_requested)
     return 0
+
+
+def run_connected_repl(
+    client: QmpClient,
+    dialect: Dialect,
+    *,
+    history: bool = True,
+    input: Input | None = None,
+    output: Output | None = None,
+) -> int:
+    """The shell in front of a real QEMU (hmp/shell/connect.py): same prompt, toolbar and
+    notices, from QMP. If QEMU goes away, the prompt ends at once with its one-line error."""
+    session: PromptSession[str] | None = None
+
+    def leave() -> None:  # from the poller's thread: end the prompt as Ctrl-D would
+        app = session.app if session is not None else None
+        if app is not None and app.is_running and app.loop is not None:
+            app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()))
+
+    mon = RemoteMonitor(client, dialect, post=post, on_lost=leave)
+    link = mon.link
+    session = make_session(
+        MonitorCompleter(current=link.current, dialect=dialect),
+        lambda: progress_segments(link.progress, link.vm),
+        make_history(history),
+        input,
+        output,
+        lexer_for(dialect),
+    )
+    major, minor, micro = client.version
+    mon.printf(f"* connected to {client.path} (QEMU {major}.{minor}.{micro}, QMP)\n")
+    mon.printf(banner(client.version))
+    with patch_stdout(raw=True), link:
+        prompt_loop(session, mon.execute, lambda: mon.quit_requested)
+    return mon.status

@@ -17,7 +17,7 @@ from typing import Any
 from engine.machine import Machine
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus
-from hmp.shell.toolbar import mib
+from hmp.shell.toolbar import Progress, mib
 
 POLL_S = 0.1
 # A failure needs no notice: the engine reports its error (as QEMU does) at either end.
@@ -25,15 +25,16 @@ ANNOUNCED = frozenset({MigrationStatus.COMPLETED, MigrationStatus.CANCELLED})
 SHOWN_EVENTS = frozenset({"MIGRATION", "MIGRATION_PASS"})
 
 
-def ended_notice(info: MigrationInfo) -> str:
-    """One line for a migration that just reached ``info.status`` (one of ANNOUNCED)."""
-    if info.status is not MigrationStatus.COMPLETED:
-        return f"* migration {info.status}\n"
-    if info.ram is None:  # the destination's side
+def ended_notice(p: Progress) -> str:
+    """One line for a migration that just reached ``p.status`` (one of ANNOUNCED); from our
+    engine's snapshot or from a QEMU's ``query-migrate`` (hmp/shell/connect.py)."""
+    if p.status != MigrationStatus.COMPLETED:
+        return f"* migration {p.status}\n"
+    if p.total is None:  # the destination's side
         return "* incoming migration completed\n"
     return (
-        f"* migration completed in {info.total_time} ms (downtime {info.downtime} ms,"
-        f" {mib(info.ram.transferred)} sent, {info.ram.mbps:.1f} mbps)\n"
+        f"* migration completed in {p.elapsed_ms} ms (downtime {p.downtime_ms} ms,"
+        f" {mib(p.transferred)} sent, {p.mbps:.1f} mbps)\n"
     )
 
 
@@ -76,5 +77,5 @@ class MigrationWatcher:
             info = self._machine.query_migrate()
             key = self._key(info)
             if key != self._last and info.status in ANNOUNCED:
-                self._post(ended_notice(info))
+                self._post(ended_notice(Progress.from_info(info)))
             self._last = key
