@@ -757,6 +757,115 @@ done:
     return result;
 }
 
+/* -- plain pages ------------------------------------------------------------------------ */
+
+/* The page numbers of an intp array buffer, their count, each checked against the guest
+ * buffer; NULL with an exception set. */
+static const Py_ssize_t *
+page_array(Py_buffer *pages, Py_ssize_t size, Py_ssize_t *n)
+{
+    if (pages->len % sizeof(Py_ssize_t)) {
+        PyErr_SetString(PyExc_TypeError, "pages must be a contiguous array of intp");
+        return NULL;
+    }
+    const Py_ssize_t *index = pages->buf;
+    *n = pages->len / (Py_ssize_t)sizeof(Py_ssize_t);
+    for (Py_ssize_t k = 0; k < *n; k++)
+        if (index[k] < 0 || index[k] >= size / PAGE) {
+            PyErr_Format(PyExc_IndexError, "page %zd is outside the buffer", index[k]);
+            return NULL;
+        }
+    return index;
+}
+
+static int
+is_zero(const uint8_t *page)
+{
+    /* Most data pages differ from zero in their first bytes: look there first. */
+    uint64_t head;
+    memcpy(&head, page, sizeof(head));
+    if (head)
+        return 0;
+    uint64_t acc = 0;
+    for (size_t at = 0; at < PAGE; at += 64) { /* a cache line per step: the compiler unrolls */
+        uint64_t line[8];
+        memcpy(line, page + at, sizeof(line));
+        for (int w = 0; w < 8; w++)
+            acc |= line[w];
+        if (acc)
+            return 0;
+    }
+    return 1;
+}
+
+/* scan_pages(ram, pages, zero, crcs): for each page, zero[k] = 1 if it is all zero, else 0
+ * and crcs[k] = its CRC-32; one pass, the GIL released (crcs may be None: zero pages only). */
+static PyObject *
+scan_pages(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, pages, zero, crcs = {0};
+    PyObject *crc_arg, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*O", &ram, &pages, &zero, &crc_arg))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL || !bound())
+        goto done;
+    if (crc_arg != Py_None && PyObject_GetBuffer(crc_arg, &crcs, PyBUF_WRITABLE) < 0)
+        goto done;
+    if (zero.len != n || (crcs.buf != NULL && crcs.len != n * (Py_ssize_t)sizeof(uint32_t))) {
+        PyErr_SetString(PyExc_ValueError, "one zero flag (u8) and one CRC (u32) per page");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *flags = zero.buf;
+    uint32_t *out = crcs.buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const uint8_t *page = (const uint8_t *)ram.buf + index[k] * PAGE;
+        flags[k] = (uint8_t)is_zero(page);
+        if (out != NULL)
+            out[k] = flags[k] ? 0 : crc32_run(0, page, PAGE);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    if (crcs.buf != NULL)
+        PyBuffer_Release(&crcs);
+    PyBuffer_Release(&zero);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+/* crc_pages(ram, pages, crcs): crcs[k] = the CRC-32 of page pages[k], the GIL released. */
+static PyObject *
+crc_pages(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, pages, crcs;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &ram, &pages, &crcs))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL || !bound())
+        goto done;
+    if (crcs.len != n * (Py_ssize_t)sizeof(uint32_t)) {
+        PyErr_SetString(PyExc_ValueError, "one CRC (u32) per page");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    uint32_t *out = crcs.buf;
+    for (Py_ssize_t k = 0; k < n; k++)
+        out[k] = crc32_run(0, (const uint8_t *)ram.buf + index[k] * PAGE, PAGE);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&crcs);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
 /* -- module --------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -767,6 +876,9 @@ static PyMethodDef module_methods[] = {
      "xbzrle_cache_zero(pages, cache, addr, age, now): cache those pages as zero pages."},
     {"xbzrle_decode_into", xbzrle_decode_into, METH_VARARGS,
      "xbzrle_decode_into(ram, pages, payload, sizes) -> crcs; ValueError on a bad delta."},
+    {"scan_pages", scan_pages, METH_VARARGS,
+     "scan_pages(ram, pages, zero, crcs): zero flags and (crcs not None) CRCs of the others."},
+    {"crc_pages", crc_pages, METH_VARARGS, "crc_pages(ram, pages, crcs): each page's CRC-32."},
     {NULL},
 };
 

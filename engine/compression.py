@@ -50,8 +50,6 @@ Compress = Callable[[memoryview, list[int]], tuple[bytes, list[int], list[int]]]
 # once each is inflated in place.
 Decompress = Callable[[memoryview, list[int], memoryview, list[int]], list[int]]
 
-_pagecodec.bind(zlib_ng.__file__)  # the zlib-ng inside python-zlib-ng, as everywhere else
-
 
 def _zlib_compressor(level: int) -> Compress:
     # One C call per chunk: per page it resets the raw-deflate stream, compresses, sync-flushes

@@ -372,7 +372,9 @@ def recv_into(sock: socket.socket, view: memoryview) -> None:
     """Fill ``view`` (e.g. guest pages) straight from the socket."""
     got, n = 0, len(view)
     while got < n:
-        k = sock.recv_into(view[got:])
+        # MSG_WAITALL: one call for the whole view on a blocking socket, not one per segment
+        # (a timed socket is non-blocking underneath and returns what has come).
+        k = sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
         if not k:
             raise StreamError("truncated stream")
         got += k
