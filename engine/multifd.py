@@ -31,7 +31,7 @@ import zstandard
 from zlib_ng import zlib_ng
 
 from engine import wire
-from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
+from engine.guest import PAGE_SIZE, GuestRam
 from engine.transport import send_buffers, shutdown
 
 log = logging.getLogger(__name__)
@@ -106,28 +106,17 @@ def _zstd_unpacker() -> Unpack:
     return unzstd
 
 
-def _raw_packer(_level: int) -> Pack:
-    return lambda data: data
-
-
-def _raw_unpacker() -> Unpack:
-    def raw(data: bytes | bytearray, size: int) -> bytes | bytearray:
-        if len(data) != size:
-            raise wire.StreamError("multifd: packet length does not match its pages")
-        return data
-
-    return raw
-
-
 @dataclass(frozen=True)
 class PacketCodec:
-    packer: Callable[[int], Pack]  # level → a packer for one channel
-    unpacker: Callable[[], Unpack]
+    """None and None: the pages travel as they are, straight from and into guest RAM."""
+
+    packer: Callable[[int], Pack] | None  # level → a packer for one channel
+    unpacker: Callable[[], Unpack] | None
 
 
 # multifd-compression's values: QEMU 7.2's, in its order.
 METHODS: dict[str, PacketCodec] = {
-    "none": PacketCodec(_raw_packer, _raw_unpacker),
+    "none": PacketCodec(None, None),
     "zlib": PacketCodec(_zlib_packer, _zlib_unpacker),
     "zstd": PacketCodec(_zstd_packer, _zstd_unpacker),
 }
@@ -172,18 +161,20 @@ class _SendChannel(threading.Thread):
 
     def run(self) -> None:
         s = self._sender
-        pack = METHODS[s.method].packer(s.level)
+        packer = METHODS[s.method].packer
+        pack = packer(s.level) if packer else None
         try:
             while (pages := self.jobs.get()) is not END:
                 if pages is None:
                     s.sent(send_buffers(self.sock, [wire.RECORD.pack(SYNC, 0)]), 0)
                     s.synced()
                     continue
-                data = b"".join(s.ram.views(pages))
+                views: list[bytes | memoryview] = list(s.ram.views(pages))
                 s.digest.crc[pages] = s.ram.crc_pages(pages)
-                payload = pack(data)
+                payload = [pack(b"".join(views))] if pack else views  # raw: sent uncopied
                 head = struct.pack(">I", len(pages)) + pages.astype(wire.U32).tobytes()
-                record = [wire.RECORD.pack(PACKET, len(head) + len(payload)), head, payload]
+                size = len(head) + sum(len(p) for p in payload)
+                record = [wire.RECORD.pack(PACKET, size), head, *payload]
                 s.sent(send_buffers(self.sock, record), len(pages))
         except OSError as exc:
             s.failed(exc)
@@ -297,7 +288,8 @@ class _RecvChannel(threading.Thread):
 
     def run(self) -> None:
         r = self._receiver
-        unpack = METHODS[r.method].unpacker()
+        unpacker = METHODS[r.method].unpacker
+        unpack = unpacker() if unpacker else None
         generation = 0
         try:
             while (head := wire.read_record_head(self.sock)) is not None:
@@ -339,12 +331,9 @@ class MultifdReceiver:
         for channel in self._channels:
             channel.start()
 
-    def apply(
-        self,
-        sock: socket.socket,
-        length: int,
-        unpack: Callable[[bytes | bytearray, int], bytes | bytearray],
-    ) -> None:
+    def apply(self, sock: socket.socket, length: int, unpack: Unpack | None) -> None:
+        """One PACKET into guest RAM: raw pages straight from the socket, compressed ones
+        inflated and copied a run of pages at a time."""
         head = wire.read_body(sock, 4, 4)
         (n,) = struct.unpack(">I", head)
         if not 0 < n <= PACKET_PAGES or length < 4 + 4 * n:
@@ -355,12 +344,19 @@ class MultifdReceiver:
         size = length - 4 - 4 * n
         if size > n * PAGE_SIZE + n * PAGE_SIZE // 8 + 64:
             raise wire.StreamError(f"multifd: packet payload of {size} bytes is too long")
-        data = unpack(wire.read_body(sock, size, size), n * PAGE_SIZE)
-        buf = self.ram.buf
-        for i, page in enumerate(pages.tolist()):
-            buf[page << PAGE_SHIFT : (page + 1) << PAGE_SHIFT] = data[
-                i * PAGE_SIZE : (i + 1) * PAGE_SIZE
-            ]
+        views = self.ram.views(pages)
+        if unpack is None:
+            if size != n * PAGE_SIZE:
+                raise wire.StreamError("multifd: packet length does not match its pages")
+            self.ram.prepare_writes(pages[~self.written[pages]])
+            for view in views:
+                wire.recv_into(sock, view)
+        else:
+            data = memoryview(unpack(wire.read_body(sock, size, size), n * PAGE_SIZE))
+            at = 0
+            for view in views:
+                view[:] = data[at : at + len(view)]
+                at += len(view)
         self.written[pages] = True
         self.digest.crc[pages] = self.ram.crc_pages(pages)
 
