@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
+import lz4.block  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 import zstandard
@@ -106,19 +107,43 @@ def _zstd_unpacker() -> Unpack:
     return unzstd
 
 
+def _lz4_packer(level: int) -> Pack:
+    # One LZ4 block per packet (an extension): fast mode at level 0-1, HC above, as per page.
+    if level <= 1:
+        return lambda data: lz4.block.compress(data, store_size=False)
+    return lambda data: lz4.block.compress(
+        data, mode="high_compression", compression=level, store_size=False
+    )
+
+
+def _lz4_unpacker() -> Unpack:
+    def unlz4(data: bytes | bytearray, size: int) -> bytes:
+        try:
+            out: bytes = lz4.block.decompress(data, uncompressed_size=size)  # never past size
+        except lz4.block.LZ4BlockError as exc:
+            raise wire.StreamError("multifd: decompress data failed") from exc
+        if len(out) != size:
+            raise wire.StreamError("multifd: decompress data failed")
+        return out
+
+    return unlz4
+
+
 @dataclass(frozen=True)
 class PacketCodec:
     """None and None: the pages travel as they are, straight from and into guest RAM."""
 
     packer: Callable[[int], Pack] | None  # level → a packer for one channel
     unpacker: Callable[[], Unpack] | None
+    level: str = ""  # the parameter of its level; none: LZ4's fast mode (level 1)
 
 
-# multifd-compression's values: QEMU 7.2's, in its order.
+# multifd-compression's values: QEMU 7.2's, in its order, then ours.
 METHODS: dict[str, PacketCodec] = {
     "none": PacketCodec(None, None),
-    "zlib": PacketCodec(_zlib_packer, _zlib_unpacker),
-    "zstd": PacketCodec(_zstd_packer, _zstd_unpacker),
+    "zlib": PacketCodec(_zlib_packer, _zlib_unpacker, "multifd-zlib-level"),
+    "zstd": PacketCodec(_zstd_packer, _zstd_unpacker, "multifd-zstd-level"),
+    "x-lz4": PacketCodec(_lz4_packer, _lz4_unpacker),  # qemu-hmp's extension (QEMU: none)
 }
 
 

@@ -30,7 +30,7 @@ from engine import wire
 from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
-from engine.multifd import Hello, MultifdSender
+from engine.multifd import METHODS, Hello, MultifdSender
 from engine.params import MigrationConfig
 from engine.policy import PERIOD_S as POLICY_PERIOD_S
 from engine.policy import AdaptivePolicy, PolicyInfo
@@ -91,11 +91,11 @@ class OutgoingSettings:
         values: dict[str, Any] = {
             f.name: config.value(f.metadata["entry"]) for f in fields(cls) if f.metadata
         }
-        method = values["multifd_compression"]
+        level = METHODS[values["multifd_compression"]].level
         return cls(
             **values,
             multifd_channels=multifd_channels(config),
-            multifd_level=int(config.param(f"multifd-{method}-level")) if method != "none" else 1,
+            multifd_level=int(config.param(level)) if level else 1,
         )
 
 
