@@ -13,6 +13,7 @@ from engine.errors import MigrationError
 from engine.machine import Loader, Machine, MachineOptions
 from hmp.lab import bench, qemu_compare
 from hmp.lab.qemu_compare import CONFIGS, LINKS, Config, Run
+from hmp.monitor import Monitor
 
 CASES = Path(__file__).parent / "data" / "qemu-7.2" / "cases"
 GUEST_ARGV = "-m 128 -S"
@@ -114,3 +115,18 @@ def test_a_loaded_image_lands_whole_and_one_byte_too_many_is_refused(tmp_path: P
     image.write_bytes(bytes(1 << 20) + b"x")
     with pytest.raises(MigrationError, match="does not fit in guest RAM"):
         Machine(MachineOptions(ram_size=1 << 20, loaders=(Loader(str(image), 0),)))
+
+
+@pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if not c.qemu])
+def test_each_config_of_ours_is_taken_silently_by_our_monitor(name: str) -> None:
+    for source in (True, False):
+        machine = Machine(MachineOptions(ram_size=8 << 20, start_paused=True))
+        out, err = io.StringIO(), io.StringIO()
+        monitor = Monitor(machine, out, err)
+        try:
+            commands = CONFIGS[name].commands(4444, source)
+            for command in commands[:-1] if source else commands:
+                monitor.execute(command)
+            assert (out.getvalue(), err.getvalue()) == ("", "")
+        finally:
+            machine.close()
