@@ -52,6 +52,13 @@ def test_names_option_takes_known_names_only() -> None:
         parse(",")
 
 
+def test_runs_must_be_positive() -> None:
+    assert bench._positive("2") == 2
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a whole number"):
+            bench._positive(bad)
+
+
 def test_shaped_link_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(qemu_compare.LinkUnavailable, match="root"):

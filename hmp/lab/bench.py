@@ -657,6 +657,12 @@ def digest_cost(report: Report) -> None:
 # -- the command -------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return int(text)
+
+
 def _names(table: dict[str, Any]) -> Callable[[str], list[str]]:
     """An option's comma-separated names, each one of ``table``'s."""
 
@@ -679,7 +685,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions per figure (best kept)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, help="where the QEMU comparison keeps its image")
-    parser.add_argument("--runs", type=int, default=3, help="qemu: runs per side and config")
+    parser.add_argument(
+        "--runs", type=_positive, default=3, help="qemu: runs per side and config (>= 1)"
+    )
     parser.add_argument(
         "--configs",
         type=_names(qemu_compare.CONFIGS),
