@@ -757,6 +757,299 @@ done:
     return result;
 }
 
+/* -- plain pages ------------------------------------------------------------------------ */
+
+/* The page numbers of an intp array buffer, their count, each checked against the guest
+ * buffer; NULL with an exception set. */
+static const Py_ssize_t *
+page_array(Py_buffer *pages, Py_ssize_t size, Py_ssize_t *n)
+{
+    if (pages->len % sizeof(Py_ssize_t)) {
+        PyErr_SetString(PyExc_TypeError, "pages must be a contiguous array of intp");
+        return NULL;
+    }
+    const Py_ssize_t *index = pages->buf;
+    *n = pages->len / (Py_ssize_t)sizeof(Py_ssize_t);
+    for (Py_ssize_t k = 0; k < *n; k++)
+        if (index[k] < 0 || index[k] >= size / PAGE) {
+            PyErr_Format(PyExc_IndexError, "page %zd is outside the buffer", index[k]);
+            return NULL;
+        }
+    return index;
+}
+
+static int
+is_zero(const uint8_t *page)
+{
+    /* Most data pages differ from zero in their first bytes: look there first. */
+    uint64_t head;
+    memcpy(&head, page, sizeof(head));
+    if (head)
+        return 0;
+    uint64_t acc = 0;
+    for (size_t at = 0; at < PAGE; at += 64) { /* a cache line per step: the compiler unrolls */
+        uint64_t line[8];
+        memcpy(line, page + at, sizeof(line));
+        for (int w = 0; w < 8; w++)
+            acc |= line[w];
+        if (acc)
+            return 0;
+    }
+    return 1;
+}
+
+/* scan_pages(ram, pages, zero, crcs): for each page, zero[k] = 1 if it is all zero, else 0
+ * and crcs[k] = its CRC-32; one pass, the GIL released (crcs may be None: zero pages only). */
+static PyObject *
+scan_pages(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, pages, zero, crcs = {0};
+    PyObject *crc_arg, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*O", &ram, &pages, &zero, &crc_arg))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL || !bound())
+        goto done;
+    if (crc_arg != Py_None && PyObject_GetBuffer(crc_arg, &crcs, PyBUF_WRITABLE) < 0)
+        goto done;
+    if (zero.len != n || (crcs.buf != NULL && crcs.len != n * (Py_ssize_t)sizeof(uint32_t))) {
+        PyErr_SetString(PyExc_ValueError, "one zero flag (u8) and one CRC (u32) per page");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *flags = zero.buf;
+    uint32_t *out = crcs.buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const uint8_t *page = (const uint8_t *)ram.buf + index[k] * PAGE;
+        flags[k] = (uint8_t)is_zero(page);
+        if (out != NULL)
+            out[k] = flags[k] ? 0 : crc32_run(0, page, PAGE);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    if (crcs.buf != NULL)
+        PyBuffer_Release(&crcs);
+    PyBuffer_Release(&zero);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+/* crc_pages(ram, pages, crcs): crcs[k] = the CRC-32 of page pages[k], the GIL released. */
+static PyObject *
+crc_pages(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, pages, crcs;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &ram, &pages, &crcs))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL || !bound())
+        goto done;
+    if (crcs.len != n * (Py_ssize_t)sizeof(uint32_t)) {
+        PyErr_SetString(PyExc_ValueError, "one CRC (u32) per page");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    uint32_t *out = crcs.buf;
+    for (Py_ssize_t k = 0; k < n; k++)
+        out[k] = crc32_run(0, (const uint8_t *)ram.buf + index[k] * PAGE, PAGE);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&crcs);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+/* -- LZ4 ---------------------------------------------------------------------------------
+ *
+ * One LZ4 block per page (x-compress-method lz4, an extension): each decompresses alone into
+ * exactly one page. Level 0 or 1 is LZ4's fast mode, 2 to 9 its HC mode at that level. The
+ * library is the one inside python-lz4 (its extension exports the LZ4_* API), bound by
+ * bind_lz4() as bind() binds zlib-ng. */
+
+static int (*lz4_fast)(void *, const char *, char *, int, int, int);
+static int (*lz4_hc)(void *, const char *, char *, int, int, int);
+static int (*lz4_state_size)(void);
+static int (*lz4_hc_state_size)(void);
+static int (*lz4_decompress)(const char *, char *, int, int);
+
+static PyObject *
+bind_lz4(PyObject *module, PyObject *arg)
+{
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return NULL;
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL); /* kept open for the process's life */
+    if (lib == NULL) {
+        PyErr_Format(PyExc_ImportError, "cannot open lz4: %s", dlerror());
+        return NULL;
+    }
+    int (*version)(void) = (int (*)(void))dlsym(lib, "LZ4_versionNumber");
+    if (version == NULL || version() < 10900) { /* 1.9: the extState and HC calls below */
+        PyErr_Format(PyExc_ImportError, "%s is not LZ4 1.9 or later", path);
+        return NULL;
+    }
+    struct { void **slot; const char *name; } symbols[] = {
+        {(void **)&lz4_fast, "LZ4_compress_fast_extState"},
+        {(void **)&lz4_hc, "LZ4_compress_HC_extStateHC"},
+        {(void **)&lz4_state_size, "LZ4_sizeofState"},
+        {(void **)&lz4_hc_state_size, "LZ4_sizeofStateHC"},
+        {(void **)&lz4_decompress, "LZ4_decompress_safe"},
+    };
+    for (size_t i = 0; i < sizeof(symbols) / sizeof(symbols[0]); i++) {
+        *symbols[i].slot = dlsym(lib, symbols[i].name);
+        if (*symbols[i].slot == NULL) {
+            PyErr_Format(PyExc_ImportError, "lz4 lacks %s", symbols[i].name);
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+lz4_bound(void)
+{
+    if (lz4_decompress == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_pagecodec.bind_lz4() was not called");
+        return 0;
+    }
+    return bound();
+}
+
+/* lz4_compress(ram, pages, level) -> (payload, sizes, crcs), as Deflater.compress. */
+static PyObject *
+lz4_compress(PyObject *module, PyObject *args)
+{
+    Py_buffer ram;
+    PyObject *pages, *payload = NULL, *lengths = NULL, *checks = NULL, *result = NULL;
+    int level;
+    if (!PyArg_ParseTuple(args, "y*O!i", &ram, &PyList_Type, &pages, &level))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(pages), failed = -1;
+    Py_ssize_t *index = NULL;
+    uint8_t *out = NULL;
+    void *state = NULL;
+    if (!lz4_bound() || (index = page_numbers(pages, n, ram.len)) == NULL)
+        goto done;
+    int hc = level >= 2;
+    out = PyMem_Malloc((n ? n : 1) * (CAPACITY + 2 * sizeof(uint32_t)));
+    state = PyMem_Malloc(hc ? lz4_hc_state_size() : lz4_state_size());
+    if (out == NULL || state == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    uint32_t *sizes = (uint32_t *)(out + n * CAPACITY), *crcs = sizes + n;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const char *page = (const char *)ram.buf + index[k] * PAGE;
+        char *dst = (char *)out + k * CAPACITY;
+        int size = hc ? lz4_hc(state, page, dst, PAGE, CAPACITY, level)
+                      : lz4_fast(state, page, dst, PAGE, CAPACITY, 1);
+        if (size <= 0) {
+            failed = k;
+            break;
+        }
+        sizes[k] = (uint32_t)size;
+        crcs[k] = crc32_run(0, (const uint8_t *)page, PAGE);
+    }
+    Py_END_ALLOW_THREADS
+    if (failed >= 0) {
+        PyErr_Format(PyExc_RuntimeError, "lz4 failed on page %zd", index[failed]);
+        goto done;
+    }
+    Py_ssize_t total = 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        total += sizes[k];
+    payload = PyBytes_FromStringAndSize(NULL, total);
+    lengths = uint32_list(sizes, n);
+    checks = uint32_list(crcs, n);
+    if (payload == NULL || lengths == NULL || checks == NULL)
+        goto done;
+    char *at = PyBytes_AS_STRING(payload);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        memcpy(at, out + k * CAPACITY, sizes[k]);
+        at += sizes[k];
+    }
+    result = PyTuple_Pack(3, payload, lengths, checks);
+done:
+    Py_XDECREF(payload);
+    Py_XDECREF(lengths);
+    Py_XDECREF(checks);
+    PyMem_Free(state);
+    PyMem_Free(out);
+    PyMem_Free(index);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+/* lz4_decompress_into(ram, pages, payload, sizes) -> crcs: each block must decode to exactly
+ * one page (LZ4_decompress_safe never writes past it); ValueError on the first that does not. */
+static PyObject *
+lz4_decompress_into(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, payload;
+    PyObject *pages, *lengths, *result = NULL;
+    if (!PyArg_ParseTuple(args, "w*O!y*O!", &ram, &PyList_Type, &pages, &payload, &PyList_Type,
+                          &lengths))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(pages), failed = -1, used = 0;
+    Py_ssize_t *index = NULL, *size = NULL;
+    uint32_t *crcs = NULL;
+    if (!lz4_bound())
+        goto done;
+    if (PyList_GET_SIZE(lengths) != n) {
+        PyErr_SetString(PyExc_ValueError, "one size per page");
+        goto done;
+    }
+    index = page_numbers(pages, n, ram.len);
+    size = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
+    crcs = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t));
+    if (index == NULL || size == NULL || crcs == NULL) {
+        if (index != NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        size[k] = PyLong_AsSsize_t(PyList_GET_ITEM(lengths, k));
+        if (size[k] <= 0 || size[k] > CAPACITY || size[k] > payload.len - used) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "decompress data failed");
+            goto done;
+        }
+        used += size[k];
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const char *at = payload.buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        char *page = (char *)ram.buf + index[k] * PAGE;
+        if (lz4_decompress(at, page, (int)size[k], PAGE) != PAGE) {
+            failed = k;
+            break;
+        }
+        at += size[k];
+        crcs[k] = crc32_run(0, (const uint8_t *)page, PAGE);
+    }
+    Py_END_ALLOW_THREADS
+    if (failed >= 0) {
+        PyErr_SetString(PyExc_ValueError, "decompress data failed");
+        goto done;
+    }
+    result = uint32_list(crcs, n);
+done:
+    PyMem_Free(crcs);
+    PyMem_Free(size);
+    PyMem_Free(index);
+    PyBuffer_Release(&payload);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
 /* -- module --------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -767,6 +1060,14 @@ static PyMethodDef module_methods[] = {
      "xbzrle_cache_zero(pages, cache, addr, age, now): cache those pages as zero pages."},
     {"xbzrle_decode_into", xbzrle_decode_into, METH_VARARGS,
      "xbzrle_decode_into(ram, pages, payload, sizes) -> crcs; ValueError on a bad delta."},
+    {"scan_pages", scan_pages, METH_VARARGS,
+     "scan_pages(ram, pages, zero, crcs): zero flags and (crcs not None) CRCs of the others."},
+    {"crc_pages", crc_pages, METH_VARARGS, "crc_pages(ram, pages, crcs): each page's CRC-32."},
+    {"bind_lz4", bind_lz4, METH_O, "bind_lz4(path): take the LZ4_* functions from that object."},
+    {"lz4_compress", lz4_compress, METH_VARARGS,
+     "lz4_compress(ram, pages, level) -> (payload, sizes, crcs): one LZ4 block per page."},
+    {"lz4_decompress_into", lz4_decompress_into, METH_VARARGS,
+     "lz4_decompress_into(ram, pages, payload, sizes) -> crcs; ValueError on a bad block."},
     {NULL},
 };
 

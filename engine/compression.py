@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import lz4.block._block  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 import zstandard
@@ -36,6 +37,8 @@ from zlib_ng import zlib_ng
 from engine import _pagecodec
 from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
 from engine.wire import StreamError
+
+_pagecodec.bind_lz4(lz4.block._block.__file__)  # the LZ4 inside python-lz4
 
 # Pages per hand-over to a worker. With the GIL taken once per chunk, what is left per chunk is
 # Python on the migration thread and the destination's reader: 256 ran the QEMU comparison
@@ -49,8 +52,6 @@ Compress = Callable[[memoryview, list[int]], tuple[bytes, list[int], list[int]]]
 # Guest RAM, page numbers, their segments back to back and their sizes -> the pages' CRCs,
 # once each is inflated in place.
 Decompress = Callable[[memoryview, list[int], memoryview, list[int]], list[int]]
-
-_pagecodec.bind(zlib_ng.__file__)  # the zlib-ng inside python-zlib-ng, as everywhere else
 
 
 def _zlib_compressor(level: int) -> Compress:
@@ -70,6 +71,24 @@ def _zlib_decompressor() -> Decompress:
         # one page with nothing left over (a decompression bomb stops at 4 KiB).
         try:
             return inflater.decompress_into(ram, pages, payload, sizes)
+        except ValueError as exc:
+            raise StreamError("decompress data failed") from exc
+
+    return decompress
+
+
+def _lz4_compressor(level: int) -> Compress:
+    # One C call per chunk, as zlib's: an LZ4 block per page (fast mode at level 0-1, HC above).
+    return lambda ram, pages: _pagecodec.lz4_compress(ram, pages, level)
+
+
+def _lz4_decompressor() -> Decompress:
+    def decompress(
+        ram: memoryview, pages: list[int], payload: memoryview, sizes: list[int]
+    ) -> list[int]:
+        # Straight into guest RAM; a block must decode to exactly one page, never past it.
+        try:
+            return _pagecodec.lz4_decompress_into(ram, pages, payload, sizes)
         except ValueError as exc:
             raise StreamError("decompress data failed") from exc
 
@@ -132,6 +151,7 @@ class Codec:
 CODECS: dict[str, Codec] = {
     "zlib": Codec("zlib", _zlib_compressor, _zlib_decompressor),
     "zstd": Codec("zstd", _zstd_compressor, _zstd_decompressor),
+    "lz4": Codec("lz4", _lz4_compressor, _lz4_decompressor),
 }
 
 

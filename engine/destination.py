@@ -411,6 +411,7 @@ class StreamLoader:
             self._digest.set_zero(zero)
         raw = batch.of(wire.Kind.PAGE)
         if len(raw):
+            ram.prepare_writes(raw[~self._written[raw]])
             for view in ram.views(raw):
                 wire.recv_into(conn, view)
             self._written[raw] = True

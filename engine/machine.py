@@ -130,18 +130,25 @@ class Machine:
 
     def _load_file(self, loader: Loader) -> None:
         room = max(0, self.ram.size - loader.addr)
+        # Read straight into guest RAM: a copy in between would double the peak RSS.
+        view = self.ram.buf[loader.addr : loader.addr + room]
         try:
             with open(loader.path, "rb") as f:
-                data = f.read(room + 1)  # a byte more than fits is enough to refuse (/dev/zero)
-                size = max(os.fstat(f.fileno()).st_size, len(data))
+                got = 0
+                while got < room and (k := f.readinto(view[got:])):
+                    got += k
+                more = f.read(1)  # a byte more than fits is enough to refuse (/dev/zero)
+                size = max(os.fstat(f.fileno()).st_size, got + len(more))
         except OSError as exc:
             raise MigrationError(f"could not load '{loader.path}': {exc.strerror}") from exc
-        if len(data) > room:
+        finally:
+            view.release()
+        if more:
             raise MigrationError(
                 f"Cannot load '{loader.path}' ({size} bytes) at {loader.addr:#x}: "
                 "it does not fit in guest RAM"
             )
-        self.ram.write(loader.addr, data)
+        self.ram.mark_dirty(slice(loader.addr // PAGE_SIZE, -(-(loader.addr + got) // PAGE_SIZE)))
 
     # -- queries ------------------------------------------------------------------------------
     @property

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
+import lz4.block  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 import zstandard
@@ -32,7 +33,7 @@ from zlib_ng import zlib_ng
 
 from engine import wire
 from engine.errors import MigrationError
-from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
+from engine.guest import PAGE_SIZE, GuestRam
 from engine.transport import send_buffers, shutdown
 from engine.zerocopy import ZeroCopySocket, ZeroCopyUnavailable
 
@@ -109,30 +110,43 @@ def _zstd_unpacker() -> Unpack:
     return unzstd
 
 
-def _raw_packer(_level: int) -> Pack:
-    return lambda data: data
+def _lz4_packer(level: int) -> Pack:
+    # One LZ4 block per packet (an extension): fast mode at level 0-1, HC above, as per page.
+    if level <= 1:
+        return lambda data: lz4.block.compress(data, store_size=False)
+    return lambda data: lz4.block.compress(
+        data, mode="high_compression", compression=level, store_size=False
+    )
 
 
-def _raw_unpacker() -> Unpack:
-    def raw(data: bytes | bytearray, size: int) -> bytes | bytearray:
-        if len(data) != size:
-            raise wire.StreamError("multifd: packet length does not match its pages")
-        return data
+def _lz4_unpacker() -> Unpack:
+    def unlz4(data: bytes | bytearray, size: int) -> bytes:
+        try:
+            out: bytes = lz4.block.decompress(data, uncompressed_size=size)  # never past size
+        except lz4.block.LZ4BlockError as exc:
+            raise wire.StreamError("multifd: decompress data failed") from exc
+        if len(out) != size:
+            raise wire.StreamError("multifd: decompress data failed")
+        return out
 
-    return raw
+    return unlz4
 
 
 @dataclass(frozen=True)
 class PacketCodec:
-    packer: Callable[[int], Pack]  # level → a packer for one channel
-    unpacker: Callable[[], Unpack]
+    """None and None: the pages travel as they are, straight from and into guest RAM."""
+
+    packer: Callable[[int], Pack] | None  # level → a packer for one channel
+    unpacker: Callable[[], Unpack] | None
+    level: str = ""  # the parameter of its level; none: LZ4's fast mode (level 1)
 
 
-# multifd-compression's values: QEMU 7.2's, in its order.
+# multifd-compression's values: QEMU 7.2's, in its order, then ours.
 METHODS: dict[str, PacketCodec] = {
-    "none": PacketCodec(_raw_packer, _raw_unpacker),
-    "zlib": PacketCodec(_zlib_packer, _zlib_unpacker),
-    "zstd": PacketCodec(_zstd_packer, _zstd_unpacker),
+    "none": PacketCodec(None, None),
+    "zlib": PacketCodec(_zlib_packer, _zlib_unpacker, "multifd-zlib-level"),
+    "zstd": PacketCodec(_zstd_packer, _zstd_unpacker, "multifd-zstd-level"),
+    "x-lz4": PacketCodec(_lz4_packer, _lz4_unpacker),  # qemu-hmp's extension (QEMU: none)
 }
 
 
@@ -175,7 +189,8 @@ class _SendChannel(threading.Thread):
 
     def run(self) -> None:
         s = self._sender
-        pack = METHODS[s.method].packer(s.level)
+        packer = METHODS[s.method].packer
+        pack = packer(s.level) if packer else None
         zero_copy = s.zero_copy.get(self.sock.fileno())
         try:
             while (pages := self.jobs.get()) is not END:
@@ -185,18 +200,16 @@ class _SendChannel(threading.Thread):
                         s.fallback()
                     s.synced()
                     continue
+                views: list[bytes | memoryview] = list(s.ram.views(pages))
                 s.digest.crc[pages] = s.ram.crc_pages(pages)
+                payload = [pack(b"".join(views))] if pack else views  # raw: sent uncopied
                 head = struct.pack(">I", len(pages)) + pages.astype(wire.U32).tobytes()
-                if zero_copy:  # straight from guest RAM: no copy here, none in the kernel
-                    views = s.ram.views(pages)
-                    size = len(head) + len(pages) * PAGE_SIZE
-                    record: list[bytes | memoryview] = [wire.RECORD.pack(PACKET, size), head]
-                    record += views
+                size = len(head) + sum(len(p) for p in payload)
+                record = [wire.RECORD.pack(PACKET, size), head, *payload]
+                if zero_copy:  # raw (QEMU refuses compression with it): no copy in the kernel
                     s.sent(zero_copy.send(record), len(pages))
-                    continue
-                payload = pack(b"".join(s.ram.views(pages)))
-                packed = [wire.RECORD.pack(PACKET, len(head) + len(payload)), head, payload]
-                s.sent(send_buffers(self.sock, packed), len(pages))
+                else:
+                    s.sent(send_buffers(self.sock, record), len(pages))
         except OSError as exc:
             s.failed(exc)
 
@@ -324,7 +337,8 @@ class _RecvChannel(threading.Thread):
 
     def run(self) -> None:
         r = self._receiver
-        unpack = METHODS[r.method].unpacker()
+        unpacker = METHODS[r.method].unpacker
+        unpack = unpacker() if unpacker else None
         generation = 0
         try:
             while (head := wire.read_record_head(self.sock)) is not None:
@@ -366,12 +380,9 @@ class MultifdReceiver:
         for channel in self._channels:
             channel.start()
 
-    def apply(
-        self,
-        sock: socket.socket,
-        length: int,
-        unpack: Callable[[bytes | bytearray, int], bytes | bytearray],
-    ) -> None:
+    def apply(self, sock: socket.socket, length: int, unpack: Unpack | None) -> None:
+        """One PACKET into guest RAM: raw pages straight from the socket, compressed ones
+        inflated and copied a run of pages at a time."""
         head = wire.read_body(sock, 4, 4)
         (n,) = struct.unpack(">I", head)
         if not 0 < n <= PACKET_PAGES or length < 4 + 4 * n:
@@ -382,12 +393,19 @@ class MultifdReceiver:
         size = length - 4 - 4 * n
         if size > n * PAGE_SIZE + n * PAGE_SIZE // 8 + 64:
             raise wire.StreamError(f"multifd: packet payload of {size} bytes is too long")
-        data = unpack(wire.read_body(sock, size, size), n * PAGE_SIZE)
-        buf = self.ram.buf
-        for i, page in enumerate(pages.tolist()):
-            buf[page << PAGE_SHIFT : (page + 1) << PAGE_SHIFT] = data[
-                i * PAGE_SIZE : (i + 1) * PAGE_SIZE
-            ]
+        views = self.ram.views(pages)
+        if unpack is None:
+            if size != n * PAGE_SIZE:
+                raise wire.StreamError("multifd: packet length does not match its pages")
+            self.ram.prepare_writes(pages[~self.written[pages]])
+            for view in views:
+                wire.recv_into(sock, view)
+        else:
+            data = memoryview(unpack(wire.read_body(sock, size, size), n * PAGE_SIZE))
+            at = 0
+            for view in views:
+                view[:] = data[at : at + len(view)]
+                at += len(view)
         self.written[pages] = True
         self.digest.crc[pages] = self.ram.crc_pages(pages)
 

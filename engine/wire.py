@@ -77,6 +77,9 @@ class Kind(IntEnum):
 
 
 BLOBS = (Kind.COMPRESSED, Kind.XBZRLE)  # kinds whose pages carry a length and a blob
+# By kind byte: known, carries a blob. A table lookup is ~8x cheaper than np.isin per batch.
+KNOWN_KIND = np.isin(np.arange(256), [int(k) for k in Kind])
+BLOB_KIND = np.isin(np.arange(256), [int(k) for k in BLOBS])
 
 
 class StreamError(Exception):
@@ -323,7 +326,7 @@ class BatchHead:
     clens: npt.NDArray[np.intp]  # of the pages with a blob, all of one kind of BLOBS
 
     def of(self, kind: Kind) -> npt.NDArray[np.intp]:
-        return self.indices[self.kinds == kind]
+        return self.indices[self.kinds == int(kind)]  # an IntEnum compares slower
 
 
 def read_batch_head(sock: socket.socket, length: int, pages: int) -> BatchHead:
@@ -338,17 +341,17 @@ def read_batch_head(sock: socket.socket, length: int, pages: int) -> BatchHead:
     kinds = np.frombuffer(meta, np.uint8, n, 4 * n)
     if int(indices.max()) >= pages:
         raise StreamError(f"page {int(indices.max())} is outside guest RAM ({pages} pages)")
-    known = np.isin(kinds, tuple(Kind))
+    known = KNOWN_KIND[kinds]
     if not known.all():
         raise StreamError(f"unknown page kind 0x{int(kinds[~known][0]):02x}")
-    blob = np.isin(kinds, BLOBS)
+    blob = BLOB_KIND[kinds]
     m = int(blob.sum())
     clens = np.frombuffer(_read(sock, 4 * m), U32, m).astype(np.intp)
-    xbzrle = kinds[blob] == Kind.XBZRLE
+    xbzrle = kinds[blob] == int(Kind.XBZRLE)
     if xbzrle.any() and not xbzrle.all():  # each blob kind is read as one run
         raise StreamError("page batch mixes compressed and XBZRLE pages")
     _check_lengths(clens[~xbzrle], clens[xbzrle])
-    raw = int((kinds == Kind.PAGE).sum())
+    raw = int(np.count_nonzero(kinds == int(Kind.PAGE)))
     expected = 4 + 5 * n + 4 * m + raw * PAGE_SIZE + int(clens.sum())
     if length != expected:
         raise StreamError(f"page batch length {length} does not match its contents ({expected})")
@@ -377,7 +380,9 @@ def recv_into(sock: socket.socket, view: memoryview) -> None:
     """Fill ``view`` (e.g. guest pages) straight from the socket."""
     got, n = 0, len(view)
     while got < n:
-        k = sock.recv_into(view[got:])
+        # MSG_WAITALL: one call for the whole view on a blocking socket, not one per segment
+        # (a timed socket is non-blocking underneath and returns what has come).
+        k = sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
         if not k:
             raise StreamError("truncated stream")
         got += k

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from zlib_ng import zlib_ng
 
 from engine import _pagecodec
 from engine.errors import MigrationError
@@ -25,8 +24,6 @@ from engine.wire import StreamError
 
 MISS = -2  # not in the cache: sent whole (and cached, unless in the last stage)
 OVERFLOW = -1  # the delta would exceed a page: sent whole
-
-_pagecodec.bind(zlib_ng.__file__)  # the CRC-32 of python-zlib-ng's zlib-ng, as everywhere
 
 
 @dataclass(frozen=True)

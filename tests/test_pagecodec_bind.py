@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import _pagecodec, compression  # compression binds python-zlib-ng's zlib-ng
+from engine import _pagecodec, compression  # engine.guest binds python-zlib-ng's zlib-ng
 from engine.guest import PAGE_SHIFT, PAGE_SIZE
 
 

@@ -1,7 +1,14 @@
 """Driving endpoints: a qemu-hmp process over pipes, its figures over QMP (a client that also
 drives real QEMU), transcripts (format, runner), and the `record` and `replay` subcommands."""
 
-from hmp.harness.endpoint import Endpoint, EndpointError, EndpointExited, EndpointTimeout, free_port
+from hmp.harness.endpoint import (
+    Endpoint,
+    EndpointError,
+    EndpointExited,
+    EndpointTimeout,
+    free_port,
+    resolve_argv,
+)
 from hmp.harness.qmp_client import (
     MIGRATION_ENDED,
     QmpClient,
@@ -27,4 +34,5 @@ __all__ = [
     "QmpConnectionError",
     "QmpTimeout",
     "free_port",
+    "resolve_argv",
 ]

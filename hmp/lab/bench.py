@@ -44,7 +44,8 @@ class Table:
     rows: list[list[Any]] = field(default_factory=list)
 
     def render(self) -> str:
-        return f"## {self.title}\n\n" + tabulate(self.rows, self.headers, floatfmt=".2f") + "\n"
+        table = tabulate(self.rows, self.headers, tablefmt="github", floatfmt=".2f")
+        return f"## {self.title}\n\n{table}\n"
 
 
 @dataclass
@@ -338,18 +339,194 @@ def against_qemu(report: Report, workdir: Path) -> None:
     )
     for prealloc in (False, True):
         qemu, ours = qemu_compare.compare(workdir, prealloc)
-        times = [[figure(info, "total-time") for info in side] for side in (qemu, ours)]
+        times = [[figure(run.info, "total-time") for run in side] for side in (qemu, ours)]
         q, o = (statistics.median(t) for t in times)
         table.rows.append(
             ["-mem-prealloc" if prealloc else "(none)", q, o, o / q if q and o else ""]
             + [" ".join(f"{t:.0f}" for t in side) for side in times]
-            + [figure(side[0], "ram.transferred") // 1024 for side in (qemu, ours)]
-            + [figure(side[0], "compression.compression-rate") for side in (qemu, ours)]
+            + [figure(side[0].info, "ram.transferred") // 1024 for side in (qemu, ours)]
+            + [figure(side[0].info, "compression.compression-rate") for side in (qemu, ours)]
         )
         label = "with -mem-prealloc" if prealloc else "defaults"
         ratio = o / q if q and o else float("nan")  # nan: one side did not complete
         report.check(f"total time vs QEMU 7.2, {label}", ratio, "<= 0.2", ratio <= 0.2)
     report.add(table)
+
+
+def _ms(run: qemu_compare.Run) -> float:
+    return figure(run.info, "total-time")
+
+
+def _sent(run: qemu_compare.Run) -> float:
+    return figure(run.info, "ram.transferred")
+
+
+def _median_fastest(runs: list[qemu_compare.Run]) -> str:
+    times = [_ms(run) for run in runs]
+    return f"{statistics.median(times):.0f} / {min(times):.0f}" if times else ""
+
+
+@dataclass
+class Side:
+    """One program's runs of a config on a link, and the floor of each."""
+
+    runs: list[qemu_compare.Run]
+    floors_ms: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(_ms(r) for r in self.runs) if self.runs else float("nan")
+
+    @property
+    def fastest(self) -> float:
+        return min(_ms(r) for r in self.runs) if self.runs else float("nan")
+
+    @property
+    def floor(self) -> float:
+        return statistics.median(self.floors_ms) if self.floors_ms else float("nan")
+
+    def cell(self) -> str:
+        """Each run's total time, its floor in parentheses, and its status unless completed."""
+        cells = []
+        for run, floor in zip(self.runs, self.floors_ms, strict=True):
+            status = run.info.get("status")
+            cells.append(
+                f"{_ms(run):.0f} ({floor:.0f})" + ("" if status == "completed" else f" {status}")
+            )
+        return " ".join(cells)
+
+
+def _floors(
+    runs: list[qemu_compare.Run], link: qemu_compare.Link, image: memoryview
+) -> list[float]:
+    """Each run's floor, ms: its bytes at the link's rate, or (loopback) a raw socket copy of
+    as many bytes of the image into fresh memory, measured now."""
+    if link.rate:
+        return [_sent(r) / link.rate * 1000 for r in runs]
+    return [raw_socket_seconds(image, True, int(_sent(r))) * 1000 for r in runs]
+
+
+QEMU_HEADERS = ["config", "QEMU median / fastest ms", "ours median / fastest ms"]
+QEMU_HEADERS += ["ours / QEMU (medians)", "QEMU MB sent", "ours MB sent", "QEMU floor ms"]
+QEMU_HEADERS += ["ours floor ms", "ours / its floor (medians)", "runs: QEMU ms (floor)"]
+QEMU_HEADERS += ["runs: ours ms (floor)"]
+
+
+def _qemu_row(config: qemu_compare.Config, qemu: Side, ours: Side) -> list[Any]:
+    def mb(side: Side) -> str:
+        return f"{statistics.median(_sent(r) for r in side.runs) / 1e6:.0f}" if side.runs else ""
+
+    ratio = ours.median / qemu.median if qemu.runs else ""
+    return [
+        config.label + ("" if config.qemu else " (ours only)"),
+        _median_fastest(qemu.runs),
+        _median_fastest(ours.runs),
+        ratio,
+        mb(qemu),
+        mb(ours),
+        qemu.floor if qemu.runs else "",
+        ours.floor,
+        ours.median / ours.floor,
+        qemu.cell(),
+        ours.cell(),
+    ]
+
+
+def _link_checks(
+    report: Report, link: qemu_compare.Link, measured: dict[str, tuple[Side, Side]]
+) -> None:
+    """The issue's targets for one link, as ratios of figures taken in this run."""
+    shared = {name: sides for name, sides in measured.items() if sides[0].runs}
+    if not link.rate:
+        if "plain" in measured:
+            qemu, ours = measured["plain"]
+            value = ours.median / qemu.fastest
+            report.check("loopback plain: ours median / QEMU fastest", value, "<= 1", value <= 1)
+            value = ours.median / ours.floor
+            report.check("loopback plain: ours median / raw copy", value, "<= 2", value <= 2)
+        for name, (qemu, ours) in shared.items():
+            value = ours.median / qemu.median
+            report.check(f"loopback {name}: ours / QEMU median", value, "<= 0.5", value <= 0.5)
+        return
+    if not shared:
+        return
+    best = min(measured.values(), key=lambda sides: sides[1].median)[1]
+    theirs = min(qemu.median for qemu, _ in shared.values())
+    value = best.median / theirs
+    report.check(f"{link.name}: our best / QEMU's best config", value, "<= 0.8", value <= 0.8)
+    value = best.median / best.floor
+    report.check(f"{link.name}: our best config / its floor", value, "<= 1.1", value <= 1.1)
+
+
+def against_qemu_links(
+    report: Report, workdir: Path, runs: int, configs: list[str], links: list[str]
+) -> None:
+    """`bench qemu`: real QEMU 7.2 and qemu-hmp on the same image with the same commands, per
+    config and link, alternating; then `info migrate` latency during the heaviest config."""
+    if not qemu_compare.available():
+        report.add(Table("Against QEMU 7.2: qemu-system-x86_64 is not installed", []))
+        return
+    image_file = qemu_compare.image_path(workdir)
+    image = memoryview(image_file.read_bytes())
+    heaviest: tuple[tuple[bool, float], qemu_compare.Link, qemu_compare.Config] | None = None
+    rss: list[qemu_compare.Run] = []
+    for link in (qemu_compare.LINKS[name] for name in links):
+        title = (
+            f"Against QEMU 7.2 on {link.label}: {qemu_compare.IMAGE_MIB} MiB image in a "
+            f"{qemu_compare.GUEST_MIB} MiB guest, max-bandwidth 100G, {runs} alternating runs "
+            "per side, QEMU's own total time"
+        )
+        measured: dict[str, tuple[Side, Side]] = {}
+        table = Table(title, QEMU_HEADERS)
+        try:
+            with qemu_compare.shaped_link(link) as prefix:
+                for name in configs:
+                    config = qemu_compare.CONFIGS[name]
+                    theirs, ours = qemu_compare.compare(
+                        workdir, runs=runs, config=config, prefix=prefix
+                    )
+                    sides = (
+                        Side(theirs, _floors(theirs, link, image)),
+                        Side(ours, _floors(ours, link, image)),
+                    )
+                    measured[name] = sides
+                    rss += ours
+                    table.rows.append(_qemu_row(config, *sides))
+                    # Heaviest: the longest on loopback, where every config is bound by CPU.
+                    weight = (not link.rate, sides[1].median)
+                    if heaviest is None or weight > heaviest[0]:
+                        heaviest = (weight, link, config)
+        except qemu_compare.LinkUnavailable as exc:
+            report.add(Table(f"{link.label}: skipped ({exc})", []))
+            continue
+        report.add(table)
+        _link_checks(report, link, measured)
+    if heaviest is not None:
+        _, link, config = heaviest
+        with qemu_compare.shaped_link(link) as prefix:
+            times, run = qemu_compare.monitor_latency_ms(image_file, config, prefix)
+        _latency_and_rss(report, f"{config.label} on {link.label}", times, [*rss, run])
+
+
+def _latency_and_rss(
+    report: Report, where: str, times: list[float], runs: list[qemu_compare.Run]
+) -> None:
+    times = sorted(times)
+    p99 = times[max(0, -(-len(times) * 99 // 100) - 1)] if times else float("nan")
+    guest = qemu_compare.GUEST_MIB
+    peak = {side: max(r.rss_kib[side] for r in runs) / 1024 for side in ("src", "dst")}
+    p50 = times[len(times) // 2] if times else float("nan")
+    row = [len(times), p50, p99, max(times, default=0.0), peak["src"], peak["dst"], guest]
+    report.add(
+        Table(
+            f"qemu-hmp: `info migrate` typed back to back during {where}; peak RSS of all runs",
+            ["calls", "p50 ms", "p99 ms", "max ms", "src RSS MiB", "dst RSS MiB", "guest MiB"],
+            [row],
+        )
+    )
+    report.check(f"info migrate p99 during {where} (ms)", p99, "<= 20", p99 <= 20)
+    for side, mib in peak.items():
+        report.check(f"{side} peak RSS over guest (MiB)", mib - guest, "<= 100", mib - guest <= 100)
 
 
 # -- the engine against the machine's limits ---------------------------------------------------
@@ -358,28 +535,33 @@ def against_qemu(report: Report, workdir: Path) -> None:
 def _receive(port: Any, size: int, fresh: bool) -> None:
     """A raw receiver in its own process: ``size`` bytes into fresh guest-like RAM (``fresh``,
     as a destination receives) or into one reused 1 MiB buffer (the socket alone)."""
-    ram = GuestRam(size if fresh else MiB, huge=False)  # as a destination's RAM
+    ram = GuestRam(-(-size // PAGE_SIZE) * PAGE_SIZE if fresh else MiB, huge=False)
     with socket.create_server(("127.0.0.1", 0)) as server:
         port.put(server.getsockname()[1])
         conn, _ = server.accept()
         with conn:
             for off in range(0, size, MiB):
                 start = off if fresh else 0
-                wire.recv_into(conn, ram.buf[start : start + MiB])
+                wire.recv_into(conn, ram.buf[start : start + min(MiB, size - off)])
             conn.sendall(b"k")
 
 
-def raw_socket_seconds(ram: GuestRam, fresh: bool) -> float:
-    """The same bytes over a plain loopback TCP socket, process to process, 1 MiB sends."""
+def raw_socket_seconds(data: memoryview, fresh: bool, size: int = 0) -> float:
+    """``size`` bytes (default: all) of ``data``, from its start again as often as needed,
+    over a plain loopback TCP socket, process to process, 1 MiB sends."""
+    size = size or len(data)
     ctx = multiprocessing.get_context("spawn")
     port = ctx.Queue()
-    child = ctx.Process(target=_receive, args=(port, ram.size, fresh))
+    child = ctx.Process(target=_receive, args=(port, size, fresh))
     child.start()
     try:
-        with socket.create_connection(("127.0.0.1", port.get(timeout=60))) as sock:
-            t0 = time.perf_counter()
-            for off in range(0, ram.size, MiB):
-                sock.sendall(ram.buf[off : off + MiB])
+        with socket.create_connection(("127.0.0.1", port.get(timeout=60)), timeout=300) as sock:
+            t0, sent = time.perf_counter(), 0
+            while sent < size:
+                at = sent % len(data)
+                piece = data[at : at + min(MiB, size - sent)]
+                sock.sendall(piece)
+                sent += len(piece)
             sock.recv(1)
             return time.perf_counter() - t0
     finally:
@@ -436,8 +618,8 @@ def engine_runs(report: Report, reps: int) -> None:
     size = 1 << 30
     ram = GuestRam(size)
     Workload("random", 1).fill(ram)
-    raw = size / 1e6 / min(raw_socket_seconds(ram, fresh=True) for _ in range(reps))
-    socket_only = size / 1e6 / min(raw_socket_seconds(ram, fresh=False) for _ in range(reps))
+    raw = size / 1e6 / min(raw_socket_seconds(ram.buf, fresh=True) for _ in range(reps))
+    socket_only = size / 1e6 / min(raw_socket_seconds(ram.buf, fresh=False) for _ in range(reps))
     ram.close()
     random_1g = Setup("random-1g", ram="1G", workload="random", max_bandwidth="0")
     rand = min(
@@ -529,14 +711,50 @@ def digest_cost(report: Report) -> None:
 # -- the command -------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return int(text)
+
+
+def _names(table: dict[str, Any]) -> Callable[[str], list[str]]:
+    """An option's comma-separated names, each one of ``table``'s."""
+
+    def parse(text: str) -> list[str]:
+        names = [name for name in text.split(",") if name]
+        unknown = [name for name in names if name not in table]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"{','.join(unknown) or text!r}: expected some of {','.join(table)}"
+            )
+        return names
+
+    return parse
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="qemu-hmp bench", description=__doc__)
-    parser.add_argument("what", choices=("compress", "engine", "fill", "xbzrle", "all"))
+    parser.add_argument("what", choices=("compress", "engine", "fill", "xbzrle", "qemu", "all"))
     parser.add_argument("--ram", default="1G", help="guest RAM of the xbzrle comparison")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per figure (best kept)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, help="where the QEMU comparison keeps its image")
+    parser.add_argument(
+        "--runs", type=_positive, default=3, help="qemu: runs per side and config (>= 1)"
+    )
+    parser.add_argument(
+        "--configs",
+        type=_names(qemu_compare.CONFIGS),
+        default=list(qemu_compare.CONFIGS),
+        help=f"qemu: comma-separated, of {','.join(qemu_compare.CONFIGS)} (default: all)",
+    )
+    parser.add_argument(
+        "--links",
+        type=_names(qemu_compare.LINKS),
+        default=list(qemu_compare.LINKS),
+        help=f"qemu: comma-separated, of {','.join(qemu_compare.LINKS)} (default: all)",
+    )
     args = parser.parse_args(argv)
     report = Report()
     try:
@@ -545,6 +763,9 @@ def main(argv: list[str]) -> int:
             classic_runs(report)
             monitor_latency(report)
             against_qemu(report, args.workdir or Path(tempfile.mkdtemp(prefix="qemu-hmp-")))
+        if args.what == "qemu":
+            workdir = args.workdir or Path(tempfile.mkdtemp(prefix="qemu-hmp-"))
+            against_qemu_links(report, workdir, args.runs, args.configs, args.links)
         if args.what in ("engine", "all"):
             engine_runs(report, args.reps)
         elif args.what == "fill":  # a part of engine

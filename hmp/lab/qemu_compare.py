@@ -4,11 +4,13 @@ The image is made of this machine's own binaries, libraries and source text, pag
 with runs of zero pages making up about 30%, like the blob QEMU 7.2 was first measured with:
 files that are already compressed (man pages, .gz docs, archives, images) are left out, so
 stdlib zlib level 1 shrinks it about as much as the blob (QEMU reports 2.34 against the
-blob's 2.37; with them it was 2.08). Both
-guests load it with ``-device loader`` at 1 MiB, both monitors get the same commands
-(compress on, 2 compress / 1 decompress threads, level 1, max-bandwidth 100G) and a
-blocking ``migrate``; the figures are each side's own ``query-migrate``, read over QMP (the
-same client for both), three rounds each.
+blob's 2.37; with them it was 2.08). Both guests load it with ``-device loader`` at 1 MiB
+(qemu-hmp with ``--workload zero``: the rest of RAM is zero, as QEMU's is), both monitors get
+the same commands (one of CONFIGS, max-bandwidth 100G) and a blocking ``migrate``; the
+figures are each side's own ``query-migrate``, read over QMP (the same client for both).
+
+A run goes over loopback or over a shaped link: a network namespace of its own whose
+loopback a token bucket limits (``shaped_link``); both programs then run inside it.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from hmp.harness import MIGRATION_ENDED, Endpoint, QmpClient, free_port
+from hmp.harness import MIGRATION_ENDED, Endpoint, QmpClient, free_port, resolve_argv
+from hmp.lab.experiment import peak_rss_kib
 
 PAGE = 4096
 IMAGE_MIB = 384
+GUEST_MIB = 512
 SOURCES = (
     "/usr/lib/x86_64-linux-gnu",
     "/usr/bin",
@@ -48,24 +53,120 @@ PACKED = (
     b"\xff\xd8\xff",
 )
 QEMU = "qemu-system-x86_64"
-QEMU_ARGS = ["-machine", "pc,accel=tcg", "-m", "512", "-smp", "1", "-display", "none"]
+QEMU_ARGS = ["-machine", "pc,accel=tcg", "-m", str(GUEST_MIB), "-smp", "1", "-display", "none"]
 QEMU_ARGS += ["-nodefaults", "-S", "-monitor", "stdio"]
 MIGRATE_TIMEOUT_S = 300.0
 POLL_S = 0.2  # QEMU's query-migrate while its monitor waits in `migrate`
 
 
-def commands(port: int, source: bool) -> list[str]:
-    cmds = ["migrate_set_capability compress on"]
-    if source:
-        cmds += [
-            "migrate_set_parameter compress-threads 2",
-            "migrate_set_parameter compress-level 1",
-            "migrate_set_parameter max-bandwidth 100G",
-            f"migrate tcp:127.0.0.1:{port}",
-        ]
-    else:
-        cmds.append("migrate_set_parameter decompress-threads 1")
-    return cmds
+@dataclass(frozen=True)
+class Config:
+    """One configuration, as the monitor commands typed at both sides before ``migrate``."""
+
+    label: str
+    capabilities: tuple[str, ...] = ()  # on both sides
+    both: tuple[str, ...] = ()  # parameters set on both sides ("name value")
+    source: tuple[str, ...] = ()
+    destination: tuple[str, ...] = ()
+    qemu: bool = True  # QEMU 7.2 has it too (False: one of qemu-hmp's extensions)
+
+    def commands(self, port: int, source: bool) -> list[str]:
+        cmds = [f"migrate_set_capability {cap} on" for cap in self.capabilities]
+        params = [*self.both, *(self.source if source else self.destination)]
+        cmds += [f"migrate_set_parameter {param}" for param in params]
+        if source:
+            cmds += ["migrate_set_parameter max-bandwidth 100G", f"migrate tcp:127.0.0.1:{port}"]
+        return cmds
+
+
+def _multifd(method: str, qemu: bool = True) -> Config:
+    both = ("multifd-channels 2", f"multifd-compression {method}")
+    return Config(f"multifd 2 ch, {method}", ("multifd",), both, qemu=qemu)
+
+
+COMPRESS = Config(
+    "compress 2/1, level 1",
+    ("compress",),
+    source=("compress-threads 2", "compress-level 1"),
+    destination=("decompress-threads 1",),
+)
+
+
+def _compress(method: str, auto: bool = False) -> Config:
+    """qemu-hmp's compress capability with another codec: 2 threads at each end, level 1."""
+    label = f"compress {method} 2/2, level 1" + (", x-compress-auto" if auto else "")
+    return Config(
+        label,
+        ("compress", *(["x-compress-auto"] if auto else [])),
+        (f"x-compress-method {method}",),
+        ("compress-threads 2", "compress-level 1"),
+        ("decompress-threads 2",),
+        qemu=False,
+    )
+
+
+# What `bench qemu --configs` names, in the table's order: QEMU 7.2's, then qemu-hmp's
+# extensions (measured on our side only; QEMU 11.1's dialect can add its own here).
+CONFIGS: dict[str, Config] = {
+    "plain": Config("plain"),
+    "multifd-none": _multifd("none"),
+    "multifd-zlib": _multifd("zlib"),
+    "multifd-zstd": _multifd("zstd"),
+    "compress": COMPRESS,
+    "multifd-lz4": _multifd("x-lz4", qemu=False),
+    "compress-lz4": _compress("lz4"),
+    "compress-zstd": _compress("zstd"),
+    "auto-zstd": _compress("zstd", auto=True),
+}
+
+
+@dataclass(frozen=True)
+class Link:
+    """Where a run's bytes go: loopback, or a namespace's loopback shaped to ``rate``."""
+
+    name: str
+    rate: int = 0  # bytes/s of the shaped link; 0: loopback as it is
+    tc_rate: str = ""  # the same rate in tc's spelling
+
+    @property
+    def label(self) -> str:
+        return self.name if not self.rate else f"{self.name} ({self.rate * 8 / 1e9:g} Gbit/s)"
+
+
+LINKS = {"loopback": Link("loopback"), "1gbit": Link("1gbit", 125_000_000, "1gbit")}
+
+
+class LinkUnavailable(Exception):
+    """The shaped link cannot be made here (not root, no ``ip``/``tc``, no namespaces)."""
+
+
+def _run(argv: Sequence[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode:
+        raise LinkUnavailable(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
+
+
+@contextmanager
+def shaped_link(link: Link) -> Iterator[list[str]]:
+    """A network namespace whose loopback is shaped to the link's rate, removed afterwards;
+    yields the prefix that starts a program inside it (none for plain loopback)."""
+    if not link.rate:
+        yield []
+        return
+    if os.geteuid() != 0:
+        raise LinkUnavailable("a network namespace needs root")
+    if not (shutil.which("ip") and shutil.which("tc")):
+        raise LinkUnavailable("ip and tc (iproute2) are not installed")
+    name = f"qemu-hmp-bench-{os.getpid()}"
+    _run(["ip", "netns", "add", name])
+    try:
+        inside = ["ip", "netns", "exec", name]
+        _run([*inside, "ip", "link", "set", "lo", "up"])
+        tbf = ["tbf", "rate", link.tc_rate, "burst", "256kb", "latency", "50ms"]
+        _run([*inside, "tc", "qdisc", "add", "dev", "lo", "root", *tbf])
+        yield inside
+    finally:
+        _run(["ip", "netns", "del", name])
 
 
 def build_image(
@@ -99,6 +200,12 @@ def build_image(
     return path
 
 
+def image_path(workdir: Path) -> Path:
+    image = build_image(workdir / f"image-{IMAGE_MIB}M-v2.bin")  # v2: no packed files
+    os.sync()
+    return image
+
+
 def wait_for_prompt(out: IO[str], timeout: float = 60.0) -> None:
     seen, deadline = "", time.monotonic() + timeout
     while "(qemu)" not in seen:
@@ -112,16 +219,33 @@ def _ended(info: dict[str, Any]) -> bool:
     return info.get("status") in MIGRATION_ENDED
 
 
+@dataclass
+class Run:
+    """One migration's source ``query-migrate`` and both processes' peak RSS."""
+
+    info: dict[str, Any]
+    rss_kib: dict[str, int] = field(default_factory=dict)  # "src", "dst"
+
+
+@dataclass
+class _Qemu:
+    client: QmpClient
+    pid: int
+
+
 @contextmanager
-def qemu(args: Sequence[str], commands: Sequence[str]) -> Iterator[QmpClient]:
+def qemu(
+    args: Sequence[str], commands: Sequence[str], prefix: Sequence[str] = ()
+) -> Iterator[_Qemu]:
     """A QEMU with its monitor on a pipe, typed ``commands`` once it prompts; its QMP client.
 
     QEMU serves its monitor after it listens (``-incoming``) and binds its QMP socket.
+    ``prefix`` starts it elsewhere (``ip netns exec NS``, which execs: the pid stays QEMU's).
     """
     with tempfile.TemporaryDirectory(prefix="qemu-hmp-compare-") as tmp:
         path = f"{tmp}/qmp.sock"
         proc = subprocess.Popen(
-            [QEMU, *args, "-qmp", f"unix:{path},server=on,wait=off"],
+            [*prefix, QEMU, *args, "-qmp", f"unix:{path},server=on,wait=off"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -133,41 +257,88 @@ def qemu(args: Sequence[str], commands: Sequence[str]) -> Iterator[QmpClient]:
             with QmpClient(path) as client:
                 proc.stdin.write("".join(f"{command}\n" for command in commands))
                 proc.stdin.flush()
-                yield client
+                yield _Qemu(client, proc.pid)
         finally:
             proc.kill()
             proc.wait()
 
 
-def run_qemu(image: Path, prealloc: bool) -> dict[str, Any]:
+def _loader(image: Path) -> list[str]:
+    return ["-device", f"loader,file={image},addr=0x100000,force-raw=on"]
+
+
+def run_qemu(
+    image: Path, config: Config = COMPRESS, prealloc: bool = False, prefix: Sequence[str] = ()
+) -> Run:
     """Real QEMU's ``query-migrate`` once the source's blocking ``migrate`` has ended."""
     port = free_port()
-    device = ["-device", f"loader,file={image},addr=0x100000,force-raw=on"]
     args = [*QEMU_ARGS, *(["-mem-prealloc"] if prealloc else [])]
     with (
-        qemu([*args, "-incoming", f"tcp:127.0.0.1:{port}"], commands(port, source=False)),
-        qemu([*args, *device], commands(port, source=True)) as src,
+        qemu(
+            [*args, "-incoming", f"tcp:127.0.0.1:{port}"], config.commands(port, False), prefix
+        ) as dst,
+        qemu([*args, *_loader(image)], config.commands(port, True), prefix) as src,
     ):
-        return dict(src.poll("query-migrate", _ended, MIGRATE_TIMEOUT_S, POLL_S))
+        info = dict(src.client.poll("query-migrate", _ended, MIGRATE_TIMEOUT_S, POLL_S))
+        return Run(info, {"src": peak_rss_kib(src.pid), "dst": peak_rss_kib(dst.pid)})
 
 
-def run_ours(image: Path, prealloc: bool) -> dict[str, Any]:
+@contextmanager
+def _ours(
+    image: Path, config: Config, prealloc: bool, prefix: Sequence[str]
+) -> Iterator[tuple[Endpoint, Endpoint, int]]:
+    """Both qemu-hmp endpoints, up and configured but for ``migrate``: (src, dst, port)."""
     port = free_port()
-    argv = ["qemu-hmp", "-m", "512M", "-S", "--workload", "zero"]
+    argv = ["qemu-hmp", "-m", f"{GUEST_MIB}M", "-S", "--workload", "zero"]
     argv += ["-mem-prealloc"] if prealloc else []
     with (
-        Endpoint([*argv, "-incoming", f"tcp:127.0.0.1:{port}"], qmp=True) as dst,
         Endpoint(
-            [*argv, "-device", f"loader,file={image},addr=0x100000,force-raw=on"], qmp=True
-        ) as src,
+            [*prefix, *resolve_argv([*argv, "-incoming", f"tcp:127.0.0.1:{port}"])], qmp=True
+        ) as dst,
+        Endpoint([*prefix, *resolve_argv([*argv, *_loader(image)])], qmp=True) as src,
     ):
         dst.wait_ready(60)
         src.wait_ready(60)
-        for command in commands(port, source=False):
-            dst.execute(command, 10)
-        for command in commands(port, source=True):
-            src.execute(command, MIGRATE_TIMEOUT_S)
-        return dict(src.qmp.execute("query-migrate"))
+        for endpoint, commands in (
+            (dst, config.commands(port, source=False)),
+            (src, config.commands(port, source=True)[:-1]),
+        ):
+            for command in commands:
+                answer = endpoint.execute(command, 10)
+                if answer:
+                    raise RuntimeError(f"{command}: {answer.strip()}")
+        yield src, dst, port
+
+
+def run_ours(
+    image: Path, config: Config = COMPRESS, prealloc: bool = False, prefix: Sequence[str] = ()
+) -> Run:
+    with _ours(image, config, prealloc, prefix) as (src, dst, port):
+        src.execute(f"migrate tcp:127.0.0.1:{port}", MIGRATE_TIMEOUT_S)
+        info = dict(src.qmp.execute("query-migrate"))
+        return Run(info, {"src": peak_rss_kib(src.proc.pid), "dst": peak_rss_kib(dst.proc.pid)})
+
+
+def monitor_latency_ms(
+    image: Path, config: Config, prefix: Sequence[str] = ()
+) -> tuple[list[float], Run]:
+    """qemu-hmp's ``info migrate`` round trips, typed back to back at the source's monitor for
+    the whole of one migration (``migrate -d``), and that run (not a timed one: the probes
+    take CPU from it)."""
+    with _ours(image, config, False, prefix) as (src, dst, port):
+        answer = src.execute(f"migrate -d tcp:127.0.0.1:{port}", 10)
+        if answer:
+            raise RuntimeError(f"migrate -d: {answer.strip()}")
+        times: list[float] = []
+        deadline = time.monotonic() + MIGRATE_TIMEOUT_S
+        while not _ended(info := src.qmp.execute("query-migrate")):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{config.label}: no end within {MIGRATE_TIMEOUT_S:g} s")
+            t0 = time.perf_counter()
+            src.execute("info migrate", 10)
+            times.append((time.perf_counter() - t0) * 1000)
+        rss = {"src": peak_rss_kib(src.proc.pid), "dst": peak_rss_kib(dst.proc.pid)}
+        return times, Run(dict(info), rss)
 
 
 def available() -> bool:
@@ -175,17 +346,20 @@ def available() -> bool:
 
 
 def compare(
-    workdir: Path, prealloc: bool, runs: int = 3
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """QEMU's figures and ours, ``runs`` rounds each for the same image and flags (the
-    reference's median of 3). The order alternates, so neither side always starts on a
-    machine the other has just left. QEMU must be installed."""
-    image = build_image(workdir / f"image-{IMAGE_MIB}M-v2.bin")  # v2: no packed files
-    os.sync()
-    theirs: list[dict[str, Any]] = []
-    ours: list[dict[str, Any]] = []
+    workdir: Path,
+    prealloc: bool = False,
+    runs: int = 3,
+    config: Config = COMPRESS,
+    prefix: Sequence[str] = (),
+) -> tuple[list[Run], list[Run]]:
+    """QEMU's runs and ours, ``runs`` rounds each for the same image and commands. The order
+    alternates, so neither side always starts on a machine the other has just left. QEMU
+    must be installed for a config it has; an extension's runs only ours."""
+    image = image_path(workdir)
+    theirs: list[Run] = []
+    ours: list[Run] = []
     for round_ in range(runs):
-        sides = [(run_qemu, theirs), (run_ours, ours)]
+        sides = [(run_qemu, theirs), (run_ours, ours)] if config.qemu else [(run_ours, ours)]
         for run, results in sides if round_ % 2 == 0 else sides[::-1]:
-            results.append(run(image, prealloc))
+            results.append(run(image, config, prealloc, prefix))
     return theirs, ours
