@@ -14,7 +14,7 @@ from engine.destination import SETUP_TIMEOUT_S, IncomingMigration
 from engine.errors import MigrationError, file_errors
 from engine.events import EventBus
 from engine.guest import PAGE_SIZE, GuestRam
-from engine.params import CAPABILITIES, MigrationConfig, ParamValue
+from engine.params import TABLE_7_2, ConfigTable, MigrationConfig, ParamValue
 from engine.policy import PolicyInfo
 from engine.snapshot import MigrationInfo, StatusInfo
 from engine.source import (
@@ -58,6 +58,8 @@ class MachineOptions:
     setup_timeout_s: float = SETUP_TIMEOUT_S
     # How long an outgoing migration may send nothing while active before a warning.
     stall_warning_s: float = STALL_WARNING_S
+    # Which QEMU release's capabilities and parameters the endpoint has.
+    config_table: ConfigTable = TABLE_7_2
 
     def workload_name(self) -> str:
         """The workload named, else ``idle``; with a loader ``zero``: QEMU's RAM is then the
@@ -94,7 +96,7 @@ class Machine:
     ) -> None:
         """Build the guest and, with ``-incoming URI``, start listening (errors raise)."""
         self.opts = opts
-        self.config = MigrationConfig()
+        self.config = MigrationConfig(opts.config_table)
         self.events = EventBus()
         self._notify = notify or (lambda _msg: None)
         self._lock = threading.Lock()
@@ -162,7 +164,11 @@ class Machine:
         with self._lock:
             if is_running(self._outgoing_status()):
                 raise MigrationError("There's a migration process in progress")
-            self.config.set_capabilities(caps, incoming=self.vm.state is RunState.INMIGRATE)
+            self.config.set_capabilities(
+                caps,
+                incoming=self.vm.state is RunState.INMIGRATE,
+                started=self._incoming is not None,
+            )
 
     def set_parameters(self, values: Mapping[str, ParamValue]) -> None:
         self.config.set_parameters(values)
@@ -208,7 +214,7 @@ class Machine:
                 raise
             if blk or inc:
                 raise MigrationError("Block migration (-b, -i) is not supported by qemu-hmp")
-            for spec in CAPABILITIES:
+            for spec in c.table.capabilities:
                 if not spec.supported and c.capability(spec.name):
                     raise MigrationError(
                         f"capability '{spec.name}' is not supported by qemu-hmp; "

@@ -83,6 +83,7 @@ class OutgoingSettings:
     tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
     multifd_channels: int = 0  # 0: the multifd capability is off
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
+    report_failure: bool = True  # the release writes a failure's error to stderr
 
     @classmethod
     def from_config(cls, config: MigrationConfig) -> OutgoingSettings:
@@ -94,6 +95,7 @@ class OutgoingSettings:
             **values,
             multifd_channels=multifd_channels(config),
             multifd_level=int(config.param(f"multifd-{method}-level")) if method != "none" else 1,
+            report_failure=config.table.report_failures,
         )
 
 
@@ -452,7 +454,7 @@ class OutgoingMigration(threading.Thread):
             self._status = status
             self._error = error
         self._on_event("MIGRATION", {"status": str(status)})
-        if error:
+        if error and self.settings.report_failure:
             self._report(report or error)
         self._connected.set()
         self._done.set()

@@ -5,6 +5,8 @@ migration's time series. Other rooms use only the names below."""
 from hmp.monitor.batch import run_batch
 from hmp.monitor.chart import terminal_chart, write_png
 from hmp.monitor.commands import COMMANDS, QEMU_VERSION, Command, hmp_help, package_version
+from hmp.monitor.dialect import DEFAULT as DEFAULT_DIALECT
+from hmp.monitor.dialect import DIALECTS, Dialect, dialect_of
 from hmp.monitor.parser import ArgSpec, find_command
 from hmp.monitor.series import from_json as series_from_json
 from hmp.monitor.session import BANNER, Monitor
@@ -14,11 +16,15 @@ from hmp.monitor.values import spell, strtosz, strtou64, valid_text
 __all__ = [
     "BANNER",
     "COMMANDS",
+    "DEFAULT_DIALECT",
+    "DIALECTS",
     "QEMU_VERSION",
     "ArgSpec",
     "Command",
+    "Dialect",
     "Monitor",
     "MonitorSockets",
+    "dialect_of",
     "extract_monitor_options",
     "find_command",
     "hmp_help",

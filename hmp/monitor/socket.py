@@ -25,7 +25,7 @@ from engine.machine import Machine
 from engine.transport import Address, Listener
 from hmp.chardev import monitor_chardev, socket_chardev
 from hmp.monitor.readline import ENCODING, LineEditor, complete
-from hmp.monitor.session import BANNER, Monitor
+from hmp.monitor.session import Monitor
 from hmp.qemuopts import OptionError, flag, take_option
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class MonitorSocket:
         telnet = TelnetFilter() if self.spec.telnet else None
         if telnet is not None:
             self._out.send(TELNET_OFFERS)
-        self._monitor.printf(BANNER)
+        self._monitor.printf(self._monitor.dialect.banner)
         self._editor.restart()
         self._out.send(self._editor.take_output())
         while data := client.recv(4096):

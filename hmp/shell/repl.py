@@ -33,7 +33,7 @@ from engine.machine import Machine
 from engine.snapshot import MigrationInfo
 from engine.state import RUNNING_STATES
 from hmp.markers import PROMPT
-from hmp.monitor import BANNER, Monitor
+from hmp.monitor import Monitor
 from hmp.shell.completion import MonitorCompleter
 from hmp.shell.lexer import MonitorLexer
 from hmp.shell.toolbar import toolbar
@@ -189,7 +189,7 @@ def run_repl(
         output,
     )
     mon.wait_migration = lambda: wait_with_progress(session, machine)
-    mon.printf(BANNER)
+    mon.printf(mon.dialect.banner)
     with patch_stdout(raw=True), MigrationWatcher(machine, post):
         prompt_loop(session, mon.execute, lambda: mon.quit_requested)
     return 0
