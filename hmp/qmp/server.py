@@ -30,7 +30,7 @@ from engine.errors import MigrationError
 from engine.machine import Machine
 from engine.transport import Address, listen
 from hmp.chardev import qmp_chardev
-from hmp.monitor import QEMU_VERSION, Monitor, package_version
+from hmp.monitor import Monitor, dialect_of, package_version
 from hmp.qemuopts import OptionError
 from hmp.qmp import qapi
 from hmp.qmp.jsonstream import JsonError, JsonStreamer, dumps
@@ -82,7 +82,7 @@ def _qmp_capabilities(session: _Session, args: Args) -> Any:
 
 
 def _query_version(session: _Session, args: Args) -> Any:
-    major, minor, micro = (int(n) for n in QEMU_VERSION.split("."))
+    major, minor, micro = dialect_of(session.machine).version_triple
     package = f"qemu-hmp {package_version()}"
     return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": package}
 

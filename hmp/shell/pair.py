@@ -70,6 +70,7 @@ def _start_destination(machine: Machine) -> tuple[Endpoint, str]:
     opts = machine.opts
     argv = ["qemu-hmp", "-m", f"{opts.ram_size // 1024}K", "-incoming", "tcp:127.0.0.1:0"]
     argv += ["--workload", opts.workload_name(), "--seed", str(opts.seed)]
+    argv += ["--qemu", opts.config_table.release]  # both ends speak one dialect
     dst = Endpoint(argv, name="dst", qmp=True)
     try:
         dst.wait_ready(START_TIMEOUT_S)
