@@ -1,7 +1,9 @@
 """multifd: non-zero pages travel over N extra connections, one thread each, as in QEMU 7.2.
 
 The main stream keeps its records (configuration, zero pages, EOS, DONE); every channel
-carries PACKETs of up to 128 pages, optionally compressed as one unit per packet (zlib: a
+carries PACKETs of up to 128 pages (with QEMU 11.1's ``zero-page-detection multifd`` the
+channel finds the zero ones among them itself and sends their indices as a ZEROS record),
+optionally compressed as one unit per packet (zlib: a
 deflate stream per channel with a sync flush per packet; zstd: one frame per packet). Before
 each EOS the source puts a SYNC on every channel; the destination holds each channel at its
 SYNC until all have arrived and the main stream reached that EOS (QEMU's sem_sync), so a page
@@ -9,7 +11,8 @@ re-sent in the next iteration on one channel can never be overtaken by its stale
 another.
 
 Channel handshake: b"QHMF", u32 version, u32 channel id, 16-byte session id (from CONFIG).
-Channel records: u8 type, u32 length, body; PACKET body: u32 n, n x u32 page, payload.
+Channel records: u8 type, u32 length, body; PACKET body: u32 n, n x u32 page, payload;
+ZEROS body: u32 n, n x u32 page.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ HELLO = struct.Struct(">4sII16s")
 HELLO_MAGIC = b"QHMF"
 PACKET = 0x30
 SYNC = 0x31
+ZEROS = 0x32
 # A broken socket ends a channel thread at once; this only bounds a bug's cost at the end.
 JOIN_TIMEOUT_S = 10.0
 
@@ -163,6 +167,10 @@ END = _End.END
 Job = npt.NDArray[np.intp] | None | Literal[_End.END]  # pages, None for a SYNC, or END
 
 
+def _page_list(pages: npt.NDArray[np.intp]) -> bytes:
+    return struct.pack(">I", len(pages)) + pages.astype(wire.U32).tobytes()
+
+
 class _SendChannel(threading.Thread):
     def __init__(self, sender: MultifdSender, index: int, sock: socket.socket) -> None:
         super().__init__(name=f"multifdsend_{index}", daemon=True)
@@ -176,15 +184,25 @@ class _SendChannel(threading.Thread):
         try:
             while (pages := self.jobs.get()) is not END:
                 if pages is None:
-                    s.sent(send_buffers(self.sock, [wire.RECORD.pack(SYNC, 0)]), 0)
+                    s.sent(send_buffers(self.sock, [wire.RECORD.pack(SYNC, 0)]), 0, 0)
                     s.synced()
                     continue
+                if s.detect_zero:
+                    zero = s.ram.zero_mask(pages)
+                    if zero.any():
+                        s.digest.set_zero(pages[zero])
+                        head = _page_list(pages[zero])
+                        record = [wire.RECORD.pack(ZEROS, len(head)), head]
+                        s.sent(send_buffers(self.sock, record), 0, int(zero.sum()))
+                    pages = pages[~zero]
+                    if not len(pages):
+                        continue
                 data = b"".join(s.ram.views(pages))
                 s.digest.crc[pages] = s.ram.crc_pages(pages)
                 payload = pack(data)
-                head = struct.pack(">I", len(pages)) + pages.astype(wire.U32).tobytes()
+                head = _page_list(pages)
                 record = [wire.RECORD.pack(PACKET, len(head) + len(payload)), head, payload]
-                s.sent(send_buffers(self.sock, record), len(pages))
+                s.sent(send_buffers(self.sock, record), len(pages), 0)
         except OSError as exc:
             s.failed(exc)
 
@@ -199,10 +217,13 @@ class MultifdSender:
         socks: list[socket.socket],
         method: str,
         level: int,
-        account: Callable[[int, int], None],
+        account: Callable[[int, int, int], None],
+        *,
+        detect_zero: bool = False,
     ) -> None:
         self.ram, self.digest, self.method, self.level = ram, digest, method, level
-        self._account = account  # (bytes sent, pages) → the source's statistics
+        self.detect_zero = detect_zero  # the channels find zero pages (11.1's default)
+        self._account = account  # (bytes sent, normal pages, zero pages) → the statistics
         self._cond = threading.Condition()
         self._pending_syncs = 0
         self._error: OSError | None = None
@@ -214,7 +235,8 @@ class MultifdSender:
             channel.start()
 
     def queue(self, pages: npt.NDArray[np.intp]) -> None:
-        """Add non-zero pages; full packets go to the next channel (blocking when it is busy)."""
+        """Add pages (non-zero ones unless the channels detect zeros); full packets go to the
+        next channel (blocking when it is busy)."""
         while len(pages):
             take = pages[: PACKET_PAGES - self._packet_len]
             self._packet.append(take)
@@ -252,8 +274,8 @@ class MultifdSender:
                 pass  # busy: its next send fails on the broken socket and ends the thread
 
     # called from channel threads
-    def sent(self, nbytes: int, pages: int) -> None:
-        self._account(nbytes, pages)
+    def sent(self, nbytes: int, pages: int, zero: int) -> None:
+        self._account(nbytes, pages, zero)
 
     def synced(self) -> None:
         with self._cond:
@@ -307,6 +329,8 @@ class _RecvChannel(threading.Thread):
                     r.arrive(generation)
                 elif kind == PACKET:
                     r.apply(self.sock, length, unpack)
+                elif kind == ZEROS:
+                    r.apply_zeros(self.sock, length)
                 else:
                     raise wire.StreamError(f"multifd: unknown record type 0x{kind:02x}")
             # A channel ends only after the stream is verified; earlier, the main stream may be
@@ -339,12 +363,8 @@ class MultifdReceiver:
         for channel in self._channels:
             channel.start()
 
-    def apply(
-        self,
-        sock: socket.socket,
-        length: int,
-        unpack: Callable[[bytes | bytearray, int], bytes | bytearray],
-    ) -> None:
+    def _read_pages(self, sock: socket.socket, length: int) -> npt.NDArray[np.intp]:
+        """A packet's page list, each index checked against RAM before RAM is touched."""
         head = wire.read_body(sock, 4, 4)
         (n,) = struct.unpack(">I", head)
         if not 0 < n <= PACKET_PAGES or length < 4 + 4 * n:
@@ -352,6 +372,26 @@ class MultifdReceiver:
         pages = np.frombuffer(wire.read_body(sock, 4 * n, 4 * n), wire.U32).astype(np.intp)
         if int(pages.max()) >= self.ram.pages:
             raise wire.StreamError(f"page {int(pages.max())} is outside guest RAM")
+        return pages
+
+    def apply_zeros(self, sock: socket.socket, length: int) -> None:
+        """Zero pages a channel found: cleared only where the page may hold data."""
+        pages = self._read_pages(sock, length)
+        if length != 4 + 4 * len(pages):
+            raise wire.StreamError("multifd: zero-page record of the wrong length")
+        touched = pages[self.written[pages]]
+        if len(touched):
+            self.ram.page_array[touched] = 0
+        self.digest.set_zero(pages)
+
+    def apply(
+        self,
+        sock: socket.socket,
+        length: int,
+        unpack: Callable[[bytes | bytearray, int], bytes | bytearray],
+    ) -> None:
+        pages = self._read_pages(sock, length)
+        n = len(pages)
         size = length - 4 - 4 * n
         if size > n * PAGE_SIZE + n * PAGE_SIZE // 8 + 64:
             raise wire.StreamError(f"multifd: packet payload of {size} bytes is too long")

@@ -81,6 +81,7 @@ class OutgoingSettings:
     xbzrle: bool = _entry("xbzrle")
     multifd_compression: str = _entry("multifd-compression")
     tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
+    zero_page_detection: str = _entry("zero-page-detection")  # none, legacy or multifd
     multifd_channels: int = 0  # 0: the multifd capability is off
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
     report_failure: bool = True  # the release writes a failure's error to stderr
@@ -357,6 +358,7 @@ class OutgoingMigration(threading.Thread):
                 s.multifd_compression,
                 s.multifd_level,
                 self._multifd_sent,
+                detect_zero=s.zero_page_detection == "multifd",
             )
         self.ram.start_dirty_log()
         self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
@@ -368,9 +370,9 @@ class OutgoingMigration(threading.Thread):
         sock.sendall(Hello(index, bytes.fromhex(session)).encode())
         return sock
 
-    def _multifd_sent(self, nbytes: int, pages: int) -> None:
+    def _multifd_sent(self, nbytes: int, pages: int, zero: int) -> None:
         """A channel thread sent a packet (or a SYNC): transferred and multifd bytes, as QEMU's."""
-        self.stats.add_multifd(nbytes, pages)
+        self.stats.add_multifd(nbytes, pages, zero)
         self._limiter.charge(nbytes)
         self._link.pace(nbytes)
 
@@ -550,7 +552,14 @@ class OutgoingMigration(threading.Thread):
         indices = self._next_pages(RAW_BATCH if plain else SCAN_BATCH)
         if not len(indices):
             return
-        zero = self.ram.zero_mask(indices)
+        detect = self.settings.zero_page_detection
+        if self._multifd and detect == "multifd" and cache is None:
+            self._multifd.queue(indices)  # the channels find the zero pages themselves
+            return
+        if detect == "none":  # every page is sent as it is, zero or not
+            zero = np.zeros(len(indices), dtype=bool)
+        else:
+            zero = self.ram.zero_mask(indices)
         if cache is not None:
             self._send_xbzrle(cache, indices, zero)
             return

@@ -119,14 +119,16 @@ class SourceStats:
             else:
                 self.downtime_bytes += nbytes
 
-    def add_multifd(self, nbytes: int, pages: int) -> None:
+    def add_multifd(self, nbytes: int, pages: int, zero: int = 0) -> None:
         """A multifd packet: its bytes count as transferred and multifd bytes, its pages as
-        normal. As in QEMU 7.2, precopy and downtime bytes are the main stream's alone."""
+        normal (or zero, found by the channel). As in QEMU 7.2, precopy and downtime bytes
+        are the main stream's alone."""
         with self._lock:
             self.stream_bytes += nbytes
             self.transferred += nbytes
             self.multifd_bytes += nbytes
             self.normal += pages
+            self.duplicate += zero
 
     def add_pages(
         self, *, zero: int, normal: int, compressed: int, compressed_bytes: int, busy: int
