@@ -425,8 +425,7 @@ class OutgoingMigration(threading.Thread):
         self._drain()
         # The destination resumes in the state the source was in (QEMU's global state).
         done = {"runstate": str(prior), "digest": self._digest.hexdigest()}
-        # QEMU's ram_save_complete does not account its last EOS: not RAM bytes.
-        self.stats.add_stream(self._send([wire.record(wire.Rec.EOS)]))
+        self._send_eos()
         self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
         sent_all = now_ms()
         self._switch_over()
