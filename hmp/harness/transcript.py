@@ -215,8 +215,13 @@ STATUS_LABEL = "Migration status"
 FIGURES_11 = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?: (?:B|KiB|MiB|GiB|TiB)\b)?")
 # The precopy/downtime split depends on when the stop falls, and `Others` adds figures
 # (downtime_bytes, ...) only when they are not zero.
-TIMING_11 = ("Time (ms):", "  Throughput (Mbps):", "    Channels:", "  Page Rates (pps):")
-COUNTS_11 = ("Remaining:", "  Transfers:", "    Page Types:", "XBZRLE:")
+TIMING_11: tuple[str, ...] = (
+    "Time (ms):",
+    "  Throughput (Mbps):",
+    "    Channels:",
+    "  Page Rates (pps):",
+)
+COUNTS_11: tuple[str, ...] = ("Remaining:", "  Transfers:", "    Page Types:", "XBZRLE:")
 COUNTS_11 += ("  miss_rate=", "CPU Throttle (%):")
 OTHERS_11 = "  Others: \t\t"
 
