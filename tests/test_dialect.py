@@ -6,6 +6,9 @@ import io
 import re
 
 import pytest
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+from pygments.token import Name
 
 from engine.machine import Machine, MachineOptions
 from engine.numbers import NumberError, RangeError
@@ -13,8 +16,13 @@ from engine.params import TABLE_7_2, ConfigTable
 from engine.params11 import TABLE_11_1
 from hmp.cli import UsageError, parse_argv
 from hmp.monitor import DIALECTS, Monitor
+from hmp.monitor.readline import complete as readline_complete
 from hmp.monitor.render11 import size_to_str
 from hmp.monitor.values11 import strtosz
+from hmp.shell.completion import MonitorCompleter
+from hmp.shell.lexer import lexer_for
+
+EVENT = CompleteEvent(completion_requested=True)
 
 
 def run(table: ConfigTable, *lines: str) -> str:
@@ -85,3 +93,23 @@ def test_11_1_size_rules() -> None:
         strtosz("0x10M")
     with pytest.raises(RangeError):
         strtosz("-0")
+
+
+def test_completion_and_highlighting_follow_the_dialect() -> None:
+    eleven = DIALECTS["11.1"]
+    completer = MonitorCompleter(dialect=eleven)
+    caps = {c.text for c in completer.get_completions(Document("migrate_set_capability "), EVENT)}
+    assert "mapped-ram" in caps and "compress" not in caps
+    params = {c.text for c in completer.get_completions(Document("migrate_set_parameter z"), EVENT)}
+    assert params == {"zero-page-detection"}
+    values = completer.get_completions(Document("migrate_set_parameter mode "), EVENT)
+    assert {c.text for c in values} == {"normal", "cpr-reboot", "cpr-transfer", "cpr-exec"}
+    tokens = dict(
+        (v, t) for t, v in lexer_for(eleven)().get_tokens("migrate_set_capability mapped-ram on")
+    )
+    assert tokens["mapped-ram"] is Name.Attribute
+    old = dict((v, t) for t, v in lexer_for(DIALECTS["7.2"])().get_tokens("x mapped-ram"))
+    assert old["mapped-ram"] is not Name.Attribute
+    # The monitor socket's QEMU-style completion too.
+    assert readline_complete("migrate_set_capability mapp", eleven) == ("mapp", ["mapped-ram"])
+    assert readline_complete("migrate_set_capability mapp") == ("mapp", [])

@@ -147,7 +147,8 @@ class MonitorSocket:
         self._listener = _listen(spec)
         self._out = _ClientOutput()
         self._monitor = Monitor(machine, out=self._out)
-        self._editor = LineEditor(complete)
+        dialect = self._monitor.dialect
+        self._editor = LineEditor(lambda before: complete(before, dialect))
         self._closed = threading.Event()
         self._client: socket.socket | None = None
         self._thread: threading.Thread | None = None

@@ -1,4 +1,5 @@
-"""A pygments lexer for monitor lines; its word lists come from the command and engine tables."""
+"""A pygments lexer for monitor lines; its word lists come from a dialect's command and
+capability/parameter tables (``lexer_for``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from typing import Any, ClassVar
 from pygments.lexer import RegexLexer, words
 from pygments.token import Error, Keyword, Name, Number, String, Text, Whitespace
 
-from engine.params import CAPABILITIES, PARAMETERS
-from hmp.monitor import COMMANDS
+from hmp.monitor import DEFAULT_DIALECT, Dialect
 
 _END = r"(?=\s|$)"  # names hold hyphens, so \b would stop inside them
 
@@ -19,33 +19,45 @@ def _names(names: Iterable[str]) -> object:
     return words(sorted(names, key=len, reverse=True), suffix=_END)
 
 
-_COMMANDS = [name for cmd in COMMANDS for name in cmd.names]
-_SUBCOMMANDS = [name for cmd in COMMANDS for sub in cmd.sub_table for name in sub.names]
+_LEXERS: dict[str, type[RegexLexer]] = {}  # by release: a lexer class compiles once
 
 
-class MonitorLexer(RegexLexer):
-    name = "QEMU monitor"
-    aliases: ClassVar[list[str]] = ["hmp"]
+def lexer_for(dialect: Dialect) -> type[RegexLexer]:
+    """The lexer of ``dialect``'s monitor: its commands, capabilities and parameters."""
+    if dialect.release in _LEXERS:
+        return _LEXERS[dialect.release]
+    commands = [name for cmd in dialect.commands for name in cmd.names]
+    subcommands = [name for cmd in dialect.commands for sub in cmd.sub_table for name in sub.names]
 
-    tokens: ClassVar[dict[str, list[Any]]] = {
-        "root": [
-            (r"\s+", Whitespace),
-            (r"[a-z][a-z0-9]*>", Name.Label),  # `--pair`'s endpoint prefix: src>, dst>
-            (_names(_COMMANDS), Keyword, "args"),
-            (r"\S+", Error, "args"),
-        ],
-        "args": [
-            (r"\n", Whitespace, "#pop"),
-            (r"\s+", Whitespace),
-            (_names(_SUBCOMMANDS), Name.Function),
-            (_names(cap.name for cap in CAPABILITIES), Name.Attribute),
-            (_names(p.name for p in PARAMETERS), Name.Variable),
-            (words(("on", "off"), suffix=_END), Keyword.Constant),
-            (r"-[a-z]" + _END, Name.Builtin),
-            (r"(tcp|unix|exec|fd|rdma):\S*", String),
-            (r"\{[a-z]+\}", String.Interpol),  # `--pair`'s {dst}
-            (r"(0x[0-9a-fA-F]+|\d+(\.\d+)?[bBkKmMgGtTpPeE]?)" + _END, Number),
-            (r'"(\\.|[^"\\])*"?', String.Double),
-            (r"\S+", Text),
-        ],
-    }
+    class MonitorLexer(RegexLexer):
+        name = f"QEMU {dialect.release} monitor"
+        aliases: ClassVar[list[str]] = ["hmp"]
+
+        tokens: ClassVar[dict[str, list[Any]]] = {
+            "root": [
+                (r"\s+", Whitespace),
+                (r"[a-z][a-z0-9]*>", Name.Label),  # `--pair`'s endpoint prefix: src>, dst>
+                (_names(commands), Keyword, "args"),
+                (r"\S+", Error, "args"),
+            ],
+            "args": [
+                (r"\n", Whitespace, "#pop"),
+                (r"\s+", Whitespace),
+                (_names(subcommands), Name.Function),
+                (_names(cap.name for cap in dialect.table.capabilities), Name.Attribute),
+                (_names(p.name for p in dialect.table.parameters), Name.Variable),
+                (words(("on", "off"), suffix=_END), Keyword.Constant),
+                (r"-[a-z]" + _END, Name.Builtin),
+                (r"(tcp|unix|exec|fd|rdma|file):\S*", String),
+                (r"\{[a-z]+\}", String.Interpol),  # `--pair`'s {dst}
+                (r"(0x[0-9a-fA-F]+|\d+(\.\d+)?[bBkKmMgGtTpPeE]?)" + _END, Number),
+                (r'"(\\.|[^"\\])*"?', String.Double),
+                (r"\S+", Text),
+            ],
+        }
+
+    _LEXERS[dialect.release] = MonitorLexer
+    return MonitorLexer
+
+
+MonitorLexer = lexer_for(DEFAULT_DIALECT)

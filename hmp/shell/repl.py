@@ -33,9 +33,9 @@ from engine.machine import Machine
 from engine.snapshot import MigrationInfo
 from engine.state import RUNNING_STATES
 from hmp.markers import PROMPT
-from hmp.monitor import Monitor
+from hmp.monitor import DEFAULT_DIALECT, Dialect, Monitor
 from hmp.shell.completion import MonitorCompleter
-from hmp.shell.lexer import MonitorLexer
+from hmp.shell.lexer import lexer_for
 from hmp.shell.toolbar import toolbar
 from hmp.shell.watch import MigrationWatcher
 
@@ -86,6 +86,7 @@ def make_session(
     history: History,
     input: Input | None = None,
     output: Output | None = None,
+    dialect: Dialect = DEFAULT_DIALECT,
 ) -> PromptSession[str]:
     return PromptSession(
         history=history,
@@ -94,7 +95,7 @@ def make_session(
         # completion is still running (fast typists, pasted lines, tests).
         complete_while_typing=False,
         auto_suggest=AutoSuggestFromHistory(),
-        lexer=PygmentsLexer(MonitorLexer),
+        lexer=PygmentsLexer(lexer_for(dialect)),
         style=STYLE,
         include_default_pygments_style=False,
         bottom_toolbar=bottom_toolbar,
@@ -182,11 +183,12 @@ def run_repl(
     """``endpoints``: the ``NAME>`` prefixes a line may start with (``--pair``)."""
     machine = mon.machine
     session = make_session(
-        MonitorCompleter(current=machine.config.param, endpoints=endpoints),
+        MonitorCompleter(current=machine.config.param, endpoints=endpoints, dialect=mon.dialect),
         lambda: toolbar(machine),
         make_history(history),
         input,
         output,
+        mon.dialect,
     )
     mon.wait_migration = lambda: wait_with_progress(session, machine)
     mon.printf(mon.dialect.banner)
