@@ -27,6 +27,9 @@ class Dialect:
     table: ConfigTable
     commands: tuple[Command, ...]
     parse_parameter: ValueParser
+    # Capabilities such as multifd must be set before the destination listens (11.1), so
+    # a tool that starts a destination for you starts it with `-incoming defer`.
+    listen_late: bool = False
 
     @property
     def info_commands(self) -> tuple[Command, ...]:
@@ -45,7 +48,9 @@ class Dialect:
 QEMU_7_2 = Dialect(
     "7.2", commands.QEMU_VERSION, TABLE_7_2, commands.COMMANDS, values.parse_parameter
 )
-QEMU_11_1 = Dialect("11.1", "11.1.3", TABLE_11_1, commands11.COMMANDS, values11.parse_parameter)
+QEMU_11_1 = Dialect(
+    "11.1", "11.1.3", TABLE_11_1, commands11.COMMANDS, values11.parse_parameter, listen_late=True
+)
 DIALECTS: dict[str, Dialect] = {d.release: d for d in (QEMU_7_2, QEMU_11_1)}
 DEFAULT = QEMU_7_2
 
