@@ -387,7 +387,9 @@ class OutgoingMigration(threading.Thread):
                 self._iterate()
             else:
                 return
-            self.stats.update_window(self._param("downtime-limit"))
+            self.stats.update_window(
+                self._param("downtime-limit"), self._param("avail-switchover-bandwidth")
+            )
             self._steer()
 
     def _steer(self) -> None:

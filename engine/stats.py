@@ -163,8 +163,13 @@ class SourceStats:
             self._win_pages = self.pages_total()
             self._period = _Period(t, xfer_bytes=self.transferred)
 
-    def update_window(self, downtime_limit_ms: int) -> None:
-        """QEMU's migration_update_counters: every ≥100 ms, bandwidth → threshold, mbps, pages/s."""
+    def update_window(self, downtime_limit_ms: int, switchover_bps: int = 0) -> None:
+        """QEMU's migration_update_counters: every ≥100 ms, bandwidth → threshold, mbps, pages/s.
+
+        ``switchover_bps`` (avail-switchover-bandwidth, QEMU 8.2+) is the bandwidth the
+        switchover may use; when set, the threshold and expected downtime use it instead of
+        the measured one (which a capped precopy keeps low).
+        """
         t = now_ms()
         spent = t - self._win_start_ms
         if spent < WINDOW_MS:
@@ -172,11 +177,12 @@ class SourceStats:
         with self._lock:
             moved = self.stream_bytes - self._win_bytes
             bandwidth = moved / spent  # bytes per ms
-            self.threshold = bandwidth * downtime_limit_ms
+            expected = switchover_bps / 1000 if switchover_bps else bandwidth
+            self.threshold = expected * downtime_limit_ms
             self.mbps = moved * 8 / (spent / 1000) / 1e6
             self.pages_per_second = int((self.pages_total() - self._win_pages) / (spent / 1000))
-            if self.dirty_pages_rate and moved > 10000 and bandwidth > 0:
-                self.expected_downtime_ms = int(self.remaining_at_sync / bandwidth)
+            if self.dirty_pages_rate and moved > 10000 and expected > 0:
+                self.expected_downtime_ms = int(self.remaining_at_sync / expected)
             self._win_start_ms, self._win_bytes, self._win_pages = (
                 t,
                 self.stream_bytes,
