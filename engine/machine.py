@@ -152,6 +152,8 @@ class Machine:
         with self._lock:
             incoming, outgoing = self._incoming, self._outgoing
         base = incoming.info() if incoming else MigrationInfo()
+        if base.status is None and base.socket_address and self.config.table.listening_is_setup:
+            base = replace(base, status=MigrationStatus.SETUP)
         if outgoing is None:
             return base
         return replace(outgoing.info(), socket_address=base.socket_address)
@@ -279,8 +281,12 @@ class Machine:
             self._start_incoming(uri)
 
     def _start_incoming(self, uri: str) -> None:
-        # QEMU announces setup before it looks at the URI, whether `events` is on or not.
-        self.events.emit("MIGRATION", {"status": str(MigrationStatus.SETUP)})
+        # QEMU announces setup before it looks at the URI (7.2 whether `events` is on or not).
+        setup = {"status": str(MigrationStatus.SETUP)}
+        if self.config.table.incoming_setup_event:
+            self.events.emit("MIGRATION", setup)
+        else:
+            self._migration_event("MIGRATION", setup)
         self._listen(parse_uri(uri, incoming=True))
 
     def _listen(self, addr: Address, failed: IncomingMigration | None = None) -> None:

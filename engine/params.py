@@ -451,6 +451,12 @@ class ConfigTable:
     # Whether a failed outgoing migration writes its error to stderr (7.2's migrate_fd_error
     # does; 11.1 leaves it to the status, and to a blocking `migrate`).
     report_failures: bool = True
+    # Whether `migrate-incoming` announces `setup` even with the events capability off (7.2).
+    incoming_setup_event: bool = True
+    # Whether a destination that listens reports the status `setup` (11.1; 7.2 has none).
+    listening_is_setup: bool = False
+    # Whether a failing migration passes through the state `failing` (11.1's MIGRATION events).
+    failing_state: bool = False
     # The error of a capability change on a destination whose incoming migration has started.
     incoming_started: Callable[[Mapping[str, bool], Mapping[str, bool]], str | None] = (
         lambda new, old: None

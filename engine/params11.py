@@ -289,5 +289,8 @@ TABLE_11_1 = ConfigTable(
         "block-incremental": False,
     },
     report_failures=False,
+    incoming_setup_event=False,
+    listening_is_setup=True,
+    failing_state=True,
     incoming_started=_incoming_started,
 )

@@ -85,6 +85,7 @@ class OutgoingSettings:
     multifd_channels: int = 0  # 0: the multifd capability is off
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
     report_failure: bool = True  # the release writes a failure's error to stderr
+    failing_state: bool = False  # the release announces `failing` before `failed`
 
     @classmethod
     def from_config(cls, config: MigrationConfig) -> OutgoingSettings:
@@ -97,6 +98,7 @@ class OutgoingSettings:
             multifd_channels=multifd_channels(config),
             multifd_level=int(config.param(f"multifd-{method}-level")) if method != "none" else 1,
             report_failure=config.table.report_failures,
+            failing_state=config.table.failing_state,
         )
 
 
@@ -454,6 +456,8 @@ class OutgoingMigration(threading.Thread):
         elif self.vm.state is RunState.FINISH_MIGRATE:
             self.vm.set_state(RunState.POSTMIGRATE)
         self.vm.gate.set_throttle(0)
+        if status is MigrationStatus.FAILED and self.settings.failing_state:
+            self._on_event("MIGRATION", {"status": "failing"})
         with self._lock:
             self._status = status
             self._error = error

@@ -75,10 +75,8 @@ def _ram_lines(ram: RamStats) -> list[str]:
 
 def info_migrate(info: MigrationInfo, all_: bool) -> str:
     lines: list[str] = []
-    # A listening destination is in setup (11.1 says so; 7.2 showed no status).
-    current = info.status or (MigrationStatus.SETUP if info.socket_address else None)
-    if current is not None:
-        status = f"Status: \t\t{current}"
+    if info.status is not None:
+        status = f"Status: \t\t{info.status}"
         if info.status is MigrationStatus.FAILED and info.error_desc:
             status += f" ({info.error_desc})"
         lines += [status, *_time_line(info)]
