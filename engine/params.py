@@ -457,6 +457,8 @@ class ConfigTable:
     listening_is_setup: bool = False
     # Whether a failing migration passes through the state `failing` (11.1's MIGRATION events).
     failing_state: bool = False
+    # Whether `file:` URIs exist (11.1: with the mapped-ram capability).
+    file_uris: bool = False
     # The error of a capability change on a destination whose incoming migration has started.
     incoming_started: Callable[[Mapping[str, bool], Mapping[str, bool]], str | None] = (
         lambda new, old: None

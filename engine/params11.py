@@ -179,7 +179,9 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
         "the source switches over only once the destination acknowledged it is ready",
     ),
     CapabilitySpec("dirty-limit", "limit each vCPU's dirty page rate (needs a KVM dirty ring)"),
-    CapabilitySpec("mapped-ram", "each page at a fixed offset of a seekable file (file: URIs)"),
+    CapabilitySpec(
+        "mapped-ram", "each page at a fixed offset of a seekable file (file: URIs)", supported=True
+    ),
 )
 
 # check_caps_background_snapshot's list in 11.1, in its order.
@@ -292,5 +294,6 @@ TABLE_11_1 = ConfigTable(
     incoming_setup_event=False,
     listening_is_setup=True,
     failing_state=True,
+    file_uris=True,
     incoming_started=_incoming_started,
 )

@@ -33,7 +33,8 @@ def hmp_migrate(mon: Monitor, args: Args) -> None:
     """11.1 parses the URI first: a URI it cannot use leaves no status behind."""
     uri = str(args["uri"])
     try:
-        parse_uri(uri, incoming=False)
+        if not uri.startswith("file:"):  # a file is opened by the migration itself
+            parse_uri(uri, incoming=False)
     except UnknownProtocol:
         raise MigrationError(f"unknown migration protocol: {uri}") from None
     mon.machine.migrate(uri, resume=bool(args["resume"]))

@@ -186,7 +186,8 @@ def _migrate_11(session: _Session, args: Args) -> Any:
     if uri is None:
         raise QmpError("Parameter 'channels' is not supported by qemu-hmp: give 'uri'")
     try:
-        parse_uri(uri, incoming=False)
+        if not uri.startswith("file:"):  # a file is opened by the migration itself
+            parse_uri(uri, incoming=False)
     except UnknownProtocol:
         raise QmpError(f"unknown migration protocol: {uri}") from None
     session.machine.migrate(uri, resume=bool(args.get("resume")))
