@@ -130,6 +130,10 @@ def test_migration_matches_qemu_11_1(case: str, tmp_path: Path) -> None:
             recorded = STATUS.match(step.output)
             if recorded and recorded.group(1) != "setup":  # wait until ours is there too
                 watches[step.endpoint].wait_status(recorded.group(1), timeout=60)
+            machine, deadline = machines[step.endpoint], time.monotonic() + POLL_S
+            while "Time (ms):" in step.output and not machine.query_migrate().total_time:
+                assert time.monotonic() < deadline, f"{step.command}: no total time"
+                machine.wait_migration(0.002)  # QEMU prints the line once a ms has passed
             deadline = time.monotonic() + POLL_S
             while True:  # an `@until` is polled, as the recorder did, within a bound
                 out.seek(0), out.truncate()
