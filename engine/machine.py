@@ -15,7 +15,8 @@ from engine.destination import SETUP_TIMEOUT_S, IncomingMigration
 from engine.errors import MigrationError, file_errors
 from engine.events import EventBus
 from engine.guest import PAGE_SIZE, GuestRam
-from engine.params import CAPABILITIES, MigrationConfig, ParamValue
+from engine.mapped_ram import FileIncoming, FileOutgoing, FileUri
+from engine.params import TABLE_7_2, ConfigTable, MigrationConfig, ParamValue
 from engine.policy import PolicyInfo
 from engine.snapshot import MigrationInfo, StatusInfo
 from engine.source import (
@@ -61,6 +62,8 @@ class MachineOptions:
     setup_timeout_s: float = SETUP_TIMEOUT_S
     # How long an outgoing migration may send nothing while active before a warning.
     stall_warning_s: float = STALL_WARNING_S
+    # Which QEMU release's capabilities and parameters the endpoint has.
+    config_table: ConfigTable = TABLE_7_2
 
     def workload_name(self) -> str:
         """The workload named, else ``idle``; with a loader ``zero``: QEMU's RAM is then the
@@ -97,7 +100,7 @@ class Machine:
     ) -> None:
         """Build the guest and, with ``-incoming URI``, start listening (errors raise)."""
         self.opts = opts
-        self.config = MigrationConfig()
+        self.config = MigrationConfig(opts.config_table)
         self.events = EventBus()
         self._notify = notify or (lambda _msg: None)
         self._lock = threading.Lock()
@@ -117,8 +120,8 @@ class Machine:
             initial = RunState.PRELAUNCH if opts.start_paused else RunState.RUNNING
         self.vm = Vm(initial, self.events)
         self._autostart = not opts.start_paused
-        self._outgoing: OutgoingMigration | _Refused | None = None
-        self._incoming: IncomingMigration | None = None
+        self._outgoing: OutgoingMigration | FileOutgoing | _Refused | None = None
+        self._incoming: IncomingMigration | FileIncoming | None = None
         self._closing = False
         self.workload.start(self.ram, self.vm.gate, self._notify)
         if opts.incoming not in (None, "defer"):
@@ -165,6 +168,8 @@ class Machine:
         with self._lock:
             incoming, outgoing = self._incoming, self._outgoing
         base = incoming.info() if incoming else MigrationInfo()
+        if base.status is None and base.socket_address and self.config.table.listening_is_setup:
+            base = replace(base, status=MigrationStatus.SETUP)
         if outgoing is None:
             return base
         return replace(outgoing.info(), socket_address=base.socket_address)
@@ -177,12 +182,16 @@ class Machine:
         with self._lock:
             if is_running(self._outgoing_status()):
                 raise MigrationError("There's a migration process in progress")
-            self.config.set_capabilities(caps, incoming=self.vm.state is RunState.INMIGRATE)
+            self.config.set_capabilities(
+                caps,
+                incoming=self.vm.state is RunState.INMIGRATE,
+                started=self._incoming is not None,
+            )
 
     def set_parameters(self, values: Mapping[str, ParamValue]) -> None:
         self.config.set_parameters(values)
         outgoing = self._outgoing
-        if isinstance(outgoing, OutgoingMigration):
+        if isinstance(outgoing, OutgoingMigration | FileOutgoing):
             outgoing.parameters_changed()  # rate waits re-time now, not when they run out
 
     # -- outgoing -----------------------------------------------------------------------------
@@ -215,6 +224,9 @@ class Machine:
                     raise MigrationError(
                         "Command options are incompatible with current migration capabilities"
                     )
+            if c.table.file_uris and uri.startswith("file:"):
+                self._migrate_to_file(FileUri.parse(uri))
+                return
             try:
                 addr = parse_uri(uri, incoming=False)
             except MigrationError as exc:
@@ -230,12 +242,9 @@ class Machine:
                     "background-snapshot saves to an exec: command only here "
                     "(a destination that loads it would run a second copy of the guest)"
                 )
-            for spec in CAPABILITIES:
-                if not spec.supported and c.capability(spec.name):
-                    raise MigrationError(
-                        f"capability '{spec.name}' is not supported by qemu-hmp; "
-                        f"run 'migrate_set_capability {spec.name} off'"
-                    )
+            if c.capability("mapped-ram"):
+                raise MigrationError("Migration requires seekable transport (e.g. file)")
+            self._refuse_unsupported()
             settings = OutgoingSettings.from_config(c)
             if settings.validate_uuid and self.opts.uuid:  # QEMU's vmstate_uuid_needed
                 settings = replace(settings, uuid=self.opts.uuid)
@@ -255,6 +264,41 @@ class Machine:
         mig.start()
         # Like QEMU, a local connect that fails at once is reported before `migrate` returns.
         mig.wait_connected(CONNECT_WAIT_S)
+
+    def _refuse_unsupported(self) -> None:
+        """qemu-hmp's own refusal, after QEMU's checks: a capability the engine lacks is on."""
+        for spec in self.config.table.capabilities:
+            if not spec.supported and self.config.capability(spec.name):
+                raise MigrationError(
+                    f"capability '{spec.name}' is not supported by qemu-hmp; "
+                    f"run 'migrate_set_capability {spec.name} off'"
+                )
+
+    def _migrate_to_file(self, uri: FileUri) -> None:
+        """`migrate file:PATH` (11.1): a mapped-ram file, written by its own thread."""
+        c = self.config
+        if not c.capability("mapped-ram"):
+            raise MigrationError(
+                "qemu-hmp writes file: migrations with mapped-ram only; "
+                "run 'migrate_set_capability mapped-ram on'"
+            )
+        self._refuse_unsupported()
+        self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
+        try:
+            mig = FileOutgoing(
+                uri,
+                self.ram,
+                self.vm,
+                lambda n: int(c.param(n)),
+                multifd_channels(c),
+                self._migration_event,
+            )
+        except MigrationError as exc:  # QEMU keeps the failure in the status
+            self._outgoing = _Refused(exc.desc)
+            self._migration_event("MIGRATION", {"status": str(MigrationStatus.FAILED)})
+            raise
+        self._outgoing = mig
+        mig.start()
 
     def _refuse(self, error: str | None) -> None:
         """A URI QEMU cannot use: its migrate_init announced setup before looking at it."""
@@ -307,8 +351,25 @@ class Machine:
             self._start_incoming(uri)
 
     def _start_incoming(self, uri: str) -> None:
-        # QEMU announces setup before it looks at the URI, whether `events` is on or not.
-        self.events.emit("MIGRATION", {"status": str(MigrationStatus.SETUP)})
+        if self.config.table.file_uris and uri.startswith("file:"):
+            incoming = FileIncoming(
+                FileUri.parse(uri),
+                self.ram,
+                self.vm,
+                multifd_channels(self.config),
+                lambda: self._autostart,
+                lambda reason: self._notify(f"load of migration failed: {reason}"),
+                self._migration_event,
+            )
+            self._incoming = incoming
+            incoming.start()
+            return
+        # QEMU announces setup before it looks at the URI (7.2 whether `events` is on or not).
+        setup = {"status": str(MigrationStatus.SETUP)}
+        if self.config.table.incoming_setup_event:
+            self.events.emit("MIGRATION", setup)
+        else:
+            self._migration_event("MIGRATION", setup)
         self._listen(parse_uri(uri, incoming=True))
 
     def _listen(self, addr: Address, failed: IncomingMigration | None = None) -> None:

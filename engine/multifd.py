@@ -1,7 +1,9 @@
 """multifd: non-zero pages travel over N extra connections, one thread each, as in QEMU 7.2.
 
 The main stream keeps its records (configuration, zero pages, EOS, DONE); every channel
-carries PACKETs of up to 128 pages, optionally compressed as one unit per packet (zlib: a
+carries PACKETs of up to 128 pages (with QEMU 11.1's ``zero-page-detection multifd`` the
+channel finds the zero ones among them itself and sends their indices as a ZEROS record),
+optionally compressed as one unit per packet (zlib: a
 deflate stream per channel with a sync flush per packet; zstd: one frame per packet). Before
 each EOS the source puts a SYNC on every channel; the destination holds each channel at its
 SYNC until all have arrived and the main stream reached that EOS (QEMU's sem_sync), so a page
@@ -9,7 +11,8 @@ re-sent in the next iteration on one channel can never be overtaken by its stale
 another.
 
 Channel handshake: b"QHMF", u32 version, u32 channel id, 16-byte session id (from CONFIG).
-Channel records: u8 type, u32 length, body; PACKET body: u32 n, n x u32 page, payload.
+Channel records: u8 type, u32 length, body; PACKET body: u32 n, n x u32 page, payload;
+ZEROS body: u32 n, n x u32 page.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ HELLO = struct.Struct(">4sII16s")
 HELLO_MAGIC = b"QHMF"
 PACKET = 0x30
 SYNC = 0x31
+ZEROS = 0x32
 ZERO_COPY_UNAVAILABLE = "Zero copy send feature not detected in host kernel"  # QEMU's text
 # A broken socket ends a channel thread at once; this only bounds a bug's cost at the end.
 JOIN_TIMEOUT_S = 10.0
@@ -180,6 +184,10 @@ END = _End.END
 Job = npt.NDArray[np.intp] | None | Literal[_End.END]  # pages, None for a SYNC, or END
 
 
+def _page_list(pages: npt.NDArray[np.intp]) -> bytes:
+    return struct.pack(">I", len(pages)) + pages.astype(wire.U32).tobytes()
+
+
 class _SendChannel(threading.Thread):
     def __init__(self, sender: MultifdSender, index: int, sock: socket.socket) -> None:
         super().__init__(name=f"multifdsend_{index}", daemon=True)
@@ -195,21 +203,31 @@ class _SendChannel(threading.Thread):
         try:
             while (pages := self.jobs.get()) is not END:
                 if pages is None:
-                    s.sent(send_buffers(self.sock, [wire.RECORD.pack(SYNC, 0)]), 0)
+                    s.sent(send_buffers(self.sock, [wire.RECORD.pack(SYNC, 0)]), 0, 0)
                     if zero_copy and zero_copy.flush():  # QEMU flushes at each sync too
                         s.fallback()
                     s.synced()
                     continue
+                if s.detect_zero:
+                    zero = s.ram.zero_mask(pages)
+                    if zero.any():
+                        s.digest.set_zero(pages[zero])
+                        head = _page_list(pages[zero])
+                        record = [wire.RECORD.pack(ZEROS, len(head)), head]
+                        s.sent(send_buffers(self.sock, record), 0, int(zero.sum()))
+                    pages = pages[~zero]
+                    if not len(pages):
+                        continue
                 views: list[bytes | memoryview] = list(s.ram.views(pages))
                 s.digest.crc[pages] = s.ram.crc_pages(pages)
                 payload = [pack(b"".join(views))] if pack else views  # raw: sent uncopied
-                head = struct.pack(">I", len(pages)) + pages.astype(wire.U32).tobytes()
+                head = _page_list(pages)
                 size = len(head) + sum(len(p) for p in payload)
                 record = [wire.RECORD.pack(PACKET, size), head, *payload]
                 if zero_copy:  # raw (QEMU refuses compression with it): no copy in the kernel
-                    s.sent(zero_copy.send(record), len(pages))
+                    s.sent(zero_copy.send(record), len(pages), 0)
                 else:
-                    s.sent(send_buffers(self.sock, record), len(pages))
+                    s.sent(send_buffers(self.sock, record), len(pages), 0)
         except OSError as exc:
             s.failed(exc)
 
@@ -224,15 +242,17 @@ class MultifdSender:
         socks: list[socket.socket],
         method: str,
         level: int,
-        account: Callable[[int, int], None],
+        account: Callable[[int, int, int], None],
         *,
+        detect_zero: bool = False,
         zero_copy: bool = False,
         fallback: Callable[[], None] = lambda: None,
     ) -> None:
         """``zero_copy``: send packets with MSG_ZEROCOPY (zero-copy-send; only without
         compression); ``fallback`` counts a sync at which the kernel copied some anyway."""
         self.ram, self.digest, self.method, self.level = ram, digest, method, level
-        self._account = account  # (bytes sent, pages) → the source's statistics
+        self.detect_zero = detect_zero  # the channels find zero pages (11.1's default)
+        self._account = account  # (bytes sent, normal pages, zero pages) → the statistics
         self.fallback = fallback
         # Each channel's zero-copy state, by descriptor (only its thread uses it).
         self.zero_copy: dict[int, ZeroCopySocket] = {}
@@ -254,7 +274,8 @@ class MultifdSender:
             channel.start()
 
     def queue(self, pages: npt.NDArray[np.intp]) -> None:
-        """Add non-zero pages; full packets go to the next channel (blocking when it is busy)."""
+        """Add pages (non-zero ones unless the channels detect zeros); full packets go to the
+        next channel (blocking when it is busy)."""
         while len(pages):
             take = pages[: PACKET_PAGES - self._packet_len]
             self._packet.append(take)
@@ -292,8 +313,8 @@ class MultifdSender:
                 pass  # busy: its next send fails on the broken socket and ends the thread
 
     # called from channel threads
-    def sent(self, nbytes: int, pages: int) -> None:
-        self._account(nbytes, pages)
+    def sent(self, nbytes: int, pages: int, zero: int) -> None:
+        self._account(nbytes, pages, zero)
 
     def synced(self) -> None:
         with self._cond:
@@ -348,6 +369,8 @@ class _RecvChannel(threading.Thread):
                     r.arrive(generation)
                 elif kind == PACKET:
                     r.apply(self.sock, length, unpack)
+                elif kind == ZEROS:
+                    r.apply_zeros(self.sock, length)
                 else:
                     raise wire.StreamError(f"multifd: unknown record type 0x{kind:02x}")
             # A channel ends only after the stream is verified; earlier, the main stream may be
@@ -380,9 +403,8 @@ class MultifdReceiver:
         for channel in self._channels:
             channel.start()
 
-    def apply(self, sock: socket.socket, length: int, unpack: Unpack | None) -> None:
-        """One PACKET into guest RAM: raw pages straight from the socket, compressed ones
-        inflated and copied a run of pages at a time."""
+    def _read_pages(self, sock: socket.socket, length: int) -> npt.NDArray[np.intp]:
+        """A packet's page list, each index checked against RAM before RAM is touched."""
         head = wire.read_body(sock, 4, 4)
         (n,) = struct.unpack(">I", head)
         if not 0 < n <= PACKET_PAGES or length < 4 + 4 * n:
@@ -390,6 +412,23 @@ class MultifdReceiver:
         pages = np.frombuffer(wire.read_body(sock, 4 * n, 4 * n), wire.U32).astype(np.intp)
         if int(pages.max()) >= self.ram.pages:
             raise wire.StreamError(f"page {int(pages.max())} is outside guest RAM")
+        return pages
+
+    def apply_zeros(self, sock: socket.socket, length: int) -> None:
+        """Zero pages a channel found: cleared only where the page may hold data."""
+        pages = self._read_pages(sock, length)
+        if length != 4 + 4 * len(pages):
+            raise wire.StreamError("multifd: zero-page record of the wrong length")
+        touched = pages[self.written[pages]]
+        if len(touched):
+            self.ram.page_array[touched] = 0
+        self.digest.set_zero(pages)
+
+    def apply(self, sock: socket.socket, length: int, unpack: Unpack | None) -> None:
+        """One PACKET into guest RAM: raw pages straight from the socket, compressed ones
+        inflated and copied a run of pages at a time."""
+        pages = self._read_pages(sock, length)
+        n = len(pages)
         size = length - 4 - 4 * n
         if size > n * PAGE_SIZE + n * PAGE_SIZE // 8 + 64:
             raise wire.StreamError(f"multifd: packet payload of {size} bytes is too long")

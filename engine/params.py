@@ -1,16 +1,19 @@
 """Every migration capability and parameter of QEMU 7.2, in one table each, and their checks.
 
 Validation, defaults, the `info migrate_*` renderers, completion and the README all read these
-tables. Error texts are QEMU's, byte for byte (``migrate_params_check`` / ``migrate_caps_check``).
+tables. ``ConfigTable`` bundles one release's tables and checks (``TABLE_7_2`` here; QEMU
+11.1's in engine/params11.py); a ``MigrationConfig`` holds the settings of one table. Error
+texts are QEMU's, byte for byte (``migrate_params_check`` / ``migrate_caps_check``).
 Parsing the monitor's strings into typed values is the monitor's job (``hmp/monitor/values.py``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 from engine.compression import CODECS
 from engine.errors import MigrationError
@@ -29,6 +32,7 @@ class Kind(StrEnum):
     STR = "str"
     ENUM = "enum"
     QMP_ONLY = "qmp-only"  # block-bitmap-mapping: a list the monitor cannot express
+    WORDS = "words"  # a list of strings (cpr-exec-command), held as ``words_value`` makes it
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class Range:
     high: int
     expects: str  # QEMU's text after "expects "
     power_of_two: bool = False
+    message: str = ""  # a release's whole error text where it does not follow its pattern
 
 
 @dataclass(frozen=True)
@@ -393,7 +398,7 @@ def _typed(spec: ParamSpec, value: ParamValue) -> ParamValue:
     if spec.kind is Kind.BOOL:
         if not isinstance(value, bool):
             raise MigrationError(f"Parameter '{spec.name}' expects 'on' or 'off'")
-    elif spec.kind in (Kind.STR, Kind.ENUM):
+    elif spec.kind in (Kind.STR, Kind.ENUM, Kind.WORDS):
         if not isinstance(value, str):
             raise MigrationError(f"Parameter '{spec.name}' expects string")
         if spec.choices and value not in spec.choices:
@@ -405,10 +410,16 @@ def _typed(spec: ParamSpec, value: ParamValue) -> ParamValue:
     return value
 
 
-def _check_params(params: Mapping[str, ParamValue], caps: Mapping[str, bool]) -> None:
-    """QEMU's migrate_params_check over a whole parameter set."""
-    for name in CHECK_ORDER:
-        rule = PARAMS_BY_NAME[name].check
+def check_ranges(
+    params: Mapping[str, ParamValue],
+    specs: Mapping[str, ParamSpec],
+    order: tuple[str, ...],
+    error: Callable[[str, str], str],
+) -> None:
+    """The range rules of migrate_params_check, in ``order``; ``error(name, expects)`` is the
+    release's text for the first value out of its range."""
+    for name in order:
+        rule = specs[name].check
         assert rule is not None
         value = params[name]
         assert isinstance(value, int)
@@ -416,12 +427,24 @@ def _check_params(params: Mapping[str, ParamValue], caps: Mapping[str, bool]) ->
         assert isinstance(low, int)
         bad = not low <= value <= rule.high or (rule.power_of_two and value & (value - 1) != 0)
         if bad:
-            raise MigrationError(f"Parameter '{name.replace('-', '_')}' expects {rule.expects}")
+            raise MigrationError(rule.message or error(name, rule.expects))
+
+
+def _check_params(params: Mapping[str, ParamValue], caps: Mapping[str, bool]) -> None:
+    """QEMU's migrate_params_check over a whole parameter set."""
+    check_ranges(
+        params,
+        PARAMS_BY_NAME,
+        CHECK_ORDER,
+        lambda name, expects: f"Parameter '{name.replace('-', '_')}' expects {expects}",
+    )
     if caps["zero-copy-send"] and (params["multifd-compression"] != "none" or params["tls-creds"]):
         raise MigrationError(_ZERO_COPY)
 
 
-def _check_caps(caps: Mapping[str, bool], params: Mapping[str, ParamValue]) -> None:
+def _check_caps(
+    caps: Mapping[str, bool], params: Mapping[str, ParamValue], old: Mapping[str, bool]
+) -> None:
     """QEMU's migrate_caps_check (the checks that can fail on this host), in its order."""
     if caps["postcopy-ram"] and caps["x-ignore-shared"]:
         raise MigrationError("Postcopy is not compatible with ignore-shared")
@@ -447,6 +470,74 @@ def _check_caps(caps: Mapping[str, bool], params: Mapping[str, ParamValue]) -> N
         raise MigrationError("Capability 'x-compress-auto' requires 'compress'")
 
 
+def words_value(words: list[str]) -> str:
+    """A list of strings as one ``Kind.WORDS`` value: each word after a NUL (which no word
+    holds), so ``[]`` and ``[""]`` stay apart."""
+    return "".join("\0" + word for word in words)
+
+
+def value_words(value: ParamValue) -> list[str]:
+    return str(value).split("\0")[1:]
+
+
+ParamsCheck = Callable[[Mapping[str, ParamValue], Mapping[str, bool]], None]
+# (the candidate capabilities, the parameters, the capabilities before the change)
+CapsCheck = Callable[[Mapping[str, bool], Mapping[str, ParamValue], Mapping[str, bool]], None]
+
+
+@dataclass(frozen=True)
+class ConfigTable:
+    """One QEMU release's capabilities and parameters: which exist, their order, defaults,
+    rules and error texts. The engine reads its settings by name whatever the release; a name
+    the release lacks keeps its ``implicit`` value (what that release does without it)."""
+
+    release: str
+    parameters: tuple[ParamSpec, ...]
+    capabilities: tuple[CapabilitySpec, ...]
+    check_params: ParamsCheck
+    check_caps: CapsCheck
+    implicit: Mapping[str, ParamValue] = field(default_factory=dict)
+    # Whether a failed outgoing migration writes its error to stderr (7.2's migrate_fd_error
+    # does; 11.1 leaves it to the status, and to a blocking `migrate`).
+    report_failures: bool = True
+    # Whether `migrate-incoming` announces `setup` even with the events capability off (7.2).
+    incoming_setup_event: bool = True
+    # Whether a destination that listens reports the status `setup` (11.1; 7.2 has none).
+    listening_is_setup: bool = False
+    # Whether a failing migration passes through the state `failing` (11.1's MIGRATION events).
+    failing_state: bool = False
+    # Whether `file:` URIs exist (11.1: with the mapped-ram capability).
+    file_uris: bool = False
+    # The error of a capability change on a destination whose incoming migration has started.
+    incoming_started: Callable[[Mapping[str, bool], Mapping[str, bool]], str | None] = (
+        lambda new, old: None
+    )
+
+    @cached_property
+    def params_by_name(self) -> dict[str, ParamSpec]:
+        return {p.name: p for p in self.parameters}
+
+    @cached_property
+    def caps_by_name(self) -> dict[str, CapabilitySpec]:
+        return {c.name: c for c in self.capabilities}
+
+
+TABLE_7_2 = ConfigTable(
+    "7.2",
+    PARAMETERS,
+    CAPABILITIES,
+    _check_params,
+    _check_caps,
+    # 7.2 finds zero pages on the main stream and knows no switchover-ack or mapped-ram.
+    implicit={
+        "zero-page-detection": "legacy",
+        "avail-switchover-bandwidth": 0,
+        "switchover-ack": False,
+        "mapped-ram": False,
+    },
+)
+
+
 def _unknown(name: str) -> MigrationError:
     return MigrationError(f"invalid parameter value: {name}")
 
@@ -454,22 +545,29 @@ def _unknown(name: str) -> MigrationError:
 class MigrationConfig:
     """The capabilities and parameters of one endpoint. Thread-safe; updates are all-or-nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, table: ConfigTable = TABLE_7_2) -> None:
+        self.table = table
         self._lock = threading.Lock()
-        self._params: dict[str, ParamValue] = {p.name: p.default for p in PARAMETERS}
-        self._caps: dict[str, bool] = {c.name: False for c in CAPABILITIES}
+        self._params: dict[str, ParamValue] = {p.name: p.default for p in table.parameters}
+        self._caps: dict[str, bool] = {c.name: False for c in table.capabilities}
 
     def param(self, name: str) -> ParamValue:
         with self._lock:
-            return self._params[name]
+            value = self._params.get(name)
+        return self.table.implicit[name] if value is None else value
 
     def value(self, name: str) -> ParamValue:
-        """A capability's state or a parameter's value, by name."""
-        return self.capability(name) if name in CAPS_BY_NAME else self.param(name)
+        """A capability's state or a parameter's value, by name (the table's or implicit)."""
+        if name in self._caps:
+            return self.capability(name)
+        if name in self._params:
+            return self.param(name)
+        return self.table.implicit[name]
 
     def capability(self, name: str) -> bool:
         with self._lock:
-            return self._caps[name]
+            on = self._caps.get(name)
+        return bool(self.table.implicit[name]) if on is None else on
 
     def params(self) -> dict[str, ParamValue]:
         with self._lock:
@@ -482,25 +580,30 @@ class MigrationConfig:
     def set_parameters(self, values: Mapping[str, ParamValue]) -> None:
         """Overlay ``values`` on a copy of the whole set, check it all, then apply it."""
         for name, value in values.items():
-            spec = PARAMS_BY_NAME.get(name)
+            spec = self.table.params_by_name.get(name)
             if spec is None:
                 raise _unknown(name)
             _typed(spec, value)
         with self._lock:
             candidate = {**self._params, **values}
-            _check_params(candidate, self._caps)
+            self.table.check_params(candidate, self._caps)
             self._params = candidate
 
-    def set_capabilities(self, caps: Mapping[str, bool], *, incoming: bool) -> None:
-        """Check the new capability set as QEMU does; ``incoming`` marks a destination.
+    def set_capabilities(
+        self, caps: Mapping[str, bool], *, incoming: bool, started: bool = False
+    ) -> None:
+        """Check the new capability set as QEMU does; ``incoming`` marks a destination,
+        ``started`` one whose incoming migration has started (it listens).
 
         QEMU's incoming-only checks (userfaultfd support, multifd over a non-socket URI) cannot
         fail here: every host this runs on has userfaultfd, and every URI is a socket.
         """
         for name in caps:
-            if name not in CAPS_BY_NAME:
+            if name not in self.table.caps_by_name:
                 raise _unknown(name)
         with self._lock:
             candidate = {**self._caps, **caps}
-            _check_caps(candidate, self._params)
+            if started and (error := self.table.incoming_started(candidate, self._caps)):
+                raise MigrationError(error)
+            self.table.check_caps(candidate, self._params, self._caps)
             self._caps = candidate

@@ -101,9 +101,12 @@ class OutgoingSettings:
     validate_uuid: bool = _entry("validate-uuid")
     zero_copy_send: bool = _entry("zero-copy-send")
     background_snapshot: bool = _entry("background-snapshot")
+    zero_page_detection: str = _entry("zero-page-detection")  # none, legacy or multifd
     multifd_channels: int = 0  # 0: the multifd capability is off
     uuid: str = ""  # sent for the destination to check: -uuid, with validate-uuid on
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
+    report_failure: bool = True  # the release writes a failure's error to stderr
+    failing_state: bool = False  # the release announces `failing` before `failed`
 
     @classmethod
     def from_config(cls, config: MigrationConfig) -> OutgoingSettings:
@@ -115,6 +118,8 @@ class OutgoingSettings:
             **values,
             multifd_channels=multifd_channels(config),
             multifd_level=int(config.param(level)) if level else 1,
+            report_failure=config.table.report_failures,
+            failing_state=config.table.failing_state,
         )
 
 
@@ -399,6 +404,7 @@ class OutgoingMigration(threading.Thread):
                 s.multifd_compression,
                 s.multifd_level,
                 self._multifd_sent,
+                detect_zero=s.zero_page_detection == "multifd",
                 zero_copy=s.zero_copy_send,
                 fallback=self.stats.zero_copy_fallback,
             )
@@ -413,9 +419,9 @@ class OutgoingMigration(threading.Thread):
         sock.sendall(Hello(index, bytes.fromhex(session)).encode())
         return sock
 
-    def _multifd_sent(self, nbytes: int, pages: int) -> None:
+    def _multifd_sent(self, nbytes: int, pages: int, zero: int) -> None:
         """A channel thread sent a packet (or a SYNC): transferred and multifd bytes, as QEMU's."""
-        self.stats.add_multifd(nbytes, pages)
+        self.stats.add_multifd(nbytes, pages, zero)
         self._limiter.charge(nbytes)
         self._link.pace(nbytes)
 
@@ -430,7 +436,9 @@ class OutgoingMigration(threading.Thread):
                 self._iterate()
             else:
                 return
-            self.stats.update_window(self._param("downtime-limit"))
+            self.stats.update_window(
+                self._param("downtime-limit"), self._param("avail-switchover-bandwidth")
+            )
             self._steer()
 
     def _steer(self) -> None:
@@ -556,11 +564,13 @@ class OutgoingMigration(threading.Thread):
         elif self.vm.state is RunState.FINISH_MIGRATE:
             self.vm.set_state(RunState.POSTMIGRATE)
         self.vm.gate.set_throttle(0)
+        if status is MigrationStatus.FAILED and self.settings.failing_state:
+            self._on_event("MIGRATION", {"status": "failing"})
         with self._lock:
             self._status = status
             self._error = error
         self._on_event("MIGRATION", {"status": str(status)})
-        if error:
+        if error and self.settings.report_failure:
             self._report(report or error)
         self._connected.set()
         self._done.set()
@@ -656,13 +666,23 @@ class OutgoingMigration(threading.Thread):
         indices = self._next_pages(self._raw_batch() if plain else SCAN_BATCH)
         if not len(indices):
             return
-        if plain and cache is None:  # zero detection and the CRCs of the others in one pass
+        detect = self.settings.zero_page_detection
+        if self._multifd and detect == "multifd" and cache is None:
+            self._multifd.queue(indices)  # the channels find the zero pages themselves
+            return
+        if detect == "none":  # every page is sent as it is, zero or not
+            zero = np.zeros(len(indices), dtype=bool)
+        elif plain and cache is None:  # zero detection and the CRCs of the others in one pass
             zero, crcs = self.ram.scan(indices)
             self._send_plain(indices, zero, busy=0, crcs=crcs[~zero])
             return
-        zero = self.ram.zero_mask(indices)
+        else:
+            zero = self.ram.zero_mask(indices)
         if cache is not None:
             self._send_xbzrle(cache, indices, zero)
+            return
+        if plain:  # zero-page-detection none
+            self._send_plain(indices, zero, busy=0)
             return
         # QEMU checks for zero pages first; only the others are compressed or go to channels.
         if zero.any():

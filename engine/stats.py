@@ -120,14 +120,16 @@ class SourceStats:
             else:
                 self.downtime_bytes += nbytes
 
-    def add_multifd(self, nbytes: int, pages: int) -> None:
+    def add_multifd(self, nbytes: int, pages: int, zero: int = 0) -> None:
         """A multifd packet: its bytes count as transferred and multifd bytes, its pages as
-        normal. As in QEMU 7.2, precopy and downtime bytes are the main stream's alone."""
+        normal (or zero, found by the channel). As in QEMU 7.2, precopy and downtime bytes
+        are the main stream's alone."""
         with self._lock:
             self.stream_bytes += nbytes
             self.transferred += nbytes
             self.multifd_bytes += nbytes
             self.normal += pages
+            self.duplicate += zero
 
     def zero_copy_fallback(self) -> None:
         """QEMU's dirty_sync_missed_zero_copy: a sync whose flush saw the kernel copy."""
@@ -167,8 +169,13 @@ class SourceStats:
             self._win_pages = self.pages_total()
             self._period = _Period(t, xfer_bytes=self.transferred)
 
-    def update_window(self, downtime_limit_ms: int) -> None:
-        """QEMU's migration_update_counters: every ≥100 ms, bandwidth → threshold, mbps, pages/s."""
+    def update_window(self, downtime_limit_ms: int, switchover_bps: int = 0) -> None:
+        """QEMU's migration_update_counters: every ≥100 ms, bandwidth → threshold, mbps, pages/s.
+
+        ``switchover_bps`` (avail-switchover-bandwidth, QEMU 8.2+) is the bandwidth the
+        switchover may use; when set, the threshold and expected downtime use it instead of
+        the measured one (which a capped precopy keeps low).
+        """
         t = now_ms()
         spent = t - self._win_start_ms
         if spent < WINDOW_MS:
@@ -176,11 +183,12 @@ class SourceStats:
         with self._lock:
             moved = self.stream_bytes - self._win_bytes
             bandwidth = moved / spent  # bytes per ms
-            self.threshold = bandwidth * downtime_limit_ms
+            expected = switchover_bps / 1000 if switchover_bps else bandwidth
+            self.threshold = expected * downtime_limit_ms
             self.mbps = moved * 8 / (spent / 1000) / 1e6
             self.pages_per_second = int((self.pages_total() - self._win_pages) / (spent / 1000))
-            if self.dirty_pages_rate and moved > 10000 and bandwidth > 0:
-                self.expected_downtime_ms = int(self.remaining_at_sync / bandwidth)
+            if self.dirty_pages_rate and moved > 10000 and expected > 0:
+                self.expected_downtime_ms = int(self.remaining_at_sync / expected)
             self._win_start_ms, self._win_bytes, self._win_pages = (
                 t,
                 self.stream_bytes,

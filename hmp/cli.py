@@ -21,6 +21,7 @@ from hmp import harness, lab
 from hmp.exits import ProcessEnd, run_as_process, serve_until_quit
 from hmp.log import extract_log_option, start_log
 from hmp.monitor import (
+    DIALECTS,
     QEMU_VERSION,
     Monitor,
     MonitorSockets,
@@ -75,6 +76,8 @@ qemu-hmp options:
                           loader); idle and random-writer take a write rate
                           and a working set
   --seed N                seed of the guest's content and writes (default 0)
+  --qemu RELEASE          the QEMU release whose monitor and QMP to speak: {releases}
+                          (default 7.2)
   -h, --help              this text
   -version, --version     the version
 """
@@ -183,7 +186,13 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
         option = arg[1:] if arg.startswith("--") else arg
         if option in ("-h", "-help"):
             subcommands = ", ".join(SUBCOMMANDS)
-            sys.stdout.write(USAGE.format(subcommands=subcommands, workloads=", ".join(PROFILES)))
+            sys.stdout.write(
+                USAGE.format(
+                    subcommands=subcommands,
+                    workloads=", ".join(PROFILES),
+                    releases=", ".join(DIALECTS),
+                )
+            )
             sys.stdout.write(SHELL_USAGE)
             return None
         if option == "-version":
@@ -222,6 +231,11 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
             if not (seed.isascii() and seed.isdigit()):
                 raise UsageError(f"{arg} {seed}: expected a non-negative integer")
             opts["seed"] = int(seed)
+        elif option == "-qemu":
+            release = value(arg)
+            if release not in DIALECTS:
+                raise UsageError(f"{arg} {release}: expected one of {', '.join(DIALECTS)}")
+            opts["config_table"] = DIALECTS[release].table
         elif option in IGNORED_WITH_VALUE:
             value(arg)
         elif option in IGNORED_FLAGS:

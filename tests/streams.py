@@ -86,7 +86,12 @@ def record_stream(
         ram,
         vm,
         opts or settings(),
-        {"max-bandwidth": max_bandwidth, "downtime-limit": 300, "x-link-bandwidth": 0}.__getitem__,
+        {
+            "max-bandwidth": max_bandwidth,
+            "downtime-limit": 300,
+            "x-link-bandwidth": 0,
+            "avail-switchover-bandwidth": 0,
+        }.__getitem__,
         lambda _m: None,
         lambda _n, _d: None,
     )

@@ -25,10 +25,11 @@ from prompt_toolkit.document import Document
 
 from hmp.harness import Endpoint, QmpClient, free_port, qmp_client
 from hmp.harness.qemu_endpoint import qemu_argv
+from hmp.monitor import DIALECTS
 from hmp.shell import connect as connect_module
 from hmp.shell.completion import MonitorCompleter
 from hmp.shell.connect import ConnectError, RemoteMonitor, connect
-from hmp.shell.dialect import OURS, dialect_for
+from hmp.shell.dialect import dialect_for
 from tests.test_qmp_client import Lines, negotiated, peer
 from tests.test_repl_tty import Terminal, prompt_line
 
@@ -135,12 +136,14 @@ def completions(completer: MonitorCompleter, text: str) -> list[str]:
 
 def test_the_7_2_dialect_is_qemus_plus_the_local_commands() -> None:
     qemu = dialect_for((7, 2))
-    assert qemu.version == "7.2" and dialect_for((7, 2, 22)[:2]) is qemu
+    assert qemu.release == "7.2" and dialect_for((7, 2, 22)[:2]) is qemu
     assert dialect_for((8, 0)) is qemu  # a newer QEMU: the newest release we know before it
-    assert dialect_for(None) is OURS
+    assert dialect_for((6, 2)) is qemu  # an older one: the oldest we know
+    assert dialect_for((11, 1)).release == dialect_for((12, 0)).release == "11.1"
     completer = MonitorCompleter(dialect=qemu)
     assert completions(completer, "info x") == []  # x_compress_policy is ours
-    assert completions(MonitorCompleter(dialect=OURS), "info x") == ["x_compress_policy"]
+    ours = MonitorCompleter(dialect=DIALECTS["7.2"])
+    assert completions(ours, "info x") == ["x_compress_policy"]
     assert completions(completer, "x_migrate_") == ["x_migrate_export", "x_migrate_chart"]
     assert "x-compress-auto" not in completions(completer, "migrate_set_capability x")
     assert completions(completer, "migrate_set_parameter x-") == ["x-checkpoint-delay"]

@@ -97,6 +97,7 @@ class Params:
 
     def __init__(self, watched: str, value: int) -> None:
         self.values = {"max-bandwidth": 0, "downtime-limit": 300, "x-link-bandwidth": 0}
+        self.values["avail-switchover-bandwidth"] = 0
         self.values[watched] = value
         self.watched = watched
         self.read = threading.Event()

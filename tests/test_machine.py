@@ -409,8 +409,9 @@ def test_multifd_migration(machines, channels, compression):
 # The fast link's guest is big enough that most of it goes after the first decision (0.1 s
 # of compression, ~13000 pages on 2 cores, is sent before it). Each decision has a margin of
 # 10x or more over any machine's speed, even with the test's processes sharing a core with ten
-# others (4 MiB/s is some 40x below what one core compresses, 4 GiB/s far above it); the level the policy picks depends on how idle the workers are, i.e. on the
-# machine's speed, so tests/test_policy.py checks levels from injected measurements instead.
+# others (4 MiB/s is some 40x below what one core compresses, 4 GiB/s far above it); the
+# level the policy picks depends on how idle the workers are, i.e. on the machine's speed,
+# so tests/test_policy.py checks levels from injected measurements instead.
 @pytest.mark.parametrize(
     ("link", "expect_compress", "size"), [(4 * MiB, True, 32 * MiB), (4096 * MiB, False, GiB)]
 )

@@ -87,3 +87,32 @@ def test_a_destination_that_quit_is_reported() -> None:
     assert result.returncode == 0
     assert result.stdout.endswith("(qemu) info status\nVM status: running\n")
     assert "qemu-hmp: dst: " in result.stderr
+
+
+def test_an_11_1_pair_listens_at_the_first_dst_so_multifd_can_be_set() -> None:
+    lines = [
+        "dst> info migrate",  # -incoming defer: nothing yet
+        "dst> migrate_set_capability multifd on",
+        "migrate_set_capability multifd on",
+        "migrate {dst}",
+        "info status",
+        "dst> info status",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "hmp", "--qemu", "11.1", "--pair", "-m", "16M"],
+        input="".join(f"{line}\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "(qemu) dst> info migrate\n"
+        "(qemu) dst> migrate_set_capability multifd on\n"
+        "(qemu) migrate_set_capability multifd on\n"
+        "(qemu) migrate {dst}\n"
+        "(qemu) info status\n"
+        "VM status: paused (postmigrate)\n"
+        "(qemu) dst> info status\n"
+        "VM status: running\n"
+    )

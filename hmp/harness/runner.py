@@ -9,6 +9,8 @@ Directives (no output of their own):
     @wait NAME pass N [timeout=S]           poll `query-migrate` until ``dirty-sync-count``
                                             is at least N while it runs; fails at once if the
                                             migration has ended (shows one not converging)
+    @qemu RELEASE                           the QEMU release the qemu-hmp endpoints speak
+                                            (``--qemu RELEASE``); before the first start
     @kill NAME                              SIGKILL the endpoint (a host that dies)
     @stderr NAME                            the lines below are NAME's next stderr lines
                                             (async messages), waited for up to the timeout
@@ -35,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from hmp.harness.endpoint import Endpoint, EndpointError, EndpointExited, free_port
@@ -125,6 +128,7 @@ class Session:
         self.quiet: dict[str, bool] = {}  # endpoint -> its guest writes nothing
         self.ports: dict[str, int] = {}
         self.unchecked: set[str] = set()  # @ignore-stderr
+        self.release: str | None = None  # `@qemu RELEASE`: the dialect of qemu-hmp endpoints
         # The run's directory: {dir} in steps, and the endpoints' working directory, so files
         # they name relatively (`pmemsave`, an exec: command's) go with the run.
         self._dir = tempfile.TemporaryDirectory(prefix="qemu-hmp-run-")
@@ -176,6 +180,8 @@ class Session:
         if step.name in self.endpoints:
             raise StepError(f"endpoint {step.name!r} is already started")
         argv = shlex.split(self.expand(step.arg))
+        if self.release and argv and Path(argv[0]).name == "qemu-hmp":
+            argv[1:1] = ["--qemu", self.release]
         endpoint: Endpoint | QemuEndpoint
         if self.against_qemu and argv[:1] == ["qemu-hmp"]:  # QEMU's errors under our name
             endpoint = QemuEndpoint(qemu_argv(argv), name=step.name, program_as="qemu-hmp")
@@ -197,6 +203,11 @@ class Session:
         word, *args = step.arg.split()
         if word == "wait" and len(args) >= 3 and args[1] in WAITS:
             self._wait(*args)
+            return []
+        if word == "qemu" and len(args) == 1:
+            if self.endpoints:
+                raise StepError("@qemu must come before the first endpoint starts")
+            self.release = args[0]
             return []
         if word == "kill" and len(args) == 1:
             self._endpoint(args[0]).kill()

@@ -30,6 +30,7 @@ PLACEHOLDERS = {
     "ms": r"\d+",
     "kb": r"\d+",
     "pct": r"\d+",
+    "size": r"\d+(?:\.\d+)? (?:B|KiB|MiB|GiB|TiB)",  # QEMU 11.1's size_to_str
     "*": r".*",
 }
 _PORT = re.compile(r"\{(port\d*)\}")
@@ -209,16 +210,43 @@ COUNTS = {
     "xbzrle overflow": "{int}",
 }
 STATUS_LABEL = "Migration status"
+# QEMU 11.1's `info migrate` groups its figures as `label=value` after a label: in these
+# lines every figure is volatile while a migration runs, and the timing ones always.
+FIGURES_11 = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?: (?:B|KiB|MiB|GiB|TiB)\b)?")
+# The precopy/downtime split depends on when the stop falls, and `Others` adds figures
+# (downtime_bytes, ...) only when they are not zero.
+TIMING_11: tuple[str, ...] = (
+    "Time (ms):",
+    "  Throughput (Mbps):",
+    "    Channels:",
+    "  Page Rates (pps):",
+)
+COUNTS_11: tuple[str, ...] = ("Remaining:", "  Transfers:", "    Page Types:", "XBZRLE:")
+COUNTS_11 += ("  miss_rate=", "CPU Throttle (%):")
+OTHERS_11 = "  Others: \t\t"
+
+
+def _figures_11(line: str) -> str:
+    def placeholder(m: re.Match[str]) -> str:
+        text = m[0]
+        return "{size}" if " " in text else "{float}" if "." in text else "{int}"
+
+    return FIGURES_11.sub(placeholder, line)
 
 
 def generaliser(
     output: Sequence[str], ports: Mapping[str, int], quiet_guest: bool
 ) -> Callable[[str], str]:
     """How to record one line of ``output``: volatile figures become placeholders."""
-    completed = f"{STATUS_LABEL}: completed" in output
+    completed = f"{STATUS_LABEL}: completed" in output or "Status: \t\tcompleted" in output
     table = TIMING if quiet_guest and completed else TIMING | COUNTS
+    labels_11 = TIMING_11 if quiet_guest and completed else TIMING_11 + COUNTS_11
 
     def generalise(line: str) -> str:
+        if line.startswith(OTHERS_11):
+            return OTHERS_11 + "{*}"
+        if line.startswith(labels_11):
+            return _figures_11(line)
         label, sep, _ = line.partition(": ")
         if sep and label in table:
             pattern = f"{label}: {table[label]}"

@@ -12,6 +12,8 @@ from hmp.monitor.commands import (
     package_version,
     write_series,
 )
+from hmp.monitor.dialect import DEFAULT as DEFAULT_DIALECT
+from hmp.monitor.dialect import DIALECTS, Dialect, dialect_of
 from hmp.monitor.parser import ArgSpec, ParseError, find_command, parse_line
 from hmp.monitor.series import from_json as series_from_json
 from hmp.monitor.session import BANNER, Monitor
@@ -21,12 +23,16 @@ from hmp.monitor.values import spell, strtosz, strtou64, valid_text
 __all__ = [
     "BANNER",
     "COMMANDS",
+    "DEFAULT_DIALECT",
+    "DIALECTS",
     "QEMU_VERSION",
     "ArgSpec",
     "Command",
+    "Dialect",
     "Monitor",
     "MonitorSockets",
     "ParseError",
+    "dialect_of",
     "extract_monitor_options",
     "find_command",
     "hmp_help",

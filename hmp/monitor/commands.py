@@ -14,12 +14,10 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from engine.errors import MigrationError, file_errors
-from engine.params import CAPS_BY_NAME, PARAMS_BY_NAME
 from engine.state import MigrationStatus
 from engine.stats import Sample
 from hmp.monitor import chart, render, series
 from hmp.monitor.parser import Args, ArgSpec, find_command, parse_args_type, split_words
-from hmp.monitor.values import parse_parameter
 
 if TYPE_CHECKING:
     from hmp.monitor.session import Monitor
@@ -67,9 +65,9 @@ def _help_list(mon: Monitor, table: tuple[Command, ...], prefix: str = "") -> No
 def hmp_help(mon: Monitor, args: Args) -> None:
     words = split_words(str(args.get("name") or ""))
     if not words:
-        _help_list(mon, COMMANDS)
+        _help_list(mon, mon.dialect.commands)
         return
-    cmd = find_command(COMMANDS, words[0])
+    cmd = find_command(mon.dialect.commands, words[0])
     if cmd is None:
         mon.printf(f"unknown command: '{words[0]}'\n")
     elif not cmd.sub_table:
@@ -87,7 +85,7 @@ def hmp_help(mon: Monitor, args: Args) -> None:
 # -- info -------------------------------------------------------------------------------------
 def hmp_info(mon: Monitor, args: Args) -> None:
     """Bare `info` lists its sub-commands, like `help info`."""
-    _help_list(mon, INFO_COMMANDS, "info ")
+    _help_list(mon, mon.dialect.info_commands, "info ")
 
 
 def hmp_info_migrate(mon: Monitor, args: Args) -> None:
@@ -95,13 +93,14 @@ def hmp_info_migrate(mon: Monitor, args: Args) -> None:
 
 
 def hmp_info_migrate_capabilities(mon: Monitor, args: Args) -> None:
-    caps = mon.machine.config.capabilities()
-    public = {name: on for name, on in caps.items() if not CAPS_BY_NAME[name].extension}
+    caps, table = mon.machine.config.capabilities(), mon.machine.config.table
+    public = {name: on for name, on in caps.items() if not table.caps_by_name[name].extension}
     mon.printf(render.info_migrate_capabilities(public))
 
 
 def hmp_info_migrate_parameters(mon: Monitor, args: Args) -> None:
-    mon.printf(render.info_migrate_parameters(mon.machine.config.params()))
+    config = mon.machine.config
+    mon.printf(render.info_migrate_parameters(config.params(), config.table.parameters))
 
 
 def hmp_info_status(mon: Monitor, args: Args) -> None:
@@ -113,7 +112,7 @@ def hmp_info_x_compress_policy(mon: Monitor, args: Args) -> None:
 
 
 def hmp_info_version(mon: Monitor, args: Args) -> None:
-    mon.printf(f"{QEMU_VERSION} (qemu-hmp {package_version()})\n")
+    mon.printf(f"{mon.dialect.version} (qemu-hmp {package_version()})\n")
 
 
 def hmp_info_name(mon: Monitor, args: Args) -> None:
@@ -137,8 +136,9 @@ def _unknown_name(name: str, known: dict[str, object], example: str) -> Migratio
 
 def hmp_migrate_set_capability(mon: Monitor, args: Args) -> None:
     name, state = str(args["capability"]), bool(args["state"])
-    if name not in CAPS_BY_NAME:
-        raise _unknown_name(name, dict(CAPS_BY_NAME), "migrate_set_capability {} " + _onoff(state))
+    known = mon.machine.config.table.caps_by_name
+    if name not in known:
+        raise _unknown_name(name, dict(known), "migrate_set_capability {} " + _onoff(state))
     mon.machine.set_capabilities({name: state})
 
 
@@ -148,10 +148,11 @@ def _onoff(state: bool) -> str:
 
 def hmp_migrate_set_parameter(mon: Monitor, args: Args) -> None:
     name, text = str(args["parameter"]), str(args["value"])
-    spec = PARAMS_BY_NAME.get(name)
+    known = mon.machine.config.table.params_by_name
+    spec = known.get(name)
     if spec is None:
-        raise _unknown_name(name, dict(PARAMS_BY_NAME), "migrate_set_parameter {} " + text)
-    mon.machine.set_parameters({name: parse_parameter(spec, text, mon.warn_report)})
+        raise _unknown_name(name, dict(known), "migrate_set_parameter {} " + text)
+    mon.machine.set_parameters({name: mon.dialect.parse_parameter(spec, text, mon.warn_report)})
 
 
 # -- migration --------------------------------------------------------------------------------

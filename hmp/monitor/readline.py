@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from enum import Enum
 
-from engine.params import CAPABILITIES, PARAMETERS
 from hmp.markers import PROMPT
-from hmp.monitor.commands import COMMANDS, Command, hmp_help
+from hmp.monitor.commands import Command, hmp_help
+from hmp.monitor.dialect import DEFAULT, Dialect
 from hmp.monitor.parser import find_command, words_or_none
 
 ENCODING = ("utf-8", "surrogateescape")  # any byte a client sends comes back unchanged
@@ -248,7 +248,7 @@ def _common_prefix(names: Sequence[bytes]) -> bytes:
 
 
 # -- what Tab offers ------------------------------------------------------------------------
-def complete(before: str, table: Sequence[Command] = COMMANDS) -> tuple[str, list[str]]:
+def complete(before: str, dialect: Dialect = DEFAULT) -> tuple[str, list[str]]:
     """QEMU's monitor completion for the text before the cursor: a word and its candidates.
 
     Command names (every alias) and ``info`` sub-commands; ``help`` completes the command it
@@ -260,10 +260,12 @@ def complete(before: str, table: Sequence[Command] = COMMANDS) -> tuple[str, lis
         return "", []
     if before and before[-1].isspace():
         words.append("")
-    return _in_table(table, words)
+    return _in_table(dialect.commands, words, dialect)
 
 
-def _in_table(table: Sequence[Command], words: list[str]) -> tuple[str, list[str]]:
+def _in_table(
+    table: Sequence[Command], words: list[str], dialect: Dialect
+) -> tuple[str, list[str]]:
     if len(words) <= 1:
         word = words[0] if words else ""
         return word, [name for cmd in table for name in cmd.names if name.startswith(word)]
@@ -272,17 +274,18 @@ def _in_table(table: Sequence[Command], words: list[str]) -> tuple[str, list[str
     if cmd is None:
         return word, []
     if cmd.sub_table:
-        return _in_table(cmd.sub_table, words[1:])
+        return _in_table(cmd.sub_table, words[1:], dialect)
     if cmd.handler is hmp_help:
-        return _in_table(COMMANDS, words[1:])
-    return word, [name for name in _argument_names(cmd.name, len(words)) if name.startswith(word)]
+        return _in_table(dialect.commands, words[1:], dialect)
+    names = _argument_names(cmd.name, len(words), dialect)
+    return word, [name for name in names if name.startswith(word)]
 
 
-def _argument_names(command: str, nwords: int) -> list[str]:
+def _argument_names(command: str, nwords: int, dialect: Dialect) -> list[str]:
     if command == "migrate_set_capability" and nwords == 2:
-        return [cap.name for cap in CAPABILITIES]
+        return [cap.name for cap in dialect.table.capabilities]
     if command == "migrate_set_capability" and nwords == 3:
         return ["on", "off"]
     if command == "migrate_set_parameter" and nwords == 2:
-        return [spec.name for spec in PARAMETERS]
+        return [spec.name for spec in dialect.table.parameters]
     return []

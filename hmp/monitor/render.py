@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from engine.params import PARAMETERS, Kind, ParamValue
+from engine.params import PARAMETERS, Kind, ParamSpec, ParamValue, value_words
 from engine.policy import PolicyInfo
 from engine.snapshot import MigrationInfo, RamStats, StatusInfo
 from engine.state import MigrationStatus, RunState
@@ -25,12 +25,17 @@ def info_migrate_capabilities(caps: Mapping[str, bool]) -> str:
     return "".join(f"{name}: {_onoff(on)}\n" for name, on in caps.items())
 
 
-def info_migrate_parameters(params: Mapping[str, ParamValue]) -> str:
+def info_migrate_parameters(
+    params: Mapping[str, ParamValue], specs: tuple[ParamSpec, ...] = PARAMETERS
+) -> str:
     lines = []
-    for spec in PARAMETERS:
+    for spec in specs:
         if not spec.printed:
             continue
         value = params[spec.name]
+        if spec.kind is Kind.WORDS:  # QEMU 11.1's cpr-exec-command: a space before each word
+            lines.append(f"{spec.name}:{''.join(' ' + w for w in value_words(value))}\n")
+            continue
         if spec.kind is Kind.BOOL:
             text = _onoff(bool(value))
         elif spec.kind is Kind.STR:

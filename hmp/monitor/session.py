@@ -10,11 +10,11 @@ from typing import TextIO
 from engine.errors import MigrationError
 from engine.machine import Machine
 from engine.snapshot import MigrationInfo
-from hmp.monitor.commands import COMMANDS, QEMU_VERSION
+from hmp.monitor.dialect import DEFAULT, dialect_of
 from hmp.monitor.parser import ParseError, parse_line
 
 log = logging.getLogger(__name__)
-BANNER = f"QEMU {QEMU_VERSION} monitor - type 'help' for more information\n"
+BANNER = DEFAULT.banner  # the default dialect's; a monitor's own is ``monitor.dialect.banner``
 
 
 class Monitor:
@@ -29,6 +29,7 @@ class Monitor:
         can_suspend: bool = True,
     ):
         self.machine = machine
+        self.dialect = dialect_of(machine)
         self._out = out
         self._err = err
         self.quit_requested = False
@@ -66,7 +67,7 @@ class Monitor:
     def execute(self, line: str) -> None:
         """Run one command line. Never raises: every failure becomes monitor output."""
         try:
-            parsed = parse_line(COMMANDS, line)
+            parsed = parse_line(self.dialect.commands, line)
             if parsed is not None:
                 parsed.command.handler(self, parsed.args)
         except ParseError as err:

@@ -26,7 +26,7 @@ from engine.transport import Address, Listener
 from hmp.chardev import monitor_chardev, socket_chardev
 from hmp.exits import ProcessEnd
 from hmp.monitor.readline import ENCODING, LineEditor, complete
-from hmp.monitor.session import BANNER, Monitor
+from hmp.monitor.session import Monitor
 from hmp.qemuopts import OptionError, flag, take_option
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ class MonitorSocket:
         self._listener = _listen(spec)
         self._out = _ClientOutput()
         self._monitor = Monitor(machine, out=self._out)
-        self._editor = LineEditor(complete)
+        dialect = self._monitor.dialect
+        self._editor = LineEditor(lambda before: complete(before, dialect))
         self._closed = threading.Event()
         self._client: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -209,7 +210,7 @@ class MonitorSocket:
         telnet = TelnetFilter() if self.spec.telnet else None
         if telnet is not None:
             self._out.send(TELNET_OFFERS)
-        self._monitor.printf(BANNER)
+        self._monitor.printf(self._monitor.dialect.banner)
         self._editor.restart()
         self._out.send(self._editor.take_output())
         while data := client.recv(4096):

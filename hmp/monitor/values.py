@@ -47,8 +47,8 @@ def _warn_hex_suffix(text: str, warn: Callable[[str], None]) -> None:
 
 
 def default_unit(spec: ParamSpec) -> str:
-    """The unit of a bare number: HMP parses max-bandwidth itself, in MiB; sizes are bytes."""
-    return "M" if spec.name == "max-bandwidth" else "B"
+    """The unit of a bare number: HMP parses the bandwidths itself, in MiB; sizes are bytes."""
+    return "M" if spec.name in ("max-bandwidth", "avail-switchover-bandwidth") else "B"
 
 
 def spell(spec: ParamSpec, value: ParamValue) -> str:

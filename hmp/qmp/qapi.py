@@ -13,8 +13,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.errors import MigrationError
-from engine.params import CAPABILITIES, PARAMETERS, Kind, ParamSpec, ParamValue
+from engine.params import (
+    PARAMETERS,
+    TABLE_7_2,
+    ConfigTable,
+    Kind,
+    ParamSpec,
+    ParamValue,
+    value_words,
+    words_value,
+)
 from engine.snapshot import MigrationInfo, StatusInfo
+from hmp.qmp.ghash import ghash_order
 
 UINT64 = 1 << 64
 
@@ -115,9 +125,11 @@ def struct(
                 out[name] = member(value[name], full)
             elif name in required:
                 raise QmpError(f"Parameter '{full}' is missing")
-        for name in value:
-            if name not in members:
-                raise QmpError(f"Parameter '{f'{path}.{name}' if path else name}' is unexpected")
+        unexpected = [name for name in value if name not in members]
+        if unexpected:  # QEMU names the first its visitor's hash table still holds
+            left = ghash_order(value, removed=out)
+            name = next(k for k in left if k in unexpected)
+            raise QmpError(f"Parameter '{f'{path}.{name}' if path else name}' is unexpected")
         return out
 
     return visit
@@ -135,20 +147,32 @@ _PARAM_VISITORS: dict[Kind, Visitor] = {
 }
 
 
+def _words(value: Any, path: str) -> str:
+    """``['str']`` (cpr-exec-command), held as one engine value."""
+    if not isinstance(value, list):
+        raise QmpError(f"Invalid parameter type for '{path}', expected: array")
+    return words_value([string(word, f"{path}[{i}]") for i, word in enumerate(value)])
+
+
 def _param_visitor(spec: ParamSpec) -> Visitor:
+    if spec.kind is Kind.WORDS:
+        return _words
     return enum(spec.choices) if spec.kind is Kind.ENUM else _PARAM_VISITORS[spec.kind]
 
 
-# ``MigrateSetParameters``: every member optional, typed from the engine's table.
-SET_PARAMETERS = struct({}, {p.name: _param_visitor(p) for p in PARAMETERS})
-# ``migrate-set-capabilities``: a list of ``MigrationCapabilityStatus``.
-SET_CAPABILITIES = struct(
-    {
-        "capabilities": array(
-            struct({"capability": enum(tuple(c.name for c in CAPABILITIES)), "state": boolean})
-        )
-    }
-)
+def set_parameters(table: ConfigTable) -> Visitor:
+    """``MigrateSetParameters`` of a release: every member optional, typed from its table."""
+    return struct({}, {p.name: _param_visitor(p) for p in table.parameters})
+
+
+def set_capabilities(table: ConfigTable) -> Visitor:
+    """``migrate-set-capabilities`` of a release: a list of ``MigrationCapabilityStatus``."""
+    names = tuple(c.name for c in table.capabilities)
+    return struct({"capabilities": array(struct({"capability": enum(names), "state": boolean}))})
+
+
+SET_PARAMETERS = set_parameters(TABLE_7_2)
+SET_CAPABILITIES = set_capabilities(TABLE_7_2)
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -192,9 +216,20 @@ def status_info(info: StatusInfo) -> dict[str, Any]:
     return {"running": info.running, "singlestep": False, "status": str(info.status)}
 
 
-def migration_parameters(params: Mapping[str, ParamValue]) -> dict[str, Any]:
+def status_info_11(info: StatusInfo) -> dict[str, Any]:
+    """QEMU 11.1's StatusInfo: `singlestep` is gone."""
+    return {"running": info.running, "status": str(info.status)}
+
+
+def migration_parameters(
+    params: Mapping[str, ParamValue], specs: tuple[ParamSpec, ...] = PARAMETERS
+) -> dict[str, Any]:
     """``query-migrate-parameters``; block-bitmap-mapping is never set here, so never shown."""
-    return {p.name: params[p.name] for p in PARAMETERS if p.kind is not Kind.QMP_ONLY}
+    return {
+        p.name: value_words(params[p.name]) if p.kind is Kind.WORDS else params[p.name]
+        for p in specs
+        if p.kind is not Kind.QMP_ONLY
+    }
 
 
 def migration_capabilities(caps: Mapping[str, bool]) -> list[dict[str, Any]]:

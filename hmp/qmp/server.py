@@ -28,10 +28,12 @@ from typing import Any
 
 from engine.errors import MigrationError
 from engine.machine import Machine
+from engine.params import TABLE_7_2
+from engine.params11 import TABLE_11_1
 from engine.state import MigrationStatus
-from engine.transport import Address, listen
+from engine.transport import Address, UnknownProtocol, listen, parse_uri
 from hmp.chardev import qmp_chardev
-from hmp.monitor import QEMU_VERSION, Monitor, package_version
+from hmp.monitor import Monitor, dialect_of, package_version
 from hmp.qemuopts import OptionError
 from hmp.qmp import qapi
 from hmp.qmp.jsonstream import JsonError, JsonStreamer, dumps
@@ -83,7 +85,7 @@ def _qmp_capabilities(session: _Session, args: Args) -> Any:
 
 
 def _query_version(session: _Session, args: Args) -> Any:
-    major, minor, micro = (int(n) for n in QEMU_VERSION.split("."))
+    major, minor, micro = dialect_of(session.machine).version_triple
     package = f"qemu-hmp {package_version()}"
     return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": package}
 
@@ -163,7 +165,10 @@ COMMANDS: dict[str, _Command] = {
         lambda s, a: qapi.migration_capabilities(s.machine.config.capabilities()),
     ),
     "query-migrate-parameters": _Command(
-        qapi.NO_ARGS, lambda s, a: qapi.migration_parameters(s.machine.config.params())
+        qapi.NO_ARGS,
+        lambda s, a: qapi.migration_parameters(
+            s.machine.config.params(), s.machine.config.table.parameters
+        ),
     ),
     "migrate-set-capabilities": _Command(qapi.SET_CAPABILITIES, _set_capabilities),
     "migrate-set-parameters": _Command(qapi.SET_PARAMETERS, _set_parameters),
@@ -180,6 +185,50 @@ COMMANDS: dict[str, _Command] = {
         qapi.struct({"command-line": qapi.string}, {"cpu-index": qapi.integer}),
         _human_monitor_command,
     ),
+}
+
+
+def _migrate_11(session: _Session, args: Args) -> Any:
+    """QEMU 11.1's `migrate`: a URI or channels (qemu-hmp takes the URI), parsed first."""
+    uri, channels = args.get("uri"), args.get("channels")
+    if (uri is None) == (not channels):
+        raise QmpError("need either 'uri' or 'channels' argument")
+    if uri is None:
+        raise QmpError("Parameter 'channels' is not supported by qemu-hmp: give 'uri'")
+    try:
+        if not uri.startswith("file:"):  # a file is opened by the migration itself
+            parse_uri(uri, incoming=False)
+    except UnknownProtocol:
+        raise QmpError(f"unknown migration protocol: {uri}") from None
+    session.machine.migrate(uri, resume=bool(args.get("resume")))
+    return {}
+
+
+# QEMU 11.1's commands where they differ from 7.2's: its capability and parameter sets, no
+# `singlestep` in query-status, `migrate` without blk/inc/detach but with channels.
+COMMANDS_11: dict[str, _Command] = {
+    **COMMANDS,
+    "query-status": _Command(
+        qapi.NO_ARGS, lambda s, a: qapi.status_info_11(s.machine.query_status())
+    ),
+    "migrate-set-capabilities": _Command(qapi.set_capabilities(TABLE_11_1), _set_capabilities),
+    "migrate-set-parameters": _Command(qapi.set_parameters(TABLE_11_1), _set_parameters),
+    "migrate": _Command(
+        qapi.struct(
+            {},
+            {
+                "uri": qapi.string,
+                "channels": qapi.array(lambda value, path: value),
+                "resume": qapi.boolean,
+            },
+        ),
+        _migrate_11,
+    ),
+}
+# Each release's command table, by `--qemu`'s name.
+COMMAND_TABLES: dict[str, dict[str, _Command]] = {
+    TABLE_7_2.release: COMMANDS,
+    TABLE_11_1.release: COMMANDS_11,
 }
 
 
@@ -404,9 +453,10 @@ class _Session:
             raise QmpError(
                 "Capabilities negotiation is already complete, command ignored", "CommandNotFound"
             )
-        if name not in COMMANDS:
+        commands = COMMAND_TABLES[self.machine.config.table.release]
+        if name not in commands:
             raise QmpError(f"The command {name} has not been found", "CommandNotFound")
-        return COMMANDS[name]
+        return commands[name]
 
     def close(self) -> None:
         """End the session: let queued output out (for at most a second), then hang up and

@@ -1,10 +1,11 @@
-"""Tab completion for monitor lines, derived from the command table and the engine's tables.
+"""Tab completion for monitor lines, derived from a dialect's command and engine tables.
 
-Commands and their aliases come from ``COMMANDS``, ``info``'s sub-commands from its
-``sub_table``, flags from each command's args_type, and the values of an argument from what its
-key names: ``capability`` → the capability table, ``parameter`` → the parameter table, a ``b``
-argument → ``on``/``off``; the value of ``migrate_set_parameter`` → hints from that parameter's
-kind, choices, range and default (QEMU's own completion does the same per command).
+Commands and their aliases come from the dialect's command table, ``info``'s sub-commands
+from its ``sub_table``, flags from each command's args_type, and the values of an argument
+from what its key names: ``capability`` → the capability table, ``parameter`` → the
+parameter table, a ``b`` argument → ``on``/``off``; the value of ``migrate_set_parameter`` →
+hints from that parameter's kind, choices, range and default (QEMU's own completion does the
+same per command).
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
-from engine.params import Kind, ParamSpec, ParamValue
-from hmp.monitor import ArgSpec, Command, find_command, hmp_help, spell, valid_text
-from hmp.shell.dialect import OURS, Dialect
+from engine.params import CapabilitySpec, Kind, ParamSpec, ParamValue
+from hmp.monitor import (
+    DEFAULT_DIALECT,
+    ArgSpec,
+    Command,
+    Dialect,
+    find_command,
+    hmp_help,
+    spell,
+    valid_text,
+)
 
 Current = Callable[[str], ParamValue]  # a parameter's value now, for the hint
 
@@ -37,8 +46,8 @@ def _command_names(table: Sequence[Command]) -> Iterator[tuple[str, str]]:
             yield name, _first_line(cmd.help)
 
 
-def _capabilities(dialect: Dialect) -> Iterator[tuple[str, str]]:
-    for cap in dialect.capabilities:
+def _capabilities(specs: Iterable[CapabilitySpec]) -> Iterator[tuple[str, str]]:
+    for cap in specs:
         yield cap.name, cap.doc
 
 
@@ -54,8 +63,8 @@ def param_hint(spec: ParamSpec) -> str:
     return "; ".join((f"default {show_value(spec, spec.default)}", valid_text(spec), spec.doc))
 
 
-def _parameters(dialect: Dialect) -> Iterator[tuple[str, str]]:
-    for spec in dialect.parameters:
+def _parameters(specs: Iterable[ParamSpec]) -> Iterator[tuple[str, str]]:
+    for spec in specs:
         if spec.kind is not Kind.QMP_ONLY:  # the monitor cannot set it
             yield spec.name, param_hint(spec)
 
@@ -82,10 +91,10 @@ class MonitorCompleter(Completer):
         table: Sequence[Command] | None = None,
         current: Current | None = None,
         endpoints: Sequence[str] = (),
-        dialect: Dialect = OURS,
+        dialect: Dialect = DEFAULT_DIALECT,
     ):
-        self.dialect = dialect
         self.table = dialect.commands if table is None else table
+        self.config = dialect.table  # the capabilities and parameters it offers
         self.current = current
         self.prefixes = [f"{name}>" for name in endpoints]  # `--pair`'s `dst> LINE`
 
@@ -135,8 +144,8 @@ class MonitorCompleter(Completer):
         if spec.kind == "b":
             yield from (("on", ""), ("off", ""))
         elif spec.key == "capability":
-            yield from _capabilities(self.dialect)
+            yield from _capabilities(self.config.capabilities)
         elif spec.key == "parameter":
-            yield from _parameters(self.dialect)
-        elif spec.key == "value" and before and (param := self.dialect.parameter(before[0])):
-            yield from _param_values(param, self.current)
+            yield from _parameters(self.config.parameters)
+        elif spec.key == "value" and before and before[0] in self.config.params_by_name:
+            yield from _param_values(self.config.params_by_name[before[0]], self.current)

@@ -27,6 +27,7 @@ from engine.state import RUNNING_STATES
 from engine.stats import Sample
 from hmp.harness import QmpClient, QmpClientError, QmpCommandError, QmpConnectionError, QmpTimeout
 from hmp.monitor import (
+    Dialect,
     ParseError,
     find_command,
     parse_line,
@@ -34,7 +35,7 @@ from hmp.monitor import (
     terminal_chart,
     write_series,
 )
-from hmp.shell.dialect import LOCAL_COMMANDS, Dialect, dialect_for
+from hmp.shell.dialect import LOCAL_COMMANDS, dialect_for
 from hmp.shell.options import ShellOptions
 from hmp.shell.toolbar import Progress
 from hmp.shell.watch import ANNOUNCED, SHOWN_EVENTS, ended_notice, event_notice
@@ -191,7 +192,7 @@ class RemoteMonitor:
         out: TextIO | None = None,
         err: TextIO | None = None,
     ) -> None:
-        defaults = {spec.name: spec.default for spec in dialect.parameters}
+        defaults = {spec.name: spec.default for spec in dialect.table.parameters}
         self.link = QemuLink(client, defaults, post, self.lose)
         self.dialect = dialect
         self.address = client.path

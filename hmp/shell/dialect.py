@@ -1,34 +1,22 @@
-"""What the shell completes and highlights: the commands, capabilities and parameters of one
-monitor. qemu-hmp's own has its extensions; a QEMU reached with ``--connect`` has its release's
-(the version its QMP greeting names), plus the shell's local commands (``x_migrate_chart``,
-``x_migrate_export``, computed from polled ``query-migrate``).
+"""What the shell completes and highlights in front of a real QEMU reached with ``--connect``:
+the monitor dialect of the release its QMP greeting names (hmp/monitor/dialect.py), with
+qemu-hmp's extensions taken out but for the shell's local commands (``x_migrate_chart``,
+``x_migrate_export``, computed from polled ``query-migrate``). qemu-hmp's own monitor uses
+its dialect whole.
 
-``dialect_for`` is the one place a version becomes a dialect: a release is added by adding a
-row to RELEASES.
+``dialect_for`` is the one place a QEMU version becomes a dialect: a release is added by
+adding it to the monitor's DIALECTS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cache
 
-from engine.params import CAPABILITIES, PARAMETERS, CapabilitySpec, ParamSpec
-from hmp.monitor import COMMANDS, Command
+from hmp.monitor import DIALECTS, Command, Dialect
 
 # Extension commands the shell runs itself in front of a real QEMU (hmp/shell/connect.py).
 LOCAL_COMMANDS = frozenset({"x_migrate_chart", "x_migrate_export"})
-
-
-@dataclass(frozen=True)
-class Dialect:
-    version: str  # "7.2", or "qemu-hmp" for our own monitor
-    commands: tuple[Command, ...]
-    capabilities: tuple[CapabilitySpec, ...]
-    parameters: tuple[ParamSpec, ...]
-
-    def parameter(self, name: str) -> ParamSpec | None:
-        return next((spec for spec in self.parameters if spec.name == name), None)
 
 
 def _qemu_commands(table: tuple[Command, ...]) -> tuple[Command, ...]:
@@ -43,25 +31,23 @@ def _qemu_commands(table: tuple[Command, ...]) -> tuple[Command, ...]:
 
 
 @cache  # one Dialect per release, whatever version asked for it
-def _qemu_7_2() -> Dialect:
-    return Dialect(
-        "7.2",
-        _qemu_commands(COMMANDS),
-        tuple(cap for cap in CAPABILITIES if not cap.extension),
-        tuple(spec for spec in PARAMETERS if not spec.extension),
+def _qemus(release: str) -> Dialect:
+    ours = DIALECTS[release]
+    table = replace(
+        ours.table,
+        parameters=tuple(spec for spec in ours.table.parameters if not spec.extension),
+        capabilities=tuple(cap for cap in ours.table.capabilities if not cap.extension),
     )
+    return replace(ours, commands=_qemu_commands(ours.commands), table=table)
 
 
-# (major, minor) of a QEMU release → its dialect, oldest first.
-RELEASES: dict[tuple[int, int], Callable[[], Dialect]] = {(7, 2): _qemu_7_2}
-OURS = Dialect("qemu-hmp", COMMANDS, CAPABILITIES, PARAMETERS)
+def _key(release: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in release.split("."))
 
 
-def dialect_for(version: tuple[int, int] | None = None) -> Dialect:
-    """qemu-hmp's own dialect for None; for a QEMU version, that release's, or the newest
-    release before it (a QEMU newer than every row speaks at least that one's monitor), or
-    the oldest row for an older QEMU."""
-    if version is None:
-        return OURS
-    known = [release for release in RELEASES if release <= version] or [min(RELEASES)]
-    return RELEASES[max(known)]()
+def dialect_for(version: tuple[int, int]) -> Dialect:
+    """That release's dialect, or the newest release before it (a QEMU newer than every
+    release speaks at least that one's monitor), or the oldest for an older QEMU."""
+    releases = sorted(DIALECTS, key=_key)
+    known = [release for release in releases if _key(release) <= version] or releases[:1]
+    return _qemus(known[-1])

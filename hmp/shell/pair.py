@@ -4,7 +4,9 @@ This process is the source; a destination qemu-hmp with the same RAM size, workl
 runs as a child on a free 127.0.0.1 port, driven over pipes (hmp.harness.Endpoint), its
 address read from its ``query-migrate`` over QMP. ``dst> LINE`` runs LINE there and
 ``src> LINE`` or a plain LINE here; ``{dst}`` in any line stands for the destination's URI,
-so ``migrate -d {dst}`` needs no port. The destination's asynchronous
+so ``migrate -d {dst}`` needs no port. In a dialect whose destination must be set up before
+it listens (QEMU 11.1: multifd), the destination starts with ``-incoming defer`` and listens
+at the first ``{dst}`` (a ``migrate_incoming`` there). The destination's asynchronous
 messages (stderr) are shown as they come, after ``dst: ``.
 """
 
@@ -25,6 +27,7 @@ from hmp.shell.options import ShellOptions
 ENDPOINTS = ("src", "dst")
 _PREFIX = re.compile(r"\s*(src|dst)>\s?")
 DST_URI = "{dst}"
+LISTEN_URI = "tcp:127.0.0.1:0"  # a free port, read back from the destination
 START_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 120.0  # a destination command never waits on a migration; this is a hang
 STDERR_POLL_S = 0.2
@@ -45,16 +48,28 @@ class PairMonitor(Monitor):
         self,
         machine: Machine,
         dst: Endpoint,
-        dst_uri: str,
+        dst_uri: str | None,
         out: TextIO | None = None,
         err: TextIO | None = None,
     ) -> None:
         super().__init__(machine, out, err)
         self.dst = dst
-        self.dst_uri = dst_uri
+        self.dst_uri = dst_uri  # None: the destination listens at the first {dst}
+
+    def _uri(self) -> str:
+        if self.dst_uri is None:
+            self.printf(self.dst.execute(f"migrate_incoming {LISTEN_URI}", COMMAND_TIMEOUT_S))
+            self.dst_uri = self.dst.listening_uri()
+        return self.dst_uri
 
     def execute(self, line: str) -> None:
-        endpoint, rest = split_endpoint(line.replace(DST_URI, self.dst_uri))
+        try:
+            if DST_URI in line:
+                line = line.replace(DST_URI, self._uri())
+        except EndpointError as err:
+            self.error_report(str(err))
+            return
+        endpoint, rest = split_endpoint(line)
         if endpoint == "src":
             super().execute(rest)
             return
@@ -66,14 +81,16 @@ class PairMonitor(Monitor):
         self.out.flush()
 
 
-def _start_destination(machine: Machine) -> tuple[Endpoint, str]:
+def _start_destination(machine: Machine, listen_late: bool) -> tuple[Endpoint, str | None]:
     opts = machine.opts
-    argv = ["qemu-hmp", "-m", f"{opts.ram_size // 1024}K", "-incoming", "tcp:127.0.0.1:0"]
+    incoming = "defer" if listen_late else LISTEN_URI
+    argv = ["qemu-hmp", "-m", f"{opts.ram_size // 1024}K", "-incoming", incoming]
     argv += ["--workload", opts.workload_name(), "--seed", str(opts.seed)]
+    argv += ["--qemu", opts.config_table.release]  # both ends speak one dialect
     dst = Endpoint(argv, name="dst", qmp=True)
     try:
         dst.wait_ready(START_TIMEOUT_S)
-        return dst, dst.listening_uri()
+        return dst, None if listen_late else dst.listening_uri()
     except EndpointError:
         dst.kill()
         raise
@@ -102,7 +119,7 @@ def _relay_stderr(dst: Endpoint, mon: Monitor) -> Iterator[None]:
 def run_pair(src: Monitor, shell: ShellOptions) -> int:
     """Batch or interactive, as for one endpoint; the destination ends with this process."""
     try:
-        dst, uri = _start_destination(src.machine)
+        dst, uri = _start_destination(src.machine, src.dialect.listen_late)
     except EndpointError as err:
         sys.stderr.write(f"qemu-hmp: --pair: the destination did not start: {err}\n")
         return 1
@@ -113,7 +130,8 @@ def run_pair(src: Monitor, shell: ShellOptions) -> int:
                 return run_batch(mon, sys.stdin)
             from hmp.shell.repl import run_repl  # prompt_toolkit only when a person is typing
 
-            mon.printf(f"qemu-hmp --pair: destination on {uri}; `dst> LINE` runs there\n")
+            where = f"on {uri}" if uri else "listening at the first {dst}"
+            mon.printf(f"qemu-hmp --pair: destination {where}; `dst> LINE` runs there\n")
             return run_repl(mon, history=shell.history, endpoints=ENDPOINTS)
     finally:
         dst.close()

@@ -28,18 +28,16 @@ from prompt_toolkit.lexers import PygmentsLexer
 from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
-from pygments.lexer import RegexLexer
 
 from engine.machine import Machine
 from engine.snapshot import MigrationInfo
 from engine.state import RUNNING_STATES
 from hmp.harness import QmpClient
 from hmp.markers import PROMPT
-from hmp.monitor import BANNER, Monitor
+from hmp.monitor import DEFAULT_DIALECT, Dialect, Monitor
 from hmp.shell.completion import MonitorCompleter
 from hmp.shell.connect import RemoteMonitor, banner
-from hmp.shell.dialect import Dialect
-from hmp.shell.lexer import MonitorLexer, lexer_for
+from hmp.shell.lexer import lexer_for
 from hmp.shell.toolbar import progress_segments, toolbar
 from hmp.shell.watch import MigrationWatcher
 
@@ -90,7 +88,7 @@ def make_session(
     history: History,
     input: Input | None = None,
     output: Output | None = None,
-    lexer: type[RegexLexer] = MonitorLexer,
+    dialect: Dialect = DEFAULT_DIALECT,
 ) -> PromptSession[str]:
     return PromptSession(
         history=history,
@@ -99,7 +97,7 @@ def make_session(
         # completion is still running (fast typists, pasted lines, tests).
         complete_while_typing=False,
         auto_suggest=AutoSuggestFromHistory(),
-        lexer=PygmentsLexer(lexer),
+        lexer=PygmentsLexer(lexer_for(dialect)),
         style=STYLE,
         include_default_pygments_style=False,
         bottom_toolbar=bottom_toolbar,
@@ -187,14 +185,15 @@ def run_repl(
     """``endpoints``: the ``NAME>`` prefixes a line may start with (``--pair``)."""
     machine = mon.machine
     session = make_session(
-        MonitorCompleter(current=machine.config.param, endpoints=endpoints),
+        MonitorCompleter(current=machine.config.param, endpoints=endpoints, dialect=mon.dialect),
         lambda: toolbar(machine),
         make_history(history),
         input,
         output,
+        mon.dialect,
     )
     mon.wait_migration = lambda: wait_with_progress(session, machine)
-    mon.printf(BANNER)
+    mon.printf(mon.dialect.banner)
     with patch_stdout(raw=True), MigrationWatcher(machine, post):
         prompt_loop(session, mon.execute, lambda: mon.quit_requested)
     return 0
@@ -225,7 +224,7 @@ def run_connected_repl(
         make_history(history),
         input,
         output,
-        lexer_for(dialect),
+        dialect,
     )
     major, minor, micro = client.version
     mon.printf(f"* connected to {client.path} (QEMU {major}.{minor}.{micro}, QMP)\n")
