@@ -34,7 +34,7 @@ from engine import wire
 from engine.errors import MigrationError
 from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
 from engine.transport import send_buffers, shutdown
-from engine.zerocopy import ZeroCopySocket, ZeroCopyUnavailable
+from engine.zerocopy import NoLockedMemory, ZeroCopySocket, ZeroCopyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +309,8 @@ class MultifdSender:
                 continue
 
     def _raise(self) -> None:
+        if isinstance(self._error, NoLockedMemory):  # QEMU's whole text, as the failure's
+            raise MigrationError(str(self._error)) from self._error
         if self._error is not None:
             raise self._error
 

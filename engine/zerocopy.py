@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import select
 import socket
 import struct
@@ -35,6 +36,14 @@ NO_MEMORY = "Process can't lock enough memory for using MSG_ZEROCOPY"  # QEMU's 
 
 class ZeroCopyUnavailable(OSError):
     """The kernel refused SO_ZEROCOPY on this socket."""
+
+
+class NoLockedMemory(OSError):
+    """ENOBUFS from a zero-copy send; its text is QEMU's whole error (error_setg_errno's
+    ``text: strerror``), not a cause of "Unable to write to socket"."""
+
+    def __init__(self) -> None:
+        super().__init__(f"{NO_MEMORY}: {os.strerror(errno.ENOBUFS)}")
 
 
 class ZeroCopySocket:
@@ -60,7 +69,7 @@ class ZeroCopySocket:
                 sent = self.sock.sendmsg(views, [], MSG_ZEROCOPY)
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:  # the locked-memory or optmem limit
-                    raise OSError(errno.ENOBUFS, NO_MEMORY) from exc
+                    raise NoLockedMemory from exc
                 raise
             if sent:
                 self._held[self._sent] = views[:]  # what the kernel may still read

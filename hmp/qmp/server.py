@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import MigrationError
+from engine.errors import MigrationError, ReportedFailure
 from engine.machine import Machine
 from engine.state import MigrationStatus
 from engine.transport import Address, listen
@@ -98,7 +98,10 @@ def _set_parameters(session: _Session, args: Args) -> Any:
 def _migrate(session: _Session, args: Args) -> Any:
     # QMP `migrate` never waits, so `detach` changes nothing.
     flags = {key: bool(args.get(key)) for key in ("blk", "inc", "resume")}
-    session.machine.migrate(args["uri"], **flags)
+    try:
+        session.machine.migrate(args["uri"], **flags)
+    except ReportedFailure as exc:  # QEMU succeeds and prints it on stderr
+        log.error("%s", exc.desc)
     return {}
 
 

@@ -2,7 +2,8 @@
 
 The format is ../peers/record_peers.py's: ``(qemu) CMD`` and its exact output, ``# stderr:``
 lines, ``# exit: STATUS`` when QEMU ended. save.txt saves a guest through gzip and restores
-it in a second QEMU; failures.txt migrates to commands that fail; each restore_*.txt is a
+it in a second QEMU; failures.txt migrates to commands that fail; multifd.txt migrates to a
+command with multifd on (QEMU refuses: multifd needs a socket); each restore_*.txt is a
 QEMU started with ``-incoming exec:...`` fed a stream that is empty, garbage or truncated
 (QEMU exits; its monitor may not have answered). tests/test_exec_oracle.py replays them.
 """
@@ -58,6 +59,17 @@ def failures(cwd: Path) -> str:
     return src.text()
 
 
+def multifd(cwd: Path) -> str:
+    src = Session(["-m", "128"], NO_PORT, cwd)
+    src.record("migrate_set_capability multifd on")
+    src.record('migrate "exec:cat > /dev/null"')
+    src.record("info migrate")
+    src.record("info status")
+    src.record('migrate -d "exec:cat > /dev/null"')
+    src.record("info migrate")
+    return src.text()
+
+
 def restore(cwd: Path, command: str) -> str:
     """QEMU with ``-incoming exec:COMMAND``: what it says before and as it exits."""
     args = ["-m", "128", "-incoming", f"exec:{command}"]
@@ -81,6 +93,7 @@ def main() -> None:
         cwd = Path(scratch)
         (HERE / "save.txt").write_text(save(cwd))
         (HERE / "failures.txt").write_text(failures(cwd))
+        (HERE / "multifd.txt").write_text(multifd(cwd))
         raw = subprocess.run(["gzip", "-dc", "guest.gz"], cwd=cwd, capture_output=True).stdout
         (cwd / "truncated.bin").write_bytes(raw[: len(raw) // 2])
         (cwd / "garbage.bin").write_bytes(b"this is not a migration stream\n" * 100)
