@@ -199,6 +199,8 @@ class _SendChannel(threading.Thread):
                 s.sent(send_buffers(self.sock, packed), len(pages))
         except OSError as exc:
             s.failed(exc)
+        if zero_copy:
+            log.info("%s: %s", self.name, zero_copy.report())
 
 
 class MultifdSender:

@@ -59,6 +59,8 @@ class ZeroCopySocket:
         self._completed = 0  # completions reaped (each range counts its numbers)
         self._held: dict[int, Sequence[bytes | memoryview]] = {}  # number → its buffers
         self._copied = False  # since the last flush, the kernel copied some send
+        self.copied = 0  # sends the kernel reported it copied (SO_EE_CODE_ZEROCOPY_COPIED)
+        self.copied_flushes = 0  # flushes that returned True: QEMU's fallbacks
 
     def send(self, buffers: Sequence[bytes | memoryview]) -> int:
         """Send all of ``buffers`` zero-copy; they are held until their completions came."""
@@ -95,7 +97,15 @@ class ZeroCopySocket:
             if poller.poll(min(left, 0.5) * 1000):
                 self._reap()
         copied, self._copied = self._copied, False
+        self.copied_flushes += copied
         return copied
+
+    def report(self) -> str:
+        """What the kernel reported on this socket, for the log."""
+        return (
+            f"{self._sent} zero-copy sends, {self._completed} completed, {self.copied} copied "
+            f"by the kernel; {self.copied_flushes} flushes saw a copy"
+        )
 
     @property
     def pending(self) -> int:
@@ -124,4 +134,6 @@ class ZeroCopySocket:
                 for number in range(lo, hi + 1):
                     self._held.pop(number, None)
                 self._completed += hi - lo + 1
-                self._copied |= code & SO_EE_CODE_ZEROCOPY_COPIED != 0
+                if code & SO_EE_CODE_ZEROCOPY_COPIED:
+                    self.copied += hi - lo + 1
+                    self._copied = True

@@ -11,11 +11,14 @@ import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from info_layout import layout
 from test_machine import Watch, ram_hash
 
+from engine.background import CopyBeforeWrite
 from engine.errors import MigrationError
+from engine.guest import GuestRam
 from engine.machine import Machine, MachineOptions
 from engine.state import MigrationStatus, RunState
 from hmp.monitor import Monitor
@@ -183,3 +186,23 @@ def test_only_to_an_exec_command(made: list[Side]) -> None:
     with pytest.raises(MigrationError, match="exec: command only"):
         src.machine.migrate("tcp:127.0.0.1:1")
     assert src.machine.vm.state is RunState.RUNNING
+
+
+def test_a_store_wider_than_a_batch_goes_out_in_batches_of_the_limit() -> None:
+    """One guest store may touch more pages than a stream record holds (1106 once, with a
+    fast writer): the pages it made us copy go out at most ``limit`` at a time."""
+    ram = GuestRam(8 * MiB)
+    ram.page_array[:] = 7
+    tracker = CopyBeforeWrite(ram)
+    try:
+        assert ram.write_hook is not None
+        ram.write_hook(np.arange(1500, dtype=np.intp))  # as before a store to 1500 pages
+        ram.page_array[:1500] = 9  # the store: the copies keep what was there
+        sizes, old = [], True
+        while (batch := tracker.next_batch(1024)) is not None:
+            sizes.append(len(batch[0]))
+            old &= bool((batch[1] == 7).all())
+        assert sizes[:2] == [1024, 476] and max(sizes) <= 1024 and old
+        assert sum(sizes) == ram.pages and tracker.left == 0
+    finally:
+        tracker.close()
