@@ -4,7 +4,7 @@ zero-copy: the destination's RAM equals the source's byte for byte (pmemsave), a
 migrate`'s fallbacks line counts exactly the channel flushes at which the kernel said it had
 copied (each channel logs what its error queue reported, in the source's -D log).
 background-snapshot: the guest is stopped for a pmemsave, so the start-time RAM is known by
-construction; the snapshot starts there and is held open by a FIFO while the resumed guest
+construction; the snapshot starts there and is held by a FIFO gate while the resumed guest
 visibly writes; restored in a new process, RAM equals that pmemsave exactly.
 """
 
@@ -75,7 +75,7 @@ def test_background_snapshot_restores_its_start_time_ram(tmp_path: Path) -> None
     writer = ["--workload", "random-writer,rate=20000,wss=8M", "--seed", "6"]
     gate = tmp_path / "gate"
     os.mkfifo(gate)
-    held = os.open(gate, os.O_RDWR)  # the command's first cat reads it until this closes
+    held = os.open(gate, os.O_RDWR)  # both ends: a byte written waits for the command
     try:
         src_argv = ["qemu-hmp", "-m", "32M", *writer]
         with Endpoint(src_argv, name="src", cwd=str(tmp_path), qmp=True) as src:
@@ -87,7 +87,9 @@ def test_background_snapshot_restores_its_start_time_ram(tmp_path: Path) -> None
             )
             assert nonzero * PAGE_SIZE > 16 * 65536  # the stream cannot fit in a pipe: it waits
             assert src.execute("migrate_set_capability background-snapshot on", 10) == ""
-            assert src.execute('migrate -d "exec:cat gate > /dev/null; cat > snap.bin"', 10) == ""
+            save = 'migrate -d "exec:head -c 1 gate > /dev/null; cat > snap.bin"'
+            assert src.execute(save, 10) == ""
+            src.qmp.poll("query-migrate", lambda r: r.get("status") == "active", 30)
             assert src.execute("cont", 10) == ""
             # Held by the gate: the snapshot is active while the running guest changes RAM
             # (bounded: the writer's first stores come within its first tick).
@@ -97,15 +99,13 @@ def test_background_snapshot_restores_its_start_time_ram(tmp_path: Path) -> None
                     break
             else:
                 raise AssertionError("the guest never wrote while the snapshot was held")
-            os.close(held)
-            held = -1
+            os.write(held, b"\n")  # the gate opens
             src.qmp.poll("query-migrate", lambda r: r.get("status") == "completed", 60)
             assert src.execute("info status", 10) == "VM status: running\n"
             assert pmemsave(src, tmp_path / "after.bin") != at_start  # it wrote on
             src.execute("quit", 10)
     finally:
-        if held >= 0:
-            os.close(held)
+        os.close(held)
     argv = ["qemu-hmp", "-m", "32M", "-S", "-incoming", "exec:cat snap.bin"]
     with Endpoint(argv, name="dst", cwd=str(tmp_path), qmp=True) as dst:
         dst.wait_ready(60)
