@@ -5,7 +5,8 @@ The sessions (tests/data/qemu-7.2/exec/qmp.jsonl, background/qmp_query.jsonl, re
 tests/data/qemu-7.2/gated_qmp.py) hold each command on a FIFO, so "during" is certain here
 as there. Every reply must be QEMU's, member for member; only the figures that depend on the
 guest's content and the machine's speed are compared by type (VOLATILE). Events must come in
-QEMU's order (MIGRATION_PASS by presence: their number is the guest's).
+QEMU's order (MIGRATION_PASS by presence: their number is the guest's). And exec: with
+multifd over QMP (exec/qmp_multifd.jsonl, recorded by exec/record_exec.py).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Any
 import pytest
 
 from tests.qmp_helpers import TIMEOUT, RawClient, endpoint, options
+from tests.test_qmp_oracle import _collect, _comparable
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2"
 CASES = {"exec": DATA / "exec" / "qmp.jsonl", "background": DATA / "background" / "qmp_query.jsonl"}
+MULTIFD = DATA / "exec" / "qmp_multifd.jsonl"
 VOLATILE = frozenset(
     {
         "setup-time",
@@ -194,3 +197,25 @@ def test_query_migrate_matches_qemu(case: str, tmp_path: Path, gates: dict[str, 
             e for e in theirs if e != "MIGRATION_PASS"
         ], name
         assert ("MIGRATION_PASS" in client.events) == ("MIGRATION_PASS" in theirs), name
+
+
+def test_multifd_to_a_command_over_qmp_matches_qemu(tmp_path: Path) -> None:
+    """QEMU's `migrate` succeeds (the refusal goes to stderr), then setup and failed, with
+    no reason in query-migrate, and the guest runs on (exec/qmp_multifd.jsonl)."""
+    records = [json.loads(line) for line in MULTIFD.read_text().splitlines()]
+    sent: list[tuple[str, list[Any]]] = []
+    for rec in records:
+        if "send" in rec:
+            sent.append((rec["send"], []))
+        elif "recv" in rec:
+            sent[-1][1].append(rec["recv"])
+    with endpoint(tmp_path, options(records[0]["argv"][:-2])) as server:
+        client = RawClient(server.spec.address.path)
+        try:
+            client.read(TIMEOUT)  # the greeting
+            for text, expected in sent:
+                client.send(text)
+                got = _collect(client, expected)
+                assert _comparable(got) == _comparable(expected), text
+        finally:
+            client.close()

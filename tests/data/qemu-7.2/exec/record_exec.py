@@ -3,7 +3,8 @@
 The format is ../peers/record_peers.py's: ``(qemu) CMD`` and its exact output, ``# stderr:``
 lines, ``# exit: STATUS`` when QEMU ended. save.txt saves a guest through gzip and restores
 it in a second QEMU; failures.txt migrates to commands that fail; multifd.txt migrates to a
-command with multifd on (QEMU refuses: multifd needs a socket); each restore_*.txt is a
+command with multifd on (QEMU refuses: multifd needs a socket), and qmp_multifd.jsonl
+(tests/data/qmp_recorder.py's format) the same over QMP; each restore_*.txt is a
 QEMU started with ``-incoming exec:...`` fed a stream that is empty, garbage or truncated
 (QEMU exits; its monitor may not have answered). tests/test_exec_oracle.py replays them.
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "peers"))
+sys.path.insert(0, str(HERE.parent.parent))
+from qmp_recorder import NEG, caps, run, write, x  # noqa: E402
 from record_peers import QEMU, Session  # noqa: E402
 
 SAVE = 'migrate "exec:gzip -c > guest.gz"'
@@ -70,6 +73,12 @@ def multifd(cwd: Path) -> str:
     return src.text()
 
 
+def qmp_multifd() -> list[dict[str, object]]:
+    sends = [NEG, x("migrate-set-capabilities", caps(events=True, multifd=True))]
+    sends += [x("migrate", {"uri": "exec:cat > /dev/null"}), x("query-migrate")]
+    return run(QEMU, ["-m", "128"], [*sends, x("query-status")])
+
+
 def restore(cwd: Path, command: str) -> str:
     """QEMU with ``-incoming exec:COMMAND``: what it says before and as it exits."""
     args = ["-m", "128", "-incoming", f"exec:{command}"]
@@ -94,6 +103,7 @@ def main() -> None:
         (HERE / "save.txt").write_text(save(cwd))
         (HERE / "failures.txt").write_text(failures(cwd))
         (HERE / "multifd.txt").write_text(multifd(cwd))
+        write(HERE / "qmp_multifd.jsonl", qmp_multifd())
         raw = subprocess.run(["gzip", "-dc", "guest.gz"], cwd=cwd, capture_output=True).stdout
         (cwd / "truncated.bin").write_bytes(raw[: len(raw) // 2])
         (cwd / "garbage.bin").write_bytes(b"this is not a migration stream\n" * 100)
