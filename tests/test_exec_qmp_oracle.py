@@ -199,7 +199,9 @@ def test_query_migrate_matches_qemu(case: str, tmp_path: Path, gates: dict[str, 
         assert ("MIGRATION_PASS" in client.events) == ("MIGRATION_PASS" in theirs), name
 
 
-def test_multifd_to_a_command_over_qmp_matches_qemu(tmp_path: Path) -> None:
+def test_multifd_to_a_command_over_qmp_matches_qemu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """QEMU's `migrate` succeeds (the refusal goes to stderr), then setup and failed, with
     no reason in query-migrate, and the guest runs on (exec/qmp_multifd.jsonl)."""
     records = [json.loads(line) for line in MULTIFD.read_text().splitlines()]
@@ -219,3 +221,5 @@ def test_multifd_to_a_command_over_qmp_matches_qemu(tmp_path: Path) -> None:
                 assert _comparable(got) == _comparable(expected), text
         finally:
             client.close()
+    # QEMU 7.2's error_report under a QMP command: the bare text, without its program name.
+    assert capsys.readouterr().err == (MULTIFD.parent / "qmp_multifd_stderr.txt").read_text()
