@@ -51,10 +51,14 @@ class CopyBeforeWrite:
 
     def next_batch(self, limit: int) -> Batch | None:
         """The next pages to send with their saved contents: those copied ahead of a store
-        first, then up to ``limit`` untaken ones in order; None once every page is taken."""
+        first (at most ``limit`` at a time: one guest store may touch more), then up to
+        ``limit`` untaken ones in order; None once every page is taken."""
         with self._lock:
             if self._copied:
-                return self._copied.popleft()
+                pages, data = self._copied.popleft()
+                if len(pages) > limit:
+                    self._copied.appendleft((pages[limit:], data[limit:]))
+                return pages[:limit], data[:limit]
             start = self._cursor
             pages = np.flatnonzero(~self._saved[start:])[:limit] + start
             if not len(pages):

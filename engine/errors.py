@@ -23,6 +23,12 @@ class MigrationError(Exception):
         return f"{self.desc}\n{self.hint.rstrip()}" if self.hint else self.desc
 
 
+class ReportedFailure(MigrationError):
+    """A migration that failed as it started while its command succeeded: QEMU reports the
+    text with error_report (on the HMP monitor itself; on stderr under QMP), and its status
+    is failed with no reason."""
+
+
 @contextmanager
 def file_errors(path: str) -> Iterator[None]:
     """QEMU's text for a file that cannot be opened or written (a NUL in the name: EINVAL)."""

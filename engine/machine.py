@@ -12,7 +12,7 @@ from typing import Any
 from engine import wire
 from engine.command import CommandListener
 from engine.destination import SETUP_TIMEOUT_S, IncomingMigration
-from engine.errors import MigrationError, file_errors
+from engine.errors import MigrationError, ReportedFailure, file_errors
 from engine.events import EventBus
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.mapped_ram import FileIncoming, FileOutgoing, FileUri
@@ -236,7 +236,9 @@ class Machine:
             if blk or inc:
                 raise MigrationError("Block migration (-b, -i) is not supported by qemu-hmp")
             if addr.kind == "exec" and c.capability("multifd"):
-                raise MigrationError("multifd is not supported by current protocol")
+                # QEMU's multifd_save_setup fails inside migrate_fd_connect: reported, no reason
+                self._refuse(None)
+                raise ReportedFailure("multifd is not supported by current protocol")
             if addr.kind != "exec" and c.capability("background-snapshot"):
                 raise MigrationError(  # ours: a live destination would run a second guest
                     "background-snapshot saves to an exec: command only here "

@@ -38,7 +38,7 @@ from engine import wire
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.transport import send_buffers, shutdown
-from engine.zerocopy import ZeroCopySocket, ZeroCopyUnavailable
+from engine.zerocopy import NoLockedMemory, ZeroCopySocket, ZeroCopyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,8 @@ class _SendChannel(threading.Thread):
                     s.sent(send_buffers(self.sock, record), len(pages), 0)
         except OSError as exc:
             s.failed(exc)
+        if zero_copy:
+            log.info("%s: %s", self.name, zero_copy.report())
 
 
 class MultifdSender:
@@ -343,6 +345,8 @@ class MultifdSender:
                 continue
 
     def _raise(self) -> None:
+        if isinstance(self._error, NoLockedMemory):  # QEMU's whole text, as the failure's
+            raise MigrationError(str(self._error)) from self._error
         if self._error is not None:
             raise self._error
 

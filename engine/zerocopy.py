@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import select
 import socket
 import struct
@@ -37,6 +38,14 @@ class ZeroCopyUnavailable(OSError):
     """The kernel refused SO_ZEROCOPY on this socket."""
 
 
+class NoLockedMemory(OSError):
+    """ENOBUFS from a zero-copy send; its text is QEMU's whole error (error_setg_errno's
+    ``text: strerror``), not a cause of "Unable to write to socket"."""
+
+    def __init__(self) -> None:
+        super().__init__(f"{NO_MEMORY}: {os.strerror(errno.ENOBUFS)}")
+
+
 class ZeroCopySocket:
     """Zero-copy sends on one connected TCP socket, used by one thread."""
 
@@ -50,6 +59,8 @@ class ZeroCopySocket:
         self._completed = 0  # completions reaped (each range counts its numbers)
         self._held: dict[int, Sequence[bytes | memoryview]] = {}  # number → its buffers
         self._copied = False  # since the last flush, the kernel copied some send
+        self.copied = 0  # sends the kernel reported it copied (SO_EE_CODE_ZEROCOPY_COPIED)
+        self.copied_flushes = 0  # flushes that returned True: QEMU's fallbacks
 
     def send(self, buffers: Sequence[bytes | memoryview]) -> int:
         """Send all of ``buffers`` zero-copy; they are held until their completions came."""
@@ -60,7 +71,7 @@ class ZeroCopySocket:
                 sent = self.sock.sendmsg(views, [], MSG_ZEROCOPY)
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:  # the locked-memory or optmem limit
-                    raise OSError(errno.ENOBUFS, NO_MEMORY) from exc
+                    raise NoLockedMemory from exc
                 raise
             if sent:
                 self._held[self._sent] = views[:]  # what the kernel may still read
@@ -86,7 +97,15 @@ class ZeroCopySocket:
             if poller.poll(min(left, 0.5) * 1000):
                 self._reap()
         copied, self._copied = self._copied, False
+        self.copied_flushes += copied
         return copied
+
+    def report(self) -> str:
+        """What the kernel reported on this socket, for the log."""
+        return (
+            f"{self._sent} zero-copy sends, {self._completed} completed, {self.copied} copied "
+            f"by the kernel; {self.copied_flushes} flushes saw a copy"
+        )
 
     @property
     def pending(self) -> int:
@@ -115,4 +134,6 @@ class ZeroCopySocket:
                 for number in range(lo, hi + 1):
                     self._held.pop(number, None)
                 self._completed += hi - lo + 1
-                self._copied |= code & SO_EE_CODE_ZEROCOPY_COPIED != 0
+                if code & SO_EE_CODE_ZEROCOPY_COPIED:
+                    self.copied += hi - lo + 1
+                    self._copied = True

@@ -11,11 +11,14 @@ import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from info_layout import layout
 from test_machine import Watch, ram_hash
 
+from engine.background import CopyBeforeWrite
 from engine.errors import MigrationError
+from engine.guest import GuestRam
 from engine.machine import Machine, MachineOptions
 from engine.state import MigrationStatus, RunState
 from hmp.monitor import Monitor
@@ -98,33 +101,43 @@ def qemu_events() -> list[str]:
 
 
 class Gate:
-    """A FIFO an exec: command reads to its end before it reads the stream: the snapshot,
-    larger than the socket's buffer, cannot finish until ``open`` (held open read-write,
-    so nothing blocks on it)."""
+    """A FIFO an exec: command reads a byte from before it reads the stream: the snapshot,
+    larger than the pipe's buffer, cannot finish until ``open`` writes that byte. Held open
+    at both ends until ``close``, so the byte waits in the FIFO whether or not the command
+    has opened it yet (closing a writer instead would race the command's open)."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.path = tmp_path / "gate"
         os.mkfifo(self.path)
-        self._fd: int | None = os.open(self.path, os.O_RDWR)
+        self._fd = os.open(self.path, os.O_RDWR)
 
     def command(self, target: Path) -> str:
-        return f"cat {shlex.quote(str(self.path))} > /dev/null; cat > {shlex.quote(str(target))}"
+        path, target_ = shlex.quote(str(self.path)), shlex.quote(str(target))
+        return f"head -c 1 {path} > /dev/null; cat > {target_}"
 
     def open(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # the last writer gone: the command's first cat ends
-            self._fd = None
+        os.write(self._fd, b"\n")
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Gate]:
+    made = Gate(tmp_path)
+    yield made
+    made.close()
 
 
 def test_a_snapshot_holds_the_ram_of_its_start_while_the_guest_writes(
-    made: list[Side], tmp_path: Path
+    made: list[Side], tmp_path: Path, gate: Gate
 ) -> None:
     src = side(made, workload=WRITER, seed=6)
     m = src.machine
     m.stop()  # the instant to snapshot: RAM now
     at_start = ram_hash(m)
     m.set_capabilities({"background-snapshot": True})
-    saved, gate = tmp_path / "snap.bin", Gate(tmp_path)
+    saved = tmp_path / "snap.bin"
     m.migrate(f"exec:{gate.command(saved)}")
     src.watch.wait_status("active")
     m.cont()
@@ -163,18 +176,18 @@ def test_events_match_qemu_for_a_running_guest(made: list[Side], tmp_path: Path)
     assert all(name != "MIGRATION_PASS" for name, _ in src.watch.events)
 
 
-def test_cancel_ends_tracking_and_the_guest_runs_on(made: list[Side], tmp_path: Path) -> None:
+def test_cancel_ends_tracking_and_the_guest_runs_on(
+    made: list[Side], tmp_path: Path, gate: Gate
+) -> None:
     src = side(made, workload=WRITER, seed=8)
     m = src.machine
     m.set_capabilities({"background-snapshot": True})
-    gate = Gate(tmp_path)
     m.migrate(f"exec:{gate.command(tmp_path / 's.bin')}")
     src.watch.wait_status("active")
     m.migrate_cancel()  # the command never read: it is killed with the stream
     assert m.wait_migration(30).status is MigrationStatus.CANCELLED
     assert m.ram.write_hook is None
     assert m.vm.state is RunState.RUNNING
-    gate.open()
 
 
 def test_only_to_an_exec_command(made: list[Side]) -> None:
@@ -183,3 +196,23 @@ def test_only_to_an_exec_command(made: list[Side]) -> None:
     with pytest.raises(MigrationError, match="exec: command only"):
         src.machine.migrate("tcp:127.0.0.1:1")
     assert src.machine.vm.state is RunState.RUNNING
+
+
+def test_a_store_wider_than_a_batch_goes_out_in_batches_of_the_limit() -> None:
+    """One guest store may touch more pages than a stream record holds (1106 once, with a
+    fast writer): the pages it made us copy go out at most ``limit`` at a time."""
+    ram = GuestRam(8 * MiB)
+    ram.page_array[:] = 7
+    tracker = CopyBeforeWrite(ram)
+    try:
+        assert ram.write_hook is not None
+        ram.write_hook(np.arange(1500, dtype=np.intp))  # as before a store to 1500 pages
+        ram.page_array[:1500] = 9  # the store: the copies keep what was there
+        sizes, old = [], True
+        while (batch := tracker.next_batch(1024)) is not None:
+            sizes.append(len(batch[0]))
+            old &= bool((batch[1] == 7).all())
+        assert sizes[:2] == [1024, 476] and max(sizes) <= 1024 and old
+        assert sum(sizes) == ram.pages and tracker.left == 0
+    finally:
+        tracker.close()

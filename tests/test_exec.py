@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_machine import Watch, ram_hash
 
-from engine.errors import MigrationError
+from engine.errors import ReportedFailure
 from engine.machine import Machine, MachineOptions
 from engine.state import MigrationStatus, RunState
 from hmp.harness.endpoint import Endpoint
@@ -184,8 +184,12 @@ def test_a_corrupted_page_in_a_saved_stream_fails_the_digest(
 def test_exec_refuses_multifd(machines: list[Machine]) -> None:
     src = source(machines)
     src.set_capabilities({"multifd": True})
-    with pytest.raises(MigrationError, match=r"^multifd is not supported by current protocol$"):
+    watch = Watch(src)
+    with pytest.raises(ReportedFailure, match=r"^multifd is not supported by current protocol$"):
         src.migrate("exec:cat > /dev/null")
+    info = src.query_migrate()
+    assert (info.status, info.error_desc) == (MigrationStatus.FAILED, None)  # as QEMU 7.2's
+    assert watch.statuses() == ["setup", "failed"]
     assert src.vm.state is RunState.RUNNING
 
 

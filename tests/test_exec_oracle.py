@@ -136,3 +136,14 @@ def test_save_and_restore_match_qemu(cwd: Path) -> None:
         assert ram_hash(dst.machine) == saved  # and all of RAM
     finally:
         dst.machine.close()
+
+
+def test_multifd_to_a_command_fails_as_qemu_reports_it(cwd: Path) -> None:
+    """QEMU's migrate_fd_connect reports multifd's refusal on the monitor, without "Error: ",
+    and leaves the migration failed with no reason; the guest runs on."""
+    src = Side(MachineOptions(ram_size=8 * MiB, workload="random", seed=2), cwd)
+    try:
+        for command, expected, qemu_lines in steps((DATA / "multifd.txt").read_text()):
+            assert src.run(command) == (expected, qemu_lines), command
+    finally:
+        src.machine.close()

@@ -4,17 +4,24 @@ counts them; QEMU's checks and `info migrate` replayed from tests/data/qemu-7.2/
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from info_layout import layout
 from test_machine import Watch, ram_hash
 
+from engine.errors import MigrationError
+from engine.guest import GuestRam
 from engine.machine import Machine, MachineOptions
+from engine.multifd import MultifdSender
+from engine.wire import PageDigest
 from engine.zerocopy import ZeroCopySocket
 from hmp.monitor import Monitor
 
@@ -110,3 +117,34 @@ def test_buffers_are_held_until_completed_and_a_flush_counts_once() -> None:
         peer.close()
         server.close()
     assert received == b"head" + b"A" * 4096
+
+
+class _NoLockedMemorySocket(socket.socket):
+    """A connected socket whose zero-copy sends meet ENOBUFS, as past RLIMIT_MEMLOCK."""
+
+    def sendmsg(self, *args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
+
+
+def test_enobufs_fails_the_channels_with_qemus_text() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    sock = _NoLockedMemorySocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.connect(server.getsockname()[:2])
+    peer, _ = server.accept()
+    ram = GuestRam(4 * MiB)
+    ram.page_array[:8] = 0x5A  # non-zero pages: they go in a packet
+    sender = MultifdSender(
+        ram, PageDigest(ram.pages), [sock], "none", 1, lambda _b, _p: None, zero_copy=True
+    )
+    try:
+        sender.queue(np.arange(8, dtype=np.intp))
+        with pytest.raises(MigrationError) as raised:
+            sender.sync()
+        # QEMU 7.2's io/channel-socket.c: error_setg_errno(errp, ENOBUFS, NO_MEMORY)
+        assert raised.value.desc == (
+            "Process can't lock enough memory for using MSG_ZEROCOPY: No buffer space available"
+        )
+    finally:
+        sender.close()
+        peer.close()
+        server.close()

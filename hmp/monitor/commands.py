@@ -13,7 +13,7 @@ from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from engine.errors import MigrationError, file_errors
+from engine.errors import MigrationError, ReportedFailure, file_errors
 from engine.state import MigrationStatus
 from engine.stats import Sample
 from hmp.monitor import chart, render, series
@@ -158,7 +158,11 @@ def hmp_migrate_set_parameter(mon: Monitor, args: Args) -> None:
 # -- migration --------------------------------------------------------------------------------
 def hmp_migrate(mon: Monitor, args: Args) -> None:
     flags = {key: bool(args[key]) for key in ("blk", "inc", "resume")}
-    mon.machine.migrate(str(args["uri"]), **flags)
+    try:
+        mon.machine.migrate(str(args["uri"]), **flags)
+    except ReportedFailure as exc:  # QEMU's error_report writes to the monitor, no "Error: "
+        mon.printf(f"{exc.desc}\n")
+        return
     if not args["detach"]:
         if not mon.can_suspend:
             mon.printf("terminal does not allow synchronous migration, continuing detached\n")

@@ -2,7 +2,10 @@
 
 The format is ../peers/record_peers.py's: ``(qemu) CMD`` and its exact output, ``# stderr:``
 lines, ``# exit: STATUS`` when QEMU ended. save.txt saves a guest through gzip and restores
-it in a second QEMU; failures.txt migrates to commands that fail; each restore_*.txt is a
+it in a second QEMU; failures.txt migrates to commands that fail; multifd.txt migrates to a
+command with multifd on (QEMU refuses: multifd needs a socket), and qmp_multifd.jsonl
+(tests/data/qmp_recorder.py's format) the same over QMP, with QEMU's stderr meanwhile in
+qmp_multifd_stderr.txt; each restore_*.txt is a
 QEMU started with ``-incoming exec:...`` fed a stream that is empty, garbage or truncated
 (QEMU exits; its monitor may not have answered). tests/test_exec_oracle.py replays them.
 """
@@ -17,6 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "peers"))
+sys.path.insert(0, str(HERE.parent.parent))
+from qmp_recorder import NEG, caps, run, write, x  # noqa: E402
 from record_peers import QEMU, Session  # noqa: E402
 
 SAVE = 'migrate "exec:gzip -c > guest.gz"'
@@ -58,6 +63,33 @@ def failures(cwd: Path) -> str:
     return src.text()
 
 
+def multifd(cwd: Path) -> str:
+    src = Session(["-m", "128"], NO_PORT, cwd)
+    src.record("migrate_set_capability multifd on")
+    src.record('migrate "exec:cat > /dev/null"')
+    src.record("info migrate")
+    src.record("info status")
+    src.record('migrate -d "exec:cat > /dev/null"')
+    src.record("info migrate")
+    return src.text()
+
+
+def qmp_multifd() -> list[dict[str, object]]:
+    sends = [NEG, x("migrate-set-capabilities", caps(events=True, multifd=True))]
+    sends += [x("migrate", {"uri": "exec:cat > /dev/null"}), x("query-migrate")]
+    return run(QEMU, ["-m", "128"], [*sends, x("query-status")])
+
+
+def qmp_multifd_stderr() -> str:
+    """What QEMU writes to stderr for the same QMP steps (the QMP recorder discards it)."""
+    sends = NEG + x("migrate-set-capabilities", caps(multifd=True))
+    sends += x("migrate", {"uri": "exec:cat > /dev/null"}) + x("quit")
+    proc = subprocess.run(
+        [*QEMU, "-m", "128", "-qmp", "stdio"], input=sends.encode(), capture_output=True, timeout=30
+    )
+    return proc.stderr.decode()
+
+
 def restore(cwd: Path, command: str) -> str:
     """QEMU with ``-incoming exec:COMMAND``: what it says before and as it exits."""
     args = ["-m", "128", "-incoming", f"exec:{command}"]
@@ -81,6 +113,9 @@ def main() -> None:
         cwd = Path(scratch)
         (HERE / "save.txt").write_text(save(cwd))
         (HERE / "failures.txt").write_text(failures(cwd))
+        (HERE / "multifd.txt").write_text(multifd(cwd))
+        write(HERE / "qmp_multifd.jsonl", qmp_multifd())
+        (HERE / "qmp_multifd_stderr.txt").write_text(qmp_multifd_stderr())
         raw = subprocess.run(["gzip", "-dc", "guest.gz"], cwd=cwd, capture_output=True).stdout
         (cwd / "truncated.bin").write_bytes(raw[: len(raw) // 2])
         (cwd / "garbage.bin").write_bytes(b"this is not a migration stream\n" * 100)
