@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine import wire, xbzrle
+from engine import postcopy, wire, xbzrle
 from engine.compression import CHUNK, CODECS, DecompressPool
-from engine.guest import GuestRam
+from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
@@ -57,9 +57,12 @@ class IncomingMigration(threading.Thread):
         switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S,
         *,
         setup_timeout_s: float = SETUP_TIMEOUT_S,
+        report: Callable[[str], None] = lambda _msg: None,
+        blocktime: Callable[[], bool] = lambda: False,
     ) -> None:
         """``previous``: a failed attempt on the same address whose status shows until a retry;
-        ``switchover_timeout``: how long to wait for the source's GO once READY is sent."""
+        ``switchover_timeout``: how long to wait for the source's GO once READY is sent;
+        ``report``: QEMU's error_report; ``blocktime``: the postcopy-blocktime capability."""
         super().__init__(name="incoming_migration", daemon=True)
         self._switchover_timeout = switchover_timeout
         self.listener = listener
@@ -69,6 +72,10 @@ class IncomingMigration(threading.Thread):
         self._autostart = autostart
         self._on_failed = on_failed
         self._on_event = on_event
+        self._report = report
+        self._blocktime = blocktime
+        self._loader: StreamLoader | None = None
+        self._show_blocktime = False  # postcopy-blocktime was on at the switch
         self._lock = threading.Lock()
         self._status = previous.status if previous else MigrationStatus.NONE
         self._error: str | None = previous._error if previous else None
@@ -101,7 +108,20 @@ class IncomingMigration(threading.Thread):
         address = None if status is MigrationStatus.COMPLETED else (self.listener.addr.uri(),)
         if status is MigrationStatus.NONE:
             return MigrationInfo(socket_address=address)
+        loader = self._loader
+        present = loader.present if loader else None
+        if status is MigrationStatus.COMPLETED and present and self._show_blocktime:
+            # QEMU fills the blocktime figures in only once the migration has completed.
+            bt = present.blocktime()
+            return MigrationInfo(
+                status=status, postcopy_blocktime=bt.total_ms, postcopy_vcpu_blocktime=bt.vcpu_ms
+            )
         return MigrationInfo(status=status, error_desc=error, socket_address=address)
+
+    def blocktime(self) -> postcopy.Blocktime | None:
+        """What the vCPU waited for pages during postcopy (None before the switch)."""
+        loader = self._loader
+        return loader.present.blocktime() if loader and loader.present else None
 
     def close(self) -> None:
         """Abandon the incoming side (quit): stop accepting and break the stream.
@@ -193,11 +213,12 @@ class IncomingMigration(threading.Thread):
             return
         self._set_status(MigrationStatus.ACTIVE, None)
         self._deadline.start()
-        loader = StreamLoader(
+        loader = self._loader = StreamLoader(
             self.ram,
             self._local_config,
             pristine=self._pristine,
             accept=lambda: self._adopt(self.listener.accept(self._closing, CHANNEL_TIMEOUT_S)),
+            on_run=self._postcopy_run,
         )
         runstate, error = RunState.INMIGRATE, None
         try:
@@ -221,7 +242,9 @@ class IncomingMigration(threading.Thread):
         elif closed and error is None:
             error = "incoming migration closed before it completed"
         try:
-            if error is None:
+            if loader.present is not None and error is not None:
+                self._postcopy_lost(conn, error, digest=loader.verified_digest is False)
+            elif error is None:
                 self._succeed(conn, runstate)
             else:
                 self._fail(conn, error)
@@ -229,8 +252,46 @@ class IncomingMigration(threading.Thread):
             conn.close()
             self._done.set()
 
+    def _postcopy_run(self, runstate: RunState) -> None:
+        """The switch arrived: the guest runs here now, its missing pages fetched on demand."""
+        self._show_blocktime = self._blocktime()
+        self._set_status(MigrationStatus.POSTCOPY_ACTIVE, None)
+        self._take_guest(runstate)
+
+    def _postcopy_lost(self, conn: socket.socket, error: str, *, digest: bool) -> None:
+        """After the switch this side runs the guest: a broken stream pauses (QEMU's
+        postcopy-paused), never gives the guest up; a digest mismatch is a failure."""
+        if digest:
+            self._report(f"load of migration failed: {error}")
+            self._fail(conn, error, listen=False)
+            return
+        log.warning("postcopy paused: %s", error)
+        self._report("error while loading state section id 2(ram)")
+        self._report("Detected IO failure for postcopy. Migration paused.")
+        self._set_status(MigrationStatus.POSTCOPY_PAUSED, None)
+
+    def _take_guest(self, runstate: RunState) -> None:
+        """QEMU's process_incoming_migration_bh: a running source means run here too (unless
+        -S or `stop`), otherwise take over the source's state."""
+        if runstate is RunState.RUNNING:
+            if self._autostart():
+                self.vm.start()
+            else:
+                self.vm.set_state(RunState.PAUSED)
+        else:
+            self.vm.set_state(runstate)
+
     def _succeed(self, conn: socket.socket, runstate: RunState) -> None:
-        """The digest matched: the guest may run here only once the source has committed."""
+        """The digest matched: the guest may run here only once the source has committed
+        (in postcopy it did at the switch, and the guest runs already)."""
+        assert self._loader is not None
+        if self._loader.present is not None:
+            self._set_status(MigrationStatus.COMPLETED, None)
+            try:
+                self._loader.send(wire.json_record(wire.Rec.ACK, {}))
+            except OSError as exc:
+                log.warning("could not confirm the end of postcopy to the source: %s", exc)
+            return
         lost = self._await_go(conn)
         if lost is not None:  # the source keeps the guest: this side gives it up for good
             self._fail(
@@ -239,15 +300,7 @@ class IncomingMigration(threading.Thread):
                 "the guest stays on the source",
             )
             return
-        # QEMU's process_incoming_migration_bh: a running source means run here too
-        # (unless -S or `stop`), otherwise take over the source's state.
-        if runstate is RunState.RUNNING:
-            if self._autostart():
-                self.vm.start()
-            else:
-                self.vm.set_state(RunState.PAUSED)
-        else:
-            self.vm.set_state(runstate)
+        self._take_guest(runstate)
         self._set_status(MigrationStatus.COMPLETED, None)
         try:
             conn.sendall(wire.json_record(wire.Rec.ACK, {}))
@@ -270,14 +323,15 @@ class IncomingMigration(threading.Thread):
             return f"record 0x{rec[0]:02x} instead of GO"
         return None
 
-    def _fail(self, conn: socket.socket, reason: str) -> None:
+    def _fail(self, conn: socket.socket, reason: str, *, listen: bool = True) -> None:
+        """Give the migration up; ``listen``: wait for another (not once the guest ran here)."""
         with self._lock:
             self._status, self._error = MigrationStatus.FAILED, reason
         try:
             conn.sendall(wire.json_record(wire.Rec.NACK, {"error": reason}))
         except OSError:
             pass
-        if not self._closing.is_set():
+        if listen and not self._closing.is_set():
             self._on_failed(self, reason)  # listens again first: whoever sees "failed" may retry
         self._on_event("MIGRATION", {"status": str(MigrationStatus.FAILED)})
 
@@ -293,9 +347,18 @@ class StreamLoader:
         *,
         pristine: bool,
         accept: Callable[[], socket.socket | None] = lambda: None,
+        on_run: Callable[[RunState], None] = lambda _state: None,
     ) -> None:
-        """``accept`` yields the next connection to the listener (for multifd channels)."""
+        """``accept`` yields the next connection to the listener (for multifd channels);
+        ``on_run`` starts the guest at postcopy's switch."""
         self.ram = ram
+        self._on_run = on_run
+        self._postcopy = False  # the source has postcopy-ram on
+        self._discard: npt.NDArray[np.bool_] | None = None
+        self.present: postcopy.PresentMap | None = None  # after the switch
+        self.verified_digest: bool | None = None  # the digest's verdict, once DONE came
+        self._conn: socket.socket | None = None
+        self._send_lock = threading.Lock()  # the vCPU's page requests and the verdict
         self._local_config = local_config
         self._accept = accept
         self._multifd: MultifdReceiver | None = None
@@ -308,8 +371,15 @@ class StreamLoader:
         self._written = np.zeros(ram.pages, bool) if pristine else np.ones(ram.pages, bool)
         self._max_pending = 4
 
+    def send(self, data: bytes) -> None:
+        """A record to the source on the main connection (requests come from the vCPU)."""
+        assert self._conn is not None
+        with self._send_lock:
+            self._conn.sendall(data)
+
     def close(self) -> None:
         """End the workers and channel threads and close the channels (threads first)."""
+        self.ram.fault_hook = None
         if self._pool:
             self._pool.close()
         if self._multifd:
@@ -322,6 +392,7 @@ class StreamLoader:
 
         ``then`` runs once every connection of the stream is in (QEMU closes its listener).
         """
+        self._conn = conn
         head = wire.read_exact(conn, wire.HEADER.size)
         if head is None:
             raise wire.StreamError("migration stream ended before its header")
@@ -344,6 +415,12 @@ class StreamLoader:
                     self._multifd.wait_sync(self._eos)
             elif kind == wire.Rec.DONE:
                 return self._verify(wire.read_body(conn, length, wire.MAX_JSON))
+            elif kind == wire.Rec.DISCARD and self._postcopy and self._discard is None:
+                self._drain()
+                body = wire.read_body(conn, length, wire.MAX_RECORD)
+                self._discard = postcopy.decode_discard(body, self.ram.pages)
+            elif kind == wire.Rec.RUN and self._discard is not None and self.present is None:
+                self._switch(wire.read_body(conn, length, wire.MAX_JSON))
             else:
                 raise wire.StreamError(f"unknown record type 0x{kind:02x}")
 
@@ -358,6 +435,7 @@ class StreamLoader:
         problem = remote.mismatch(local)
         if problem:
             raise wire.StreamError(problem)
+        self._postcopy = remote.postcopy
         if remote.multifd_channels:
             self._connect_channels(remote)
         if remote.compress:
@@ -382,8 +460,40 @@ class StreamLoader:
         )
         self._multifd.start([s for s in socks if s is not None])
 
+    def _switch(self, body: bytearray) -> None:
+        """Postcopy's switch: the discarded pages (and those never sent) become missing, the
+        vCPU fetches them on demand, and the guest runs."""
+        assert self._discard is not None
+        runstate = self._runstate(wire.parse_json(body, "postcopy run"))
+        present = self.present = postcopy.PresentMap(
+            self.ram, ~self._discard, self._written, self._request
+        )
+        self.ram.fault_hook = present.fault
+        self._on_run(runstate)
+
+    def _request(self, pages: npt.NDArray[np.intp]) -> None:
+        self.send(postcopy.encode_request(pages))
+
+    def _place_batch(self, conn: socket.socket, batch: wire.BatchHead) -> None:
+        """After the switch: place each page unless it is present already (it was requested
+        and arrived, and the guest may have written it since)."""
+        assert self.present is not None
+        if not np.isin(batch.kinds, (wire.Kind.ZERO, wire.Kind.PAGE)).all():
+            raise wire.StreamError("postcopy: a compressed or XBZRLE page after the switch")
+        placed, crcs = self.present.place(batch.of(wire.Kind.ZERO), None)
+        self._digest.crc[placed] = crcs
+        raw = batch.of(wire.Kind.PAGE)
+        if len(raw):
+            buf = memoryview(bytearray(len(raw) * PAGE_SIZE))
+            wire.recv_into(conn, buf)
+            placed, crcs = self.present.place(raw, buf)
+            self._digest.crc[placed] = crcs
+
     def _receive_batch(self, conn: socket.socket, length: int) -> None:
         batch = wire.read_batch_head(conn, length, self.ram.pages)
+        if self.present is not None:
+            self._place_batch(conn, batch)
+            return
         ram = self.ram
         zero = batch.of(wire.Kind.ZERO)
         if len(zero):
@@ -438,16 +548,25 @@ class StreamLoader:
         while self._pending:
             self._collect()
 
+    @staticmethod
+    def _runstate(obj: dict[str, Any]) -> RunState:
+        try:
+            return RunState(obj["runstate"])
+        except (KeyError, ValueError) as exc:
+            raise wire.StreamError("completion section is malformed") from exc
+
     def _verify(self, body: bytearray) -> RunState:
         self._drain()
         done = wire.parse_json(body, "completion")
-        try:
-            runstate = RunState(done["runstate"])
-            digest = str(done["digest"])
-        except (KeyError, ValueError) as exc:
-            raise wire.StreamError("completion section is malformed") from exc
-        if digest != self._digest.hexdigest():
+        runstate = self._runstate(done)
+        if self.present is not None and self.present.missing:
+            raise wire.StreamError(f"postcopy: {self.present.missing} pages never arrived")
+        if "digest" not in done:
+            raise wire.StreamError("completion section is malformed")
+        self.verified_digest = str(done["digest"]) == self._digest.hexdigest()
+        if not self.verified_digest:
             raise wire.StreamError(
                 "RAM digest mismatch: destination memory differs from the source"
             )
+        self.ram.fault_hook = None  # every page is present: writes need no check
         return runstate

@@ -6,6 +6,7 @@ import errno
 import mmap
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -109,6 +110,14 @@ class GuestRam:
         self._dirty = np.zeros(self.pages, dtype=bool)
         self._dirty_lock = threading.Lock()
         self._logging = False
+        # Postcopy's page table (engine/postcopy.py): fetches missing pages before a write.
+        self.fault_hook: Callable[[PageIndex, threading.Event], bool] | None = None
+
+    def fault(self, pages: PageIndex, stop: threading.Event) -> bool:
+        """Before a vCPU writes ``pages``: True once they are all present (during postcopy
+        the missing ones are fetched from the source); False if ``stop`` was set meanwhile."""
+        hook = self.fault_hook
+        return True if hook is None else hook(pages, stop)
 
     def use_small_pages(self) -> None:
         """Back RAM not yet touched with 4 KiB pages, for scattered first writes (the idle

@@ -232,6 +232,19 @@ class Machine:
         # Like QEMU, a local connect that fails at once is reported before `migrate` returns.
         mig.wait_connected(CONNECT_WAIT_S)
 
+    def migrate_start_postcopy(self) -> None:
+        """QEMU's qmp_migrate_start_postcopy: its checks, then the switch at the migration
+        thread's next step (at once while it runs; never, once it has ended)."""
+        if not self.config.capability("postcopy-ram"):
+            raise MigrationError(
+                "Enable postcopy with migrate_set_capability before the start of migration"
+            )
+        outgoing = self._outgoing
+        if outgoing is None:
+            raise MigrationError("Postcopy must be started after migration has been started")
+        if isinstance(outgoing, OutgoingMigration):
+            outgoing.start_postcopy()
+
     def _refuse(self, error: str | None) -> None:
         """A URI QEMU cannot use: its migrate_init announced setup before looking at it."""
         self._outgoing = _Refused(error)
@@ -289,6 +302,8 @@ class Machine:
             failed,
             self.opts.switchover_timeout,
             setup_timeout_s=self.opts.setup_timeout_s,
+            report=self._notify,
+            blocktime=lambda: self.config.capability("postcopy-blocktime"),
         )
         self._incoming = incoming
         incoming.start()
@@ -311,6 +326,7 @@ class Machine:
             # The source says how many channels it opens; the destination only has to agree
             # that multifd is on (QEMU would hang on a channel-count mismatch).
             multifd_channels=multifd_channels(c),
+            postcopy=c.capability("postcopy-ram"),
         )
         return local, int(c.param("decompress-threads"))
 

@@ -278,7 +278,7 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
         "compress", "compress pages with compress-threads zlib workers (both ends)", supported=True
     ),
     CapabilitySpec("events", "emit an event at every migration state change", supported=True),
-    CapabilitySpec("postcopy-ram", "start the destination before all RAM is sent"),
+    CapabilitySpec("postcopy-ram", "start the destination before all RAM is sent", supported=True),
     CapabilitySpec("x-colo", "COLO fault tolerance (unstable)"),
     CapabilitySpec("release-ram", "free source RAM as postcopy sends it"),
     CapabilitySpec("block", "old-style block migration (-b/-i)"),
@@ -290,7 +290,7 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
     CapabilitySpec("pause-before-switchover", "pause in pre-switchover before the device state"),
     CapabilitySpec("multifd", "send pages over multifd-channels parallel channels", supported=True),
     CapabilitySpec("dirty-bitmaps", "migrate block dirty bitmaps"),
-    CapabilitySpec("postcopy-blocktime", "measure vCPU blocktime in postcopy"),
+    CapabilitySpec("postcopy-blocktime", "measure vCPU blocktime in postcopy", supported=True),
     CapabilitySpec(
         "late-block-activate", "activate block devices only when the destination starts"
     ),

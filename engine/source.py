@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine import wire
+from engine import postcopy, wire
 from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
@@ -53,6 +53,12 @@ MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
 # No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
 STALL_WARNING_S = 30.0
+# What a source in postcopy-paused has and has not (one line after QEMU's own).
+PAUSED_SOURCE = (
+    "postcopy: the guest runs on the destination and what it wrote there is not here, so it "
+    "cannot restart on this side; resume with migrate_recover on the destination, then "
+    "migrate -r here (if the destination died, the guest is lost)"
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,7 @@ class OutgoingSettings:
     xbzrle: bool = _entry("xbzrle")
     multifd_compression: str = _entry("multifd-compression")
     tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
+    postcopy: bool = _entry("postcopy-ram")
     multifd_channels: int = 0  # 0: the multifd capability is off
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
 
@@ -188,7 +195,8 @@ class OutgoingMigration(threading.Thread):
         self._connected = threading.Event()  # set once the connection is up or has failed
         self._sock: socket.socket | None = None
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
-        self._limiter = RateLimiter(lambda: param("max-bandwidth"))
+        self._rate_param = "max-bandwidth"  # max-postcopy-bandwidth once postcopy runs
+        self._limiter = RateLimiter(lambda: param(self._rate_param))
         self._link = Link(lambda: param("x-link-bandwidth"))
         self._bitmap = np.ones(ram.pages, dtype=bool)
         self._dirty_pages = ram.pages
@@ -206,6 +214,10 @@ class OutgoingMigration(threading.Thread):
         # True once GO may have reached the destination: only its NACK lets the guest run here.
         self._handed_over = False
         self._dirty_rate_high = 0
+        self._start_postcopy = threading.Event()  # migrate_start_postcopy
+        self._in_postcopy = False  # the destination runs the guest; pages go on demand
+        self._resumed = threading.Event()  # a postcopy-paused migration may go on (or quit)
+        self._return_path: postcopy.ReturnPath | None = None
 
     # -- the monitor's side ------------------------------------------------------------------
     @property
@@ -237,6 +249,12 @@ class OutgoingMigration(threading.Thread):
         if self._multifd:
             self._multifd.hang_up()
 
+    def start_postcopy(self) -> None:
+        """migrate_start_postcopy: switch at the migration thread's next step (QEMU's
+        start_postcopy flag); a migration that converges first completes as precopy."""
+        self._start_postcopy.set()
+        self._limiter.wake()
+
     def parameters_changed(self) -> None:
         """A live `migrate_set_parameter`: waits on the old rates re-time at the new ones, and
         a new xbzrle-cache-size shows at once (the migration thread swaps the cache itself)."""
@@ -251,6 +269,7 @@ class OutgoingMigration(threading.Thread):
         self._quitting = True
         self.cancel()
         shutdown(self._sock)
+        self._resumed.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -276,14 +295,18 @@ class OutgoingMigration(threading.Thread):
             if self._cancel.is_set():
                 raise Cancelled
             self._setup()
-            self._precopy()
-            self._complete()
+            if self._precopy():
+                self._postcopy()
+            else:
+                self._complete()
         except Cancelled:
             self._finish(MigrationStatus.CANCELLED, None)
         except MigrationError as exc:
             self._finish(MigrationStatus.FAILED, exc.desc, exc.report())
         except OSError as exc:
-            if self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
+            if self._in_postcopy:  # neither side holds the whole guest: pause, never fail
+                self._pause(exc.strerror or str(exc))
+            elif self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
                 if not self._quitting:
                     self._report(f"Unable to write to socket: {exc.strerror or exc}")
                 self._finish(MigrationStatus.CANCELLED, None)
@@ -335,6 +358,7 @@ class OutgoingMigration(threading.Thread):
             multifd_channels=s.multifd_channels,
             multifd_compression=s.multifd_compression,
             session=os.urandom(16).hex(),
+            postcopy=s.postcopy,
         )
         self.stats.add_stream(
             self._send([wire.header(), wire.json_record(wire.Rec.CONFIG, config.to_json())])
@@ -372,7 +396,9 @@ class OutgoingMigration(threading.Thread):
         self._limiter.charge(nbytes)
         self._link.pace(nbytes)
 
-    def _precopy(self) -> None:
+    def _precopy(self) -> bool:
+        """Iterate until what is left fits the downtime (False) or postcopy was asked for
+        while it does not (True), as QEMU's migration_iteration_run decides."""
         while True:
             self._check_stop()
             pending = self._dirty_pages * PAGE_SIZE
@@ -380,9 +406,11 @@ class OutgoingMigration(threading.Thread):
                 self._sync()
                 pending = self._dirty_pages * PAGE_SIZE
             if pending and pending >= self.stats.threshold:
+                if self._start_postcopy.is_set():
+                    return True
                 self._iterate()
             else:
-                return
+                return False
             self.stats.update_window(self._param("downtime-limit"))
             self._steer()
 
@@ -430,6 +458,83 @@ class OutgoingMigration(threading.Thread):
         # counts that wait as downtime when return-path is on.
         self.stats.completed(None if self.settings.return_path else sent_all)
 
+    # -- postcopy (docs/ARCHITECTURE.md, Postcopy) ---------------------------------------------
+    def _postcopy(self) -> None:
+        """QEMU's postcopy_start, then pages on demand and in the background until none is
+        left, the digest, and the destination's verdict (its guest runs meanwhile)."""
+        self._set_status(MigrationStatus.ACTIVE, MigrationStatus.POSTCOPY_ACTIVE)
+        if self._status is not MigrationStatus.POSTCOPY_ACTIVE:  # a cancel came first
+            raise Cancelled
+        self.stats.start_downtime()
+        prior = self.vm.state
+        self._vm_was_running = self.vm.stop(RunState.FINISH_MIGRATE)
+        if not self._vm_was_running:
+            self.vm.set_state(RunState.FINISH_MIGRATE)
+        self.stats.postcopy = True
+        self._sync()
+        self._drain()
+        self._send_eos()
+        # From the switch on the destination's guest may run: it never restarts here.
+        self._handed_over = self._in_postcopy = True
+        run = wire.json_record(wire.Rec.RUN, {"runstate": str(prior)})
+        self.stats.add_stream(self._send([postcopy.encode_discard(self._bitmap), run]))
+        self.stats.switched()
+        self._rate_param = "max-postcopy-bandwidth"
+        requests = postcopy.PageRequests(self.ram.pages, self._limiter.wake)
+        assert self._sock is not None
+        rp = self._return_path = postcopy.ReturnPath(
+            self._sock, self.ram.pages, requests, self._report
+        )
+        rp.start()
+        while self._dirty_pages:
+            if rp.ended.is_set():
+                raise OSError(rp.error or "the return path closed")
+            urgent = requests.take(wire.MAX_BATCH)
+            if len(urgent):
+                self._send_requested(urgent)
+            elif self._limiter.exhausted():
+                self._limiter.wait_window(requests.pending)
+            else:
+                self._send_batch()
+            self.stats.postcopy_requests = requests.count
+            self.stats.update_window(self._param("downtime-limit"))
+        self._send_eos()
+        done = {"runstate": str(prior), "digest": self._digest.hexdigest()}
+        self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
+        if not rp.ended.wait(self._switchover_timeout) or rp.verdict is None:
+            raise OSError(rp.error or f"no answer within {self._switchover_timeout:g} s")
+        self.stats.postcopy_requests = requests.count
+        if rp.verdict.kind is wire.Rec.NACK:
+            raise MigrationError(rp.verdict.error)
+        self.stats.completed(self.stats.switch_ms)
+
+    def _send_requested(self, pages: npt.NDArray[np.intp]) -> None:
+        """Requested pages that are still to send (others are on their way or arrived)."""
+        pages = np.sort(pages[self._bitmap[pages]])
+        if not len(pages):
+            return
+        self._bitmap[pages] = False
+        self._dirty_pages -= len(pages)
+        self.stats.set_remaining(self._dirty_pages)
+        self._send_plain(pages, self.ram.zero_mask(pages), busy=0)
+
+    def _pause(self, cause: str) -> None:
+        """QEMU's postcopy_pause: the stream broke after the switch. Neither side holds the
+        whole guest, so nothing may fail or restart; wait here for a recovery or a quit."""
+        log.warning("postcopy paused: %s", cause)
+        self._set_status(MigrationStatus.POSTCOPY_ACTIVE, MigrationStatus.POSTCOPY_PAUSED)
+        if not self._quitting:
+            self._report("Detected IO failure for postcopy. Migration paused.")
+            self._report(PAUSED_SOURCE)
+        shutdown(self._sock)  # the return path's reader returns, then the socket may close
+        if self._return_path:
+            self._return_path.join(self._switchover_timeout)
+        if self._sock:
+            self._sock.close()
+            self._sock = None
+        self._resumed.wait()
+        self._finish(MigrationStatus.POSTCOPY_PAUSED, None)
+
     def _finish(self, status: MigrationStatus, error: str | None, report: str = "") -> None:
         """End in ``status``; ``error`` is the status text, ``report`` what stderr gets (with
         QEMU's hint lines) when it is more."""
@@ -449,9 +554,11 @@ class OutgoingMigration(threading.Thread):
             self.vm.set_state(RunState.POSTMIGRATE)
         self.vm.gate.set_throttle(0)
         with self._lock:
+            changed = self._status is not status
             self._status = status
             self._error = error
-        self._on_event("MIGRATION", {"status": str(status)})
+        if changed:
+            self._on_event("MIGRATION", {"status": str(status)})
         if error:
             self._report(report or error)
         self._connected.set()
@@ -542,7 +649,8 @@ class OutgoingMigration(threading.Thread):
         """Scan a step of dirty pages: zero ones go at once, the rest raw or compressed."""
         self._check_stop()
         pool = self._pool
-        plain = pool is None and self._multifd is None
+        # Postcopy sends raw and zero pages only, on the main stream (or the request channel).
+        plain = (pool is None and self._multifd is None) or self._in_postcopy
         # Decided before the scan: the step that ends the first pass still belongs to it.
         cache = self._xbzrle_cache()
         indices = self._next_pages(RAW_BATCH if plain else SCAN_BATCH)
@@ -610,6 +718,8 @@ class OutgoingMigration(threading.Thread):
         channels take every non-zero page in QEMU 7.2."""
         cache = self._cache
         if cache is None or not self._round_done or self._multifd is not None:
+            return None
+        if self._in_postcopy:  # the destination places whole pages only
             return None
         size = self._param("xbzrle-cache-size")
         if size != cache.size:

@@ -61,10 +61,14 @@ class SourceStats:
     end_ms: float | None = None
     downtime_start_ms: float | None = None
     downtime_ms: float | None = None
+    switch_ms: float | None = None  # when postcopy's switch was sent (its downtime's end)
+    postcopy: bool = False  # the vCPUs stopped for postcopy: RAM bytes count as postcopy's
     # RAM counters
     transferred: int = 0
     precopy_bytes: int = 0
     downtime_bytes: int = 0
+    postcopy_bytes: int = 0
+    postcopy_requests: int = 0
     stream_bytes: int = 0  # everything written to the sockets (QEMU's migration_total_bytes)
     duplicate: int = 0
     normal: int = 0
@@ -110,11 +114,14 @@ class SourceStats:
             self.stream_bytes += nbytes
 
     def add_ram(self, nbytes: int, vm_running: bool) -> None:
-        """RAM-section bytes (page batches and EOS), split by whether the guest was running."""
+        """RAM-section bytes (page batches and EOS), split by whether the guest was running
+        here, and after postcopy's switch (QEMU's precopy, downtime and postcopy bytes)."""
         with self._lock:
             self.stream_bytes += nbytes
             self.transferred += nbytes
-            if vm_running:
+            if self.postcopy:
+                self.postcopy_bytes += nbytes
+            elif vm_running:
                 self.precopy_bytes += nbytes
             else:
                 self.downtime_bytes += nbytes
@@ -229,6 +236,11 @@ class SourceStats:
     def start_downtime(self) -> None:
         self.downtime_start_ms = now_ms()
 
+    def switched(self) -> None:
+        """Postcopy's switch is sent: the downtime ends (QEMU's postcopy_start)."""
+        with self._lock:
+            self.switch_ms = now_ms()
+
     def completed(self, downtime_end_ms: float | None = None) -> None:
         """Freeze total time now, as QEMU's end time at completion, and downtime at
         ``downtime_end_ms`` (default: now). The total runs to now even when downtime ended
@@ -307,6 +319,8 @@ class SourceStats:
             dirty_pages_rate=self.dirty_pages_rate,
             precopy_bytes=self.precopy_bytes,
             downtime_bytes=self.downtime_bytes,
+            postcopy_bytes=self.postcopy_bytes,
+            postcopy_requests=self.postcopy_requests,
         )
 
     def _xbzrle(self) -> XbzrleCacheStats | None:

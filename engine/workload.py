@@ -246,17 +246,20 @@ class RandomWriter:
         while (lost := self._hold()) is not None:
             due = max(due + lost, clock() - self.SLICE_S)
             count = pace.owed(clock(), lost)
-            if count and self._gate.enter():  # a stop that came after _hold() wins here
-                try:
-                    pages = working_set[self._rng.integers(0, span, size=count)]
-                    slot = self._rng.integers(0, PAGE_SIZE // 8, size=count)
-                    words[pages, slot] = self._rng.bit_generator.random_raw(count)
-                    self._ram.mark_dirty(pages)
-                finally:
-                    self._gate.leave()
-                with self._progress:
-                    self._written += count
-                    self._progress.notify_all()
+            if count:
+                pages = working_set[self._rng.integers(0, span, size=count)]
+                slot = self._rng.integers(0, PAGE_SIZE // 8, size=count)
+                values = self._rng.bit_generator.random_raw(count)
+                # A page not yet migrated (postcopy) is fetched before the vCPU writes it.
+                if self._ram.fault(pages, self._stop) and self._gate.enter():
+                    try:  # a stop that came after _hold() won at enter()
+                        words[pages, slot] = values
+                        self._ram.mark_dirty(pages)
+                    finally:
+                        self._gate.leave()
+                    with self._progress:
+                        self._written += count
+                        self._progress.notify_all()
             if not warned and pace.missed > self._rate:  # more than a second's writes lost
                 warned = True
                 self._report(

@@ -35,6 +35,8 @@ def test_tables_are_well_formed() -> None:
         "events",
         "auto-converge",
         "multifd",
+        "postcopy-blocktime",
+        "postcopy-ram",
         "return-path",
         "x-compress-auto",
         "xbzrle",

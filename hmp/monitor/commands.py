@@ -170,6 +170,10 @@ def hmp_migrate_incoming(mon: Monitor, args: Args) -> None:
     mon.machine.migrate_incoming(str(args["uri"]))
 
 
+def hmp_migrate_start_postcopy(mon: Monitor, args: Args) -> None:
+    mon.machine.migrate_start_postcopy()
+
+
 def hmp_migrate_continue(mon: Monitor, args: Args) -> None:
     state = str(args["state"])
     if state not in MigrationStatus.__members__.values():
@@ -296,6 +300,15 @@ COMMANDS: tuple[Command, ...] = (
         "parameter value",
         "Set the parameter for migration",
         hmp_migrate_set_parameter,
+    ),
+    Command(
+        "migrate_start_postcopy",
+        "",
+        "",
+        "Followup to a migration command to switch the migration to postcopy mode. The "
+        "postcopy-ram capability must be set on both source and destination before the "
+        "original migration command .",
+        hmp_migrate_start_postcopy,
     ),
     Command(
         "pmemsave",

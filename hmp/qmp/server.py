@@ -162,6 +162,7 @@ COMMANDS: dict[str, _Command] = {
     "migrate-set-parameters": _Command(qapi.SET_PARAMETERS, _set_parameters),
     "migrate": _Command(qapi.struct({"uri": qapi.string}, _MIGRATE_FLAGS), _migrate),
     "migrate_cancel": _Command(qapi.NO_ARGS, _done(Machine.migrate_cancel)),
+    "migrate-start-postcopy": _Command(qapi.NO_ARGS, _done(Machine.migrate_start_postcopy)),
     "migrate-incoming": _Command(qapi.struct({"uri": qapi.string}), _migrate_incoming),
     "stop": _Command(qapi.NO_ARGS, _done(Machine.stop)),
     "cont": _Command(qapi.NO_ARGS, _done(Machine.cont)),
