@@ -186,7 +186,7 @@ class PageRequests:
 
     def __init__(self, pages: int, wake: Callable[[], None]) -> None:
         """``wake`` rouses a migration thread waiting out its rate limit: urgent pages go now."""
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._queue: deque[int] = deque()
         self._queued = np.zeros(pages, dtype=bool)
         self._wake = wake
@@ -198,10 +198,19 @@ class PageRequests:
             for page in np.unique(indices[~self._queued[indices]]).tolist():
                 self._queued[page] = True
                 self._queue.append(page)
+            self._lock.notify_all()
         self._wake()
 
     def wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
         self._wake()
+
+    def wait(self, timeout: float) -> None:
+        """Until a request is pending or a wake, at most ``timeout``."""
+        with self._lock:
+            if not self._queue:
+                self._lock.wait(timeout)
 
     def pending(self) -> bool:
         return bool(self._queue)

@@ -218,6 +218,10 @@ class OutgoingMigration(threading.Thread):
         self._in_postcopy = False  # the destination runs the guest; pages go on demand
         self._resumed = threading.Event()  # a postcopy-paused migration may go on (or quit)
         self._return_path: postcopy.ReturnPath | None = None
+        # Cleared, postcopy's background scan waits (requests still go): tests hold it to see
+        # requested pages overtake it. Set by default.
+        self.background = threading.Event()
+        self.background.set()
 
     # -- the monitor's side ------------------------------------------------------------------
     @property
@@ -233,12 +237,13 @@ class OutgoingMigration(threading.Thread):
         """QEMU's migrate_cancel: → cancelling, and shut the streams so nothing blocks.
 
         Once the switchover is committed there is nothing to cancel: the guest may already run
-        on the destination, so it must not restart here.
+        on the destination, so it must not restart here. Postcopy is QEMU 7.2's exception: it
+        cancels (the guest stays paused here, the destination pauses with what it has).
         """
         with self._lock:
-            if self._handed_over or self._status not in (
-                MigrationStatus.SETUP,
-                MigrationStatus.ACTIVE,
+            if self._status is not MigrationStatus.POSTCOPY_ACTIVE and (
+                self._handed_over
+                or self._status not in (MigrationStatus.SETUP, MigrationStatus.ACTIVE)
             ):
                 return
             self._status = MigrationStatus.CANCELLING
@@ -304,7 +309,7 @@ class OutgoingMigration(threading.Thread):
         except MigrationError as exc:
             self._finish(MigrationStatus.FAILED, exc.desc, exc.report())
         except OSError as exc:
-            if self._in_postcopy:  # neither side holds the whole guest: pause, never fail
+            if self._in_postcopy and not self._cancel.is_set():  # pause, never fail
                 self._pause(exc.strerror or str(exc))
             elif self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
                 if not self._quitting:
@@ -492,6 +497,8 @@ class OutgoingMigration(threading.Thread):
             urgent = requests.take(wire.MAX_BATCH)
             if len(urgent):
                 self._send_requested(urgent)
+            elif not self.background.is_set():
+                requests.wait(postcopy.FAULT_SLICE_S)
             elif self._limiter.exhausted():
                 self._limiter.wait_window(requests.pending)
             else:

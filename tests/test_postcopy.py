@@ -1,0 +1,194 @@
+"""Postcopy between two in-process Machines: the switch, demand paging, the order of requested
+and background pages (by construction: the background scan is held), and the statistics."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from test_machine import Watch, dest, make, ram_hash
+
+from engine.errors import MigrationError
+from engine.guest import PAGE_SIZE
+from engine.machine import Machine
+from engine.source import OutgoingMigration
+from engine.state import MigrationStatus, RunState
+
+MiB = 1 << 20
+DIRTY = "random-writer,rate=20000,wss=16M"  # 80 MB/s of writes: never converges at 4 MiB/s
+
+
+def pair(
+    machines: list[Machine], *, dst_workload: str = "zero", **dst_kw: Any
+) -> tuple[Machine, Machine, str]:
+    dst, uri = dest(machines, workload=dst_workload, **dst_kw)
+    src = make(machines, workload=DIRTY)
+    for m in (src, dst):
+        m.set_capabilities({"postcopy-ram": True, "postcopy-blocktime": True})
+    src.set_parameters({"max-bandwidth": 4 * MiB})
+    return src, dst, uri
+
+
+def outgoing(m: Machine) -> OutgoingMigration:
+    mig = m._outgoing
+    assert isinstance(mig, OutgoingMigration)
+    return mig
+
+
+def start_postcopy(src: Machine, uri: str) -> Watch:
+    """Migrate, let precopy run one pass of the bitmap, then switch."""
+    watch = Watch(src)
+    src.migrate(uri)
+    watch.wait_event("MIGRATION_PASS", 2)  # precopy is under way and does not converge
+    src.migrate_start_postcopy()
+    return watch
+
+
+def test_start_postcopy_checks_in_qemu_order(machines):
+    src = make(machines)
+    with pytest.raises(MigrationError, match=r"^Enable postcopy with migrate_set_capability"):
+        src.migrate_start_postcopy()
+    src.set_capabilities({"postcopy-ram": True})
+    with pytest.raises(MigrationError, match=r"^Postcopy must be started after migration has"):
+        src.migrate_start_postcopy()
+
+
+def test_the_destination_needs_postcopy_ram_too(machines):
+    _dst, uri = dest(machines)
+    src = make(machines)
+    src.set_capabilities({"postcopy-ram": True})
+    src.migrate(uri)
+    info = src.wait_migration(30)
+    assert info.status is MigrationStatus.FAILED
+    assert info.error_desc == "RAM postcopy is disabled but have 16 byte advise"
+    assert src.query_status().status is RunState.RUNNING
+
+
+def test_paused_destination_ends_with_the_source_s_ram(machines):
+    """-S: the destination's guest does not write after the switch, so RAM must be equal."""
+    src, dst, uri = pair(machines, start_paused=True)
+    dst_watch = Watch(dst)
+    watch = start_postcopy(src, uri)
+    watch.wait_status("postcopy-active")
+    assert src.query_status().status is RunState.FINISH_MIGRATE
+    info = src.wait_migration(60)
+    assert info.status is MigrationStatus.COMPLETED, info
+    dst_watch.wait_status("completed")
+    assert ram_hash(src) == ram_hash(dst)
+    assert dst.query_status().status is RunState.PAUSED
+    assert src.query_status().status is RunState.POSTMIGRATE
+    assert info.ram is not None and info.ram.postcopy_bytes > 0 and info.ram.downtime_bytes == 0
+    assert info.downtime is not None
+    # QEMU's events: postcopy-active before STOP, a sync at the switch, then completed.
+    names = [(n, d.get("status")) for n, d in watch.events if n != "MIGRATION_PASS"]
+    assert names[-3:] == [
+        ("MIGRATION", "postcopy-active"),
+        ("STOP", None),
+        ("MIGRATION", "completed"),
+    ]
+    assert dst_watch.statuses() == ["active", "postcopy-active", "completed"]
+
+
+def test_running_destination_faults_and_the_digest_matches(machines):
+    """The destination's vCPU writes its working set from the switch on: pages it touches
+    before they arrive are requested; completion proves the digest (pages as sent) matched."""
+    src, dst, uri = pair(machines, dst_workload=DIRTY)
+    dst_watch = Watch(dst)
+    mig = None
+    watch = Watch(src)
+    src.migrate(uri)
+    watch.wait_event("MIGRATION_PASS", 2)
+    mig = outgoing(src)
+    mig.background.clear()  # only requested pages move until the vCPU has faulted
+    src.migrate_start_postcopy()
+    dst_watch.wait_status("postcopy-active")
+    assert dst.query_status().status is RunState.RUNNING
+    writer = dst.workload.writer
+    assert writer is not None
+    assert writer.wait_written(writer.pages_written + 1000, 30)  # it wrote, so it faulted
+    mig.background.set()
+    info = src.wait_migration(60)
+    assert info.status is MigrationStatus.COMPLETED, info
+    dst_watch.wait_status("completed")
+    assert info.ram is not None and info.ram.postcopy_requests > 0
+    done = dst.query_migrate()
+    bt = dst._incoming.blocktime() if dst._incoming else None
+    assert bt is not None and bt.faults > 0
+    assert done.postcopy_blocktime == bt.total_ms and done.postcopy_vcpu_blocktime == (bt.total_ms,)
+    assert done.socket_address is None
+
+
+def test_requested_page_overtakes_the_held_background_scan(machines):
+    """By construction: the background scan is held, a vCPU faults on a missing page, and that
+    page (only it) arrives, with the source's contents."""
+    src, dst, uri = pair(machines, start_paused=True)
+    dst_watch = Watch(dst)
+    watch = Watch(src)
+    src.migrate(uri)
+    watch.wait_event("MIGRATION_PASS", 2)
+    mig = outgoing(src)
+    mig.background.clear()
+    src.migrate_start_postcopy()
+    dst_watch.wait_status("postcopy-active")
+    loader = dst._incoming._loader if dst._incoming else None
+    assert loader is not None and loader.present is not None
+    present = loader.present
+    missing = present.missing
+    page = int(np.flatnonzero(~present.present_bits())[-1])
+    stop = threading.Event()
+    assert dst.ram.fault(np.array([page]), stop)  # a vCPU's fault: returns once it is here
+    assert present.missing == missing - 1  # nothing else moved: the background is held
+    assert bytes(dst.ram.page(page)) == bytes(src.ram.page(page))
+    info = src.query_migrate()
+    assert info.ram is not None and info.ram.postcopy_requests == 1
+    mig.background.set()
+    assert src.wait_migration(60).status is MigrationStatus.COMPLETED
+    dst_watch.wait_status("completed")
+    assert ram_hash(src) == ram_hash(dst)
+
+
+def test_a_page_that_arrives_twice_is_placed_once(machines):
+    """A copy arriving after the page is present (requested earlier, then written by the
+    guest) must not overwrite it."""
+    src, dst, uri = pair(machines, start_paused=True)
+    dst_watch = Watch(dst)
+    watch = Watch(src)
+    src.migrate(uri)
+    watch.wait_event("MIGRATION_PASS", 2)
+    mig = outgoing(src)
+    mig.background.clear()
+    src.migrate_start_postcopy()
+    dst_watch.wait_status("postcopy-active")
+    loader = dst._incoming._loader if dst._incoming else None
+    assert loader is not None and loader.present is not None
+    present = loader.present
+    page = int(np.flatnonzero(~present.present_bits())[0])
+    assert dst.ram.fault(np.array([page]), threading.Event())
+    dst.ram.page_array[page, :8] = 0xAB  # the guest writes it
+    stale = np.zeros(PAGE_SIZE, dtype=np.uint8)
+    placed, _ = present.place(np.array([page]), memoryview(stale.tobytes()))
+    assert not len(placed)
+    assert (dst.ram.page_array[page, :8] == 0xAB).all()
+    mig.background.set()
+    assert src.wait_migration(60).status is MigrationStatus.COMPLETED
+
+
+def test_cancel_in_postcopy_does_what_qemu_does(machines):
+    """QEMU 7.2 cancels a postcopy migration: the source says cancelled and stays paused (the
+    guest runs on the destination), which pauses with what it has."""
+    src, dst, uri = pair(machines, start_paused=True)
+    dst_watch = Watch(dst)
+    watch = Watch(src)
+    src.migrate(uri)
+    watch.wait_event("MIGRATION_PASS", 2)
+    outgoing(src).background.clear()  # postcopy stays active until the cancel
+    src.migrate_start_postcopy()
+    dst_watch.wait_status("postcopy-active")
+    src.migrate_cancel()
+    assert src.wait_migration(30).status is MigrationStatus.CANCELLED
+    assert watch.statuses()[-2:] == ["cancelling", "cancelled"]
+    assert src.query_status().status is RunState.POSTMIGRATE
+    dst_watch.wait_status("postcopy-paused")
+    assert dst.query_status().status is RunState.PAUSED  # -S: paused, and it stays so
