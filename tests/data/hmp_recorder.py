@@ -13,14 +13,21 @@ is its options, the others its commands, run in file order. Its recording has on
 ``# argv: NAME: ...`` line per endpoint and a ``# endpoint: NAME`` line wherever the commands
 switch endpoint.
 
-In options and commands, ``$SCRATCH`` is the case's scratch directory, ``$PORT`` a free TCP
-port on 127.0.0.1, and a recorder may make files of its own (``Recorder.made``, e.g.
-``$IMAGE``); outputs name them the same way, so a recording does not depend on the run.
+In options and commands, ``$SCRATCH`` is the case's scratch directory, ``$PORT`` and
+``$RPORT`` free TCP ports on 127.0.0.1 (a destination's, and a second one, e.g. to recover a
+postcopy migration on), ``$PROXY`` the port of a relay the recorder runs to ``$PORT``, and a
+recorder may make files of its own (``Recorder.made``, e.g. ``$IMAGE``); outputs name them the
+same way, so a recording does not depend on the run.
 ``CMD @until REGEX`` repeats CMD until REGEX matches in its output (``re.MULTILINE``) and
 stores that output, marked ``# polled until: REGEX``. An endpoint that exits is marked
 ``# exited: CODE`` (after the command that ended it, or where the case waits for it with the
-line ``@exit``). A command that timed out or was sent to an endpoint that had exited, or an
-``@until`` that a finished migration can no longer meet, ends the case with a
+line ``@exit``). The line ``@kill`` SIGKILLs the endpoint (``# killed``, then its last stderr
+lines and ``# exited: -9``); ``@stop`` and ``@cont`` SIGSTOP and SIGCONT it (``# stopped``,
+``# continued``), to hold it still while its peer acts (type nothing to it meanwhile);
+``@cut`` shuts down every connection through the ``$PROXY`` relay at once (``# cut: N
+connections``, one per channel), as a broken network would. ``Recording.parse`` reads a
+recording back into its steps. A command that timed out or was sent to an endpoint that had
+exited, or an ``@until`` that a finished migration can no longer meet, ends the case with a
 ``# recorder error: ...`` line.
 """
 
@@ -28,8 +35,11 @@ from __future__ import annotations
 
 import re
 import select
+import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +50,11 @@ from qmp_recorder import free_port
 PROMPT = b"(qemu) "
 UNTIL = " @until "
 EXIT = "@exit"
+KILL = "@kill"
+CUT = "@cut"
+SIGNALS = {"@stop": (signal.SIGSTOP, "# stopped\n"), "@cont": (signal.SIGCONT, "# continued\n")}
+ACTIONS = (EXIT, KILL, CUT, *SIGNALS)  # recorder actions: lines of a case that type nothing
+PORTS = ("$PORT", "$RPORT", "$PROXY")  # placeholders that are TCP ports
 ENDPOINT = re.compile(r"^(src|dst): ")
 POLL_INTERVAL = 0.1  # seconds between two polls of an ``@until`` command
 POLL_TIMEOUT = 120.0  # an ``@until`` condition not met by then is a recorder error
@@ -111,6 +126,13 @@ class Monitor:
         """One line of a case: a command, ``CMD @until REGEX``, or ``@exit``."""
         if line == EXIT:
             return self.wait_exit()
+        if line == KILL:
+            self.proc.kill()
+            return "# killed\n" + self.wait_exit()
+        if line in SIGNALS:
+            sig, note = SIGNALS[line]
+            self.proc.send_signal(sig)
+            return note
         if self.proc.poll() is not None:
             raise EOFError("the endpoint had exited")
         typed, _, until = line.partition(UNTIL)
@@ -136,6 +158,56 @@ class Monitor:
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+class Relay(threading.Thread):
+    """Relays every connection made to its port to ``target`` (a port on 127.0.0.1), byte for
+    byte, until ``cut`` shuts them all down at once."""
+
+    def __init__(self, target: int) -> None:
+        super().__init__(name="relay", daemon=True)
+        self.target = target
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.lock = threading.Lock()
+        self.socks: list[socket.socket] = []
+
+    def run(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+            b.shutdown(socket.SHUT_WR)
+        except OSError:  # cut, or the peer went away: the other direction sees it too
+            pass
+
+    def cut(self) -> str:
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed by its peer
+                pass
+            sock.close()
+        count = len(socks) // 2
+        return f"# cut: {count} connection{'s' * (count != 1)}\n"
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
 
 
 @dataclass
@@ -176,6 +248,11 @@ class Recorder:
 
     def run(self, case: Case, folder: Path) -> str:
         names = self._placeholders(case, folder)
+        relay = None
+        if "$PROXY" in names:
+            relay = Relay(int(names["$PORT"]))
+            relay.start()
+            names["$PROXY"] = str(relay.port)
 
         def fill(text: str) -> str:
             for name, value in names.items():
@@ -183,7 +260,7 @@ class Recorder:
             return text
 
         # A port is a number: put back only where it follows a colon (host:port).
-        back = [(f":{v}", f":{n}") if n == "$PORT" else (v, n) for n, v in names.items()]
+        back = [(f":{v}", f":{n}") if n in PORTS else (v, n) for n, v in names.items()]
 
         def unfill(text: str) -> str:
             for value, name in back:
@@ -198,10 +275,13 @@ class Recorder:
                 monitors[name] = Monitor([*self.qemu, *map(fill, argv)], folder)
                 if self.banner:
                     out.append(f"# banner: {monitors[name].banner}\n")
-            out.extend(unfill(text) for text in self._steps(case, monitors, folder, fill))
+            steps = self._steps(case, monitors, folder, fill, relay)
+            out.extend(unfill(text) for text in steps)
         finally:
             for monitor in monitors.values():
                 monitor.close()
+            if relay:
+                relay.close()
         return "".join(out)
 
     def _placeholders(self, case: Case, folder: Path) -> dict[str, str]:
@@ -210,13 +290,20 @@ class Recorder:
         values: dict[str, Callable[[], str]] = {
             "$SCRATCH": lambda: str(folder),
             "$PORT": lambda: str(free_port()),
+            "$RPORT": lambda: str(free_port()),
+            "$PROXY": lambda: "",  # the relay's port, once it listens
         }
         text = "\n".join(lines)
         names = {name: value() for name, value in values.items() if name in text}
         return names | {name: str(make(folder)) for name, make in self.made.items() if name in text}
 
     def _steps(
-        self, case: Case, monitors: dict[str, Monitor], folder: Path, fill: Callable[[str], str]
+        self,
+        case: Case,
+        monitors: dict[str, Monitor],
+        folder: Path,
+        fill: Callable[[str], str],
+        relay: Relay | None,
     ) -> list[str]:
         out: list[str] = []
         files = written(folder, {})
@@ -225,6 +312,10 @@ class Recorder:
             if name != current:
                 out.append(f"# endpoint: {name}\n")
                 current = name
+            if cmd == CUT:
+                assert relay, "@cut in a case that does not use $PROXY"
+                out.append(relay.cut())
+                continue
             try:
                 text = monitors[name].step(fill(cmd))
             except (TimeoutError, subprocess.TimeoutExpired, EOFError) as err:
@@ -242,6 +333,67 @@ class Recorder:
         for name in names or sorted(cases):
             (self.here / f"{name}.txt").write_text(self.run(cases[name], folder(name)))
             print(name)
+
+
+NOTES = {"# killed": KILL, "# stopped": "@stop", "# continued": "@cont", "# cut: ": CUT}
+
+
+def _action(line: str) -> str:
+    """The action that a recorder's note ``line`` stands for, or ''."""
+    for note, action in NOTES.items():
+        if line == note or (note.endswith(" ") and line.startswith(note)):
+            return action
+    return ""
+
+
+@dataclass
+class Step:
+    """One recorded command (``typed``, its exact output and stderr lines), or an action."""
+
+    endpoint: str
+    typed: str  # the command as typed (an ``@until`` stored as the command it repeated), or
+    # the action (@kill, @stop, @cont, @cut)
+    output: str = ""
+    stderr: list[str] = field(default_factory=list)
+    until: str = ""  # the pattern of an ``@until`` that ended on this output
+    exited: int | None = None  # the endpoint's exit status, noted after this step
+
+
+@dataclass
+class Recording:
+    """A recording read back: each endpoint's options, the steps, a recorder error if any."""
+
+    argv: dict[str, str] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+    error: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Recording:
+        rec, endpoint = cls(), ""
+        for line in text.splitlines(keepends=True):
+            bare = line.rstrip("\n")
+            note = _action(bare)
+            if bare.startswith("# argv: "):
+                name, sep, rest = bare.removeprefix("# argv: ").partition(": ")
+                named = sep and name in ("src", "dst")
+                rec.argv.update({name: rest} if named else {"": bare.removeprefix("# argv: ")})
+            elif bare.startswith("# endpoint: "):
+                endpoint = bare.removeprefix("# endpoint: ")
+            elif bare.startswith("(qemu) "):
+                rec.steps.append(Step(endpoint, bare.removeprefix("(qemu) ")))
+            elif note:
+                rec.steps.append(Step(endpoint, note))
+            elif bare.startswith("# stderr: "):
+                rec.steps[-1].stderr.append(bare.removeprefix("# stderr: "))
+            elif bare.startswith("# polled until: "):
+                rec.steps[-1].until = bare.removeprefix("# polled until: ")
+            elif bare.startswith("# exited: "):
+                rec.steps[-1].exited = int(bare.removeprefix("# exited: "))
+            elif bare.startswith("# recorder error: "):
+                rec.error = bare.removeprefix("# recorder error: ")
+            elif not bare.startswith(("# banner: ", "# file: ")):
+                rec.steps[-1].output += line
+        return rec
 
 
 def record_in_temporary_folders(recorder: Recorder, names: list[str], parent: str | None) -> None:
