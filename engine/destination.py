@@ -28,7 +28,7 @@ from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
-from engine.transport import Listener, shutdown
+from engine.transport import Address, Listener, shutdown
 from engine.vm import Vm
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ class IncomingMigration(threading.Thread):
         self._blocktime = blocktime
         self._loader: StreamLoader | None = None
         self._show_blocktime = False  # postcopy-blocktime was on at the switch
+        # Postcopy recovery: migrate_recover's listener and the connection it brought.
+        self._recover_cond = threading.Condition()
+        self._recovery: Listener | None = None
+        self._recovery_conn: socket.socket | None = None
         self._lock = threading.Lock()
         self._status = previous.status if previous else MigrationStatus.NONE
         self._error: str | None = previous._error if previous else None
@@ -132,6 +136,9 @@ class IncomingMigration(threading.Thread):
         with self._conn_lock:
             self._closing.set()
             self._shut_owned()
+        with self._recover_cond:
+            shutdown(self._recovery_conn)
+            self._recover_cond.notify_all()
         self.listener.close()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -243,7 +250,8 @@ class IncomingMigration(threading.Thread):
             error = "incoming migration closed before it completed"
         try:
             if loader.present is not None and error is not None:
-                self._postcopy_lost(conn, error, digest=loader.verified_digest is False)
+                if self._postcopy_lost(conn, error, digest=loader.verified_digest is False):
+                    self._recover_loop(loader)
             elif error is None:
                 self._succeed(conn, runstate)
             else:
@@ -258,17 +266,97 @@ class IncomingMigration(threading.Thread):
         self._set_status(MigrationStatus.POSTCOPY_ACTIVE, None)
         self._take_guest(runstate)
 
-    def _postcopy_lost(self, conn: socket.socket, error: str, *, digest: bool) -> None:
+    def _postcopy_lost(self, conn: socket.socket, error: str, *, digest: bool) -> bool:
         """After the switch this side runs the guest: a broken stream pauses (QEMU's
-        postcopy-paused), never gives the guest up; a digest mismatch is a failure."""
+        postcopy-paused; True), never gives the guest up; a digest mismatch is a failure."""
         if digest:
             self._report(f"load of migration failed: {error}")
             self._fail(conn, error, listen=False)
-            return
+            return False
+        self._pause(error)
+        return not self._closing.is_set()
+
+    def _pause(self, error: str) -> None:
         log.warning("postcopy paused: %s", error)
-        self._report("error while loading state section id 2(ram)")
-        self._report("Detected IO failure for postcopy. Migration paused.")
+        if not self._closing.is_set():
+            self._report("check_section_footer: Read section footer failed: -5")
+            self._report("Detected IO failure for postcopy. Migration paused.")
         self._set_status(MigrationStatus.POSTCOPY_PAUSED, None)
+
+    def pause(self) -> bool:
+        """migrate_pause: break the stream of an active postcopy (False when not in it)."""
+        loader = self._loader
+        if self._status is not MigrationStatus.POSTCOPY_ACTIVE or loader is None:
+            return False
+        shutdown(loader.conn)
+        return True
+
+    def recover(self, addr: Address) -> None:
+        """migrate_recover: listen on ``addr`` for the source's `migrate -r` (a second call
+        replaces the first listener, as QEMU's does); MigrationError if it cannot listen."""
+        with self._recover_cond:
+            if self._recovery is not None:
+                self._recovery.close()
+            self._recovery = self.listener = Listener(addr)
+            self._recover_cond.notify_all()
+
+    def _recover_loop(self, loader: StreamLoader) -> None:
+        """Paused: take each recovery connection in turn until one completes the migration
+        (or this side closes); a recovery that breaks pauses again."""
+        while (conn := self._await_recovery()) is not None:
+            try:
+                runstate = self._resume(loader, conn)
+            except (wire.StreamError, OSError) as exc:
+                conn.close()
+                self._pause(str(exc) if isinstance(exc, wire.StreamError) else exc.strerror or "")
+                continue
+            try:
+                self._succeed(conn, runstate)
+            finally:
+                conn.close()
+            return
+
+    def _await_recovery(self) -> socket.socket | None:
+        """The next connection to migrate_recover's listener; None once closing."""
+        while not self._closing.is_set():
+            with self._recover_cond:
+                listener = self._recovery
+                if listener is None or listener.closed:
+                    self._recover_cond.wait()
+                    continue
+            conn = listener.accept(self._closing)
+            if conn is not None:
+                listener.close()
+                with self._recover_cond:
+                    if self._closing.is_set():
+                        conn.close()
+                        return None
+                    self._recovery_conn = conn
+                return conn
+        return None
+
+    def _resume(self, loader: StreamLoader, conn: socket.socket) -> RunState:
+        """The recovery handshake (RECOVER, RECEIVED, RESUME), then the rest of the stream."""
+        conn.settimeout(self._switchover_timeout)
+        head = wire.read_exact(conn, wire.HEADER.size)
+        if head is None:
+            raise wire.StreamError("migration stream ended before its header")
+        wire.check_header(bytes(head))
+        rec = wire.read_record(conn, wire.MAX_JSON)
+        if rec is None or rec[0] != wire.Rec.RECOVER:
+            raise wire.StreamError("expected a postcopy recovery")
+        if wire.parse_json(rec[1], "recovery").get("session") != loader.session:
+            raise wire.StreamError("a recovery of another migration connected")
+        self._set_status(MigrationStatus.POSTCOPY_RECOVER, None)
+        assert loader.present is not None
+        held = postcopy.encode_bitmap(wire.Rec.RECEIVED, loader.present.present_bits())
+        conn.sendall(held)
+        rec = wire.read_record(conn, wire.MAX_JSON)
+        if rec is None or rec[0] != wire.Rec.RESUME:
+            raise wire.StreamError("the source did not resume")
+        conn.settimeout(None)
+        self._set_status(MigrationStatus.POSTCOPY_ACTIVE, None)
+        return loader.resume(conn)
 
     def _take_guest(self, runstate: RunState) -> None:
         """QEMU's process_incoming_migration_bh: a running source means run here too (unless
@@ -358,6 +446,7 @@ class StreamLoader:
         self.present: postcopy.PresentMap | None = None  # after the switch
         self.verified_digest: bool | None = None  # the digest's verdict, once DONE came
         self._conn: socket.socket | None = None
+        self.session = ""  # the source's, which a recovery must bring
         self._send_lock = threading.Lock()  # the vCPU's page requests and the verdict
         self._local_config = local_config
         self._accept = accept
@@ -371,6 +460,10 @@ class StreamLoader:
         self._written = np.zeros(ram.pages, bool) if pristine else np.ones(ram.pages, bool)
         self._max_pending = 4
 
+    @property
+    def conn(self) -> socket.socket | None:
+        return self._conn
+
     def send(self, data: bytes) -> None:
         """A record to the source on the main connection (requests come from the vCPU)."""
         assert self._conn is not None
@@ -378,8 +471,8 @@ class StreamLoader:
             self._conn.sendall(data)
 
     def close(self) -> None:
-        """End the workers and channel threads and close the channels (threads first)."""
-        self.ram.fault_hook = None
+        """End the workers and channel threads and close the channels (threads first).
+        A paused postcopy keeps its page table: the guest still runs on it."""
         if self._pool:
             self._pool.close()
         if self._multifd:
@@ -399,6 +492,20 @@ class StreamLoader:
         wire.check_header(bytes(head))
         self._configure(conn)
         then()
+        return self._records(conn)
+
+    def resume(self, conn: socket.socket) -> RunState:
+        """A recovered postcopy: the rest of the stream on a new connection; the page the
+        vCPU waits for is asked for again (its first request may have been lost)."""
+        with self._send_lock:
+            self._conn = conn
+        assert self.present is not None
+        waiting = self.present.outstanding()
+        if len(waiting):
+            self.send(postcopy.encode_request(waiting))
+        return self._records(conn)
+
+    def _records(self, conn: socket.socket) -> RunState:
         while True:
             rec = wire.read_record_head(conn)
             if rec is None:
@@ -418,7 +525,7 @@ class StreamLoader:
             elif kind == wire.Rec.DISCARD and self._postcopy and self._discard is None:
                 self._drain()
                 body = wire.read_body(conn, length, wire.MAX_RECORD)
-                self._discard = postcopy.decode_discard(body, self.ram.pages)
+                self._discard = postcopy.decode_bitmap(body, self.ram.pages)
             elif kind == wire.Rec.RUN and self._discard is not None and self.present is None:
                 self._switch(wire.read_body(conn, length, wire.MAX_JSON))
             else:
@@ -436,6 +543,7 @@ class StreamLoader:
         if problem:
             raise wire.StreamError(problem)
         self._postcopy = remote.postcopy
+        self.session = remote.session
         if remote.multifd_channels:
             self._connect_channels(remote)
         if remote.compress:

@@ -182,9 +182,8 @@ class Machine:
         c = self.config
         with self._lock:
             if resume:
-                # Only a postcopy-paused migration resumes, and qemu-hmp has no postcopy (so
-                # QEMU's next resume check, release-ram, never applies).
-                raise MigrationError("Cannot resume if there is no paused migration")
+                self._resume(uri)
+                return
             if is_running(self._outgoing_status()):
                 raise MigrationError("There's a migration process in progress")
             if self.vm.state is RunState.INMIGRATE:
@@ -244,6 +243,35 @@ class Machine:
             raise MigrationError("Postcopy must be started after migration has been started")
         if isinstance(outgoing, OutgoingMigration):
             outgoing.start_postcopy()
+
+    def _resume(self, uri: str) -> None:
+        """`migrate -r`: QEMU's migrate_prepare checks, then reconnect the paused postcopy."""
+        outgoing = self._outgoing
+        if self._outgoing_status() is not MigrationStatus.POSTCOPY_PAUSED:
+            raise MigrationError("Cannot resume if there is no paused migration")
+        if self.config.capability("release-ram"):
+            raise MigrationError("Postcopy recovery cannot work when release-ram capability is set")
+        addr = parse_uri(uri, incoming=False)
+        if not isinstance(outgoing, OutgoingMigration) or not outgoing.resume(addr):
+            raise MigrationError("Cannot resume if there is no paused migration")
+
+    def migrate_pause(self) -> None:
+        """QEMU's qmp_migrate_pause: break the stream of an active postcopy, source first."""
+        outgoing, incoming = self._outgoing, self._incoming
+        if isinstance(outgoing, OutgoingMigration) and outgoing.pause():
+            return
+        if incoming is not None and incoming.pause():
+            return
+        raise MigrationError(
+            "migrate-pause is currently only supported during postcopy-active state"
+        )
+
+    def migrate_recover(self, uri: str) -> None:
+        """QEMU's qmp_migrate_recover: listen on ``uri`` for the source's `migrate -r`."""
+        incoming = self._incoming
+        if incoming is None or incoming.status is not MigrationStatus.POSTCOPY_PAUSED:
+            raise MigrationError("Migrate recover can only be run when postcopy is paused.")
+        incoming.recover(parse_uri(uri, incoming=True))
 
     def _refuse(self, error: str | None) -> None:
         """A URI QEMU cannot use: its migrate_init announced setup before looking at it."""

@@ -59,12 +59,13 @@ def decode_request(body: bytes | bytearray, pages: int) -> npt.NDArray[np.intp]:
     return indices
 
 
-def encode_discard(dirty: npt.NDArray[np.bool_]) -> bytes:
-    """DISCARD: the pages the destination holds stale copies of (or none), one bit each."""
-    return wire.record(wire.Rec.DISCARD, np.packbits(dirty, bitorder="little").tobytes())
+def encode_bitmap(kind: wire.Rec, bits: npt.NDArray[np.bool_]) -> bytes:
+    """A page bitmap, one bit each: DISCARD (pages the destination must fetch: it holds a
+    stale copy or none) or RECEIVED (pages it holds, after a recovery)."""
+    return wire.record(kind, np.packbits(bits, bitorder="little").tobytes())
 
 
-def decode_discard(body: bytes | bytearray, pages: int) -> npt.NDArray[np.bool_]:
+def decode_bitmap(body: bytes | bytearray, pages: int) -> npt.NDArray[np.bool_]:
     if len(body) != (pages + 7) // 8:
         raise wire.StreamError(f"discard bitmap of {len(body)} bytes for {pages} pages")
     bits = np.unpackbits(np.frombuffer(body, np.uint8), count=pages, bitorder="little")

@@ -53,11 +53,11 @@ MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
 # No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
 STALL_WARNING_S = 30.0
-# What a source in postcopy-paused has and has not (one line after QEMU's own).
+# What a source in postcopy-paused has and has not (logged: QEMU's stderr has one line).
 PAUSED_SOURCE = (
-    "postcopy: the guest runs on the destination and what it wrote there is not here, so it "
-    "cannot restart on this side; resume with migrate_recover on the destination, then "
-    "migrate -r here (if the destination died, the guest is lost)"
+    "the guest runs on the destination and what it wrote there is not here, so it cannot "
+    "restart on this side; resume with migrate_recover on the destination, then migrate -r "
+    "here (if the destination died, the guest is lost)"
 )
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,10 @@ def multifd_channels(config: MigrationConfig) -> int:
 
 class Cancelled(Exception):
     pass
+
+
+class Quit(Exception):
+    """The endpoint quits while a postcopy migration is paused: nothing more to report."""
 
 
 class StallWatch(threading.Thread):
@@ -218,6 +222,10 @@ class OutgoingMigration(threading.Thread):
         self._in_postcopy = False  # the destination runs the guest; pages go on demand
         self._resumed = threading.Event()  # a postcopy-paused migration may go on (or quit)
         self._return_path: postcopy.ReturnPath | None = None
+        self._requests = postcopy.PageRequests(ram.pages, self._limiter.wake)
+        self._prior = RunState.RUNNING  # the run state the destination takes over
+        self._resume_addr = addr
+        self._session = ""
         # Cleared, postcopy's background scan waits (requests still go): tests hold it to see
         # requested pages overtake it. Set by default.
         self.background = threading.Event()
@@ -241,13 +249,20 @@ class OutgoingMigration(threading.Thread):
         cancels (the guest stays paused here, the destination pauses with what it has).
         """
         with self._lock:
-            if self._status is not MigrationStatus.POSTCOPY_ACTIVE and (
-                self._handed_over
-                or self._status not in (MigrationStatus.SETUP, MigrationStatus.ACTIVE)
+            paused = self._status is MigrationStatus.POSTCOPY_PAUSED
+            if (
+                not paused
+                and self._status is not MigrationStatus.POSTCOPY_ACTIVE
+                and (
+                    self._handed_over
+                    or self._status not in (MigrationStatus.SETUP, MigrationStatus.ACTIVE)
+                )
             ):
                 return
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
+        if paused:  # QEMU 7.2 stays in cancelling: nothing runs to end the paused migration
+            return
         self._cancel.set()
         self._end_pacing()
         shutdown(self._sock)
@@ -306,12 +321,12 @@ class OutgoingMigration(threading.Thread):
                 self._complete()
         except Cancelled:
             self._finish(MigrationStatus.CANCELLED, None)
+        except Quit:
+            self._finish(self._status, None)
         except MigrationError as exc:
             self._finish(MigrationStatus.FAILED, exc.desc, exc.report())
         except OSError as exc:
-            if self._in_postcopy and not self._cancel.is_set():  # pause, never fail
-                self._pause(exc.strerror or str(exc))
-            elif self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
+            if self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
                 if not self._quitting:
                     self._report(f"Unable to write to socket: {exc.strerror or exc}")
                 self._finish(MigrationStatus.CANCELLED, None)
@@ -365,6 +380,7 @@ class OutgoingMigration(threading.Thread):
             session=os.urandom(16).hex(),
             postcopy=s.postcopy,
         )
+        self._session = config.session
         self.stats.add_stream(
             self._send([wire.header(), wire.json_record(wire.Rec.CONFIG, config.to_json())])
         )
@@ -466,12 +482,13 @@ class OutgoingMigration(threading.Thread):
     # -- postcopy (docs/ARCHITECTURE.md, Postcopy) ---------------------------------------------
     def _postcopy(self) -> None:
         """QEMU's postcopy_start, then pages on demand and in the background until none is
-        left, the digest, and the destination's verdict (its guest runs meanwhile)."""
+        left, the digest, and the destination's verdict (its guest runs meanwhile). A broken
+        stream pauses (postcopy-paused) until `migrate -r` brings a new one."""
         self._set_status(MigrationStatus.ACTIVE, MigrationStatus.POSTCOPY_ACTIVE)
         if self._status is not MigrationStatus.POSTCOPY_ACTIVE:  # a cancel came first
             raise Cancelled
         self.stats.start_downtime()
-        prior = self.vm.state
+        self._prior = self.vm.state
         self._vm_was_running = self.vm.stop(RunState.FINISH_MIGRATE)
         if not self._vm_was_running:
             self.vm.set_state(RunState.FINISH_MIGRATE)
@@ -481,11 +498,26 @@ class OutgoingMigration(threading.Thread):
         self._send_eos()
         # From the switch on the destination's guest may run: it never restarts here.
         self._handed_over = self._in_postcopy = True
-        run = wire.json_record(wire.Rec.RUN, {"runstate": str(prior)})
-        self.stats.add_stream(self._send([postcopy.encode_discard(self._bitmap), run]))
+        run = wire.json_record(wire.Rec.RUN, {"runstate": str(self._prior)})
+        self.stats.add_stream(
+            self._send([postcopy.encode_bitmap(wire.Rec.DISCARD, self._bitmap), run])
+        )
         self.stats.switched()
         self._rate_param = "max-postcopy-bandwidth"
-        requests = postcopy.PageRequests(self.ram.pages, self._limiter.wake)
+        self._requests = postcopy.PageRequests(self.ram.pages, self._limiter.wake)
+        while True:
+            try:
+                self._serve()
+                return
+            except OSError as exc:
+                if self._cancel.is_set():
+                    raise
+                self._pause(exc.strerror or str(exc))
+
+    def _serve(self) -> None:
+        """Requested pages first, the background scan when none waits, then DONE and the
+        destination's verdict, over the current connection."""
+        requests = self._requests
         assert self._sock is not None
         rp = self._return_path = postcopy.ReturnPath(
             self._sock, self.ram.pages, requests, self._report
@@ -506,7 +538,7 @@ class OutgoingMigration(threading.Thread):
             self.stats.postcopy_requests = requests.count
             self.stats.update_window(self._param("downtime-limit"))
         self._send_eos()
-        done = {"runstate": str(prior), "digest": self._digest.hexdigest()}
+        done = {"runstate": str(self._prior), "digest": self._digest.hexdigest()}
         self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
         if not rp.ended.wait(self._switchover_timeout) or rp.verdict is None:
             raise OSError(rp.error or f"no answer within {self._switchover_timeout:g} s")
@@ -525,22 +557,81 @@ class OutgoingMigration(threading.Thread):
         self.stats.set_remaining(self._dirty_pages)
         self._send_plain(pages, self.ram.zero_mask(pages), busy=0)
 
+    def pause(self) -> bool:
+        """migrate_pause: break the stream of an active postcopy (False when not in it)."""
+        if self._status is not MigrationStatus.POSTCOPY_ACTIVE:
+            return False
+        shutdown(self._sock)
+        return True
+
+    def resume(self, addr: Address) -> bool:
+        """migrate -r: reconnect a paused postcopy to ``addr`` (False when not paused)."""
+        with self._lock:
+            if self._status is not MigrationStatus.POSTCOPY_PAUSED:
+                return False
+            self._resume_addr = addr
+        self._resumed.set()
+        return True
+
     def _pause(self, cause: str) -> None:
         """QEMU's postcopy_pause: the stream broke after the switch. Neither side holds the
-        whole guest, so nothing may fail or restart; wait here for a recovery or a quit."""
-        log.warning("postcopy paused: %s", cause)
-        self._set_status(MigrationStatus.POSTCOPY_ACTIVE, MigrationStatus.POSTCOPY_PAUSED)
-        if not self._quitting:
-            self._report("Detected IO failure for postcopy. Migration paused.")
-            self._report(PAUSED_SOURCE)
+        whole guest, so nothing may fail or restart here: wait for `migrate -r` (then
+        reconnect, learn what the destination holds, resend the rest) or a quit."""
+        log.warning("postcopy paused: %s; %s", cause, PAUSED_SOURCE)
         shutdown(self._sock)  # the return path's reader returns, then the socket may close
         if self._return_path:
             self._return_path.join(self._switchover_timeout)
         if self._sock:
             self._sock.close()
             self._sock = None
-        self._resumed.wait()
-        self._finish(MigrationStatus.POSTCOPY_PAUSED, None)
+        with self._lock:
+            paused = self._status in (
+                MigrationStatus.POSTCOPY_ACTIVE,
+                MigrationStatus.POSTCOPY_RECOVER,
+            )
+            if paused:
+                self._status = MigrationStatus.POSTCOPY_PAUSED
+        if paused:
+            self._on_event("MIGRATION", {"status": str(MigrationStatus.POSTCOPY_PAUSED)})
+            if not self._quitting:
+                self._report("Detected IO failure for postcopy. Migration paused.")
+        while True:
+            self._resumed.wait()
+            self._resumed.clear()
+            if self._quitting:
+                raise Quit
+            try:
+                self._reconnect(self._resume_addr)
+                return
+            except MigrationError as exc:  # no connection: still paused, as in QEMU
+                self._report(exc.desc)
+            except (OSError, wire.StreamError) as exc:
+                log.warning("postcopy recovery failed: %s", exc)
+                if self._sock:
+                    self._sock.close()
+                    self._sock = None
+                self._set_status(MigrationStatus.POSTCOPY_RECOVER, MigrationStatus.POSTCOPY_PAUSED)
+
+    def _reconnect(self, addr: Address) -> None:
+        """The recovery handshake: RECOVER with the session, the destination's bitmap of the
+        pages it holds (everything else is sent again), RESUME."""
+        sock = connect(addr)
+        self._sock = sock
+        self._set_status(MigrationStatus.POSTCOPY_PAUSED, MigrationStatus.POSTCOPY_RECOVER)
+        recover = wire.json_record(wire.Rec.RECOVER, {"session": self._session})
+        self.stats.add_stream(self._send([wire.header(), recover]))
+        sock.settimeout(self._switchover_timeout)
+        rec = wire.read_record(sock, wire.MAX_RECORD)
+        sock.settimeout(None)
+        if rec is None or rec[0] != wire.Rec.RECEIVED:
+            raise wire.StreamError("the destination did not say which pages it holds")
+        held = postcopy.decode_bitmap(rec[1], self.ram.pages)
+        self._bitmap = ~held
+        self._dirty_pages = int(np.count_nonzero(self._bitmap))
+        self.stats.set_remaining(self._dirty_pages)
+        self._cursor = 0
+        self.stats.add_stream(self._send([wire.json_record(wire.Rec.RESUME, {})]))
+        self._set_status(MigrationStatus.POSTCOPY_RECOVER, MigrationStatus.POSTCOPY_ACTIVE)
 
     def _finish(self, status: MigrationStatus, error: str | None, report: str = "") -> None:
         """End in ``status``; ``error`` is the status text, ``report`` what stderr gets (with

@@ -17,6 +17,8 @@ Layout (all integers big-endian, as in QEMU's stream)::
       ACK     GO arrived: the destination holds the guest
       NACK    {"error": reason}: the destination will not run the guest
       REQUEST postcopy: u32 n, n x u32 page index: pages a vCPU faulted on
+    recovery  (a new connection after postcopy-paused): RECOVER {"session"} →
+              RECEIVED (one bit per page the destination holds) → RESUME, then postcopy
 
 The completion handshake (DONE → READY → GO → ACK) keeps one guest from running twice
 whatever message is lost: docs/ARCHITECTURE.md has its table.
@@ -72,7 +74,10 @@ class Rec(IntEnum):
     READY = 0x23
     DISCARD = 0x12  # postcopy (engine/postcopy.py)
     RUN = 0x13
+    RECOVER = 0x14  # postcopy recovery, on a new connection: JSON {"session"}
+    RESUME = 0x15
     REQUEST = 0x24
+    RECEIVED = 0x25  # the destination's answer to RECOVER: one bit per page it holds
 
 
 class Kind(IntEnum):

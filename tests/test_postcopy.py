@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from proxy import RecordProxy
 from test_machine import Watch, dest, make, ram_hash
 
 from engine.errors import MigrationError
@@ -192,3 +193,83 @@ def test_cancel_in_postcopy_does_what_qemu_does(machines):
     assert src.query_status().status is RunState.POSTMIGRATE
     dst_watch.wait_status("postcopy-paused")
     assert dst.query_status().status is RunState.PAUSED  # -S: paused, and it stays so
+
+
+def recover(src: Machine, dst: Machine) -> None:
+    """migrate_recover on the destination (an ephemeral port), then migrate -r to it."""
+    dst.migrate_recover("tcp:127.0.0.1:0")
+    address = dst.query_migrate().socket_address
+    assert address is not None
+    src.migrate(address[0], resume=True)
+
+
+@pytest.mark.parametrize("how", ["cut", "migrate_pause-source", "migrate_pause-destination"])
+def test_a_broken_stream_pauses_both_sides_and_recovery_completes(machines, how):
+    """The network fails (or migrate_pause breaks it) in the middle of postcopy: both sides
+    pause, nothing fails; after recovery the pages the destination lacks are sent again
+    and the digest and RAM match."""
+    src, dst, direct = pair(machines, start_paused=True)
+    proxy = RecordProxy(direct)
+    proxy.start()
+    dst_watch, watch = Watch(dst), Watch(src)
+    src.migrate(proxy.uri)
+    watch.wait_event("MIGRATION_PASS", 2)
+    mig = outgoing(src)
+    mig.background.clear()  # postcopy stays active, with pages still to send
+    src.migrate_start_postcopy()
+    dst_watch.wait_status("postcopy-active")
+    if how == "cut":
+        proxy.cut()
+    else:
+        (src if how.endswith("source") else dst).migrate_pause()
+    watch.wait_status("postcopy-paused")
+    dst_watch.wait_status("postcopy-paused")
+    with pytest.raises(MigrationError, match=r"^migrate-pause is currently only supported"):
+        src.migrate_pause()
+    assert src.query_status().status is RunState.FINISH_MIGRATE
+    with pytest.raises(MigrationError, match=r"^Migration is not finalized yet$"):
+        src.cont()
+    mig.background.set()
+    recover(src, dst)
+    assert src.wait_migration(60).status is MigrationStatus.COMPLETED
+    dst_watch.wait_status("completed")
+    assert watch.statuses()[-4:] == [
+        "postcopy-paused",
+        "postcopy-recover",
+        "postcopy-active",
+        "completed",
+    ]
+    assert dst_watch.statuses()[-4:] == watch.statuses()[-4:]
+    assert ram_hash(src) == ram_hash(dst)
+
+
+def test_recovery_state_errors_are_qemu_s(machines):
+    src, dst, uri = pair(machines, start_paused=True)
+    for m in (src, dst):
+        with pytest.raises(MigrationError, match=r"^Migrate recover can only be run when"):
+            m.migrate_recover("tcp:127.0.0.1:0")
+        with pytest.raises(
+            MigrationError, match=r"^Cannot resume if there is no paused migration$"
+        ):
+            m.migrate("tcp:127.0.0.1:1", resume=True)
+    src.set_capabilities({"release-ram": True})
+    with pytest.raises(MigrationError, match=r"^Cannot resume if there is no paused migration$"):
+        src.migrate(uri, resume=True)
+
+
+def test_migrate_cancel_in_postcopy_paused_stays_cancelling(machines):
+    """QEMU 7.2: a cancel of a paused postcopy leaves it in cancelling; no resume after."""
+    src, dst, uri = pair(machines, start_paused=True)
+    dst_watch, watch = Watch(dst), Watch(src)
+    src.migrate(uri)
+    watch.wait_event("MIGRATION_PASS", 2)
+    outgoing(src).background.clear()
+    src.migrate_start_postcopy()
+    dst_watch.wait_status("postcopy-active")
+    src.migrate_pause()
+    watch.wait_status("postcopy-paused")
+    src.migrate_cancel()
+    assert src.query_migrate().status is MigrationStatus.CANCELLING
+    with pytest.raises(MigrationError, match=r"^Cannot resume if there is no paused migration$"):
+        src.migrate(uri, resume=True)
+    assert src.query_status().status is RunState.FINISH_MIGRATE

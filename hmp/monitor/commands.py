@@ -174,6 +174,14 @@ def hmp_migrate_start_postcopy(mon: Monitor, args: Args) -> None:
     mon.machine.migrate_start_postcopy()
 
 
+def hmp_migrate_pause(mon: Monitor, args: Args) -> None:
+    mon.machine.migrate_pause()
+
+
+def hmp_migrate_recover(mon: Monitor, args: Args) -> None:
+    mon.machine.migrate_recover(str(args["uri"]))
+
+
 def hmp_migrate_continue(mon: Monitor, args: Args) -> None:
     state = str(args["state"])
     if state not in MigrationStatus.__members__.values():
@@ -286,6 +294,16 @@ COMMANDS: tuple[Command, ...] = (
         "uri",
         "Continue an incoming migration from an -incoming defer",
         hmp_migrate_incoming,
+    ),
+    Command(
+        "migrate_pause", "", "", "Pause an ongoing migration (postcopy-only)", hmp_migrate_pause
+    ),
+    Command(
+        "migrate_recover",
+        "uri:s",
+        "uri",
+        "Continue a paused incoming postcopy migration",
+        hmp_migrate_recover,
     ),
     Command(
         "migrate_set_capability",
