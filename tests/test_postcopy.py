@@ -3,17 +3,20 @@ and background pages (by construction: the background scan is held), and the sta
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 from typing import Any
 
 import numpy as np
 import pytest
 from proxy import RecordProxy
-from test_machine import Watch, dest, make, ram_hash
+from test_machine import SIZE, Watch, dest, make, ram_hash
 
+from engine import postcopy, wire
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE
-from engine.machine import Machine
+from engine.machine import Machine, MachineOptions
 from engine.source import OutgoingMigration
 from engine.state import MigrationStatus, RunState
 
@@ -273,3 +276,105 @@ def test_migrate_cancel_in_postcopy_paused_stays_cancelling(machines):
     with pytest.raises(MigrationError, match=r"^Cannot resume if there is no paused migration$"):
         src.migrate(uri, resume=True)
     assert src.query_status().status is RunState.FINISH_MIGRATE
+
+
+class InjectingRelay(threading.Thread):
+    """Relays one migration connection and lets the test add records of its own to the
+    destination → source direction, between whole records (a hostile destination)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(name="injecting-relay", daemon=True)
+        host, port = target.removeprefix("tcp:").rsplit(":", 1)
+        self._target = (host, int(port))
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"tcp:127.0.0.1:{self._server.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._client: socket.socket | None = None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        with self._server:
+            client, _ = self._server.accept()
+        upstream = socket.create_connection(self._target)
+        self._client = client
+        self.ready.set()
+        threading.Thread(target=self._down, args=(upstream, client), daemon=True).start()
+        try:
+            while data := client.recv(1 << 16):
+                upstream.sendall(data)
+        except OSError:
+            pass
+        upstream.close()
+
+    def _down(self, upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            while (head := wire.read_exact(upstream, wire.RECORD.size)) is not None:
+                _, length = wire.RECORD.unpack(head)
+                body = wire.read_exact(upstream, length) or b""
+                with self._lock:
+                    client.sendall(bytes(head) + bytes(body))
+        except (OSError, wire.StreamError):
+            pass
+
+    def inject(self, data: bytes) -> None:
+        assert self._client is not None
+        with self._lock:
+            self._client.sendall(data)
+
+
+def test_hostile_page_requests_are_refused_without_harm(machines):
+    """A destination that asks for pages outside RAM, sends malformed requests, floods, or
+    sends records that do not belong on the return path: each is refused (reported once),
+    the migration goes on and completes with the source's RAM."""
+    dst, direct = dest(machines, workload="zero", start_paused=True)
+    reports: list[str] = []
+    src = Machine(MachineOptions(ram_size=SIZE, workload=DIRTY), notify=reports.append)
+    machines.append(src)
+    for m in (src, dst):
+        m.set_capabilities({"postcopy-ram": True, "events": True})
+    src.set_parameters({"max-bandwidth": 4 * MiB})
+    relay = InjectingRelay(direct)
+    relay.start()
+    dst_watch, watch = Watch(dst), Watch(src)
+    src.migrate(relay.uri)
+    watch.wait_event("MIGRATION_PASS", 2)
+    mig = outgoing(src)
+    mig.background.clear()
+    src.migrate_start_postcopy()
+    dst_watch.wait_status("postcopy-active")
+    pages = src.ram.pages
+    bad = [
+        postcopy.encode_request(np.array([pages + 5])),  # outside guest RAM
+        wire.record(wire.Rec.REQUEST, struct.pack(">I", 0)),  # no page
+        wire.record(wire.Rec.REQUEST, struct.pack(">II", 3, 1)),  # fewer pages than it says
+        wire.record(wire.Rec.REQUEST, b"\x00"),  # truncated
+        wire.json_record(wire.Rec.READY, {}),  # not a return-path record in postcopy
+        wire.record(0x7F, b"x" * 100),  # unknown
+    ]
+    for data in bad:
+        relay.inject(data)
+    every_page = np.arange(pages)
+    for _ in range(20):  # a flood: every page, twenty times over
+        for start in range(0, pages, wire.MAX_BATCH):
+            relay.inject(postcopy.encode_request(every_page[start : start + wire.MAX_BATCH]))
+    mig.background.set()
+    info = src.wait_migration(60)
+    assert info.status is MigrationStatus.COMPLETED, info
+    dst_watch.wait_status("completed")
+    assert ram_hash(src) == ram_hash(dst)
+    rp = mig._return_path
+    assert rp is not None and rp.refused == len(bad)
+    assert reports == [
+        "warning: postcopy: refused a page request from the destination: "
+        f"page {pages + 5} is outside guest RAM ({pages} pages)"
+    ]
+    assert info.ram is not None and info.ram.postcopy_requests >= 20 * pages
+
+
+def test_bitmaps_of_the_wrong_size_are_refused():
+    bits = np.zeros(100, dtype=bool)
+    bits[[0, 99]] = True
+    rec = postcopy.encode_bitmap(wire.Rec.DISCARD, bits)
+    assert (postcopy.decode_bitmap(rec[wire.RECORD.size :], 100) == bits).all()
+    with pytest.raises(wire.StreamError, match=r"^discard bitmap of 13 bytes for 200 pages$"):
+        postcopy.decode_bitmap(rec[wire.RECORD.size :], 200)
