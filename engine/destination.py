@@ -447,6 +447,8 @@ class StreamLoader:
         self.verified_digest: bool | None = None  # the digest's verdict, once DONE came
         self._conn: socket.socket | None = None
         self.session = ""  # the source's, which a recovery must bring
+        self._preempt: socket.socket | None = None  # postcopy-preempt's channel
+        self._preempt_reader: threading.Thread | None = None
         self._send_lock = threading.Lock()  # the vCPU's page requests and the verdict
         self._local_config = local_config
         self._accept = accept
@@ -473,6 +475,10 @@ class StreamLoader:
     def close(self) -> None:
         """End the workers and channel threads and close the channels (threads first).
         A paused postcopy keeps its page table: the guest still runs on it."""
+        if self._preempt is not None:
+            shutdown(self._preempt)
+            if self._preempt_reader is not None:
+                self._preempt_reader.join(wire.SWITCHOVER_TIMEOUT_S)
         if self._pool:
             self._pool.close()
         if self._multifd:
@@ -546,6 +552,8 @@ class StreamLoader:
         self.session = remote.session
         if remote.multifd_channels:
             self._connect_channels(remote)
+        if remote.preempt:
+            self._preempt = self._channel(remote, postcopy.PREEMPT_CHANNEL)
         if remote.compress:
             self._pool = DecompressPool(CODECS[remote.compress_method], threads, self.ram)
             self._max_pending = 4 * threads
@@ -568,16 +576,45 @@ class StreamLoader:
         )
         self._multifd.start([s for s in socks if s is not None])
 
+    def _channel(self, remote: wire.StreamConfig, number: int) -> socket.socket:
+        """postcopy-preempt's connection, which says hello with ``number``."""
+        sock = self._accept()
+        if sock is None:
+            raise wire.StreamError("postcopy-preempt: its channel did not connect")
+        self._channels.append(sock)  # closed by close(), with the others
+        hello = Hello.read(sock)
+        if hello.session.hex() != remote.session or hello.channel != number:
+            raise wire.StreamError("postcopy-preempt: a channel of another migration connected")
+        return sock
+
     def _switch(self, body: bytearray) -> None:
         """Postcopy's switch: the discarded pages (and those never sent) become missing, the
         vCPU fetches them on demand, and the guest runs."""
         assert self._discard is not None
         runstate = self._runstate(wire.parse_json(body, "postcopy run"))
         present = self.present = postcopy.PresentMap(
-            self.ram, ~self._discard, self._written, self._request
+            self.ram, ~self._discard, self._written, self._digest.crc, self._request
         )
         self.ram.fault_hook = present.fault
+        if self._preempt is not None:
+            self._preempt_reader = threading.Thread(
+                target=self._read_preempt, args=(self._preempt,), name="postcopy_preempt"
+            )
+            self._preempt_reader.daemon = True
+            self._preempt_reader.start()
         self._on_run(runstate)
+
+    def _read_preempt(self, sock: socket.socket) -> None:
+        """postcopy-preempt's channel: requested pages only, placed as they come. It ends
+        with its connection; a bad record ends it too (the main stream still carries all)."""
+        try:
+            while (head := wire.read_record_head(sock)) is not None:
+                kind, length = head
+                if kind != wire.Rec.BATCH:
+                    raise wire.StreamError(f"unknown record type 0x{kind:02x}")
+                self._place_batch(sock, wire.read_batch_head(sock, length, self.ram.pages))
+        except (OSError, wire.StreamError) as exc:
+            log.info("postcopy preempt channel ended: %s", exc)
 
     def _request(self, pages: npt.NDArray[np.intp]) -> None:
         self.send(postcopy.encode_request(pages))
@@ -588,14 +625,12 @@ class StreamLoader:
         assert self.present is not None
         if not np.isin(batch.kinds, (wire.Kind.ZERO, wire.Kind.PAGE)).all():
             raise wire.StreamError("postcopy: a compressed or XBZRLE page after the switch")
-        placed, crcs = self.present.place(batch.of(wire.Kind.ZERO), None)
-        self._digest.crc[placed] = crcs
+        self.present.place(batch.of(wire.Kind.ZERO), None)
         raw = batch.of(wire.Kind.PAGE)
         if len(raw):
             buf = memoryview(bytearray(len(raw) * PAGE_SIZE))
             wire.recv_into(conn, buf)
-            placed, crcs = self.present.place(raw, buf)
-            self._digest.crc[placed] = crcs
+            self.present.place(raw, buf)
 
     def _receive_batch(self, conn: socket.socket, length: int) -> None:
         batch = wire.read_batch_head(conn, length, self.ram.pages)
@@ -667,8 +702,9 @@ class StreamLoader:
         self._drain()
         done = wire.parse_json(body, "completion")
         runstate = self._runstate(done)
-        if self.present is not None and self.present.missing:
-            raise wire.StreamError(f"postcopy: {self.present.missing} pages never arrived")
+        present = self.present
+        if present is not None and not present.wait_complete(wire.SWITCHOVER_TIMEOUT_S):
+            raise wire.StreamError(f"postcopy: {present.missing} pages never arrived")
         if "digest" not in done:
             raise wire.StreamError("completion section is malformed")
         self.verified_digest = str(done["digest"]) == self._digest.hexdigest()

@@ -355,6 +355,7 @@ class Machine:
             # that multifd is on (QEMU would hang on a channel-count mismatch).
             multifd_channels=multifd_channels(c),
             postcopy=c.capability("postcopy-ram"),
+            preempt=c.capability("postcopy-preempt"),
         )
         return local, int(c.param("decompress-threads"))
 

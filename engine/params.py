@@ -298,7 +298,9 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
     CapabilitySpec("validate-uuid", "check that source and destination UUIDs match"),
     CapabilitySpec("background-snapshot", "write-protect RAM to take a live snapshot"),
     CapabilitySpec("zero-copy-send", "send multifd pages with MSG_ZEROCOPY"),
-    CapabilitySpec("postcopy-preempt", "a separate channel for postcopy page requests"),
+    CapabilitySpec(
+        "postcopy-preempt", "a separate channel for postcopy page requests", supported=True
+    ),
     CapabilitySpec(
         "x-compress-auto",
         "adapt compression on/off and level to the measured link and compressor speed",

@@ -36,6 +36,7 @@ from engine.guest import PAGE_SIZE, GuestRam
 
 log = logging.getLogger(__name__)
 FAULT_SLICE_S = 0.1  # a faulting vCPU re-checks whether it was told to stop this often
+PREEMPT_CHANNEL = 0xFFFF  # the channel number postcopy-preempt's connection says hello with
 U32 = np.dtype(">u4")
 
 
@@ -91,14 +92,18 @@ class PresentMap:
         ram: GuestRam,
         present: npt.NDArray[np.bool_],
         written: npt.NDArray[np.bool_],
+        crc: npt.NDArray[np.uint32],
         request: Callable[[npt.NDArray[np.intp]], None],
     ) -> None:
         """``written``: the pages that may hold data (the others are zero: a zero page needs
-        no write); ``request`` sends a page request to the source (it may fail: the wait
-        goes on, and a recovered stream asks again with `outstanding`)."""
+        no write); ``crc``: the digest's table, each placed page's CRC set with its present
+        bit (pages come from two channels with postcopy-preempt); ``request`` sends a page
+        request to the source (it may fail: the wait goes on, and a recovered stream asks
+        again with `outstanding`)."""
         self._ram = ram
         self._present = present
         self._written = written
+        self._crc = crc
         self._request = request
         self._cond = threading.Condition()
         self._missing = int(np.count_nonzero(~present))
@@ -152,28 +157,31 @@ class PresentMap:
             page = self._waiting
         return np.array([] if page is None else [page], dtype=np.intp)
 
-    def place(
-        self, indices: npt.NDArray[np.intp], data: memoryview | None
-    ) -> tuple[npt.NDArray[np.intp], list[int]]:
+    def place(self, indices: npt.NDArray[np.intp], data: memoryview | None) -> int:
         """Write the pages not yet present (``data``: their contents back to back, or None
-        for zero pages) and make them present; returns the pages placed and their CRCs."""
+        for zero pages), take their CRCs and make them present; returns how many."""
         with self._cond:
             fresh = ~self._present[indices]
             placed = indices[fresh]
             if not len(placed):
-                return placed, []
+                return 0
             if data is None:
                 self._ram.page_array[placed[self._written[placed]]] = 0
-                crcs = [wire.ZERO_CRC] * len(placed)
+                self._crc[placed] = wire.ZERO_CRC
             else:
                 pages = np.frombuffer(data, np.uint8).reshape(-1, PAGE_SIZE)[fresh]
                 self._ram.page_array[placed] = pages
                 self._written[placed] = True
-                crcs = [zlib_ng.crc32(p) for p in pages]
+                self._crc[placed] = [zlib_ng.crc32(p) for p in pages]
             self._present[placed] = True
             self._missing -= len(placed)
             self._cond.notify_all()
-        return placed, crcs
+        return len(placed)
+
+    def wait_complete(self, timeout: float) -> bool:
+        """Until every page is present (the last may still be on the preempt channel)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._missing, timeout)
 
     def blocktime(self) -> Blocktime:
         with self._cond:

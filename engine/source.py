@@ -88,6 +88,7 @@ class OutgoingSettings:
     multifd_compression: str = _entry("multifd-compression")
     tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
     postcopy: bool = _entry("postcopy-ram")
+    preempt: bool = _entry("postcopy-preempt")  # requested pages on a channel of their own
     multifd_channels: int = 0  # 0: the multifd capability is off
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
 
@@ -226,6 +227,7 @@ class OutgoingMigration(threading.Thread):
         self._prior = RunState.RUNNING  # the run state the destination takes over
         self._resume_addr = addr
         self._session = ""
+        self._preempt: socket.socket | None = None  # postcopy-preempt's channel
         # Cleared, postcopy's background scan waits (requests still go): tests hold it to see
         # requested pages overtake it. Set by default.
         self.background = threading.Event()
@@ -379,6 +381,7 @@ class OutgoingMigration(threading.Thread):
             multifd_compression=s.multifd_compression,
             session=os.urandom(16).hex(),
             postcopy=s.postcopy,
+            preempt=s.postcopy and s.preempt,
         )
         self._session = config.session
         self.stats.add_stream(
@@ -401,6 +404,8 @@ class OutgoingMigration(threading.Thread):
                 s.multifd_level,
                 self._multifd_sent,
             )
+        if config.preempt:  # after the multifd channels: the destination takes them in order
+            self._preempt = self._open_channel(postcopy.PREEMPT_CHANNEL, config.session)
         self.ram.start_dirty_log()
         self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
         self.stats.setup_done(self._param("downtime-limit"))
@@ -504,7 +509,8 @@ class OutgoingMigration(threading.Thread):
         )
         self.stats.switched()
         self._rate_param = "max-postcopy-bandwidth"
-        self._requests = postcopy.PageRequests(self.ram.pages, self._limiter.wake)
+        requests = self._requests = postcopy.PageRequests(self.ram.pages, self._limiter.wake)
+        self.stats.requested = lambda: requests.count
         while True:
             try:
                 self._serve()
@@ -535,14 +541,12 @@ class OutgoingMigration(threading.Thread):
                 self._limiter.wait_window(requests.pending)
             else:
                 self._send_batch()
-            self.stats.postcopy_requests = requests.count
             self.stats.update_window(self._param("downtime-limit"))
         self._send_eos()
         done = {"runstate": str(self._prior), "digest": self._digest.hexdigest()}
         self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
         if not rp.ended.wait(self._switchover_timeout) or rp.verdict is None:
             raise OSError(rp.error or f"no answer within {self._switchover_timeout:g} s")
-        self.stats.postcopy_requests = requests.count
         if rp.verdict.kind is wire.Rec.NACK:
             raise MigrationError(rp.verdict.error)
         self.stats.completed(self.stats.switch_ms)
@@ -555,7 +559,8 @@ class OutgoingMigration(threading.Thread):
         self._bitmap[pages] = False
         self._dirty_pages -= len(pages)
         self.stats.set_remaining(self._dirty_pages)
-        self._send_plain(pages, self.ram.zero_mask(pages), busy=0)
+        # postcopy-preempt: on their own channel, so they do not queue behind the background.
+        self._send_plain(pages, self.ram.zero_mask(pages), busy=0, sock=self._preempt)
 
     def pause(self) -> bool:
         """migrate_pause: break the stream of an active postcopy (False when not in it)."""
@@ -579,6 +584,9 @@ class OutgoingMigration(threading.Thread):
         reconnect, learn what the destination holds, resend the rest) or a quit."""
         log.warning("postcopy paused: %s; %s", cause, PAUSED_SOURCE)
         shutdown(self._sock)  # the return path's reader returns, then the socket may close
+        if self._preempt:  # a recovered stream carries requested pages itself
+            self._preempt.close()
+            self._preempt = None
         if self._return_path:
             self._return_path.join(self._switchover_timeout)
         if self._sock:
@@ -644,6 +652,8 @@ class OutgoingMigration(threading.Thread):
             self._multifd.close()
         if self._sock:
             self._sock.close()
+        if self._preempt:
+            self._preempt.close()
         if status is MigrationStatus.COMPLETED or self._handed_over:
             self.vm.set_state(RunState.POSTMIGRATE)
         elif self._vm_was_running:
@@ -789,7 +799,11 @@ class OutgoingMigration(threading.Thread):
                 self._emit_oldest()
 
     def _send_plain(
-        self, indices: npt.NDArray[np.intp], zero: npt.NDArray[np.bool_], busy: int
+        self,
+        indices: npt.NDArray[np.intp],
+        zero: npt.NDArray[np.bool_],
+        busy: int,
+        sock: socket.socket | None = None,
     ) -> None:
         """Zero and raw pages; raw ones go from guest RAM to the socket without a copy.
 
@@ -801,7 +815,7 @@ class OutgoingMigration(threading.Thread):
         self._digest.set_zero(indices[zero])
         self._digest.crc[nonzero] = self.ram.crc_pages(nonzero)
         batch = wire.encode_batch(indices, kinds, [], self.ram.views(nonzero))
-        self.stats.add_ram(self._send(batch), self.vm.running)
+        self.stats.add_ram(self._send(batch, sock), self.vm.running)
         self.stats.add_pages(
             zero=len(indices) - len(nonzero),
             normal=len(nonzero),
@@ -890,11 +904,13 @@ class OutgoingMigration(threading.Thread):
             self._multifd.sync()
 
     # -- I/O ---------------------------------------------------------------------------------
-    def _send(self, buffers: list[bytes | memoryview]) -> int:
-        """Write whole records; the caller accounts them. Returns the bytes written."""
-        assert self._sock is not None
+    def _send(self, buffers: list[bytes | memoryview], sock: socket.socket | None = None) -> int:
+        """Write whole records (on the main stream, or ``sock``); the caller accounts them.
+        Returns the bytes written."""
+        sock = sock or self._sock
+        assert sock is not None
         t0 = time.monotonic()
-        nbytes = send_buffers(self._sock, buffers)
+        nbytes = send_buffers(sock, buffers)
         if self._policy:
             self._policy.sent(nbytes, time.monotonic() - t0)
         self._limiter.charge(nbytes)

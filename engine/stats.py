@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.guest import PAGE_SIZE
@@ -68,7 +69,9 @@ class SourceStats:
     precopy_bytes: int = 0
     downtime_bytes: int = 0
     postcopy_bytes: int = 0
-    postcopy_requests: int = 0
+    # Postcopy's request queue (engine/postcopy.py), whose count is read live: a page counts
+    # as requested before it can be sent.
+    requested: Callable[[], int] = lambda: 0
     stream_bytes: int = 0  # everything written to the sockets (QEMU's migration_total_bytes)
     duplicate: int = 0
     normal: int = 0
@@ -320,7 +323,7 @@ class SourceStats:
             precopy_bytes=self.precopy_bytes,
             downtime_bytes=self.downtime_bytes,
             postcopy_bytes=self.postcopy_bytes,
-            postcopy_requests=self.postcopy_requests,
+            postcopy_requests=self.requested(),
         )
 
     def _xbzrle(self) -> XbzrleCacheStats | None:

@@ -242,6 +242,7 @@ class StreamConfig:
     multifd_compression: str = "none"
     session: str = ""  # ties multifd channel connections to this stream
     postcopy: bool = False  # the postcopy-ram capability
+    preempt: bool = False  # postcopy-preempt: a channel for requested pages
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -253,6 +254,7 @@ class StreamConfig:
             "multifd-compression": self.multifd_compression,
             "session": self.session,
             "postcopy": self.postcopy,
+            "postcopy-preempt": self.preempt,
         }
 
     @classmethod
@@ -268,6 +270,7 @@ class StreamConfig:
                 multifd_compression=peer_text(str(obj["multifd-compression"])),
                 session=str(obj["session"]),
                 postcopy=bool(obj["postcopy"]),
+                preempt=bool(obj["postcopy-preempt"]),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(Infinity)
             raise StreamError("configuration section is incomplete") from exc
@@ -286,6 +289,9 @@ class StreamConfig:
             return "Received an unexpected compressed page"
         if self.postcopy and not local.postcopy:  # QEMU's loadvm_postcopy_handle_advise
             return "RAM postcopy is disabled but have 16 byte advise"
+        if self.preempt != (local.postcopy and local.preempt):
+            side = "destination" if self.preempt else "source"
+            return f"postcopy-preempt mismatch: the capability is off on the {side}"
         if bool(self.multifd_channels) != bool(local.multifd_channels):
             side = "destination" if self.multifd_channels else "source"
             return f"multifd mismatch: the capability is off on the {side}"

@@ -25,12 +25,13 @@ DIRTY = "random-writer,rate=20000,wss=16M"  # 80 MB/s of writes: never converges
 
 
 def pair(
-    machines: list[Machine], *, dst_workload: str = "zero", **dst_kw: Any
+    machines: list[Machine], *, dst_workload: str = "zero", preempt: bool = False, **dst_kw: Any
 ) -> tuple[Machine, Machine, str]:
     dst, uri = dest(machines, workload=dst_workload, **dst_kw)
     src = make(machines, workload=DIRTY)
     for m in (src, dst):
         m.set_capabilities({"postcopy-ram": True, "postcopy-blocktime": True})
+        m.set_capabilities({"postcopy-preempt": preempt})
     src.set_parameters({"max-bandwidth": 4 * MiB})
     return src, dst, uri
 
@@ -95,10 +96,11 @@ def test_paused_destination_ends_with_the_source_s_ram(machines):
     assert dst_watch.statuses() == ["active", "postcopy-active", "completed"]
 
 
-def test_running_destination_faults_and_the_digest_matches(machines):
+@pytest.mark.parametrize("preempt", [False, True], ids=["main-stream", "preempt"])
+def test_running_destination_faults_and_the_digest_matches(machines, preempt):
     """The destination's vCPU writes its working set from the switch on: pages it touches
     before they arrive are requested; completion proves the digest (pages as sent) matched."""
-    src, dst, uri = pair(machines, dst_workload=DIRTY)
+    src, dst, uri = pair(machines, dst_workload=DIRTY, preempt=preempt)
     dst_watch = Watch(dst)
     mig = None
     watch = Watch(src)
@@ -124,10 +126,11 @@ def test_running_destination_faults_and_the_digest_matches(machines):
     assert done.socket_address is None
 
 
-def test_requested_page_overtakes_the_held_background_scan(machines):
+@pytest.mark.parametrize("preempt", [False, True], ids=["main-stream", "preempt"])
+def test_requested_page_overtakes_the_held_background_scan(machines, preempt):
     """By construction: the background scan is held, a vCPU faults on a missing page, and that
     page (only it) arrives, with the source's contents."""
-    src, dst, uri = pair(machines, start_paused=True)
+    src, dst, uri = pair(machines, start_paused=True, preempt=preempt)
     dst_watch = Watch(dst)
     watch = Watch(src)
     src.migrate(uri)
@@ -172,8 +175,7 @@ def test_a_page_that_arrives_twice_is_placed_once(machines):
     assert dst.ram.fault(np.array([page]), threading.Event())
     dst.ram.page_array[page, :8] = 0xAB  # the guest writes it
     stale = np.zeros(PAGE_SIZE, dtype=np.uint8)
-    placed, _ = present.place(np.array([page]), memoryview(stale.tobytes()))
-    assert not len(placed)
+    assert present.place(np.array([page]), memoryview(stale.tobytes())) == 0
     assert (dst.ram.page_array[page, :8] == 0xAB).all()
     mig.background.set()
     assert src.wait_migration(60).status is MigrationStatus.COMPLETED
@@ -206,25 +208,31 @@ def recover(src: Machine, dst: Machine) -> None:
     src.migrate(address[0], resume=True)
 
 
-@pytest.mark.parametrize("how", ["cut", "migrate_pause-source", "migrate_pause-destination"])
+@pytest.mark.parametrize(
+    "how",
+    ["cut", "migrate_pause-source", "migrate_pause-source-preempt", "migrate_pause-destination"],
+)
 def test_a_broken_stream_pauses_both_sides_and_recovery_completes(machines, how):
     """The network fails (or migrate_pause breaks it) in the middle of postcopy: both sides
     pause, nothing fails; after recovery the pages the destination lacks are sent again
     and the digest and RAM match."""
-    src, dst, direct = pair(machines, start_paused=True)
-    proxy = RecordProxy(direct)
-    proxy.start()
+    src, dst, direct = pair(machines, start_paused=True, preempt=how.endswith("preempt"))
+    uri = direct
+    if how == "cut":
+        proxy = RecordProxy(direct)  # relays the main stream only (no preempt channel)
+        proxy.start()
+        uri = proxy.uri
     dst_watch, watch = Watch(dst), Watch(src)
-    src.migrate(proxy.uri)
+    src.migrate(uri)
     watch.wait_event("MIGRATION_PASS", 2)
     mig = outgoing(src)
     mig.background.clear()  # postcopy stays active, with pages still to send
     src.migrate_start_postcopy()
     dst_watch.wait_status("postcopy-active")
-    if how == "cut":
+    if how.startswith("cut"):
         proxy.cut()
     else:
-        (src if how.endswith("source") else dst).migrate_pause()
+        (src if "source" in how else dst).migrate_pause()
     watch.wait_status("postcopy-paused")
     dst_watch.wait_status("postcopy-paused")
     with pytest.raises(MigrationError, match=r"^migrate-pause is currently only supported"):
@@ -378,3 +386,13 @@ def test_bitmaps_of_the_wrong_size_are_refused():
     assert (postcopy.decode_bitmap(rec[wire.RECORD.size :], 100) == bits).all()
     with pytest.raises(wire.StreamError, match=r"^discard bitmap of 13 bytes for 200 pages$"):
         postcopy.decode_bitmap(rec[wire.RECORD.size :], 200)
+
+
+def test_postcopy_preempt_must_be_on_at_both_ends(machines):
+    _dst, uri = dest(machines)
+    _dst.set_capabilities({"postcopy-ram": True})
+    src = make(machines)
+    src.set_capabilities({"postcopy-ram": True, "postcopy-preempt": True})
+    src.migrate(uri)
+    info = src.wait_migration(30)
+    assert info.error_desc == "postcopy-preempt mismatch: the capability is off on the destination"
