@@ -280,7 +280,7 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
     CapabilitySpec("events", "emit an event at every migration state change", supported=True),
     CapabilitySpec("postcopy-ram", "start the destination before all RAM is sent", supported=True),
     CapabilitySpec("x-colo", "COLO fault tolerance (unstable)"),
-    CapabilitySpec("release-ram", "free source RAM as postcopy sends it"),
+    CapabilitySpec("release-ram", "free source RAM as postcopy sends it", supported=True),
     CapabilitySpec("block", "old-style block migration (-b/-i)"),
     CapabilitySpec(
         "return-path",

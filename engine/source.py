@@ -89,6 +89,7 @@ class OutgoingSettings:
     tls_creds: str = _entry("tls-creds")  # qemu-hmp has no TLS objects: any id is refused
     postcopy: bool = _entry("postcopy-ram")
     preempt: bool = _entry("postcopy-preempt")  # requested pages on a channel of their own
+    release_ram: bool = _entry("release-ram")
     multifd_channels: int = 0  # 0: the multifd capability is off
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
 
@@ -816,6 +817,9 @@ class OutgoingMigration(threading.Thread):
         self._digest.crc[nonzero] = self.ram.crc_pages(nonzero)
         batch = wire.encode_batch(indices, kinds, [], self.ram.views(nonzero))
         self.stats.add_ram(self._send(batch, sock), self.vm.running)
+        if self._in_postcopy and self.settings.release_ram:
+            # QEMU's ram_release_page: the socket has its copy, the guest cannot run here.
+            self.ram.release(nonzero)
         self.stats.add_pages(
             zero=len(indices) - len(nonzero),
             normal=len(nonzero),

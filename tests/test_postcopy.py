@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -396,3 +397,31 @@ def test_postcopy_preempt_must_be_on_at_both_ends(machines):
     src.migrate(uri)
     info = src.wait_migration(30)
     assert info.error_desc == "postcopy-preempt mismatch: the capability is off on the destination"
+
+
+def resident(ram_address: int) -> int:
+    """Resident bytes of the mapping at ``ram_address`` (this process's /proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and not line.startswith(("VmFlags",)):
+            start, end = (int(x, 16) for x in line.split(" ", 1)[0].split("-"))
+            inside = start <= ram_address < end
+        elif inside and line.startswith("Rss:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("guest RAM mapping not found")
+
+
+def test_release_ram_frees_the_source_s_pages_as_postcopy_sends_them(machines):
+    src, _dst, uri = pair(machines, start_paused=True)
+    src.set_capabilities({"release-ram": True})
+    address = src.ram.array.ctypes.data
+    watch = Watch(src)
+    src.migrate(uri)
+    watch.wait_event("MIGRATION_PASS", 2)
+    before = resident(address)
+    src.migrate_start_postcopy()
+    info = src.wait_migration(60)
+    assert info.status is MigrationStatus.COMPLETED, info  # the destination's ACK came
+    assert info.ram is not None
+    # What postcopy sent left the source: its RAM shrank by about that much.
+    assert before - resident(address) >= info.ram.postcopy_bytes // 2
