@@ -243,7 +243,9 @@ class RandomWriter:
         pace = Pace(self._rate, clock())
         due = clock()  # when the next slice starts; absolute, so wakeup lag evens out
         warned = False
-        while (lost := self._hold()) is not None:
+        faulted = 0.0  # time the last slice waited for postcopy pages: not running either
+        while (held := self._hold()) is not None:
+            lost, faulted = held + faulted, 0.0
             due = max(due + lost, clock() - self.SLICE_S)
             count = pace.owed(clock(), lost)
             if count:
@@ -251,7 +253,10 @@ class RandomWriter:
                 slot = self._rng.integers(0, PAGE_SIZE // 8, size=count)
                 values = self._rng.bit_generator.random_raw(count)
                 # A page not yet migrated (postcopy) is fetched before the vCPU writes it.
-                if self._ram.fault(pages, self._stop) and self._gate.enter():
+                t0 = clock()
+                present = self._ram.fault(pages, self._stop)
+                faulted = clock() - t0
+                if present and self._gate.enter():
                     try:  # a stop that came after _hold() won at enter()
                         words[pages, slot] = values
                         self._ram.mark_dirty(pages)
