@@ -596,6 +596,7 @@ class StreamLoader:
             self.ram, ~self._discard, self._written, self._digest.crc, self._request
         )
         self.ram.fault_hook = present.fault
+        postcopy.prompt_threads()
         if self._preempt is not None:
             self._preempt_reader = threading.Thread(
                 target=self._read_preempt, args=(self._preempt,), name="postcopy_preempt"

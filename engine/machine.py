@@ -273,6 +273,15 @@ class Machine:
             raise MigrationError("Migrate recover can only be run when postcopy is paused.")
         incoming.recover(parse_uri(uri, incoming=True))
 
+    def query_postcopy_faults(self) -> dict[str, Any]:
+        """What the destination's vCPU waited for pages in postcopy (``x-query-postcopy-faults``):
+        the number of faults and each wait, in ms, in order; empty before a switch."""
+        incoming = self._incoming
+        bt = incoming.blocktime() if incoming else None
+        if bt is None:
+            return {}
+        return {"faults": bt.faults, "blocktime": bt.total_ms, "waits-ms": list(bt.latencies_ms)}
+
     def _refuse(self, error: str | None) -> None:
         """A URI QEMU cannot use: its migrate_init announced setup before looking at it."""
         self._outgoing = _Refused(error)

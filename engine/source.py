@@ -229,6 +229,7 @@ class OutgoingMigration(threading.Thread):
         self._resume_addr = addr
         self._session = ""
         self._preempt: socket.socket | None = None  # postcopy-preempt's channel
+        self._bitmap_lock = threading.Lock()
         # Cleared, postcopy's background scan waits (requests still go): tests hold it to see
         # requested pages overtake it. Set by default.
         self.background = threading.Event()
@@ -509,6 +510,7 @@ class OutgoingMigration(threading.Thread):
             self._send([postcopy.encode_bitmap(wire.Rec.DISCARD, self._bitmap), run])
         )
         self.stats.switched()
+        postcopy.prompt_threads()
         self._rate_param = "max-postcopy-bandwidth"
         requests = self._requests = postcopy.PageRequests(self.ram.pages, self._limiter.wake)
         self.stats.requested = lambda: requests.count
@@ -526,16 +528,19 @@ class OutgoingMigration(threading.Thread):
         destination's verdict, over the current connection."""
         requests = self._requests
         assert self._sock is not None
+        # postcopy-preempt: the return path's thread sends requested pages itself, on their
+        # channel, at once; without it they wait for the migration thread's next step.
+        urgent = self._send_requested if self._preempt else None
         rp = self._return_path = postcopy.ReturnPath(
-            self._sock, self.ram.pages, requests, self._report
+            self._sock, self.ram.pages, requests, self._report, urgent
         )
         rp.start()
         while self._dirty_pages:
             if rp.ended.is_set():
                 raise OSError(rp.error or "the return path closed")
-            urgent = requests.take(wire.MAX_BATCH)
-            if len(urgent):
-                self._send_requested(urgent)
+            queued = requests.take(wire.MAX_BATCH)
+            if len(queued):
+                self._send_requested(queued)
             elif not self.background.is_set():
                 requests.wait(postcopy.FAULT_SLICE_S)
             elif self._limiter.exhausted():
@@ -544,7 +549,8 @@ class OutgoingMigration(threading.Thread):
                 self._send_batch()
             self.stats.update_window(self._param("downtime-limit"))
         self._send_eos()
-        done = {"runstate": str(self._prior), "digest": self._digest.hexdigest()}
+        with self._bitmap_lock:  # a requested page being sent on the preempt channel has its CRC
+            done = {"runstate": str(self._prior), "digest": self._digest.hexdigest()}
         self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
         if not rp.ended.wait(self._switchover_timeout) or rp.verdict is None:
             raise OSError(rp.error or f"no answer within {self._switchover_timeout:g} s")
@@ -553,15 +559,18 @@ class OutgoingMigration(threading.Thread):
         self.stats.completed(self.stats.switch_ms)
 
     def _send_requested(self, pages: npt.NDArray[np.intp]) -> None:
-        """Requested pages that are still to send (others are on their way or arrived)."""
-        pages = np.sort(pages[self._bitmap[pages]])
-        if not len(pages):
-            return
-        self._bitmap[pages] = False
-        self._dirty_pages -= len(pages)
-        self.stats.set_remaining(self._dirty_pages)
-        # postcopy-preempt: on their own channel, so they do not queue behind the background.
-        self._send_plain(pages, self.ram.zero_mask(pages), busy=0, sock=self._preempt)
+        """Requested pages that are still to send (others are on their way or arrived). With
+        postcopy-preempt this runs on the return path's thread: the lock covers the claim and
+        the CRC, so the digest at DONE includes them."""
+        with self._bitmap_lock:
+            pages = np.unique(pages[self._bitmap[pages]])
+            if not len(pages):
+                return
+            self._bitmap[pages] = False
+            self._dirty_pages -= len(pages)
+            self.stats.set_remaining(self._dirty_pages)
+            # On their own channel with preempt: they do not queue behind the background.
+            self._send_plain(pages, self.ram.zero_mask(pages), busy=0, sock=self._preempt)
 
     def pause(self) -> bool:
         """migrate_pause: break the stream of an active postcopy (False when not in it)."""
@@ -584,12 +593,13 @@ class OutgoingMigration(threading.Thread):
         whole guest, so nothing may fail or restart here: wait for `migrate -r` (then
         reconnect, learn what the destination holds, resend the rest) or a quit."""
         log.warning("postcopy paused: %s; %s", cause, PAUSED_SOURCE)
-        shutdown(self._sock)  # the return path's reader returns, then the socket may close
+        shutdown(self._sock)  # the return path's reader returns, then the sockets may close
+        shutdown(self._preempt)
+        if self._return_path:
+            self._return_path.join(self._switchover_timeout)
         if self._preempt:  # a recovered stream carries requested pages itself
             self._preempt.close()
             self._preempt = None
-        if self._return_path:
-            self._return_path.join(self._switchover_timeout)
         if self._sock:
             self._sock.close()
             self._sock = None
@@ -762,7 +772,8 @@ class OutgoingMigration(threading.Thread):
         plain = (pool is None and self._multifd is None) or self._in_postcopy
         # Decided before the scan: the step that ends the first pass still belongs to it.
         cache = self._xbzrle_cache()
-        indices = self._next_pages(RAW_BATCH if plain else SCAN_BATCH)
+        with self._bitmap_lock:  # postcopy-preempt's sender claims pages too
+            indices = self._next_pages(RAW_BATCH if plain else SCAN_BATCH)
         if not len(indices):
             return
         zero = self.ram.zero_mask(indices)

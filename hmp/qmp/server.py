@@ -170,6 +170,10 @@ COMMANDS: dict[str, _Command] = {
     "migrate-start-postcopy": _Command(qapi.NO_ARGS, _done(Machine.migrate_start_postcopy)),
     "migrate-pause": _Command(qapi.NO_ARGS, _done(Machine.migrate_pause)),
     "migrate-recover": _Command(qapi.struct({"uri": qapi.string}), _migrate_recover),
+    # Ours: each postcopy fault's wait on the destination, for `bench postcopy`.
+    "x-query-postcopy-faults": _Command(
+        qapi.NO_ARGS, lambda s, a: s.machine.query_postcopy_faults()
+    ),
     "migrate-incoming": _Command(qapi.struct({"uri": qapi.string}), _migrate_incoming),
     "stop": _Command(qapi.NO_ARGS, _done(Machine.stop)),
     "cont": _Command(qapi.NO_ARGS, _done(Machine.cont)),
