@@ -307,8 +307,14 @@ class IncomingMigration(threading.Thread):
             try:
                 runstate = self._resume(loader, conn)
             except (wire.StreamError, OSError) as exc:
+                error = str(exc) if isinstance(exc, wire.StreamError) else exc.strerror or ""
+                if loader.verified_digest is False:  # not a broken stream: a wrong RAM
+                    self._report(f"load of migration failed: {error}")
+                    self._fail(conn, error, listen=False)
+                    conn.close()
+                    return
                 conn.close()
-                self._pause(str(exc) if isinstance(exc, wire.StreamError) else exc.strerror or "")
+                self._pause(error)
                 continue
             try:
                 self._succeed(conn, runstate)
@@ -322,7 +328,10 @@ class IncomingMigration(threading.Thread):
             with self._recover_cond:
                 listener = self._recovery
                 if listener is None or listener.closed:
-                    self._recover_cond.wait()
+                    # close() sets _closing before it notifies under this lock: checked here,
+                    # no notify can be missed. Until then the guest waits for migrate_recover.
+                    if not self._closing.is_set():
+                        self._recover_cond.wait()
                     continue
             conn = listener.accept(self._closing)
             if conn is not None:
