@@ -458,6 +458,7 @@ class StreamLoader:
         self.session = ""  # the source's, which a recovery must bring
         self._preempt: socket.socket | None = None  # postcopy-preempt's channel
         self._preempt_reader: threading.Thread | None = None
+        self._relaxed = False  # the switch interval given back
         self._send_lock = threading.Lock()  # the vCPU's page requests and the verdict
         self._local_config = local_config
         self._accept = accept
@@ -484,6 +485,9 @@ class StreamLoader:
     def close(self) -> None:
         """End the workers and channel threads and close the channels (threads first).
         A paused postcopy keeps its page table: the guest still runs on it."""
+        if self.present is not None and not self._relaxed:
+            self._relaxed = True
+            postcopy.PROMPT_THREADS.release()
         if self._preempt is not None:
             shutdown(self._preempt)
             if self._preempt_reader is not None:
@@ -605,7 +609,7 @@ class StreamLoader:
             self.ram, ~self._discard, self._written, self._digest.crc, self._request
         )
         self.ram.fault_hook = present.fault
-        postcopy.prompt_threads()
+        postcopy.PROMPT_THREADS.acquire()  # released by close()
         if self._preempt is not None:
             self._preempt_reader = threading.Thread(
                 target=self._read_preempt, args=(self._preempt,), name="postcopy_preempt"

@@ -47,10 +47,29 @@ U32 = np.dtype(">u4")
 SWITCH_INTERVAL_S = 0.0005
 
 
-def prompt_threads() -> None:
-    """Hand the GIL over more often from now on (this process runs a postcopy)."""
-    if sys.getswitchinterval() > SWITCH_INTERVAL_S:
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
+class PromptThreads:
+    """The process's GIL switch interval, shortened while any postcopy runs in it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = sys.getswitchinterval()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if not self._users:
+                self._saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._saved, SWITCH_INTERVAL_S))
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if not self._users:
+                sys.setswitchinterval(self._saved)
+
+
+PROMPT_THREADS = PromptThreads()
 
 
 # -- the records ------------------------------------------------------------------------------

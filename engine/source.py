@@ -504,13 +504,13 @@ class OutgoingMigration(threading.Thread):
         self._drain()
         self._send_eos()
         # From the switch on the destination's guest may run: it never restarts here.
+        postcopy.PROMPT_THREADS.acquire()  # released in _finish, as _in_postcopy says
         self._handed_over = self._in_postcopy = True
         run = wire.json_record(wire.Rec.RUN, {"runstate": str(self._prior)})
         self.stats.add_stream(
             self._send([postcopy.encode_bitmap(wire.Rec.DISCARD, self._bitmap), run])
         )
         self.stats.switched()
-        postcopy.prompt_threads()
         self._rate_param = "max-postcopy-bandwidth"
         requests = self._requests = postcopy.PageRequests(self.ram.pages, self._limiter.wake)
         self.stats.requested = lambda: requests.count
@@ -656,6 +656,8 @@ class OutgoingMigration(threading.Thread):
         """End in ``status``; ``error`` is the status text, ``report`` what stderr gets (with
         QEMU's hint lines) when it is more."""
         self._end_pacing()  # before joining the channels: none may stay in a rate wait
+        if self._in_postcopy:
+            postcopy.PROMPT_THREADS.release()
         self.ram.stop_dirty_log()
         if self._pool:
             self._pool.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def test_the_destination_needs_postcopy_ram_too(machines):
 
 def test_paused_destination_ends_with_the_source_s_ram(machines):
     """-S: the destination's guest does not write after the switch, so RAM must be equal."""
+    interval = sys.getswitchinterval()
     src, dst, uri = pair(machines, start_paused=True)
     dst_watch = Watch(dst)
     watch = start_postcopy(src, uri)
@@ -95,6 +97,8 @@ def test_paused_destination_ends_with_the_source_s_ram(machines):
         ("MIGRATION", "completed"),
     ]
     assert dst_watch.statuses() == ["active", "postcopy-active", "completed"]
+    # Postcopy shortened the GIL switch interval while it ran, and gave it back.
+    assert sys.getswitchinterval() == interval
 
 
 @pytest.mark.parametrize("preempt", [False, True], ids=["main-stream", "preempt"])
