@@ -14,28 +14,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))  # the recorder is not a package
-from hmp_recorder import EXIT, UNTIL, Case
+from hmp_recorder import EXIT, UNTIL, Case, Recording
 
 ORACLE = Path(__file__).parent / "data" / "qemu-11.1"
 CASES = sorted((ORACLE / "cases").glob("*.cmds"))
 SESSIONS = sorted((ORACLE / "qmp").glob("*.jsonl"))
-
-
-def recorded(path: Path) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """A recording's argv lines (endpoint → options) and commands (endpoint, command)."""
-    argv: dict[str, str] = {}
-    commands: list[tuple[str, str]] = []
-    endpoint = ""
-    for line in path.read_text().splitlines():
-        if line.startswith("# argv: "):
-            name, sep, rest = line.removeprefix("# argv: ").partition(": ")
-            argv.update({name: rest} if sep and name in ("src", "dst") else {"": line[8:]})
-        elif line.startswith("# endpoint: "):
-            endpoint = line.removeprefix("# endpoint: ")
-        elif line.startswith("(qemu) "):
-            commands.append((endpoint, line.removeprefix("(qemu) ")))
-        assert not line.startswith("# recorder error"), line
-    return argv, commands
 
 
 def test_every_case_is_recorded_and_every_recording_has_a_case() -> None:
@@ -46,8 +29,10 @@ def test_every_case_is_recorded_and_every_recording_has_a_case() -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
 def test_recording_is_of_its_case(case: Path) -> None:
     expected = Case.parse(case.read_text())
-    argv, commands = recorded(ORACLE / f"{case.stem}.txt")
-    assert argv == {name: " ".join(args) for name, args in expected.argv.items()}
+    recording = Recording.parse((ORACLE / f"{case.stem}.txt").read_text())
+    assert not recording.error, recording.error
+    assert recording.argv == {name: " ".join(args) for name, args in expected.argv.items()}
+    commands = [(step.endpoint, step.typed) for step in recording.steps]
     assert commands, "no command recorded"
     # What was typed: an `@until` poll is stored once, as the command it repeated; `@exit`
     # types nothing.

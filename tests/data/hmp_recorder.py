@@ -24,6 +24,7 @@ stores that output, marked ``# polled until: REGEX``. An endpoint that exits is 
 line ``@exit``). The line ``@kill`` SIGKILLs the endpoint (``# killed``, then its last stderr
 lines and ``# exited: -9``); ``@stop`` and ``@cont`` SIGSTOP and SIGCONT it (``# stopped``,
 ``# continued``), to hold it still while its peer acts (type nothing to it meanwhile);
+``@rss`` notes its resident memory (``# rss: N kB``, VmRSS of /proc/PID/status);
 ``@cut`` shuts down every connection through the ``$PROXY`` relay at once (``# cut: N
 connections``, one per channel), as a broken network would. ``Recording.parse`` reads a
 recording back into its steps. A command that timed out or was sent to an endpoint that had
@@ -52,8 +53,9 @@ UNTIL = " @until "
 EXIT = "@exit"
 KILL = "@kill"
 CUT = "@cut"
+RSS = "@rss"
 SIGNALS = {"@stop": (signal.SIGSTOP, "# stopped\n"), "@cont": (signal.SIGCONT, "# continued\n")}
-ACTIONS = (EXIT, KILL, CUT, *SIGNALS)  # recorder actions: lines of a case that type nothing
+ACTIONS = (EXIT, KILL, CUT, RSS, *SIGNALS)  # recorder actions: lines of a case that type nothing
 PORTS = ("$PORT", "$RPORT", "$PROXY")  # placeholders that are TCP ports
 ENDPOINT = re.compile(r"^(src|dst): ")
 POLL_INTERVAL = 0.1  # seconds between two polls of an ``@until`` command
@@ -129,6 +131,8 @@ class Monitor:
         if line == KILL:
             self.proc.kill()
             return "# killed\n" + self.wait_exit()
+        if line == RSS:
+            return f"# rss: {self.rss_kib()} kB\n"
         if line in SIGNALS:
             sig, note = SIGNALS[line]
             self.proc.send_signal(sig)
@@ -137,6 +141,10 @@ class Monitor:
             raise EOFError("the endpoint had exited")
         typed, _, until = line.partition(UNTIL)
         return self.poll_until(typed, until) if until else self.command(typed)
+
+    def rss_kib(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)[1])  # type: ignore[index]
 
     def wait_exit(self, timeout: float = 30.0) -> str:
         """QEMU's last stderr lines and ``# exited: CODE`` once it exits by itself."""
@@ -335,7 +343,9 @@ class Recorder:
             print(name)
 
 
+# The note each action leaves (one ending in a space is a prefix).
 NOTES = {"# killed": KILL, "# stopped": "@stop", "# continued": "@cont", "# cut: ": CUT}
+NOTES |= {"# rss: ": RSS}
 
 
 def _action(line: str) -> str:

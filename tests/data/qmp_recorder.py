@@ -5,7 +5,7 @@ JSON lines: first ``{"argv": [...]}``, then ``{"greeting": ...}``, then for each
 ``{"send": TEXT}`` followed by every message QEMU wrote back, ``{"recv": MSG}`` (replies and
 events alike, in arrival order). Raw text, not objects, so malformed JSON can be recorded too.
 A session of two QEMUs (``Pair``) adds ``{"endpoint": "src"|"dst"}`` lines that switch
-between them.
+between them, and ``{"note": TEXT}`` lines for what the recorder did meanwhile (killed one).
 """
 
 from __future__ import annotations
@@ -60,13 +60,16 @@ class Qemu:
             [*qemu, *args, "-qmp", f"unix:{path},server=on,wait=off"],
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                raise TimeoutError(path)
-            time.sleep(0.02)
         self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
+        deadline = time.monotonic() + 10
+        while True:  # the path appears at bind(), before QEMU listens: refused until then
+            try:
+                self.sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(path) from None
+                time.sleep(0.02)
         self.buf = b""
         self.greeting = json.loads(next(self.read(first=10.0)))
 
@@ -124,6 +127,7 @@ class Pair:
         self.workdir = workdir
         self.ends: dict[str, Qemu] = {}
         self.out: list[Record] = []
+        self.unseen: dict[str, list[Record]] = {}  # what each sent that ``expect`` has not seen
 
     def start(self, name: str, args: list[str]) -> None:
         self.ends[name] = end = Qemu(self.qemu, args, self.workdir, name)
@@ -135,6 +139,7 @@ class Pair:
         self.out.append({"send": text})
         got = [json.loads(line) for line in self.ends[name].send(text)]
         self.out.extend({"recv": m} for m in got)
+        self.unseen.setdefault(name, []).extend(got)
         return got
 
     def poll_migrate(self, name: str, until: tuple[str, ...], timeout: float = 60) -> None:
@@ -145,6 +150,30 @@ class Pair:
             if any(m.get("return", {}).get("status") in until for m in got):
                 return
         raise TimeoutError(f"{name}: query-migrate never reached {until}")
+
+    def expect(self, name: str, until: Callable[[Record], bool], timeout: float = 60) -> Record:
+        """The first message ``until`` picks among those ``name`` sent since the last one
+        picked (replies and events a ``step`` read included), reading events as they come."""
+        unseen = self.unseen.setdefault(name, [])
+        while unseen:
+            if until(msg := unseen.pop(0)):
+                return msg
+        self.out.append({"endpoint": name})
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.ends[name].proc.poll() is not None:
+                raise EOFError(f"{name} exited")
+            for line in self.ends[name].read(first=left, quiet=0):
+                self.out.append({"recv": (msg := json.loads(line))})
+                if until(msg):
+                    return msg
+        raise TimeoutError(f"{name}: nothing expected arrived in {timeout} s")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL ``name`` (noted); what it had sent before stays unread."""
+        self.ends[name].proc.kill()
+        self.ends[name].proc.wait()
+        self.out.append({"note": f"SIGKILL {name}"})
 
     def close(self) -> None:
         for end in self.ends.values():
