@@ -53,6 +53,7 @@ MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
 # No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
 STALL_WARNING_S = 30.0
+CANCEL_WAIT_S = 5.0  # how long a cancel in postcopy waits for the migration thread's end
 # What a source in postcopy-paused has and has not (logged: QEMU's stderr has one line).
 PAUSED_SOURCE = (
     "the guest runs on the destination and what it wrote there is not here, so it cannot "
@@ -253,6 +254,7 @@ class OutgoingMigration(threading.Thread):
         cancels (the guest stays paused here, the destination pauses with what it has).
         """
         with self._lock:
+            in_postcopy = self._status is MigrationStatus.POSTCOPY_ACTIVE
             paused = self._status is MigrationStatus.POSTCOPY_PAUSED
             if (
                 not paused
@@ -270,8 +272,11 @@ class OutgoingMigration(threading.Thread):
         self._cancel.set()
         self._end_pacing()
         shutdown(self._sock)
+        shutdown(self._preempt)
         if self._multifd:
             self._multifd.hang_up()
+        if in_postcopy:  # QEMU's ends at once there: `info migrate` next says cancelled
+            self._done.wait(CANCEL_WAIT_S)
 
     def start_postcopy(self) -> None:
         """migrate_start_postcopy: switch at the migration thread's next step (QEMU's
@@ -331,7 +336,8 @@ class OutgoingMigration(threading.Thread):
             self._finish(MigrationStatus.FAILED, exc.desc, exc.report())
         except OSError as exc:
             if self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
-                if not self._quitting:
+                # (in postcopy its threads part on the cancel before any send fails)
+                if not self._quitting and not self._in_postcopy:
                     self._report(f"Unable to write to socket: {exc.strerror or exc}")
                 self._finish(MigrationStatus.CANCELLED, None)
             else:

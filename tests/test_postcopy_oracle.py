@@ -12,8 +12,10 @@ the switch until a step waits for ``completed``, so every step recorded during p
 endpoint over the whole session (they come from engine threads, in no fixed step).
 
 The guest is smaller (32 MiB) and its dirtier a random-writer over 1 MiB, as QEMU's kernel
-dirties 256 pages. Not replayed: ``pause_src`` (it SIGSTOPs processes mid-recovery, which an
-in-process endpoint cannot do).
+dirties 256 pages. Not replayed yet: ``pause_src`` (it SIGSTOPs processes mid-recovery, which
+an in-process endpoint cannot do), ``resume_blocking`` (a blocking ``migrate -r`` waits for an
+end the held background scan keeps away), ``preempt_cut`` (the relay takes one connection),
+the ``combo_*`` sessions and ``blocktime_smp2`` (two vCPUs).
 """
 
 from __future__ import annotations
@@ -40,7 +42,18 @@ from hmp_recorder import Recording
 
 ORACLE = Path(__file__).parent / "data" / "qemu-7.2" / "postcopy"
 EXACT = ["help", "start_errors", "wrong_states", "dst_errors", "compat_set", "compat_preempt"]
-FLOWS = ["plain", "blocktime", "preempt", "release_ram", "cut", "kill_dst", "kill_src", "pause_dst"]
+FLOWS = [
+    "plain",
+    "blocktime",
+    "preempt",
+    "release_ram",
+    "cut",
+    "kill_dst",
+    "kill_src",
+    "pause_dst",
+    "cancel_postcopy",
+    "postcopy_settings",
+]
 OPTIONAL = ("dirty pages rate:", "postcopy request count:", "precopy ram:", "downtime ram:")
 OPTIONAL += ("postcopy ram:",)
 RAM = 32 << 20
