@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine import wire, xbzrle
+from engine import postcopy, wire, xbzrle
 from engine.command import CommandListener
 from engine.compression import CHUNK, CODECS, DecompressPool
-from engine.guest import GuestRam
+from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
-from engine.transport import Listener, shutdown
+from engine.transport import Address, Listener, shutdown
 from engine.vm import Vm
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,11 @@ class IncomingMigration(threading.Thread):
         *,
         setup_timeout_s: float = SETUP_TIMEOUT_S,
         report: Callable[[str], None] = lambda _msg: None,
+        blocktime: Callable[[], bool] = lambda: False,
     ) -> None:
         """``previous``: a failed attempt on the same address whose status shows until a retry;
-        ``switchover_timeout``: how long to wait for the source's GO once READY is sent."""
+        ``switchover_timeout``: how long to wait for the source's GO once READY is sent;
+        ``report``: QEMU's error_report; ``blocktime``: the postcopy-blocktime capability."""
         super().__init__(name="incoming_migration", daemon=True)
         self._switchover_timeout = switchover_timeout
         self.listener = listener
@@ -72,6 +74,13 @@ class IncomingMigration(threading.Thread):
         self._on_failed = on_failed
         self._on_event = on_event
         self._report = report  # QEMU's warn_report
+        self._blocktime = blocktime
+        self._loader: StreamLoader | None = None
+        self._show_blocktime = False  # postcopy-blocktime was on at the switch
+        # Postcopy recovery: migrate_recover's listener and the connection it brought.
+        self._recover_cond = threading.Condition()
+        self._recovery: Listener | None = None
+        self._recovery_conn: socket.socket | None = None
         self._lock = threading.Lock()
         self._status = previous.status if previous else MigrationStatus.NONE
         self._error: str | None = previous._error if previous else None
@@ -105,7 +114,20 @@ class IncomingMigration(threading.Thread):
         address = (self.listener.addr.uri(),) if listening else None
         if status is MigrationStatus.NONE:
             return MigrationInfo(socket_address=address)
+        loader = self._loader
+        present = loader.present if loader else None
+        if status is MigrationStatus.COMPLETED and present and self._show_blocktime:
+            # QEMU fills the blocktime figures in only once the migration has completed.
+            bt = present.blocktime()
+            return MigrationInfo(
+                status=status, postcopy_blocktime=bt.total_ms, postcopy_vcpu_blocktime=bt.vcpu_ms
+            )
         return MigrationInfo(status=status, error_desc=error, socket_address=address)
+
+    def blocktime(self) -> postcopy.Blocktime | None:
+        """What the vCPU waited for pages during postcopy (None before the switch)."""
+        loader = self._loader
+        return loader.present.blocktime() if loader and loader.present else None
 
     def close(self) -> None:
         """Abandon the incoming side (quit): stop accepting and break the stream.
@@ -116,6 +138,9 @@ class IncomingMigration(threading.Thread):
         with self._conn_lock:
             self._closing.set()
             self._shut_owned()
+        with self._recover_cond:
+            shutdown(self._recovery_conn)
+            self._recover_cond.notify_all()
         self.listener.close()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -198,12 +223,13 @@ class IncomingMigration(threading.Thread):
             return
         self._set_status(MigrationStatus.ACTIVE, None)
         self._deadline.start()
-        loader = StreamLoader(
+        loader = self._loader = StreamLoader(
             self.ram,
             self._local_config,
             pristine=self._pristine,
             warn=self._report,
             accept=lambda: self._adopt(self.listener.accept(self._closing, CHANNEL_TIMEOUT_S)),
+            on_run=self._postcopy_run,
         )
         runstate, error = RunState.INMIGRATE, None
         try:
@@ -230,7 +256,10 @@ class IncomingMigration(threading.Thread):
         if error is not None and how and not timed_out:
             error = f"{error}; {how}"  # an exec: command's exit says more than its stream
         try:
-            if error is None:
+            if loader.present is not None and error is not None:
+                if self._postcopy_lost(conn, error, digest=loader.verified_digest is False):
+                    self._recover_loop(loader)
+            elif error is None:
                 self._succeed(conn, runstate)
             else:
                 self._fail(conn, error)
@@ -238,9 +267,136 @@ class IncomingMigration(threading.Thread):
             conn.close()
             self._done.set()
 
+    def _postcopy_run(self, runstate: RunState) -> None:
+        """The switch arrived: the guest runs here now, its missing pages fetched on demand."""
+        self._show_blocktime = self._blocktime()
+        self._set_status(MigrationStatus.POSTCOPY_ACTIVE, None)
+        self._take_guest(runstate)
+
+    def _postcopy_lost(self, conn: socket.socket, error: str, *, digest: bool) -> bool:
+        """After the switch this side runs the guest: a broken stream pauses (QEMU's
+        postcopy-paused; True), never gives the guest up; a digest mismatch is a failure."""
+        if digest:
+            self._report(f"load of migration failed: {error}")
+            self._fail(conn, error, listen=False)
+            return False
+        self._pause(error)
+        return not self._closing.is_set()
+
+    def _pause(self, error: str) -> None:
+        log.warning("postcopy paused: %s", error)
+        if not self._closing.is_set():
+            self._report("check_section_footer: Read section footer failed: -5")
+            self._report("Detected IO failure for postcopy. Migration paused.")
+        self._set_status(MigrationStatus.POSTCOPY_PAUSED, None)
+
+    def pause(self) -> bool:
+        """migrate_pause: break the stream of an active postcopy (False when not in it)."""
+        loader = self._loader
+        if self._status is not MigrationStatus.POSTCOPY_ACTIVE or loader is None:
+            return False
+        shutdown(loader.conn)
+        return True
+
+    def recover(self, addr: Address) -> None:
+        """migrate_recover: listen on ``addr`` for the source's `migrate -r` (a second call
+        replaces the first listener, as QEMU's does); MigrationError if it cannot listen."""
+        with self._recover_cond:
+            if self._recovery is not None:
+                self._recovery.close()
+            self._recovery = self.listener = Listener(addr)
+            self._recover_cond.notify_all()
+
+    def _recover_loop(self, loader: StreamLoader) -> None:
+        """Paused: take each recovery connection in turn until one completes the migration
+        (or this side closes); a recovery that breaks pauses again."""
+        while (conn := self._await_recovery()) is not None:
+            try:
+                runstate = self._resume(loader, conn)
+            except (wire.StreamError, OSError) as exc:
+                error = str(exc) if isinstance(exc, wire.StreamError) else exc.strerror or ""
+                if loader.verified_digest is False:  # not a broken stream: a wrong RAM
+                    self._report(f"load of migration failed: {error}")
+                    self._fail(conn, error, listen=False)
+                    conn.close()
+                    return
+                conn.close()
+                self._pause(error)
+                continue
+            try:
+                self._succeed(conn, runstate)
+            finally:
+                conn.close()
+            return
+
+    def _await_recovery(self) -> socket.socket | None:
+        """The next connection to migrate_recover's listener; None once closing."""
+        while not self._closing.is_set():
+            with self._recover_cond:
+                listener = self._recovery
+                if listener is None or listener.closed:
+                    # close() sets _closing before it notifies under this lock: checked here,
+                    # no notify can be missed. Until then the guest waits for migrate_recover.
+                    if not self._closing.is_set():
+                        self._recover_cond.wait()
+                    continue
+            conn = listener.accept(self._closing)
+            if conn is not None:
+                listener.close()
+                with self._recover_cond:
+                    if self._closing.is_set():
+                        conn.close()
+                        return None
+                    self._recovery_conn = conn
+                return conn
+        return None
+
+    def _resume(self, loader: StreamLoader, conn: socket.socket) -> RunState:
+        """The recovery handshake (RECOVER, RECEIVED, RESUME), then the rest of the stream."""
+        conn.settimeout(self._switchover_timeout)
+        head = wire.read_exact(conn, wire.HEADER.size)
+        if head is None:
+            raise wire.StreamError("migration stream ended before its header")
+        wire.check_header(bytes(head))
+        rec = wire.read_record(conn, wire.MAX_JSON)
+        if rec is None or rec[0] != wire.Rec.RECOVER:
+            raise wire.StreamError("expected a postcopy recovery")
+        if wire.parse_json(rec[1], "recovery").get("session") != loader.session:
+            raise wire.StreamError("a recovery of another migration connected")
+        self._set_status(MigrationStatus.POSTCOPY_RECOVER, None)
+        assert loader.present is not None
+        held = postcopy.encode_bitmap(wire.Rec.RECEIVED, loader.present.present_bits())
+        conn.sendall(held)
+        rec = wire.read_record(conn, wire.MAX_JSON)
+        if rec is None or rec[0] != wire.Rec.RESUME:
+            raise wire.StreamError("the source did not resume")
+        conn.settimeout(None)
+        self._set_status(MigrationStatus.POSTCOPY_ACTIVE, None)
+        return loader.resume(conn)
+
+    def _take_guest(self, runstate: RunState) -> None:
+        """QEMU's process_incoming_migration_bh: a running source means run here too (unless
+        -S or `stop`), otherwise take over the source's state."""
+        if runstate is RunState.RUNNING:
+            if self._autostart():
+                self.vm.start()
+            else:
+                self.vm.set_state(RunState.PAUSED)
+        else:
+            self.vm.set_state(runstate)
+
     def _succeed(self, conn: socket.socket, runstate: RunState) -> None:
         """The digest matched: the guest may run here only once the source has committed
-        (a stream without a return path, exec:, has nobody to commit: its digest is all)."""
+        (in postcopy it did at the switch, and the guest runs already; a stream without a
+        return path, exec:, has nobody to commit: its digest is all)."""
+        assert self._loader is not None
+        if self._loader.present is not None:
+            self._set_status(MigrationStatus.COMPLETED, None)
+            try:
+                self._loader.send(wire.json_record(wire.Rec.ACK, {}))
+            except OSError as exc:
+                log.warning("could not confirm the end of postcopy to the source: %s", exc)
+            return
         lost = None if self.listener.one_way else self._await_go(conn)
         if lost is not None:  # the source keeps the guest: this side gives it up for good
             self._fail(
@@ -249,15 +405,7 @@ class IncomingMigration(threading.Thread):
                 "the guest stays on the source",
             )
             return
-        # QEMU's process_incoming_migration_bh: a running source means run here too
-        # (unless -S or `stop`), otherwise take over the source's state.
-        if runstate is RunState.RUNNING:
-            if self._autostart():
-                self.vm.start()
-            else:
-                self.vm.set_state(RunState.PAUSED)
-        else:
-            self.vm.set_state(runstate)
+        self._take_guest(runstate)
         self._set_status(MigrationStatus.COMPLETED, None)
         if self.listener.one_way:
             return
@@ -282,14 +430,15 @@ class IncomingMigration(threading.Thread):
             return f"record 0x{rec[0]:02x} instead of GO"
         return None
 
-    def _fail(self, conn: socket.socket, reason: str) -> None:
+    def _fail(self, conn: socket.socket, reason: str, *, listen: bool = True) -> None:
+        """Give the migration up; ``listen``: wait for another (not once the guest ran here)."""
         with self._lock:
             self._status, self._error = MigrationStatus.FAILED, reason
         try:
             conn.sendall(wire.json_record(wire.Rec.NACK, {"error": reason}))
         except OSError:
             pass
-        if not self._closing.is_set():
+        if listen and not self._closing.is_set():
             self._on_failed(self, reason)  # listens again first: whoever sees "failed" may retry
         self._on_event("MIGRATION", {"status": str(MigrationStatus.FAILED)})
 
@@ -306,9 +455,22 @@ class StreamLoader:
         pristine: bool,
         warn: Callable[[str], None] = lambda _msg: None,
         accept: Callable[[], socket.socket | None] = lambda: None,
+        on_run: Callable[[RunState], None] = lambda _state: None,
     ) -> None:
-        """``accept`` yields the next connection to the listener (for multifd channels)."""
+        """``accept`` yields the next connection to the listener (for multifd channels);
+        ``on_run`` starts the guest at postcopy's switch."""
         self.ram = ram
+        self._on_run = on_run
+        self._postcopy = False  # the source has postcopy-ram on
+        self._discard: npt.NDArray[np.bool_] | None = None
+        self.present: postcopy.PresentMap | None = None  # after the switch
+        self.verified_digest: bool | None = None  # the digest's verdict, once DONE came
+        self._conn: socket.socket | None = None
+        self.session = ""  # the source's, which a recovery must bring
+        self._preempt: socket.socket | None = None  # postcopy-preempt's channel
+        self._preempt_reader: threading.Thread | None = None
+        self._relaxed = False  # the switch interval given back
+        self._send_lock = threading.Lock()  # the vCPU's page requests and the verdict
         self._local_config = local_config
         self._accept = accept
         self._warn = warn
@@ -322,8 +484,26 @@ class StreamLoader:
         self._written = np.zeros(ram.pages, bool) if pristine else np.ones(ram.pages, bool)
         self._max_pending = 4
 
+    @property
+    def conn(self) -> socket.socket | None:
+        return self._conn
+
+    def send(self, data: bytes) -> None:
+        """A record to the source on the main connection (requests come from the vCPU)."""
+        assert self._conn is not None
+        with self._send_lock:
+            self._conn.sendall(data)
+
     def close(self) -> None:
-        """End the workers and channel threads and close the channels (threads first)."""
+        """End the workers and channel threads and close the channels (threads first).
+        A paused postcopy keeps its page table: the guest still runs on it."""
+        if self.present is not None and not self._relaxed:
+            self._relaxed = True
+            postcopy.PROMPT_THREADS.release()
+        if self._preempt is not None:
+            shutdown(self._preempt)
+            if self._preempt_reader is not None:
+                self._preempt_reader.join(wire.SWITCHOVER_TIMEOUT_S)
         if self._pool:
             self._pool.close()
         if self._multifd:
@@ -336,12 +516,27 @@ class StreamLoader:
 
         ``then`` runs once every connection of the stream is in (QEMU closes its listener).
         """
+        self._conn = conn
         head = wire.read_exact(conn, wire.HEADER.size)
         if head is None:
             raise wire.StreamError("migration stream ended before its header")
         wire.check_header(bytes(head))
         self._configure(conn)
         then()
+        return self._records(conn)
+
+    def resume(self, conn: socket.socket) -> RunState:
+        """A recovered postcopy: the rest of the stream on a new connection; the page the
+        vCPU waits for is asked for again (its first request may have been lost)."""
+        with self._send_lock:
+            self._conn = conn
+        assert self.present is not None
+        waiting = self.present.outstanding()
+        if len(waiting):
+            self.send(postcopy.encode_request(waiting))
+        return self._records(conn)
+
+    def _records(self, conn: socket.socket) -> RunState:
         while True:
             rec = wire.read_record_head(conn)
             if rec is None:
@@ -358,6 +553,12 @@ class StreamLoader:
                     self._multifd.wait_sync(self._eos)
             elif kind == wire.Rec.DONE:
                 return self._verify(wire.read_body(conn, length, wire.MAX_JSON))
+            elif kind == wire.Rec.DISCARD and self._postcopy and self._discard is None:
+                self._drain()
+                body = wire.read_body(conn, length, wire.MAX_RECORD)
+                self._discard = postcopy.decode_bitmap(body, self.ram.pages)
+            elif kind == wire.Rec.RUN and self._discard is not None and self.present is None:
+                self._switch(wire.read_body(conn, length, wire.MAX_JSON))
             else:
                 raise wire.StreamError(f"unknown record type 0x{kind:02x}")
 
@@ -375,8 +576,12 @@ class StreamLoader:
         if remote.uuid and not local.uuid:  # QEMU's vmstate_uuid_post_load
             log.warning("UUID is received %s, but local uuid isn't set", remote.uuid)
             self._warn(f"warning: UUID is received {remote.uuid}, but local uuid isn't set")
+        self._postcopy = remote.postcopy
+        self.session = remote.session
         if remote.multifd_channels:
             self._connect_channels(remote)
+        if remote.preempt:
+            self._preempt = self._channel(remote, postcopy.PREEMPT_CHANNEL)
         if remote.compress:
             self._pool = DecompressPool(CODECS[remote.compress_method], threads, self.ram)
             self._max_pending = 4 * threads
@@ -399,8 +604,68 @@ class StreamLoader:
         )
         self._multifd.start([s for s in socks if s is not None])
 
+    def _channel(self, remote: wire.StreamConfig, number: int) -> socket.socket:
+        """postcopy-preempt's connection, which says hello with ``number``."""
+        sock = self._accept()
+        if sock is None:
+            raise wire.StreamError("postcopy-preempt: its channel did not connect")
+        self._channels.append(sock)  # closed by close(), with the others
+        hello = Hello.read(sock)
+        if hello.session.hex() != remote.session or hello.channel != number:
+            raise wire.StreamError("postcopy-preempt: a channel of another migration connected")
+        return sock
+
+    def _switch(self, body: bytearray) -> None:
+        """Postcopy's switch: the discarded pages (and those never sent) become missing, the
+        vCPU fetches them on demand, and the guest runs."""
+        assert self._discard is not None
+        runstate = self._runstate(wire.parse_json(body, "postcopy run"))
+        present = self.present = postcopy.PresentMap(
+            self.ram, ~self._discard, self._written, self._digest.crc, self._request
+        )
+        self.ram.fault_hook = present.fault
+        postcopy.PROMPT_THREADS.acquire()  # released by close()
+        if self._preempt is not None:
+            self._preempt_reader = threading.Thread(
+                target=self._read_preempt, args=(self._preempt,), name="postcopy_preempt"
+            )
+            self._preempt_reader.daemon = True
+            self._preempt_reader.start()
+        self._on_run(runstate)
+
+    def _read_preempt(self, sock: socket.socket) -> None:
+        """postcopy-preempt's channel: requested pages only, placed as they come. It ends
+        with its connection; a bad record ends it too (the main stream still carries all)."""
+        try:
+            while (head := wire.read_record_head(sock)) is not None:
+                kind, length = head
+                if kind != wire.Rec.BATCH:
+                    raise wire.StreamError(f"unknown record type 0x{kind:02x}")
+                self._place_batch(sock, wire.read_batch_head(sock, length, self.ram.pages))
+        except (OSError, wire.StreamError) as exc:
+            log.info("postcopy preempt channel ended: %s", exc)
+
+    def _request(self, pages: npt.NDArray[np.intp]) -> None:
+        self.send(postcopy.encode_request(pages))
+
+    def _place_batch(self, conn: socket.socket, batch: wire.BatchHead) -> None:
+        """After the switch: place each page unless it is present already (it was requested
+        and arrived, and the guest may have written it since)."""
+        assert self.present is not None
+        if not np.isin(batch.kinds, (wire.Kind.ZERO, wire.Kind.PAGE)).all():
+            raise wire.StreamError("postcopy: a compressed or XBZRLE page after the switch")
+        self.present.place(batch.of(wire.Kind.ZERO), None)
+        raw = batch.of(wire.Kind.PAGE)
+        if len(raw):
+            buf = memoryview(bytearray(len(raw) * PAGE_SIZE))
+            wire.recv_into(conn, buf)
+            self.present.place(raw, buf)
+
     def _receive_batch(self, conn: socket.socket, length: int) -> None:
         batch = wire.read_batch_head(conn, length, self.ram.pages)
+        if self.present is not None:
+            self._place_batch(conn, batch)
+            return
         ram = self.ram
         zero = batch.of(wire.Kind.ZERO)
         if len(zero):
@@ -456,16 +721,26 @@ class StreamLoader:
         while self._pending:
             self._collect()
 
+    @staticmethod
+    def _runstate(obj: dict[str, Any]) -> RunState:
+        try:
+            return RunState(obj["runstate"])
+        except (KeyError, ValueError) as exc:
+            raise wire.StreamError("completion section is malformed") from exc
+
     def _verify(self, body: bytearray) -> RunState:
         self._drain()
         done = wire.parse_json(body, "completion")
-        try:
-            runstate = RunState(done["runstate"])
-            digest = str(done["digest"])
-        except (KeyError, ValueError) as exc:
-            raise wire.StreamError("completion section is malformed") from exc
-        if digest != self._digest.hexdigest():
+        runstate = self._runstate(done)
+        present = self.present
+        if present is not None and not present.wait_complete(wire.SWITCHOVER_TIMEOUT_S):
+            raise wire.StreamError(f"postcopy: {present.missing} pages never arrived")
+        if "digest" not in done:
+            raise wire.StreamError("completion section is malformed")
+        self.verified_digest = str(done["digest"]) == self._digest.hexdigest()
+        if not self.verified_digest:
             raise wire.StreamError(
                 "RAM digest mismatch: destination memory differs from the source"
             )
+        self.ram.fault_hook = None  # every page is present: writes need no check
         return runstate

@@ -116,6 +116,14 @@ class GuestRam:
         # Called with the pages a guest store is about to change (background-snapshot's
         # copy-before-write: engine/background.py); installed only while the vCPUs are stopped.
         self.write_hook: Callable[[npt.NDArray[np.intp]], None] | None = None
+        # Postcopy's page table (engine/postcopy.py): fetches missing pages before a write.
+        self.fault_hook: Callable[[PageIndex, threading.Event], bool] | None = None
+
+    def fault(self, pages: PageIndex, stop: threading.Event) -> bool:
+        """Before a vCPU writes ``pages``: True once they are all present (during postcopy
+        the missing ones are fetched from the source); False if ``stop`` was set meanwhile."""
+        hook = self.fault_hook
+        return True if hook is None else hook(pages, stop)
 
     def use_small_pages(self) -> None:
         """Back RAM not yet touched with 4 KiB pages, for scattered first writes (the idle
@@ -141,6 +149,12 @@ class GuestRam:
         machine: compaction.)"""
         for a, b in runs(pages):
             self.populate(a, b)
+
+    def release(self, indices: PageIndex) -> None:
+        """Give these sorted pages' memory back to the kernel (release-ram: the destination
+        holds them now); they read as zero afterwards."""
+        for a, b in runs(indices):
+            self._map.madvise(mmap.MADV_DONTNEED, a << PAGE_SHIFT, (b - a) << PAGE_SHIFT)
 
     def page(self, index: int) -> memoryview:
         off = index << PAGE_SHIFT

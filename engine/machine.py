@@ -206,9 +206,8 @@ class Machine:
         c = self.config
         with self._lock:
             if resume:
-                # Only a postcopy-paused migration resumes, and qemu-hmp has no postcopy (so
-                # QEMU's next resume check, release-ram, never applies).
-                raise MigrationError("Cannot resume if there is no paused migration")
+                self._resume(uri)
+                return
             if is_running(self._outgoing_status()):
                 raise MigrationError("There's a migration process in progress")
             if self.vm.state is RunState.INMIGRATE:
@@ -302,6 +301,60 @@ class Machine:
         self._outgoing = mig
         mig.start()
 
+    def migrate_start_postcopy(self) -> None:
+        """QEMU's qmp_migrate_start_postcopy: its checks, then the switch at the migration
+        thread's next step (at once while it runs; never, once it has ended)."""
+        if not self.config.capability("postcopy-ram"):
+            raise MigrationError(
+                "Enable postcopy with migrate_set_capability before the start of migration"
+            )
+        outgoing = self._outgoing
+        if outgoing is None:
+            raise MigrationError("Postcopy must be started after migration has been started")
+        if isinstance(outgoing, OutgoingMigration):
+            outgoing.start_postcopy()
+
+    def _resume(self, uri: str) -> None:
+        """`migrate -r`: QEMU's migrate_prepare checks, then reconnect the paused postcopy."""
+        outgoing = self._outgoing
+        if self._outgoing_status() is not MigrationStatus.POSTCOPY_PAUSED:
+            raise MigrationError("Cannot resume if there is no paused migration")
+        if self.config.capability("release-ram"):
+            raise MigrationError("Postcopy recovery cannot work when release-ram capability is set")
+        addr = parse_uri(uri, incoming=False)
+        if not isinstance(outgoing, OutgoingMigration) or not outgoing.resume(addr):
+            raise MigrationError("Cannot resume if there is no paused migration")
+
+    def migrate_pause(self) -> None:
+        """QEMU's qmp_migrate_pause: break the stream of an active postcopy, source first."""
+        outgoing, incoming = self._outgoing, self._incoming
+        if isinstance(outgoing, OutgoingMigration) and outgoing.pause():
+            return
+        if isinstance(incoming, IncomingMigration) and incoming.pause():
+            return
+        raise MigrationError(
+            "migrate-pause is currently only supported during postcopy-active state"
+        )
+
+    def migrate_recover(self, uri: str) -> None:
+        """QEMU's qmp_migrate_recover: listen on ``uri`` for the source's `migrate -r`."""
+        incoming = self._incoming
+        if (
+            not isinstance(incoming, IncomingMigration)
+            or incoming.status is not MigrationStatus.POSTCOPY_PAUSED
+        ):
+            raise MigrationError("Migrate recover can only be run when postcopy is paused.")
+        incoming.recover(parse_uri(uri, incoming=True))
+
+    def query_postcopy_faults(self) -> dict[str, Any]:
+        """What the destination's vCPU waited for pages in postcopy (``x-query-postcopy-faults``):
+        the number of faults and each wait, in ms, in order; empty before a switch."""
+        incoming = self._incoming
+        bt = incoming.blocktime() if isinstance(incoming, IncomingMigration) else None
+        if bt is None:
+            return {}
+        return {"faults": bt.faults, "blocktime": bt.total_ms, "waits-ms": list(bt.latencies_ms)}
+
     def _refuse(self, error: str | None) -> None:
         """A URI QEMU cannot use: its migrate_init announced setup before looking at it."""
         self._outgoing = _Refused(error)
@@ -387,6 +440,7 @@ class Machine:
             self.opts.switchover_timeout,
             setup_timeout_s=self.opts.setup_timeout_s,
             report=self._notify,
+            blocktime=lambda: self.config.capability("postcopy-blocktime"),
         )
         self._incoming = incoming
         incoming.start()
@@ -410,6 +464,8 @@ class Machine:
             # that multifd is on (QEMU would hang on a channel-count mismatch).
             multifd_channels=multifd_channels(c),
             uuid=self.opts.uuid or "",
+            postcopy=c.capability("postcopy-ram"),
+            preempt=c.capability("postcopy-preempt"),
         )
         return local, int(c.param("decompress-threads"))
 

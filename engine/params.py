@@ -292,7 +292,7 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
         "compress", "compress pages with compress-threads zlib workers (both ends)", supported=True
     ),
     CapabilitySpec("events", "emit an event at every migration state change", supported=True),
-    CapabilitySpec("postcopy-ram", "start the destination before all RAM is sent"),
+    CapabilitySpec("postcopy-ram", "start the destination before all RAM is sent", supported=True),
     CapabilitySpec(
         "x-colo",
         "COLO fault tolerance (unstable)",
@@ -301,7 +301,7 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
             "qemu-hmp emulates no devices"
         ),
     ),
-    CapabilitySpec("release-ram", "free source RAM as postcopy sends it"),
+    CapabilitySpec("release-ram", "free source RAM as postcopy sends it", supported=True),
     CapabilitySpec(
         "block",
         "old-style block migration (-b/-i)",
@@ -323,7 +323,7 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
         "migrate block dirty bitmaps",
         refused_because="the bitmaps belong to disks, and qemu-hmp emulates no disks",
     ),
-    CapabilitySpec("postcopy-blocktime", "measure vCPU blocktime in postcopy"),
+    CapabilitySpec("postcopy-blocktime", "measure vCPU blocktime in postcopy", supported=True),
     CapabilitySpec(
         "late-block-activate",
         "activate block devices only when the destination starts",
@@ -352,7 +352,9 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
         "send multifd pages from guest RAM with MSG_ZEROCOPY",
         supported=True,
     ),
-    CapabilitySpec("postcopy-preempt", "a separate channel for postcopy page requests"),
+    CapabilitySpec(
+        "postcopy-preempt", "a separate channel for postcopy page requests", supported=True
+    ),
     CapabilitySpec(
         "x-compress-auto",
         "adapt compression on/off and level to the measured link and compressor speed",

@@ -80,6 +80,8 @@ class MigrationInfo:
     xbzrle_cache: XbzrleCacheStats | None = None
     compression: CompressionStats | None = None
     cpu_throttle_percentage: int | None = None
+    postcopy_blocktime: int | None = None  # ms the vCPUs were all blocked (destination)
+    postcopy_vcpu_blocktime: tuple[int, ...] | None = None  # ms per vCPU
     socket_address: tuple[str, ...] | None = None  # e.g. ("tcp:127.0.0.1:4444",)
     globals: tuple[tuple[str, bool | int], ...] = GLOBALS
 

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from zlib_ng import zlib_ng
 
-from engine import wire
+from engine import postcopy, wire
 from engine.background import CopyBeforeWrite
 from engine.command import CommandChannel
 from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
@@ -69,6 +69,13 @@ CANCELLABLE = frozenset(
         MigrationStatus.DEVICE,
     }
 )
+CANCEL_WAIT_S = 5.0  # how long a cancel in postcopy waits for the migration thread's end
+# What a source in postcopy-paused has and has not (logged: QEMU's stderr has one line).
+PAUSED_SOURCE = (
+    "the guest runs on the destination and what it wrote there is not here, so it cannot "
+    "restart on this side; resume with migrate_recover on the destination, then migrate -r "
+    "here (if the destination died, the guest is lost)"
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +109,9 @@ class OutgoingSettings:
     zero_copy_send: bool = _entry("zero-copy-send")
     background_snapshot: bool = _entry("background-snapshot")
     zero_page_detection: str = _entry("zero-page-detection")  # none, legacy or multifd
+    postcopy: bool = _entry("postcopy-ram")
+    preempt: bool = _entry("postcopy-preempt")  # requested pages on a channel of their own
+    release_ram: bool = _entry("release-ram")
     multifd_channels: int = 0  # 0: the multifd capability is off
     uuid: str = ""  # sent for the destination to check: -uuid, with validate-uuid on
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
@@ -130,6 +140,10 @@ def multifd_channels(config: MigrationConfig) -> int:
 
 class Cancelled(Exception):
     pass
+
+
+class Quit(Exception):
+    """The endpoint quits while a postcopy migration is paused: nothing more to report."""
 
 
 class StallWatch(threading.Thread):
@@ -218,7 +232,8 @@ class OutgoingMigration(threading.Thread):
         self._sock: socket.socket | None = None
         self._command: CommandChannel | None = None  # exec: the command the stream goes to
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
-        self._limiter = RateLimiter(lambda: param("max-bandwidth"))
+        self._rate_param = "max-bandwidth"  # max-postcopy-bandwidth once postcopy runs
+        self._limiter = RateLimiter(lambda: param(self._rate_param))
         self._link = Link(lambda: param("x-link-bandwidth"))
         self._bitmap = np.ones(ram.pages, dtype=bool)
         self._dirty_pages = ram.pages
@@ -236,6 +251,20 @@ class OutgoingMigration(threading.Thread):
         # True once GO may have reached the destination: only its NACK lets the guest run here.
         self._handed_over = False
         self._dirty_rate_high = 0
+        self._start_postcopy = threading.Event()  # migrate_start_postcopy
+        self._in_postcopy = False  # the destination runs the guest; pages go on demand
+        self._resumed = threading.Event()  # a postcopy-paused migration may go on (or quit)
+        self._return_path: postcopy.ReturnPath | None = None
+        self._requests = postcopy.PageRequests(ram.pages, self._limiter.wake)
+        self._prior = RunState.RUNNING  # the run state the destination takes over
+        self._resume_addr = addr
+        self._session = ""
+        self._preempt: socket.socket | None = None  # postcopy-preempt's channel
+        self._bitmap_lock = threading.Lock()
+        # Cleared, postcopy's background scan waits (requests still go): tests hold it to see
+        # requested pages overtake it. Set by default.
+        self.background = threading.Event()
+        self.background.set()
 
     # -- the monitor's side ------------------------------------------------------------------
     @property
@@ -251,19 +280,35 @@ class OutgoingMigration(threading.Thread):
         """QEMU's migrate_cancel: → cancelling, and shut the streams so nothing blocks.
 
         Once the switchover is committed there is nothing to cancel: the guest may already run
-        on the destination, so it must not restart here.
+        on the destination, so it must not restart here. Postcopy is QEMU 7.2's exception: it
+        cancels (the guest stays paused here, the destination pauses with what it has).
         """
         with self._lock:
-            if self._handed_over or self._status not in CANCELLABLE:
+            in_postcopy = self._status is MigrationStatus.POSTCOPY_ACTIVE
+            paused = self._status is MigrationStatus.POSTCOPY_PAUSED
+            if not (in_postcopy or paused) and (
+                self._handed_over or self._status not in CANCELLABLE
+            ):
                 return
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
+        if paused:  # QEMU 7.2 stays in cancelling: nothing runs to end the paused migration
+            return
         self._cancel.set()
         self._continue.set()  # QEMU's cancel posts the pause semaphore too
         self._end_pacing()
         shutdown(self._sock)
+        shutdown(self._preempt)
         if self._multifd:
             self._multifd.hang_up()
+        if in_postcopy:  # QEMU's ends at once there: `info migrate` next says cancelled
+            self._done.wait(CANCEL_WAIT_S)
+
+    def start_postcopy(self) -> None:
+        """migrate_start_postcopy: switch at the migration thread's next step (QEMU's
+        start_postcopy flag); a migration that converges first completes as precopy."""
+        self._start_postcopy.set()
+        self._limiter.wake()
 
     def continue_switchover(self) -> None:
         """`migrate_continue pre-switchover` (the machine checked the state)."""
@@ -283,6 +328,7 @@ class OutgoingMigration(threading.Thread):
         self._quitting = True
         self.cancel()
         shutdown(self._sock)
+        self._resumed.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -310,16 +356,20 @@ class OutgoingMigration(threading.Thread):
             self._setup()
             if self.settings.background_snapshot:
                 self._background()
+            elif self._precopy():
+                self._postcopy()
             else:
-                self._precopy()
                 self._complete()
         except Cancelled:
             self._finish(MigrationStatus.CANCELLED, None)
+        except Quit:
+            self._finish(self._status, None)
         except MigrationError as exc:
             self._finish(MigrationStatus.FAILED, exc.desc, exc.report())
         except OSError as exc:
             if self._cancel.is_set():  # the cancel broke a blocked send: QEMU says so too
-                if not self._quitting:
+                # (in postcopy its threads part on the cancel before any send fails)
+                if not self._quitting and not self._in_postcopy:
                     self._report(self._write_error(exc))
                 self._finish(MigrationStatus.CANCELLED, None)
             else:
@@ -384,7 +434,10 @@ class OutgoingMigration(threading.Thread):
             multifd_compression=s.multifd_compression,
             session=os.urandom(16).hex(),
             uuid=s.uuid,
+            postcopy=s.postcopy,
+            preempt=s.postcopy and s.preempt,
         )
+        self._session = config.session
         self.stats.add_stream(
             self._send([wire.header(), wire.json_record(wire.Rec.CONFIG, config.to_json())])
         )
@@ -408,6 +461,8 @@ class OutgoingMigration(threading.Thread):
                 zero_copy=s.zero_copy_send,
                 fallback=self.stats.zero_copy_fallback,
             )
+        if config.preempt:  # after the multifd channels: the destination takes them in order
+            self._preempt = self._open_channel(postcopy.PREEMPT_CHANNEL, config.session)
         if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
             self.ram.start_dirty_log()
             self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
@@ -425,7 +480,9 @@ class OutgoingMigration(threading.Thread):
         self._limiter.charge(nbytes)
         self._link.pace(nbytes)
 
-    def _precopy(self) -> None:
+    def _precopy(self) -> bool:
+        """Iterate until what is left fits the downtime (False) or postcopy was asked for
+        while it does not (True), as QEMU's migration_iteration_run decides."""
         while True:
             self._check_stop()
             pending = self._dirty_pages * PAGE_SIZE
@@ -433,9 +490,11 @@ class OutgoingMigration(threading.Thread):
                 self._sync()
                 pending = self._dirty_pages * PAGE_SIZE
             if pending and pending >= self.stats.threshold:
+                if self._start_postcopy.is_set():
+                    return True
                 self._iterate()
             else:
-                return
+                return False
             self.stats.update_window(
                 self._param("downtime-limit"), self._param("avail-switchover-bandwidth")
             )
@@ -467,7 +526,7 @@ class OutgoingMigration(threading.Thread):
         if not self._vm_was_running:
             self.vm.set_state(RunState.FINISH_MIGRATE)
         if self.settings.pause_before_switchover:
-            self._pause()
+            self._pause_before_switchover()
         self._limiter.unlimited = True
         self._last_stage = True
         if self._policy:
@@ -532,7 +591,7 @@ class OutgoingMigration(threading.Thread):
             zero=int(zero.sum()), normal=len(raw), compressed=0, compressed_bytes=0, busy=0
         )
 
-    def _pause(self) -> None:
+    def _pause_before_switchover(self) -> None:
         """QEMU's migration_maybe_pause: the vCPUs are stopped and nothing of the final pass
         is sent yet; wait in pre-switchover for `migrate_continue`, then go on in device.
         The destination cannot run the guest before GO, so it waits with it."""
@@ -542,10 +601,180 @@ class OutgoingMigration(threading.Thread):
         self._set_status(MigrationStatus.PRE_SWITCHOVER, MigrationStatus.DEVICE)
         self._phase = MigrationStatus.DEVICE
 
+    # -- postcopy (docs/ARCHITECTURE.md, Postcopy) ---------------------------------------------
+    def _postcopy(self) -> None:
+        """QEMU's postcopy_start, then pages on demand and in the background until none is
+        left, the digest, and the destination's verdict (its guest runs meanwhile). A broken
+        stream pauses (postcopy-paused) until `migrate -r` brings a new one."""
+        self._set_status(MigrationStatus.ACTIVE, MigrationStatus.POSTCOPY_ACTIVE)
+        if self._status is not MigrationStatus.POSTCOPY_ACTIVE:  # a cancel came first
+            raise Cancelled
+        self.stats.start_downtime()
+        self._prior = self.vm.state
+        self._vm_was_running = self.vm.stop(RunState.FINISH_MIGRATE)
+        if not self._vm_was_running:
+            self.vm.set_state(RunState.FINISH_MIGRATE)
+        self.stats.postcopy = True
+        self._sync()
+        self._drain()
+        self._send_eos()
+        # From the switch on the destination's guest may run: it never restarts here.
+        postcopy.PROMPT_THREADS.acquire()  # released in _finish, as _in_postcopy says
+        self._handed_over = self._in_postcopy = True
+        run = wire.json_record(wire.Rec.RUN, {"runstate": str(self._prior)})
+        self.stats.add_stream(
+            self._send([postcopy.encode_bitmap(wire.Rec.DISCARD, self._bitmap), run])
+        )
+        self.stats.switched()
+        self._rate_param = "max-postcopy-bandwidth"
+        requests = self._requests = postcopy.PageRequests(self.ram.pages, self._limiter.wake)
+        self.stats.requested = lambda: requests.count
+        while True:
+            try:
+                self._serve()
+                return
+            except OSError as exc:
+                if self._cancel.is_set():
+                    raise
+                self._pause(exc.strerror or str(exc))
+
+    def _serve(self) -> None:
+        """Requested pages first, the background scan when none waits, then DONE and the
+        destination's verdict, over the current connection."""
+        requests = self._requests
+        assert self._sock is not None
+        # postcopy-preempt: the return path's thread sends requested pages itself, on their
+        # channel, at once; without it they wait for the migration thread's next step.
+        urgent = self._send_requested if self._preempt else None
+        rp = self._return_path = postcopy.ReturnPath(
+            self._sock, self.ram.pages, requests, self._report, urgent
+        )
+        rp.start()
+        while self._dirty_pages:
+            if rp.ended.is_set():
+                raise OSError(rp.error or "the return path closed")
+            queued = requests.take(wire.MAX_BATCH)
+            if len(queued):
+                self._send_requested(queued)
+            elif not self.background.is_set():
+                requests.wait(postcopy.FAULT_SLICE_S)
+            elif self._limiter.exhausted():
+                self._limiter.wait_window(requests.pending)
+            else:
+                self._send_batch()
+            self.stats.update_window(
+                self._param("downtime-limit"), self._param("avail-switchover-bandwidth")
+            )
+        self._send_eos()
+        with self._bitmap_lock:  # a requested page being sent on the preempt channel has its CRC
+            done = {"runstate": str(self._prior), "digest": self._digest.hexdigest()}
+        self.stats.add_stream(self._send([wire.json_record(wire.Rec.DONE, done)]))
+        if not rp.ended.wait(self._switchover_timeout) or rp.verdict is None:
+            raise OSError(rp.error or f"no answer within {self._switchover_timeout:g} s")
+        if rp.verdict.kind is wire.Rec.NACK:
+            raise MigrationError(rp.verdict.error)
+        self.stats.completed(self.stats.switch_ms)
+
+    def _send_requested(self, pages: npt.NDArray[np.intp]) -> None:
+        """Requested pages that are still to send (others are on their way or arrived). With
+        postcopy-preempt this runs on the return path's thread: the lock covers the claim and
+        the CRC, so the digest at DONE includes them."""
+        with self._bitmap_lock:
+            pages = np.unique(pages[self._bitmap[pages]])
+            if not len(pages):
+                return
+            self._bitmap[pages] = False
+            self._dirty_pages -= len(pages)
+            self.stats.set_remaining(self._dirty_pages)
+            # On their own channel with preempt: they do not queue behind the background.
+            self._send_plain(pages, self.ram.zero_mask(pages), busy=0, sock=self._preempt)
+
+    def pause(self) -> bool:
+        """migrate_pause: break the stream of an active postcopy (False when not in it)."""
+        if self._status is not MigrationStatus.POSTCOPY_ACTIVE:
+            return False
+        shutdown(self._sock)
+        return True
+
+    def resume(self, addr: Address) -> bool:
+        """migrate -r: reconnect a paused postcopy to ``addr`` (False when not paused)."""
+        with self._lock:
+            if self._status is not MigrationStatus.POSTCOPY_PAUSED:
+                return False
+            self._resume_addr = addr
+        self._resumed.set()
+        return True
+
+    def _pause(self, cause: str) -> None:
+        """QEMU's postcopy_pause: the stream broke after the switch. Neither side holds the
+        whole guest, so nothing may fail or restart here: wait for `migrate -r` (then
+        reconnect, learn what the destination holds, resend the rest) or a quit."""
+        log.warning("postcopy paused: %s; %s", cause, PAUSED_SOURCE)
+        shutdown(self._sock)  # the return path's reader returns, then the sockets may close
+        shutdown(self._preempt)
+        if self._return_path:
+            self._return_path.join(self._switchover_timeout)
+        if self._preempt:  # a recovered stream carries requested pages itself
+            self._preempt.close()
+            self._preempt = None
+        if self._sock:
+            self._sock.close()
+            self._sock = None
+        with self._lock:
+            paused = self._status in (
+                MigrationStatus.POSTCOPY_ACTIVE,
+                MigrationStatus.POSTCOPY_RECOVER,
+            )
+            if paused:
+                self._status = MigrationStatus.POSTCOPY_PAUSED
+        if paused:
+            self._on_event("MIGRATION", {"status": str(MigrationStatus.POSTCOPY_PAUSED)})
+            if not self._quitting:
+                self._report("Detected IO failure for postcopy. Migration paused.")
+        while True:
+            self._resumed.wait()
+            self._resumed.clear()
+            if self._quitting:
+                raise Quit
+            try:
+                self._reconnect(self._resume_addr)
+                return
+            except MigrationError as exc:  # no connection: still paused, as in QEMU
+                self._report(exc.desc)
+            except (OSError, wire.StreamError) as exc:
+                log.warning("postcopy recovery failed: %s", exc)
+                if self._sock:
+                    self._sock.close()
+                    self._sock = None
+                self._set_status(MigrationStatus.POSTCOPY_RECOVER, MigrationStatus.POSTCOPY_PAUSED)
+
+    def _reconnect(self, addr: Address) -> None:
+        """The recovery handshake: RECOVER with the session, the destination's bitmap of the
+        pages it holds (everything else is sent again), RESUME."""
+        sock = connect(addr)
+        self._sock = sock
+        self._set_status(MigrationStatus.POSTCOPY_PAUSED, MigrationStatus.POSTCOPY_RECOVER)
+        recover = wire.json_record(wire.Rec.RECOVER, {"session": self._session})
+        self.stats.add_stream(self._send([wire.header(), recover]))
+        sock.settimeout(self._switchover_timeout)
+        rec = wire.read_record(sock, wire.MAX_RECORD)
+        sock.settimeout(None)
+        if rec is None or rec[0] != wire.Rec.RECEIVED:
+            raise wire.StreamError("the destination did not say which pages it holds")
+        held = postcopy.decode_bitmap(rec[1], self.ram.pages)
+        self._bitmap = ~held
+        self._dirty_pages = int(np.count_nonzero(self._bitmap))
+        self.stats.set_remaining(self._dirty_pages)
+        self._cursor = 0
+        self.stats.add_stream(self._send([wire.json_record(wire.Rec.RESUME, {})]))
+        self._set_status(MigrationStatus.POSTCOPY_RECOVER, MigrationStatus.POSTCOPY_ACTIVE)
+
     def _finish(self, status: MigrationStatus, error: str | None, report: str = "") -> None:
         """End in ``status``; ``error`` is the status text, ``report`` what stderr gets (with
         QEMU's hint lines) when it is more."""
         self._end_pacing()  # before joining the channels: none may stay in a rate wait
+        if self._in_postcopy:
+            postcopy.PROMPT_THREADS.release()
         self.ram.stop_dirty_log()
         if self._pool:
             self._pool.close()
@@ -553,6 +782,8 @@ class OutgoingMigration(threading.Thread):
             self._multifd.close()
         if self._sock:
             self._sock.close()
+        if self._preempt:
+            self._preempt.close()
         if self._command:
             self._command.end(0)  # a command still running is killed: the stream is over
         if self._handed_over or (
@@ -567,9 +798,11 @@ class OutgoingMigration(threading.Thread):
         if status is MigrationStatus.FAILED and self.settings.failing_state:
             self._on_event("MIGRATION", {"status": "failing"})
         with self._lock:
+            changed = self._status is not status
             self._status = status
             self._error = error
-        self._on_event("MIGRATION", {"status": str(status)})
+        if changed:
+            self._on_event("MIGRATION", {"status": str(status)})
         if error and self.settings.report_failure:
             self._report(report or error)
         self._connected.set()
@@ -660,14 +893,16 @@ class OutgoingMigration(threading.Thread):
         """Scan a step of dirty pages: zero ones go at once, the rest raw or compressed."""
         self._check_stop()
         pool = self._pool
-        plain = pool is None and self._multifd is None
+        # Postcopy sends raw and zero pages only, on the main stream (or the request channel).
+        plain = (pool is None and self._multifd is None) or self._in_postcopy
         # Decided before the scan: the step that ends the first pass still belongs to it.
         cache = self._xbzrle_cache()
-        indices = self._next_pages(self._raw_batch() if plain else SCAN_BATCH)
+        with self._bitmap_lock:  # postcopy-preempt's sender claims pages too
+            indices = self._next_pages(self._raw_batch() if plain else SCAN_BATCH)
         if not len(indices):
             return
         detect = self.settings.zero_page_detection
-        if self._multifd and detect == "multifd" and cache is None:
+        if self._multifd and not self._in_postcopy and detect == "multifd" and cache is None:
             self._multifd.queue(indices)  # the channels find the zero pages themselves
             return
         if detect == "none":  # every page is sent as it is, zero or not
@@ -721,6 +956,7 @@ class OutgoingMigration(threading.Thread):
         zero: npt.NDArray[np.bool_],
         busy: int,
         crcs: npt.NDArray[np.uint32] | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         """Zero and raw pages; raw ones go from guest RAM to the socket without a copy.
         ``crcs``: of the raw pages, when the zero scan took them already.
@@ -733,7 +969,10 @@ class OutgoingMigration(threading.Thread):
         self._digest.set_zero(indices[zero])
         self._digest.crc[nonzero] = self.ram.crc_pages(nonzero) if crcs is None else crcs
         batch = wire.encode_batch(indices, kinds, [], self.ram.views(nonzero))
-        self.stats.add_ram(self._send(batch), self.vm.running)
+        self.stats.add_ram(self._send(batch, sock), self.vm.running)
+        if self._in_postcopy and self.settings.release_ram:
+            # QEMU's ram_release_page: the socket has its copy, the guest cannot run here.
+            self.ram.release(nonzero)
         self.stats.add_pages(
             zero=len(indices) - len(nonzero),
             normal=len(nonzero),
@@ -748,6 +987,8 @@ class OutgoingMigration(threading.Thread):
         channels take every non-zero page in QEMU 7.2."""
         cache = self._cache
         if cache is None or not self._round_done or self._multifd is not None:
+            return None
+        if self._in_postcopy:  # the destination places whole pages only
             return None
         size = self._param("xbzrle-cache-size")
         if size != cache.size:
@@ -820,11 +1061,13 @@ class OutgoingMigration(threading.Thread):
             self._multifd.sync()
 
     # -- I/O ---------------------------------------------------------------------------------
-    def _send(self, buffers: list[bytes | memoryview]) -> int:
-        """Write whole records; the caller accounts them. Returns the bytes written."""
-        assert self._sock is not None
+    def _send(self, buffers: list[bytes | memoryview], sock: socket.socket | None = None) -> int:
+        """Write whole records (on the main stream, or ``sock``); the caller accounts them.
+        Returns the bytes written."""
+        sock = sock or self._sock
+        assert sock is not None
         t0 = time.monotonic()
-        nbytes = send_buffers(self._sock, buffers)
+        nbytes = send_buffers(sock, buffers)
         if self._policy:
             self._policy.sent(nbytes, time.monotonic() - t0)
         self._limiter.charge(nbytes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.guest import PAGE_SIZE
@@ -61,10 +62,16 @@ class SourceStats:
     end_ms: float | None = None
     downtime_start_ms: float | None = None
     downtime_ms: float | None = None
+    switch_ms: float | None = None  # when postcopy's switch was sent (its downtime's end)
+    postcopy: bool = False  # the vCPUs stopped for postcopy: RAM bytes count as postcopy's
     # RAM counters
     transferred: int = 0
     precopy_bytes: int = 0
     downtime_bytes: int = 0
+    postcopy_bytes: int = 0
+    # Postcopy's request queue (engine/postcopy.py), whose count is read live: a page counts
+    # as requested before it can be sent.
+    requested: Callable[[], int] = lambda: 0
     stream_bytes: int = 0  # everything written to the sockets (QEMU's migration_total_bytes)
     duplicate: int = 0
     normal: int = 0
@@ -111,11 +118,14 @@ class SourceStats:
             self.stream_bytes += nbytes
 
     def add_ram(self, nbytes: int, vm_running: bool) -> None:
-        """RAM-section bytes (page batches and EOS), split by whether the guest was running."""
+        """RAM-section bytes (page batches and EOS), split by whether the guest was running
+        here, and after postcopy's switch (QEMU's precopy, downtime and postcopy bytes)."""
         with self._lock:
             self.stream_bytes += nbytes
             self.transferred += nbytes
-            if vm_running:
+            if self.postcopy:
+                self.postcopy_bytes += nbytes
+            elif vm_running:
                 self.precopy_bytes += nbytes
             else:
                 self.downtime_bytes += nbytes
@@ -243,6 +253,11 @@ class SourceStats:
     def start_downtime(self) -> None:
         self.downtime_start_ms = now_ms()
 
+    def switched(self) -> None:
+        """Postcopy's switch is sent: the downtime ends (QEMU's postcopy_start)."""
+        with self._lock:
+            self.switch_ms = now_ms()
+
     def completed(self, downtime_end_ms: float | None = None) -> None:
         """Freeze total time now, as QEMU's end time at completion, and downtime at
         ``downtime_end_ms`` (default: now). The total runs to now even when downtime ended
@@ -322,6 +337,8 @@ class SourceStats:
             precopy_bytes=self.precopy_bytes,
             downtime_bytes=self.downtime_bytes,
             dirty_sync_missed_zero_copy=self.zero_copy_fallbacks,
+            postcopy_bytes=self.postcopy_bytes,
+            postcopy_requests=self.requested(),
         )
 
     def _xbzrle(self) -> XbzrleCacheStats | None:

@@ -480,10 +480,11 @@ class RateLimiter:
         with self._cond:
             return self._exhausted()
 
-    def wait_window(self) -> None:
-        """When the budget is spent, wait for the next window (QEMU's migration_rate_limit)."""
+    def wait_window(self, urgent: Callable[[], bool] = lambda: False) -> None:
+        """When the budget is spent, wait for the next window (QEMU's migration_rate_limit);
+        ``urgent`` work (postcopy's requested pages, after a wake) ends the wait at once."""
         with self._cond:
-            while not self._ended and self._exhausted():
+            while not self._ended and self._exhausted() and not urgent():
                 left = self._window_start + self.WINDOW_S - time.monotonic()
                 self._cond.wait(max(left, 0.0))
 

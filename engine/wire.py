@@ -10,10 +10,15 @@ Layout (all integers big-endian, as in QEMU's stream)::
       EOS     empty: end of one iteration; the destination drains its decompressors here
       DONE    JSON: the source's run state and the digest of every page sent
       GO      JSON: the source commits the switchover (sent only after READY)
+      DISCARD postcopy: one bit per page, set for the pages the destination must fetch
+      RUN     postcopy, JSON {"runstate"}: the switch; the destination's guest runs now
     replies   (destination -> source, same socket), JSON:
       READY   the digest matched; the destination waits for GO before its guest may run
       ACK     GO arrived: the destination holds the guest
       NACK    {"error": reason}: the destination will not run the guest
+      REQUEST postcopy: u32 n, n x u32 page index: pages a vCPU faulted on
+    recovery  (a new connection after postcopy-paused): RECOVER {"session"} →
+              RECEIVED (one bit per page the destination holds) → RESUME, then postcopy
 
 The completion handshake (DONE → READY → GO → ACK) keeps one guest from running twice
 whatever message is lost: docs/ARCHITECTURE.md has its table.
@@ -45,7 +50,7 @@ from zlib_ng import zlib_ng
 from engine.guest import PAGE_SIZE, ZERO_PAGE
 
 MAGIC = b"QHMP"
-VERSION = 3  # 2: the completion handshake (READY, GO); 3: XBZRLE pages
+VERSION = 4  # 2: the completion handshake (READY, GO); 3: XBZRLE pages; 4: postcopy
 HEADER = struct.Struct(">4sI")
 RECORD = struct.Struct(">BI")
 MAX_BATCH = 1024  # pages per batch
@@ -67,6 +72,12 @@ class Rec(IntEnum):
     ACK = 0x21
     NACK = 0x22
     READY = 0x23
+    DISCARD = 0x12  # postcopy (engine/postcopy.py)
+    RUN = 0x13
+    RECOVER = 0x14  # postcopy recovery, on a new connection: JSON {"session"}
+    RESUME = 0x15
+    REQUEST = 0x24
+    RECEIVED = 0x25  # the destination's answer to RECOVER: one bit per page it holds
 
 
 class Kind(IntEnum):
@@ -188,6 +199,11 @@ def read_reply(sock: socket.socket) -> Reply | None:
         raise
     except StreamError:  # truncated: the peer closed in the middle of a record
         return None
+    return parse_reply(kind, body)
+
+
+def parse_reply(kind: int, body: bytes | bytearray) -> Reply:
+    """A READY, ACK or NACK record's body as a Reply (ForeignPeer when it is not JSON)."""
     try:
         obj = parse_json(body, "reply")
     except StreamError as exc:
@@ -229,6 +245,8 @@ class StreamConfig:
     multifd_compression: str = "none"
     session: str = ""  # ties multifd channel connections to this stream
     uuid: str = ""  # the source's -uuid, sent with validate-uuid on ("": none sent)
+    postcopy: bool = False  # the postcopy-ram capability
+    preempt: bool = False  # postcopy-preempt: a channel for requested pages
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -240,6 +258,8 @@ class StreamConfig:
             "multifd-compression": self.multifd_compression,
             "session": self.session,
             "uuid": self.uuid,
+            "postcopy": self.postcopy,
+            "postcopy-preempt": self.preempt,
         }
 
     @classmethod
@@ -255,6 +275,8 @@ class StreamConfig:
                 multifd_compression=peer_text(str(obj["multifd-compression"])),
                 session=str(obj["session"]),
                 uuid=peer_text(str(obj.get("uuid", ""))),
+                postcopy=bool(obj["postcopy"]),
+                preempt=bool(obj["postcopy-preempt"]),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(Infinity)
             raise StreamError("configuration section is incomplete") from exc
@@ -273,6 +295,11 @@ class StreamConfig:
             )
         if self.compress and not local.compress:
             return "Received an unexpected compressed page"
+        if self.postcopy and not local.postcopy:  # QEMU's loadvm_postcopy_handle_advise
+            return "RAM postcopy is disabled but have 16 byte advise"
+        if self.preempt != (local.postcopy and local.preempt):
+            side = "destination" if self.preempt else "source"
+            return f"postcopy-preempt mismatch: the capability is off on the {side}"
         if bool(self.multifd_channels) != bool(local.multifd_channels):
             side = "destination" if self.multifd_channels else "source"
             return f"multifd mismatch: the capability is off on the {side}"

@@ -243,21 +243,29 @@ class RandomWriter:
         pace = Pace(self._rate, clock())
         due = clock()  # when the next slice starts; absolute, so wakeup lag evens out
         warned = False
-        while (lost := self._hold()) is not None:
+        faulted = 0.0  # time the last slice waited for postcopy pages: not running either
+        while (held := self._hold()) is not None:
+            lost, faulted = held + faulted, 0.0
             due = max(due + lost, clock() - self.SLICE_S)
             count = pace.owed(clock(), lost)
-            if count and self._gate.enter():  # a stop that came after _hold() wins here
-                try:
-                    pages = working_set[self._rng.integers(0, span, size=count)]
-                    slot = self._rng.integers(0, PAGE_SIZE // 8, size=count)
-                    self._ram.before_write(pages)
-                    words[pages, slot] = self._rng.bit_generator.random_raw(count)
-                    self._ram.mark_dirty(pages)
-                finally:
-                    self._gate.leave()
-                with self._progress:
-                    self._written += count
-                    self._progress.notify_all()
+            if count:
+                pages = working_set[self._rng.integers(0, span, size=count)]
+                slot = self._rng.integers(0, PAGE_SIZE // 8, size=count)
+                values = self._rng.bit_generator.random_raw(count)
+                # A page not yet migrated (postcopy) is fetched before the vCPU writes it.
+                t0 = clock()
+                present = self._ram.fault(pages, self._stop)
+                faulted = clock() - t0
+                if present and self._gate.enter():
+                    try:  # a stop that came after _hold() won at enter()
+                        self._ram.before_write(pages)  # background-snapshot saves them first
+                        words[pages, slot] = values
+                        self._ram.mark_dirty(pages)
+                    finally:
+                        self._gate.leave()
+                    with self._progress:
+                        self._written += count
+                        self._progress.notify_all()
             if not warned and pace.missed > self._rate:  # more than a second's writes lost
                 warned = True
                 self._report(

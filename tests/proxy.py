@@ -86,6 +86,10 @@ class RecordProxy(threading.Thread):
         except (OSError, wire.StreamError):  # a peer closed under us: end this direction
             pass
 
+    def cut(self) -> None:
+        """Break both connections now, whatever is in flight (a network that fails)."""
+        self._cut()
+
     def _cut(self) -> None:
         for sock in self._socks:
             sock.shutdown(socket.SHUT_RDWR)

@@ -46,6 +46,11 @@ class Setup:
     compress_auto: bool = False  # x-compress-auto: the adaptive policy steers compression
     xbzrle: bool = False  # the xbzrle capability (the source's; a destination needs nothing)
     xbzrle_cache: str = "64M"  # xbzrle-cache-size
+    # postcopy-ram on both ends, switched once precopy has synced its bitmap twice; the
+    # destination runs the same workload from the switch on (its vCPU faults pages in).
+    postcopy: bool = False
+    preempt: bool = False  # postcopy-preempt on both ends
+    max_postcopy_bandwidth: str = "0"
     timeout: float = 120.0
 
     def source_commands(self) -> list[str]:
@@ -66,12 +71,18 @@ class Setup:
                 "migrate_set_capability xbzrle on",
                 f"migrate_set_parameter xbzrle-cache-size {self.xbzrle_cache}",
             ]
+        if self.postcopy:
+            cmds.append(
+                f"migrate_set_parameter max-postcopy-bandwidth {self.max_postcopy_bandwidth}"
+            )
         return self.common_commands() + cmds
 
     def destination_commands(self) -> list[str]:
         cmds = self.common_commands()
         if self.compress:
             cmds.append(f"migrate_set_parameter decompress-threads {self.dthreads}")
+        if self.postcopy:
+            cmds.append("migrate_set_capability postcopy-blocktime on")
         return cmds
 
     def common_commands(self) -> list[str]:
@@ -87,6 +98,10 @@ class Setup:
                 f"migrate_set_parameter multifd-channels {self.multifd}",
                 f"migrate_set_parameter multifd-compression {self.multifd_compression}",
             ]
+        if self.postcopy:
+            cmds.append("migrate_set_capability postcopy-ram on")
+        if self.preempt:
+            cmds.append("migrate_set_capability postcopy-preempt on")
         return cmds
 
 
@@ -109,6 +124,8 @@ class Result:
     rss_kib: dict[str, int]  # peak RSS per endpoint
     series: list[Sample] = field(default_factory=list)  # the engine's samples (x_migrate_export)
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU time each used while migrating
+    dst_info: dict[str, Any] = field(default_factory=dict)  # the destination's query-migrate
+    faults: dict[str, Any] = field(default_factory=dict)  # its x-query-postcopy-faults
 
     def number(self, key: str) -> float:
         """``figure`` of the final `query-migrate` (``total-time``, ``ram.transferred``...)."""
@@ -134,11 +151,11 @@ def migrating(setup: Setup) -> Iterator[tuple[Endpoint, Endpoint]]:
     """A destination and a source process, configured, with `migrate -d` issued: (src, dst)."""
     port = free_port()
     argv = ["qemu-hmp", "-m", setup.ram]
+    guest = ["--workload", setup.workload, "--seed", str(setup.seed)]
+    incoming = ["-incoming", f"tcp:127.0.0.1:{port}", *(guest if setup.postcopy else [])]
     with (
-        Endpoint([*argv, "-incoming", f"tcp:127.0.0.1:{port}"], name="dst", qmp=True) as dst,
-        Endpoint(
-            [*argv, "--workload", setup.workload, "--seed", str(setup.seed)], name="src", qmp=True
-        ) as src,
+        Endpoint([*argv, *incoming], name="dst", qmp=True) as dst,
+        Endpoint([*argv, *guest], name="src", qmp=True) as src,
     ):
         dst.wait_ready(60)
         src.wait_ready(60)
@@ -163,9 +180,15 @@ def run(setup: Setup, progress: Callable[[dict[str, Any]], None] | None = None) 
         ends = {"src": src, "dst": dst}
         cpu0 = {name: cpu_seconds(ep.proc.pid) for name, ep in ends.items()}  # just migrating
 
+        switched = False
+
         def ended(info: dict[str, Any]) -> bool:
+            nonlocal switched
             if progress:
                 progress(info)
+            if setup.postcopy and not switched and figure(info, "ram.dirty-sync-count") >= 2:
+                switched = True  # precopy is under way and has not converged: switch
+                src.execute("migrate_start_postcopy", 10)
             if info.get("status") == "active" and figure(info, "total-time") > setup.timeout * 1000:
                 src.qmp.execute("migrate_cancel")
             return info.get("status") in MIGRATION_ENDED
@@ -177,4 +200,13 @@ def run(setup: Setup, progress: Callable[[dict[str, Any]], None] | None = None) 
             export = Path(tmp) / "series.json"
             src.execute(f'x_migrate_export "{export}"', 10)
             series = series_from_json(export.read_text())
-        return Result(setup, str(info["status"]), info, rss, series, cpu)
+        dst_info: dict[str, Any] = {}
+        faults: dict[str, Any] = {}
+        if setup.postcopy:
+            dst_info = dst.qmp.poll(
+                "query-migrate",
+                lambda r: r.get("status") not in ("active", "postcopy-active"),
+                setup.timeout + CANCEL_S,
+            )
+            faults = dst.qmp.execute("x-query-postcopy-faults")
+        return Result(setup, str(info["status"]), info, rss, series, cpu, dst_info, faults)

@@ -180,6 +180,18 @@ def hmp_migrate_incoming(mon: Monitor, args: Args) -> None:
     mon.machine.migrate_incoming(str(args["uri"]))
 
 
+def hmp_migrate_start_postcopy(mon: Monitor, args: Args) -> None:
+    mon.machine.migrate_start_postcopy()
+
+
+def hmp_migrate_pause(mon: Monitor, args: Args) -> None:
+    mon.machine.migrate_pause()
+
+
+def hmp_migrate_recover(mon: Monitor, args: Args) -> None:
+    mon.machine.migrate_recover(str(args["uri"]))
+
+
 def hmp_migrate_continue(mon: Monitor, args: Args) -> None:
     state = str(args["state"])
     if state not in MigrationStatus.__members__.values():
@@ -297,6 +309,16 @@ COMMANDS: tuple[Command, ...] = (
         hmp_migrate_incoming,
     ),
     Command(
+        "migrate_pause", "", "", "Pause an ongoing migration (postcopy-only)", hmp_migrate_pause
+    ),
+    Command(
+        "migrate_recover",
+        "uri:s",
+        "uri",
+        "Continue a paused incoming postcopy migration",
+        hmp_migrate_recover,
+    ),
+    Command(
         "migrate_set_capability",
         "capability:s,state:b",
         "capability state",
@@ -309,6 +331,15 @@ COMMANDS: tuple[Command, ...] = (
         "parameter value",
         "Set the parameter for migration",
         hmp_migrate_set_parameter,
+    ),
+    Command(
+        "migrate_start_postcopy",
+        "",
+        "",
+        "Followup to a migration command to switch the migration to postcopy mode. The "
+        "postcopy-ram capability must be set on both source and destination before the "
+        "original migration command .",
+        hmp_migrate_start_postcopy,
     ),
     Command(
         "pmemsave",

@@ -119,6 +119,11 @@ def info_migrate(info: MigrationInfo) -> str:
         ]
     if info.cpu_throttle_percentage is not None:
         lines.append(f"cpu throttle percentage: {info.cpu_throttle_percentage}")
+    if info.postcopy_blocktime is not None:
+        lines.append(f"postcopy blocktime: {info.postcopy_blocktime}")
+    if info.postcopy_vcpu_blocktime is not None:
+        # QEMU's string output visitor: a list of one value per vCPU (one vCPU here).
+        lines.append("postcopy vcpu blocktime: " + ",".join(map(str, info.postcopy_vcpu_blocktime)))
     if info.socket_address is not None:
         lines += ["socket address: [", *(f"\t{addr}" for addr in info.socket_address), "]"]
     return "".join(line + "\n" for line in lines)

@@ -109,6 +109,11 @@ def _migrate(session: _Session, args: Args) -> Any:
     return {}
 
 
+def _migrate_recover(session: _Session, args: Args) -> Any:
+    session.machine.migrate_recover(args["uri"])
+    return {}
+
+
 def _human_monitor_command(session: _Session, args: Args) -> Any:
     if args.get("cpu-index", 0) != 0:  # qemu-hmp guests have one vCPU
         raise QmpError("Parameter 'cpu-index' expects a CPU number")
@@ -179,6 +184,13 @@ COMMANDS: dict[str, _Command] = {
     "migrate-set-parameters": _Command(qapi.SET_PARAMETERS, _set_parameters),
     "migrate": _Command(qapi.struct({"uri": qapi.string}, _MIGRATE_FLAGS), _migrate),
     "migrate_cancel": _Command(qapi.NO_ARGS, _done(Machine.migrate_cancel)),
+    "migrate-start-postcopy": _Command(qapi.NO_ARGS, _done(Machine.migrate_start_postcopy)),
+    "migrate-pause": _Command(qapi.NO_ARGS, _done(Machine.migrate_pause)),
+    "migrate-recover": _Command(qapi.struct({"uri": qapi.string}), _migrate_recover),
+    # Ours: each postcopy fault's wait on the destination, for `bench postcopy`.
+    "x-query-postcopy-faults": _Command(
+        qapi.NO_ARGS, lambda s, a: s.machine.query_postcopy_faults()
+    ),
     "migrate-incoming": _Command(qapi.struct({"uri": qapi.string}), _migrate_incoming),
     "migrate-continue": _Command(
         qapi.struct({"state": qapi.enum(tuple(MigrationStatus))}), _migrate_continue
