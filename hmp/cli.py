@@ -18,7 +18,7 @@ from engine.params import UINT64_MAX
 from engine.transport import AddressError
 from engine.workload import PROFILES, WorkloadSpec
 from hmp import harness, lab
-from hmp.exits import ProcessEnd, run_as_process, serve_until_quit
+from hmp.exits import ProcessEnd, deferred, run_as_process, serve_until_quit
 from hmp.log import extract_log_option, start_log
 from hmp.monitor import (
     QEMU_VERSION,
@@ -267,23 +267,27 @@ def main(argv: list[str] | None = None) -> int:
         if mon is not None:
             mon.error_report(message)
 
-    try:
-        machine = Machine(opts, notify=notify)
-    except AddressError as err:  # QEMU names the option whose address failed
-        return _fail(OptionError(err.report()).located(f"-incoming {opts.incoming}"))
-    except MigrationError as err:
-        return _fail(OptionError(err.report()))
-    except OSError as err:
-        return _fail(OptionError(err.strerror or str(err)))
     end = ProcessEnd()  # what a `quit` typed into QMP or a monitor socket releases
-    end.on_end(machine.close)
     try:  # from here a signal or a quit, whenever it comes, releases all that exists
-        mon = Monitor(machine)
-        try:
-            qmp = QmpFrontend(machine, qmp_specs, end)
-            sockets = MonitorSockets(machine, monitor_specs, end)
-        except OptionError as err:
-            return _fail(err)
+        # A signal raised inside a constructor that starts threads (or inside
+        # Thread.start) would lose what it started: it waits until startup is over, but
+        # for the waits for a first client (wait=on), which it may end.
+        with deferred():
+            try:
+                machine = Machine(opts, notify=notify)
+            except AddressError as err:  # QEMU names the option whose address failed
+                return _fail(OptionError(err.report()).located(f"-incoming {opts.incoming}"))
+            except MigrationError as err:
+                return _fail(OptionError(err.report()))
+            except OSError as err:
+                return _fail(OptionError(err.strerror or str(err)))
+            end.on_end(machine.close)
+            mon = Monitor(machine)
+            try:
+                qmp = QmpFrontend(machine, qmp_specs, end)
+                sockets = MonitorSockets(machine, monitor_specs, end)
+            except OptionError as err:
+                return _fail(err)
         stdio = any(spec.stdio for spec in monitor_specs)
         return _run_monitor(mon, shell, stdio, others=bool(qmp.servers or sockets.servers))
     finally:

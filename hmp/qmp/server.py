@@ -31,6 +31,7 @@ from engine.machine import Machine
 from engine.state import MigrationStatus
 from engine.transport import Address, listen
 from hmp.chardev import qmp_chardev
+from hmp.exits import interruptible
 from hmp.monitor import QEMU_VERSION, Monitor, package_version
 from hmp.qemuopts import OptionError
 from hmp.qmp import qapi
@@ -476,7 +477,8 @@ class QmpServer:
         """Accept clients from now on; with ``wait=on``, return once the first one connected."""
         self._accepter.start()
         if self.spec.wait:
-            self._first_client.wait()
+            with interruptible():  # a client may never come: a signal still ends the wait
+                self._first_client.wait()
 
     def _accept(self) -> None:
         while not self._closed.is_set():
