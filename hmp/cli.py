@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+import threading
 from collections.abc import Callable
 
 from engine.errors import MigrationError
@@ -233,6 +234,31 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
     return MachineOptions(loaders=tuple(loaders), **opts)  # type: ignore[arg-type]
 
 
+class Notices:
+    """What the machine's threads report (a failed incoming load...) goes to the monitor's
+    stderr; one that comes before the monitor exists (an `-incoming exec:` stream can fail
+    while the machine is still being built) waits for it rather than being lost."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._early: list[str] | None = []  # None once attached
+        self._mon: Monitor | None = None
+
+    def report(self, message: str) -> None:
+        with self._lock:
+            if self._early is not None:
+                self._early.append(message)
+                return
+        assert self._mon is not None
+        self._mon.error_report(message)
+
+    def attach(self, mon: Monitor) -> None:
+        with self._lock:  # in order: nothing reported meanwhile overtakes the early ones
+            self._mon, early, self._early = mon, self._early or [], None
+            for message in early:
+                mon.error_report(message)
+
+
 def _fail(err: OptionError) -> int:
     """Print QEMU's messages about the command line, each after ``qemu-hmp: ``; status 1."""
     sys.stderr.write("".join(f"qemu-hmp: {message}\n" for message in err.messages))
@@ -261,12 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(OptionError(str(err)))
     if opts is None:
         return 0
-    mon: Monitor | None = None
-
-    def notify(message: str) -> None:
-        if mon is not None:
-            mon.error_report(message)
-
+    notices = Notices()
     end = ProcessEnd()  # what a `quit` typed into QMP or a monitor socket releases
     try:  # from here a signal or a quit, whenever it comes, releases all that exists
         # A signal raised inside a constructor that starts threads (or inside
@@ -274,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         # for the waits for a first client (wait=on), which it may end.
         with deferred():
             try:
-                machine = Machine(opts, notify=notify)
+                machine = Machine(opts, notify=notices.report)
             except AddressError as err:  # QEMU names the option whose address failed
                 return _fail(OptionError(err.report()).located(f"-incoming {opts.incoming}"))
             except MigrationError as err:
@@ -283,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _fail(OptionError(err.strerror or str(err)))
             end.on_end(machine.close)
             mon = Monitor(machine)
+            notices.attach(mon)
             try:
                 qmp = QmpFrontend(machine, qmp_specs, end)
                 sockets = MonitorSockets(machine, monitor_specs, end)
