@@ -1,7 +1,7 @@
 """Where a cancel cuts the stream: between two records, saying nothing, unless a write was in
 progress (blocked: tests/test_stalls.py has QEMU's `Unable to write to socket` for that).
 
-transcripts/cancel.hmpt failed 1 run in 8 under load: the cancel shut the socket down while
+transcripts/cancel.hmpt failed 3 runs in 16 under load: the cancel shut the socket down while
 the migration thread prepared a batch, whose send then failed and was reported on stderr
 (`Unable to write to socket: Connection reset by peer`). Here the cancel is forced into that
 window: it comes from inside the batch's preparation, on the migration thread itself.
