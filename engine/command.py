@@ -9,12 +9,14 @@ group of its own, killed with it when the migration ends early.
 
 Such a stream has no return path, so the completion handshake cannot run over it: a saved
 stream ends with DONE (the run state and the RAM digest), the source completes once the
-command has read it all and exited with status 0, and the destination checks the digest
-before its guest runs (docs/ARCHITECTURE.md, "Streams without a return path").
+command has read it all (checked: unread bytes reset our end) and exited with status 0, and
+the destination checks the digest before its guest runs (docs/ARCHITECTURE.md, "Streams
+without a return path").
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -58,7 +60,8 @@ class CommandChannel:
 
     def finish(self, timeout: float) -> None:
         """The stream is written: end it (EOF to the command) and wait for the command to
-        exit; a status other than 0 or no exit within ``timeout`` raises MigrationError."""
+        exit; a status other than 0 or no exit within ``timeout`` raises MigrationError, a
+        stream it left unread OSError (EPIPE)."""
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -72,6 +75,12 @@ class CommandChannel:
             ) from None
         if status != 0:
             raise MigrationError(f"the command '{self.command}' {_exit_text(status)}")
+        # A command that exits with part of the stream unread leaves our end reset (af_unix
+        # sets ECONNRESET on the peer of a socket closed with data queued): the stream was
+        # lost as surely as by a write it refused, and says so with that write's error, so
+        # `exec:true` fails the same way whether it exits before or after the last write.
+        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))
 
     def end(self, wait: float) -> str | None:
         """Give the command ``wait`` seconds to exit, then kill its process group: how it

@@ -12,13 +12,15 @@ setup → active: connect, send header and configuration, mark every page dirty,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -230,6 +232,10 @@ class OutgoingMigration(threading.Thread):
         self._phase = MigrationStatus.ACTIVE  # QEMU's current_active_state: active, then device
         self._connected = threading.Event()  # set once the connection is up or has failed
         self._sock: socket.socket | None = None
+        # The thread waits on the socket (a full send buffer, a reply): only a shutdown ends
+        # that wait. Otherwise a cancel leaves the socket to the thread, which stops at the
+        # next record, so the destination sees the stream end between two records.
+        self._blocked = False
         self._command: CommandChannel | None = None  # exec: the command the stream goes to
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
         self._rate_param = "max-bandwidth"  # max-postcopy-bandwidth once postcopy runs
@@ -294,10 +300,13 @@ class OutgoingMigration(threading.Thread):
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
         if paused:  # QEMU 7.2 stays in cancelling: nothing runs to end the paused migration
             return
-        self._cancel.set()
+        with self._lock:
+            self._cancel.set()
+            blocked = self._blocked
         self._continue.set()  # QEMU's cancel posts the pause semaphore too
         self._end_pacing()
-        shutdown(self._sock)
+        if blocked or in_postcopy:  # postcopy's return path reads the socket: it must end too
+            shutdown(self._sock)
         shutdown(self._preempt)
         if self._multifd:
             self._multifd.hang_up()
@@ -1062,17 +1071,44 @@ class OutgoingMigration(threading.Thread):
 
     # -- I/O ---------------------------------------------------------------------------------
     def _send(self, buffers: list[bytes | memoryview], sock: socket.socket | None = None) -> int:
-        """Write whole records (on the main stream, or ``sock``); the caller accounts them.
-        Returns the bytes written."""
-        sock = sock or self._sock
-        assert sock is not None
+        """Write whole records (on the main stream, or ``sock``: postcopy-preempt's channel,
+        from the return path's thread); the caller accounts them. Returns the bytes written."""
         t0 = time.monotonic()
-        nbytes = send_buffers(sock, buffers)
+        if sock is not None:
+            nbytes = send_buffers(sock, buffers)
+        else:
+            assert self._sock is not None
+            self._check_stop()  # a cancel that came ends the stream here, between two records
+            nbytes = send_buffers(self._sock, buffers, self._wait_writable)
         if self._policy:
             self._policy.sent(nbytes, time.monotonic() - t0)
         self._limiter.charge(nbytes)
         self._link.pace(nbytes)
         return nbytes
+
+    def _wait_writable(self) -> None:
+        """The destination does not drain the stream: a write is in progress, which a cancel
+        breaks (QEMU reports the socket's error then, as its blocked writev gets it)."""
+        assert self._sock is not None
+        with self._breakable():
+            poll = select.poll()
+            poll.register(self._sock, select.POLLOUT)
+            poll.poll()
+
+    @contextlib.contextmanager
+    def _breakable(self) -> Iterator[None]:
+        """A wait on the socket that only a shutdown ends: a cancel, now or already come,
+        shuts the socket down."""
+        with self._lock:
+            cancelled = self._cancel.is_set()
+            self._blocked = True
+        try:
+            if cancelled:
+                shutdown(self._sock)
+            yield
+        finally:
+            with self._lock:
+                self._blocked = False
 
     def _send_eos(self) -> None:
         self.stats.add_ram(self._send([wire.record(wire.Rec.EOS)]), self.vm.running)
@@ -1110,7 +1146,8 @@ class OutgoingMigration(threading.Thread):
         assert self._sock is not None
         self._sock.settimeout(self._switchover_timeout)
         try:
-            reply = wire.read_reply(self._sock)
+            with self._breakable():
+                reply = wire.read_reply(self._sock)
         except TimeoutError:
             raise MigrationError(
                 self._lost(f"no answer within {self._switchover_timeout:g} s")

@@ -357,12 +357,26 @@ def shutdown(sock: socket.socket | None) -> None:
             pass
 
 
-def send_buffers(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> int:
-    """Gathered write of every buffer (sendmsg, resuming after partial writes); bytes sent."""
+def send_buffers(
+    sock: socket.socket,
+    buffers: Sequence[bytes | memoryview],
+    blocked: Callable[[], None] | None = None,
+) -> int:
+    """Gathered write of every buffer (sendmsg, resuming after partial writes); bytes sent.
+
+    With ``blocked``, a write never blocks in the kernel: when the socket's buffer is full,
+    ``blocked()`` waits instead (so its owner knows a write is in progress, and may break it).
+    """
     views = [memoryview(b).cast("B") for b in buffers if len(b)]
     total = sum(len(v) for v in views)
+    flags = 0 if blocked is None else socket.MSG_DONTWAIT
     while views:
-        sent = sock.sendmsg(views[:512])
+        try:
+            sent = sock.sendmsg(views[:512], [], flags)
+        except BlockingIOError:
+            assert blocked is not None
+            blocked()
+            continue
         while sent:
             if sent >= len(views[0]):
                 sent -= len(views.pop(0))

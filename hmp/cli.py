@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+import threading
 from collections.abc import Callable
 
 from engine.errors import MigrationError
@@ -18,7 +19,7 @@ from engine.params import UINT64_MAX
 from engine.transport import AddressError
 from engine.workload import PROFILES, WorkloadSpec
 from hmp import harness, lab
-from hmp.exits import ProcessEnd, run_as_process, serve_until_quit
+from hmp.exits import ProcessEnd, deferred, run_as_process, serve_until_quit
 from hmp.log import extract_log_option, start_log
 from hmp.monitor import (
     DIALECTS,
@@ -247,6 +248,31 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
     return MachineOptions(loaders=tuple(loaders), **opts)  # type: ignore[arg-type]
 
 
+class Notices:
+    """What the machine's threads report (a failed incoming load...) goes to the monitor's
+    stderr; one that comes before the monitor exists (an `-incoming exec:` stream can fail
+    while the machine is still being built) waits for it rather than being lost."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._early: list[str] | None = []  # None once attached
+        self._mon: Monitor | None = None
+
+    def report(self, message: str) -> None:
+        with self._lock:
+            if self._early is not None:
+                self._early.append(message)
+                return
+        assert self._mon is not None
+        self._mon.error_report(message)
+
+    def attach(self, mon: Monitor) -> None:
+        with self._lock:  # in order: nothing reported meanwhile overtakes the early ones
+            self._mon, early, self._early = mon, self._early or [], None
+            for message in early:
+                mon.error_report(message)
+
+
 def _fail(err: OptionError) -> int:
     """Print QEMU's messages about the command line, each after ``qemu-hmp: ``; status 1."""
     sys.stderr.write("".join(f"qemu-hmp: {message}\n" for message in err.messages))
@@ -275,29 +301,29 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(OptionError(str(err)))
     if opts is None:
         return 0
-    mon: Monitor | None = None
-
-    def notify(message: str) -> None:
-        if mon is not None:
-            mon.error_report(message)
-
-    try:
-        machine = Machine(opts, notify=notify)
-    except AddressError as err:  # QEMU names the option whose address failed
-        return _fail(OptionError(err.report()).located(f"-incoming {opts.incoming}"))
-    except MigrationError as err:
-        return _fail(OptionError(err.report()))
-    except OSError as err:
-        return _fail(OptionError(err.strerror or str(err)))
+    notices = Notices()
     end = ProcessEnd()  # what a `quit` typed into QMP or a monitor socket releases
-    end.on_end(machine.close)
     try:  # from here a signal or a quit, whenever it comes, releases all that exists
-        mon = Monitor(machine)
-        try:
-            qmp = QmpFrontend(machine, qmp_specs, end)
-            sockets = MonitorSockets(machine, monitor_specs, end)
-        except OptionError as err:
-            return _fail(err)
+        # A signal raised inside a constructor that starts threads (or inside
+        # Thread.start) would lose what it started: it waits until startup is over, but
+        # for the waits for a first client (wait=on), which it may end.
+        with deferred():
+            try:
+                machine = Machine(opts, notify=notices.report)
+            except AddressError as err:  # QEMU names the option whose address failed
+                return _fail(OptionError(err.report()).located(f"-incoming {opts.incoming}"))
+            except MigrationError as err:
+                return _fail(OptionError(err.report()))
+            except OSError as err:
+                return _fail(OptionError(err.strerror or str(err)))
+            end.on_end(machine.close)
+            mon = Monitor(machine)
+            notices.attach(mon)
+            try:
+                qmp = QmpFrontend(machine, qmp_specs, end)
+                sockets = MonitorSockets(machine, monitor_specs, end)
+            except OptionError as err:
+                return _fail(err)
         stdio = any(spec.stdio for spec in monitor_specs)
         return _run_monitor(mon, shell, stdio, others=bool(qmp.servers or sockets.servers))
     finally:

@@ -11,14 +11,17 @@ than stdio (QMP, a monitor socket) ends the process from that front end's thread
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
 import termios
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import NoReturn
+
+log = logging.getLogger(__name__)
 
 
 class Terminated(BaseException):
@@ -30,11 +33,53 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+_deferred: list[int] = []  # signals that came inside `deferred()`; the main thread's only
+_deferring = False
+
+
 def _terminate(signum: int, _frame: FrameType | None) -> None:
     # Later signals must not interrupt the cleanup this one starts (its waits are bounded).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+    if _deferring:
+        _deferred.append(signum)
+        return
     raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A signal that comes inside waits until the block is over (then it raises Terminated).
+
+    The handler raises wherever the main thread is; inside a constructor that has started
+    threads, or before its result is registered for release, what exists would be lost to
+    the cleanup and a non-daemon thread would keep the process from ending. Only for blocks
+    that end by themselves, soon.
+    """
+    global _deferring
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+    _raise_deferred()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside `deferred()`, a wait a signal may end (a first client that may never come)."""
+    global _deferring
+    outer, _deferring = _deferring, False
+    try:
+        _raise_deferred()
+        yield
+    finally:
+        _deferring = outer
+
+
+def _raise_deferred() -> None:
+    if _deferred:
+        raise Terminated(_deferred.pop())
 
 
 def _silence_stdout() -> None:
@@ -104,7 +149,10 @@ class ProcessEnd:
         with self._lock:
             cleanups, self._cleanups = self._cleanups, []
         for cleanup in reversed(cleanups):
-            cleanup()
+            try:
+                cleanup()
+            except Exception:  # one that fails must not keep the others from releasing
+                log.exception("releasing %r at the end", cleanup)
 
     def now(self) -> NoReturn:
         self.release()
@@ -121,6 +169,7 @@ def serve_until_quit() -> None:
     """After stdin's monitor ended (or without one): serve the other front ends until one of
     them quits (`ProcessEnd`), or Ctrl-C, as QEMU outlives its monitor's input."""
     try:
-        threading.Event().wait()
+        while True:  # no Condition: a signal raising inside its wait can half-release its lock
+            signal.pause()
     except KeyboardInterrupt:
         sys.stderr.write("qemu-hmp: terminating on signal 2\n")

@@ -52,6 +52,11 @@ def test_listener_closes_once_the_migration_is_connected(machines, channels):
     incoming = dst._incoming
     assert incoming is not None
     wait_until("the destination's listener closed", lambda: incoming.listener.closed)
+    # The source says active once its own setup is over, which may come after the
+    # destination has every multifd channel (as in QEMU): wait for setup to end.
+    wait_until(
+        "the source's setup over", lambda: src.query_migrate().status is not MigrationStatus.SETUP
+    )
     assert src.query_migrate().status is MigrationStatus.ACTIVE  # while it migrates
     assert refused(uri)
     src.set_parameters({"max-bandwidth": 0})

@@ -24,7 +24,7 @@ from engine.errors import MigrationError
 from engine.machine import Machine
 from engine.transport import Address, Listener
 from hmp.chardev import monitor_chardev, socket_chardev
-from hmp.exits import ProcessEnd
+from hmp.exits import ProcessEnd, interruptible
 from hmp.monitor.readline import ENCODING, LineEditor, complete
 from hmp.monitor.session import Monitor
 from hmp.qemuopts import OptionError, flag, take_option
@@ -168,11 +168,15 @@ class MonitorSocket:
                 f"disconnected:{self._where()},server=on\n"
             )
             sys.stderr.flush()
-            first = self._listener.accept(self._closed)
-        self._thread = threading.Thread(
+            with interruptible():  # a client may never come: a signal still ends the wait
+                first = self._listener.accept(self._closed)
+        thread = threading.Thread(
             target=self._serve, args=(first,), name="monitor-socket", daemon=True
         )
-        self._thread.start()
+        thread.start()
+        # Only a started thread may be joined: a signal inside start() leaves close() one
+        # that may never have begun (it ends by itself once it sees `_closed`).
+        self._thread = thread
 
     def _where(self) -> str:
         addr = self.address

@@ -34,6 +34,7 @@ from engine.params11 import TABLE_11_1
 from engine.state import MigrationStatus
 from engine.transport import Address, UnknownProtocol, listen, parse_uri
 from hmp.chardev import qmp_chardev
+from hmp.exits import interruptible
 from hmp.monitor import Monitor, dialect_of, package_version
 from hmp.qemuopts import OptionError
 from hmp.qmp import qapi
@@ -543,7 +544,8 @@ class QmpServer:
         """Accept clients from now on; with ``wait=on``, return once the first one connected."""
         self._accepter.start()
         if self.spec.wait:
-            self._first_client.wait()
+            with interruptible():  # a client may never come: a signal still ends the wait
+                self._first_client.wait()
 
     def _accept(self) -> None:
         while not self._closed.is_set():

@@ -20,7 +20,7 @@ from prompt_toolkit.completion import Completer
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input
-from prompt_toolkit.input.typeahead import store_typeahead
+from prompt_toolkit.input.typeahead import get_typeahead, store_typeahead
 from prompt_toolkit.key_binding import KeyBindings, KeyPress, KeyPressEvent
 from prompt_toolkit.keys import Keys
 from prompt_toolkit.layout import FormattedTextControl, Layout, Window
@@ -146,10 +146,19 @@ def wait_with_progress(session: PromptSession[str], machine: Machine) -> Migrati
         app.create_background_task(watch())
 
     detached = not app.run(pre_run=start)
-    store_typeahead(app.input, typed)
+    keep_typed_ahead(app.input, typed)
     if detached:
         sys.stdout.write(DETACHED)
     return machine.query_migrate()
+
+
+def keep_typed_ahead(input: Input, typed: list[KeyPress]) -> None:
+    """Hand the keys typed during the wait to the next prompt, in the order they were typed.
+
+    An application that exits stores the keys it had read but not yet dispatched as typeahead
+    itself; ``typed`` came before those, so it goes first (appended after, ``info status``
+    then Enter reached the prompt as Enter, then ``info status`` with no Enter)."""
+    store_typeahead(input, typed + get_typeahead(input))
 
 
 def prompt_loop(
