@@ -267,11 +267,13 @@ class IncomingMigration(threading.Thread):
             conn.close()
             self._done.set()
 
-    def _postcopy_run(self, runstate: RunState) -> None:
-        """The switch arrived: the guest runs here now, its missing pages fetched on demand."""
+    def _postcopy_run(self, _source_state: RunState) -> None:
+        """The switch arrived: the guest runs here now, its missing pages fetched on demand.
+        Whatever state the source was in (a paused or never started one too): QEMU 7.2's
+        loadvm_postcopy_handle_run_bh runs the guest unless -S, ignoring its global state."""
         self._show_blocktime = self._blocktime()
         self._set_status(MigrationStatus.POSTCOPY_ACTIVE, None)
-        self._take_guest(runstate)
+        self._take_guest(RunState.RUNNING)
 
     def _postcopy_lost(self, conn: socket.socket, error: str, *, digest: bool) -> bool:
         """After the switch this side runs the guest: a broken stream pauses (QEMU's

@@ -25,6 +25,7 @@ ALIKE = [
     "compress-image.hmpt",
     "cancel-source.hmpt",
     "dst-killed.hmpt",
+    "postcopy-image.hmpt",
 ]
 
 

@@ -429,3 +429,21 @@ def test_release_ram_frees_the_source_s_pages_as_postcopy_sends_them(machines):
     assert info.ram is not None
     # What postcopy sent left the source: its RAM shrank by about that much.
     assert before - resident(address) >= info.ram.postcopy_bytes // 2
+
+
+def test_a_never_started_source_s_guest_runs_on_the_destination(machines):
+    """QEMU 7.2's switch starts the destination's guest unless -S, whatever the source's
+    state: a source that never ran (-S, prelaunch) does not leave it paused (prelaunch)."""
+    dst, uri = dest(machines)
+    src = make(machines, start_paused=True)
+    for m in (src, dst):
+        m.set_capabilities({"postcopy-ram": True})
+    src.set_parameters({"max-bandwidth": 16 << 10})  # zeros at 5 bytes a page: seconds a pass
+    dst_watch = Watch(dst)
+    src.migrate(uri)
+    src.migrate_start_postcopy()  # before precopy's first pass can end
+    assert src.wait_migration(60).status is MigrationStatus.COMPLETED
+    dst_watch.wait_status("completed")
+    assert dst_watch.statuses() == ["active", "postcopy-active", "completed"]
+    assert dst.query_status().status is RunState.RUNNING
+    assert src.query_status().status is RunState.POSTMIGRATE

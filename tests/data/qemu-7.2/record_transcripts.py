@@ -1,5 +1,5 @@
 """Re-record what QEMU 7.2 answers to the transcripts it answers alike:
-``python tests/data/qemu-7.2/record_transcripts.py``.
+``python tests/data/qemu-7.2/record_transcripts.py [NAME.hmpt...]`` (all of ALIKE by default).
 
 Each transcript of ALIKE (tests/test_against_qemu.py) runs with its qemu-hmp endpoints as
 real QEMUs (``qemu-hmp replay --against-qemu``); every step's output is stored raw, as QEMU
@@ -31,8 +31,11 @@ class RawSession(Session):
         return replace(step, expected=self._actual(step))
 
 
-def main() -> None:
-    for name in ALIKE:
+def main(names: list[str]) -> None:
+    unknown = set(names) - set(ALIKE)
+    if unknown:
+        raise SystemExit(f"not in ALIKE: {', '.join(sorted(unknown))}")
+    for name in names or ALIKE:
         steps = parse((ROOT / "transcripts" / name).read_text())
         errors: list[str] = []
         with RawSession(against_qemu=True, here=str(ROOT / "transcripts")) as session:
@@ -44,4 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
