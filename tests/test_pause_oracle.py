@@ -6,49 +6,29 @@ migrate-continue errors as QEMU's; and a cancel while paused gives the guest bac
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hmp_replay
 import pytest
+from hmp_replay import steps
 from info_layout import layout
 from qmp_helpers import RawClient, endpoint
-from test_machine import Watch, ram_hash
+from test_machine import ram_hash
 
-from engine.machine import Machine, MachineOptions
+from engine.machine import MachineOptions
 from engine.state import MigrationStatus
-from hmp.monitor import Monitor
 from hmp.qmp import qapi
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "pause"
 MiB = 1 << 20
 
 
-def steps(text: str) -> list[tuple[str, str]]:
-    """(command, output) of each recorded step; comments and stderr lines dropped."""
-    out: list[tuple[str, str]] = []
-    for line in text.splitlines():
-        if line.startswith("(qemu) "):
-            out.append((line.removeprefix("(qemu) "), ""))
-        elif out and not line.startswith("# "):
-            out[-1] = (out[-1][0], out[-1][1] + line + "\n")
-    return out
-
-
-class Side:
+class Side(hmp_replay.Side):
     def __init__(self, opts: MachineOptions) -> None:
-        self.machine = Machine(opts)
-        self.machine.set_capabilities({"events": True})  # to wait on; `info` never shows it
-        self.out = io.StringIO()
-        self.mon = Monitor(self.machine, self.out, io.StringIO())
-        self.watch = Watch(self.machine)
-
-    def run(self, command: str) -> str:
-        self.out.seek(0), self.out.truncate()
-        self.mon.execute(command)
-        return self.out.getvalue()
+        super().__init__(opts, events=True)
 
     def check(self, command: str, expected: str) -> None:
         if command == "info migrate":
