@@ -49,16 +49,13 @@ def snapshot(cwd: Path) -> str:
 
 
 def qmp(cwd: Path) -> list[dict[str, object]]:
-    pair = Pair(QEMU, str(cwd))
-    try:
+    with Pair(QEMU, str(cwd)) as pair:
         pair.start("src", ["-m", "128"])
         pair.step("src", NEG)
         pair.step("src", x("migrate-set-capabilities", caps(events=True, background_snapshot=True)))
         pair.step("src", x("migrate", {"uri": "exec:cat > snap2.bin"}))
         pair.poll_migrate("src", ("completed", "failed"))
         pair.step("src", x("query-status"))
-    finally:
-        pair.close()
     return pair.out
 
 
