@@ -240,13 +240,6 @@ def test_qemu_killed_while_a_command_waits(qemu: Qemu) -> None:
     )
 
 
-@pytest.fixture
-def term(tmp_path: Path) -> Iterator[Terminal]:
-    t = Terminal(tmp_path)
-    yield t
-    t.kill()
-
-
 @pytest.mark.qemu
 @pytest.mark.tty
 def test_typing_and_completion_at_a_real_qemu(term: Terminal, qemu: Qemu) -> None:
