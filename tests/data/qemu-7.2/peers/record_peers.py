@@ -44,6 +44,23 @@ def destination(cwd: Path, port: int) -> Session:
     return Session(["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"], port, cwd)
 
 
+def random_pair(cwd: Path, seed: int, capability: str) -> tuple[Session, Session, int]:
+    """A destination, then a random_source, ``capability`` on at both; and the port."""
+    port = free_port()
+    dst = destination(cwd, port)
+    dst.record(f"migrate_set_capability {capability} on")
+    src = random_source(cwd, seed, port)
+    src.record(f"migrate_set_capability {capability} on")
+    return src, dst, port
+
+
+def completed(src: Session, dst: Session) -> tuple[str, str]:
+    """Both sides' recordings once the migration between them completed."""
+    src.poll("info migrate", "Migration status: completed", timeout=60)
+    dst.poll("info migrate", "Migration status: completed")
+    return src.text(), dst.text()
+
+
 class Session:
     def __init__(self, args: list[str], port: int, cwd: Path) -> None:
         self.port = port

@@ -19,17 +19,13 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "peers"))
-from record_peers import QEMU, destination, free_port, random_source  # noqa: E402
+from record_peers import QEMU, completed, destination, free_port, random_pair  # noqa: E402
 
 from hmp.harness.qmp_client import QmpClient  # noqa: E402
 
 
 def record(cwd: Path) -> tuple[str, str]:
-    port = free_port()
-    dst = destination(cwd, port)
-    dst.record("migrate_set_capability xbzrle on")
-    src = random_source(cwd, 0x2B21E, port)
-    src.record("migrate_set_capability xbzrle on")
+    src, dst, port = random_pair(cwd, 0x2B21E, "xbzrle")
     src.record("info migrate_capabilities")
     for size in ("3M", "1000", "0", "16M"):
         src.record(f"migrate_set_parameter xbzrle-cache-size {size}")
@@ -40,9 +36,7 @@ def record(cwd: Path) -> tuple[str, str]:
     src.record("migrate_set_parameter xbzrle-cache-size 8M")
     src.record("info migrate")
     src.record("migrate_set_parameter max-bandwidth 1G")
-    src.poll("info migrate", "Migration status: completed", timeout=60)
-    dst.poll("info migrate", "Migration status: completed")
-    return src.text(), dst.text()
+    return completed(src, dst)
 
 
 def query_migrate(cwd: Path) -> dict[str, object]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "peers"))
-from record_peers import Session, destination, free_port, random_source  # noqa: E402
+from record_peers import Session, completed, random_pair  # noqa: E402
 
 NO_PORT = 987654321  # Session masks its port in outputs: one that appears nowhere
 
@@ -38,16 +38,10 @@ def checks(cwd: Path) -> str:
 
 
 def migration(cwd: Path) -> tuple[str, str]:
-    port = free_port()
-    dst = destination(cwd, port)
-    dst.record("migrate_set_capability multifd on")
-    src = random_source(cwd, 0x2C0, port)
-    src.record("migrate_set_capability multifd on")
+    src, dst, port = random_pair(cwd, 0x2C0, "multifd")
     src.record("migrate_set_capability zero-copy-send on")
     src.record(f"migrate -d tcp:127.0.0.1:{port}")
-    src.poll("info migrate", "Migration status: completed", timeout=60)
-    dst.poll("info migrate", "Migration status: completed")
-    return src.text(), dst.text()
+    return completed(src, dst)
 
 
 def main() -> None:
