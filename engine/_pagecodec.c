@@ -158,6 +158,132 @@ uint32_list(const uint32_t *values, Py_ssize_t n)
     return list;
 }
 
+/* (payload, sizes, crcs) from n compressed segments, CAPACITY apart in out, packed back to
+ * back; NULL with an exception set. */
+static PyObject *
+segments(const uint8_t *out, const uint32_t *sizes, const uint32_t *crcs, Py_ssize_t n)
+{
+    PyObject *result = NULL;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        total += sizes[k];
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, total);
+    PyObject *lengths = uint32_list(sizes, n), *checks = uint32_list(crcs, n);
+    if (payload != NULL && lengths != NULL && checks != NULL) {
+        char *at = PyBytes_AS_STRING(payload);
+        for (Py_ssize_t k = 0; k < n; k++) {
+            memcpy(at, out + k * CAPACITY, sizes[k]);
+            at += sizes[k];
+        }
+        result = PyTuple_Pack(3, payload, lengths, checks);
+    }
+    Py_XDECREF(payload);
+    Py_XDECREF(lengths);
+    Py_XDECREF(checks);
+    return result;
+}
+
+/* One segment back into its page; 0 when it does not decode to exactly one page. */
+typedef int (*page_decoder)(void *ctx, const uint8_t *in, Py_ssize_t len, uint8_t *page);
+
+/* What each codec's decompress_into checks and says. */
+typedef struct {
+    page_decoder decode;
+    int (*bound)(void); /* for the module-level calls: the library is bound */
+    Py_ssize_t least, most; /* a segment's size */
+    const char *bad_size, *bad_page; /* bad_page may name the page (%zd) */
+} Decoding;
+
+/* A decompress_into call's arguments (ram, pages, payload, sizes) and what it allocates. */
+typedef struct {
+    Py_buffer ram, payload;
+    PyObject *pages, *lengths;
+    Py_ssize_t n, *index, *size;
+    uint32_t *crcs;
+} Decode;
+
+/* 0 with an exception set, and nothing held, when the arguments do not parse. */
+static int
+decode_parse(PyObject *args, Decode *d)
+{
+    memset(d, 0, sizeof(*d));
+    if (!PyArg_ParseTuple(args, "w*O!y*O!", &d->ram, &PyList_Type, &d->pages, &d->payload,
+                          &PyList_Type, &d->lengths))
+        return 0;
+    d->n = PyList_GET_SIZE(d->pages);
+    return 1;
+}
+
+static void
+decode_release(Decode *d)
+{
+    PyMem_Free(d->crcs);
+    PyMem_Free(d->size);
+    PyMem_Free(d->index);
+    PyBuffer_Release(&d->payload);
+    PyBuffer_Release(&d->ram);
+}
+
+/* -> crcs: every size checked first (nothing written on a bad one), then each segment, back
+ * to back in payload, decoded into its page and its CRC taken, without the GIL; ValueError on
+ * the first that fails. */
+static PyObject *
+decode_into(Decode *d, const Decoding *how, void *ctx)
+{
+    Py_ssize_t n = d->n, failed = -1, used = 0;
+    if (PyList_GET_SIZE(d->lengths) != n) {
+        PyErr_SetString(PyExc_ValueError, "one size per page");
+        return NULL;
+    }
+    Py_ssize_t *index = d->index = page_numbers(d->pages, n, d->ram.len);
+    Py_ssize_t *size = d->size = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
+    uint32_t *crcs = d->crcs = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t));
+    if (index == NULL || size == NULL || crcs == NULL) {
+        if (index != NULL)
+            PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        size[k] = PyLong_AsSsize_t(PyList_GET_ITEM(d->lengths, k));
+        if (size[k] < how->least || size[k] > how->most || size[k] > d->payload.len - used) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, how->bad_size);
+            return NULL;
+        }
+        used += size[k];
+    }
+    page_decoder decode = how->decode;
+    Py_BEGIN_ALLOW_THREADS
+    const uint8_t *at = d->payload.buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint8_t *page = (uint8_t *)d->ram.buf + index[k] * PAGE;
+        if (!decode(ctx, at, size[k], page)) {
+            failed = k;
+            break;
+        }
+        at += size[k];
+        crcs[k] = crc32_run(0, page, PAGE);
+    }
+    Py_END_ALLOW_THREADS
+    if (failed >= 0) {
+        PyErr_Format(PyExc_ValueError, how->bad_page, index[failed]);
+        return NULL;
+    }
+    return uint32_list(crcs, n);
+}
+
+/* A module-level decompress_into: the library bound, then decode_into. */
+static PyObject *
+decode_call(PyObject *args, const Decoding *how)
+{
+    Decode d;
+    if (!decode_parse(args, &d))
+        return NULL;
+    PyObject *result = how->bound() ? decode_into(&d, how, NULL) : NULL;
+    decode_release(&d);
+    return result;
+}
+
 /* -- Deflater ------------------------------------------------------------------------- */
 
 typedef struct {
@@ -203,7 +329,7 @@ static PyObject *
 deflater_compress(Deflater *self, PyObject *args)
 {
     Py_buffer ram;
-    PyObject *pages, *payload = NULL, *lengths = NULL, *checks = NULL, *result = NULL;
+    PyObject *pages, *result = NULL;
     if (!PyArg_ParseTuple(args, "y*O!", &ram, &PyList_Type, &pages))
         return NULL;
     if (!take(self->ready, &self->busy)) {
@@ -244,29 +370,12 @@ deflater_compress(Deflater *self, PyObject *args)
         crcs[k] = crc32_run(0, page, PAGE);
     }
     Py_END_ALLOW_THREADS
-    if (failed >= 0) {
+    if (failed >= 0)
         PyErr_Format(PyExc_RuntimeError, "deflate failed on page %zd", index[failed]);
-        goto done;
-    }
-    Py_ssize_t total = 0;
-    for (Py_ssize_t k = 0; k < n; k++)
-        total += sizes[k];
-    payload = PyBytes_FromStringAndSize(NULL, total);
-    lengths = uint32_list(sizes, n);
-    checks = uint32_list(crcs, n);
-    if (payload == NULL || lengths == NULL || checks == NULL)
-        goto done;
-    char *at = PyBytes_AS_STRING(payload);
-    for (Py_ssize_t k = 0; k < n; k++) {
-        memcpy(at, out + k * CAPACITY, sizes[k]);
-        at += sizes[k];
-    }
-    result = PyTuple_Pack(3, payload, lengths, checks);
+    else
+        result = segments(out, sizes, crcs, n);
 done:
     self->busy = 0;
-    Py_XDECREF(payload);
-    Py_XDECREF(lengths);
-    Py_XDECREF(checks);
     PyMem_Free(index);
     PyBuffer_Release(&ram);
     return result;
@@ -328,9 +437,10 @@ inflater_dealloc(Inflater *self)
 /* One segment into one page: all of it consumed, exactly a page out, ended by a sync
  * flush's empty stored block. Anything else is what a corrupt or hostile stream sends. */
 static int
-inflate_page(zng_stream *s, const uint8_t *in, Py_ssize_t len, uint8_t *page)
+inflate_page(void *stream, const uint8_t *in, Py_ssize_t len, uint8_t *page)
 {
     static const uint8_t sync[4] = {0x00, 0x00, 0xff, 0xff};
+    zng_stream *s = stream;
     if (len < 4 || len > CAPACITY || memcmp(in + len - 4, sync, 4) != 0)
         return 0;
     inflate_reset(s);
@@ -342,68 +452,24 @@ inflate_page(zng_stream *s, const uint8_t *in, Py_ssize_t len, uint8_t *page)
     return (rc == Z_OK || rc == Z_BUF_ERROR) && !s->avail_in && !s->avail_out;
 }
 
+static const Decoding INFLATING = {
+    inflate_page, NULL, 0, PY_SSIZE_T_MAX, "decompress data failed", "decompress data failed",
+};
+
 /* decompress_into(ram, pages, payload, sizes) -> crcs: the segments back to back in payload,
  * each inflated into its page. */
 static PyObject *
 inflater_decompress_into(Inflater *self, PyObject *args)
 {
-    Py_buffer ram, payload;
-    PyObject *pages, *lengths, *result = NULL;
-    if (!PyArg_ParseTuple(args, "w*O!y*O!", &ram, &PyList_Type, &pages, &payload, &PyList_Type,
-                          &lengths))
+    Decode d;
+    PyObject *result = NULL;
+    if (!decode_parse(args, &d))
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(pages), failed = -1, used = 0;
-    zng_stream *s = &self->stream;
-    uint32_t *crcs = NULL;
-    Py_ssize_t *index = NULL, *size = NULL;
-    if (!take(self->ready, &self->busy))
-        goto release;
-    if (PyList_GET_SIZE(lengths) != n) {
-        PyErr_SetString(PyExc_ValueError, "one size per page");
-        goto done;
+    if (take(self->ready, &self->busy)) {
+        result = decode_into(&d, &INFLATING, &self->stream);
+        self->busy = 0;
     }
-    index = page_numbers(pages, n, ram.len);
-    size = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
-    crcs = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t));
-    if (index == NULL || size == NULL || crcs == NULL) {
-        if (index != NULL)
-            PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        size[k] = PyLong_AsSsize_t(PyList_GET_ITEM(lengths, k));
-        if (size[k] < 0 || size[k] > payload.len - used) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "decompress data failed");
-            goto done;
-        }
-        used += size[k];
-    }
-    Py_BEGIN_ALLOW_THREADS
-    const uint8_t *at = payload.buf;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        uint8_t *page = (uint8_t *)ram.buf + index[k] * PAGE;
-        if (!inflate_page(s, at, size[k], page)) {
-            failed = k;
-            break;
-        }
-        at += size[k];
-        crcs[k] = crc32_run(0, page, PAGE);
-    }
-    Py_END_ALLOW_THREADS
-    if (failed >= 0) {
-        PyErr_SetString(PyExc_ValueError, "decompress data failed");
-        goto done;
-    }
-    result = uint32_list(crcs, n);
-done:
-    self->busy = 0;
-release:
-    PyMem_Free(crcs);
-    PyMem_Free(size);
-    PyMem_Free(index);
-    PyBuffer_Release(&payload);
-    PyBuffer_Release(&ram);
+    decode_release(&d);
     return result;
 }
 
@@ -693,68 +759,28 @@ done:
     return result;
 }
 
+/* A delta checked whole, then applied to its page. */
+static int
+xbzrle_apply(void *unused, const uint8_t *in, Py_ssize_t len, uint8_t *page)
+{
+    if (!xbzrle_walk(in, len, NULL))
+        return 0;
+    xbzrle_walk(in, len, page);
+    return 1;
+}
+
+static const Decoding XBZRLE_DELTAS = {
+    xbzrle_apply, bound, 0, PAGE, "XBZRLE delta length out of bounds",
+    "bad XBZRLE delta for page %zd",
+};
+
 /* xbzrle_decode_into(ram, pages, payload, sizes) -> crcs: each delta, back to back in
  * payload, checked whole and then applied to its page; ValueError (nothing of that delta
  * written) on the first malformed one. */
 static PyObject *
 xbzrle_decode_into(PyObject *module, PyObject *args)
 {
-    Py_buffer ram, payload;
-    PyObject *pages, *lengths, *result = NULL;
-    if (!PyArg_ParseTuple(args, "w*O!y*O!", &ram, &PyList_Type, &pages, &payload, &PyList_Type,
-                          &lengths))
-        return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(pages), failed = -1, used = 0;
-    Py_ssize_t *index = NULL, *size = NULL;
-    uint32_t *crcs = NULL;
-    if (!bound())
-        goto done;
-    if (PyList_GET_SIZE(lengths) != n) {
-        PyErr_SetString(PyExc_ValueError, "one size per page");
-        goto done;
-    }
-    index = page_numbers(pages, n, ram.len);
-    size = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
-    crcs = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t));
-    if (index == NULL || size == NULL || crcs == NULL) {
-        if (index != NULL)
-            PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        size[k] = PyLong_AsSsize_t(PyList_GET_ITEM(lengths, k));
-        if (size[k] < 0 || size[k] > PAGE || size[k] > payload.len - used) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "XBZRLE delta length out of bounds");
-            goto done;
-        }
-        used += size[k];
-    }
-    Py_BEGIN_ALLOW_THREADS
-    const uint8_t *at = payload.buf;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        uint8_t *page = (uint8_t *)ram.buf + index[k] * PAGE;
-        if (!xbzrle_walk(at, size[k], NULL)) {
-            failed = k;
-            break;
-        }
-        xbzrle_walk(at, size[k], page);
-        at += size[k];
-        crcs[k] = crc32_run(0, page, PAGE);
-    }
-    Py_END_ALLOW_THREADS
-    if (failed >= 0) {
-        PyErr_Format(PyExc_ValueError, "bad XBZRLE delta for page %zd", index[failed]);
-        goto done;
-    }
-    result = uint32_list(crcs, n);
-done:
-    PyMem_Free(crcs);
-    PyMem_Free(size);
-    PyMem_Free(index);
-    PyBuffer_Release(&payload);
-    PyBuffer_Release(&ram);
-    return result;
+    return decode_call(args, &XBZRLE_DELTAS);
 }
 
 /* -- plain pages ------------------------------------------------------------------------ */
@@ -927,7 +953,7 @@ static PyObject *
 lz4_compress(PyObject *module, PyObject *args)
 {
     Py_buffer ram;
-    PyObject *pages, *payload = NULL, *lengths = NULL, *checks = NULL, *result = NULL;
+    PyObject *pages, *result = NULL;
     int level;
     if (!PyArg_ParseTuple(args, "y*O!i", &ram, &PyList_Type, &pages, &level))
         return NULL;
@@ -959,28 +985,11 @@ lz4_compress(PyObject *module, PyObject *args)
         crcs[k] = crc32_run(0, (const uint8_t *)page, PAGE);
     }
     Py_END_ALLOW_THREADS
-    if (failed >= 0) {
+    if (failed >= 0)
         PyErr_Format(PyExc_RuntimeError, "lz4 failed on page %zd", index[failed]);
-        goto done;
-    }
-    Py_ssize_t total = 0;
-    for (Py_ssize_t k = 0; k < n; k++)
-        total += sizes[k];
-    payload = PyBytes_FromStringAndSize(NULL, total);
-    lengths = uint32_list(sizes, n);
-    checks = uint32_list(crcs, n);
-    if (payload == NULL || lengths == NULL || checks == NULL)
-        goto done;
-    char *at = PyBytes_AS_STRING(payload);
-    for (Py_ssize_t k = 0; k < n; k++) {
-        memcpy(at, out + k * CAPACITY, sizes[k]);
-        at += sizes[k];
-    }
-    result = PyTuple_Pack(3, payload, lengths, checks);
+    else
+        result = segments(out, sizes, crcs, n);
 done:
-    Py_XDECREF(payload);
-    Py_XDECREF(lengths);
-    Py_XDECREF(checks);
     PyMem_Free(state);
     PyMem_Free(out);
     PyMem_Free(index);
@@ -988,66 +997,22 @@ done:
     return result;
 }
 
+static int
+lz4_page(void *unused, const uint8_t *in, Py_ssize_t len, uint8_t *page)
+{
+    return lz4_decompress((const char *)in, (char *)page, (int)len, PAGE) == PAGE;
+}
+
+static const Decoding LZ4_BLOCKS = {
+    lz4_page, lz4_bound, 1, CAPACITY, "decompress data failed", "decompress data failed",
+};
+
 /* lz4_decompress_into(ram, pages, payload, sizes) -> crcs: each block must decode to exactly
  * one page (LZ4_decompress_safe never writes past it); ValueError on the first that does not. */
 static PyObject *
 lz4_decompress_into(PyObject *module, PyObject *args)
 {
-    Py_buffer ram, payload;
-    PyObject *pages, *lengths, *result = NULL;
-    if (!PyArg_ParseTuple(args, "w*O!y*O!", &ram, &PyList_Type, &pages, &payload, &PyList_Type,
-                          &lengths))
-        return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(pages), failed = -1, used = 0;
-    Py_ssize_t *index = NULL, *size = NULL;
-    uint32_t *crcs = NULL;
-    if (!lz4_bound())
-        goto done;
-    if (PyList_GET_SIZE(lengths) != n) {
-        PyErr_SetString(PyExc_ValueError, "one size per page");
-        goto done;
-    }
-    index = page_numbers(pages, n, ram.len);
-    size = PyMem_Malloc((n ? n : 1) * sizeof(Py_ssize_t));
-    crcs = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t));
-    if (index == NULL || size == NULL || crcs == NULL) {
-        if (index != NULL)
-            PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        size[k] = PyLong_AsSsize_t(PyList_GET_ITEM(lengths, k));
-        if (size[k] <= 0 || size[k] > CAPACITY || size[k] > payload.len - used) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "decompress data failed");
-            goto done;
-        }
-        used += size[k];
-    }
-    Py_BEGIN_ALLOW_THREADS
-    const char *at = payload.buf;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        char *page = (char *)ram.buf + index[k] * PAGE;
-        if (lz4_decompress(at, page, (int)size[k], PAGE) != PAGE) {
-            failed = k;
-            break;
-        }
-        at += size[k];
-        crcs[k] = crc32_run(0, (const uint8_t *)page, PAGE);
-    }
-    Py_END_ALLOW_THREADS
-    if (failed >= 0) {
-        PyErr_SetString(PyExc_ValueError, "decompress data failed");
-        goto done;
-    }
-    result = uint32_list(crcs, n);
-done:
-    PyMem_Free(crcs);
-    PyMem_Free(size);
-    PyMem_Free(index);
-    PyBuffer_Release(&payload);
-    PyBuffer_Release(&ram);
-    return result;
+    return decode_call(args, &LZ4_BLOCKS);
 }
 
 /* -- module --------------------------------------------------------------------------- */

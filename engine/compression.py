@@ -61,20 +61,24 @@ def _zlib_compressor(level: int) -> Compress:
     return _pagecodec.Deflater(level).compress
 
 
-def _zlib_decompressor() -> Decompress:
-    inflater = _pagecodec.Inflater()
+def _into_ram(decompress_into: Decompress) -> Decompress:
+    """A C decompress_into: straight into guest RAM, each segment decoding to exactly one page
+    and never past it (a decompression bomb stops at 4 KiB); a bad one is the stream's fault."""
 
     def decompress(
         ram: memoryview, pages: list[int], payload: memoryview, sizes: list[int]
     ) -> list[int]:
-        # Straight into guest RAM; a segment must end with a sync flush and inflate to exactly
-        # one page with nothing left over (a decompression bomb stops at 4 KiB).
         try:
-            return inflater.decompress_into(ram, pages, payload, sizes)
+            return decompress_into(ram, pages, payload, sizes)
         except ValueError as exc:
             raise StreamError("decompress data failed") from exc
 
     return decompress
+
+
+def _zlib_decompressor() -> Decompress:
+    # A segment must also end with a sync flush and leave nothing over.
+    return _into_ram(_pagecodec.Inflater().decompress_into)
 
 
 def _lz4_compressor(level: int) -> Compress:
@@ -83,16 +87,7 @@ def _lz4_compressor(level: int) -> Compress:
 
 
 def _lz4_decompressor() -> Decompress:
-    def decompress(
-        ram: memoryview, pages: list[int], payload: memoryview, sizes: list[int]
-    ) -> list[int]:
-        # Straight into guest RAM; a block must decode to exactly one page, never past it.
-        try:
-            return _pagecodec.lz4_decompress_into(ram, pages, payload, sizes)
-        except ValueError as exc:
-            raise StreamError("decompress data failed") from exc
-
-    return decompress
+    return _into_ram(_pagecodec.lz4_decompress_into)
 
 
 def _zstd_compressor(level: int) -> Compress:

@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from engine.errors import MigrationError
 from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
+from engine.outgoing_status import OutgoingStatus
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats
@@ -81,7 +82,7 @@ def _channels(threads: int) -> ThreadPoolExecutor | None:
     return ThreadPoolExecutor(threads, thread_name_prefix="multifd_file") if threads else None
 
 
-class FileOutgoing(threading.Thread):
+class FileOutgoing(OutgoingStatus, threading.Thread):
     """A live migration into a mapped-ram file: the source side of `migrate file:...`."""
 
     def __init__(
@@ -107,15 +108,6 @@ class FileOutgoing(threading.Thread):
         self._limiter = RateLimiter(lambda: param("max-bandwidth"))  # as over a socket
         # The file is opened before `migrate` returns: QEMU reports that error at once.
         self._fd = _open(uri.path, os.O_WRONLY | os.O_CREAT, "create")
-
-    @property
-    def status(self) -> MigrationStatus:
-        return self._status
-
-    def info(self) -> MigrationInfo:
-        with self._lock:
-            status, error = self._status, self._error
-        return self.stats.snapshot(status, error)
 
     def cancel(self) -> None:
         with self._lock:

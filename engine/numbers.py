@@ -73,6 +73,19 @@ def strtou64(text: str) -> int:
     return (-value) % 2**64 if negative else value
 
 
+def unit_multiplier(text: str, body: str, end: int, default_suffix: str) -> int:
+    """The multiplier of the unit at ``body[end:]`` (``default_suffix`` when there is none),
+    which must end ``body``; ``NumberError`` naming ``text`` when something follows it."""
+    suffix = body[end : end + 1].upper()
+    if suffix and suffix in SUFFIXES:
+        end += 1
+    else:
+        suffix = default_suffix
+    if end != len(body):
+        raise NumberError(text)
+    return 1024 ** SUFFIXES.index(suffix)
+
+
 def strtosz(text: str, default_suffix: str = "B") -> int:
     """QEMU's ``qemu_strtosz``: ``1.5k`` is 1536; a fraction needs a unit above bytes."""
     body, negative = _split_sign(text)
@@ -91,14 +104,7 @@ def strtosz(text: str, default_suffix: str = "B") -> int:
             raise NumberError(text)
         fraction = float("0" + match.group(0)) if len(match.group(0)) > 1 else 0.0
         i += len(match.group(0))
-    suffix = body[i : i + 1].upper()
-    if suffix and suffix in SUFFIXES:
-        i += 1
-    else:
-        suffix = default_suffix
-    if i != len(body):
-        raise NumberError(text)
-    mul = 1024 ** SUFFIXES.index(suffix)
+    mul = unit_multiplier(text, body, i, default_suffix)
     # QEMU keeps the fraction as 64.64 fixed point; a fraction that rounds to 1.0 wraps to 0.
     fixed = int(fraction * 2**64)
     fixed = 0 if fixed >= 2**64 else fixed

@@ -367,7 +367,7 @@ PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 CAPS_BY_NAME: dict[str, CapabilitySpec] = {c.name: c for c in CAPABILITIES}
 
 # check_caps_background_snapshot's list, in QEMU's order.
-_BACKGROUND_SNAPSHOT_INCOMPATIBLE = (
+BACKGROUND_SNAPSHOT_INCOMPATIBLE = (
     "postcopy-ram",
     "dirty-bitmaps",
     "postcopy-blocktime",
@@ -384,7 +384,7 @@ _BACKGROUND_SNAPSHOT_INCOMPATIBLE = (
     "validate-uuid",
     "zero-copy-send",
 )
-_ZERO_COPY = "Zero copy only available for non-compressed non-TLS multifd migration"
+ZERO_COPY = "Zero copy only available for non-compressed non-TLS multifd migration"
 # Each integer kind's limit and the C type QEMU's errors name.
 UINT_LIMITS = {
     Kind.UINT8: (UINT8_MAX, "uint8_t"),
@@ -432,6 +432,14 @@ def check_ranges(
             raise MigrationError(rule.message or error(name, rule.expects))
 
 
+def check_background_snapshot(caps: Mapping[str, bool], incompatible: tuple[str, ...]) -> None:
+    """check_caps_background_snapshot: the first of ``incompatible`` also on is refused."""
+    if caps["background-snapshot"]:
+        for other in incompatible:
+            if caps[other]:
+                raise MigrationError(f"Background-snapshot is not compatible with {other}")
+
+
 def _check_params(params: Mapping[str, ParamValue], caps: Mapping[str, bool]) -> None:
     """QEMU's migrate_params_check over a whole parameter set."""
     check_ranges(
@@ -441,7 +449,7 @@ def _check_params(params: Mapping[str, ParamValue], caps: Mapping[str, bool]) ->
         lambda name, expects: f"Parameter '{name.replace('-', '_')}' expects {expects}",
     )
     if caps["zero-copy-send"] and (params["multifd-compression"] != "none" or params["tls-creds"]):
-        raise MigrationError(_ZERO_COPY)
+        raise MigrationError(ZERO_COPY)
 
 
 def _check_caps(
@@ -450,10 +458,7 @@ def _check_caps(
     """QEMU's migrate_caps_check (the checks that can fail on this host), in its order."""
     if caps["postcopy-ram"] and caps["x-ignore-shared"]:
         raise MigrationError("Postcopy is not compatible with ignore-shared")
-    if caps["background-snapshot"]:
-        for other in _BACKGROUND_SNAPSHOT_INCOMPATIBLE:
-            if caps[other]:
-                raise MigrationError(f"Background-snapshot is not compatible with {other}")
+    check_background_snapshot(caps, BACKGROUND_SNAPSHOT_INCOMPATIBLE)
     if caps["zero-copy-send"] and (
         not caps["multifd"]
         or caps["compress"]
@@ -461,7 +466,7 @@ def _check_caps(
         or params["multifd-compression"] != "none"
         or params["tls-creds"]
     ):
-        raise MigrationError(_ZERO_COPY)
+        raise MigrationError(ZERO_COPY)
     if caps["postcopy-preempt"] and not caps["postcopy-ram"]:
         raise MigrationError("Postcopy preempt requires postcopy-ram")
     if caps["postcopy-preempt"] and caps["compress"]:

@@ -14,19 +14,21 @@ from dataclasses import replace
 from engine.errors import MigrationError
 from engine.numbers import UINT64_MAX
 from engine.params import (
+    BACKGROUND_SNAPSHOT_INCOMPATIBLE,
     CAPS_BY_NAME,
     PARAMS_BY_NAME,
+    ZERO_COPY,
     CapabilitySpec,
     ConfigTable,
     Kind,
     ParamSpec,
     ParamValue,
     Range,
+    check_background_snapshot,
     check_ranges,
 )
 
 MiB = 1024 * 1024
-ZERO_COPY = "Zero copy only available for non-compressed non-TLS multifd migration"
 
 
 def _p(name: str, **changes: object) -> ParamSpec:
@@ -184,22 +186,9 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
     ),
 )
 
-# check_caps_background_snapshot's list in 11.1, in its order.
-_BACKGROUND_SNAPSHOT_INCOMPATIBLE = (
-    "postcopy-ram",
-    "dirty-bitmaps",
-    "postcopy-blocktime",
-    "late-block-activate",
-    "return-path",
-    "multifd",
-    "pause-before-switchover",
-    "auto-converge",
-    "release-ram",
-    "rdma-pin-all",
-    "xbzrle",
-    "x-colo",
-    "validate-uuid",
-    "zero-copy-send",
+# check_caps_background_snapshot's list in 11.1: 7.2's without compress (removed in 9.1).
+_BACKGROUND_SNAPSHOT_INCOMPATIBLE = tuple(
+    name for name in BACKGROUND_SNAPSHOT_INCOMPATIBLE if name != "compress"
 )
 
 
@@ -232,10 +221,7 @@ def _check_caps(
         raise MigrationError("Capability 'x-colo' requires capability 'return-path'")
     if caps["postcopy-ram"] and caps["x-ignore-shared"]:
         raise MigrationError("Postcopy is not compatible with ignore-shared")
-    if caps["background-snapshot"]:
-        for other in _BACKGROUND_SNAPSHOT_INCOMPATIBLE:
-            if caps[other]:
-                raise MigrationError(f"Background-snapshot is not compatible with {other}")
+    check_background_snapshot(caps, _BACKGROUND_SNAPSHOT_INCOMPATIBLE)
     if caps["zero-copy-send"] and (
         not caps["multifd"]
         or caps["xbzrle"]

@@ -36,10 +36,10 @@ from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import METHODS, Hello, MultifdSender
+from engine.outgoing_status import OutgoingStatus
 from engine.params import MigrationConfig
 from engine.policy import PERIOD_S as POLICY_PERIOD_S
 from engine.policy import AdaptivePolicy, PolicyInfo
-from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats, now_ms
 from engine.transport import Address, Link, RateLimiter, connect, send_buffers, shutdown
@@ -197,7 +197,7 @@ class _InFlight:
     future: Future[CompressedChunk]
 
 
-class OutgoingMigration(threading.Thread):
+class OutgoingMigration(OutgoingStatus, threading.Thread):
     def __init__(
         self,
         addr: Address,
@@ -273,15 +273,6 @@ class OutgoingMigration(threading.Thread):
         self.background.set()
 
     # -- the monitor's side ------------------------------------------------------------------
-    @property
-    def status(self) -> MigrationStatus:
-        return self._status
-
-    def info(self) -> MigrationInfo:
-        with self._lock:
-            status, error = self._status, self._error
-        return self.stats.snapshot(status, error)
-
     def cancel(self) -> None:
         """QEMU's migrate_cancel: → cancelling, and shut the streams so nothing blocks.
 

@@ -4,7 +4,6 @@ and events replayed from tests/data/qemu-7.2/background (recorded by record_back
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shlex
@@ -13,44 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hmp_replay import Side, steps
 from info_layout import layout
-from test_machine import Watch, ram_hash
+from test_machine import ram_hash
 
 from engine.background import CopyBeforeWrite
 from engine.errors import MigrationError
 from engine.guest import GuestRam
-from engine.machine import Machine, MachineOptions
+from engine.machine import MachineOptions
 from engine.state import MigrationStatus, RunState
-from hmp.monitor import Monitor
 from hmp.qmp import qapi
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "background"
 MiB = 1 << 20
 WRITER = "random-writer,rate=20000,wss=8M"
-
-
-def steps(text: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for line in text.splitlines():
-        if line.startswith("(qemu) "):
-            out.append((line.removeprefix("(qemu) "), ""))
-        elif out and not line.startswith("# "):
-            out[-1] = (out[-1][0], out[-1][1] + line + "\n")
-    return out
-
-
-class Side:
-    def __init__(self, opts: MachineOptions) -> None:
-        self.machine = Machine(opts)
-        self.watch = Watch(self.machine)
-        self.machine.set_capabilities({"events": True})
-        self.out = io.StringIO()
-        self.mon = Monitor(self.machine, self.out, io.StringIO())
-
-    def run(self, command: str) -> str:
-        self.out.seek(0), self.out.truncate()
-        self.mon.execute(command)
-        return self.out.getvalue()
 
 
 @pytest.fixture
@@ -62,7 +37,7 @@ def made() -> Iterator[list[Side]]:
 
 
 def side(made: list[Side], **kw: object) -> Side:
-    made.append(Side(MachineOptions(ram_size=16 * MiB, **kw)))  # type: ignore[arg-type]
+    made.append(Side(MachineOptions(ram_size=16 * MiB, **kw), events=True))  # type: ignore[arg-type]
     return made[-1]
 
 

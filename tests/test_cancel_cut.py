@@ -12,30 +12,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from reports import Reports
+
 from engine.guest import PageIndex
 from engine.machine import Machine, MachineOptions
 from engine.state import MigrationStatus, RunState
 
 MiB = 1 << 20
 TIMEOUT = 10.0
-
-
-class Reports:
-    """What a machine reports on stderr (its notify), waited for without sleeping."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, line: str) -> None:
-        with self._cond:
-            self.lines.append(line)
-            self._cond.notify_all()
-
-    def wait(self, count: int) -> list[str]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.lines) >= count, TIMEOUT), self.lines
-            return list(self.lines)
 
 
 def test_a_cancel_while_a_batch_is_prepared_ends_the_stream_between_records(

@@ -205,10 +205,15 @@ def qemus(tmp_path: Path) -> Iterator[list[Qemu]]:
         qemu.kill()
 
 
+@pytest.fixture
+def qemu(tmp_path: Path, qemus: list[Qemu]) -> Qemu:
+    """A QEMU 7.2 source, 64 MiB, its monitor on a socket."""
+    qemus.append(Qemu(tmp_path, "src", "-m", "64M"))
+    return qemus[-1]
+
+
 @pytest.mark.qemu
-def test_batch_output_is_qemus_byte_for_byte(tmp_path: Path, qemus: list[Qemu]) -> None:
-    qemu = Qemu(tmp_path, "src", "-m", "64M")
-    qemus.append(qemu)
+def test_batch_output_is_qemus_byte_for_byte(qemu: Qemu) -> None:
     lines = ["info status", "foo", "migrate_set_parameter compress-level 10", "help migrate"]
     status, out, err = run_connect(qemu.address, "".join(f"{line}\n" for line in lines))
     assert (status, err) == (0, "")
@@ -217,9 +222,7 @@ def test_batch_output_is_qemus_byte_for_byte(tmp_path: Path, qemus: list[Qemu]) 
 
 
 @pytest.mark.qemu
-def test_qemu_killed_while_a_command_waits(tmp_path: Path, qemus: list[Qemu]) -> None:
-    qemu = Qemu(tmp_path, "src", "-m", "64M")
-    qemus.append(qemu)
+def test_qemu_killed_while_a_command_waits(qemu: Qemu) -> None:
     shell = Endpoint(["qemu-hmp", "--connect", qemu.address], name="shell")
     try:
         assert shell.execute("info status", TIMEOUT) == "VM status: running\r\n"
@@ -237,20 +240,9 @@ def test_qemu_killed_while_a_command_waits(tmp_path: Path, qemus: list[Qemu]) ->
     )
 
 
-@pytest.fixture
-def term(tmp_path: Path) -> Iterator[Terminal]:
-    t = Terminal(tmp_path)
-    yield t
-    t.kill()
-
-
 @pytest.mark.qemu
 @pytest.mark.tty
-def test_typing_and_completion_at_a_real_qemu(
-    tmp_path: Path, term: Terminal, qemus: list[Qemu]
-) -> None:
-    qemu = Qemu(tmp_path, "src", "-m", "64M")
-    qemus.append(qemu)
+def test_typing_and_completion_at_a_real_qemu(term: Terminal, qemu: Qemu) -> None:
     term.start("--connect", qemu.address)
     term.wait_for("QEMU 7.2.")  # QEMU's banner, with the version that greeted the shell
     term.keys("migrate_set_cap", "Tab")
@@ -311,11 +303,7 @@ def test_toolbar_and_events_during_a_migration_between_qemus(
 
 @pytest.mark.qemu
 @pytest.mark.tty
-def test_qemu_killed_mid_command_at_the_prompt(
-    tmp_path: Path, term: Terminal, qemus: list[Qemu]
-) -> None:
-    qemu = Qemu(tmp_path, "src", "-m", "64M")
-    qemus.append(qemu)
+def test_qemu_killed_mid_command_at_the_prompt(term: Terminal, qemu: Qemu) -> None:
     term.start("--connect", qemu.address)
     term.wait_for("QEMU 7.2.")
     qemu.proc.send_signal(signal.SIGSTOP)  # the command below gets no answer

@@ -12,7 +12,6 @@ import hashlib
 import os
 import select
 import shlex
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,14 +48,6 @@ def test_save_quit_restore_between_two_processes(tmp_path: Path) -> None:
         assert guest_hash(dst, tmp_path / "dst.bin", size) == saved
         assert dst.execute("cont", 10) == ""
         assert dst.execute("info status", 10) == "VM status: running\n"
-
-
-@pytest.fixture
-def machines() -> Iterator[list[Machine]]:
-    made: list[Machine] = []
-    yield made
-    for m in made:
-        m.close()
 
 
 def source(machines: list[Machine]) -> Machine:

@@ -15,6 +15,17 @@ from hmp.shell.pair import ENDPOINTS, split_endpoint
 TIMEOUT = 60
 
 
+def pair(lines: list[str], *options: str) -> subprocess.CompletedProcess[str]:
+    """``qemu-hmp OPTIONS --pair -m 16M`` fed ``lines``, run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "hmp", *options, "--pair", "-m", "16M"],
+        input="".join(f"{line}\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
 @pytest.mark.parametrize(
     ("line", "split"),
     [
@@ -53,13 +64,7 @@ def test_batch_pair_migrates_to_its_own_destination() -> None:
         "dst> info status",
         "dst> bogus",
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "hmp", "--pair", "-m", "16M", "--no-history"],
-        input="".join(f"{line}\n" for line in lines),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = pair(lines, "--no-history")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
         "(qemu) dst> info status\n"
@@ -77,13 +82,7 @@ def test_batch_pair_migrates_to_its_own_destination() -> None:
 
 
 def test_a_destination_that_quit_is_reported() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "hmp", "--pair", "-m", "16M"],
-        input="dst> quit\ndst> info status\ninfo status\n",
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = pair(["dst> quit", "dst> info status", "info status"])
     assert result.returncode == 0
     assert result.stdout.endswith("(qemu) info status\nVM status: running\n")
     assert "qemu-hmp: dst: " in result.stderr
@@ -98,13 +97,7 @@ def test_an_11_1_pair_listens_at_the_first_dst_so_multifd_can_be_set() -> None:
         "info status",
         "dst> info status",
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "hmp", "--qemu", "11.1", "--pair", "-m", "16M"],
-        input="".join(f"{line}\n" for line in lines),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = pair(lines, "--qemu", "11.1")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
         "(qemu) dst> info migrate\n"

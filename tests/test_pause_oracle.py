@@ -6,49 +6,29 @@ migrate-continue errors as QEMU's; and a cancel while paused gives the guest bac
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hmp_replay
 import pytest
+from hmp_replay import steps
 from info_layout import layout
 from qmp_helpers import RawClient, endpoint
-from test_machine import Watch, ram_hash
+from test_machine import ram_hash
 
-from engine.machine import Machine, MachineOptions
+from engine.machine import MachineOptions
 from engine.state import MigrationStatus
-from hmp.monitor import Monitor
 from hmp.qmp import qapi
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "pause"
 MiB = 1 << 20
 
 
-def steps(text: str) -> list[tuple[str, str]]:
-    """(command, output) of each recorded step; comments and stderr lines dropped."""
-    out: list[tuple[str, str]] = []
-    for line in text.splitlines():
-        if line.startswith("(qemu) "):
-            out.append((line.removeprefix("(qemu) "), ""))
-        elif out and not line.startswith("# "):
-            out[-1] = (out[-1][0], out[-1][1] + line + "\n")
-    return out
-
-
-class Side:
+class Side(hmp_replay.Side):
     def __init__(self, opts: MachineOptions) -> None:
-        self.machine = Machine(opts)
-        self.machine.set_capabilities({"events": True})  # to wait on; `info` never shows it
-        self.out = io.StringIO()
-        self.mon = Monitor(self.machine, self.out, io.StringIO())
-        self.watch = Watch(self.machine)
-
-    def run(self, command: str) -> str:
-        self.out.seek(0), self.out.truncate()
-        self.mon.execute(command)
-        return self.out.getvalue()
+        super().__init__(opts, events=True)
 
     def check(self, command: str, expected: str) -> None:
         if command == "info migrate":
@@ -68,20 +48,29 @@ def sides() -> Iterator[tuple[Side, Side, str]]:
     dst.machine.close()
 
 
-def test_pause_and_continue_match_qemu(sides: tuple[Side, Side, str]) -> None:
+def replay_source(
+    sides: tuple[Side, Side, str], recorded: str, end: str, dst_steps: list[tuple[str, str]]
+) -> None:
+    """The source's recorded steps until the migration's ``end`` status; ``dst_steps`` on the
+    destination while the source is paused before the switchover."""
     src, dst, port = sides
-    dst_steps = steps((DATA / "destination.txt").read_text())
-    for command, expected in steps((DATA / "source.txt").read_text()):
+    for command, expected in steps(recorded):
         command = command.replace("{port}", port)
-        if "Migration status: completed" in expected:
+        if f"Migration status: {end}" in expected:
             src.machine.wait_migration(60)
         src.check(command, expected)
         if command.startswith("migrate -d"):
             src.watch.wait_status("pre-switchover")
         if command == "info status" and "finish-migrate" in expected:
-            # Paused: the destination has not got the guest; its continue is refused.
-            for dcommand, dexpected in dst_steps[:2]:
+            for dcommand, dexpected in dst_steps:
                 dst.check(dcommand, dexpected)
+
+
+def test_pause_and_continue_match_qemu(sides: tuple[Side, Side, str]) -> None:
+    src, dst, _ = sides
+    dst_steps = steps((DATA / "destination.txt").read_text())
+    # Paused, the destination has not got the guest: its continue is refused.
+    replay_source(sides, (DATA / "source.txt").read_text(), "completed", dst_steps[:2])
     dst.watch.wait_status("completed")
     for command, expected in dst_steps[2:]:
         dst.check(command, expected)
@@ -138,18 +127,9 @@ def test_events_in_qemus_order(sides: tuple[Side, Side, str]) -> None:
 
 
 def test_cancel_while_paused_matches_qemu(sides: tuple[Side, Side, str]) -> None:
-    src, dst, port = sides
+    src, dst, _ = sides
     recorded, _, dst_text = (DATA / "cancel.txt").read_text().partition("# endpoint: dst\n")
-    for command, expected in steps(recorded):
-        command = command.replace("{port}", port)
-        if "Migration status: cancelled" in expected:
-            src.machine.wait_migration(60)
-        src.check(command, expected)
-        if command.startswith("migrate -d"):
-            src.watch.wait_status("pre-switchover")
-        if command == "info status" and "finish-migrate" in expected:
-            for dcommand, dexpected in steps(dst_text):
-                dst.check(dcommand, dexpected)
+    replay_source(sides, recorded, "cancelled", steps(dst_text))
     assert src.watch.statuses()[-3:] == ["pre-switchover", "cancelling", "cancelled"]
     # QEMU's destination exits; ours fails the attempt and waits for the next (README).
     dst.watch.wait_status("failed")

@@ -53,6 +53,25 @@ def start_postcopy(src: Machine, uri: str) -> Watch:
     return watch
 
 
+def held_postcopy(
+    machines: list[Machine], preempt: bool = False
+) -> tuple[Machine, Machine, Watch, OutgoingMigration, postcopy.PresentMap]:
+    """Postcopy active into a paused destination, the source's background scan held: only
+    requested pages move. The destination's Watch and page map come back with the pair."""
+    src, dst, uri = pair(machines, start_paused=True, preempt=preempt)
+    dst_watch = Watch(dst)
+    watch = Watch(src)
+    src.migrate(uri)
+    watch.wait_event("MIGRATION_PASS", 2)
+    mig = outgoing(src)
+    mig.background.clear()
+    src.migrate_start_postcopy()
+    dst_watch.wait_status("postcopy-active")
+    loader = dst._incoming._loader if dst._incoming else None
+    assert loader is not None and loader.present is not None
+    return src, dst, dst_watch, mig, loader.present
+
+
 def test_start_postcopy_checks_in_qemu_order(machines):
     src = make(machines)
     with pytest.raises(MigrationError, match=r"^Enable postcopy with migrate_set_capability"):
@@ -135,18 +154,7 @@ def test_running_destination_faults_and_the_digest_matches(machines, preempt):
 def test_requested_page_overtakes_the_held_background_scan(machines, preempt):
     """By construction: the background scan is held, a vCPU faults on a missing page, and that
     page (only it) arrives, with the source's contents."""
-    src, dst, uri = pair(machines, start_paused=True, preempt=preempt)
-    dst_watch = Watch(dst)
-    watch = Watch(src)
-    src.migrate(uri)
-    watch.wait_event("MIGRATION_PASS", 2)
-    mig = outgoing(src)
-    mig.background.clear()
-    src.migrate_start_postcopy()
-    dst_watch.wait_status("postcopy-active")
-    loader = dst._incoming._loader if dst._incoming else None
-    assert loader is not None and loader.present is not None
-    present = loader.present
+    src, dst, dst_watch, mig, present = held_postcopy(machines, preempt)
     missing = present.missing
     page = int(np.flatnonzero(~present.present_bits())[-1])
     stop = threading.Event()
@@ -164,18 +172,7 @@ def test_requested_page_overtakes_the_held_background_scan(machines, preempt):
 def test_a_page_that_arrives_twice_is_placed_once(machines):
     """A copy arriving after the page is present (requested earlier, then written by the
     guest) must not overwrite it."""
-    src, dst, uri = pair(machines, start_paused=True)
-    dst_watch = Watch(dst)
-    watch = Watch(src)
-    src.migrate(uri)
-    watch.wait_event("MIGRATION_PASS", 2)
-    mig = outgoing(src)
-    mig.background.clear()
-    src.migrate_start_postcopy()
-    dst_watch.wait_status("postcopy-active")
-    loader = dst._incoming._loader if dst._incoming else None
-    assert loader is not None and loader.present is not None
-    present = loader.present
+    src, dst, _, mig, present = held_postcopy(machines)
     page = int(np.flatnonzero(~present.present_bits())[0])
     assert dst.ram.fault(np.array([page]), threading.Event())
     dst.ram.page_array[page, :8] = 0xAB  # the guest writes it

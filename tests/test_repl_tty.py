@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pexpect
@@ -94,13 +94,6 @@ class Terminal:
     def kill(self) -> None:
         if self.child is not None:
             self.child.close(force=True)
-
-
-@pytest.fixture
-def term(tmp_path: Path) -> Iterator[Terminal]:
-    t = Terminal(tmp_path)
-    yield t
-    t.kill()
 
 
 def prompt_line(screen: str) -> str:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from reports import Reports
 from test_machine import Watch, make, migrate
 
 from engine import wire
@@ -19,23 +20,6 @@ from engine.state import MigrationStatus, RunState
 MiB = 1 << 20
 SETUP_S = 0.3  # the destination's setup bound, shortened
 TIMED_OUT = f"the migration stream's header and configuration did not arrive within {SETUP_S:g} s"
-
-
-class Reports:
-    """What a machine reports (its notify path), with a wait for the first line."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, line: str) -> None:
-        with self._cond:
-            self.lines.append(line)
-            self._cond.notify_all()
-
-    def wait(self, timeout: float = 30) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: self.lines, timeout), "nothing reported"
 
 
 @pytest.fixture

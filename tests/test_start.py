@@ -8,7 +8,6 @@ tests/data/qemu-7.2/start/record.py; the screen is read through a terminal emula
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,13 +27,6 @@ def qemu_start(name: str) -> tuple[list[str], list[str]]:
     lines = [line for line in text.splitlines() if not line.startswith("# ")]
     banner = re.sub(r"^QEMU 7\.2\.\d+ monitor", f"QEMU {QEMU_VERSION} monitor", lines[0])
     return first.removeprefix("# argv: ").split(), [banner, *lines[1:]]
-
-
-@pytest.fixture
-def term(tmp_path: Path) -> Iterator[Terminal]:
-    t = Terminal(tmp_path)
-    yield t
-    t.kill()
 
 
 def test_a_2g_guest_starts_as_qemu_does(term: Terminal) -> None:

@@ -10,21 +10,20 @@ source fails with QEMU's refusal text, and the destination listens again (README
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
+import hmp_replay
 import pytest
 from info_layout import layout
 from qmp_helpers import RawClient, endpoint
-from test_machine import Watch, ram_hash
+from reports import Reports
+from test_machine import ram_hash
 
-from engine.machine import Machine, MachineOptions
-from hmp.monitor import Monitor
+from engine.machine import MachineOptions
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "uuid"
 MiB = 1 << 20
@@ -51,24 +50,14 @@ def sides(text: str) -> dict[str, tuple[str, list[tuple[str, str]], list[str]]]:
     return out
 
 
-class Side:
+class Side(hmp_replay.Side):
     def __init__(self, opts: MachineOptions) -> None:
-        self._lock = threading.Lock()
-        self.notes: list[str] = []
-        self.machine = Machine(opts, notify=self._note)
-        self.machine.set_capabilities({"events": True})  # to wait on; `info` never shows it
-        self.watch = Watch(self.machine)
-        self.out = io.StringIO()
-        self.mon = Monitor(self.machine, self.out, io.StringIO())
+        self.reports = Reports()
+        super().__init__(opts, events=True, notify=self.reports)
 
-    def _note(self, message: str) -> None:
-        with self._lock:
-            self.notes.append(message)
-
-    def run(self, command: str) -> str:
-        self.out.seek(0), self.out.truncate()
-        self.mon.execute(command)
-        return self.out.getvalue()
+    @property
+    def notes(self) -> list[str]:
+        return self.reports.lines
 
 
 def uuid_of(argv: str) -> str | None:

@@ -10,33 +10,20 @@ tables: their order is not QEMU's to keep, so the names and types are compared).
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
 
 import pytest
-from test_machine import Watch
+from hmp_replay import Side, steps
 
-from engine.machine import Machine, MachineOptions
-from hmp.monitor import Monitor
+from engine.machine import MachineOptions
 from hmp.qmp import qapi
 
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "xbzrle"
 MiB = 1 << 20
 NUMBER = re.compile(r"\d+(\.\d+)?")
 BLOCK_START, BLOCK_END = "cache size: ", "xbzrle overflow: "
-
-
-def session(name: str) -> list[tuple[str, str]]:
-    """(command, output) of each recorded step."""
-    steps: list[tuple[str, str]] = []
-    for line in (DATA / name).read_text().splitlines()[1:]:
-        if line.startswith("(qemu) "):
-            steps.append((line.removeprefix("(qemu) "), ""))
-        elif not line.startswith("# stderr: "):
-            steps[-1] = (steps[-1][0], steps[-1][1] + line + "\n")
-    return steps
 
 
 def xbzrle_block(info: str) -> str:
@@ -46,19 +33,6 @@ def xbzrle_block(info: str) -> str:
     end = next(i for i, line in enumerate(lines) if line.startswith(BLOCK_END))
     assert lines.index(next(x for x in lines if x.startswith("pages-per-second: "))) < start
     return "\n".join([lines[start], *(NUMBER.sub("N", x) for x in lines[start + 1 : end + 1])])
-
-
-class Side:
-    def __init__(self, opts: MachineOptions) -> None:
-        self.machine = Machine(opts)
-        self.out = io.StringIO()
-        self.mon = Monitor(self.machine, self.out, io.StringIO())
-        self.watch = Watch(self.machine)
-
-    def run(self, command: str) -> str:
-        self.out.seek(0), self.out.truncate()
-        self.mon.execute(command)
-        return self.out.getvalue()
 
 
 @pytest.fixture
@@ -76,11 +50,11 @@ def test_xbzrle_migration_matches_qemu(sides) -> None:
     address = dst.machine.query_migrate().socket_address
     assert address is not None
     port = address[0].rsplit(":", 1)[1]
-    dst_steps = session("destination.txt")
+    dst_steps = steps((DATA / "destination.txt").read_text())
     assert dst.run(dst_steps[0][0]) == dst_steps[0][1]  # migrate_set_capability xbzrle on
     dst.machine.set_capabilities({"events": True})  # to wait on; QEMU's session never shows it
     compared = 0
-    for command, expected in session("source.txt"):
+    for command, expected in steps((DATA / "source.txt").read_text()):
         if command.startswith("migrate -d"):
             src.machine.set_capabilities({"events": True})  # after the capabilities were shown
             assert src.run(command.replace("{port}", port)) == expected

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hmp_replay import steps
 from info_layout import layout
 from test_machine import Watch, ram_hash
 
@@ -29,16 +30,6 @@ DATA = Path(__file__).parent / "data" / "qemu-7.2" / "zerocopy"
 MiB = 1 << 20
 
 
-def steps(name: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for line in (DATA / name).read_text().splitlines():
-        if line.startswith("(qemu) "):
-            out.append((line.removeprefix("(qemu) "), ""))
-        elif out and not line.startswith("# "):
-            out[-1] = (out[-1][0], out[-1][1] + line + "\n")
-    return out
-
-
 def run(mon: Monitor, out: io.StringIO, command: str) -> str:
     out.seek(0), out.truncate()
     mon.execute(command)
@@ -50,7 +41,7 @@ def test_capability_checks_match_qemu() -> None:
     out = io.StringIO()
     mon = Monitor(machine, out, io.StringIO())
     try:
-        for command, expected in steps("checks.txt"):
+        for command, expected in steps((DATA / "checks.txt").read_text()):
             assert run(mon, out, command) == expected, command
     finally:
         machine.close()
@@ -76,7 +67,7 @@ def test_zero_copy_migration_matches_qemu_and_counts_loopbacks_copies(
     port = address[0].rsplit(":", 1)[1]
     out = io.StringIO()
     mon = Monitor(src, out, io.StringIO())
-    for command, expected in steps("source.txt"):
+    for command, expected in steps((DATA / "source.txt").read_text()):
         if command == "info migrate":
             src.wait_migration(60)
             ours = run(mon, out, command)

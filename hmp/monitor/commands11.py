@@ -96,14 +96,11 @@ COMMANDS: tuple[Command, ...] = (
         "Continue a paused incoming postcopy migration",
         _refuse("Migrate recover can only be run when postcopy is paused."),
     ),
-    Command(
-        "migrate_start_postcopy",
-        "",
-        "",
-        "Followup to a migration command to switch the migration to postcopy mode. The "
-        "postcopy-ram capability must be set on both source and destination before the "
-        "original migration command .",
-        _refuse("Enable postcopy with migrate_set_capability before the start of migration"),
+    replace(
+        _kept(_SEVEN, "migrate_start_postcopy"),
+        handler=_refuse(
+            "Enable postcopy with migrate_set_capability before the start of migration"
+        ),
     ),
     _kept(_SEVEN, "migrate_set_capability"),
     replace(_kept(_SEVEN, "migrate_set_parameter"), args_type="parameter:s,value:S"),

@@ -82,18 +82,19 @@ def valid_text(spec: ParamSpec) -> str:
     return "size" if check.high == UINT64_MAX else f"{check.low}–{check.high}"
 
 
-def _parse_size(spec: ParamSpec, text: str, warn: Callable[[str], None]) -> int:
-    _warn_hex_suffix(text, warn)
-    if default_unit(spec) == "M":
+def size_value(spec: ParamSpec, text: str, parse: Callable[[str, str], int]) -> int:
+    """A size parameter's value read by ``parse`` (a ``qemu_strtosz``), or QEMU's error."""
+    unit = default_unit(spec)
+    if unit == "M":
         try:
-            value = strtosz(text, default_unit(spec))
+            value = parse(text, unit)
         except ValueError:
             value = -1
         if not 0 <= value <= INT64_MAX:
             raise MigrationError(f"Invalid size {text}")
         return value
     try:
-        value = strtosz(text)
+        value = parse(text, "B")
     except RangeError:
         msg = f"Value '{text}' is out of range for parameter '{spec.name}'"
         raise MigrationError(msg) from None
@@ -116,7 +117,8 @@ def parse_parameter(spec: ParamSpec, text: str, warn: Callable[[str], None]) -> 
     if spec.kind in (Kind.UINT8, Kind.UINT32):
         return _parse_uint(spec, text)
     if spec.kind is Kind.SIZE:
-        return _parse_size(spec, text, warn)
+        _warn_hex_suffix(text, warn)
+        return size_value(spec, text, strtosz)
     if spec.kind is Kind.BOOL:
         try:
             return parse_bool(text)

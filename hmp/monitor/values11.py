@@ -15,12 +15,11 @@ from collections.abc import Callable
 from engine.errors import MigrationError
 from engine.numbers import (
     C_SPACE,
-    INT64_MAX,
-    SIZE_HINT,
     SUFFIXES,
     UINT64_MAX,
     NumberError,
     RangeError,
+    unit_multiplier,
 )
 from engine.params import Kind, ParamSpec, ParamValue, words_value
 from hmp.monitor import values
@@ -63,14 +62,7 @@ def strtosz(text: str, default_suffix: str = "B") -> int:
             value, fraction = value + 1, 0.0
     elif not end:
         raise NumberError(text)
-    suffix = body[end : end + 1].upper()
-    if suffix and suffix in SUFFIXES:
-        end += 1
-    else:
-        suffix = default_suffix
-    if end != len(body):
-        raise NumberError(text)
-    mul = 1024 ** SUFFIXES.index(suffix)
+    mul = unit_multiplier(text, body, end, default_suffix)
     fixed = int(fraction * 2**64) or (1 if fraction > 0 else 0)
     if mul == 1 and fixed:
         raise NumberError(text)
@@ -80,35 +72,10 @@ def strtosz(text: str, default_suffix: str = "B") -> int:
     return total
 
 
-def _parse_size(spec: ParamSpec, text: str) -> int:
-    unit = values.default_unit(spec)
-    if unit == "M":
-        try:
-            value = strtosz(text, unit)
-        except ValueError:
-            value = -1
-        if not 0 <= value <= INT64_MAX:
-            raise MigrationError(f"Invalid size {text}")
-        return value
-    try:
-        value = strtosz(text)
-    except RangeError:
-        raise MigrationError(
-            f"Value '{text}' is out of range for parameter '{spec.name}'"
-        ) from None
-    except NumberError:
-        raise MigrationError(
-            f"Parameter '{spec.name}' expects a non-negative number below 2^64", hint=SIZE_HINT
-        ) from None
-    if spec.name == "xbzrle-cache-size" and value > INT64_MAX:
-        raise MigrationError(f"Invalid size {text}")
-    return value
-
-
 def parse_parameter(spec: ParamSpec, text: str, warn: Callable[[str], None]) -> ParamValue:
     """``migrate_set_parameter NAME REST-OF-LINE`` → the typed value, or QEMU 11.1's error."""
     if spec.kind is Kind.SIZE:
-        return _parse_size(spec, text)
+        return values.size_value(spec, text, strtosz)
     if spec.kind is Kind.WORDS:
         try:
             return words_value(shlex.split(text))

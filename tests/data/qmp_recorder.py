@@ -179,6 +179,12 @@ class Pair:
         for end in self.ends.values():
             end.close()
 
+    def __enter__(self) -> Pair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def write(path: Path, records: list[Record]) -> None:
     with open(path, "w") as f:
@@ -192,8 +198,7 @@ def pair_migration(
     (polled until the end) also sees it active; then each side's query-migrate and status."""
     port = free_port()
     with tempfile.TemporaryDirectory(dir=parent) as tmp:
-        pair = Pair(qemu, tmp)
-        try:
+        with Pair(qemu, tmp) as pair:
             argv = {"dst": ["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"]}
             argv["src"] = ["-m", "128"]
             for name in ("dst", "src"):
@@ -208,8 +213,6 @@ def pair_migration(
             for name in ("src", "dst"):
                 pair.step(name, x("query-migrate"))
                 pair.step(name, x("query-status"))
-        finally:
-            pair.close()
     return pair.out
 
 

@@ -44,8 +44,7 @@ def completed(msg: dict[str, object]) -> bool:
 
 def session(cwd: Path, capabilities: dict[str, bool], target: str) -> list[dict[str, object]]:
     save_gate, restore_gate = Gate(cwd / "gate"), Gate(cwd / "gate2")
-    pair = Pair(QEMU, str(cwd))
-    try:
+    with Pair(QEMU, str(cwd)) as pair:
         pair.start("src", ["-m", "128"])
         pair.step("src", NEG)
         pair.step("src", x("migrate-set-capabilities", caps(events=True, **capabilities)))
@@ -64,8 +63,6 @@ def session(cwd: Path, capabilities: dict[str, bool], target: str) -> list[dict[
         restore_gate.open(pair)
         pair.poll_migrate("dst", ("completed", "failed"))
         pair.step("dst", x("query-status"))
-    finally:
-        pair.close()
     return pair.out
 
 

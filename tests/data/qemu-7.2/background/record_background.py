@@ -19,34 +19,19 @@ sys.path.insert(0, str(HERE.parent.parent))
 from qmp_recorder import NEG, Pair, caps, write, x  # noqa: E402
 from record_peers import QEMU, Session  # noqa: E402
 
+from engine.params import BACKGROUND_SNAPSHOT_INCOMPATIBLE  # noqa: E402 (the list, in QEMU's order)
+
 NO_PORT = 987654321  # Session masks its port in outputs: one that appears nowhere
-OTHERS = [
-    "postcopy-ram",
-    "dirty-bitmaps",
-    "postcopy-blocktime",
-    "late-block-activate",
-    "return-path",
-    "multifd",
-    "pause-before-switchover",
-    "auto-converge",
-    "release-ram",
-    "rdma-pin-all",
-    "compress",
-    "xbzrle",
-    "x-colo",
-    "validate-uuid",
-    "zero-copy-send",
-]
 
 
 def checks(cwd: Path) -> str:
     s = Session(["-m", "128"], NO_PORT, cwd)
-    for other in OTHERS:
+    for other in BACKGROUND_SNAPSHOT_INCOMPATIBLE:
         s.record(f"migrate_set_capability {other} on")
         s.record("migrate_set_capability background-snapshot on")
         s.record(f"migrate_set_capability {other} off")
     s.record("migrate_set_capability background-snapshot on")
-    for other in OTHERS:
+    for other in BACKGROUND_SNAPSHOT_INCOMPATIBLE:
         s.record(f"migrate_set_capability {other} on")
     return s.text()
 
@@ -64,16 +49,13 @@ def snapshot(cwd: Path) -> str:
 
 
 def qmp(cwd: Path) -> list[dict[str, object]]:
-    pair = Pair(QEMU, str(cwd))
-    try:
+    with Pair(QEMU, str(cwd)) as pair:
         pair.start("src", ["-m", "128"])
         pair.step("src", NEG)
         pair.step("src", x("migrate-set-capabilities", caps(events=True, background_snapshot=True)))
         pair.step("src", x("migrate", {"uri": "exec:cat > snap2.bin"}))
         pair.poll_migrate("src", ("completed", "failed"))
         pair.step("src", x("query-status"))
-    finally:
-        pair.close()
     return pair.out
 
 

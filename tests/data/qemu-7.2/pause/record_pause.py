@@ -56,8 +56,7 @@ def paused(cwd: Path, cancel: bool) -> tuple[str, str]:
 
 def qmp(cwd: Path) -> list[dict[str, object]]:
     port = free_port()
-    pair = Pair(QEMU, str(cwd))
-    try:
+    with Pair(QEMU, str(cwd)) as pair:
         pair.start("dst", ["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"])
         pair.step("dst", NEG)
         pair.start("src", ["-m", "128"])
@@ -75,8 +74,6 @@ def qmp(cwd: Path) -> list[dict[str, object]]:
         pair.poll_migrate("src", ("completed", "failed"))
         pair.step("src", x("migrate-continue", {"state": "pre-switchover"}))
         pair.step("src", x("query-status"))
-    finally:
-        pair.close()
     return pair.out
 
 

@@ -32,6 +32,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def random_source(cwd: Path, seed: int, port: int) -> Session:
+    """A source whose guest holds RANDOM_IMAGE seeded random bytes at 16 MiB: pages to send."""
+    image = cwd / "random.bin"
+    image.write_bytes(random.Random(seed).randbytes(RANDOM_IMAGE))
+    loader = f"loader,file={image.name},addr=0x1000000,force-raw=on"
+    return Session(["-m", "128", "-device", loader], port, cwd)
+
+
+def destination(cwd: Path, port: int) -> Session:
+    return Session(["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"], port, cwd)
+
+
+def random_pair(cwd: Path, seed: int, capability: str) -> tuple[Session, Session, int]:
+    """A destination, then a random_source, ``capability`` on at both; and the port."""
+    port = free_port()
+    dst = destination(cwd, port)
+    dst.record(f"migrate_set_capability {capability} on")
+    src = random_source(cwd, seed, port)
+    src.record(f"migrate_set_capability {capability} on")
+    return src, dst, port
+
+
+def completed(src: Session, dst: Session) -> tuple[str, str]:
+    """Both sides' recordings once the migration between them completed."""
+    src.poll("info migrate", "Migration status: completed", timeout=60)
+    dst.poll("info migrate", "Migration status: completed")
+    return src.text(), dst.text()
+
+
 class Session:
     def __init__(self, args: list[str], port: int, cwd: Path) -> None:
         self.port = port
@@ -108,12 +137,9 @@ def transferred(info: str) -> str:
 
 def stalled_source(cwd: Path) -> str:
     """A source whose destination accepts and never reads: QEMU stays active, says nothing."""
-    image = cwd / "random.bin"
-    image.write_bytes(random.Random(0x57A11).randbytes(RANDOM_IMAGE))
     server = socket.create_server(("127.0.0.1", 0))
     port = int(server.getsockname()[1])
-    loader = f"loader,file={image.name},addr=0x1000000,force-raw=on"
-    s = Session(["-m", "128", "-device", loader], port, cwd)
+    s = random_source(cwd, 0x57A11, port)
     s.note("listen")
     s.record(f"migrate -d tcp:127.0.0.1:{port}")
     conn, _ = server.accept()

@@ -12,7 +12,6 @@ query_migrate.json is QMP's ``query-migrate`` on a source once such a migration 
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 import tempfile
@@ -20,22 +19,13 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "peers"))
-from record_peers import QEMU, Session, free_port  # noqa: E402
+from record_peers import QEMU, completed, destination, free_port, random_pair  # noqa: E402
 
 from hmp.harness.qmp_client import QmpClient  # noqa: E402
 
-IMAGE = 32 * 1024 * 1024
-
 
 def record(cwd: Path) -> tuple[str, str]:
-    image = cwd / "random.bin"
-    image.write_bytes(random.Random(0x2B21E).randbytes(IMAGE))
-    port = free_port()
-    dst = Session(["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"], port, cwd)
-    dst.record("migrate_set_capability xbzrle on")
-    loader = f"loader,file={image.name},addr=0x1000000,force-raw=on"
-    src = Session(["-m", "128", "-device", loader], port, cwd)
-    src.record("migrate_set_capability xbzrle on")
+    src, dst, port = random_pair(cwd, 0x2B21E, "xbzrle")
     src.record("info migrate_capabilities")
     for size in ("3M", "1000", "0", "16M"):
         src.record(f"migrate_set_parameter xbzrle-cache-size {size}")
@@ -46,15 +36,13 @@ def record(cwd: Path) -> tuple[str, str]:
     src.record("migrate_set_parameter xbzrle-cache-size 8M")
     src.record("info migrate")
     src.record("migrate_set_parameter max-bandwidth 1G")
-    src.poll("info migrate", "Migration status: completed", timeout=60)
-    dst.poll("info migrate", "Migration status: completed")
-    return src.text(), dst.text()
+    return completed(src, dst)
 
 
 def query_migrate(cwd: Path) -> dict[str, object]:
     """``query-migrate`` of a completed xbzrle migration, the source driven over QMP."""
     port, sock = free_port(), cwd / "src.qmp"
-    dst = Session(["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"], port, cwd)
+    dst = destination(cwd, port)
     dst.run("migrate_set_capability xbzrle on")
     qmp = ["-qmp", f"unix:{sock},server=on,wait=off", "-monitor", "none"]
     src = subprocess.Popen([*QEMU, "-m", "128", *qmp], cwd=cwd)

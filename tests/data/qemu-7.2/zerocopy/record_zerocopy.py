@@ -9,17 +9,15 @@ shows the fallbacks line. tests/test_zerocopy_oracle.py replays them.
 
 from __future__ import annotations
 
-import random
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "peers"))
-from record_peers import Session, free_port  # noqa: E402
+from record_peers import Session, completed, random_pair  # noqa: E402
 
 NO_PORT = 987654321  # Session masks its port in outputs: one that appears nowhere
-IMAGE = 32 * 1024 * 1024
 
 
 def checks(cwd: Path) -> str:
@@ -40,19 +38,10 @@ def checks(cwd: Path) -> str:
 
 
 def migration(cwd: Path) -> tuple[str, str]:
-    image = cwd / "random.bin"
-    image.write_bytes(random.Random(0x2C0).randbytes(IMAGE))
-    port = free_port()
-    dst = Session(["-m", "128", "-incoming", f"tcp:127.0.0.1:{port}"], port, cwd)
-    dst.record("migrate_set_capability multifd on")
-    loader = f"loader,file={image.name},addr=0x1000000,force-raw=on"
-    src = Session(["-m", "128", "-device", loader], port, cwd)
-    src.record("migrate_set_capability multifd on")
+    src, dst, port = random_pair(cwd, 0x2C0, "multifd")
     src.record("migrate_set_capability zero-copy-send on")
     src.record(f"migrate -d tcp:127.0.0.1:{port}")
-    src.poll("info migrate", "Migration status: completed", timeout=60)
-    dst.poll("info migrate", "Migration status: completed")
-    return src.text(), dst.text()
+    return completed(src, dst)
 
 
 def main() -> None:
