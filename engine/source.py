@@ -897,8 +897,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         plain = (pool is None and self._multifd is None) or self._in_postcopy
         # Decided before the scan: the step that ends the first pass still belongs to it.
         cache = self._xbzrle_cache()
+        step = self._within_budget(self._raw_batch() if plain else SCAN_BATCH)
         with self._bitmap_lock:  # postcopy-preempt's sender claims pages too
-            indices = self._next_pages(self._raw_batch() if plain else SCAN_BATCH)
+            indices = self._next_pages(step)
         if not len(indices):
             return
         detect = self.settings.zero_page_detection
@@ -945,6 +946,12 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._inflight.append(_InFlight(chunk, pool.compress(chunk, level)))
             while self._inflight and self._inflight[0].future.done():
                 self._emit_oldest()
+
+    def _within_budget(self, pages: int) -> int:
+        """A step of at most ``pages`` that the rate limit's window can carry, one page at
+        least: no window, the first included, goes more than a page past its budget."""
+        left = self._limiter.left()
+        return pages if left is None else max(1, min(pages, -(-left // PAGE_SIZE)))
 
     def _raw_batch(self) -> int:
         cap, _ = self._stream_cap()
