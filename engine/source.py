@@ -267,6 +267,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._session = ""
         self._preempt: socket.socket | None = None  # postcopy-preempt's channel
         self._bitmap_lock = threading.Lock()
+        # postcopy-preempt: the pages the preempt channel may still carry (the switch's
+        # DISCARD, each once), whether or not the background stream has them in flight.
+        self._urgent_once = np.zeros(0, dtype=bool)
         # Cleared, postcopy's background scan waits (requests still go): tests hold it to see
         # requested pages overtake it. Set by default.
         self.background = threading.Event()
@@ -621,6 +624,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         # From the switch on the destination's guest may run: it never restarts here.
         postcopy.PROMPT_THREADS.acquire()  # released in _finish, as _in_postcopy says
         self._handed_over = self._in_postcopy = True
+        self._urgent_once = self._bitmap.copy()
         run = wire.json_record(wire.Rec.RUN, {"runstate": str(self._prior)})
         self.stats.add_stream(
             self._send([postcopy.encode_bitmap(wire.Rec.DISCARD, self._bitmap), run])
@@ -680,12 +684,21 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         postcopy-preempt this runs on the return path's thread: the lock covers the claim and
         the CRC, so the digest at DONE includes them."""
         with self._bitmap_lock:
-            pages = np.unique(pages[self._bitmap[pages]])
+            pages = np.unique(pages)
+            fresh = self._bitmap[pages]
+            self._bitmap[pages[fresh]] = False
+            self._dirty_pages -= int(np.count_nonzero(fresh))
+            self.stats.set_remaining(self._dirty_pages)
+            if self._preempt is not None and not self.settings.release_ram:
+                # A page the background scan took may wait behind megabytes of the main
+                # stream's buffers: it goes again, once, on the preempt channel. The guest is
+                # stopped here, so both copies hold the same bytes (the destination places
+                # the first); with release-ram the first send may have freed it already.
+                fresh |= self._urgent_once[pages]
+                self._urgent_once[pages] = False
+            pages = pages[fresh]
             if not len(pages):
                 return
-            self._bitmap[pages] = False
-            self._dirty_pages -= len(pages)
-            self.stats.set_remaining(self._dirty_pages)
             # On their own channel with preempt: they do not queue behind the background.
             self._send_plain(pages, self.ram.zero_mask(pages), busy=0, sock=self._preempt)
 

@@ -1,0 +1,112 @@
+"""What a faulting vCPU waits behind with postcopy-preempt, by construction: a requested page the
+background stream has in flight goes again on the preempt channel (once), and the destination
+places a background batch a chunk at a time, so the preempt reader never waits for all of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from test_machine import ram_hash
+from test_postcopy import held_postcopy
+
+from engine import postcopy, wire
+from engine.guest import PAGE_SIZE, GuestRam
+from engine.machine import Machine
+from engine.source import OutgoingMigration
+from engine.state import MigrationStatus
+
+TIMEOUT = 30.0
+
+
+@pytest.fixture
+def stop() -> Iterator[threading.Event]:
+    """A vCPU's stop event that a timer sets: a fault that never resolves fails the test."""
+    event = threading.Event()
+    timer = threading.Timer(TIMEOUT, event.set)
+    timer.start()
+    yield event
+    timer.cancel()
+
+
+def claim_as_background(mig: OutgoingMigration, page: int) -> None:
+    """What the background scan does when it takes a page for a batch: its bit is cleared, and
+    the copy is somewhere in the main stream (here: never sent, so only a resend can bring it)."""
+    with mig._bitmap_lock:
+        assert mig._bitmap[page]
+        mig._bitmap[page] = False
+        mig._dirty_pages -= 1
+
+
+def test_a_requested_page_in_the_background_stream_goes_again_on_the_preempt_channel(
+    machines: list[Machine], stop: threading.Event
+) -> None:
+    src, dst, dst_watch, mig, present = held_postcopy(machines, preempt=True)
+    page = int(np.flatnonzero(~present.present_bits())[0])
+    claim_as_background(mig, page)
+    assert dst.ram.fault(np.array([page]), stop)  # it came on the preempt channel
+    assert bytes(dst.ram.page(page)) == bytes(src.ram.page(page))
+    sent = mig.stats.stream_bytes
+    mig._send_requested(np.array([page]))  # asked again: it went on the preempt channel once
+    assert mig.stats.stream_bytes == sent
+    mig.background.set()
+    assert src.wait_migration(TIMEOUT).status is MigrationStatus.COMPLETED  # the digest matched
+    dst_watch.wait_status("completed")
+    assert ram_hash(src) == ram_hash(dst)
+
+
+def test_with_release_ram_a_page_the_background_took_is_not_sent_again(
+    machines: list[Machine],
+) -> None:
+    """release-ram may have freed the page once its first send returned: a second read of it
+    would send zeros, so only the background's copy brings it."""
+    _src, _dst, _watch, mig, present = held_postcopy(machines, preempt=True)
+    mig.settings = dataclasses.replace(mig.settings, release_ram=True)
+    page = int(np.flatnonzero(~present.present_bits())[0])
+    claim_as_background(mig, page)
+    sent = mig.stats.stream_bytes
+    mig._send_requested(np.array([page]))
+    assert mig.stats.stream_bytes == sent
+    mig.cancel()
+    assert mig.wait(TIMEOUT)
+
+
+def test_a_background_batch_is_placed_a_chunk_at_a_time() -> None:
+    """Between two chunks the map's lock is free and the chunk's pages are present already: a
+    requested page on the preempt channel waits for one chunk, not the whole batch."""
+    ram = GuestRam(1024 * PAGE_SIZE)
+    try:
+        pages = 3 * postcopy.PLACE_CHUNK + 8
+        present = np.zeros(ram.pages, dtype=bool)
+        present[5] = True  # arrived earlier (requested): the batch's copy is dropped
+        written = np.zeros(ram.pages, dtype=bool)
+        crc = np.full(ram.pages, wire.ZERO_CRC, dtype=np.uint32)
+        pmap = postcopy.PresentMap(ram, present, written, crc, lambda _p: None)
+        missing_at_each_chunk: list[int] = []
+        crc_pages = ram.crc_pages
+
+        def chunk_crcs(indices: np.ndarray) -> np.ndarray:
+            missing_at_each_chunk.append(pmap.missing)
+            return crc_pages(indices)
+
+        ram.crc_pages = chunk_crcs  # type: ignore[method-assign]
+        rng = np.random.default_rng(7)
+        data = rng.integers(0, 256, size=(pages, PAGE_SIZE), dtype=np.uint8)
+        indices = np.arange(pages, dtype=np.intp)
+        assert pmap.place(indices, memoryview(data.tobytes())) == pages - 1
+        chunk = postcopy.PLACE_CHUNK
+        start = ram.pages - 1
+        assert missing_at_each_chunk == [start, start - (chunk - 1)] + [
+            start - (k * chunk - 1) for k in range(2, pages // chunk + 1)
+        ]
+        assert not ram.page_array[5].any()  # the present page kept what it held
+        others = indices[indices != 5]
+        assert (ram.page_array[others] == data[others]).all()
+        assert crc[others].tolist() == [zlib.crc32(data[i].tobytes()) for i in others]
+        assert pmap.missing == ram.pages - pages
+    finally:
+        ram.close()
