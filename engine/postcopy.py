@@ -115,6 +115,7 @@ class Blocktime:
     vcpu_ms: tuple[int, ...]
     faults: int
     latencies_ms: tuple[float, ...]  # each fault's wait, in order
+    at_ms: tuple[float, ...]  # when each fault began, since the switch
 
 
 class PresentMap:
@@ -143,6 +144,8 @@ class PresentMap:
         self._waiting: int | None = None  # the page the vCPU waits for
         self._blocked_s = 0.0
         self._latencies: list[float] = []
+        self._switched = time.monotonic()  # the map is made at the switch
+        self._at: list[float] = []
 
     @property
     def missing(self) -> int:
@@ -182,6 +185,7 @@ class PresentMap:
             waited = time.monotonic() - t0
             self._blocked_s += waited
             self._latencies.append(waited * 1000)
+            self._at.append((t0 - self._switched) * 1000)
         return True
 
     def outstanding(self) -> npt.NDArray[np.intp]:
@@ -234,7 +238,9 @@ class PresentMap:
     def blocktime(self) -> Blocktime:
         with self._cond:
             ms = int(self._blocked_s * 1000)
-            return Blocktime(ms, (ms,), len(self._latencies), tuple(self._latencies))
+            return Blocktime(
+                ms, (ms,), len(self._latencies), tuple(self._latencies), tuple(self._at)
+            )
 
 
 # -- the source --------------------------------------------------------------------------------
