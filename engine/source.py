@@ -686,6 +686,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         with self._bitmap_lock:
             pages = np.unique(pages)
             fresh = self._bitmap[pages]
+            again = np.zeros(len(pages), dtype=bool)
             self._bitmap[pages[fresh]] = False
             self._dirty_pages -= int(np.count_nonzero(fresh))
             self.stats.set_remaining(self._dirty_pages)
@@ -694,13 +695,21 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                 # stream's buffers: it goes again, once, on the preempt channel. The guest is
                 # stopped here, so both copies hold the same bytes (the destination places
                 # the first); with release-ram the first send may have freed it already.
-                fresh |= self._urgent_once[pages]
+                again = self._urgent_once[pages] & ~fresh
                 self._urgent_once[pages] = False
-            pages = pages[fresh]
-            if not len(pages):
-                return
-            # On their own channel with preempt: they do not queue behind the background.
-            self._send_plain(pages, self.ram.zero_mask(pages), busy=0, sock=self._preempt)
+            if fresh.any():
+                self._send_now(pages[fresh])
+            if again.any():
+                try:
+                    self._send_now(pages[again])
+                except OSError as exc:
+                    # The main stream carries them too; a destination that got them there may
+                    # be done and gone. A broken channel fails the next fresh page's send.
+                    log.info("postcopy: pages sent again were not: %s", exc.strerror or exc)
+
+    def _send_now(self, pages: npt.NDArray[np.intp]) -> None:
+        """On their own channel with preempt: they do not queue behind the background."""
+        self._send_plain(pages, self.ram.zero_mask(pages), busy=0, sock=self._preempt)
 
     def pause(self) -> bool:
         """migrate_pause: break the stream of an active postcopy (False when not in it)."""

@@ -5,6 +5,7 @@ places a background batch a chunk at a time, so the preempt reader never waits f
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import zlib
 from collections.abc import Iterator
@@ -57,6 +58,29 @@ def test_a_requested_page_in_the_background_stream_goes_again_on_the_preempt_cha
     assert src.wait_migration(TIMEOUT).status is MigrationStatus.COMPLETED  # the digest matched
     dst_watch.wait_status("completed")
     assert ram_hash(src) == ram_hash(dst)
+
+
+def test_a_page_sent_again_into_a_closed_channel_does_not_break_the_migration(
+    machines: list[Machine],
+) -> None:
+    """The destination may have had the page from the main stream, completed and closed the
+    preempt channel when the request's resend goes: that send fails quietly. A fresh page
+    that cannot go is lost, so its failure still breaks the stream (postcopy pauses)."""
+    _src, _dst, _watch, mig, present = held_postcopy(machines, preempt=True)
+    again, fresh = (int(p) for p in np.flatnonzero(~present.present_bits())[:2])
+    claim_as_background(mig, again)
+    channel, closed = socket.socketpair()
+    closed.close()  # the destination's end, gone
+    preempt, mig._preempt = mig._preempt, channel
+    try:
+        mig._send_requested(np.array([again]))  # no error: the main stream carries it
+        with pytest.raises(OSError):
+            mig._send_requested(np.array([fresh]))
+    finally:
+        mig._preempt = preempt
+        channel.close()
+    mig.cancel()
+    assert mig.wait(TIMEOUT)
 
 
 def test_with_release_ram_a_page_the_background_took_is_not_sent_again(
