@@ -684,7 +684,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         postcopy-preempt this runs on the return path's thread: the lock covers the claim and
         the CRC, so the digest at DONE includes them."""
         with self._bitmap_lock:
-            pages = np.unique(pages)
+            pages = postcopy.distinct(pages)
             fresh = self._bitmap[pages]
             again = np.zeros(len(pages), dtype=bool)
             self._bitmap[pages[fresh]] = False
