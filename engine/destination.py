@@ -29,7 +29,7 @@ from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
-from engine.transport import Address, Listener, shutdown
+from engine.transport import Address, Listener, prioritize, shutdown
 from engine.vm import Vm
 
 log = logging.getLogger(__name__)
@@ -533,6 +533,7 @@ class StreamLoader:
         vCPU waits for is asked for again (its first request may have been lost)."""
         with self._send_lock:
             self._conn = conn
+        prioritize(conn)
         assert self.present is not None
         waiting = self.present.outstanding()
         if len(waiting):
@@ -616,6 +617,7 @@ class StreamLoader:
         hello = Hello.read(sock)
         if hello.session.hex() != remote.session or hello.channel != number:
             raise wire.StreamError("postcopy-preempt: a channel of another migration connected")
+        prioritize(sock)  # what it sends: none but TCP's acknowledgements of the pages
         return sock
 
     def _switch(self, body: bytearray) -> None:
@@ -627,6 +629,8 @@ class StreamLoader:
             self.ram, ~self._discard, self._written, self._digest.crc, self._request
         )
         self.ram.fault_hook = present.fault
+        assert self._conn is not None
+        prioritize(self._conn)  # from now on it carries page requests
         postcopy.PROMPT_THREADS.acquire()  # released by close()
         if self._preempt is not None:
             self._preempt_reader = threading.Thread(

@@ -42,7 +42,15 @@ from engine.policy import PERIOD_S as POLICY_PERIOD_S
 from engine.policy import AdaptivePolicy, PolicyInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats, now_ms
-from engine.transport import Address, Link, RateLimiter, connect, send_buffers, shutdown
+from engine.transport import (
+    Address,
+    Link,
+    RateLimiter,
+    connect,
+    prioritize,
+    send_buffers,
+    shutdown,
+)
 from engine.vm import Vm
 from engine.xbzrle import MISS, OVERFLOW, PageCache
 
@@ -466,6 +474,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             )
         if config.preempt:  # after the multifd channels: the destination takes them in order
             self._preempt = self._open_channel(postcopy.PREEMPT_CHANNEL, config.session)
+            prioritize(self._preempt)
         if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
             self.ram.start_dirty_log()
             self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones

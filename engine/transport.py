@@ -348,6 +348,23 @@ def tune(sock: socket.socket, *, keep_alive: bool = False) -> None:
         sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
 
 
+IPTOS_LOWDELAY = 0x10  # RFC 1349's "minimize delay" (not in Python's socket module)
+TC_PRIO_INTERACTIVE = 6  # Linux's priority for it: a prio or pfifo_fast qdisc's first band
+
+
+def prioritize(sock: socket.socket) -> None:
+    """Mark what this socket sends as urgent (postcopy's page requests and requested pages):
+    "minimize delay" in its IP header, for the network's queues that honour it, and the
+    interactive priority for this host's (a page then overtakes a bulk stream queued there)."""
+    if sock.family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, IPTOS_LOWDELAY)
+    elif sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, IPTOS_LOWDELAY)
+    else:  # a unix socket: no network queue to overtake in
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, TC_PRIO_INTERACTIVE)
+
+
 def shutdown(sock: socket.socket | None) -> None:
     """Break both directions now (unblocks a peer thread in send/recv); a closed socket is fine."""
     if sock is not None:

@@ -17,7 +17,7 @@ import pytest
 from test_machine import ram_hash
 from test_postcopy import held_postcopy
 
-from engine import postcopy, wire
+from engine import postcopy, transport, wire
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.machine import Machine
 from engine.source import OutgoingMigration
@@ -148,3 +148,26 @@ def test_requested_pages_are_made_distinct_without_numpy_s_first_call_cost() -> 
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout == "[1, 3, 5] [] False\n", done.stderr
+
+
+def urgent(sock: socket.socket) -> tuple[int, int]:
+    return (
+        sock.getsockopt(socket.IPPROTO_IP, socket.IP_TOS),
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY),
+    )
+
+
+def test_requests_and_requested_pages_travel_marked_urgent(machines: list[Machine]) -> None:
+    """On a link whose queue honours priorities (a host's pfifo_fast, a network's QoS) a
+    requested page and its request overtake the background stream: both ends of the preempt
+    channel, and the destination's main connection once it carries requests, say so in their
+    packets; the source's main stream, the bulk, does not."""
+    _src, dst, _watch, mig, _present = held_postcopy(machines, preempt=True)
+    loader = dst._incoming._loader if dst._incoming else None
+    assert loader is not None and loader._preempt is not None and loader.conn is not None
+    assert mig._preempt is not None and mig._sock is not None
+    marked = (transport.IPTOS_LOWDELAY, transport.TC_PRIO_INTERACTIVE)
+    assert urgent(mig._preempt) == urgent(loader._preempt) == urgent(loader.conn) == marked
+    assert urgent(mig._sock) == (0, 0)
+    mig.cancel()
+    assert mig.wait(TIMEOUT)

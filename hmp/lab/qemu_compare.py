@@ -164,7 +164,11 @@ def shaped_link(link: Link) -> Iterator[list[str]]:
         inside = ["ip", "netns", "exec", name]
         _run([*inside, "ip", "link", "set", "lo", "up"])
         tbf = ["tbf", "rate", link.tc_rate, "burst", "256kb", "latency", "50ms"]
-        _run([*inside, "tc", "qdisc", "add", "dev", "lo", "root", *tbf])
+        _run([*inside, "tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", *tbf])
+        # Its queue as a host's default one (pfifo_fast: three bands by the packets'
+        # priority), so postcopy's urgent packets overtake a bulk stream there; one stream
+        # alone, or several of one priority, queue as in a plain FIFO.
+        _run([*inside, "tc", "qdisc", "add", "dev", "lo", "parent", "1:1", "pfifo_fast"])
         yield inside
     finally:
         _run(["ip", "netns", "del", name])
