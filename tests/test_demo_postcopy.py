@@ -7,6 +7,7 @@ import io
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from test_demo import series
 
 from hmp.lab.cases import POSTCOPY_CASE, Figures, PostcopyCase
@@ -57,11 +58,10 @@ def test_a_postcopy_that_fails_fails_the_demo(tmp_path: Path) -> None:
     assert present(failing, POSTCOPY_CASE, tmp_path, io.StringIO()) == 1
 
 
-def test_the_demo_offers_the_case_by_its_key(tmp_path: Path, capsys) -> None:
-    try:
+def test_the_demo_offers_the_case_by_its_key(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
         main(["--case", "nonsense"])
-    except SystemExit as exc:
-        assert exc.code == 2
+    assert exited.value.code == 2
     assert "'busy-postcopy'" in capsys.readouterr().err
 
 
