@@ -20,6 +20,10 @@
 #define PAGE 4096 /* the guest page: exported as PAGE_SIZE, which engine/guest.py reads */
 #define ZLIBNG_MAJOR "2." /* zng_stream below is zlib-ng 2.x's layout */
 #define CAPACITY (2 * PAGE) /* per compressed page: a stored page plus its framing fits */
+/* Fewer pages than this are scanned holding the GIL: the work (~1 us a page) is less than
+ * taking the GIL back from a busy thread (up to a switch interval), which postcopy's
+ * one-page requests would otherwise wait for at each call. */
+#define GIL_FREE_PAGES 16
 
 /* zlib-ng's native stream (zlib-ng.h, 2.x). */
 typedef struct {
@@ -843,7 +847,7 @@ scan_pages(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "one zero flag (u8) and one CRC (u32) per page");
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS
+    PyThreadState *released = n >= GIL_FREE_PAGES ? PyEval_SaveThread() : NULL;
     uint8_t *flags = zero.buf;
     uint32_t *out = crcs.buf;
     for (Py_ssize_t k = 0; k < n; k++) {
@@ -852,7 +856,8 @@ scan_pages(PyObject *module, PyObject *args)
         if (out != NULL)
             out[k] = flags[k] ? 0 : crc32_run(0, page, PAGE);
     }
-    Py_END_ALLOW_THREADS
+    if (released != NULL)
+        PyEval_RestoreThread(released);
     result = Py_NewRef(Py_None);
 done:
     if (crcs.buf != NULL)
@@ -879,11 +884,12 @@ crc_pages(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "one CRC (u32) per page");
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS
+    PyThreadState *released = n >= GIL_FREE_PAGES ? PyEval_SaveThread() : NULL;
     uint32_t *out = crcs.buf;
     for (Py_ssize_t k = 0; k < n; k++)
         out[k] = crc32_run(0, (const uint8_t *)ram.buf + index[k] * PAGE, PAGE);
-    Py_END_ALLOW_THREADS
+    if (released != NULL)
+        PyEval_RestoreThread(released);
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&crcs);

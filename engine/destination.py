@@ -29,7 +29,7 @@ from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
-from engine.transport import Address, Listener, shutdown
+from engine.transport import Address, Listener, prioritize, shutdown
 from engine.vm import Vm
 
 log = logging.getLogger(__name__)
@@ -471,6 +471,7 @@ class StreamLoader:
         self.session = ""  # the source's, which a recovery must bring
         self._preempt: socket.socket | None = None  # postcopy-preempt's channel
         self._preempt_reader: threading.Thread | None = None
+        self._place_buf: bytearray | None = None  # the background stream's, after the switch
         self._relaxed = False  # the switch interval given back
         self._send_lock = threading.Lock()  # the vCPU's page requests and the verdict
         self._local_config = local_config
@@ -532,6 +533,7 @@ class StreamLoader:
         vCPU waits for is asked for again (its first request may have been lost)."""
         with self._send_lock:
             self._conn = conn
+        prioritize(conn)
         assert self.present is not None
         waiting = self.present.outstanding()
         if len(waiting):
@@ -615,6 +617,7 @@ class StreamLoader:
         hello = Hello.read(sock)
         if hello.session.hex() != remote.session or hello.channel != number:
             raise wire.StreamError("postcopy-preempt: a channel of another migration connected")
+        prioritize(sock)  # what it sends: none but TCP's acknowledgements of the pages
         return sock
 
     def _switch(self, body: bytearray) -> None:
@@ -626,6 +629,8 @@ class StreamLoader:
             self.ram, ~self._discard, self._written, self._digest.crc, self._request
         )
         self.ram.fault_hook = present.fault
+        assert self._conn is not None
+        prioritize(self._conn)  # from now on it carries page requests
         postcopy.PROMPT_THREADS.acquire()  # released by close()
         if self._preempt is not None:
             self._preempt_reader = threading.Thread(
@@ -643,30 +648,39 @@ class StreamLoader:
                 kind, length = head
                 if kind != wire.Rec.BATCH:
                     raise wire.StreamError(f"unknown record type 0x{kind:02x}")
-                self._place_batch(sock, wire.read_batch_head(sock, length, self.ram.pages))
+                # Read whole, parsed from memory: one system call, not one per field.
+                body = wire.Body(wire.read_body(sock, length, wire.MAX_RECORD))
+                self._place_batch(body, wire.read_batch_head(body, length, self.ram.pages))
         except (OSError, wire.StreamError) as exc:
             log.info("postcopy preempt channel ended: %s", exc)
 
     def _request(self, pages: npt.NDArray[np.intp]) -> None:
         self.send(postcopy.encode_request(pages))
 
-    def _place_batch(self, conn: socket.socket, batch: wire.BatchHead) -> None:
+    def _place_batch(
+        self, conn: wire.Reader, batch: wire.BatchHead, into: bytearray | None = None
+    ) -> None:
         """After the switch: place each page unless it is present already (it was requested
-        and arrived, and the guest may have written it since)."""
+        and arrived, and the guest may have written it since). ``into``: the caller's
+        receive buffer (the background stream's, reused: a fresh 4 MiB per batch costs a
+        page fault per page)."""
         assert self.present is not None
         if not np.isin(batch.kinds, (wire.Kind.ZERO, wire.Kind.PAGE)).all():
             raise wire.StreamError("postcopy: a compressed or XBZRLE page after the switch")
         self.present.place(batch.of(wire.Kind.ZERO), None)
         raw = batch.of(wire.Kind.PAGE)
         if len(raw):
-            buf = memoryview(bytearray(len(raw) * PAGE_SIZE))
+            size = len(raw) * PAGE_SIZE
+            buf = memoryview(bytearray(size) if into is None else into)[:size]
             wire.recv_into(conn, buf)
             self.present.place(raw, buf)
 
     def _receive_batch(self, conn: socket.socket, length: int) -> None:
         batch = wire.read_batch_head(conn, length, self.ram.pages)
         if self.present is not None:
-            self._place_batch(conn, batch)
+            if self._place_buf is None:
+                self._place_buf = bytearray(wire.MAX_BATCH * PAGE_SIZE)
+            self._place_batch(conn, batch, self._place_buf)
             return
         ram = self.ram
         zero = batch.of(wire.Kind.ZERO)

@@ -201,7 +201,7 @@ class GuestRam:
 
     def scan(self, indices: PageIndex) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32]]:
         """Which of these pages are all zero, and the CRC-32 of the others (0 for zero pages):
-        one C pass over the pages in place, without the GIL."""
+        one C pass over the pages in place, without the GIL (but for a few pages)."""
         pages = np.ascontiguousarray(indices, dtype=np.intp)
         zero = np.empty(len(pages), dtype=bool)
         crcs = np.empty(len(pages), dtype=np.uint32)
@@ -210,14 +210,14 @@ class GuestRam:
 
     def zero_mask(self, indices: PageIndex) -> npt.NDArray[np.bool_]:
         """Which of these pages are all zero (a page is read only up to its first non-zero
-        word), in C without the GIL."""
+        word), in C without the GIL (but for a few pages)."""
         pages = np.ascontiguousarray(indices, dtype=np.intp)
         zero = np.empty(len(pages), dtype=bool)
         _pagecodec.scan_pages(self.buf, pages.data, zero.data, None)
         return zero
 
     def crc_pages(self, indices: PageIndex) -> npt.NDArray[np.uint32]:
-        """CRC-32 of each page, read in place, in C without the GIL."""
+        """CRC-32 of each page, read in place, in C without the GIL (but for a few pages)."""
         pages = np.ascontiguousarray(indices, dtype=np.intp)
         crcs = np.empty(len(pages), dtype=np.uint32)
         _pagecodec.crc_pages(self.buf, pages.data, crcs.data)

@@ -348,12 +348,18 @@ class Machine:
 
     def query_postcopy_faults(self) -> dict[str, Any]:
         """What the destination's vCPU waited for pages in postcopy (``x-query-postcopy-faults``):
-        the number of faults and each wait, in ms, in order; empty before a switch."""
+        the number of faults, each wait and when it began (since the switch), in ms, in order;
+        empty before a switch."""
         incoming = self._incoming
         bt = incoming.blocktime() if isinstance(incoming, IncomingMigration) else None
         if bt is None:
             return {}
-        return {"faults": bt.faults, "blocktime": bt.total_ms, "waits-ms": list(bt.latencies_ms)}
+        return {
+            "faults": bt.faults,
+            "blocktime": bt.total_ms,
+            "waits-ms": list(bt.latencies_ms),
+            "at-ms": list(bt.at_ms),
+        }
 
     def _refuse(self, error: str | None) -> None:
         """A URI QEMU cannot use: its migrate_init announced setup before looking at it."""

@@ -42,7 +42,15 @@ from engine.policy import PERIOD_S as POLICY_PERIOD_S
 from engine.policy import AdaptivePolicy, PolicyInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats, now_ms
-from engine.transport import Address, Link, RateLimiter, connect, send_buffers, shutdown
+from engine.transport import (
+    Address,
+    Link,
+    RateLimiter,
+    connect,
+    prioritize,
+    send_buffers,
+    shutdown,
+)
 from engine.vm import Vm
 from engine.xbzrle import MISS, OVERFLOW, PageCache
 
@@ -267,6 +275,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._session = ""
         self._preempt: socket.socket | None = None  # postcopy-preempt's channel
         self._bitmap_lock = threading.Lock()
+        # postcopy-preempt: the pages the preempt channel may still carry (the switch's
+        # DISCARD, each once), whether or not the background stream has them in flight.
+        self._urgent_once = np.zeros(0, dtype=bool)
         # Cleared, postcopy's background scan waits (requests still go): tests hold it to see
         # requested pages overtake it. Set by default.
         self.background = threading.Event()
@@ -463,6 +474,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             )
         if config.preempt:  # after the multifd channels: the destination takes them in order
             self._preempt = self._open_channel(postcopy.PREEMPT_CHANNEL, config.session)
+            prioritize(self._preempt)
         if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
             self.ram.start_dirty_log()
             self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
@@ -621,6 +633,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         # From the switch on the destination's guest may run: it never restarts here.
         postcopy.PROMPT_THREADS.acquire()  # released in _finish, as _in_postcopy says
         self._handed_over = self._in_postcopy = True
+        self._urgent_once = self._bitmap.copy()
         run = wire.json_record(wire.Rec.RUN, {"runstate": str(self._prior)})
         self.stats.add_stream(
             self._send([postcopy.encode_bitmap(wire.Rec.DISCARD, self._bitmap), run])
@@ -680,14 +693,32 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         postcopy-preempt this runs on the return path's thread: the lock covers the claim and
         the CRC, so the digest at DONE includes them."""
         with self._bitmap_lock:
-            pages = np.unique(pages[self._bitmap[pages]])
-            if not len(pages):
-                return
-            self._bitmap[pages] = False
-            self._dirty_pages -= len(pages)
+            pages = postcopy.distinct(pages)
+            fresh = self._bitmap[pages]
+            again = np.zeros(len(pages), dtype=bool)
+            self._bitmap[pages[fresh]] = False
+            self._dirty_pages -= int(np.count_nonzero(fresh))
             self.stats.set_remaining(self._dirty_pages)
-            # On their own channel with preempt: they do not queue behind the background.
-            self._send_plain(pages, self.ram.zero_mask(pages), busy=0, sock=self._preempt)
+            if self._preempt is not None and not self.settings.release_ram:
+                # A page the background scan took may wait behind megabytes of the main
+                # stream's buffers: it goes again, once, on the preempt channel. The guest is
+                # stopped here, so both copies hold the same bytes (the destination places
+                # the first); with release-ram the first send may have freed it already.
+                again = self._urgent_once[pages] & ~fresh
+                self._urgent_once[pages] = False
+            if fresh.any():
+                self._send_now(pages[fresh])
+            if again.any():
+                try:
+                    self._send_now(pages[again])
+                except OSError as exc:
+                    # The main stream carries them too; a destination that got them there may
+                    # be done and gone. A broken channel fails the next fresh page's send.
+                    log.info("postcopy: pages sent again were not: %s", exc.strerror or exc)
+
+    def _send_now(self, pages: npt.NDArray[np.intp]) -> None:
+        """On their own channel with preempt: they do not queue behind the background."""
+        self._send_plain(pages, self.ram.zero_mask(pages), busy=0, sock=self._preempt)
 
     def pause(self) -> bool:
         """migrate_pause: break the stream of an active postcopy (False when not in it)."""
@@ -897,8 +928,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         plain = (pool is None and self._multifd is None) or self._in_postcopy
         # Decided before the scan: the step that ends the first pass still belongs to it.
         cache = self._xbzrle_cache()
+        step = self._within_budget(self._raw_batch() if plain else SCAN_BATCH)
         with self._bitmap_lock:  # postcopy-preempt's sender claims pages too
-            indices = self._next_pages(self._raw_batch() if plain else SCAN_BATCH)
+            indices = self._next_pages(step)
         if not len(indices):
             return
         detect = self.settings.zero_page_detection
@@ -945,6 +977,12 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._inflight.append(_InFlight(chunk, pool.compress(chunk, level)))
             while self._inflight and self._inflight[0].future.done():
                 self._emit_oldest()
+
+    def _within_budget(self, pages: int) -> int:
+        """A step of at most ``pages`` that the rate limit's window can carry, one page at
+        least: no window, the first included, goes more than a page past its budget."""
+        left = self._limiter.left()
+        return pages if left is None else max(1, min(pages, -(-left // PAGE_SIZE)))
 
     def _raw_batch(self) -> int:
         cap, _ = self._stream_cap()

@@ -348,6 +348,23 @@ def tune(sock: socket.socket, *, keep_alive: bool = False) -> None:
         sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
 
 
+IPTOS_LOWDELAY = 0x10  # RFC 1349's "minimize delay" (not in Python's socket module)
+TC_PRIO_INTERACTIVE = 6  # Linux's priority for it: a prio or pfifo_fast qdisc's first band
+
+
+def prioritize(sock: socket.socket) -> None:
+    """Mark what this socket sends as urgent (postcopy's page requests and requested pages):
+    "minimize delay" in its IP header, for the network's queues that honour it, and the
+    interactive priority for this host's (a page then overtakes a bulk stream queued there)."""
+    if sock.family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, IPTOS_LOWDELAY)
+    elif sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, IPTOS_LOWDELAY)
+    else:  # a unix socket: no network queue to overtake in
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, TC_PRIO_INTERACTIVE)
+
+
 def shutdown(sock: socket.socket | None) -> None:
     """Break both directions now (unblocks a peer thread in send/recv); a closed socket is fine."""
     if sock is not None:
@@ -457,18 +474,23 @@ class RateLimiter:
     """QEMU's limiter: a byte budget of max-bandwidth/10 per 100 ms window.
 
     ``rate`` is re-read at each check, so `migrate_set_parameter max-bandwidth` applies live,
-    and :meth:`wake` re-checks a waiting sender at once; 0 means unlimited, as in QEMU. Bytes
-    beyond a window's budget are carried into the next, so whole-batch sends still average
-    out to the limit.
+    and :meth:`wake` re-checks a waiting sender at once; 0 means unlimited, as in QEMU. A
+    sender sizes each step by :meth:`left` (QEMU checks its budget before each page, so a
+    window carries at most a page past it, the first one too); bytes beyond a window's
+    budget are carried into the next, so sends still average out to the limit.
+    ``clock`` times the windows (tests hold it still).
     """
 
     WINDOW_S = 0.1
 
-    def __init__(self, rate: Callable[[], int]) -> None:
+    def __init__(
+        self, rate: Callable[[], int], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._rate = rate
+        self._clock = clock
         # Guards the counters (multifd channel threads charge too) and wakes a waiting sender.
         self._cond = threading.Condition()
-        self._window_start = time.monotonic()
+        self._window_start = clock()
         self._used = 0
         self._ended = False
         self.unlimited = False  # stop-and-copy lifts the limit
@@ -480,7 +502,7 @@ class RateLimiter:
     def _budget(self) -> int:
         """This window's budget (0: unlimited); rolls the window when it has ended."""
         rate = 0 if self.unlimited else self._rate()
-        now = time.monotonic()
+        now = self._clock()
         if now >= self._window_start + self.WINDOW_S:
             self._used = max(0, self._used - rate // 10) if rate else 0
             self._window_start = now
@@ -494,12 +516,18 @@ class RateLimiter:
         with self._cond:
             return self._exhausted()
 
+    def left(self) -> int | None:
+        """Bytes this window may still carry (None: unlimited)."""
+        with self._cond:
+            budget = self._budget()
+            return max(0, budget - self._used) if budget else None
+
     def wait_window(self, urgent: Callable[[], bool] = lambda: False) -> None:
         """When the budget is spent, wait for the next window (QEMU's migration_rate_limit);
         ``urgent`` work (postcopy's requested pages, after a wake) ends the wait at once."""
         with self._cond:
             while not self._ended and self._exhausted() and not urgent():
-                left = self._window_start + self.WINDOW_S - time.monotonic()
+                left = self._window_start + self.WINDOW_S - self._clock()
                 self._cond.wait(max(left, 0.0))
 
     def wake(self) -> None:

@@ -41,7 +41,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -135,7 +135,30 @@ def check_header(data: bytes) -> None:
         raise StreamError(f"unsupported stream version {version} (expected {VERSION})")
 
 
-def read_exact(sock: socket.socket, n: int) -> bytearray | None:
+class Reader(Protocol):
+    """What records are read from: a socket, or a record's body already read (`Body`)."""
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int: ...
+
+
+class Body:
+    """A record's body read whole, parsed as its socket would be, with no system call (each
+    is a wait to take the GIL back from a busy thread: postcopy-preempt's pages cannot
+    afford one per field)."""
+
+    def __init__(self, data: bytearray) -> None:
+        self._data = memoryview(data)
+        self._at = 0
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
+        view = memoryview(buffer).cast("B")
+        n = min(nbytes or len(view), len(self._data) - self._at)
+        view[:n] = self._data[self._at : self._at + n]
+        self._at += n
+        return n
+
+
+def read_exact(sock: Reader, n: int) -> bytearray | None:
     """``n`` bytes, or None at a clean end of stream before the first byte."""
     buf = bytearray(n)
     if n:
@@ -356,7 +379,7 @@ class BatchHead:
         return self.indices[self.kinds == int(kind)]  # an IntEnum compares slower
 
 
-def read_batch_head(sock: socket.socket, length: int, pages: int) -> BatchHead:
+def read_batch_head(sock: Reader, length: int, pages: int) -> BatchHead:
     """Read and validate every count, index, kind and length before any page is read."""
     if length < 4:
         raise StreamError("truncated page batch")
@@ -396,14 +419,14 @@ def _check_lengths(compressed: npt.NDArray[np.intp], xbzrle: npt.NDArray[np.intp
         raise StreamError("Failed to load XBZRLE page - decode error!")
 
 
-def _read(sock: socket.socket, n: int) -> bytearray:
+def _read(sock: Reader, n: int) -> bytearray:
     data = read_exact(sock, n)
     if data is None:
         raise StreamError("truncated stream")
     return data
 
 
-def recv_into(sock: socket.socket, view: memoryview) -> None:
+def recv_into(sock: Reader, view: memoryview) -> None:
     """Fill ``view`` (e.g. guest pages) straight from the socket."""
     got, n = 0, len(view)
     while got < n:

@@ -84,6 +84,33 @@ CLASSIC = (
     ),
 )
 CASES = {case.key: case for case in CLASSIC}
+
+
+@dataclass(frozen=True)
+class PostcopyCase:
+    """The workshop's other lesson: a busy guest that never converges in precopy (its run is
+    cancelled at its timeout), then the same guest and link completing in postcopy."""
+
+    key: str
+    title: str
+    precopy: Setup
+    postcopy: Setup  # switched once precopy has synced twice (experiment.run)
+
+
+# ~100 MB/s of writes over half of RAM, three times what max-bandwidth 32M carries.
+_BUSY = Setup(
+    "busy-postcopy",
+    ram="256M",
+    workload="random-writer,rate=25000,wss=128M",
+    max_bandwidth="32M",
+    timeout=8.0,
+)
+POSTCOPY_CASE = PostcopyCase(
+    "busy-postcopy",
+    "busy guest that does not converge, then postcopy",
+    _BUSY,
+    replace(_BUSY, postcopy=True, preempt=True, max_postcopy_bandwidth="32M", timeout=60.0),
+)
 # An idle and a busy guest, the README's two Figures tables: about 2 minutes.
 DEFAULT_CASES = ("idle-32mibs", "random-1gbe")
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.stats import Sample
-from hmp.harness import MIGRATION_ENDED, Endpoint, free_port
+from hmp.harness import MIGRATION_ENDED, Endpoint, free_port, resolve_argv
 from hmp.monitor import series_from_json
 
 POLL_S = 0.2  # how often progress is read while the migration runs
@@ -147,15 +147,16 @@ def peak_rss_kib(pid: int) -> int:
 
 
 @contextmanager
-def migrating(setup: Setup) -> Iterator[tuple[Endpoint, Endpoint]]:
-    """A destination and a source process, configured, with `migrate -d` issued: (src, dst)."""
+def migrating(setup: Setup, prefix: Sequence[str] = ()) -> Iterator[tuple[Endpoint, Endpoint]]:
+    """A destination and a source process, configured, with `migrate -d` issued: (src, dst).
+    ``prefix`` starts both elsewhere (``ip netns exec NS``: a shaped link's namespace)."""
     port = free_port()
     argv = ["qemu-hmp", "-m", setup.ram]
     guest = ["--workload", setup.workload, "--seed", str(setup.seed)]
     incoming = ["-incoming", f"tcp:127.0.0.1:{port}", *(guest if setup.postcopy else [])]
     with (
-        Endpoint([*argv, *incoming], name="dst", qmp=True) as dst,
-        Endpoint([*argv, *guest], name="src", qmp=True) as src,
+        Endpoint([*prefix, *resolve_argv([*argv, *incoming])], name="dst", qmp=True) as dst,
+        Endpoint([*prefix, *resolve_argv([*argv, *guest])], name="src", qmp=True) as src,
     ):
         dst.wait_ready(60)
         src.wait_ready(60)
@@ -174,9 +175,13 @@ def migrating(setup: Setup) -> Iterator[tuple[Endpoint, Endpoint]]:
         yield src, dst
 
 
-def run(setup: Setup, progress: Callable[[dict[str, Any]], None] | None = None) -> Result:
+def run(
+    setup: Setup,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    prefix: Sequence[str] = (),
+) -> Result:
     """Run one migration; ``progress`` sees the source's `query-migrate` at every poll."""
-    with migrating(setup) as (src, dst):
+    with migrating(setup, prefix) as (src, dst):
         ends = {"src": src, "dst": dst}
         cpu0 = {name: cpu_seconds(ep.proc.pid) for name, ep in ends.items()}  # just migrating
 

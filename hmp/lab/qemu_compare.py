@@ -20,6 +20,7 @@ import random
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -163,10 +164,46 @@ def shaped_link(link: Link) -> Iterator[list[str]]:
         inside = ["ip", "netns", "exec", name]
         _run([*inside, "ip", "link", "set", "lo", "up"])
         tbf = ["tbf", "rate", link.tc_rate, "burst", "256kb", "latency", "50ms"]
-        _run([*inside, "tc", "qdisc", "add", "dev", "lo", "root", *tbf])
+        _run([*inside, "tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", *tbf])
+        # Its queue as a host's default one (pfifo_fast: three bands by the packets'
+        # priority), so postcopy's urgent packets overtake a bulk stream there; one stream
+        # alone, or several of one priority, queue as in a plain FIFO.
+        _run([*inside, "tc", "qdisc", "add", "dev", "lo", "parent", "1:1", "pfifo_fast"])
         yield inside
     finally:
         _run(["ip", "netns", "del", name])
+
+
+# A 1-byte TCP ping-pong on 127.0.0.1, run inside the link's namespace: its median round trip.
+_PING = """
+import socket, statistics, threading, time
+server = socket.create_server(("127.0.0.1", 0))
+def echo():
+    conn, _ = server.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := conn.recv(1):
+        conn.sendall(data)
+threading.Thread(target=echo, daemon=True).start()
+client = socket.create_connection(server.getsockname())
+client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+rounds = []
+for _ in range(200):
+    t0 = time.perf_counter()
+    client.sendall(b"x")
+    client.recv(1)
+    rounds.append(time.perf_counter() - t0)
+print(statistics.median(rounds))
+"""
+
+
+def round_trip_s(prefix: Sequence[str]) -> float:
+    """The link's idle round trip (median of 200 TCP ping-pongs of a byte), measured inside it."""
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", _PING], capture_output=True, text=True, timeout=60
+    )
+    if done.returncode:
+        raise LinkUnavailable(f"round-trip probe: {done.stderr.strip() or done.returncode}")
+    return float(done.stdout)
 
 
 def build_image(

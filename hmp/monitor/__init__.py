@@ -3,7 +3,7 @@
 migration's time series. Other rooms use only the names below."""
 
 from hmp.monitor.batch import run_batch
-from hmp.monitor.chart import terminal_chart, write_png
+from hmp.monitor.chart import Faults, fault_chart, terminal_chart, write_png
 from hmp.monitor.commands import (
     COMMANDS,
     QEMU_VERSION,
@@ -29,11 +29,13 @@ __all__ = [
     "ArgSpec",
     "Command",
     "Dialect",
+    "Faults",
     "Monitor",
     "MonitorSockets",
     "ParseError",
     "dialect_of",
     "extract_monitor_options",
+    "fault_chart",
     "find_command",
     "hmp_help",
     "package_version",

@@ -3,15 +3,18 @@
 Both take several named series (e.g. ``{"plain": [...], "compress": [...]}``) so that runs are
 compared on one chart: remaining RAM and throughput over time since `migrate`, and the guest's
 dirty rate and the auto-converge throttle when any series has them (a remedy's effect shows
-as the throttle steps up and the dirty rate comes down).
+as the throttle steps up and the dirty rate comes down). A postcopy destination's page faults
+(`Faults`: when each began since the switch, and how long the vCPU waited) add a panel of
+request latency over time.
 """
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.stats import Sample
 
@@ -35,22 +38,39 @@ WHEN_SEEN: tuple[Panel, ...] = (  # drawn only when some sample is not zero
 TITLE_WIDTH = 70  # characters of a PNG title line that fit an 800-pixel figure
 
 
+@dataclass(frozen=True)
+class Faults:
+    """A postcopy destination's page faults (x-query-postcopy-faults), in ms, in order."""
+
+    at_ms: Sequence[float]  # when each began, since the switch
+    waits_ms: Sequence[float]  # how long the vCPU waited for its page
+
+    @classmethod
+    def from_query(cls, answer: Mapping[str, Any]) -> Faults:
+        return cls(answer.get("at-ms", []), answer.get("waits-ms", []))
+
+
 def panels(series: Series) -> tuple[Panel, ...]:
     samples = [s for run in series.values() for s in run]
     return ALWAYS + tuple(p for p in WHEN_SEEN if any(p[2](s) for s in samples))
 
 
-def figure(series: Series, title: str = "migration") -> Figure:
-    """Stacked panels sharing the time axis, one line per series; a long title wraps."""
+def figure(series: Series, title: str = "migration", faults: Faults | None = None) -> Figure:
+    """Stacked panels sharing the time axis, one line per series; a long title wraps. With
+    ``faults``, a last panel of each fault's wait over time since the switch."""
     # matplotlib is imported here: a REPL that never draws a chart should not pay for it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     shown = panels(series)
-    fig = Figure(figsize=(8, 1.5 + 2.25 * len(shown)), dpi=100, layout="constrained")
+    extra = 1 if faults is not None and faults.waits_ms else 0
+    rows = len(shown) + extra
+    fig = Figure(figsize=(8, 1.5 + 2.25 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)  # the Agg canvas: no display needed
-    axes = fig.subplots(len(shown), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (panel, unit, value) in zip(axes, shown, strict=True):
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+    for ax, (panel, unit, value) in zip(axes, shown, strict=False):
+        if ax is not axes[0]:
+            ax.sharex(axes[0])
         for name, samples in series.items():
             ax.plot([s.t_ms / 1000 for s in samples], [value(s) for s in samples], label=name)
         ax.set_ylabel(f"{panel} ({unit})")
@@ -58,12 +78,23 @@ def figure(series: Series, title: str = "migration") -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
     axes[0].set_title(textwrap.fill(title, TITLE_WIDTH))
-    axes[-1].set_xlabel("time since migrate (s)")
+    axes[len(shown) - 1].set_xlabel("time since migrate (s)")
+    if extra and faults is not None:
+        ax = axes[-1]
+        at = [t / 1000 for t in faults.at_ms]
+        ax.scatter(at, faults.waits_ms, s=4, color="C3", label="a fault's wait")
+        ax.set_ylabel("page-request wait (ms)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+        ax.set_xlabel("time since the postcopy switch (s), on the destination")
     return fig
 
 
-def write_png(path: str | Path, series: Series, title: str = "migration") -> None:
-    figure(series, title).savefig(path, format="png")
+def write_png(
+    path: str | Path, series: Series, title: str = "migration", faults: Faults | None = None
+) -> None:
+    figure(series, title, faults).savefig(path, format="png")
 
 
 def resample(values: Sequence[float], width: int) -> list[float]:
@@ -99,3 +130,27 @@ def terminal_chart(series: Series, width: int = 48) -> str:
             spark = sparkline(resample(values[name], width), top)
             lines.append(f"  {name:<{label}} {spark} {samples[-1].t_ms / 1000:.1f} s")
     return "\n".join(lines) + "\n"
+
+
+def fault_chart(faults: Faults, width: int = 48) -> str:
+    """Postcopy's page-request latency over time since the switch: per slice of time, the
+    longest wait and the number of faults, with the whole run's percentiles."""
+    if not faults.waits_ms:
+        return "no postcopy page faults\n"
+    waits = sorted(faults.waits_ms)
+    p50, p99 = (waits[min(len(waits) - 1, int(q * len(waits)))] for q in (0.5, 0.99))
+    end = max(faults.at_ms) or 1.0  # the last fault falls in the last slice
+    slices = min(width, len(waits))
+    longest = [0.0] * slices
+    count = [0.0] * slices
+    for at, wait in zip(faults.at_ms, faults.waits_ms, strict=True):
+        k = min(slices - 1, int(at / end * slices))
+        longest[k] = max(longest[k], wait)
+        count[k] += 1
+    seconds = f"{end / 1000:.1f} s"
+    return (
+        f"postcopy page-request wait (ms, peak {waits[-1]:.1f}, p50 {p50:.2f}, p99 {p99:.2f},"
+        f" {len(waits)} faults):\n"
+        f"  longest {sparkline(longest, waits[-1])} {seconds}\n"
+        f"  faults  {sparkline(count, max(count))} since the switch\n"
+    )

@@ -232,7 +232,13 @@ def hmp_x_migrate_export(mon: Monitor, args: Args) -> None:
 
 
 def hmp_x_migrate_chart(mon: Monitor, args: Args) -> None:
-    mon.printf(chart.terminal_chart({"migrate": mon.machine.migration_timeseries()}))
+    """The outgoing migration's series; on a postcopy destination, its page-request waits."""
+    samples = mon.machine.migration_timeseries()
+    faults = chart.Faults.from_query(mon.machine.query_postcopy_faults())
+    if samples or not faults.waits_ms:
+        mon.printf(chart.terminal_chart({"migrate": samples}))
+    if faults.waits_ms:
+        mon.printf(chart.fault_chart(faults))
 
 
 MIGRATE_HELP = (
@@ -360,7 +366,8 @@ COMMANDS: tuple[Command, ...] = (
         "x_migrate_chart",
         "",
         "",
-        "chart the last migration's remaining RAM, throughput, dirty rate and throttle",
+        "chart the last migration's remaining RAM, throughput, dirty rate and throttle"
+        " (on a postcopy destination, its page-request waits)",
         hmp_x_migrate_chart,
         extension=True,
     ),
