@@ -29,6 +29,7 @@ from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
+from engine.switchover_ack import Approval
 from engine.transport import Address, Listener, shutdown
 from engine.vm import Vm
 
@@ -100,6 +101,9 @@ class IncomingMigration(threading.Thread):
         self._deadline.name, self._deadline.daemon = "incoming_deadline", True
         # After a failed attempt RAM holds stale data; a fresh destination's is all zero.
         self._pristine = previous is None
+        # switchover-ack: what holds the ACK the source may ask for (QEMU's devices that need
+        # it; here a hold() from a test), sent at once after setup when nothing does.
+        self.switchover = Approval()
 
     @property
     def status(self) -> MigrationStatus:
@@ -230,6 +234,7 @@ class IncomingMigration(threading.Thread):
             warn=self._report,
             accept=lambda: self._adopt(self.listener.accept(self._closing, CHANNEL_TIMEOUT_S)),
             on_run=self._postcopy_run,
+            approval=self.switchover,
         )
         runstate, error = RunState.INMIGRATE, None
         try:
@@ -458,11 +463,14 @@ class StreamLoader:
         warn: Callable[[str], None] = lambda _msg: None,
         accept: Callable[[], socket.socket | None] = lambda: None,
         on_run: Callable[[RunState], None] = lambda _state: None,
+        approval: Approval | None = None,
     ) -> None:
         """``accept`` yields the next connection to the listener (for multifd channels);
         ``on_run`` starts the guest at postcopy's switch."""
         self.ram = ram
         self._on_run = on_run
+        self._approval = approval or Approval()
+        self._switchover_ack = False  # the source waits for our SWITCHOVER_ACK
         self._postcopy = False  # the source has postcopy-ram on
         self._discard: npt.NDArray[np.bool_] | None = None
         self.present: postcopy.PresentMap | None = None  # after the switch
@@ -525,6 +533,8 @@ class StreamLoader:
         wire.check_header(bytes(head))
         self._configure(conn)
         then()
+        if self._switchover_ack:  # QEMU 11.1 acks at the return path's opening, after setup
+            self._approval.armed(self.send)
         return self._records(conn)
 
     def resume(self, conn: socket.socket) -> RunState:
@@ -554,6 +564,7 @@ class StreamLoader:
                 if self._multifd:
                     self._multifd.wait_sync(self._eos)
             elif kind == wire.Rec.DONE:
+                self._approval.disarm()
                 return self._verify(wire.read_body(conn, length, wire.MAX_JSON))
             elif kind == wire.Rec.DISCARD and self._postcopy and self._discard is None:
                 self._drain()
@@ -579,6 +590,7 @@ class StreamLoader:
             log.warning("UUID is received %s, but local uuid isn't set", remote.uuid)
             self._warn(f"warning: UUID is received {remote.uuid}, but local uuid isn't set")
         self._postcopy = remote.postcopy
+        self._switchover_ack = remote.switchover_ack
         self.session = remote.session
         if remote.multifd_channels:
             self._connect_channels(remote)

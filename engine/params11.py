@@ -179,6 +179,7 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
     CapabilitySpec(
         "switchover-ack",
         "the source switches over only once the destination acknowledged it is ready",
+        supported=True,
     ),
     CapabilitySpec("dirty-limit", "limit each vCPU's dirty page rate (needs a KVM dirty ring)"),
     CapabilitySpec(

@@ -42,6 +42,7 @@ from engine.policy import PERIOD_S as POLICY_PERIOD_S
 from engine.policy import AdaptivePolicy, PolicyInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats, now_ms
+from engine.switchover_ack import AckReader
 from engine.transport import Address, Link, RateLimiter, connect, send_buffers, shutdown
 from engine.vm import Vm
 from engine.xbzrle import MISS, OVERFLOW, PageCache
@@ -71,7 +72,11 @@ CANCELLABLE = frozenset(
         MigrationStatus.DEVICE,
     }
 )
+# How long an idle source waits for the switchover ACK before it syncs again (QEMU's rate
+# period, BUFFER_DELAY).
+ACK_WAIT_S = 0.1
 CANCEL_WAIT_S = 5.0  # how long a cancel in postcopy waits for the migration thread's end
+NACK_WAIT_S = 0.5  # after a broken stream, how long the destination's reason may take
 # What a source in postcopy-paused has and has not (logged: QEMU's stderr has one line).
 PAUSED_SOURCE = (
     "the guest runs on the destination and what it wrote there is not here, so it cannot "
@@ -114,6 +119,7 @@ class OutgoingSettings:
     postcopy: bool = _entry("postcopy-ram")
     preempt: bool = _entry("postcopy-preempt")  # requested pages on a channel of their own
     release_ram: bool = _entry("release-ram")
+    switchover_ack: bool = _entry("switchover-ack")  # 11.1: wait for the destination's ACK
     multifd_channels: int = 0  # 0: the multifd capability is off
     uuid: str = ""  # sent for the destination to check: -uuid, with validate-uuid on
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
@@ -261,6 +267,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._in_postcopy = False  # the destination runs the guest; pages go on demand
         self._resumed = threading.Event()  # a postcopy-paused migration may go on (or quit)
         self._return_path: postcopy.ReturnPath | None = None
+        self._ack: AckReader | None = None  # switchover-ack's reader of the destination's ACK
+        self._ack_wait = threading.Event()  # ends an idle wait for it: the ACK, a cancel
         self._requests = postcopy.PageRequests(ram.pages, self._limiter.wake)
         self._prior = RunState.RUNNING  # the run state the destination takes over
         self._resume_addr = addr
@@ -295,6 +303,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._cancel.set()
             blocked = self._blocked
         self._continue.set()  # QEMU's cancel posts the pause semaphore too
+        self._ack_wait.set()
         self._end_pacing()
         if blocked or in_postcopy:  # postcopy's return path reads the socket: it must end too
             shutdown(self._sock)
@@ -436,6 +445,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             uuid=s.uuid,
             postcopy=s.postcopy,
             preempt=s.postcopy and s.preempt,
+            switchover_ack=s.switchover_ack and s.return_path,
         )
         self._session = config.session
         self.stats.add_stream(
@@ -463,6 +473,10 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             )
         if config.preempt:  # after the multifd channels: the destination takes them in order
             self._preempt = self._open_channel(postcopy.PREEMPT_CHANNEL, config.session)
+        if config.switchover_ack:  # after the channels' setup, which may read a NACK itself
+            assert self._sock is not None
+            self._ack = AckReader(self._sock, self._ack_wait.set)
+            self._ack.start()
         if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
             self.ram.start_dirty_log()
             self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
@@ -493,12 +507,32 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                 if self._start_postcopy.is_set():
                     return True
                 self._iterate()
-            else:
+            elif self._can_switchover():
                 return False
+            elif pending:  # it fits, but the destination has not acknowledged yet
+                self._iterate()
+            else:
+                self._await_ack()
             self.stats.update_window(
                 self._param("downtime-limit"), self._param("avail-switchover-bandwidth")
             )
             self._steer()
+
+    def _can_switchover(self) -> bool:
+        """QEMU 11.1's migration_can_switchover: no switchover-ack, its ACK came, or the
+        guest is stopped (nothing then to wait for); a reader that ended without it fails."""
+        ack = self._ack
+        if ack is None or ack.acked.is_set() or not self.vm.running:
+            return True
+        if ack.failure is not None:
+            self._check_stop()
+            raise MigrationError(ack.failure)
+        return False
+
+    def _await_ack(self) -> None:
+        """Nothing to send and no ACK yet: wait one rate period for it (or a cancel), then
+        sync again, as QEMU's migration thread keeps iterating."""
+        self._ack_wait.wait(ACK_WAIT_S)
 
     def _steer(self) -> None:
         """Every policy period, hand the adaptive policy the cap that bounds the stream."""
@@ -781,6 +815,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         if self._multifd:
             self._multifd.close()
         if self._sock:
+            if self._ack is not None and self._ack.is_alive():  # it may still wait for the ACK
+                shutdown(self._sock)
+                self._ack.join(self._switchover_timeout)
             self._sock.close()
         if self._preempt:
             self._preempt.close()
@@ -1138,7 +1175,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._sock.settimeout(self._switchover_timeout)
         try:
             with self._breakable():
-                reply = wire.read_reply(self._sock)
+                reply = self._next_reply()
         except TimeoutError:
             raise MigrationError(
                 self._lost(f"no answer within {self._switchover_timeout:g} s")
@@ -1156,6 +1193,16 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             raise MigrationError(reply.error)
         if reply.kind is not kind:
             raise MigrationError(self._lost(f"it answered {reply.kind.name} out of turn"))
+
+    def _next_reply(self) -> wire.Reply | None:
+        """The destination's next reply: first what switchover-ack's reader took instead of
+        the ACK (a stopped source does not wait for it), then the socket's."""
+        assert self._sock is not None
+        if self._ack is not None:
+            took, reply = self._ack.take(self._switchover_timeout)
+            if took:
+                return reply
+        return wire.read_reply(self._sock)
 
     def _check_cancelled(self) -> None:
         if self._cancel.is_set() and not self._handed_over:
@@ -1178,8 +1225,11 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         sock = self._sock
         if sock is None:
             return None
+        if self._ack is not None and not self._ack.acked.is_set():  # it reads the socket
+            self._ack.join(NACK_WAIT_S)
+            return self._ack.nack
         try:
-            sock.settimeout(0.5)
+            sock.settimeout(NACK_WAIT_S)
             reply = wire.read_reply(sock)
         except wire.ForeignPeer as exc:
             return str(exc)
