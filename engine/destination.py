@@ -25,6 +25,7 @@ import numpy.typing as npt
 from engine import postcopy, wire, xbzrle
 from engine.command import CommandListener
 from engine.compression import CHUNK, CODECS, DecompressPool
+from engine.file_stream import FileSource
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 class IncomingMigration(threading.Thread):
     def __init__(
         self,
-        listener: Listener | CommandListener,
+        listener: Listener | CommandListener | FileSource,
         ram: GuestRam,
         vm: Vm,
         local_config: Callable[[], tuple[wire.StreamConfig, int]],
@@ -61,6 +62,7 @@ class IncomingMigration(threading.Thread):
         setup_timeout_s: float = SETUP_TIMEOUT_S,
         report: Callable[[str], None] = lambda _msg: None,
         blocktime: Callable[[], bool] = lambda: False,
+        failure_prefix: str = "",
     ) -> None:
         """``previous``: a failed attempt on the same address whose status shows until a retry;
         ``switchover_timeout``: how long to wait for the source's GO once READY is sent;
@@ -76,6 +78,7 @@ class IncomingMigration(threading.Thread):
         self._on_event = on_event
         self._report = report  # QEMU's warn_report
         self._blocktime = blocktime
+        self._failure_prefix = failure_prefix  # what the status says before a failure's reason
         self._loader: StreamLoader | None = None
         self._show_blocktime = False  # postcopy-blocktime was on at the switch
         # Postcopy recovery: migrate_recover's listener and the connection it brought.
@@ -238,6 +241,8 @@ class IncomingMigration(threading.Thread):
         )
         runstate, error = RunState.INMIGRATE, None
         try:
+            if isinstance(self.listener, FileSource) and (problem := self.listener.check()):
+                raise wire.StreamError(problem)  # QEMU's words for a file that is no stream
             runstate = loader.load(conn, then=self._setup_done)
         except (wire.StreamError, OSError) as exc:
             error = str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
@@ -440,7 +445,7 @@ class IncomingMigration(threading.Thread):
     def _fail(self, conn: socket.socket, reason: str, *, listen: bool = True) -> None:
         """Give the migration up; ``listen``: wait for another (not once the guest ran here)."""
         with self._lock:
-            self._status, self._error = MigrationStatus.FAILED, reason
+            self._status, self._error = MigrationStatus.FAILED, self._failure_prefix + reason
         try:
             conn.sendall(wire.json_record(wire.Rec.NACK, {"error": reason}))
         except OSError:

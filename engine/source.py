@@ -34,6 +34,7 @@ from engine.background import CopyBeforeWrite
 from engine.command import CommandChannel
 from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
 from engine.errors import MigrationError
+from engine.file_stream import FileSink
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import METHODS, Hello, MultifdSender
 from engine.outgoing_status import OutgoingStatus
@@ -61,6 +62,9 @@ MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 # What QEMU 7.2's savevm reports when the RAM section's iteration fails on a broken stream
 # (section 2 is RAM in QEMU's pc machine; -5 is the -EIO its stream errors become).
 RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
+# A file: stream (11.1, no mapped-ram) with return-path or postcopy-ram: QEMU's return-path
+# reader fails on the write-only file.
+RETURN_PATH_ON_FILE = "Unable to read from file: Bad file descriptor"
 # No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
 STALL_WARNING_S = 30.0
 # QEMU's migrate_fd_cancel acts in every running state; ours until GO is sent.
@@ -216,7 +220,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S,
         *,
         stall_warning_s: float = STALL_WARNING_S,
+        sink: FileSink | None = None,
     ) -> None:
+        """``sink``: a `file:` URI's, opened by the machine (its errors are migrate's)."""
         super().__init__(name="live_migration", daemon=True)
         self._switchover_timeout = switchover_timeout
         self._on_event = on_event  # MIGRATION / MIGRATION_PASS, filtered by the machine
@@ -242,7 +248,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         # that wait. Otherwise a cancel leaves the socket to the thread, which stops at the
         # next record, so the destination sees the stream end between two records.
         self._blocked = False
-        self._command: CommandChannel | None = None  # exec: the command the stream goes to
+        # exec: the command the stream goes to; file: (11.1, no mapped-ram) the file's sink
+        self._command: CommandChannel | FileSink | None = sink
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
         self._rate_param = "max-bandwidth"  # max-postcopy-bandwidth once postcopy runs
         self._limiter = RateLimiter(lambda: param(self._rate_param))
@@ -359,6 +366,11 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._sock = self._open()
             if self.settings.tls_creds:  # never fall back to plain text when TLS is asked for
                 raise MigrationError(f"No TLS credentials with id '{self.settings.tls_creds}'")
+            if isinstance(self._command, FileSink) and (
+                self.settings.return_path or self.settings.postcopy
+            ):  # QEMU 11.1 opens a return path on the file, which its reader cannot read
+                self._report(RETURN_PATH_ON_FILE)
+                raise MigrationError(RETURN_PATH_ON_FILE)
             self._connected.set()
             if self._cancel.is_set():
                 raise Cancelled
@@ -405,11 +417,14 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
     def _write_error(self, exc: OSError) -> str:
         """QEMU's text for a write that failed, naming its channel."""
         return (
-            f"Unable to write to {'command' if self._command else 'socket'}: {exc.strerror or exc}"
+            f"Unable to write to {self._command.name if self._command else 'socket'}: "
+            f"{exc.strerror or exc}"
         )
 
     def _open(self) -> socket.socket:
         """The stream's socket: connected to the destination, or an exec: command's."""
+        if self._command is not None:  # a file's sink
+            return self._command.sock
         if self.addr.kind != "exec":
             return connect(self.addr)
         self._command = CommandChannel(self.addr.command, outgoing=True)

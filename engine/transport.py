@@ -52,7 +52,7 @@ class Address:
     wrap-around above 65535, or a service name such as ``http``) when it is used.
     """
 
-    kind: str  # "tcp" | "unix" | "exec"
+    kind: str  # "tcp" | "unix" | "exec" | "file" (11.1, engine/file_stream.py)
     host: str = ""
     port: str = ""
     path: str = ""
@@ -66,13 +66,15 @@ class Address:
     def uri(self) -> str:
         if self.kind == "exec":
             return f"exec:{self.command}"
+        if self.kind == "file":
+            return f"file:{self.path}"
         return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
 
     def display(self) -> str:
         """How QEMU names the peer in errors: ``host:port``, the socket path, the command."""
         if self.kind == "exec":
             return self.command
-        return self.path if self.kind == "unix" else f"{self.host}:{self.port}"
+        return self.path if self.kind in ("unix", "file") else f"{self.host}:{self.port}"
 
 
 def _unsupported(scheme: str) -> AddressError:

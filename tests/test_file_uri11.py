@@ -1,0 +1,159 @@
+"""QEMU 11.1's `file:` URI without mapped-ram (engine/file_stream.py): the plain migration
+stream saved into a file from its offset on, and restored by an `-incoming defer` destination.
+
+QEMU 11.1's texts for bad paths, offsets and files that are no stream are replayed from its
+recordings (tests/data/qemu-11.1/migrate_errors, migrate_file_plain, incoming_file_*,
+migrate_file); these tests hold the mechanism: what is saved is what is restored (digest
+checked), a damaged file never runs a guest, a failed write or a cancel leaves the guest
+running here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine import wire
+from engine.errors import MigrationError
+from engine.machine import Machine, MachineOptions
+from engine.params11 import TABLE_11_1
+from engine.state import MigrationStatus, RunState
+from tests.test_machine import Watch
+
+MiB = 1 << 20
+WRITER = "random-writer,rate=2000,wss=1M"
+
+
+@pytest.fixture
+def machines() -> Iterator[list[Machine]]:
+    made: list[Machine] = []
+    yield made
+    for m in made:
+        m.close()
+
+
+def machine(machines: list[Machine], **kw: object) -> Machine:
+    m = Machine(MachineOptions(ram_size=32 * MiB, config_table=TABLE_11_1, **kw))  # type: ignore[arg-type]
+    m.set_capabilities({"events": True})
+    machines.append(m)
+    return m
+
+
+def ram_hash(m: Machine) -> str:
+    return hashlib.sha256(m.ram.buf).hexdigest()
+
+
+def save(machines: list[Machine], path: Path, offset: int = 0, workload: str = WRITER) -> str:
+    """A running guest saved into ``path``: the hash of its RAM as saved."""
+    src = machine(machines, workload=workload)
+    src.migrate(f"file:{path},offset={offset}")
+    info = src.wait_migration(30)
+    assert info.status is MigrationStatus.COMPLETED, info
+    assert src.query_status().status is RunState.POSTMIGRATE  # QEMU's, after a save
+    return ram_hash(src)
+
+
+def load(dst: Machine, uri: str) -> MigrationStatus:
+    """`migrate_incoming URI` on ``dst``: how it ended (waits on its events, bounded)."""
+    ended = threading.Event()
+    dst.events.subscribe(
+        lambda name, data: (
+            ended.set()
+            if name == "MIGRATION" and data["status"] in ("completed", "failed")
+            else None
+        )
+    )
+    dst.migrate_incoming(uri)
+    assert ended.wait(30), dst.query_migrate()
+    status = dst.query_migrate().status
+    assert status is not None
+    return status
+
+
+def test_a_saved_stream_restores_the_same_ram_from_its_offset(
+    machines: list[Machine], tmp_path: Path
+) -> None:
+    path = tmp_path / "x.img"
+    saved = save(machines, path, offset=4095)  # no alignment without mapped-ram, as in 11.1
+    data = path.read_bytes()
+    assert data[:4095] == bytes(4095)  # before the offset: nothing was written
+    assert data[4095 : 4095 + len(wire.MAGIC)] == wire.MAGIC
+    dst = machine(machines, incoming="defer")
+    assert load(dst, f"file:{path},offset=4095") is MigrationStatus.COMPLETED
+    assert dst.query_status().status is RunState.RUNNING
+    assert ram_hash(dst) == saved
+
+
+def test_saving_again_truncates_the_file(machines: list[Machine], tmp_path: Path) -> None:
+    path = tmp_path / "x.img"
+    path.write_bytes(b"\xff" * (64 * MiB))  # longer than any save of 32 MiB of RAM
+    save(machines, path)
+    assert path.stat().st_size < 64 * MiB
+    assert load(machine(machines, incoming="defer"), f"file:{path}") is MigrationStatus.COMPLETED
+
+
+@pytest.mark.parametrize("damage", ["cut", "flipped"])
+def test_a_damaged_file_fails_the_restore_and_the_guest_never_runs(
+    machines: list[Machine], tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "x.img"
+    save(machines, path, workload="idle")  # nothing re-sent: a later copy cannot mend a page
+    data = bytearray(path.read_bytes())
+    if damage == "cut":
+        del data[len(data) // 2 :]
+    else:
+        data[len(data) // 2] ^= 0x01  # inside a page (or its framing): the digest or the reader
+    path.write_bytes(bytes(data))
+    dst = machine(machines, incoming="defer")
+    assert load(dst, f"file:{path}") is MigrationStatus.FAILED
+    error = dst.query_migrate().error_desc
+    assert error is not None and error.startswith("load of migration failed: ")
+    assert dst.query_status().status is RunState.INMIGRATE
+
+
+def test_a_file_of_another_ram_size_is_refused(machines: list[Machine], tmp_path: Path) -> None:
+    path = tmp_path / "x.img"
+    save(machines, path)
+    dst = Machine(MachineOptions(ram_size=64 * MiB, config_table=TABLE_11_1, incoming="defer"))
+    machines.append(dst)
+    dst.set_capabilities({"events": True})
+    assert load(dst, f"file:{path}") is MigrationStatus.FAILED
+    assert "Length mismatch" in (dst.query_migrate().error_desc or "")
+    assert dst.query_status().status is RunState.INMIGRATE
+
+
+def test_a_write_the_file_refuses_fails_and_the_guest_runs_on(machines: list[Machine]) -> None:
+    src = machine(machines, workload=WRITER)
+    src.migrate("file:/dev/full")  # every write: ENOSPC
+    info = src.wait_migration(30)
+    assert info.status is MigrationStatus.FAILED
+    assert info.error_desc == "Unable to write to file: No space left on device"
+    assert src.query_status().status is RunState.RUNNING
+
+
+def test_a_cancelled_save_leaves_the_guest_running(machines: list[Machine], tmp_path: Path) -> None:
+    src = machine(machines, workload=WRITER)
+    src.set_parameters({"max-bandwidth": 1 * MiB})  # 32 MiB take far longer than the test
+    watch = Watch(src)
+    src.migrate(f"file:{tmp_path / 'x.img'}")
+    watch.wait_event("MIGRATION_PASS")
+    src.migrate_cancel()
+    assert src.wait_migration(10).status is MigrationStatus.CANCELLED
+    assert src.query_status().status is RunState.RUNNING
+    assert not [t for t in threading.enumerate() if t.name == "file_sink"]
+
+
+def test_multifd_needs_mapped_ram_and_changes_nothing(
+    machines: list[Machine], tmp_path: Path
+) -> None:
+    """QEMU 11.1 refuses before any status is set (recorded: migrate_file_plain)."""
+    src = machine(machines)
+    src.set_capabilities({"multifd": True})
+    with pytest.raises(MigrationError, match=r"^Migration requires multi-channel URIs"):
+        src.migrate(f"file:{tmp_path / 'x.img'}")
+    assert src.query_migrate().status is None
+    assert not (tmp_path / "x.img").exists()
