@@ -282,5 +282,7 @@ TABLE_11_1 = ConfigTable(
     listening_is_setup=True,
     failing_state=True,
     file_uris=True,
+    announce_every_sync=False,
+    device_at_switchover=True,
     incoming_started=_incoming_started,
 )

@@ -129,6 +129,8 @@ class OutgoingSettings:
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
     report_failure: bool = True  # the release writes a failure's error to stderr
     failing_state: bool = False  # the release announces `failing` before `failed`
+    announce_every_sync: bool = True  # the setup's and the final sync are MIGRATION_PASS too
+    device_at_switchover: bool = False  # the stop for the switchover goes active → device
 
     @classmethod
     def from_config(cls, config: MigrationConfig) -> OutgoingSettings:
@@ -142,6 +144,8 @@ class OutgoingSettings:
             multifd_level=int(config.param(level)) if level else 1,
             report_failure=config.table.report_failures,
             failing_state=config.table.failing_state,
+            announce_every_sync=config.table.announce_every_sync,
+            device_at_switchover=config.table.device_at_switchover,
         )
 
 
@@ -494,7 +498,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._ack.start()
         if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
             self.ram.start_dirty_log()
-            self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
+            # QEMU's first sync at setup: the bitmap starts all-ones
+            self._sync(announce=s.announce_every_sync)
         self.stats.setup_done(self._param("downtime-limit"))
         self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
 
@@ -576,11 +581,14 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self.vm.set_state(RunState.FINISH_MIGRATE)
         if self.settings.pause_before_switchover:
             self._pause_before_switchover()
+        elif self.settings.device_at_switchover:
+            self._set_status(MigrationStatus.ACTIVE, MigrationStatus.DEVICE)
+            self._phase = MigrationStatus.DEVICE
         self._limiter.unlimited = True
         self._last_stage = True
         if self._policy:
             self._policy.stop_and_copy(*self._stream_cap())
-        self._sync()
+        self._sync(announce=self.settings.announce_every_sync)
         while self._dirty_pages:
             self._send_batch()
         self._drain()
@@ -861,8 +869,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._done.set()
 
     # -- iterations --------------------------------------------------------------------------
-    def _sync(self) -> None:
-        """QEMU's migration_bitmap_sync: fold the guest's dirty log into the bitmap.
+    def _sync(self, *, announce: bool = True) -> None:
+        """QEMU's migration_bitmap_sync: fold the guest's dirty log into the bitmap
+        (``announce``: a MIGRATION_PASS event, when the release sends one for this sync).
 
         The sync lets pages already sent be found dirty again, so compressed pages still in
         flight go out first, ended by an EOS at which the destination drains its workers:
@@ -877,7 +886,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._dirty_pages = int(np.count_nonzero(self._bitmap))
         self.stats.set_remaining(self._dirty_pages)
         closed = self.stats.bitmap_synced(new)
-        self._on_event("MIGRATION_PASS", {"pass": self.stats.dirty_sync_count})
+        if announce:
+            self._on_event("MIGRATION_PASS", {"pass": self.stats.dirty_sync_count})
         if closed and self.settings.auto_converge and self.vm.running:
             self._maybe_throttle(*closed)
 
