@@ -325,7 +325,7 @@ class Machine:
             )
         except MigrationError as exc:  # QEMU keeps the failure in the status
             self._outgoing = _Refused(exc.desc)
-            self._migration_event("MIGRATION", {"status": str(MigrationStatus.FAILED)})
+            self._failed_at_start()
             raise
         self._outgoing = mig
         mig.start()
@@ -387,8 +387,14 @@ class Machine:
     def _refuse(self, error: str | None) -> None:
         """A URI QEMU cannot use: its migrate_init announced setup before looking at it."""
         self._outgoing = _Refused(error)
-        for status in (MigrationStatus.SETUP, MigrationStatus.FAILED):
-            self._migration_event("MIGRATION", {"status": str(status)})
+        self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
+        self._failed_at_start()
+
+    def _failed_at_start(self) -> None:
+        """The events of a migration that failed before its thread ran (11.1: via failing)."""
+        if self.config.table.failing_state:
+            self._migration_event("MIGRATION", {"status": "failing"})
+        self._migration_event("MIGRATION", {"status": str(MigrationStatus.FAILED)})
 
     def query_compress_policy(self) -> PolicyInfo:
         """The adaptive compression policy's last decision (`info x_compress_policy`)."""

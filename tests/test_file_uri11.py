@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ from engine.errors import MigrationError
 from engine.machine import Machine, MachineOptions
 from engine.params11 import TABLE_11_1
 from engine.state import MigrationStatus, RunState
+from tests import test_qmp_oracle as seven
+from tests import test_qmp_oracle11 as oracle11
+from tests.qmp_helpers import RawClient, endpoint, options
 from tests.test_machine import Watch
 
 MiB = 1 << 20
@@ -140,7 +144,7 @@ def test_a_cancelled_save_leaves_the_guest_running(machines: list[Machine], tmp_
     src.set_parameters({"max-bandwidth": 1 * MiB})  # 32 MiB take far longer than the test
     watch = Watch(src)
     src.migrate(f"file:{tmp_path / 'x.img'}")
-    watch.wait_event("MIGRATION_PASS")
+    watch.wait_status("active")
     src.migrate_cancel()
     assert src.wait_migration(10).status is MigrationStatus.CANCELLED
     assert src.query_status().status is RunState.RUNNING
@@ -157,3 +161,25 @@ def test_multifd_needs_mapped_ram_and_changes_nothing(
         src.migrate(f"file:{tmp_path / 'x.img'}")
     assert src.query_migrate().status is None
     assert not (tmp_path / "x.img").exists()
+
+
+def test_over_qmp_a_bad_path_is_qemu_11_1s(tmp_path: Path) -> None:
+    """The `file:/nonexistent/x` exchange of tests/data/qemu-11.1/qmp/uris.jsonl (the events
+    setup, failing, failed before the error; the status keeps it), replayed as recorded."""
+    records = oracle11.load("uris")
+    wanted = ("qmp_capabilities", "migrate-set-capabilities", "file:/nonexistent/x")
+    steps = oracle11.steps(records)
+    first = next(i for i, (text, _) in enumerate(steps) if wanted[2] in text)
+    chosen = [s for s in steps[:first] if any(w in s[0] for w in wanted)] + steps[first : first + 2]
+    assert [text.count("query-migrate") for text, _ in chosen] == [0, 0, 0, 1]
+    opts = replace(options(records[0]["argv"]), config_table=TABLE_11_1)
+    with endpoint(tmp_path, opts) as server:
+        client = RawClient(server.spec.address.path)
+        try:
+            client.read()  # the greeting
+            for text, expected in chosen:
+                client.send(text)
+                got = seven._collect(client, expected)
+                assert oracle11.comparable(got) == oracle11.comparable(expected), text
+        finally:
+            client.close()
