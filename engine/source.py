@@ -524,7 +524,11 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                 self._sync()
                 pending = self._dirty_pages * PAGE_SIZE
             if pending and pending >= self.stats.threshold:
-                if self._start_postcopy.is_set():
+                # Postcopy switches over too: with switchover-ack only once the ACK came (its
+                # reader has then left the socket to postcopy's return path).
+                if self._start_postcopy.is_set() and (
+                    self._ack is None or self._ack.acked.is_set()
+                ):
                     return True
                 self._iterate()
             elif self._can_switchover():

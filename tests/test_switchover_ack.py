@@ -134,3 +134,24 @@ def test_a_destination_that_answers_something_else_fails_the_migration(
     assert drained.wait(10)
     thread.join(10)
     server.close()
+
+
+def test_postcopy_waits_for_the_ack_too(machines: list[Machine]) -> None:
+    """QEMU's postcopy_start needs can_switchover as the completion does: asked for at once
+    (all of RAM still to send), postcopy starts only after the ACK, then it completes."""
+    dst, uri = dest(machines, config_table=TABLE_11_1)
+    dst.set_capabilities({"postcopy-ram": True})
+    src = make(machines, config_table=TABLE_11_1, workload="random-writer,rate=50000,wss=16M")
+    src.set_capabilities({"return-path": True, "postcopy-ram": True})
+    src.set_capabilities({"switchover-ack": True})
+    src.set_parameters({"max-bandwidth": 16 << 20})  # 32 MiB: a pass takes 2 s
+    incoming = dst._incoming
+    assert isinstance(incoming, IncomingMigration)
+    release = incoming.switchover.hold()
+    watch = Watch(src)
+    src.migrate(uri)
+    src.migrate_start_postcopy()
+    watch.wait_event("MIGRATION_PASS", count=2)  # the first pass is over: it went on in precopy
+    assert "postcopy-active" not in watch.statuses()
+    release()
+    assert src.wait_migration(60).status.value == "completed"
