@@ -443,14 +443,10 @@ class Machine:
             self._start_incoming(uri)
 
     def _start_incoming(self, uri: str) -> None:
-        if (
-            self.config.table.file_uris
-            and uri.startswith("file:")
-            and not (self.config.capability("mapped-ram"))
-        ):
-            self._restore_stream(FileUri.parse(uri))
-            return
         if self.config.table.file_uris and uri.startswith("file:"):
+            if not self.config.capability("mapped-ram"):
+                self._restore_stream(FileUri.parse(uri))
+                return
             incoming = FileIncoming(
                 FileUri.parse(uri),
                 self.ram,
