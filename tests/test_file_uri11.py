@@ -27,6 +27,7 @@ from tests import test_qmp_oracle as seven
 from tests import test_qmp_oracle11 as oracle11
 from tests.qmp_helpers import RawClient, endpoint, options
 from tests.test_machine import Watch
+from tests.test_thread_leaks import fds, join_migration_threads
 
 MiB = 1 << 20
 WRITER = "random-writer,rate=2000,wss=1M"
@@ -183,3 +184,36 @@ def test_over_qmp_a_bad_path_is_qemu_11_1s(tmp_path: Path) -> None:
                 assert oracle11.comparable(got) == oracle11.comparable(expected), text
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("end", ["completed", "cancelled", "refused"])
+def test_a_save_and_its_restore_give_back_every_thread_and_descriptor(
+    tmp_path: Path, end: str
+) -> None:
+    """The sink's and the source's copier threads, the file and the socket pairs: all gone
+    once the machines are closed, however the save ended."""
+    before_fds, before_threads = fds(), {t.name for t in threading.enumerate()}
+    src = Machine(MachineOptions(ram_size=32 * MiB, config_table=TABLE_11_1))
+    src.set_capabilities({"events": True})
+    watch = Watch(src)
+    if end == "refused":  # the file would not be created
+        with pytest.raises(MigrationError, match="^Could not create"):
+            src.migrate(f"file:{tmp_path}")
+    elif end == "cancelled":
+        src.set_parameters({"max-bandwidth": 1 * MiB})
+        src.migrate(f"file:{tmp_path / 'x.img'}")
+        watch.wait_status("active")
+        src.migrate_cancel()
+        assert src.wait_migration(10).status is MigrationStatus.CANCELLED
+    else:
+        src.migrate(f"file:{tmp_path / 'x.img'}")
+        assert src.wait_migration(30).status is MigrationStatus.COMPLETED
+        dst = Machine(MachineOptions(ram_size=32 * MiB, config_table=TABLE_11_1, incoming="defer"))
+        dst.set_capabilities({"events": True})
+        assert load(dst, f"file:{tmp_path / 'x.img'}") is MigrationStatus.COMPLETED
+        dst.close()
+    src.close()
+    assert join_migration_threads() == []
+    left = {t.name for t in threading.enumerate()} - before_threads
+    assert not {name for name in left if name.startswith(("file_sink", "file_source"))}
+    assert fds() <= before_fds

@@ -71,6 +71,7 @@ def test_a_cancel_ends_the_wait_for_the_ack(machines: list[Machine]) -> None:
     src.migrate_cancel()
     assert src.wait_migration(10).status.value == "cancelled"
     assert src.query_status().status is RunState.RUNNING
+    assert not [t for t in threading.enumerate() if t.name == "return_path"]  # the ACK's reader
 
 
 def test_a_stopped_source_does_not_wait_for_the_ack(machines: list[Machine]) -> None:
