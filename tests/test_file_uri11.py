@@ -197,7 +197,7 @@ def test_a_save_and_its_restore_give_back_every_thread_and_descriptor(
     src.set_capabilities({"events": True})
     watch = Watch(src)
     if end == "refused":  # the file would not be created
-        with pytest.raises(MigrationError, match="^Could not create"):
+        with pytest.raises(MigrationError, match=r"^Could not create"):
             src.migrate(f"file:{tmp_path}")
     elif end == "cancelled":
         src.set_parameters({"max-bandwidth": 1 * MiB})
