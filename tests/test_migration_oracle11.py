@@ -38,6 +38,7 @@ CASES = [
     "migrate_switchover_ack",
     "migrate_switchover_ack_src",
     "migrate_switchover_ack_dst",
+    "migrate_switchover_ack_plain_dst",
 ]
 # What stands for QEMU's `-kernel $DIRTIER`: a writer over 1 MiB, or for auto-converge one
 # that dirties faster than 8 MiB/s sends, so that the throttle starts as it did in QEMU.
