@@ -1,5 +1,7 @@
-"""QEMU 11.1's event sequence for a precopy migration, in order, against its recording
-(tests/data/qemu-11.1/qmp/migration.jsonl: events on at both ends, a 128 MiB guest).
+"""QEMU 11.1's event sequence for a precopy migration, in order, against its recordings
+(tests/data/qemu-11.1/qmp/: migration.jsonl, events on at both ends, a 128 MiB guest; the same
+with switchover-ack, switchover_ack.jsonl; a `file:` save and its restore, file_events.jsonl,
+recorded by record_events.py).
 
 11.1 differs from 7.2 (tests/data/qmp/): the setup's dirty-log sync and the final one are not
 announced (no `MIGRATION_PASS 1` before `active`, none after `STOP`), and the source goes
@@ -23,15 +25,15 @@ from engine.params import TABLE_7_2
 from engine.params11 import TABLE_11_1
 from tests.test_machine import Watch, dest, make
 
-RECORDING = Path(__file__).parent / "data" / "qemu-11.1" / "qmp" / "migration.jsonl"
+ORACLE = Path(__file__).parent / "data" / "qemu-11.1" / "qmp"
 Event = tuple[str, dict[str, Any]]
 
 
-def recorded() -> dict[str, list[Event]]:
+def recorded(case: str = "migration") -> dict[str, list[Event]]:
     """Each endpoint's events, in the order QEMU sent them."""
     events: dict[str, list[Event]] = {"src": [], "dst": []}
     endpoint = ""
-    for line in RECORDING.read_text().splitlines():
+    for line in (ORACLE / f"{case}.jsonl").read_text().splitlines():
         rec = json.loads(line)
         endpoint = rec.get("endpoint", endpoint)
         msg = rec.get("recv")
@@ -62,9 +64,14 @@ def machines() -> Iterator[list[Machine]]:
         m.close()
 
 
-def migrate(machines: list[Machine], table: Any) -> dict[str, list[Event]]:
+def migrate(
+    machines: list[Machine], table: Any, caps: dict[str, bool] | None = None
+) -> dict[str, list[Event]]:
     dst, uri = dest(machines, config_table=table)
     src = make(machines, config_table=table, workload="random-writer,rate=2000,wss=1M")
+    for m in (src, dst):
+        for name, state in (caps or {}).items():  # one by one: switchover-ack after return-path
+            m.set_capabilities({name: state})
     watches = {"src": Watch(src), "dst": Watch(dst)}
     src.migrate(uri)
     assert src.wait_migration(30).status.value == "completed"
@@ -92,6 +99,34 @@ def test_the_recording_is_11_1s_sequence() -> None:
 
 def test_a_migration_sends_11_1s_events_in_11_1s_order(machines: list[Machine]) -> None:
     ours, qemu = migrate(machines, TABLE_11_1), recorded()
+    for endpoint in ("src", "dst"):
+        assert without_passes(ours[endpoint]) == without_passes(qemu[endpoint]), endpoint
+        assert passes_in_place(ours[endpoint]), ours[endpoint]
+
+
+def test_with_switchover_ack_the_sequence_is_the_same(machines: list[Machine]) -> None:
+    qemu = recorded("switchover_ack")
+    assert without_passes(qemu["src"]) == without_passes(recorded()["src"])
+    ours = migrate(machines, TABLE_11_1, {"return-path": True, "switchover-ack": True})
+    for endpoint in ("src", "dst"):
+        assert without_passes(ours[endpoint]) == without_passes(qemu[endpoint]), endpoint
+        assert passes_in_place(ours[endpoint]), ours[endpoint]
+
+
+def test_a_file_save_and_its_restore_send_11_1s_events(
+    machines: list[Machine], tmp_path: Path
+) -> None:
+    qemu = recorded("file_events")
+    assert qemu["dst"][0] == ("MIGRATION", {"status": "setup"})  # migrate-incoming, events on
+    src = make(machines, config_table=TABLE_11_1, workload="random-writer,rate=2000,wss=1M")
+    watch = Watch(src)
+    src.migrate(f"file:{tmp_path / 'x.img'}")
+    assert src.wait_migration(30).status.value == "completed"
+    dst = make(machines, config_table=TABLE_11_1, incoming="defer")
+    restored = Watch(dst)
+    dst.migrate_incoming(f"file:{tmp_path / 'x.img'}")
+    restored.wait_status("completed")
+    ours = {"src": list(watch.events), "dst": list(restored.events)}
     for endpoint in ("src", "dst"):
         assert without_passes(ours[endpoint]) == without_passes(qemu[endpoint]), endpoint
         assert passes_in_place(ours[endpoint]), ours[endpoint]
