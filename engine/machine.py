@@ -444,11 +444,13 @@ class Machine:
 
     def _start_incoming(self, uri: str) -> None:
         if self.config.table.file_uris and uri.startswith("file:"):
+            file_uri = FileUri.parse(uri)
             if not self.config.capability("mapped-ram"):
-                self._restore_stream(FileUri.parse(uri))
+                self._restore_stream(file_uri)
                 return
+            self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
             incoming = FileIncoming(
-                FileUri.parse(uri),
+                file_uri,
                 self.ram,
                 self.vm,
                 multifd_channels(self.config),

@@ -111,7 +111,11 @@ class FileOutgoing(OutgoingStatus, threading.Thread):
 
     def cancel(self) -> None:
         with self._lock:
-            if self._status not in (MigrationStatus.SETUP, MigrationStatus.ACTIVE):
+            if self._status not in (
+                MigrationStatus.SETUP,
+                MigrationStatus.ACTIVE,
+                MigrationStatus.DEVICE,
+            ):
                 return
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
@@ -156,7 +160,7 @@ class FileOutgoing(OutgoingStatus, threading.Thread):
         self.stats.set_remaining(self.ram.pages)
         self.stats.bitmap_synced(0)
         self.stats.setup_done(self._param("downtime-limit"))
-        self._set_status(MigrationStatus.ACTIVE)
+        self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
         for _ in range(MAX_PASSES):
             start = time.monotonic()
             written = self._pass(np.flatnonzero(dirty), pages_at, pool)
@@ -172,6 +176,7 @@ class FileOutgoing(OutgoingStatus, threading.Thread):
         self._limiter.unlimited = True  # as QEMU lifts max-bandwidth for stop-and-copy
         if not self.vm.stop(RunState.FINISH_MIGRATE):
             self.vm.set_state(RunState.FINISH_MIGRATE)
+        self._set_status(MigrationStatus.ACTIVE, MigrationStatus.DEVICE)  # as 11.1's, after STOP
         dirty |= self.ram.take_dirty()
         self._pass(np.flatnonzero(dirty), pages_at, pool)
         bitmap = np.packbits(self._present, bitorder="little").tobytes()
@@ -215,9 +220,10 @@ class FileOutgoing(OutgoingStatus, threading.Thread):
             )
         return nbytes
 
-    def _set_status(self, status: MigrationStatus) -> None:
+    def _set_status(self, old: MigrationStatus, status: MigrationStatus) -> None:
+        """From ``old`` only: anything else is a cancel that came first."""
         with self._lock:
-            if self._status is not MigrationStatus.SETUP:
+            if self._status is not old:
                 raise _Cancelled
             self._status = status
         self._on_event("MIGRATION", {"status": str(status)})

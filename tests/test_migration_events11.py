@@ -1,7 +1,7 @@
 """QEMU 11.1's event sequence for a precopy migration, in order, against its recordings
 (tests/data/qemu-11.1/qmp/: migration.jsonl, events on at both ends, a 128 MiB guest; the same
 with switchover-ack, switchover_ack.jsonl; a `file:` save and its restore, file_events.jsonl,
-recorded by record_events.py).
+and with mapped-ram, mapped_ram_events.jsonl; recorded by record_events.py).
 
 11.1 differs from 7.2 (tests/data/qmp/): the setup's dirty-log sync and the final one are not
 announced (no `MIGRATION_PASS 1` before `active`, none after `STOP`), and the source goes
@@ -113,16 +113,20 @@ def test_with_switchover_ack_the_sequence_is_the_same(machines: list[Machine]) -
         assert passes_in_place(ours[endpoint]), ours[endpoint]
 
 
+@pytest.mark.parametrize("case", ["file_events", "mapped_ram_events"])
 def test_a_file_save_and_its_restore_send_11_1s_events(
-    machines: list[Machine], tmp_path: Path
+    machines: list[Machine], tmp_path: Path, case: str
 ) -> None:
-    qemu = recorded("file_events")
+    qemu = recorded(case)
     assert qemu["dst"][0] == ("MIGRATION", {"status": "setup"})  # migrate-incoming, events on
+    mapped_ram = {"mapped-ram": case == "mapped_ram_events"}
     src = make(machines, config_table=TABLE_11_1, workload="random-writer,rate=2000,wss=1M")
+    src.set_capabilities(mapped_ram)
     watch = Watch(src)
     src.migrate(f"file:{tmp_path / 'x.img'}")
     assert src.wait_migration(30).status.value == "completed"
     dst = make(machines, config_table=TABLE_11_1, incoming="defer")
+    dst.set_capabilities(mapped_ram)
     restored = Watch(dst)
     dst.migrate_incoming(f"file:{tmp_path / 'x.img'}")
     restored.wait_status("completed")

@@ -7,7 +7,7 @@ record.py runs it (files under /tmp/qemu11, the path it shares with this machine
 - ``file_events.jsonl``: a source (``-m 128``, events on) saves with `migrate file:PATH`
   (polled until completed), then a destination (``-m 128 -incoming defer``, events on)
   restores it with `migrate-incoming` (polled until completed); PATH is stored as
-  ``SCRATCH/x.img``.
+  ``SCRATCH/x.img``; ``mapped_ram_events.jsonl``: the same with mapped-ram on at both ends.
 - ``switchover_ack.jsonl``: src -> dst as ``migration.jsonl``, with return-path and
   switchover-ack on at both ends.
 """
@@ -27,16 +27,16 @@ QEMU = ["qemu11-system-x86_64", "-machine", "pc,accel=tcg", "-display", "none", 
 EVENTS = caps(events=True)
 
 
-def file_events() -> list[Record]:
+def file_events(capabilities: dict[str, object]) -> list[Record]:
     with tempfile.TemporaryDirectory(dir=SHARED) as tmp, Pair(QEMU, tmp) as pair:
         uri = f"file:{tmp}/x.img"
         pair.start("src", ["-m", "128"])
-        for text in (NEG, x("migrate-set-capabilities", EVENTS), x("migrate", {"uri": uri})):
+        for text in (NEG, x("migrate-set-capabilities", capabilities), x("migrate", {"uri": uri})):
             pair.step("src", text)
         pair.poll_migrate("src", ("completed", "failed"))
         pair.step("src", x("query-status"))
         pair.start("dst", ["-m", "128", "-incoming", "defer"])
-        for text in (NEG, x("migrate-set-capabilities", EVENTS)):
+        for text in (NEG, x("migrate-set-capabilities", capabilities)):
             pair.step("dst", text)
         pair.step("dst", x("migrate-incoming", {"uri": uri}))
         pair.poll_migrate("dst", ("completed", "failed"))
@@ -51,7 +51,8 @@ def _scratch(rec: Record, tmp: str) -> Record:
 
 def main() -> None:
     Path(SHARED).mkdir(exist_ok=True)
-    write(HERE / "file_events.jsonl", file_events())
+    write(HERE / "file_events.jsonl", file_events(EVENTS))
+    write(HERE / "mapped_ram_events.jsonl", file_events(caps(events=True, mapped_ram=True)))
     ack = caps(events=True, return_path=True, switchover_ack=True)
     write(HERE / "switchover_ack.jsonl", pair_migration(QEMU, ack, parent=SHARED))
 
