@@ -78,7 +78,8 @@ class IncomingMigration(threading.Thread):
         self._on_event = on_event
         self._report = report  # QEMU's warn_report
         self._blocktime = blocktime
-        self._failure_prefix = failure_prefix  # what the status says before a failure's reason
+        # What the status says before a failure's reason; set, nothing else reports it.
+        self.failure_prefix = failure_prefix
         self._loader: StreamLoader | None = None
         self._show_blocktime = False  # postcopy-blocktime was on at the switch
         # Postcopy recovery: migrate_recover's listener and the connection it brought.
@@ -445,7 +446,7 @@ class IncomingMigration(threading.Thread):
     def _fail(self, conn: socket.socket, reason: str, *, listen: bool = True) -> None:
         """Give the migration up; ``listen``: wait for another (not once the guest ran here)."""
         with self._lock:
-            self._status, self._error = MigrationStatus.FAILED, self._failure_prefix + reason
+            self._status, self._error = MigrationStatus.FAILED, self.failure_prefix + reason
         try:
             conn.sendall(wire.json_record(wire.Rec.NACK, {"error": reason}))
         except OSError:

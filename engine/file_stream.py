@@ -21,7 +21,7 @@ import threading
 from engine import wire
 from engine.errors import MigrationError
 from engine.mapped_ram import FileUri
-from engine.transport import Address, shutdown
+from engine.transport import Address, AddressError, shutdown
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20  # bytes per copy between the socket pair and the file
@@ -32,7 +32,7 @@ def _open(path: str, flags: int, verb: str) -> int:
     try:
         return os.open(path, flags, 0o600)
     except OSError as exc:
-        raise MigrationError(f"Could not {verb} '{path}': {exc.strerror}") from exc
+        raise AddressError(f"Could not {verb} '{path}': {exc.strerror}") from exc
 
 
 def _write_all(fd: int, data: memoryview) -> None:

@@ -143,7 +143,7 @@ class Machine:
         self.workload.start(self.ram, self.vm.gate, self._notify)
         if opts.incoming not in (None, "defer"):
             try:
-                self._start_incoming(opts.incoming)
+                self._start_incoming(opts.incoming, deferred=False)
             except MigrationError:
                 self.workload.stop()  # no Machine to close() comes out of a failed __init__
                 raise
@@ -440,13 +440,14 @@ class Machine:
                 raise MigrationError("The incoming migration has already been started")
             if self.vm.state is not RunState.INMIGRATE:
                 raise MigrationError("'-incoming' was not specified on the command line")
-            self._start_incoming(uri)
+            self._start_incoming(uri, deferred=True)
 
-    def _start_incoming(self, uri: str) -> None:
+    def _start_incoming(self, uri: str, *, deferred: bool) -> None:
+        """``deferred``: `migrate_incoming` (else ``-incoming`` on the command line)."""
         if self.config.table.file_uris and uri.startswith("file:"):
             file_uri = FileUri.parse(uri)
             if not self.config.capability("mapped-ram"):
-                self._restore_stream(file_uri)
+                self._restore_stream(file_uri, deferred=deferred)
                 return
             self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
             incoming = FileIncoming(
@@ -469,25 +470,29 @@ class Machine:
             self._migration_event("MIGRATION", setup)
         self._listen(parse_uri(uri, incoming=True))
 
-    def _restore_stream(self, uri: FileUri) -> None:
-        """`migrate_incoming file:PATH` without mapped-ram (11.1): the plain stream read back
-        from the file. A file that cannot be opened is the command's error and leaves the
-        incoming migration in setup, as QEMU 11.1's; a failed load stays in the status as
-        QEMU 11.1's `load of migration failed: ...`, with nothing on stderr."""
+    def _restore_stream(self, uri: FileUri, *, deferred: bool) -> None:
+        """`-incoming` or `migrate_incoming file:PATH` without mapped-ram (11.1): the plain
+        stream read back from the file. A file that cannot be opened is the command's error
+        (`migrate_incoming` leaves the incoming migration in setup, as QEMU 11.1's); a failed
+        load after `migrate_incoming` stays in the status as QEMU 11.1's `load of migration
+        failed: ...`, with nothing on stderr (after `-incoming`, QEMU reports it and exits)."""
         self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
         try:
             source = FileSource(uri)
         except MigrationError:
-            self._incoming = _Setup()
+            if deferred:
+                self._incoming = _Setup()
             raise
-        self._listen(source.addr, listener=source)
+        self._listen(source.addr, listener=source, kept=deferred)
 
     def _listen(
         self,
         addr: Address,
         failed: IncomingMigration | None = None,
         listener: FileSource | None = None,
+        kept: bool = False,
     ) -> None:
+        """``kept``: a failure stays in the status, QEMU 11.1's `migrate_incoming` way."""
         incoming = IncomingMigration(
             listener or (CommandListener(addr) if addr.kind == "exec" else Listener(addr)),
             self.ram,
@@ -499,8 +504,7 @@ class Machine:
             failed,
             self.opts.switchover_timeout,
             setup_timeout_s=self.opts.setup_timeout_s,
-            # 11.1's migrate_incoming keeps a failed load in the status (nothing on stderr).
-            failure_prefix="load of migration failed: " if listener else "",
+            failure_prefix="load of migration failed: " if kept else "",
             report=self._notify,
             blocktime=lambda: self.config.capability("postcopy-blocktime"),
         )
@@ -533,7 +537,7 @@ class Machine:
 
     def _incoming_failed(self, mig: IncomingMigration, reason: str) -> None:
         """QEMU would exit here; qemu-hmp reports, keeps the guest waiting and listens again."""
-        if isinstance(mig.listener, FileSource):  # its status says it (_restore_stream)
+        if mig.failure_prefix:  # its status says it (_restore_stream)
             return
         self._notify(f"load of migration failed: {reason}")
         if mig.listener.one_way:  # an exec: command ran once; QEMU exits here

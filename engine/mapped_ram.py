@@ -34,7 +34,7 @@ from engine.outgoing_status import OutgoingStatus
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats
-from engine.transport import RateLimiter
+from engine.transport import AddressError, RateLimiter
 from engine.vm import Vm
 from engine.wire import PageDigest
 
@@ -60,7 +60,7 @@ class FileUri:
         try:
             offset = int(option, 0)
         except ValueError:
-            raise MigrationError(f"file URI has bad offset {option}: Invalid argument") from None
+            raise AddressError(f"file URI has bad offset {option}: Invalid argument") from None
         return cls(path, offset)
 
 

@@ -37,7 +37,8 @@ FLAGS = ("ipv4", "ipv6", "keep-alive", "mptcp")  # inet_parse's boolean options,
 
 
 class AddressError(MigrationError):
-    """A socket address that cannot be parsed, resolved, bound or reached (QEMU's texts)."""
+    """A socket address that cannot be parsed, resolved, bound or reached, or a file: URI
+    that cannot be parsed or opened (QEMU's texts; `-incoming` names the option with them)."""
 
 
 class UnknownProtocol(AddressError):

@@ -11,6 +11,9 @@ running here.
 from __future__ import annotations
 
 import hashlib
+import io
+import shlex
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,6 +26,8 @@ from engine.errors import MigrationError
 from engine.machine import Machine, MachineOptions
 from engine.params11 import TABLE_11_1
 from engine.state import MigrationStatus, RunState
+from hmp.cli import main as cli_main
+from tests import test_cli_oracle as cli_oracle
 from tests import test_qmp_oracle as seven
 from tests import test_qmp_oracle11 as oracle11
 from tests.qmp_helpers import RawClient, endpoint, options
@@ -30,6 +35,7 @@ from tests.test_machine import Watch
 from tests.test_thread_leaks import fds, join_migration_threads
 
 MiB = 1 << 20
+DATA11 = Path(__file__).parent / "data" / "qemu-11.1"
 WRITER = "random-writer,rate=2000,wss=1M"
 
 
@@ -217,3 +223,26 @@ def test_a_save_and_its_restore_give_back_every_thread_and_descriptor(
     left = {t.name for t in threading.enumerate()} - before_threads
     assert not {name for name in left if name.startswith(("file_sink", "file_source"))}
     assert fds() <= before_fds
+
+
+CLI = cli_oracle.load(DATA11 / "cli.argv.out")
+
+
+@pytest.mark.parametrize("case", CLI, ids=[" ".join(c.options) for c in CLI])
+def test_an_incoming_file_that_cannot_be_read_is_qemu_11_1s_error(
+    case: cli_oracle.Case,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """tests/data/qemu-11.1/cli.argv.out (record_cli.py): `-incoming file:` on the command
+    line, its error named after the option, exit status 1."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("quit\n"))
+    status = cli_main(["--qemu", "11.1", *cli_oracle.RECORDER.argv(case.options)])
+    assert (capsys.readouterr().err.splitlines(), status) == (case.stderr, case.status)
+
+
+def test_every_11_1_command_line_was_recorded() -> None:
+    cases = [shlex.split(line) for line in (DATA11 / "cases" / "cli.argv").read_text().splitlines()]
+    assert [case.options for case in CLI] == cases
