@@ -1,6 +1,6 @@
 """QEMU 11.1's `file:` URI without mapped-ram: the plain migration stream in a file.
 
-`migrate file:PATH[,offset=N]` writes from byte N of PATH (created, or truncated) the records
+`migrate file:PATH[,offset=N]` writes from byte N of PATH (created, or cut at N) the records
 a live migration sends (header, CONFIG, BATCH/EOS, DONE with the run state and the RAM
 digest); `migrate_incoming file:PATH[,offset=N]` on an `-incoming defer` destination reads
 them back from byte N. The engine drives a file as it drives an `exec:` command
@@ -20,19 +20,12 @@ import threading
 
 from engine import wire
 from engine.errors import MigrationError
-from engine.mapped_ram import FileUri
-from engine.transport import Address, AddressError, shutdown
+from engine.mapped_ram import FileUri, open_file
+from engine.transport import Address, shutdown
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20  # bytes per copy between the socket pair and the file
 QEMU_MAGIC = 0x5145564D  # "QEVM": what QEMU 11.1 says it expected of a stream's first bytes
-
-
-def _open(path: str, flags: int, verb: str) -> int:
-    try:
-        return os.open(path, flags, 0o600)
-    except OSError as exc:
-        raise AddressError(f"Could not {verb} '{path}': {exc.strerror}") from exc
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -42,13 +35,13 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 class FileSink:
     """`migrate file:` without mapped-ram: what the migration writes on ``sock`` lands in the
-    file from the URI's offset on. Opened (and truncated) at once: its errors are migrate's."""
+    file from the URI's offset on. Opened (and cut there) at once: its errors are migrate's."""
 
     name = "file"  # what write errors name: "Unable to write to file: ..."
 
     def __init__(self, uri: FileUri) -> None:
         self.uri = uri
-        self._fd = _open(uri.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "create")
+        self._fd = open_file(uri, save=True)
         os.lseek(self._fd, uri.offset, os.SEEK_SET)
         self.sock, self._theirs = socket.socketpair()
         self._error: OSError | None = None
@@ -110,7 +103,7 @@ class FileSource:
         command's)."""
         self.addr = Address("file", path=uri.path)
         self.uri = uri
-        self._fd = _open(uri.path, os.O_RDONLY, "open")
+        self._fd = open_file(uri, save=False)
         self._lock = threading.Lock()
         self._taken = False
         self._closed = False

@@ -71,11 +71,23 @@ def _layout(ram: GuestRam, offset: int) -> tuple[int, int]:
     return bitmap_at, pages_at
 
 
-def _open(path: str, flags: int, verb: str) -> int:
+def open_file(uri: FileUri, *, save: bool) -> int:
+    """The URI's file, as QEMU 11.1 opens it: to save, created if need be and cut at the
+    offset (what lies before the offset stays); to restore, read-only. QEMU's texts."""
     try:
-        return os.open(path, flags, 0o600)
+        fd = os.open(uri.path, os.O_WRONLY | os.O_CREAT if save else os.O_RDONLY, 0o600)
     except OSError as exc:
-        raise MigrationError(f"Could not {verb} '{path}': {exc.strerror}") from exc
+        verb = "create" if save else "open"
+        raise AddressError(f"Could not {verb} '{uri.path}': {exc.strerror}") from exc
+    if save:
+        try:
+            os.ftruncate(fd, uri.offset)
+        except OSError as exc:
+            os.close(fd)
+            raise MigrationError(
+                f"failed to truncate migration file to offset {uri.offset:x}: {exc.strerror}"
+            ) from exc
+    return fd
 
 
 def _channels(threads: int) -> ThreadPoolExecutor | None:
@@ -107,7 +119,7 @@ class FileOutgoing(OutgoingStatus, threading.Thread):
         self._present = np.zeros(ram.pages, dtype=bool)
         self._limiter = RateLimiter(lambda: param("max-bandwidth"))  # as over a socket
         # The file is opened before `migrate` returns: QEMU reports that error at once.
-        self._fd = _open(uri.path, os.O_WRONLY | os.O_CREAT, "create")
+        self._fd = open_file(uri, save=True)
 
     def cancel(self) -> None:
         with self._lock:
@@ -249,7 +261,7 @@ class _Cancelled(Exception):
 def restore(uri: FileUri, ram: GuestRam, channels: int) -> None:
     """Read a mapped-ram file back into guest RAM; MigrationError if it is not one or its
     pages do not match its digest (RAM is then not to be run)."""
-    fd = _open(uri.path, os.O_RDONLY, "open")
+    fd = open_file(uri, save=False)
     try:
         head = os.pread(fd, HEADER.size, uri.offset)
         if len(head) != HEADER.size:

@@ -10,8 +10,10 @@ running here.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import shlex
 import sys
 import threading
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import wire
+from engine import file_stream, wire
 from engine.errors import MigrationError
 from engine.machine import Machine, MachineOptions
 from engine.params11 import TABLE_11_1
@@ -99,12 +101,16 @@ def test_a_saved_stream_restores_the_same_ram_from_its_offset(
     assert ram_hash(dst) == saved
 
 
-def test_saving_again_truncates_the_file(machines: list[Machine], tmp_path: Path) -> None:
+def test_a_save_cuts_the_file_at_its_offset(machines: list[Machine], tmp_path: Path) -> None:
+    """QEMU 11.1's ftruncate to the offset: what lies before it stays, the rest is the save."""
     path = tmp_path / "x.img"
     path.write_bytes(b"\xff" * (64 * MiB))  # longer than any save of 32 MiB of RAM
-    save(machines, path)
-    assert path.stat().st_size < 64 * MiB
-    assert load(machine(machines, incoming="defer"), f"file:{path}") is MigrationStatus.COMPLETED
+    save(machines, path, offset=4096)
+    data = path.read_bytes()
+    assert len(data) < 64 * MiB and data[:4096] == b"\xff" * 4096
+    assert data[4096 : 4096 + len(wire.MAGIC)] == wire.MAGIC
+    dst = machine(machines, incoming="defer")
+    assert load(dst, f"file:{path},offset=4096") is MigrationStatus.COMPLETED
 
 
 @pytest.mark.parametrize("damage", ["cut", "flipped"])
@@ -137,9 +143,15 @@ def test_a_file_of_another_ram_size_is_refused(machines: list[Machine], tmp_path
     assert dst.query_status().status is RunState.INMIGRATE
 
 
-def test_a_write_the_file_refuses_fails_and_the_guest_runs_on(machines: list[Machine]) -> None:
+def test_a_write_the_file_refuses_fails_and_the_guest_runs_on(
+    machines: list[Machine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: memoryview) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(file_stream, "_write_all", full)  # a disk that fills up
     src = machine(machines, workload=WRITER)
-    src.migrate("file:/dev/full")  # every write: ENOSPC
+    src.migrate(f"file:{tmp_path / 'x.img'}")
     info = src.wait_migration(30)
     assert info.status is MigrationStatus.FAILED
     assert info.error_desc == "Unable to write to file: No space left on device"
