@@ -19,7 +19,7 @@ from hmp.harness.replay import main as replay_main
 from hmp.harness.runner import replay
 
 FOLDER = Path(__file__).resolve().parent.parent / "transcripts" / "qemu-11.1"
-ALIKE = ["plain-image.hmpt"]
+ALIKE = ["plain-image.hmpt", "switchover-ack.hmpt"]
 
 
 def test_the_11_1_command_line_runs_qemu_11_1() -> None:
