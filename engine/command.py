@@ -41,6 +41,8 @@ def _exit_text(status: int) -> str:
 class CommandChannel:
     """One run of an ``exec:`` command and our end of its stream."""
 
+    name = "command"  # what write errors name: "Unable to write to command: ..."
+
     def __init__(self, command: str, *, outgoing: bool) -> None:
         self.command = command
         ours, theirs = socket.socketpair()

@@ -25,10 +25,12 @@ import numpy.typing as npt
 from engine import postcopy, wire, xbzrle
 from engine.command import CommandListener
 from engine.compression import CHUNK, CODECS, DecompressPool
+from engine.file_stream import FileSource
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
+from engine.switchover_ack import Approval
 from engine.transport import Address, Listener, prioritize, shutdown
 from engine.vm import Vm
 
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 class IncomingMigration(threading.Thread):
     def __init__(
         self,
-        listener: Listener | CommandListener,
+        listener: Listener | CommandListener | FileSource,
         ram: GuestRam,
         vm: Vm,
         local_config: Callable[[], tuple[wire.StreamConfig, int]],
@@ -60,6 +62,7 @@ class IncomingMigration(threading.Thread):
         setup_timeout_s: float = SETUP_TIMEOUT_S,
         report: Callable[[str], None] = lambda _msg: None,
         blocktime: Callable[[], bool] = lambda: False,
+        failure_prefix: str = "",
     ) -> None:
         """``previous``: a failed attempt on the same address whose status shows until a retry;
         ``switchover_timeout``: how long to wait for the source's GO once READY is sent;
@@ -75,6 +78,8 @@ class IncomingMigration(threading.Thread):
         self._on_event = on_event
         self._report = report  # QEMU's warn_report
         self._blocktime = blocktime
+        # What the status says before a failure's reason; set, nothing else reports it.
+        self.failure_prefix = failure_prefix
         self._loader: StreamLoader | None = None
         self._show_blocktime = False  # postcopy-blocktime was on at the switch
         # Postcopy recovery: migrate_recover's listener and the connection it brought.
@@ -100,6 +105,9 @@ class IncomingMigration(threading.Thread):
         self._deadline.name, self._deadline.daemon = "incoming_deadline", True
         # After a failed attempt RAM holds stale data; a fresh destination's is all zero.
         self._pristine = previous is None
+        # switchover-ack: what holds the ACK the source may ask for (QEMU's devices that need
+        # it; here a hold() from a test), sent at once after setup when nothing does.
+        self.switchover = Approval()
 
     @property
     def status(self) -> MigrationStatus:
@@ -230,9 +238,12 @@ class IncomingMigration(threading.Thread):
             warn=self._report,
             accept=lambda: self._adopt(self.listener.accept(self._closing, CHANNEL_TIMEOUT_S)),
             on_run=self._postcopy_run,
+            approval=self.switchover,
         )
         runstate, error = RunState.INMIGRATE, None
         try:
+            if isinstance(self.listener, FileSource) and (problem := self.listener.check()):
+                raise wire.StreamError(problem)  # QEMU's words for a file that is no stream
             runstate = loader.load(conn, then=self._setup_done)
         except (wire.StreamError, OSError) as exc:
             error = str(exc) if isinstance(exc, wire.StreamError) else (exc.strerror or str(exc))
@@ -435,7 +446,7 @@ class IncomingMigration(threading.Thread):
     def _fail(self, conn: socket.socket, reason: str, *, listen: bool = True) -> None:
         """Give the migration up; ``listen``: wait for another (not once the guest ran here)."""
         with self._lock:
-            self._status, self._error = MigrationStatus.FAILED, reason
+            self._status, self._error = MigrationStatus.FAILED, self.failure_prefix + reason
         try:
             conn.sendall(wire.json_record(wire.Rec.NACK, {"error": reason}))
         except OSError:
@@ -458,11 +469,14 @@ class StreamLoader:
         warn: Callable[[str], None] = lambda _msg: None,
         accept: Callable[[], socket.socket | None] = lambda: None,
         on_run: Callable[[RunState], None] = lambda _state: None,
+        approval: Approval | None = None,
     ) -> None:
         """``accept`` yields the next connection to the listener (for multifd channels);
         ``on_run`` starts the guest at postcopy's switch."""
         self.ram = ram
         self._on_run = on_run
+        self._approval = approval or Approval()
+        self._switchover_ack = False  # the source waits for our SWITCHOVER_ACK
         self._postcopy = False  # the source has postcopy-ram on
         self._discard: npt.NDArray[np.bool_] | None = None
         self.present: postcopy.PresentMap | None = None  # after the switch
@@ -526,6 +540,8 @@ class StreamLoader:
         wire.check_header(bytes(head))
         self._configure(conn)
         then()
+        if self._switchover_ack:  # QEMU 11.1 acks at the return path's opening, after setup
+            self._approval.armed(self.send)
         return self._records(conn)
 
     def resume(self, conn: socket.socket) -> RunState:
@@ -556,6 +572,7 @@ class StreamLoader:
                 if self._multifd:
                     self._multifd.wait_sync(self._eos)
             elif kind == wire.Rec.DONE:
+                self._approval.disarm()
                 return self._verify(wire.read_body(conn, length, wire.MAX_JSON))
             elif kind == wire.Rec.DISCARD and self._postcopy and self._discard is None:
                 self._drain()
@@ -581,6 +598,7 @@ class StreamLoader:
             log.warning("UUID is received %s, but local uuid isn't set", remote.uuid)
             self._warn(f"warning: UUID is received {remote.uuid}, but local uuid isn't set")
         self._postcopy = remote.postcopy
+        self._switchover_ack = remote.switchover_ack
         self.session = remote.session
         if remote.multifd_channels:
             self._connect_channels(remote)

@@ -14,6 +14,7 @@ from engine.command import CommandListener
 from engine.destination import SETUP_TIMEOUT_S, IncomingMigration
 from engine.errors import MigrationError, ReportedFailure, file_errors
 from engine.events import EventBus
+from engine.file_stream import FileSink, FileSource
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.mapped_ram import FileIncoming, FileOutgoing, FileUri
 from engine.params import TABLE_7_2, ConfigTable, MigrationConfig, ParamValue
@@ -92,6 +93,22 @@ class _Refused:
         return True
 
 
+class _Setup:
+    """QEMU 11.1's incoming state after a `migrate_incoming file:` whose file would not open:
+    still setup, and no other `migrate_incoming` may start."""
+
+    status = MigrationStatus.SETUP
+
+    def info(self) -> MigrationInfo:
+        return MigrationInfo(status=self.status)
+
+    def close(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+
 class Machine:
     """The facade of one endpoint. Thread-safe; never blocks on I/O while holding its lock."""
 
@@ -121,12 +138,12 @@ class Machine:
         self.vm = Vm(initial, self.events)
         self._autostart = not opts.start_paused
         self._outgoing: OutgoingMigration | FileOutgoing | _Refused | None = None
-        self._incoming: IncomingMigration | FileIncoming | None = None
+        self._incoming: IncomingMigration | FileIncoming | _Setup | None = None
         self._closing = False
         self.workload.start(self.ram, self.vm.gate, self._notify)
         if opts.incoming not in (None, "defer"):
             try:
-                self._start_incoming(opts.incoming)
+                self._start_incoming(opts.incoming, deferred=False)
             except MigrationError:
                 self.workload.stop()  # no Machine to close() comes out of a failed __init__
                 raise
@@ -246,25 +263,32 @@ class Machine:
             if c.capability("mapped-ram"):
                 raise MigrationError("Migration requires seekable transport (e.g. file)")
             self._refuse_unsupported()
-            settings = OutgoingSettings.from_config(c)
-            if settings.validate_uuid and self.opts.uuid:  # QEMU's vmstate_uuid_needed
-                settings = replace(settings, uuid=self.opts.uuid)
             self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
-            mig = OutgoingMigration(
-                addr,
-                self.ram,
-                self.vm,
-                settings,
-                lambda n: int(c.param(n)),
-                self._notify,
-                self._migration_event,
-                self.opts.switchover_timeout,
-                stall_warning_s=self.opts.stall_warning_s,
-            )
-            self._outgoing = mig
+            mig = self._outgoing_migration(addr)
         mig.start()
         # Like QEMU, a local connect that fails at once is reported before `migrate` returns.
         mig.wait_connected(CONNECT_WAIT_S)
+
+    def _outgoing_migration(self, addr: Address, sink: FileSink | None = None) -> OutgoingMigration:
+        """The migration thread for ``addr`` with the settings as they are now (not started)."""
+        c = self.config
+        settings = OutgoingSettings.from_config(c)
+        if settings.validate_uuid and self.opts.uuid:  # QEMU's vmstate_uuid_needed
+            settings = replace(settings, uuid=self.opts.uuid)
+        mig = OutgoingMigration(
+            addr,
+            self.ram,
+            self.vm,
+            settings,
+            lambda n: int(c.param(n)),
+            self._notify,
+            self._migration_event,
+            self.opts.switchover_timeout,
+            stall_warning_s=self.opts.stall_warning_s,
+            sink=sink,
+        )
+        self._outgoing = mig
+        return mig
 
     def _refuse_unsupported(self) -> None:
         """qemu-hmp's own refusal, after QEMU's checks: a capability the engine lacks is on."""
@@ -276,16 +300,21 @@ class Machine:
                 )
 
     def _migrate_to_file(self, uri: FileUri) -> None:
-        """`migrate file:PATH` (11.1): a mapped-ram file, written by its own thread."""
+        """`migrate file:PATH` (11.1): a mapped-ram file written by its own thread, or without
+        mapped-ram the plain stream, written by the migration thread (engine/file_stream.py).
+        The file is opened before `migrate` returns, and QEMU keeps its error in the status."""
         c = self.config
-        if not c.capability("mapped-ram"):
-            raise MigrationError(
-                "qemu-hmp writes file: migrations with mapped-ram only; "
-                "run 'migrate_set_capability mapped-ram on'"
-            )
+        if c.capability("multifd") and not c.capability("mapped-ram"):  # before migrate_init
+            raise MigrationError("Migration requires multi-channel URIs (e.g. tcp)")
         self._refuse_unsupported()
         self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
+        mig: FileOutgoing | OutgoingMigration
         try:
+            if not c.capability("mapped-ram"):
+                mig = self._outgoing_migration(Address("file", path=uri.path), FileSink(uri))
+                mig.start()
+                mig.wait_connected(CONNECT_WAIT_S)  # a failure at its start is reported first
+                return
             mig = FileOutgoing(
                 uri,
                 self.ram,
@@ -296,7 +325,7 @@ class Machine:
             )
         except MigrationError as exc:  # QEMU keeps the failure in the status
             self._outgoing = _Refused(exc.desc)
-            self._migration_event("MIGRATION", {"status": str(MigrationStatus.FAILED)})
+            self._failed_at_start()
             raise
         self._outgoing = mig
         mig.start()
@@ -364,8 +393,14 @@ class Machine:
     def _refuse(self, error: str | None) -> None:
         """A URI QEMU cannot use: its migrate_init announced setup before looking at it."""
         self._outgoing = _Refused(error)
-        for status in (MigrationStatus.SETUP, MigrationStatus.FAILED):
-            self._migration_event("MIGRATION", {"status": str(status)})
+        self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
+        self._failed_at_start()
+
+    def _failed_at_start(self) -> None:
+        """The events of a migration that failed before its thread ran (11.1: via failing)."""
+        if self.config.table.failing_state:
+            self._migration_event("MIGRATION", {"status": "failing"})
+        self._migration_event("MIGRATION", {"status": str(MigrationStatus.FAILED)})
 
     def query_compress_policy(self) -> PolicyInfo:
         """The adaptive compression policy's last decision (`info x_compress_policy`)."""
@@ -405,16 +440,24 @@ class Machine:
     # -- incoming -----------------------------------------------------------------------------
     def migrate_incoming(self, uri: str) -> None:
         with self._lock:
+            if isinstance(self._incoming, _Setup):
+                raise MigrationError("Illegal migration incoming state: setup")
             if self._incoming is not None:
                 raise MigrationError("The incoming migration has already been started")
             if self.vm.state is not RunState.INMIGRATE:
                 raise MigrationError("'-incoming' was not specified on the command line")
-            self._start_incoming(uri)
+            self._start_incoming(uri, deferred=True)
 
-    def _start_incoming(self, uri: str) -> None:
+    def _start_incoming(self, uri: str, *, deferred: bool) -> None:
+        """``deferred``: `migrate_incoming` (else ``-incoming`` on the command line)."""
         if self.config.table.file_uris and uri.startswith("file:"):
+            file_uri = FileUri.parse(uri)
+            if not self.config.capability("mapped-ram"):
+                self._restore_stream(file_uri, deferred=deferred)
+                return
+            self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
             incoming = FileIncoming(
-                FileUri.parse(uri),
+                file_uri,
                 self.ram,
                 self.vm,
                 multifd_channels(self.config),
@@ -433,9 +476,31 @@ class Machine:
             self._migration_event("MIGRATION", setup)
         self._listen(parse_uri(uri, incoming=True))
 
-    def _listen(self, addr: Address, failed: IncomingMigration | None = None) -> None:
+    def _restore_stream(self, uri: FileUri, *, deferred: bool) -> None:
+        """`-incoming` or `migrate_incoming file:PATH` without mapped-ram (11.1): the plain
+        stream read back from the file. A file that cannot be opened is the command's error
+        (`migrate_incoming` leaves the incoming migration in setup, as QEMU 11.1's); a failed
+        load after `migrate_incoming` stays in the status as QEMU 11.1's `load of migration
+        failed: ...`, with nothing on stderr (after `-incoming`, QEMU reports it and exits)."""
+        self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
+        try:
+            source = FileSource(uri)
+        except MigrationError:
+            if deferred:
+                self._incoming = _Setup()
+            raise
+        self._listen(source.addr, listener=source, kept=deferred)
+
+    def _listen(
+        self,
+        addr: Address,
+        failed: IncomingMigration | None = None,
+        listener: FileSource | None = None,
+        kept: bool = False,
+    ) -> None:
+        """``kept``: a failure stays in the status, QEMU 11.1's `migrate_incoming` way."""
         incoming = IncomingMigration(
-            CommandListener(addr) if addr.kind == "exec" else Listener(addr),
+            listener or (CommandListener(addr) if addr.kind == "exec" else Listener(addr)),
             self.ram,
             self.vm,
             self._incoming_config,
@@ -445,6 +510,7 @@ class Machine:
             failed,
             self.opts.switchover_timeout,
             setup_timeout_s=self.opts.setup_timeout_s,
+            failure_prefix="load of migration failed: " if kept else "",
             report=self._notify,
             blocktime=lambda: self.config.capability("postcopy-blocktime"),
         )
@@ -477,6 +543,8 @@ class Machine:
 
     def _incoming_failed(self, mig: IncomingMigration, reason: str) -> None:
         """QEMU would exit here; qemu-hmp reports, keeps the guest waiting and listens again."""
+        if mig.failure_prefix:  # its status says it (_restore_stream)
+            return
         self._notify(f"load of migration failed: {reason}")
         if mig.listener.one_way:  # an exec: command ran once; QEMU exits here
             return

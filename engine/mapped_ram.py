@@ -34,7 +34,7 @@ from engine.outgoing_status import OutgoingStatus
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats
-from engine.transport import RateLimiter
+from engine.transport import AddressError, RateLimiter
 from engine.vm import Vm
 from engine.wire import PageDigest
 
@@ -60,7 +60,7 @@ class FileUri:
         try:
             offset = int(option, 0)
         except ValueError:
-            raise MigrationError(f"file URI has bad offset {option}: Invalid argument") from None
+            raise AddressError(f"file URI has bad offset {option}: Invalid argument") from None
         return cls(path, offset)
 
 
@@ -71,11 +71,23 @@ def _layout(ram: GuestRam, offset: int) -> tuple[int, int]:
     return bitmap_at, pages_at
 
 
-def _open(path: str, flags: int, verb: str) -> int:
+def open_file(uri: FileUri, *, save: bool) -> int:
+    """The URI's file, as QEMU 11.1 opens it: to save, created if need be and cut at the
+    offset (what lies before the offset stays); to restore, read-only. QEMU's texts."""
     try:
-        return os.open(path, flags, 0o600)
+        fd = os.open(uri.path, os.O_WRONLY | os.O_CREAT if save else os.O_RDONLY, 0o600)
     except OSError as exc:
-        raise MigrationError(f"Could not {verb} '{path}': {exc.strerror}") from exc
+        verb = "create" if save else "open"
+        raise AddressError(f"Could not {verb} '{uri.path}': {exc.strerror}") from exc
+    if save:
+        try:
+            os.ftruncate(fd, uri.offset)
+        except OSError as exc:
+            os.close(fd)
+            raise MigrationError(
+                f"failed to truncate migration file to offset {uri.offset:x}: {exc.strerror}"
+            ) from exc
+    return fd
 
 
 def _channels(threads: int) -> ThreadPoolExecutor | None:
@@ -107,11 +119,15 @@ class FileOutgoing(OutgoingStatus, threading.Thread):
         self._present = np.zeros(ram.pages, dtype=bool)
         self._limiter = RateLimiter(lambda: param("max-bandwidth"))  # as over a socket
         # The file is opened before `migrate` returns: QEMU reports that error at once.
-        self._fd = _open(uri.path, os.O_WRONLY | os.O_CREAT, "create")
+        self._fd = open_file(uri, save=True)
 
     def cancel(self) -> None:
         with self._lock:
-            if self._status not in (MigrationStatus.SETUP, MigrationStatus.ACTIVE):
+            if self._status not in (
+                MigrationStatus.SETUP,
+                MigrationStatus.ACTIVE,
+                MigrationStatus.DEVICE,
+            ):
                 return
             self._status = MigrationStatus.CANCELLING
         self._on_event("MIGRATION", {"status": str(MigrationStatus.CANCELLING)})
@@ -156,7 +172,7 @@ class FileOutgoing(OutgoingStatus, threading.Thread):
         self.stats.set_remaining(self.ram.pages)
         self.stats.bitmap_synced(0)
         self.stats.setup_done(self._param("downtime-limit"))
-        self._set_status(MigrationStatus.ACTIVE)
+        self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
         for _ in range(MAX_PASSES):
             start = time.monotonic()
             written = self._pass(np.flatnonzero(dirty), pages_at, pool)
@@ -172,6 +188,7 @@ class FileOutgoing(OutgoingStatus, threading.Thread):
         self._limiter.unlimited = True  # as QEMU lifts max-bandwidth for stop-and-copy
         if not self.vm.stop(RunState.FINISH_MIGRATE):
             self.vm.set_state(RunState.FINISH_MIGRATE)
+        self._set_status(MigrationStatus.ACTIVE, MigrationStatus.DEVICE)  # as 11.1's, after STOP
         dirty |= self.ram.take_dirty()
         self._pass(np.flatnonzero(dirty), pages_at, pool)
         bitmap = np.packbits(self._present, bitorder="little").tobytes()
@@ -215,9 +232,10 @@ class FileOutgoing(OutgoingStatus, threading.Thread):
             )
         return nbytes
 
-    def _set_status(self, status: MigrationStatus) -> None:
+    def _set_status(self, old: MigrationStatus, status: MigrationStatus) -> None:
+        """From ``old`` only: anything else is a cancel that came first."""
         with self._lock:
-            if self._status is not MigrationStatus.SETUP:
+            if self._status is not old:
                 raise _Cancelled
             self._status = status
         self._on_event("MIGRATION", {"status": str(status)})
@@ -243,7 +261,7 @@ class _Cancelled(Exception):
 def restore(uri: FileUri, ram: GuestRam, channels: int) -> None:
     """Read a mapped-ram file back into guest RAM; MigrationError if it is not one or its
     pages do not match its digest (RAM is then not to be run)."""
-    fd = _open(uri.path, os.O_RDONLY, "open")
+    fd = open_file(uri, save=False)
     try:
         head = os.pread(fd, HEADER.size, uri.offset)
         if len(head) != HEADER.size:

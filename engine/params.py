@@ -515,6 +515,12 @@ class ConfigTable:
     failing_state: bool = False
     # Whether `file:` URIs exist (11.1: with the mapped-ram capability).
     file_uris: bool = False
+    # Whether every dirty-log sync is a MIGRATION_PASS event (7.2: the setup's and the final
+    # one's too; 11.1 announces only the syncs of the iterations).
+    announce_every_sync: bool = True
+    # Whether the source goes from active to device when it stops the guest to switch over
+    # (11.1's migration_completion; 7.2 only after pause-before-switchover).
+    device_at_switchover: bool = False
     # The error of a capability change on a destination whose incoming migration has started.
     incoming_started: Callable[[Mapping[str, bool], Mapping[str, bool]], str | None] = (
         lambda new, old: None

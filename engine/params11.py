@@ -179,6 +179,7 @@ CAPABILITIES: tuple[CapabilitySpec, ...] = (
     CapabilitySpec(
         "switchover-ack",
         "the source switches over only once the destination acknowledged it is ready",
+        supported=True,
     ),
     CapabilitySpec("dirty-limit", "limit each vCPU's dirty page rate (needs a KVM dirty ring)"),
     CapabilitySpec(
@@ -281,5 +282,7 @@ TABLE_11_1 = ConfigTable(
     listening_is_setup=True,
     failing_state=True,
     file_uris=True,
+    announce_every_sync=False,
+    device_at_switchover=True,
     incoming_started=_incoming_started,
 )

@@ -34,6 +34,7 @@ from engine.background import CopyBeforeWrite
 from engine.command import CommandChannel
 from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
 from engine.errors import MigrationError
+from engine.file_stream import FileSink
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import METHODS, Hello, MultifdSender
 from engine.outgoing_status import OutgoingStatus
@@ -42,6 +43,7 @@ from engine.policy import PERIOD_S as POLICY_PERIOD_S
 from engine.policy import AdaptivePolicy, PolicyInfo
 from engine.state import MigrationStatus, RunState
 from engine.stats import SourceStats, now_ms
+from engine.switchover_ack import AckReader
 from engine.transport import (
     Address,
     Link,
@@ -68,6 +70,9 @@ MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 # What QEMU 7.2's savevm reports when the RAM section's iteration fails on a broken stream
 # (section 2 is RAM in QEMU's pc machine; -5 is the -EIO its stream errors become).
 RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
+# A file: stream (11.1, no mapped-ram) with return-path or postcopy-ram: QEMU's return-path
+# reader fails on the write-only file.
+RETURN_PATH_ON_FILE = "Unable to read from file: Bad file descriptor"
 # No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
 STALL_WARNING_S = 30.0
 # QEMU's migrate_fd_cancel acts in every running state; ours until GO is sent.
@@ -79,7 +84,11 @@ CANCELLABLE = frozenset(
         MigrationStatus.DEVICE,
     }
 )
+# How long an idle source waits for the switchover ACK before it syncs again (QEMU's rate
+# period, BUFFER_DELAY).
+ACK_WAIT_S = 0.1
 CANCEL_WAIT_S = 5.0  # how long a cancel in postcopy waits for the migration thread's end
+NACK_WAIT_S = 0.5  # after a broken stream, how long the destination's reason may take
 # What a source in postcopy-paused has and has not (logged: QEMU's stderr has one line).
 PAUSED_SOURCE = (
     "the guest runs on the destination and what it wrote there is not here, so it cannot "
@@ -122,11 +131,14 @@ class OutgoingSettings:
     postcopy: bool = _entry("postcopy-ram")
     preempt: bool = _entry("postcopy-preempt")  # requested pages on a channel of their own
     release_ram: bool = _entry("release-ram")
+    switchover_ack: bool = _entry("switchover-ack")  # 11.1: wait for the destination's ACK
     multifd_channels: int = 0  # 0: the multifd capability is off
     uuid: str = ""  # sent for the destination to check: -uuid, with validate-uuid on
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
     report_failure: bool = True  # the release writes a failure's error to stderr
     failing_state: bool = False  # the release announces `failing` before `failed`
+    announce_every_sync: bool = True  # the setup's and the final sync are MIGRATION_PASS too
+    device_at_switchover: bool = False  # the stop for the switchover goes active → device
 
     @classmethod
     def from_config(cls, config: MigrationConfig) -> OutgoingSettings:
@@ -140,6 +152,8 @@ class OutgoingSettings:
             multifd_level=int(config.param(level)) if level else 1,
             report_failure=config.table.report_failures,
             failing_state=config.table.failing_state,
+            announce_every_sync=config.table.announce_every_sync,
+            device_at_switchover=config.table.device_at_switchover,
         )
 
 
@@ -218,7 +232,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S,
         *,
         stall_warning_s: float = STALL_WARNING_S,
+        sink: FileSink | None = None,
     ) -> None:
+        """``sink``: a `file:` URI's, opened by the machine (its errors are migrate's)."""
         super().__init__(name="live_migration", daemon=True)
         self._switchover_timeout = switchover_timeout
         self._on_event = on_event  # MIGRATION / MIGRATION_PASS, filtered by the machine
@@ -244,7 +260,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         # that wait. Otherwise a cancel leaves the socket to the thread, which stops at the
         # next record, so the destination sees the stream end between two records.
         self._blocked = False
-        self._command: CommandChannel | None = None  # exec: the command the stream goes to
+        # exec: the command the stream goes to; file: (11.1, no mapped-ram) the file's sink
+        self._command: CommandChannel | FileSink | None = sink
         self.stats = SourceStats(total=ram.size, compress=settings.compress)
         self._rate_param = "max-bandwidth"  # max-postcopy-bandwidth once postcopy runs
         self._limiter = RateLimiter(lambda: param(self._rate_param))
@@ -269,6 +286,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._in_postcopy = False  # the destination runs the guest; pages go on demand
         self._resumed = threading.Event()  # a postcopy-paused migration may go on (or quit)
         self._return_path: postcopy.ReturnPath | None = None
+        self._ack: AckReader | None = None  # switchover-ack's reader of the destination's ACK
+        self._ack_wait = threading.Event()  # ends an idle wait for it: the ACK, a cancel
         self._requests = postcopy.PageRequests(ram.pages, self._limiter.wake)
         self._prior = RunState.RUNNING  # the run state the destination takes over
         self._resume_addr = addr
@@ -306,6 +325,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._cancel.set()
             blocked = self._blocked
         self._continue.set()  # QEMU's cancel posts the pause semaphore too
+        self._ack_wait.set()
         self._end_pacing()
         if blocked or in_postcopy:  # postcopy's return path reads the socket: it must end too
             shutdown(self._sock)
@@ -361,6 +381,11 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._sock = self._open()
             if self.settings.tls_creds:  # never fall back to plain text when TLS is asked for
                 raise MigrationError(f"No TLS credentials with id '{self.settings.tls_creds}'")
+            if isinstance(self._command, FileSink) and (
+                self.settings.return_path or self.settings.postcopy
+            ):  # QEMU 11.1 opens a return path on the file, which its reader cannot read
+                self._report(RETURN_PATH_ON_FILE)
+                raise MigrationError(RETURN_PATH_ON_FILE)
             self._connected.set()
             if self._cancel.is_set():
                 raise Cancelled
@@ -407,11 +432,14 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
     def _write_error(self, exc: OSError) -> str:
         """QEMU's text for a write that failed, naming its channel."""
         return (
-            f"Unable to write to {'command' if self._command else 'socket'}: {exc.strerror or exc}"
+            f"Unable to write to {self._command.name if self._command else 'socket'}: "
+            f"{exc.strerror or exc}"
         )
 
     def _open(self) -> socket.socket:
         """The stream's socket: connected to the destination, or an exec: command's."""
+        if self._command is not None:  # a file's sink
+            return self._command.sock
         if self.addr.kind != "exec":
             return connect(self.addr)
         self._command = CommandChannel(self.addr.command, outgoing=True)
@@ -447,6 +475,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             uuid=s.uuid,
             postcopy=s.postcopy,
             preempt=s.postcopy and s.preempt,
+            switchover_ack=s.switchover_ack and s.return_path,
         )
         self._session = config.session
         self.stats.add_stream(
@@ -475,9 +504,14 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         if config.preempt:  # after the multifd channels: the destination takes them in order
             self._preempt = self._open_channel(postcopy.PREEMPT_CHANNEL, config.session)
             prioritize(self._preempt)
+        if config.switchover_ack:  # after the channels' setup, which may read a NACK itself
+            assert self._sock is not None
+            self._ack = AckReader(self._sock, self._ack_wait.set)
+            self._ack.start()
         if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
             self.ram.start_dirty_log()
-            self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
+            # QEMU's first sync at setup: the bitmap starts all-ones
+            self._sync(announce=s.announce_every_sync)
         self.stats.setup_done(self._param("downtime-limit"))
         self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
 
@@ -502,15 +536,39 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                 self._sync()
                 pending = self._dirty_pages * PAGE_SIZE
             if pending and pending >= self.stats.threshold:
-                if self._start_postcopy.is_set():
+                # Postcopy switches over too: with switchover-ack only once the ACK came (its
+                # reader has then left the socket to postcopy's return path).
+                if self._start_postcopy.is_set() and (
+                    self._ack is None or self._ack.acked.is_set()
+                ):
                     return True
                 self._iterate()
-            else:
+            elif self._can_switchover():
                 return False
+            elif pending:  # it fits, but the destination has not acknowledged yet
+                self._iterate()
+            else:
+                self._await_ack()
             self.stats.update_window(
                 self._param("downtime-limit"), self._param("avail-switchover-bandwidth")
             )
             self._steer()
+
+    def _can_switchover(self) -> bool:
+        """QEMU 11.1's migration_can_switchover: no switchover-ack, its ACK came, or the
+        guest is stopped (nothing then to wait for); a reader that ended without it fails."""
+        ack = self._ack
+        if ack is None or ack.acked.is_set() or not self.vm.running:
+            return True
+        if ack.failure is not None:
+            self._check_stop()
+            raise MigrationError(ack.failure)
+        return False
+
+    def _await_ack(self) -> None:
+        """Nothing to send and no ACK yet: wait one rate period for it (or a cancel), then
+        sync again, as QEMU's migration thread keeps iterating."""
+        self._ack_wait.wait(ACK_WAIT_S)
 
     def _steer(self) -> None:
         """Every policy period, hand the adaptive policy the cap that bounds the stream."""
@@ -539,11 +597,14 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self.vm.set_state(RunState.FINISH_MIGRATE)
         if self.settings.pause_before_switchover:
             self._pause_before_switchover()
+        elif self.settings.device_at_switchover:
+            self._set_status(MigrationStatus.ACTIVE, MigrationStatus.DEVICE)
+            self._phase = MigrationStatus.DEVICE
         self._limiter.unlimited = True
         self._last_stage = True
         if self._policy:
             self._policy.stop_and_copy(*self._stream_cap())
-        self._sync()
+        self._sync(announce=self.settings.announce_every_sync)
         while self._dirty_pages:
             self._send_batch()
         self._drain()
@@ -812,6 +873,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         if self._multifd:
             self._multifd.close()
         if self._sock:
+            if self._ack is not None and self._ack.is_alive():  # it may still wait for the ACK
+                shutdown(self._sock)
+                self._ack.join(self._switchover_timeout)
             self._sock.close()
         if self._preempt:
             self._preempt.close()
@@ -840,8 +904,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._done.set()
 
     # -- iterations --------------------------------------------------------------------------
-    def _sync(self) -> None:
-        """QEMU's migration_bitmap_sync: fold the guest's dirty log into the bitmap.
+    def _sync(self, *, announce: bool = True) -> None:
+        """QEMU's migration_bitmap_sync: fold the guest's dirty log into the bitmap
+        (``announce``: a MIGRATION_PASS event, when the release sends one for this sync).
 
         The sync lets pages already sent be found dirty again, so compressed pages still in
         flight go out first, ended by an EOS at which the destination drains its workers:
@@ -856,7 +921,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._dirty_pages = int(np.count_nonzero(self._bitmap))
         self.stats.set_remaining(self._dirty_pages)
         closed = self.stats.bitmap_synced(new)
-        self._on_event("MIGRATION_PASS", {"pass": self.stats.dirty_sync_count})
+        if announce:
+            self._on_event("MIGRATION_PASS", {"pass": self.stats.dirty_sync_count})
         if closed and self.settings.auto_converge and self.vm.running:
             self._maybe_throttle(*closed)
 
@@ -1176,7 +1242,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._sock.settimeout(self._switchover_timeout)
         try:
             with self._breakable():
-                reply = wire.read_reply(self._sock)
+                reply = self._next_reply()
         except TimeoutError:
             raise MigrationError(
                 self._lost(f"no answer within {self._switchover_timeout:g} s")
@@ -1194,6 +1260,16 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             raise MigrationError(reply.error)
         if reply.kind is not kind:
             raise MigrationError(self._lost(f"it answered {reply.kind.name} out of turn"))
+
+    def _next_reply(self) -> wire.Reply | None:
+        """The destination's next reply: first what switchover-ack's reader took instead of
+        the ACK (a stopped source does not wait for it), then the socket's."""
+        assert self._sock is not None
+        if self._ack is not None:
+            took, reply = self._ack.take(self._switchover_timeout)
+            if took:
+                return reply
+        return wire.read_reply(self._sock)
 
     def _check_cancelled(self) -> None:
         if self._cancel.is_set() and not self._handed_over:
@@ -1216,8 +1292,11 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         sock = self._sock
         if sock is None:
             return None
+        if self._ack is not None and not self._ack.acked.is_set():  # it reads the socket
+            self._ack.join(NACK_WAIT_S)
+            return self._ack.nack
         try:
-            sock.settimeout(0.5)
+            sock.settimeout(NACK_WAIT_S)
             reply = wire.read_reply(sock)
         except wire.ForeignPeer as exc:
             return str(exc)

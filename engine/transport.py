@@ -37,7 +37,8 @@ FLAGS = ("ipv4", "ipv6", "keep-alive", "mptcp")  # inet_parse's boolean options,
 
 
 class AddressError(MigrationError):
-    """A socket address that cannot be parsed, resolved, bound or reached (QEMU's texts)."""
+    """A socket address that cannot be parsed, resolved, bound or reached, or a file: URI
+    that cannot be parsed or opened (QEMU's texts; `-incoming` names the option with them)."""
 
 
 class UnknownProtocol(AddressError):
@@ -52,7 +53,7 @@ class Address:
     wrap-around above 65535, or a service name such as ``http``) when it is used.
     """
 
-    kind: str  # "tcp" | "unix" | "exec"
+    kind: str  # "tcp" | "unix" | "exec" | "file" (11.1, engine/file_stream.py)
     host: str = ""
     port: str = ""
     path: str = ""
@@ -66,13 +67,15 @@ class Address:
     def uri(self) -> str:
         if self.kind == "exec":
             return f"exec:{self.command}"
+        if self.kind == "file":
+            return f"file:{self.path}"
         return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
 
     def display(self) -> str:
         """How QEMU names the peer in errors: ``host:port``, the socket path, the command."""
         if self.kind == "exec":
             return self.command
-        return self.path if self.kind == "unix" else f"{self.host}:{self.port}"
+        return self.path if self.kind in ("unix", "file") else f"{self.host}:{self.port}"
 
 
 def _unsupported(scheme: str) -> AddressError:

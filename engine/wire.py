@@ -78,6 +78,7 @@ class Rec(IntEnum):
     RESUME = 0x15
     REQUEST = 0x24
     RECEIVED = 0x25  # the destination's answer to RECOVER: one bit per page it holds
+    SWITCHOVER_ACK = 0x26  # switchover-ack (11.1): the destination is ready to switch
 
 
 class Kind(IntEnum):
@@ -195,7 +196,7 @@ def read_record(sock: socket.socket, limit: int) -> tuple[int, bytearray] | None
     return head[0], read_body(sock, head[1], limit)
 
 
-REPLIES = frozenset({Rec.READY, Rec.ACK, Rec.NACK})
+REPLIES = frozenset({Rec.READY, Rec.ACK, Rec.NACK, Rec.SWITCHOVER_ACK})
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,7 @@ class StreamConfig:
     uuid: str = ""  # the source's -uuid, sent with validate-uuid on ("": none sent)
     postcopy: bool = False  # the postcopy-ram capability
     preempt: bool = False  # postcopy-preempt: a channel for requested pages
+    switchover_ack: bool = False  # the source waits for the destination's SWITCHOVER_ACK
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -283,6 +285,7 @@ class StreamConfig:
             "uuid": self.uuid,
             "postcopy": self.postcopy,
             "postcopy-preempt": self.preempt,
+            "switchover-ack": self.switchover_ack,
         }
 
     @classmethod
@@ -300,6 +303,7 @@ class StreamConfig:
                 uuid=peer_text(str(obj.get("uuid", ""))),
                 postcopy=bool(obj["postcopy"]),
                 preempt=bool(obj["postcopy-preempt"]),
+                switchover_ack=bool(obj.get("switchover-ack", False)),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(Infinity)
             raise StreamError("configuration section is incomplete") from exc

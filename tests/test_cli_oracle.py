@@ -33,9 +33,9 @@ class Case:
     status: int = 0
 
 
-def load() -> list[Case]:
+def load(path: Path = DATA / "cli.argv.out") -> list[Case]:
     cases: list[Case] = []
-    for line in (DATA / "cli.argv.out").read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.startswith("$ "):
             cases.append(Case(shlex.split(line[2:])))
         elif line.startswith("# stderr: "):

@@ -146,9 +146,6 @@ def test_file_uri_rules(machines: list[Machine], tmp_path: Path) -> None:
         MigrationError, match=r"Migration requires seekable transport \(e.g. file\)"
     ):
         src.migrate("tcp:127.0.0.1:1")
-    src.set_capabilities({"mapped-ram": False})
-    with pytest.raises(MigrationError, match="with mapped-ram only"):
-        src.migrate(f"file:{tmp_path / 'x.img'}")
 
 
 def test_max_bandwidth_paces_the_file_and_a_cancel_ends_the_wait(

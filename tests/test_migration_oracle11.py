@@ -7,8 +7,7 @@ times, rates and counts are this run's.
 The source's guest is ``$IMAGE``'s 8192 non-zero pages at 1 MiB, as the recorder's; where
 QEMU ran ``-kernel $DIRTIER`` (a guest writing 256 pages for ever), ours runs a
 random-writer over 1 MiB. "During" is the recorded `max-bandwidth 8M`; a step recorded in a
-state waits (on the machine's events, bounded) until ours is in that state too. The plain
-file: case (a stream into a file, without mapped-ram) is not implemented.
+state waits (on the machine's events, bounded) until ours is in that state too.
 """
 
 from __future__ import annotations
@@ -35,6 +34,11 @@ CASES = [
     "migrate_xbzrle",
     "migrate_auto_converge",
     "migrate_mapped_ram",
+    "migrate_file",
+    "migrate_switchover_ack",
+    "migrate_switchover_ack_src",
+    "migrate_switchover_ack_dst",
+    "migrate_switchover_ack_plain_dst",
 ]
 # What stands for QEMU's `-kernel $DIRTIER`: a writer over 1 MiB, or for auto-converge one
 # that dirties faster than 8 MiB/s sends, so that the throttle starts as it did in QEMU.

@@ -33,9 +33,12 @@ def test_ci_runs_the_readme_test_command_first_then_the_qemu_tests():
     setup = ["set -euo pipefail", 'cd "$(dirname "$0")/.."']
     assert commands[: len(setup) + 1] == [*setup, quick_start_blocks()[1]]
     rest = commands[len(setup) + 1 :]
-    # The one step after it: QEMU installed when missing, then the tests it deselects.
+    # The steps after it: QEMU 7.2, then 11.1, installed when missing, then the tests it
+    # deselects for each.
     assert "apt-get install -y qemu-system-x86" in "\n".join(rest)
-    assert rest[-1] == ".venv/bin/python -m pytest -m qemu"
+    assert "bash ../shared/tools/qemu-11.1-chroot" in "\n".join(rest)
+    assert rest.index(".venv/bin/python -m pytest -m qemu") < len(rest) - 1
+    assert rest[-1] == ".venv/bin/python -m pytest -m qemu11"
 
 
 def test_reference_tables_are_current():

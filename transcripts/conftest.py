@@ -2,7 +2,8 @@
 
 ``pytest transcripts --update-transcripts`` rewrites the expectations that no longer match
 (patterns that still match are kept, as with cram -i). A transcript that starts a real QEMU
-(``$ NAME: qemu-system-...``) carries the ``qemu`` marker: ``pytest -m qemu`` runs it.
+(``$ NAME: qemu-system-...``) carries the ``qemu`` marker: ``pytest -m qemu`` runs it (one
+that starts ``qemu11-system-...``: ``qemu11``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hmp.harness.qemu_endpoint import is_qemu
+from hmp.harness.qemu_endpoint import is_qemu, release_of
 from hmp.harness.runner import Result, replay
 from hmp.harness.transcript import Kind, parse
 
@@ -34,8 +35,10 @@ class TranscriptFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         item = TranscriptItem.from_parent(self, name=self.path.name)
         steps = parse(self.path.read_text())
-        if any(s.kind is Kind.START and is_qemu(s.arg.split()) for s in steps):
-            item.add_marker(pytest.mark.qemu)
+        for step in steps:
+            argv = step.arg.split() if step.kind is Kind.START else []
+            if is_qemu(argv):  # `pytest -m qemu` (7.2) or `-m qemu11` runs it
+                item.add_marker("qemu11" if release_of(argv[0]) == "11.1" else "qemu")
         yield item
 
 

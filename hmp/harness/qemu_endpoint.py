@@ -6,7 +6,8 @@ The harness starts QEMU with the transcript's command line plus a ``-qmp`` socke
 each ``NAME> LINE`` goes through that shell, so its output is QEMU's ``human-monitor-command``
 answer. QEMU's stderr (its asynchronous error reports) is what ``@stderr`` reads.
 
-``qemu_argv`` turns a qemu-hmp command line into QEMU's (``replay --against-qemu``).
+``qemu_argv`` turns a qemu-hmp command line into QEMU's (``replay --against-qemu``): the
+QEMU of the release its ``--qemu`` names (7.2 by default), from ``RELEASES``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import itertools
 import logging
 import os
 import queue
+import re
+import shutil
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -28,7 +32,23 @@ from hmp.harness.qmp_client import QmpClient, QmpClientError, QmpConnectionError
 
 log = logging.getLogger(__name__)
 
-QEMU_BINARY = os.environ.get("QEMU_HMP_QEMU", "qemu-system-x86_64")
+
+@dataclass(frozen=True)
+class Release:
+    """How to run one QEMU release: its binary, and the folder its sockets must be in (QEMU
+    11.1 runs in a chroot that shares only that folder, tests/data/qemu-11.1/README.md)."""
+
+    binary: str
+    folder: str | None = None
+
+
+# The releases `--qemu` names; an environment variable names another binary for each.
+RELEASES = {
+    "7.2": Release(os.environ.get("QEMU_HMP_QEMU", "qemu-system-x86_64")),
+    "11.1": Release(os.environ.get("QEMU_HMP_QEMU_11_1", "qemu11-system-x86_64"), "/tmp/qemu11"),
+}
+DEFAULT_RELEASE = "7.2"
+QEMU_NAME = re.compile(r"^qemu\d*-system-")  # qemu-system-x86_64, qemu11-system-x86_64
 QEMU_PROGRAM = "qemu-system-x86_64: "  # QEMU's prefix of an error report
 START_POLL_S = 0.05  # between two attempts to reach a starting QEMU's QMP socket
 
@@ -42,19 +62,34 @@ OURS_FLAGS = frozenset({"-pair", "-no-history"})
 
 
 def is_qemu(argv: Sequence[str]) -> bool:
-    return bool(argv) and Path(argv[0]).name.startswith("qemu-system-")
+    return bool(argv) and bool(QEMU_NAME.match(Path(argv[0]).name))
+
+
+def release_of(binary: str) -> str:
+    """The release a QEMU binary is (7.2 for one not in RELEASES)."""
+    name = Path(binary).name
+    return next((k for k, r in RELEASES.items() if Path(r.binary).name == name), DEFAULT_RELEASE)
+
+
+def release_folder(binary: str) -> str | None:
+    """The folder a QEMU binary's sockets must be in (None: anywhere)."""
+    return RELEASES[release_of(binary)].folder
 
 
 def qemu_argv(argv: Sequence[str]) -> list[str]:
-    """The QEMU command line of a qemu-hmp one: the same RAM, images, -incoming and -S, on a
-    machine with nothing else (``-M none``, which migrates its RAM alone) unless it names one,
-    under TCG, no display. qemu-hmp's own options are left out: QEMU has no guest workload."""
-    out = [QEMU_BINARY]
+    """The QEMU command line of a qemu-hmp one: the release's QEMU (``--qemu``), with the same
+    RAM, images, -incoming and -S, on a machine with nothing else (``-M none``, which migrates
+    its RAM alone) unless it names one, under TCG, no display. qemu-hmp's own options are
+    left out: QEMU has no guest workload."""
+    release = DEFAULT_RELEASE
+    out: list[str] = []
     seen: set[str] = set()
     args = iter(argv[1:])
     for arg in args:
         option = arg[1:] if arg.startswith("--") else arg
-        if option in SHARED_WITH_VALUE:
+        if option == "-qemu" or option.startswith("-qemu="):
+            release = option.partition("=")[2] or next(args, "")
+        elif option in SHARED_WITH_VALUE:
             seen.add(option)
             out += [option, next(args, "")]
         elif option in SHARED_FLAGS:
@@ -72,7 +107,9 @@ def qemu_argv(argv: Sequence[str]) -> list[str]:
             out += words
     if "-nodefaults" not in seen:
         out.append("-nodefaults")
-    return out
+    if release not in RELEASES:  # qemu-hmp would refuse it too
+        raise EndpointError(f"no QEMU for release {release!r} (known: {', '.join(RELEASES)})")
+    return [RELEASES[release].binary, *out]
 
 
 def _qmp_address(argv: Sequence[str]) -> str | None:
@@ -81,6 +118,22 @@ def _qmp_address(argv: Sequence[str]) -> str | None:
         if option.lstrip("-") == "qmp" and value.startswith(("unix:", "tcp:")):
             return value.split(",", 1)[0]
     return None
+
+
+def _loaders_copied(argv: Sequence[str], folder: Path) -> list[str]:
+    """``argv`` with each ``-device loader,file=PATH`` image copied into ``folder``."""
+    out = list(argv)
+    for i, (option, value) in enumerate(itertools.pairwise(argv)):
+        if option.lstrip("-") != "device" or not value.startswith("loader,"):
+            continue
+        props = value.split(",")
+        for k, prop in enumerate(props):
+            if prop.startswith("file="):
+                copy = folder / f"loader{i}-{Path(prop[5:]).name}"
+                shutil.copyfile(prop[5:], copy)
+                props[k] = f"file={copy}"
+        out[i + 1] = ",".join(props)
+    return out
 
 
 def _pump(stream: IO[bytes], lines: queue.Queue[str | None], edit: Callable[[str], str]) -> None:
@@ -98,7 +151,12 @@ class QemuEndpoint:
 
     def __init__(self, argv: Sequence[str], *, name: str, program_as: str | None = None) -> None:
         self.name = name
-        self._dir = tempfile.TemporaryDirectory(prefix="qemu-hmp-qemu-")
+        folder = release_folder(argv[0])
+        if folder is not None:
+            os.makedirs(folder, exist_ok=True)
+        self._dir = tempfile.TemporaryDirectory(prefix="qemu-hmp-qemu-", dir=folder)
+        if folder is not None:  # what QEMU reads must be where it can see it too
+            argv = _loaders_copied(argv, Path(self._dir.name))
         self._qmp_path = str(Path(self._dir.name) / "harness.qmp")
         extra = ["-qmp", f"unix:{self._qmp_path},server=on,wait=off"]
         self.address = _qmp_address(argv)

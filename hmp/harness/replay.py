@@ -18,8 +18,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--against-qemu",
         action="store_true",
-        help="start each qemu-hmp endpoint as a real QEMU (qemu-system-x86_64 -M none, same "
-        "-m, -incoming, -S and -device loader; $QEMU_HMP_QEMU names another binary)",
+        help="start each qemu-hmp endpoint as a real QEMU of the transcript's release "
+        "(qemu-system-x86_64, or with `@qemu 11.1` qemu11-system-x86_64; -M none, same -m, "
+        "-incoming, -S and -device loader; $QEMU_HMP_QEMU, $QEMU_HMP_QEMU_11_1 name others)",
     )
     args = ap.parse_args(argv)
     if args.against_qemu and args.update:

@@ -11,7 +11,8 @@ there, once for all cases:
   ``-device loader`` so that guest RAM is not all zero;
 - ``$DIRTIER``, a multiboot kernel for ``-kernel`` that keeps incrementing a word in each of
   256 pages (1 MiB at 80 MiB) for ever, so that a migration has pages to send again (an idle
-  guest stops dirtying RAM once its BIOS has halted).
+  guest stops dirtying RAM once its BIOS has halted);
+- ``$EMPTY``, an empty file (what `migrate_incoming file:` makes of one).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> None:
     made = {
         "$IMAGE": beside("image.bin", make_image),
         "$DIRTIER": beside("dirtier.bin", make_dirtier),
+        "$EMPTY": beside("empty.bin", lambda path: path.write_bytes(b"")),
     }
     recorder = Recorder(Path(__file__).parent, QEMU, made=made, banner=True)
     record_in_temporary_folders(recorder, sys.argv[1:], SHARED)

@@ -18,8 +18,8 @@ HERE = Path(__file__).parent
 BASE = ["-M", "none", "-nodefaults", "-display", "none", "-m", "16"]
 
 
-def load_cases() -> list[list[str]]:
-    lines = (HERE / "cases" / "cli.argv").read_text().splitlines()
+def load_cases(here: Path = HERE) -> list[list[str]]:
+    lines = (here / "cases" / "cli.argv").read_text().splitlines()
     return [shlex.split(line) for line in lines if line.strip()]
 
 
@@ -29,10 +29,11 @@ def argv(case: list[str]) -> list[str]:
     return [*BASE, *monitor, *case]
 
 
-def run_case(case: list[str]) -> str:
-    with tempfile.TemporaryDirectory() as scratch:
+def run_case(case: list[str], qemu: str = "qemu-system-x86_64", parent: str | None = None) -> str:
+    """``parent``: where the scratch directory goes (a chroot's QEMU sees only its folder)."""
+    with tempfile.TemporaryDirectory(dir=parent) as scratch:
         proc = subprocess.run(
-            ["qemu-system-x86_64", *argv(case)],
+            [qemu, *argv(case)],
             input=b"quit\n",
             capture_output=True,
             cwd=scratch,
