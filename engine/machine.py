@@ -25,7 +25,7 @@ from engine.source import (
     OutgoingSettings,
     multifd_channels,
 )
-from engine.state import MigrationStatus, RunState, is_running
+from engine.state import FOREGROUND_STATES, MigrationStatus, RunState, is_running
 from engine.stats import Sample
 from engine.transport import Address, Listener, UnknownProtocol, parse_uri
 from engine.vm import Vm
@@ -104,6 +104,7 @@ class Machine:
         self.events = EventBus()
         self._notify = notify or (lambda _msg: None)
         self._lock = threading.Lock()
+        self._status_changed = threading.Condition()  # notified at every MIGRATION event
         # A destination receives scattered pages: with huge pages, each first write would zero
         # 2 MiB (for an idle guest, all of RAM: 10x slower); 4 KiB pages cost only what arrives.
         # Preallocated RAM is touched whole anyway, and huge pages make that faster.
@@ -380,6 +381,16 @@ class Machine:
             outgoing.wait(timeout)
         return self.query_migrate()
 
+    def wait_foreground(self, timeout: float | None = None) -> MigrationInfo:
+        """What HMP's blocking `migrate` waits for (QEMU's hmp_migrate_status_cb): only while
+        the outgoing migration is in setup or active, so `migrate -r` returns at once and a
+        postcopy or a pause-before-switchover gives the prompt back."""
+        with self._status_changed:
+            self._status_changed.wait_for(
+                lambda: self._outgoing_status() not in FOREGROUND_STATES, timeout
+            )
+        return self.query_migrate()
+
     def migrate_cancel(self) -> None:
         """Cancel a running outgoing migration; a no-op when none runs (and on a destination)."""
         outgoing = self._outgoing
@@ -448,6 +459,8 @@ class Machine:
     def _migration_event(self, name: str, data: dict[str, Any]) -> None:
         """QEMU sends MIGRATION and MIGRATION_PASS only while the events capability is on."""
         log.info("%s %s", name, data)
+        with self._status_changed:
+            self._status_changed.notify_all()
         if self.config.capability("events"):
             self.events.emit(name, data)
 
