@@ -230,6 +230,7 @@ class IncomingMigration(threading.Thread):
             warn=self._report,
             accept=lambda: self._adopt(self.listener.accept(self._closing, CHANNEL_TIMEOUT_S)),
             on_run=self._postcopy_run,
+            vcpus=self.vm.vcpus,
         )
         runstate, error = RunState.INMIGRATE, None
         try:
@@ -458,10 +459,13 @@ class StreamLoader:
         warn: Callable[[str], None] = lambda _msg: None,
         accept: Callable[[], socket.socket | None] = lambda: None,
         on_run: Callable[[RunState], None] = lambda _state: None,
+        vcpus: int = 1,
     ) -> None:
         """``accept`` yields the next connection to the listener (for multifd channels);
-        ``on_run`` starts the guest at postcopy's switch."""
+        ``on_run`` starts the guest at postcopy's switch; ``vcpus``: the guest's, which may
+        fault on postcopy's missing pages."""
         self.ram = ram
+        self._vcpus = vcpus
         self._on_run = on_run
         self._postcopy = False  # the source has postcopy-ram on
         self._discard: npt.NDArray[np.bool_] | None = None
@@ -528,8 +532,8 @@ class StreamLoader:
         return self._records(conn)
 
     def resume(self, conn: socket.socket) -> RunState:
-        """A recovered postcopy: the rest of the stream on a new connection; the page the
-        vCPU waits for is asked for again (its first request may have been lost)."""
+        """A recovered postcopy: the rest of the stream on a new connection; the pages the
+        vCPUs wait for are asked for again (their first requests may have been lost)."""
         with self._send_lock:
             self._conn = conn
         assert self.present is not None
@@ -623,7 +627,7 @@ class StreamLoader:
         assert self._discard is not None
         runstate = self._runstate(wire.parse_json(body, "postcopy run"))
         present = self.present = postcopy.PresentMap(
-            self.ram, ~self._discard, self._written, self._digest.crc, self._request
+            self.ram, ~self._discard, self._written, self._digest.crc, self._request, self._vcpus
         )
         self.ram.fault_hook = present.fault
         postcopy.PROMPT_THREADS.acquire()  # released by close()

@@ -56,6 +56,7 @@ class MachineOptions:
     loaders: tuple[Loader, ...] = field(default=())
     uuid: str | None = None  # -uuid, in lower case; None: not set (QEMU's qemu_uuid_set)
     prealloc: bool = False  # -mem-prealloc
+    smp: int = 1  # -smp: the vCPUs, each a thread running the workload
     # Each step of the completion handshake may take this long (both roles); tests shorten it.
     switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S
     # How long an incoming stream may take to deliver its header and configuration.
@@ -119,12 +120,12 @@ class Machine:
             initial = RunState.INMIGRATE
         else:
             initial = RunState.PRELAUNCH if opts.start_paused else RunState.RUNNING
-        self.vm = Vm(initial, self.events)
+        self.vm = Vm(initial, self.events, opts.smp)
         self._autostart = not opts.start_paused
         self._outgoing: OutgoingMigration | FileOutgoing | _Refused | None = None
         self._incoming: IncomingMigration | FileIncoming | None = None
         self._closing = False
-        self.workload.start(self.ram, self.vm.gate, self._notify)
+        self.workload.start(self.ram, self.vm.gate, self._notify, opts.smp)
         if opts.incoming not in (None, "defer"):
             try:
                 self._start_incoming(opts.incoming)

@@ -665,6 +665,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self.stats.update_window(
                 self._param("downtime-limit"), self._param("avail-switchover-bandwidth")
             )
+        self._drain()  # multifd's channels sync at every EOS, though postcopy left them idle
         self._send_eos()
         with self._bitmap_lock:  # a requested page being sent on the preempt channel has its CRC
             done = {"runstate": str(self._prior), "digest": self._digest.hexdigest()}

@@ -29,11 +29,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from proxy import RecordProxy
+from proxy import UP, Action, RecordProxy, Rule
 from test_postcopy import resident
 
+from engine import wire
 from engine.machine import Machine, MachineOptions
 from engine.source import OutgoingMigration
+from engine.state import MigrationStatus
+from hmp.cli import parse_smp
 from hmp.harness.endpoint import free_port
 from hmp.monitor.session import Monitor
 
@@ -45,6 +48,7 @@ EXACT = ["help", "start_errors", "wrong_states", "dst_errors", "compat_set", "co
 FLOWS = [
     "plain",
     "blocktime",
+    "blocktime_smp2",
     "preempt",
     "release_ram",
     "cut",
@@ -60,6 +64,10 @@ FLOWS = [
     "combo_auto_converge",
     "combo_release_only",
     "combo_blocktime_only",
+    "combo_multifd",
+    "combo_preempt_multifd",
+    "combo_src_only",
+    "combo_dst_only",
 ]
 OPTIONAL = ("dirty pages rate:", "postcopy request count:", "precopy ram:", "downtime ram:")
 OPTIONAL += ("postcopy ram:",)
@@ -69,6 +77,26 @@ DIRTIER = "random-writer,rate=20000,wss=1M"
 # came before the source's next step, so some runs caught it and some did not: it is
 # compared apart, ours must say it whenever the source paused.
 PAUSED = "Detected IO failure for postcopy. Migration paused."
+POSTCOPY_OFF = "RAM postcopy is disabled but have 16 byte advise"
+REFUSED = f"load of migration failed: {POSTCOPY_OFF}"
+# Where ours differs from the recording by design (README: a refused stream is answered with
+# its reason, QEMU's destination exits and its source fails writing): per endpoint, a
+# recorded stderr line or output text → ours (None: ours has no such line).
+BY_DESIGN: dict[str, dict[str, dict[str, str | None]]] = {
+    "combo_src_only": {
+        "src": {"Unable to write to socket: Bad file descriptor": POSTCOPY_OFF},
+        "dst": {POSTCOPY_OFF: None, "load of migration failed: Invalid argument": REFUSED},
+    },
+}
+# The case's precopy would end before its first poll here (32 MiB, not QEMU's 256): the
+# source migrates through a relay that holds its first page batch until a step awaits the end.
+HELD_PRECOPY = ("combo_dst_only",)
+# QEMU 7.2 bugs ours does not have. combo_multifd: the destination aborts at its cleanup
+# (yank_unregister_instance assertion, exit -6), after loading everything; ours completes
+# (its stderr is not compared). combo_preempt_multifd: postcopy stalls for ever; the replay
+# matches the steps while the held scan keeps postcopy-active, then lets it go: ours completes.
+ABORTED = {"combo_multifd": "dst"}
+STALLED = ("combo_preempt_multifd",)
 POLL_S = 0.05  # between two polls of an `@until` step (QEMU's recorder polled too)
 UNTIL_S = 20.0
 
@@ -102,10 +130,16 @@ def options(argv: str, incoming: bool) -> MachineOptions:
         incoming="tcp:127.0.0.1:0" if incoming else None,
         workload=DIRTIER if "-kernel" in argv or "-incoming" in argv else "zero",
         start_paused=" -S" in f" {argv}",
+        smp=parse_smp(smp[1]) if (smp := re.search(r"-smp (\S+)", argv)) else 1,
     )
 
 
+VCPU_BLOCKTIME = "postcopy vcpu blocktime: "
+
+
 def pattern(line: str) -> str:
+    if line.startswith(VCPU_BLOCKTIME):  # how many items depends on the values (0,404 or 0)
+        return re.escape(VCPU_BLOCKTIME) + r"\d+(?:[-,]\d+)*"
     return re.sub(r"\d+", r"\\d+", re.escape(line))
 
 
@@ -185,6 +219,41 @@ def test_single_endpoint_sessions_match_byte_for_byte(case: str) -> None:
         ep.close()
 
 
+def by_design(case: str, endpoint: str, lines: Counter[str]) -> Counter[str]:
+    """A recorded endpoint's stderr lines as ours are by design (BY_DESIGN)."""
+    table = BY_DESIGN.get(case, {}).get(endpoint, {})
+    out = Counter[str]()
+    for line, n in lines.items():
+        mapped = table.get(line, line)
+        if mapped is not None:
+            out[mapped] += n
+    return out
+
+
+def recorded_output(case: str, step: Step) -> str:
+    """The step's recorded output, with the texts BY_DESIGN maps."""
+    output = step.output
+    for theirs, ours in BY_DESIGN.get(case, {}).get(step.endpoint, {}).items():
+        output = output.replace(theirs, ours or "")
+    return output
+
+
+def completes(ep: Endpoint) -> bool:
+    """Whether the endpoint's migration reaches `completed` (polled, as the recorder did)."""
+    deadline, tick = time.monotonic() + UNTIL_S, threading.Event()
+    while ep.machine.query_migrate().status is not MigrationStatus.COMPLETED:
+        if time.monotonic() > deadline:
+            return False
+        tick.wait(POLL_S)
+    return True
+
+
+def status_of(text: str) -> str:
+    """A pattern for the ``Migration status`` line of ``text`` ('' when it has none)."""
+    status = re.search(r"^Migration status: .*$", text, re.MULTILINE)
+    return f"^{re.escape(status.group())}$" if status else ""
+
+
 @pytest.mark.parametrize("case", FLOWS)
 def test_migration_sessions_match_by_pattern(case: str) -> None:
     text = (ORACLE / f"{case}.txt").read_text()
@@ -196,13 +265,17 @@ def test_migration_sessions_match_by_pattern(case: str) -> None:
     proxy: RecordProxy | None = None
     address = eps["dst"].machine.query_migrate().socket_address
     assert address
-    subst = {"$PORT": address[0].rsplit(":", 1)[1], "$RPORT": str(free_port())}
-    if any("$PROXY" in s.typed for s in rec.steps):
-        # QEMU's relay carried each channel: the main one, and postcopy-preempt's
-        cut = re.search(r"^# cut: (\d+) connection", text, re.MULTILINE)
+    port = address[0].rsplit(":", 1)[1]
+    subst = {"$PORT": port, "$RPORT": str(free_port())}
+    # QEMU's relay carried each channel: the main one, and postcopy-preempt's
+    cut = re.search(r"^# cut: (\d+) connection", text, re.MULTILINE)
+    if case in HELD_PRECOPY:
+        proxy = RecordProxy(address[0], Rule(UP, wire.Rec.BATCH, Action.HOLD))
+    elif any("$PROXY" in s.typed for s in rec.steps):
         proxy = RecordProxy(address[0], channels=int(cut[1]) - 1 if cut else 0)
-        proxy.start()
         subst["$PROXY"] = proxy.uri.rsplit(":", 1)[1]
+    if proxy is not None:
+        proxy.start()
     tick = threading.Event()  # never set: the pause between two polls
     failures: list[str] = []
     held: OutgoingMigration | None = None
@@ -223,17 +296,25 @@ def test_migration_sessions_match_by_pattern(case: str) -> None:
             if step.typed == "@rss":  # the source's guest RAM resident (ours is in-process)
                 rss.append(resident(eps["src"].machine.ram.array.ctypes.data))
                 continue
-            line, theirs = step.typed, step.output
+            line, theirs = step.typed, recorded_output(case, step)
             for key, value in subst.items():
                 line, theirs = line.replace(key, value), theirs.replace(key, value)
+            if case in HELD_PRECOPY and line.startswith("migrate "):
+                assert proxy is not None
+                line = line.replace(f":{port}", f":{proxy.uri.rsplit(':', 1)[1]}")
             if held is not None and awaits_the_end(step.until):
                 held.background.set()  # the case waits for the end: let the rest go
                 held = None
-            until = step.until or settled(step, before, theirs)
+                if proxy is not None and case in HELD_PRECOPY:
+                    proxy.release()
+            # A poll that several statuses satisfy waits for the one recorded.
+            untils = (
+                [step.until, status_of(theirs)] if step.until else [settled(step, before, theirs)]
+            )
             ours = ep.run(line)
             deadline = time.monotonic() + UNTIL_S
-            while until and not re.search(until, ours, re.MULTILINE):
-                assert time.monotonic() < deadline, f"{line}: no {until!r} in {ours}"
+            while not all(re.search(u, ours, re.MULTILINE) for u in untils if u):
+                assert time.monotonic() < deadline, f"{line}: no {untils!r} in {ours}"
                 tick.wait(POLL_S)
                 ours = ep.run(line)
             mig = eps["src"].machine._outgoing
@@ -245,6 +326,7 @@ def test_migration_sessions_match_by_pattern(case: str) -> None:
                 failures.append(f"{step.endpoint}: {diff}")
         for name, theirs in stderr_of(text).items():
             ep = eps[name]
+            theirs = by_design(case, name, theirs)
             for key, value in subst.items():
                 theirs = Counter({k.replace(key, value): n for k, n in theirs.items()})
             ours_err = ep.stderr()
@@ -253,13 +335,26 @@ def test_migration_sessions_match_by_pattern(case: str) -> None:
                 if paused and not ours_err[PAUSED]:
                     failures.append(f"src stderr: no {PAUSED!r}")
                 del theirs[PAUSED], ours_err[PAUSED]
-            if ep.alive and ours_err != theirs:
+            if ep.alive and ABORTED.get(case) != name and ours_err != theirs:
                 failures.append(f"{name} stderr: qemu {dict(theirs)}, ours {dict(ours_err)}")
+        if case in STALLED and held is not None:  # QEMU's never ended: ours does
+            held.background.set()
+            held = None
+        for name in (ABORTED.get(case), *(("src", "dst") if case in STALLED else ())):
+            if name:
+                assert completes(eps[name]), name
+        if case == "blocktime_smp2":  # one figure a vCPU; the total only while all waited
+            info = eps["dst"].machine.query_migrate()
+            assert info.postcopy_vcpu_blocktime and len(info.postcopy_vcpu_blocktime) == 2
+            assert info.postcopy_blocktime is not None
+            assert info.postcopy_blocktime <= min(info.postcopy_vcpu_blocktime)
         if case == "release_ram":  # the source gave back what postcopy sent
             assert len(rss) == 2 and rss[1] < rss[0], rss
         assert not failures, "\n".join(failures)
     finally:
         if held is not None:
             held.background.set()
+        if proxy is not None:
+            proxy.release()
         for ep in eps.values():
             ep.close()
