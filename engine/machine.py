@@ -326,6 +326,8 @@ class Machine:
         addr = parse_uri(uri, incoming=False)
         if not isinstance(outgoing, OutgoingMigration) or not outgoing.resume(addr):
             raise MigrationError("Cannot resume if there is no paused migration")
+        # Like QEMU, a local connect that fails at once is reported before `migrate` returns.
+        outgoing.wait_attempt(CONNECT_WAIT_S)
 
     def migrate_pause(self) -> None:
         """QEMU's qmp_migrate_pause: break the stream of an active postcopy, source first."""

@@ -260,6 +260,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._start_postcopy = threading.Event()  # migrate_start_postcopy
         self._in_postcopy = False  # the destination runs the guest; pages go on demand
         self._resumed = threading.Event()  # a postcopy-paused migration may go on (or quit)
+        self._attempted = threading.Event()  # migrate -r's connect succeeded or was reported
         self._return_path: postcopy.ReturnPath | None = None
         self._requests = postcopy.PageRequests(ram.pages, self._limiter.wake)
         self._prior = RunState.RUNNING  # the run state the destination takes over
@@ -703,8 +704,13 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             if self._status is not MigrationStatus.POSTCOPY_PAUSED:
                 return False
             self._resume_addr = addr
+            self._attempted.clear()
         self._resumed.set()
         return True
+
+    def wait_attempt(self, timeout: float) -> bool:
+        """Until the connect of the last `migrate -r` succeeded or its failure was reported."""
+        return self._attempted.wait(timeout)
 
     def _pause(self, cause: str) -> None:
         """QEMU's postcopy_pause: the stream broke after the switch. Neither side holds the
@@ -748,6 +754,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                     self._sock.close()
                     self._sock = None
                 self._set_status(MigrationStatus.POSTCOPY_RECOVER, MigrationStatus.POSTCOPY_PAUSED)
+            finally:
+                self._attempted.set()
 
     def _reconnect(self, addr: Address) -> None:
         """The recovery handshake: RECOVER with the session, the destination's bitmap of the
@@ -755,6 +763,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         sock = connect(addr)
         self._sock = sock
         self._set_status(MigrationStatus.POSTCOPY_PAUSED, MigrationStatus.POSTCOPY_RECOVER)
+        self._attempted.set()  # connected: the handshake goes on while `migrate -r` returns
         recover = wire.json_record(wire.Rec.RECOVER, {"session": self._session})
         self.stats.add_stream(self._send([wire.header(), recover]))
         sock.settimeout(self._switchover_timeout)

@@ -35,9 +35,17 @@ class Rule:
 
 class RecordProxy(threading.Thread):
     """Accepts one connection on 127.0.0.1 and relays it to ``target`` under ``rule``, and
-    ``channels`` more (accepted meanwhile), relayed as they are."""
+    ``channels`` more (accepted meanwhile), relayed as they are. With ``gate``, the first
+    connection reaches ``target`` only once it is set (a frozen peer that has not accepted it:
+    the client's connect succeeded, into the backlog)."""
 
-    def __init__(self, target: str, rule: Rule | None = None, channels: int = 0) -> None:
+    def __init__(
+        self,
+        target: str,
+        rule: Rule | None = None,
+        channels: int = 0,
+        gate: threading.Event | None = None,
+    ) -> None:
         super().__init__(name="record-proxy", daemon=True)
         host, port = target.removeprefix("tcp:").rsplit(":", 1)
         self.target = (host, int(port))
@@ -47,6 +55,7 @@ class RecordProxy(threading.Thread):
         self.reached = threading.Event()  # the rule's record arrived at the proxy
         self._release = threading.Event()
         self.channels = channels
+        self.gate = gate
         self._socks: list[socket.socket] = []
         self._socks_lock = threading.Lock()
         self.records: dict[str, list[int]] = {UP: [], DOWN: []}  # kinds forwarded, in order
@@ -57,6 +66,8 @@ class RecordProxy(threading.Thread):
     def run(self) -> None:
         with self.server:
             client, _ = self.server.accept()
+            if self.gate is not None:
+                self.gate.wait(HOLD_LIMIT_S)
             upstream = self._connect(client)
             more = threading.Thread(target=self._accept_channels, daemon=True)
             more.start()

@@ -27,9 +27,10 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-from proxy import UP, Action, RecordProxy, Rule
+from proxy import DOWN, UP, Action, RecordProxy, Rule
 from test_postcopy import resident
 
 from engine import wire
@@ -56,6 +57,7 @@ FLOWS = [
     "kill_dst",
     "kill_src",
     "pause_dst",
+    "pause_src",
     "resume_blocking",
     "cancel_postcopy",
     "postcopy_settings",
@@ -219,6 +221,38 @@ def test_single_endpoint_sessions_match_byte_for_byte(case: str) -> None:
         ep.close()
 
 
+class Freeze:
+    """pause_src's SIGSTOP and SIGCONT, in process, as the peer sees them: from the
+    destination's @stop on, the recovery connection goes through a relay. A stopped
+    destination does not accept: the source's connect lands in the backlog (the relay takes it)
+    and reaches the destination at its @cont. A stopped source does not read: the
+    destination's answer (RECEIVED) waits in the relay until the source's @cont."""
+
+    ORDER: ClassVar[list[tuple[str, str]]] = [
+        ("dst", "@stop"),
+        ("src", "@stop"),
+        ("dst", "@cont"),
+        ("src", "@cont"),
+    ]
+
+    def __init__(self, target: str) -> None:
+        self.accepting = threading.Event()
+        rule = Rule(DOWN, wire.Rec.RECEIVED, Action.HOLD)
+        self.relay = RecordProxy(target, rule, gate=self.accepting)
+        self.relay.start()
+        self.port = self.relay.uri.rsplit(":", 1)[1]
+
+    def act(self, step: Step) -> None:
+        if (step.endpoint, step.typed) == ("dst", "@cont"):
+            self.accepting.set()
+        elif (step.endpoint, step.typed) == ("src", "@cont"):
+            self.relay.release()
+
+    def close(self) -> None:
+        self.accepting.set()
+        self.relay.release()
+
+
 def by_design(case: str, endpoint: str, lines: Counter[str]) -> Counter[str]:
     """A recorded endpoint's stderr lines as ours are by design (BY_DESIGN)."""
     table = BY_DESIGN.get(case, {}).get(endpoint, {})
@@ -281,6 +315,9 @@ def test_migration_sessions_match_by_pattern(case: str) -> None:
     held: OutgoingMigration | None = None
     rss: list[int] = []
     previous: Step | None = None
+    freeze: Freeze | None = None
+    actions = [(s.endpoint, s.typed) for s in rec.steps if s.typed in ("@stop", "@cont")]
+    assert actions in ([], Freeze.ORDER), actions  # what Freeze models
     try:
         for step in rec.steps:
             ep = eps[step.endpoint]
@@ -293,12 +330,18 @@ def test_migration_sessions_match_by_pattern(case: str) -> None:
                 assert cut and proxy.connections == int(cut[1])
                 proxy.cut()
                 continue
+            if step.typed in ("@stop", "@cont"):
+                freeze = freeze or Freeze(f"tcp:127.0.0.1:{subst['$RPORT']}")
+                freeze.act(step)
+                continue
             if step.typed == "@rss":  # the source's guest RAM resident (ours is in-process)
                 rss.append(resident(eps["src"].machine.ram.array.ctypes.data))
                 continue
             line, theirs = step.typed, recorded_output(case, step)
             for key, value in subst.items():
                 line, theirs = line.replace(key, value), theirs.replace(key, value)
+            if freeze is not None and step.endpoint == "src":
+                line = line.replace(f":{subst['$RPORT']}", f":{freeze.port}")
             if case in HELD_PRECOPY and line.startswith("migrate "):
                 assert proxy is not None
                 line = line.replace(f":{port}", f":{proxy.uri.rsplit(':', 1)[1]}")
@@ -356,5 +399,7 @@ def test_migration_sessions_match_by_pattern(case: str) -> None:
             held.background.set()
         if proxy is not None:
             proxy.release()
+        if freeze is not None:
+            freeze.close()
         for ep in eps.values():
             ep.close()
