@@ -1,21 +1,49 @@
 """Replay QEMU 7.2's postcopy recordings (tests/data/qemu-7.2/postcopy/) against our monitor.
 
 Sessions of one endpoint (help, errors in each state, capability checks) must match byte for
-byte. Migrations between two endpoints (two in-process Machines and monitors, over real
-sockets, through a relay for ``$PROXY``) must match line by line with figures by pattern:
-every number is ``\\d+``, and the lines QEMU prints only while their figure is non-zero
-(OPTIONAL) are left out on both sides, since a page request or a dirty rate comes and goes
-with timing. Each ``# polled until`` step is repeated until its pattern matches, as it was
-recorded. Deterministic by construction: the source's postcopy background scan is held from
-the switch until a step waits for ``completed``, so every step recorded during postcopy-active
-(a kill, a cut, a pause) happens during postcopy-active here too. stderr lines are compared per
-endpoint over the whole session (they come from engine threads, in no fixed step).
+byte (EXACT). Migrations between two endpoints (FLOWS: two in-process Machines and monitors,
+over real sockets) must match line by line with figures by pattern: every number is ``\\d+``
+(`postcopy vcpu blocktime` is a list whose length depends on its values: ``0,404`` or ``0``),
+and the lines QEMU prints only while their figure is non-zero (OPTIONAL) are left out on both
+sides, since a page request or a dirty rate comes and goes with timing. Each ``# polled
+until`` step is repeated until its pattern matches and, when several statuses would, until the
+status recorded; an unpolled ``info migrate`` that follows an asynchronous action (on the other
+endpoint, or a ``migrate``) waits for its recorded status (``settled``). stderr lines are
+compared per endpoint over the whole session (they come from engine threads, in no fixed
+step).
+
+Deterministic by construction: the source's postcopy background scan is held from the switch
+until a step waits for the end, so every step recorded during postcopy-active (a kill, a cut, a
+pause) happens during postcopy-active here too. How the other recorded actions are replayed:
+
+- ``$PROXY`` (``cut``, ``preempt_cut``): a relay (tests/proxy.py) carrying every channel the
+  recording's ``# cut: N connections`` counts (the main one and postcopy-preempt's); ``@cut``
+  severs all at once.
+- ``@stop`` / ``@cont`` (``pause_src``, SIGSTOP/SIGCONT mid-recovery): ``Freeze``, a relay on the
+  recovery connection in which a stopped destination has not accepted it and a stopped source
+  has not read the answer, which is what each peer of a stopped QEMU sees.
+- ``resume_blocking``: a blocking ``migrate -r`` returns at once, as QEMU's does, the held scan
+  going on when the case waits for ``completed``.
+- ``blocktime_smp2``: ``-smp 2`` on both sides, checked further on the engine's figures (two
+  vCPUs, the total at most the least of them).
+- ``combo_dst_only``: its precopy ends in milliseconds here (32 MiB, not QEMU's 256), so the
+  source goes through a relay that holds its first page batch until the case waits for the end.
+- Where ours differs by design (BY_DESIGN, ``combo_src_only``: ours answers a refused stream
+  with its reason, QEMU's destination exits and its source fails writing) the recorded text is
+  mapped to ours; where QEMU 7.2 has a bug ours has not, ours must do better: ``combo_multifd``
+  (QEMU's destination aborts after loading: ours completes) and ``combo_preempt_multifd``
+  (QEMU's postcopy stalls: ours completes once the held scan goes).
+
+Not replayed: ``combo_preempt_src_only`` and ``combo_preempt_dst_only``, postcopy-preempt on
+one side only. QEMU 7.2's destination ignores the source's extra channel and completes on the
+main one (source only), or waits for ever for a channel the source never opens (destination
+only); ours refuses the mismatch at the handshake with a clear error
+(``test_postcopy.py::test_postcopy_preempt_must_be_on_at_both_ends``). Replaying the first needs
+a source that falls back to the main stream when the destination drops its preempt channel;
+the second would be a hang, which our rules forbid.
 
 The guest is smaller (32 MiB) and its dirtier a random-writer over 1 MiB, as QEMU's kernel
-dirties 256 pages. Not replayed yet: ``pause_src`` (it SIGSTOPs processes mid-recovery, which
-an in-process endpoint cannot do), ``resume_blocking`` (a blocking ``migrate -r`` waits for an
-end the held background scan keeps away), ``preempt_cut`` (the relay takes one connection),
-the ``combo_*`` sessions and ``blocktime_smp2`` (two vCPUs).
+dirties 256 pages.
 """
 
 from __future__ import annotations
