@@ -143,7 +143,7 @@ class PresentMap:
         self._request = request
         self._cond = threading.Condition()
         self._missing = int(np.count_nonzero(~present))
-        self._waiting: dict[int, int] = {}  # vCPU → the page it waits for
+        self._waiting: dict[int, tuple[int, float]] = {}  # vCPU → the page it waits for, since
         self._blocked_s = [0.0] * vcpus  # each vCPU's waits
         # QEMU's total: the time when every vCPU was blocked at once, and since when they are
         self._all_blocked_s = 0.0
@@ -173,7 +173,7 @@ class PresentMap:
             if self._present[page]:
                 return True
             t0 = self._clock()
-            self._waiting[vcpu] = page
+            self._waiting[vcpu] = (page, t0)
             if len(self._waiting) == len(self._blocked_s):
                 self._all_since = t0
         try:
@@ -188,16 +188,16 @@ class PresentMap:
             if self._all_since is not None:  # this vCPU ends the time all were blocked
                 self._all_blocked_s += now - self._all_since
                 self._all_since = None
+            self._blocked_s[vcpu] += now - t0  # a stop's too: the total counted it
             if not self._present[page]:
                 return False
-            self._blocked_s[vcpu] += now - t0
             self._latencies.append((now - t0) * 1000)
         return True
 
     def outstanding(self) -> npt.NDArray[np.intp]:
         """The pages the vCPUs wait for (to ask again on a new stream)."""
         with self._cond:
-            pages = sorted(set(self._waiting.values()))
+            pages = sorted({page for page, _ in self._waiting.values()})
         return np.array(pages, dtype=np.intp)
 
     def place(self, indices: npt.NDArray[np.intp], data: memoryview | None) -> int:
@@ -228,10 +228,13 @@ class PresentMap:
 
     def blocktime(self) -> Blocktime:
         with self._cond:
-            total = self._all_blocked_s
+            # Waits still going on count up to now, so the total never exceeds a vCPU's.
+            now, total, blocked = self._clock(), self._all_blocked_s, list(self._blocked_s)
             if self._all_since is not None:
-                total += self._clock() - self._all_since
-            vcpu_ms = tuple(int(s * 1000) for s in self._blocked_s)
+                total += now - self._all_since
+            for vcpu, (_, since) in self._waiting.items():
+                blocked[vcpu] += now - since
+            vcpu_ms = tuple(int(s * 1000) for s in blocked)
             return Blocktime(
                 int(total * 1000), vcpu_ms, len(self._latencies), tuple(self._latencies)
             )

@@ -100,6 +100,8 @@ def test_blocktime_is_per_vcpu_and_the_total_only_while_all_are_blocked() -> Non
     clock.now = 10.0
     vcpus[1].start()
     assert asked[2].wait(WAIT_S)
+    clock.now = 12.0  # waits still going count up to now, in each figure alike
+    assert (table.blocktime().total_ms, table.blocktime().vcpu_ms) == (2000, (12000, 2000))
     clock.now = 15.0  # vCPU 0's page arrives: 5 s with both blocked
     table.place(np.array([1]), None)
     vcpus[0].join(WAIT_S)
