@@ -586,8 +586,11 @@ class StreamLoader:
         self.session = remote.session
         if remote.multifd_channels:
             self._connect_channels(remote)
-        if remote.preempt:
+        if remote.preempt and local.postcopy and local.preempt:
             self._preempt = self._channel(remote, postcopy.PREEMPT_CHANNEL)
+            self._preempt.sendall(wire.record(wire.Rec.READY))  # taken: the source may use it
+        elif remote.preempt:
+            self._decline_channel()
         if remote.compress:
             self._pool = DecompressPool(CODECS[remote.compress_method], threads, self.ram)
             self._max_pending = 4 * threads
@@ -609,6 +612,17 @@ class StreamLoader:
             self.ram, self._digest, self._written, remote.multifd_compression
         )
         self._multifd.start([s for s in socks if s is not None])
+
+    def _decline_channel(self) -> None:
+        """postcopy-preempt's connection from a source that has it, without it here: closed
+        unread, as QEMU 7.2 does; the source then sends requested pages on the main stream."""
+        sock = self._accept()
+        if sock is None:
+            raise wire.StreamError("postcopy-preempt: its channel did not connect")
+        self._warn(
+            "socket_accept_incoming_migration: Extra incoming migration connection; ignoring"
+        )
+        sock.close()
 
     def _channel(self, remote: wire.StreamConfig, number: int) -> socket.socket:
         """postcopy-preempt's connection, which says hello with ``number``."""

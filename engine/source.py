@@ -463,12 +463,35 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                 fallback=self.stats.zero_copy_fallback,
             )
         if config.preempt:  # after the multifd channels: the destination takes them in order
-            self._preempt = self._open_channel(postcopy.PREEMPT_CHANNEL, config.session)
+            self._preempt = self._preempt_channel(config.session)
         if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
             self.ram.start_dirty_log()
             self._sync()  # QEMU's first sync at setup: the bitmap starts all-ones
         self.stats.setup_done(self._param("downtime-limit"))
         self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
+
+    def _preempt_channel(self, session: str) -> socket.socket | None:
+        """postcopy-preempt's connection, once the destination said it takes it (READY); None
+        when it closed it (it has no postcopy-preempt: requested pages use the main stream)."""
+        sock = self._open_channel(postcopy.PREEMPT_CHANNEL, session)
+        sock.settimeout(self._switchover_timeout)
+        try:
+            rec = wire.read_record(sock, 0)
+        except TimeoutError:
+            sock.close()
+            raise MigrationError(
+                "postcopy-preempt: the destination did not take its channel"
+            ) from None
+        except OSError:  # closed unread: a reset
+            rec = None
+        if rec is not None and rec[0] == wire.Rec.READY:
+            sock.settimeout(None)
+            return sock
+        sock.close()
+        if rec is not None:
+            raise MigrationError(f"postcopy-preempt: unexpected record 0x{rec[0]:02x}")
+        log.info("the destination has no postcopy-preempt: requested pages use the main stream")
+        return None
 
     def _open_channel(self, index: int, session: str) -> socket.socket:
         sock = connect(self.addr)

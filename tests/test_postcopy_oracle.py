@@ -34,13 +34,13 @@ pause) happens during postcopy-active here too. How the other recorded actions a
   (QEMU's destination aborts after loading: ours completes) and ``combo_preempt_multifd``
   (QEMU's postcopy stalls: ours completes once the held scan goes).
 
-Not replayed: ``combo_preempt_src_only`` and ``combo_preempt_dst_only``, postcopy-preempt on
-one side only. QEMU 7.2's destination ignores the source's extra channel and completes on the
-main one (source only), or waits for ever for a channel the source never opens (destination
-only); ours refuses the mismatch at the handshake with a clear error
-(``test_postcopy.py::test_postcopy_preempt_must_be_on_at_both_ends``). Replaying the first needs
-a source that falls back to the main stream when the destination drops its preempt channel;
-the second would be a hang, which our rules forbid.
+Not replayed: ``combo_preempt_dst_only``, postcopy-preempt on the destination only. QEMU 7.2's
+destination waits for ever for a channel the source never opens (its source stalls in
+postcopy-active); ours refuses the mismatch at the handshake with a clear error
+(``test_postcopy.py::test_a_destination_waiting_for_a_preempt_channel_refuses_a_source_without``):
+replaying it would need a hang, which our rules forbid. (``combo_preempt_src_only`` replays: the
+destination closes the extra channel with QEMU's line, the source falls back to the main
+stream.)
 
 The guest is smaller (32 MiB) and its dirtier a random-writer over 1 MiB, as QEMU's kernel
 dirties 256 pages.
@@ -96,11 +96,12 @@ FLOWS = [
     "combo_blocktime_only",
     "combo_multifd",
     "combo_preempt_multifd",
+    "combo_preempt_src_only",
     "combo_src_only",
     "combo_dst_only",
 ]
-# postcopy-preempt on one side only: refused at our handshake (the docstring says why)
-NOT_REPLAYED = ("combo_preempt_src_only", "combo_preempt_dst_only")
+# postcopy-preempt on the destination only: refused at our handshake (the docstring says why)
+NOT_REPLAYED = ("combo_preempt_dst_only",)
 OPTIONAL = ("dirty pages rate:", "postcopy request count:", "precopy ram:", "downtime ram:")
 OPTIONAL += ("postcopy ram:",)
 RAM = 32 << 20
