@@ -348,6 +348,7 @@ class Machine:
             or incoming.status is not MigrationStatus.POSTCOPY_PAUSED
         ):
             raise MigrationError("Migrate recover can only be run when postcopy is paused.")
+        self._announce_incoming_setup()  # QEMU's qemu_start_incoming_migration, as at -incoming
         incoming.recover(parse_uri(uri, incoming=True))
 
     def query_postcopy_faults(self) -> dict[str, Any]:
@@ -433,13 +434,17 @@ class Machine:
             self._incoming = incoming
             incoming.start()
             return
-        # QEMU announces setup before it looks at the URI (7.2 whether `events` is on or not).
+        self._announce_incoming_setup()
+        self._listen(parse_uri(uri, incoming=True))
+
+    def _announce_incoming_setup(self) -> None:
+        """QEMU announces setup before it looks at the URI (7.2 whether `events` is on or not),
+        also for migrate_recover, whose status stays postcopy-paused."""
         setup = {"status": str(MigrationStatus.SETUP)}
         if self.config.table.incoming_setup_event:
             self.events.emit("MIGRATION", setup)
         else:
             self._migration_event("MIGRATION", setup)
-        self._listen(parse_uri(uri, incoming=True))
 
     def _listen(self, addr: Address, failed: IncomingMigration | None = None) -> None:
         incoming = IncomingMigration(

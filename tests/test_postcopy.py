@@ -252,7 +252,8 @@ def test_a_broken_stream_pauses_both_sides_and_recovery_completes(machines, how)
         "postcopy-active",
         "completed",
     ]
-    assert dst_watch.statuses()[-4:] == watch.statuses()[-4:]
+    # migrate_recover announces setup on the destination, as QEMU 7.2 does (qmp_recover.jsonl)
+    assert dst_watch.statuses()[-5:] == ["postcopy-paused", "setup", *watch.statuses()[-3:]]
     assert ram_hash(src) == ram_hash(dst)
 
 
