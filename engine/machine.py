@@ -348,7 +348,8 @@ class Machine:
             or incoming.status is not MigrationStatus.POSTCOPY_PAUSED
         ):
             raise MigrationError("Migrate recover can only be run when postcopy is paused.")
-        self._announce_incoming_setup()  # QEMU's qemu_start_incoming_migration, as at -incoming
+        if self.config.table.incoming_setup_event:  # 7.2's qemu_start_incoming_migration
+            self._announce_incoming_setup()
         incoming.recover(parse_uri(uri, incoming=True))
 
     def query_postcopy_faults(self) -> dict[str, Any]:
@@ -438,8 +439,8 @@ class Machine:
         self._listen(parse_uri(uri, incoming=True))
 
     def _announce_incoming_setup(self) -> None:
-        """QEMU announces setup before it looks at the URI (7.2 whether `events` is on or not),
-        also for migrate_recover, whose status stays postcopy-paused."""
+        """QEMU announces setup before it looks at the URI (7.2 whether `events` is on or not,
+        also for migrate_recover, whose status stays postcopy-paused)."""
         setup = {"status": str(MigrationStatus.SETUP)}
         if self.config.table.incoming_setup_event:
             self.events.emit("MIGRATION", setup)
