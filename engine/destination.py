@@ -239,6 +239,7 @@ class IncomingMigration(threading.Thread):
             accept=lambda: self._adopt(self.listener.accept(self._closing, CHANNEL_TIMEOUT_S)),
             on_run=self._postcopy_run,
             approval=self.switchover,
+            vcpus=self.vm.vcpus,
         )
         runstate, error = RunState.INMIGRATE, None
         try:
@@ -470,10 +471,13 @@ class StreamLoader:
         accept: Callable[[], socket.socket | None] = lambda: None,
         on_run: Callable[[RunState], None] = lambda _state: None,
         approval: Approval | None = None,
+        vcpus: int = 1,
     ) -> None:
         """``accept`` yields the next connection to the listener (for multifd channels);
-        ``on_run`` starts the guest at postcopy's switch."""
+        ``on_run`` starts the guest at postcopy's switch; ``vcpus``: the guest's, which may
+        fault on postcopy's missing pages."""
         self.ram = ram
+        self._vcpus = vcpus
         self._on_run = on_run
         self._approval = approval or Approval()
         self._switchover_ack = False  # the source waits for our SWITCHOVER_ACK
@@ -545,8 +549,8 @@ class StreamLoader:
         return self._records(conn)
 
     def resume(self, conn: socket.socket) -> RunState:
-        """A recovered postcopy: the rest of the stream on a new connection; the page the
-        vCPU waits for is asked for again (its first request may have been lost)."""
+        """A recovered postcopy: the rest of the stream on a new connection; the pages the
+        vCPUs wait for are asked for again (their first requests may have been lost)."""
         with self._send_lock:
             self._conn = conn
         prioritize(conn)
@@ -602,8 +606,11 @@ class StreamLoader:
         self.session = remote.session
         if remote.multifd_channels:
             self._connect_channels(remote)
-        if remote.preempt:
+        if remote.preempt and local.postcopy and local.preempt:
             self._preempt = self._channel(remote, postcopy.PREEMPT_CHANNEL)
+            self._preempt.sendall(wire.record(wire.Rec.READY))  # taken: the source may use it
+        elif remote.preempt:
+            self._decline_channel()
         if remote.compress:
             self._pool = DecompressPool(CODECS[remote.compress_method], threads, self.ram)
             self._max_pending = 4 * threads
@@ -626,6 +633,17 @@ class StreamLoader:
         )
         self._multifd.start([s for s in socks if s is not None])
 
+    def _decline_channel(self) -> None:
+        """postcopy-preempt's connection from a source that has it, without it here: closed
+        unread, as QEMU 7.2 does; the source then sends requested pages on the main stream."""
+        sock = self._accept()
+        if sock is None:
+            raise wire.StreamError("postcopy-preempt: its channel did not connect")
+        self._warn(
+            "socket_accept_incoming_migration: Extra incoming migration connection; ignoring"
+        )
+        sock.close()
+
     def _channel(self, remote: wire.StreamConfig, number: int) -> socket.socket:
         """postcopy-preempt's connection, which says hello with ``number``."""
         sock = self._accept()
@@ -644,7 +662,7 @@ class StreamLoader:
         assert self._discard is not None
         runstate = self._runstate(wire.parse_json(body, "postcopy run"))
         present = self.present = postcopy.PresentMap(
-            self.ram, ~self._discard, self._written, self._digest.crc, self._request
+            self.ram, ~self._discard, self._written, self._digest.crc, self._request, self._vcpus
         )
         self.ram.fault_hook = present.fault
         assert self._conn is not None

@@ -117,13 +117,14 @@ class GuestRam:
         # copy-before-write: engine/background.py); installed only while the vCPUs are stopped.
         self.write_hook: Callable[[npt.NDArray[np.intp]], None] | None = None
         # Postcopy's page table (engine/postcopy.py): fetches missing pages before a write.
-        self.fault_hook: Callable[[PageIndex, threading.Event], bool] | None = None
+        self.fault_hook: Callable[[PageIndex, threading.Event, int], bool] | None = None
 
-    def fault(self, pages: PageIndex, stop: threading.Event) -> bool:
-        """Before a vCPU writes ``pages``: True once they are all present (during postcopy
-        the missing ones are fetched from the source); False if ``stop`` was set meanwhile."""
+    def fault(self, pages: PageIndex, stop: threading.Event, vcpu: int = 0) -> bool:
+        """Before vCPU ``vcpu`` writes ``pages``: True once they are all present (during
+        postcopy the missing ones are fetched from the source); False if ``stop`` was set
+        meanwhile."""
         hook = self.fault_hook
-        return True if hook is None else hook(pages, stop)
+        return True if hook is None else hook(pages, stop, vcpu)
 
     def use_small_pages(self) -> None:
         """Back RAM not yet touched with 4 KiB pages, for scattered first writes (the idle

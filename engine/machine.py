@@ -26,7 +26,7 @@ from engine.source import (
     OutgoingSettings,
     multifd_channels,
 )
-from engine.state import MigrationStatus, RunState, is_running
+from engine.state import FOREGROUND_STATES, MigrationStatus, RunState, is_running
 from engine.stats import Sample
 from engine.transport import Address, Listener, UnknownProtocol, parse_uri
 from engine.vm import Vm
@@ -57,6 +57,7 @@ class MachineOptions:
     loaders: tuple[Loader, ...] = field(default=())
     uuid: str | None = None  # -uuid, in lower case; None: not set (QEMU's qemu_uuid_set)
     prealloc: bool = False  # -mem-prealloc
+    smp: int = 1  # -smp: the vCPUs, each a thread running the workload
     # Each step of the completion handshake may take this long (both roles); tests shorten it.
     switchover_timeout: float = wire.SWITCHOVER_TIMEOUT_S
     # How long an incoming stream may take to deliver its header and configuration.
@@ -121,6 +122,7 @@ class Machine:
         self.events = EventBus()
         self._notify = notify or (lambda _msg: None)
         self._lock = threading.Lock()
+        self._status_changed = threading.Condition()  # notified at every MIGRATION event
         # A destination receives scattered pages: with huge pages, each first write would zero
         # 2 MiB (for an idle guest, all of RAM: 10x slower); 4 KiB pages cost only what arrives.
         # Preallocated RAM is touched whole anyway, and huge pages make that faster.
@@ -135,12 +137,12 @@ class Machine:
             initial = RunState.INMIGRATE
         else:
             initial = RunState.PRELAUNCH if opts.start_paused else RunState.RUNNING
-        self.vm = Vm(initial, self.events)
+        self.vm = Vm(initial, self.events, opts.smp)
         self._autostart = not opts.start_paused
         self._outgoing: OutgoingMigration | FileOutgoing | _Refused | None = None
         self._incoming: IncomingMigration | FileIncoming | _Setup | None = None
         self._closing = False
-        self.workload.start(self.ram, self.vm.gate, self._notify)
+        self.workload.start(self.ram, self.vm.gate, self._notify, opts.smp)
         if opts.incoming not in (None, "defer"):
             try:
                 self._start_incoming(opts.incoming, deferred=False)
@@ -353,6 +355,8 @@ class Machine:
         addr = parse_uri(uri, incoming=False)
         if not isinstance(outgoing, OutgoingMigration) or not outgoing.resume(addr):
             raise MigrationError("Cannot resume if there is no paused migration")
+        # Like QEMU, a local connect that fails at once is reported before `migrate` returns.
+        outgoing.wait_attempt(CONNECT_WAIT_S)
 
     def migrate_pause(self) -> None:
         """QEMU's qmp_migrate_pause: break the stream of an active postcopy, source first."""
@@ -373,6 +377,8 @@ class Machine:
             or incoming.status is not MigrationStatus.POSTCOPY_PAUSED
         ):
             raise MigrationError("Migrate recover can only be run when postcopy is paused.")
+        if self.config.table.incoming_setup_event:  # 7.2's qemu_start_incoming_migration
+            self._announce_incoming_setup()
         incoming.recover(parse_uri(uri, incoming=True))
 
     def query_postcopy_faults(self) -> dict[str, Any]:
@@ -419,6 +425,16 @@ class Machine:
         outgoing = self._outgoing
         if outgoing is not None:
             outgoing.wait(timeout)
+        return self.query_migrate()
+
+    def wait_foreground(self, timeout: float | None = None) -> MigrationInfo:
+        """What HMP's blocking `migrate` waits for (QEMU's hmp_migrate_status_cb): only while
+        the outgoing migration is in setup or active, so `migrate -r` returns at once and a
+        postcopy or a pause-before-switchover gives the prompt back."""
+        with self._status_changed:
+            self._status_changed.wait_for(
+                lambda: self._outgoing_status() not in FOREGROUND_STATES, timeout
+            )
         return self.query_migrate()
 
     def migrate_cancel(self) -> None:
@@ -468,13 +484,17 @@ class Machine:
             self._incoming = incoming
             incoming.start()
             return
-        # QEMU announces setup before it looks at the URI (7.2 whether `events` is on or not).
+        self._announce_incoming_setup()
+        self._listen(parse_uri(uri, incoming=True))
+
+    def _announce_incoming_setup(self) -> None:
+        """QEMU announces setup before it looks at the URI (7.2 whether `events` is on or not,
+        also for migrate_recover, whose status stays postcopy-paused)."""
         setup = {"status": str(MigrationStatus.SETUP)}
         if self.config.table.incoming_setup_event:
             self.events.emit("MIGRATION", setup)
         else:
             self._migration_event("MIGRATION", setup)
-        self._listen(parse_uri(uri, incoming=True))
 
     def _restore_stream(self, uri: FileUri, *, deferred: bool) -> None:
         """`-incoming` or `migrate_incoming file:PATH` without mapped-ram (11.1): the plain
@@ -520,6 +540,8 @@ class Machine:
     def _migration_event(self, name: str, data: dict[str, Any]) -> None:
         """QEMU sends MIGRATION and MIGRATION_PASS only while the events capability is on."""
         log.info("%s %s", name, data)
+        with self._status_changed:
+            self._status_changed.notify_all()
         if self.config.capability("events"):
             self.events.emit(name, data)
 

@@ -118,10 +118,10 @@ def decode_bitmap(body: bytes | bytearray, pages: int) -> npt.NDArray[np.bool_]:
 # -- the destination ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Blocktime:
-    """What the vCPU waited for pages (QEMU's postcopy-blocktime figures, in ms)."""
+    """What the vCPUs waited for pages (QEMU's postcopy-blocktime figures, in ms)."""
 
     total_ms: int  # time every vCPU was blocked at once: with one vCPU, its own
-    vcpu_ms: tuple[int, ...]
+    vcpu_ms: tuple[int, ...]  # each vCPU's, in vCPU order
     faults: int
     latencies_ms: tuple[float, ...]  # each fault's wait, in order
     at_ms: tuple[float, ...]  # when each fault began, since the switch
@@ -137,12 +137,16 @@ class PresentMap:
         written: npt.NDArray[np.bool_],
         crc: npt.NDArray[np.uint32],
         request: Callable[[npt.NDArray[np.intp]], None],
+        vcpus: int = 1,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``written``: the pages that may hold data (the others are zero: a zero page needs
         no write); ``crc``: the digest's table, each placed page's CRC set with its present
         bit (pages come from two channels with postcopy-preempt); ``request`` sends a page
         request to the source (it may fail: the wait goes on, and a recovered stream asks
-        again with `outstanding`)."""
+        again with `outstanding`); ``vcpus``: how many vCPUs may fault; ``clock`` times their
+        waits (tests give it a clock they move)."""
+        self._clock = clock
         self._ram = ram
         self._present = present
         self._written = written
@@ -150,10 +154,13 @@ class PresentMap:
         self._request = request
         self._cond = threading.Condition()
         self._missing = int(np.count_nonzero(~present))
-        self._waiting: int | None = None  # the page the vCPU waits for
-        self._blocked_s = 0.0
+        self._waiting: dict[int, tuple[int, float]] = {}  # vCPU → the page it waits for, since
+        self._blocked_s = [0.0] * vcpus  # each vCPU's waits
+        # QEMU's total: the time when every vCPU was blocked at once, and since when they are
+        self._all_blocked_s = 0.0
+        self._all_since: float | None = None
         self._latencies: list[float] = []
-        self._switched = time.monotonic()  # the map is made at the switch
+        self._switched = self._clock()  # the map is made at the switch
         self._at: list[float] = []
 
     @property
@@ -164,44 +171,48 @@ class PresentMap:
         with self._cond:
             return self._present.copy()
 
-    def fault(self, pages: npt.NDArray[np.intp], stop: threading.Event) -> bool:
-        """Before the vCPU writes ``pages``: fetch each missing one, in order, as a vCPU
+    def fault(self, pages: npt.NDArray[np.intp], stop: threading.Event, vcpu: int = 0) -> bool:
+        """Before vCPU ``vcpu`` writes ``pages``: fetch each missing one, in order, as a vCPU
         faults on one page at a time. False when ``stop`` was set meanwhile."""
         if not self._missing:
             return True
         for page in pages[~self._present[pages]].tolist():
-            if not self._wait_for(page, stop):
+            if not self._wait_for(page, stop, vcpu):
                 return False
         return True
 
-    def _wait_for(self, page: int, stop: threading.Event) -> bool:
+    def _wait_for(self, page: int, stop: threading.Event, vcpu: int) -> bool:
         with self._cond:
             if self._present[page]:
                 return True
-            self._waiting = page
-        t0 = time.monotonic()
+            t0 = self._clock()
+            self._waiting[vcpu] = (page, t0)
+            if len(self._waiting) == len(self._blocked_s):
+                self._all_since = t0
         try:
             self._request(np.array([page], dtype=np.intp))
         except OSError as exc:  # the stream broke: the page comes after a recovery
             log.info("page request for %d not sent: %s", page, exc)
         with self._cond:
-            while not self._present[page]:
-                if stop.is_set():
-                    self._waiting = None
-                    return False
+            while not self._present[page] and not stop.is_set():
                 self._cond.wait(FAULT_SLICE_S)
-            self._waiting = None
-            waited = time.monotonic() - t0
-            self._blocked_s += waited
-            self._latencies.append(waited * 1000)
+            now = self._clock()
+            del self._waiting[vcpu]
+            if self._all_since is not None:  # this vCPU ends the time all were blocked
+                self._all_blocked_s += now - self._all_since
+                self._all_since = None
+            self._blocked_s[vcpu] += now - t0  # a stop's too: the total counted it
+            if not self._present[page]:
+                return False
+            self._latencies.append((now - t0) * 1000)
             self._at.append((t0 - self._switched) * 1000)
         return True
 
     def outstanding(self) -> npt.NDArray[np.intp]:
-        """The page the vCPU waits for, if any (to ask again on a new stream)."""
+        """The pages the vCPUs wait for (to ask again on a new stream)."""
         with self._cond:
-            page = self._waiting
-        return np.array([] if page is None else [page], dtype=np.intp)
+            pages = sorted({page for page, _ in self._waiting.values()})
+        return np.array(pages, dtype=np.intp)
 
     def place(self, indices: npt.NDArray[np.intp], data: memoryview | None) -> int:
         """Write the pages not yet present (``data``: their contents back to back, or None
@@ -246,9 +257,19 @@ class PresentMap:
 
     def blocktime(self) -> Blocktime:
         with self._cond:
-            ms = int(self._blocked_s * 1000)
+            # Waits still going on count up to now, so the total never exceeds a vCPU's.
+            now, total, blocked = self._clock(), self._all_blocked_s, list(self._blocked_s)
+            if self._all_since is not None:
+                total += now - self._all_since
+            for vcpu, (_, since) in self._waiting.items():
+                blocked[vcpu] += now - since
+            vcpu_ms = tuple(int(s * 1000) for s in blocked)
             return Blocktime(
-                ms, (ms,), len(self._latencies), tuple(self._latencies), tuple(self._at)
+                int(total * 1000),
+                vcpu_ms,
+                len(self._latencies),
+                tuple(self._latencies),
+                tuple(self._at),
             )
 
 

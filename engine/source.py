@@ -285,6 +285,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._start_postcopy = threading.Event()  # migrate_start_postcopy
         self._in_postcopy = False  # the destination runs the guest; pages go on demand
         self._resumed = threading.Event()  # a postcopy-paused migration may go on (or quit)
+        self._attempted = threading.Event()  # migrate -r's connect succeeded or was reported
         self._return_path: postcopy.ReturnPath | None = None
         self._ack: AckReader | None = None  # switchover-ack's reader of the destination's ACK
         self._ack_wait = threading.Event()  # ends an idle wait for it: the ACK, a cancel
@@ -502,8 +503,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                 fallback=self.stats.zero_copy_fallback,
             )
         if config.preempt:  # after the multifd channels: the destination takes them in order
-            self._preempt = self._open_channel(postcopy.PREEMPT_CHANNEL, config.session)
-            prioritize(self._preempt)
+            self._preempt = self._preempt_channel(config.session)
         if config.switchover_ack:  # after the channels' setup, which may read a NACK itself
             assert self._sock is not None
             self._ack = AckReader(self._sock, self._ack_wait.set)
@@ -514,6 +514,30 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._sync(announce=s.announce_every_sync)
         self.stats.setup_done(self._param("downtime-limit"))
         self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
+
+    def _preempt_channel(self, session: str) -> socket.socket | None:
+        """postcopy-preempt's connection, once the destination said it takes it (READY); None
+        when it closed it (it has no postcopy-preempt: requested pages use the main stream)."""
+        sock = self._open_channel(postcopy.PREEMPT_CHANNEL, session)
+        sock.settimeout(self._switchover_timeout)
+        try:
+            rec = wire.read_record(sock, 0)
+        except TimeoutError:
+            sock.close()
+            raise MigrationError(
+                "postcopy-preempt: the destination did not take its channel"
+            ) from None
+        except OSError:  # closed unread: a reset
+            rec = None
+        if rec is not None and rec[0] == wire.Rec.READY:
+            sock.settimeout(None)
+            prioritize(sock)
+            return sock
+        sock.close()
+        if rec is not None:
+            raise MigrationError(f"postcopy-preempt: unexpected record 0x{rec[0]:02x}")
+        log.info("the destination has no postcopy-preempt: requested pages use the main stream")
+        return None
 
     def _open_channel(self, index: int, session: str) -> socket.socket:
         sock = connect(self.addr)
@@ -739,6 +763,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self.stats.update_window(
                 self._param("downtime-limit"), self._param("avail-switchover-bandwidth")
             )
+        self._drain()  # multifd's channels sync at every EOS, though postcopy left them idle
         self._send_eos()
         with self._bitmap_lock:  # a requested page being sent on the preempt channel has its CRC
             done = {"runstate": str(self._prior), "digest": self._digest.hexdigest()}
@@ -794,8 +819,13 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             if self._status is not MigrationStatus.POSTCOPY_PAUSED:
                 return False
             self._resume_addr = addr
+            self._attempted.clear()
         self._resumed.set()
         return True
+
+    def wait_attempt(self, timeout: float) -> bool:
+        """Until the connect of the last `migrate -r` succeeded or its failure was reported."""
+        return self._attempted.wait(timeout)
 
     def _pause(self, cause: str) -> None:
         """QEMU's postcopy_pause: the stream broke after the switch. Neither side holds the
@@ -839,6 +869,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                     self._sock.close()
                     self._sock = None
                 self._set_status(MigrationStatus.POSTCOPY_RECOVER, MigrationStatus.POSTCOPY_PAUSED)
+            finally:
+                self._attempted.set()
 
     def _reconnect(self, addr: Address) -> None:
         """The recovery handshake: RECOVER with the session, the destination's bitmap of the
@@ -846,6 +878,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         sock = connect(addr)
         self._sock = sock
         self._set_status(MigrationStatus.POSTCOPY_PAUSED, MigrationStatus.POSTCOPY_RECOVER)
+        self._attempted.set()  # connected: the handshake goes on while `migrate -r` returns
         recover = wire.json_record(wire.Rec.RECOVER, {"session": self._session})
         self.stats.add_stream(self._send([wire.header(), recover]))
         sock.settimeout(self._switchover_timeout)

@@ -38,6 +38,9 @@ RUNNING_STATES = frozenset(
     }
 )
 
+# The states a blocking HMP `migrate` waits through (QEMU's hmp_migrate_status_cb).
+FOREGROUND_STATES = frozenset({MigrationStatus.SETUP, MigrationStatus.ACTIVE})
+
 # States whose `info migrate` carries time and RAM figures (QEMU's fill_source_migration_info).
 STATS_STATES = frozenset(
     {

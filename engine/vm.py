@@ -13,8 +13,9 @@ from engine.state import RunState
 class Vm:
     """Run state transitions used by the monitor (stop/cont) and by migration."""
 
-    def __init__(self, state: RunState, events: EventBus) -> None:
+    def __init__(self, state: RunState, events: EventBus, vcpus: int = 1) -> None:
         self._events = events
+        self.vcpus = vcpus
         self._lock = threading.Lock()
         self._state = state
         self.gate = VcpuGate(running=state is RunState.RUNNING)

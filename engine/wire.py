@@ -324,9 +324,10 @@ class StreamConfig:
             return "Received an unexpected compressed page"
         if self.postcopy and not local.postcopy:  # QEMU's loadvm_postcopy_handle_advise
             return "RAM postcopy is disabled but have 16 byte advise"
-        if self.preempt != (local.postcopy and local.preempt):
-            side = "destination" if self.preempt else "source"
-            return f"postcopy-preempt mismatch: the capability is off on the {side}"
+        # A source's extra channel the destination does not want, it closes (QEMU 7.2: "Extra
+        # incoming migration connection; ignoring"); one it waits for would never come.
+        if local.postcopy and local.preempt and not self.preempt:
+            return "postcopy-preempt mismatch: the capability is off on the source"
         if bool(self.multifd_channels) != bool(local.multifd_channels):
             side = "destination" if self.multifd_channels else "source"
             return f"multifd mismatch: the capability is off on the {side}"

@@ -168,14 +168,17 @@ class RandomWriter:
         among: npt.NDArray[np.intp] | None = None,
         report: Callable[[str], None] = lambda _msg: None,
         clock: Callable[[], float] = time.monotonic,
+        vcpu: int = 0,
     ) -> None:
-        """``clock`` paces the writes (tests give it a host that falls behind)."""
+        """``clock`` paces the writes (tests give it a host that falls behind); ``vcpu``: the
+        index of the vCPU this thread is (its own random stream; its postcopy waits)."""
         self._ram = ram
+        self._vcpu = vcpu
         self._report = report
         self._clock = clock
         self._gate = gate
         self._rate = rate
-        rng = np.random.Generator(np.random.PCG64([*seed, 1]))
+        rng = np.random.Generator(np.random.PCG64([*seed, 1, *([vcpu] if vcpu else [])]))
         if among is not None and among.size:
             # ``wss`` bytes of these pages (ascending), as one stretch starting anywhere.
             n = min(among.size, max(1, wss // PAGE_SIZE))
@@ -192,7 +195,8 @@ class RandomWriter:
         self._progress = threading.Condition()
         self._written = 0
         self.parked = threading.Event()  # set while the vCPU is paused
-        self._thread = threading.Thread(target=self._run, name="vcpu-writer", daemon=True)
+        name = f"vcpu-writer-{vcpu}" if vcpu else "vcpu-writer"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
     def pages_written(self) -> int:
@@ -254,7 +258,7 @@ class RandomWriter:
                 values = self._rng.bit_generator.random_raw(count)
                 # A page not yet migrated (postcopy) is fetched before the vCPU writes it.
                 t0 = clock()
-                present = self._ram.fault(pages, self._stop)
+                present = self._ram.fault(pages, self._stop, self._vcpu)
                 faulted = clock() - t0
                 if present and self._gate.enter():
                     try:  # a stop that came after _hold() won at enter()
@@ -285,9 +289,14 @@ class Workload:
     def __init__(self, spec: WorkloadSpec | str, seed: int) -> None:
         self.spec = WorkloadSpec.parse(spec) if isinstance(spec, str) else spec
         self.seed = seed
-        self.writer: RandomWriter | None = None
+        self.writers: list[RandomWriter] = []  # one a vCPU, while started
         self._runs = 0  # writers started so far; each restart continues with fresh indices
         self._written_before = 0
+
+    @property
+    def writer(self) -> RandomWriter | None:
+        """vCPU 0's writer (None while stopped)."""
+        return self.writers[0] if self.writers else None
 
     def fill(self, ram: GuestRam) -> None:
         # SFC64: the fastest of numpy's bit generators (random: 2 GiB of raw draws).
@@ -298,10 +307,15 @@ class Workload:
             content.fill_random(ram, rng)
 
     def start(
-        self, ram: GuestRam, gate: VcpuGate, report: Callable[[str], None] = lambda _m: None
+        self,
+        ram: GuestRam,
+        gate: VcpuGate,
+        report: Callable[[str], None] = lambda _m: None,
+        vcpus: int = 1,
     ) -> None:
-        """Start the guest's writer, if the profile has one and it is not running."""
-        if not self.spec.rate or self.writer is not None:
+        """Start the guest's writers, if the profile has one and they are not running: one
+        thread a vCPU, sharing the profile's rate and working set."""
+        if not self.spec.rate or self.writers:
             return
         wss = self.spec.wss if self.spec.wss is not None else DEFAULT_WSS
         self._runs += 1
@@ -310,17 +324,24 @@ class Workload:
             everything = np.arange(ram.pages, dtype=np.intp)
             among = everything[~ram.zero_mask(everything)]
         seed = (self.seed, self._runs)
-        self.writer = RandomWriter(ram, gate, self.spec.rate, wss, seed, among, report)
-        self.writer.start()
+        rate, extra = divmod(self.spec.rate, vcpus)
+        for vcpu in range(vcpus):
+            share = rate + (vcpu < extra)
+            if not share:  # more vCPUs than pages a second: this one has nothing to write
+                continue
+            # The first chose the working set; the others write the same pages.
+            ws = self.writers[0].working_set if self.writers else among
+            self.writers.append(RandomWriter(ram, gate, share, wss, seed, ws, report, vcpu=vcpu))
+        for writer in self.writers:
+            writer.start()
 
     def stop(self) -> None:
-        if self.writer is not None:
-            self.writer.stop()
-            self._written_before += self.writer.pages_written
-            self.writer = None
+        for writer in self.writers:
+            writer.stop()
+            self._written_before += writer.pages_written
+        self.writers = []
 
     @property
     def pages_written(self) -> int:
         """Pages written by the guest since it booted (all writer runs)."""
-        writer = self.writer
-        return self._written_before + (writer.pages_written if writer is not None else 0)
+        return self._written_before + sum(writer.pages_written for writer in list(self.writers))

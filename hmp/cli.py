@@ -8,6 +8,7 @@ SUBCOMMANDS. Options may be spelled with one dash or two, as QEMU allows.
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import sys
 import threading
@@ -42,7 +43,7 @@ DEFAULT_RAM = 128 * MiB
 
 # QEMU options that describe hardware qemu-hmp does not model: accepted so pasted QEMU command
 # lines work, and otherwise ignored (the value, if any, is skipped).
-IGNORED_WITH_VALUE = frozenset({"-machine", "-M", "-smp", "-display", "-accel", "-cpu", "-vga"})
+IGNORED_WITH_VALUE = frozenset({"-machine", "-M", "-display", "-accel", "-cpu", "-vga"})
 IGNORED_FLAGS = frozenset({"-nodefaults", "-nographic", "-enable-kvm", "-no-user-config"})
 
 USAGE = """\
@@ -56,6 +57,9 @@ QEMU options:
   -name NAME              the VM name shown by `info name`
   -uuid UUID              the VM UUID (`info uuid`; checked by validate-uuid)
   -S                      start with the vCPUs paused
+  -smp [cpus=]N[,maxcpus=N,sockets=N,...]
+                          the vCPUs (default 1): each runs the workload, the
+                          postcopy vcpu blocktime lists each
   -mem-prealloc           allocate all guest RAM at start (no page faults while migrating)
   -device loader,file=PATH,addr=ADDR,force-raw=on
                           copy a file into guest RAM at ADDR (repeatable)
@@ -67,7 +71,7 @@ QEMU options:
                           state changes, the adaptive policy's decisions (default: no log)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
                           serve QMP there too (repeatable; see hmp/qmp/)
-  -machine, -M, -smp, -display, -accel, -cpu, -vga, -nodefaults, -nographic,
+  -machine, -M, -display, -accel, -cpu, -vga, -nodefaults, -nographic,
   -enable-kvm, -no-user-config
                           accepted and ignored
 qemu-hmp options:
@@ -86,6 +90,8 @@ qemu-hmp options:
 
 # The QemuOpts of -m and -name in QEMU 7.2 (the first item may leave its name out).
 MEMORY_OPTIONS = {"size": OptType.SIZE, "slots": OptType.NUMBER, "maxmem": OptType.SIZE}
+SMP_OPTIONS = ("cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads")
+MAX_CPUS = 255  # QEMU 7.2's pc machines
 NAME_OPTIONS = {"guest": OptType.STRING, "process": OptType.STRING, "debug-threads": OptType.BOOL}
 
 
@@ -132,6 +138,33 @@ def parse_size_mib(text: str) -> int:
     size = (-(-size // 8192) * 8192) % 2**64 or DEFAULT_RAM
     _check_maxmem(opts, size)
     return size
+
+
+def parse_smp(text: str) -> int:
+    """QEMU 7.2's ``-smp [cpus=]N[,maxcpus=N][,sockets=N][,dies=N][,clusters=N][,cores=N]
+    [,threads=N]``: the vCPUs to run; without cpus, maxcpus, else the topology's product
+    (each member 1 when left out). A pc machine has at most 255."""
+    values: dict[str, int] = {}
+    for i, item in enumerate(text.split(",") if text else []):
+        name, sep, number = item.partition("=")
+        if not sep and i == 0:
+            name, number = "cpus", item
+        elif not sep:  # QemuOpts reads it as a flag, which -smp does not take
+            raise UsageError(f"-smp {text}: Invalid parameter '{item}'")
+        if name not in SMP_OPTIONS:
+            raise UsageError(f"Parameter 'smp.{name}' is unexpected")
+        if not (number.isascii() and number.isdigit()):
+            raise UsageError(f"Parameter 'smp.{name}' expects integer")
+        values[name] = int(number)
+    cpus = values.get("cpus") or values.get("maxcpus")
+    if not cpus:
+        cpus = math.prod(values.get(name) or 1 for name in SMP_OPTIONS[2:])
+    if cpus > MAX_CPUS:
+        raise UsageError(
+            f"Invalid SMP CPUs {cpus}. The max CPUs supported by machine 'pc-i440fx-7.2' is "
+            f"{MAX_CPUS}"
+        )
+    return cpus
 
 
 def _check_maxmem(opts: dict[str, str], size: int) -> None:
@@ -212,6 +245,8 @@ def parse_argv(argv: list[str]) -> MachineOptions | None:
             if not UUID.fullmatch(text):
                 raise UsageError(f"{arg} {text}: failed to parse UUID string: wrong format")
             opts["uuid"] = text.lower()  # QEMU prints it in lower case
+        elif option == "-smp":
+            opts["smp"] = parse_smp(value(arg))
         elif option == "-S":
             opts["start_paused"] = True
         elif option == "-mem-prealloc":

@@ -122,8 +122,7 @@ def info_migrate(info: MigrationInfo) -> str:
     if info.postcopy_blocktime is not None:
         lines.append(f"postcopy blocktime: {info.postcopy_blocktime}")
     if info.postcopy_vcpu_blocktime is not None:
-        # QEMU's string output visitor: a list of one value per vCPU (one vCPU here).
-        lines.append("postcopy vcpu blocktime: " + ",".join(map(str, info.postcopy_vcpu_blocktime)))
+        lines.append(f"postcopy vcpu blocktime: {int_list(info.postcopy_vcpu_blocktime)}")
     if info.socket_address is not None:
         lines += ["socket address: [", *(f"\t{addr}" for addr in info.socket_address), "]"]
     return "".join(line + "\n" for line in lines)
@@ -144,3 +143,15 @@ def info_compress_policy(info: PolicyInfo) -> str:
         f"expected throughput compressed: {info.compressed_estimate / 1e6:.1f} MB/s of RAM\n"
         f"changes: {info.switches}\n"
     )
+
+
+def int_list(values: tuple[int, ...]) -> str:
+    """QEMU's string output visitor on a list of integers: the set of values, in order, each
+    run of consecutive ones as ``first-last`` (``0,404``; two zeros are ``0``)."""
+    runs: list[list[int]] = []
+    for value in sorted(set(values)):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

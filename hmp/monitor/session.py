@@ -33,8 +33,8 @@ class Monitor:
         self._out = out
         self._err = err
         self.quit_requested = False
-        # How a blocking `migrate` waits for its end; the REPL draws its progress meanwhile.
-        self.wait_migration: Callable[[], MigrationInfo] = machine.wait_migration
+        # How a blocking `migrate` waits (while setup or active); the REPL draws its progress.
+        self.wait_migration: Callable[[], MigrationInfo] = machine.wait_foreground
         # QEMU's monitor_suspend fails for the HMP that human-monitor-command runs: nothing
         # there may wait for a migration.
         self.can_suspend = can_suspend

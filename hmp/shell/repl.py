@@ -31,7 +31,7 @@ from prompt_toolkit.styles import Style
 
 from engine.machine import Machine
 from engine.snapshot import MigrationInfo
-from engine.state import RUNNING_STATES
+from engine.state import FOREGROUND_STATES
 from hmp.harness import QmpClient
 from hmp.markers import PROMPT
 from hmp.monitor import DEFAULT_DIALECT, Dialect, Monitor
@@ -138,7 +138,7 @@ def wait_with_progress(session: PromptSession[str], machine: Machine) -> Migrati
 
     async def watch() -> None:
         # QEMU's monitor polls a blocking migrate too (hmp_migrate_status_cb, every second).
-        while machine.query_migrate().status in RUNNING_STATES:
+        while machine.query_migrate().status in FOREGROUND_STATES:
             await asyncio.sleep(REFRESH_S)
         app.exit(result=True)
 
