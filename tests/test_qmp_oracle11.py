@@ -28,8 +28,24 @@ CASES = (
     "migrate_flags",
     "session",
     "oob",
-)  # not yet: uris (file: URIs), migration (a second client's session), protocol (11.1's
-# JSON error texts), commands (11.1's command list), bytes
+    "commands",
+    "bytes",
+    "uris",
+)  # not yet: migration (a second client's session), protocol (11.1's JSON error texts)
+_NO_FILE = "file: without mapped-ram (a plain stream into a file) is not implemented"
+_NO_SCHEME = "a URI scheme qemu-hmp does not have"
+_EVENTS = "11.1's MIGRATION events of a started migration (no MIGRATION_PASS 1): branch q11eng"
+# (case, request) → why ours still differs from QEMU 11.1 there; each must still differ. The
+# query-migrate that follows shows the status it left, so it is excused with it.
+GAPS: dict[tuple[str, str], str] = {
+    ("uris", f'{{"execute": "migrate", "arguments": {{"uri": "{uri}"}}}}\n'): why
+    for uri, why in (
+        ("file:/nonexistent/x", _NO_FILE),
+        ("exec:/nonexistent", _EVENTS),
+        ("fd:x", _NO_SCHEME),
+        ("rdma:127.0.0.1:1", _NO_SCHEME),
+    )
+}
 
 
 def load(case: str) -> list[dict[str, Any]]:
@@ -85,11 +101,42 @@ def test_replay_11_1(case: str, tmp_path: Path) -> None:
     opts = replace(options(records[0]["argv"]), config_table=TABLE_11_1)
     with endpoint(tmp_path, opts) as server:
         client = RawClient(server.spec.address.path)
+        differed: set[tuple[str, str]] = set()
+        after_gap = False
         try:
             assert normalise(client.read()) == normalise(records[1]["greeting"])
             for text, expected in steps(records):
                 client.send(text)
                 got = seven._settle(client, text, seven._collect(client, expected), expected)
-                assert comparable(got) == comparable(expected), text
+                if (case, text) in GAPS and comparable(got) != comparable(expected):
+                    differed.add((case, text))
+                    after_gap = True
+                elif not (after_gap and "query-migrate" in text):
+                    assert comparable(got) == comparable(expected), text
+                    after_gap = False
         finally:
             client.close()
+    stale = {key for key in GAPS if key[0] == case} - differed
+    assert not stale, f"these match QEMU now: drop their GAPS entries: {stale}"
+
+
+def test_query_commands_lists_ours_in_qemu_order(tmp_path: Path) -> None:
+    """query-commands names ours in the order QEMU 11.1 lists them, our extensions after;
+    every QEMU 11.1 migration command but the display's client_migrate_info is among them."""
+    qemu = next(
+        [c["name"] for c in rec["recv"]["return"]]
+        for rec in load("commands")
+        if isinstance(rec.get("recv", {}).get("return"), list)
+    )
+    opts = replace(options(["-S"]), config_table=TABLE_11_1)
+    with endpoint(tmp_path, opts) as server:
+        client = RawClient(server.spec.address.path)
+        client.read()
+        client.send('{"execute": "qmp_capabilities"}{"execute": "query-commands"}')
+        client.read()
+        ours = [c["name"] for c in client.read()["return"]]
+        client.close()
+    extensions = [name for name in ours if name in seven.EXTENSIONS]
+    assert ours == [name for name in qemu if name in ours] + extensions
+    migration = {name for name in qemu if "migrat" in name} - {"client_migrate_info"}
+    assert migration <= set(ours)

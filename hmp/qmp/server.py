@@ -35,9 +35,10 @@ from engine.state import MigrationStatus
 from engine.transport import Address, UnknownProtocol, listen, parse_uri
 from hmp.chardev import qmp_chardev
 from hmp.exits import interruptible
-from hmp.monitor import Monitor, dialect_of, package_version
+from hmp.monitor import POSTCOPY_REFUSED_11, Monitor, dialect_of, package_version
 from hmp.qemuopts import OptionError
 from hmp.qmp import qapi
+from hmp.qmp.channels import CHANNELS, main_uri
 from hmp.qmp.jsonstream import JsonError, JsonStreamer, dumps
 from hmp.qmp.qapi import QmpError, Visitor
 
@@ -207,12 +208,13 @@ COMMANDS: dict[str, _Command] = {
 
 
 def _migrate_11(session: _Session, args: Args) -> Any:
-    """QEMU 11.1's `migrate`: a URI or channels (qemu-hmp takes the URI), parsed first."""
-    uri, channels = args.get("uri"), args.get("channels")
+    """QEMU 11.1's `migrate`: a URI or one main channel (as the URI it stands for), parsed
+    first."""
+    uri, channels = args.get("uri"), args.get("channels", [])
     if (uri is None) == (not channels):
         raise QmpError("need either 'uri' or 'channels' argument")
     if uri is None:
-        raise QmpError("Parameter 'channels' is not supported by qemu-hmp: give 'uri'")
+        uri = main_uri(channels)
     try:
         if not uri.startswith("file:"):  # a file is opened by the migration itself
             parse_uri(uri, incoming=False)
@@ -222,21 +224,48 @@ def _migrate_11(session: _Session, args: Args) -> Any:
     return {}
 
 
+def _refuse(command: str) -> Handler:
+    """A postcopy command of the 11.1 dialect, which has no postcopy: QEMU 11.1's error."""
+
+    def run(session: _Session, args: Args) -> Any:
+        raise QmpError(POSTCOPY_REFUSED_11[command])
+
+    return run
+
+
+# QEMU 11.1's query-commands lists ours in this order (tests/data/qemu-11.1/qmp/commands.jsonl);
+# our extension last.
+_LISTED_11 = (
+    *("human-monitor-command", "cont", "stop", "query-name", "query-uuid", "quit"),
+    *("query-commands", "query-version", "qmp_capabilities", "migrate-pause", "migrate-recover"),
+    *("migrate-incoming", "migrate", "migrate-continue", "migrate_cancel"),
+    *("migrate-start-postcopy", "query-migrate-parameters", "migrate-set-parameters"),
+    *("query-migrate-capabilities", "migrate-set-capabilities", "query-migrate", "query-status"),
+    "x-query-postcopy-faults",
+)
+
+
 # QEMU 11.1's commands where they differ from 7.2's: its capability and parameter sets, no
 # `singlestep` in query-status, `migrate` without blk/inc/detach but with channels.
 COMMANDS_11: dict[str, _Command] = {
     **COMMANDS,
+    "query-commands": _Command(
+        qapi.NO_ARGS, lambda s, a: [{"name": name} for name in _LISTED_11 if name in COMMANDS_11]
+    ),
     "query-status": _Command(
         qapi.NO_ARGS, lambda s, a: qapi.status_info_11(s.machine.query_status())
     ),
     "migrate-set-capabilities": _Command(qapi.set_capabilities(TABLE_11_1), _set_capabilities),
+    "migrate-start-postcopy": _Command(qapi.NO_ARGS, _refuse("migrate_start_postcopy")),
+    "migrate-pause": _Command(qapi.NO_ARGS, _refuse("migrate_pause")),
+    "migrate-recover": _Command(qapi.struct({"uri": qapi.string}), _refuse("migrate_recover")),
     "migrate-set-parameters": _Command(qapi.set_parameters(TABLE_11_1), _set_parameters),
     "migrate": _Command(
         qapi.struct(
             {},
             {
                 "uri": qapi.string,
-                "channels": qapi.array(lambda value, path: value),
+                "channels": CHANNELS,
                 "resume": qapi.boolean,
             },
         ),
