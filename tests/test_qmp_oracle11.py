@@ -31,7 +31,9 @@ CASES = (
     "commands",
     "bytes",
     "uris",
-)  # not yet: migration (a second client's session), protocol (11.1's JSON error texts)
+    "protocol",
+    "json11",
+)  # not yet: migration (a second client's session)
 _NO_FILE = "file: without mapped-ram (a plain stream into a file) is not implemented"
 _NO_SCHEME = "a URI scheme qemu-hmp does not have"
 _EVENTS = "11.1's MIGRATION events of a started migration (no MIGRATION_PASS 1): branch q11eng"

@@ -40,6 +40,7 @@ from hmp.qemuopts import OptionError
 from hmp.qmp import qapi
 from hmp.qmp.channels import CHANNELS, main_uri
 from hmp.qmp.jsonstream import JsonError, JsonStreamer, dumps
+from hmp.qmp.jsonstream11 import JsonStreamer11
 from hmp.qmp.qapi import QmpError, Visitor
 
 Args = dict[str, Any]
@@ -277,6 +278,11 @@ COMMAND_TABLES: dict[str, dict[str, _Command]] = {
     TABLE_7_2.release: COMMANDS,
     TABLE_11_1.release: COMMANDS_11,
 }
+# Each release's JSON reader (their error texts and when they are given differ).
+JSON_READERS: dict[str, type[JsonStreamer]] = {
+    TABLE_7_2.release: JsonStreamer,
+    TABLE_11_1.release: JsonStreamer11,
+}
 
 
 # -- one client -----------------------------------------------------------------------------------
@@ -406,7 +412,7 @@ class _Session:
             self.server.quit_done()
 
     def _serve(self) -> None:
-        streamer = JsonStreamer()
+        streamer = JSON_READERS[self.machine.config.table.release]()
         while not self.quitting and (data := self._sock.recv(65536)):
             for request in streamer.feed(data):
                 if not self._room():

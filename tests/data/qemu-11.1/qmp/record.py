@@ -6,7 +6,8 @@ CASE.jsonl in the format tests/data/qmp_recorder.py describes. The cases of the 
 (tests/data/qmp/record.py) run unchanged, so each 11.1 answer sits beside 7.2's; then this
 version's own: ``session`` (the greeting, queries, 7.2-only names), ``config11`` (this
 version's parameters and capabilities), ``uris`` (migrate's URIs and channels, with the
-MIGRATION events) and ``migration`` (src -> dst, events on, query-migrate polled). ``schema``
+MIGRATION events), ``json11`` (where this version's JSON reader places its errors, and when
+it gives them) and ``migration`` (src -> dst, events on, query-migrate polled). ``schema``
 writes schema.json and schema-7.2.json: the migration commands and events of each version's
 query-qmp-schema, every type inlined.
 """
@@ -107,6 +108,44 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             # Each alone: set, then all its capabilities off again.
             *(x("migrate-set-capabilities", c) for on in SET_CAPS for c in (on, off(on))),
             x("query-migrate-capabilities"),
+        ],
+    ),
+    # 11.1's reader: where errors are placed (LINE:COLUMN, the byte a number, keyword or
+    # skipping ended on counted twice), errors before the braces balance, what ends skipping.
+    "json11": (
+        S,
+        [
+            NEG,
+            '  {"a": @}\n',
+            '{"a":@ }\n',
+            '{"a": 01 }\n',
+            '{"a": 1 2}\n',
+            '\n\n{"a" :: 1}\n',
+            '{"a":\n 1 2}\n',
+            '{"a": [1 @ ] }\n',
+            '{"a": truex}\n',
+            '{"a": @x y}\n',
+            '{"a": "x\x01"}\n',
+            '{"a": @\n  }\n',
+            '@abc [1 2]\n',
+            '{"a": 1}}\n',
+            '[[1]]]\n',
+            '{"a":1@}\n',
+            '{"a": 1, "a": {"b": 1}}\n',
+            '{"a": 1, "a": [1,\n 2]}\n',
+            '{"a": 1 , }\n',
+            '{"a": -}\n',
+            '{"a": 1.}\n',
+            '{"a": @x, "b": 1}\n',
+            '{"a": @x: 1}\n',
+            '{"a" 1 ',
+            '}\n',
+            '{"a": [1, ',
+            ']}\n',
+            '{"a": [1, 2]',
+            '}\n',
+            "[" * 1025 + "]" * 1025 + "\n",
+            '{"execute": "query-status", "id": "after"}\n',
         ],
     ),
     "uris": (
