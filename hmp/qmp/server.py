@@ -247,7 +247,8 @@ _LISTED_11 = (
 
 
 # QEMU 11.1's commands where they differ from 7.2's: its capability and parameter sets, no
-# `singlestep` in query-status, `migrate` without blk/inc/detach but with channels.
+# `singlestep` in query-status, `migrate` without blk/inc/detach but with channels, the
+# members query-migrate lost and gained.
 COMMANDS_11: dict[str, _Command] = {
     **COMMANDS,
     "query-commands": _Command(
@@ -255,6 +256,9 @@ COMMANDS_11: dict[str, _Command] = {
     ),
     "query-status": _Command(
         qapi.NO_ARGS, lambda s, a: qapi.status_info_11(s.machine.query_status())
+    ),
+    "query-migrate": _Command(
+        qapi.NO_ARGS, lambda s, a: qapi.migration_info_11(s.machine.query_migrate())
     ),
     "migrate-set-capabilities": _Command(qapi.set_capabilities(TABLE_11_1), _set_capabilities),
     "migrate-start-postcopy": _Command(qapi.NO_ARGS, _refuse("migrate_start_postcopy")),
