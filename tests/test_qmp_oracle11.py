@@ -35,6 +35,7 @@ CASES = (
     "uris",
     "protocol",
     "json11",
+    "incoming11",
 )  # migration (two endpoints): test_migration_11_1
 _NO_FILE = "file: without mapped-ram (a plain stream into a file) is not implemented"
 _NO_SCHEME = "a URI scheme qemu-hmp does not have"

@@ -8,7 +8,6 @@ MigrationAddress}``, ``MigrationAddress`` a union on ``transport`` (socket, exec
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,8 +62,8 @@ CHANNELS = qapi.array(qapi.struct({"channel-type": qapi.enum(("main", "cpr")), "
 def _uri(addr: dict[str, Any]) -> str:
     """The URI QEMU's own parser would have turned into this address."""
     transport = addr["transport"]
-    if transport == "exec":
-        return "exec:" + shlex.join(addr["args"])
+    if transport == "exec":  # QEMU runs the argv itself, a URI's command goes through a shell
+        raise QmpError("qemu-hmp runs exec: migrations through /bin/sh: give 'uri' instead")
     if transport == "file":
         return f"file:{addr['filename']},offset={addr['offset']}"
     if transport == "rdma":
@@ -80,9 +79,13 @@ def _uri(addr: dict[str, Any]) -> str:
     return f"fd:{addr['str']}"
 
 
-def main_uri(channels: list[dict[str, Any]]) -> str:
-    """The URI of the one ``main`` channel (qemu-hmp has no CPR channel to hand over)."""
-    mains = [c["addr"] for c in channels if c["channel-type"] == "main"]
-    if len(mains) != 1 or len(channels) != 1:
-        raise QmpError("qemu-hmp migrates over exactly one channel, of type 'main'")
-    return _uri(mains[0])
+def main_uri(channels: list[dict[str, Any]], incoming: bool = False) -> str:
+    """The URI of the one ``main`` channel (qemu-hmp has no CPR channel to hand over; QEMU
+    11.1's `migrate` aborts on a list of two mains or of a cpr one alone: ours refuses)."""
+    if len(channels) != 1 or channels[0]["channel-type"] != "main":
+        raise QmpError(
+            "Channel list must have only one entry, for type 'main'"
+            if incoming
+            else "qemu-hmp migrates over exactly one channel, of type 'main'"
+        )
+    return _uri(channels[0]["addr"])

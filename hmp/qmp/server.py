@@ -234,6 +234,17 @@ def _refuse(command: str) -> Handler:
     return run
 
 
+def _migrate_incoming_11(session: _Session, args: Args) -> Any:
+    """QEMU 11.1's `migrate-incoming`: a URI or one main channel; exit-on-error."""
+    uri, channels = args.get("uri"), args.get("channels", [])
+    if (uri is None) == (not channels):
+        raise QmpError("need either 'uri' or 'channels' argument")
+    if not args.get("exit-on-error", True):  # a failed load ends a qemu-hmp destination
+        raise QmpError("qemu-hmp's destination exits on a failed load: no 'exit-on-error': false")
+    session.machine.migrate_incoming(uri if uri is not None else main_uri(channels, True))
+    return {}
+
+
 # QEMU 11.1's query-commands lists ours in this order (tests/data/qemu-11.1/qmp/commands.jsonl);
 # our extension last.
 _LISTED_11 = (
@@ -264,6 +275,10 @@ COMMANDS_11: dict[str, _Command] = {
     "migrate-start-postcopy": _Command(qapi.NO_ARGS, _refuse("migrate_start_postcopy")),
     "migrate-pause": _Command(qapi.NO_ARGS, _refuse("migrate_pause")),
     "migrate-recover": _Command(qapi.struct({"uri": qapi.string}), _refuse("migrate_recover")),
+    "migrate-incoming": _Command(
+        qapi.struct({}, {"uri": qapi.string, "channels": CHANNELS, "exit-on-error": qapi.boolean}),
+        _migrate_incoming_11,
+    ),
     "migrate-set-parameters": _Command(qapi.set_parameters(TABLE_11_1), _set_parameters),
     "migrate": _Command(
         qapi.struct(

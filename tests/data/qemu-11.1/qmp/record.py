@@ -6,7 +6,7 @@ CASE.jsonl in the format tests/data/qmp_recorder.py describes. The cases of the 
 (tests/data/qmp/record.py) run unchanged, so each 11.1 answer sits beside 7.2's; then this
 version's own: ``session`` (the greeting, queries, 7.2-only names), ``config11`` (this
 version's parameters and capabilities), ``uris`` (migrate's URIs and channels, with the
-MIGRATION events), ``json11`` (where this version's JSON reader places its errors, and when
+MIGRATION events), ``incoming11`` (migrate-incoming's uri or channels), ``json11`` (where this version's JSON reader places its errors, and when
 it gives them) and ``migration`` (src -> dst, events on, query-migrate polled). ``schema``
 writes schema.json and schema-7.2.json: the migration commands and events of each version's
 query-qmp-schema, every type inlined.
@@ -82,6 +82,10 @@ def off(states: dict[str, Any]) -> dict[str, Any]:
 CHANNEL = {"channel-type": "main"}
 INET = {"transport": "socket", "type": "inet", "host": "127.0.0.1", "port": "1"}
 
+MAIN = {
+    "channel-type": "main",
+    "addr": {"transport": "socket", "type": "inet", "host": "127.0.0.1", "port": "0"},
+}
 CASES: dict[str, tuple[list[str], list[str]]] = {
     **v72.CASES,
     "session": (
@@ -108,6 +112,22 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             # Each alone: set, then all its capabilities off again.
             *(x("migrate-set-capabilities", c) for on in SET_CAPS for c in (on, off(on))),
             x("query-migrate-capabilities"),
+        ],
+    ),
+    # migrate-incoming's uri or channels (a cpr channel alone, or two mains given to
+    # `migrate`, make QEMU 11.1.3 abort: not recorded).
+    "incoming11": (
+        [*S, "-incoming", "defer"],
+        [
+            NEG,
+            x("migrate-incoming"),
+            x("migrate-incoming", {"uri": "tcp:127.0.0.1:0", "channels": [MAIN]}),
+            x("migrate-incoming", {"channels": []}),
+            x("migrate-incoming", {"channels": [MAIN, MAIN]}),
+            x("migrate-incoming", {"uri": "tcp:127.0.0.1:0", "exit-on-error": "x"}),
+            x("migrate-incoming", {"channels": [{"channel-type": "main", "addr": {}}]}),
+            x("migrate-incoming", {"channels": [MAIN]}),
+            x("query-migrate"),
         ],
     ),
     # 11.1's reader: where errors are placed (LINE:COLUMN, the byte a number, keyword or
