@@ -6,8 +6,9 @@ CASE.jsonl in the format tests/data/qmp_recorder.py describes. The cases of the 
 (tests/data/qmp/record.py) run unchanged, so each 11.1 answer sits beside 7.2's; then this
 version's own: ``session`` (the greeting, queries, 7.2-only names), ``config11`` (this
 version's parameters and capabilities), ``uris`` (migrate's URIs and channels, with the
-MIGRATION events), ``incoming11`` (migrate-incoming's uri or channels), ``json11`` (where this version's JSON reader places its errors, and when
-it gives them) and ``migration`` (src -> dst, events on, query-migrate polled). ``schema``
+MIGRATION events), ``incoming11`` (migrate-incoming's uri or channels), ``json11`` (where
+this version's JSON reader places its errors, and when it gives them) and ``migration``
+(src -> dst, events on, query-migrate polled). ``schema``
 writes schema.json and schema-7.2.json: the migration commands and events of each version's
 query-qmp-schema, every type inlined.
 """
