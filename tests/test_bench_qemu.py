@@ -72,6 +72,25 @@ def test_runs_must_be_positive() -> None:
             bench._positive(bad)
 
 
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["xbzrle", "--qemu", "11.1"], "--qemu 11.1: only `bench qemu` compares"),
+        (
+            ["qemu", "--qemu", "11.1", "--configs", "compress"],
+            "'compress': expected some of plain,",
+        ),
+        (["qemu", "--configs", "multifd-zstd-legacy"], "expected some of plain,multifd-none,"),
+    ],
+)
+def test_qemu_option_and_its_configs(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    assert error in capsys.readouterr().err
+
+
 def test_shaped_link_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(qemu_compare.LinkUnavailable, match="root"):

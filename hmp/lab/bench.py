@@ -859,7 +859,8 @@ def main(argv: list[str]) -> int:
         "--qemu",
         choices=tuple(qemu_compare.CONFIGS_BY_RELEASE),
         default="7.2",
-        help="qemu: the QEMU release to compare with, and our dialect (default: 7.2)",
+        help="qemu: the QEMU release to compare with, and our dialect (default: 7.2; the "
+        "other benches run 7.2's)",
     )
     parser.add_argument(
         "--configs",
@@ -874,6 +875,8 @@ def main(argv: list[str]) -> int:
         help=f"qemu: comma-separated, of {','.join(qemu_compare.LINKS)} (default: all)",
     )
     args = parser.parse_args(argv)
+    if args.qemu != "7.2" and args.what != "qemu":
+        parser.error(f"--qemu {args.qemu}: only `bench qemu` compares with another release")
     table = qemu_compare.CONFIGS_BY_RELEASE[args.qemu]
     try:
         configs = _names(table)(args.configs) if args.configs else list(table)
