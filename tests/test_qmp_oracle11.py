@@ -38,6 +38,8 @@ CASES = (
     "protocol",
     "json11",
     "incoming11",
+    "lexer",
+    "keyorder",
 )  # migration (two endpoints): test_migration_11_1
 _NO_FILE = "file: without mapped-ram (a plain stream into a file) is not implemented"
 _NO_SCHEME = "a URI scheme qemu-hmp does not have"
