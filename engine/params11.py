@@ -280,6 +280,9 @@ TABLE_11_1 = ConfigTable(
     incoming_setup_event=False,
     listening_is_setup=True,
     failing_state=True,
+    report_stream_failures=True,
+    ram_section_id=1,
+    ram_setup_failed="ram_save_setup failed: Input/output error",
     file_uris=True,
     incoming_started=_incoming_started,
 )

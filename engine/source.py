@@ -59,7 +59,7 @@ SCAN_WINDOW = 32768  # bitmap bits searched per step
 MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
 # What QEMU 7.2's savevm reports when the RAM section's iteration fails on a broken stream
 # (section 2 is RAM in QEMU's pc machine; -5 is the -EIO its stream errors become).
-RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
+RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): {}(ram): -5"
 # No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
 STALL_WARNING_S = 30.0
 # QEMU's migrate_fd_cancel acts in every running state; ours until GO is sent.
@@ -119,6 +119,9 @@ class OutgoingSettings:
     multifd_level: int = 1  # multifd-zlib-level or multifd-zstd-level, by the compression
     report_failure: bool = True  # the release writes a failure's error to stderr
     failing_state: bool = False  # the release announces `failing` before `failed`
+    report_stream_failure: bool = False  # ... and the error of a stream that broke once open
+    ram_section_id: int = 2  # in savevm's line for a RAM iteration that failed
+    ram_setup_failed: str = ""  # savevm's line for a RAM setup that failed ("": none)
 
     @classmethod
     def from_config(cls, config: MigrationConfig) -> OutgoingSettings:
@@ -132,6 +135,9 @@ class OutgoingSettings:
             multifd_level=int(config.param(level)) if level else 1,
             report_failure=config.table.report_failures,
             failing_state=config.table.failing_state,
+            report_stream_failure=config.table.report_stream_failures,
+            ram_section_id=config.table.ram_section_id,
+            ram_setup_failed=config.table.ram_setup_failed,
         )
 
 
@@ -373,7 +379,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                     self._report(self._write_error(exc))
                 self._finish(MigrationStatus.CANCELLED, None)
             else:
-                self._finish(MigrationStatus.FAILED, self._io_error(exc))
+                self._finish(
+                    MigrationStatus.FAILED, self._io_error(exc), broke=self._connected.is_set()
+                )
         except Exception as exc:  # a bug must still leave the VM running and the status sane
             log.exception("outgoing migration to %s", self.addr.uri())
             self._finish(MigrationStatus.FAILED, f"internal error: {exc!r}")
@@ -390,7 +398,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             return verdict
         if self._status is MigrationStatus.ACTIVE and self.vm.state is not RunState.FINISH_MIGRATE:
             # In QEMU the RAM iteration fails first, with the stream's -EIO, and savevm says so.
-            self._report(RAM_ITERATE_FAILED)
+            self._report(RAM_ITERATE_FAILED.format(self.settings.ram_section_id))
+        elif self._status is MigrationStatus.SETUP and self.settings.ram_setup_failed:
+            self._report(self.settings.ram_setup_failed)
         return self._write_error(exc)
 
     def _write_error(self, exc: OSError) -> str:
@@ -769,9 +779,11 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self.stats.add_stream(self._send([wire.json_record(wire.Rec.RESUME, {})]))
         self._set_status(MigrationStatus.POSTCOPY_RECOVER, MigrationStatus.POSTCOPY_ACTIVE)
 
-    def _finish(self, status: MigrationStatus, error: str | None, report: str = "") -> None:
+    def _finish(
+        self, status: MigrationStatus, error: str | None, report: str = "", broke: bool = False
+    ) -> None:
         """End in ``status``; ``error`` is the status text, ``report`` what stderr gets (with
-        QEMU's hint lines) when it is more."""
+        QEMU's hint lines) when it is more; ``broke``: the stream failed once open."""
         self._end_pacing()  # before joining the channels: none may stay in a rate wait
         if self._in_postcopy:
             postcopy.PROMPT_THREADS.release()
@@ -803,7 +815,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._error = error
         if changed:
             self._on_event("MIGRATION", {"status": str(status)})
-        if error and self.settings.report_failure:
+        stream_broke = broke and self.settings.report_stream_failure
+        if error and (self.settings.report_failure or stream_broke):
             self._report(report or error)
         self._connected.set()
         self._done.set()

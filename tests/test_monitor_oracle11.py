@@ -31,6 +31,12 @@ SINGLE = sorted(p for p in DATA.glob("*.txt") if "# endpoint:" not in p.read_tex
 POLL_S = 30.0
 # A listening port: `$PORT` where the case chose it, raw where QEMU picked it (`:0`).
 PORT = re.compile(r"^(\ttcp:127\.0\.0\.1:)\d+$", re.MULTILINE)
+# When the stream breaks under RAM, QEMU 11.1's savevm says one of these, by the timing: in
+# RAM's setup or in its first iteration (its README); so do we.
+RAM_SAVE_FAILED = {
+    "ram_save_setup failed: Input/output error",
+    "failed to save SaveStateEntry with id(name): 1(ram): -5",
+}
 _CAPS = "capabilities_migrate"
 _NO_CAP = "qemu-hmp refuses to migrate with a capability it does not implement"
 _NO_FILE = "file: without mapped-ram (a plain stream into a file) is not implemented"
@@ -65,9 +71,6 @@ GAPS: dict[tuple[str, str], str] = {
             "file:",
             "file:$SCRATCH/g.img,offset=4095",
             "file:$SCRATCH/f.img,offset=4096",
-            "exec:",
-            "exec:/nonexistent",
-            "exec:true",
             "fd:foo",
             "fd:",
             "fd:99",
@@ -151,6 +154,8 @@ def test_matches_qemu_11_1(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
                 subst["$PORT"] = listening[0].rsplit(":", 1)[1]
                 expected = fill(step.output)
             got_err = {line.removeprefix("qemu-hmp: ") for line in err.getvalue().splitlines()}
+            got_err = {"RAM save failed" if e in RAM_SAVE_FAILED else e for e in got_err}
+            step.stderr = ["RAM save failed" if e in RAM_SAVE_FAILED else e for e in step.stderr]
             if step.command == "info version":  # ours names itself after QEMU's release
                 ok = got == f"{expected.split('Debian')[0]} (qemu-hmp {package_version()})\n"
             elif is_listing(step.command) and got:
