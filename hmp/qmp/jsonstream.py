@@ -241,7 +241,9 @@ class JsonStreamer:
         return start + room
 
     def _stray(self, char: bytes) -> None:
-        text = b"".join([*self._parts, char]).decode("utf-8", "replace")
+        # QEMU's writer reads the text as it reads strings: C0 80 is U+0000
+        text = b"".join([*self._parts, char]).replace(b"\xc0\x80", b"\x00")
+        text = text.decode("utf-8", "replace")
         self._parts, self._len = [], 0
         self._stray_token(text)
         self._state = "recover"

@@ -163,7 +163,7 @@ class JsonStreamer11(JsonStreamer):
             self._lookahead_at = place + len(text)
 
     def _stray_token(self, text: str) -> None:
-        self._process("error", text.encode("utf-8", "surrogateescape"), self._token_at, text)
+        self._process("error", text.encode(), self._token_at, text)
 
     def _process(self, kind: str, text: bytes, at: int, stray: str = "") -> None:
         """QEMU 11.1's json_message_process_token: count, check the limits, parse."""

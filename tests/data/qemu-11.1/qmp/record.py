@@ -159,6 +159,8 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             '{"a": 1.}\n',
             '{"a": @x, "b": 1}\n',
             '{"a": @x: 1}\n',
+            '"\udcc0\udc80\x01"\n',  # C0 80 (QEMU's U+0000) in a stray string
+            '"a\udcc0\udc80\udcff"\n',
             '{"a" 1 ',
             "}\n",
             '{"a": [1, ',
