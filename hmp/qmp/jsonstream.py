@@ -242,8 +242,8 @@ class JsonStreamer:
 
     def _stray(self, char: bytes) -> None:
         # QEMU's writer reads the text as it reads strings: C0 80 is U+0000
-        text = b"".join([*self._parts, char]).replace(b"\xc0\x80", b"\x00")
-        text = text.decode("utf-8", "replace")
+        raw = b"".join([*self._parts, char]).replace(b"\xc0\x80", b"\x00")
+        text = raw.decode("utf-8", "replace")
         self._parts, self._len = [], 0
         self._stray_token(text)
         self._state = "recover"
