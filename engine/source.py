@@ -57,8 +57,8 @@ BIG_BATCH_RATE = 40 * wire.MAX_BATCH * PAGE_SIZE  # bytes/s: 4 such records per 
 SCAN_BATCH = wire.MAX_BATCH
 SCAN_WINDOW = 32768  # bitmap bits searched per step
 MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
-# What QEMU 7.2's savevm reports when the RAM section's iteration fails on a broken stream
-# (section 2 is RAM in QEMU's pc machine; -5 is the -EIO its stream errors become).
+# What QEMU's savevm reports when the RAM section's iteration fails on a broken stream
+# (RAM is section 2 in 7.2's pc machine, 1 in 11.1's; -5 is the -EIO its stream errors become).
 RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): {}(ram): -5"
 # No byte sent for this long while active: a warning, once per stall (QEMU has no stall status).
 STALL_WARNING_S = 30.0
