@@ -517,7 +517,8 @@ class ConfigTable:
     # is off (11.1's migration thread reports it; a failed connect it leaves to the status).
     report_stream_failures: bool = False
     # The RAM section's id in savevm's "failed to save SaveStateEntry" line (7.2 registers
-    # block migration before RAM), and its line when RAM setup meets the broken stream.
+    # block migration before RAM), and the migration's error when RAM setup meets the broken
+    # stream (11.1; "": the write's error).
     ram_section_id: int = 2
     ram_setup_failed: str = ""
     # Whether `file:` URIs exist (11.1: with the mapped-ram capability).

@@ -121,7 +121,7 @@ class OutgoingSettings:
     failing_state: bool = False  # the release announces `failing` before `failed`
     report_stream_failure: bool = False  # ... and the error of a stream that broke once open
     ram_section_id: int = 2  # in savevm's line for a RAM iteration that failed
-    ram_setup_failed: str = ""  # savevm's line for a RAM setup that failed ("": none)
+    ram_setup_failed: str = ""  # the error of a RAM setup that failed ("": the write's)
 
     @classmethod
     def from_config(cls, config: MigrationConfig) -> OutgoingSettings:
@@ -400,7 +400,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             # In QEMU the RAM iteration fails first, with the stream's -EIO, and savevm says so.
             self._report(RAM_ITERATE_FAILED.format(self.settings.ram_section_id))
         elif self._status is MigrationStatus.SETUP and self.settings.ram_setup_failed:
-            self._report(self.settings.ram_setup_failed)
+            return self.settings.ram_setup_failed  # 11.1: RAM setup's error is the migration's
         return self._write_error(exc)
 
     def _write_error(self, exc: OSError) -> str:
