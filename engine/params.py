@@ -513,6 +513,14 @@ class ConfigTable:
     listening_is_setup: bool = False
     # Whether a failing migration passes through the state `failing` (11.1's MIGRATION events).
     failing_state: bool = False
+    # Whether the error of a stream that broke once open goes to stderr when report_failures
+    # is off (11.1's migration thread reports it; a failed connect it leaves to the status).
+    report_stream_failures: bool = False
+    # The RAM section's id in savevm's "failed to save SaveStateEntry" line (7.2 registers
+    # block migration before RAM), and the migration's error when RAM setup meets the broken
+    # stream (11.1; "": the write's error).
+    ram_section_id: int = 2
+    ram_setup_failed: str = ""
     # Whether `file:` URIs exist (11.1: with the mapped-ram capability).
     file_uris: bool = False
     # Whether every dirty-log sync is a MIGRATION_PASS event (7.2: the setup's and the final

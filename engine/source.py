@@ -67,9 +67,9 @@ BIG_BATCH_RATE = 40 * wire.MAX_BATCH * PAGE_SIZE  # bytes/s: 4 such records per 
 SCAN_BATCH = wire.MAX_BATCH
 SCAN_WINDOW = 32768  # bitmap bits searched per step
 MAX_WAIT_S = 0.050  # QEMU's MAX_WAIT: one iteration sends for at most this long
-# What QEMU 7.2's savevm reports when the RAM section's iteration fails on a broken stream
-# (section 2 is RAM in QEMU's pc machine; -5 is the -EIO its stream errors become).
-RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): 2(ram): -5"
+# What QEMU's savevm reports when the RAM section's iteration fails on a broken stream
+# (RAM is section 2 in 7.2's pc machine, 1 in 11.1's; -5 is the -EIO its stream errors become).
+RAM_ITERATE_FAILED = "failed to save SaveStateEntry with id(name): {}(ram): -5"
 # A file: stream (11.1, no mapped-ram) with return-path or postcopy-ram: QEMU's return-path
 # reader fails on the write-only file.
 RETURN_PATH_ON_FILE = "Unable to read from file: Bad file descriptor"
@@ -139,6 +139,9 @@ class OutgoingSettings:
     failing_state: bool = False  # the release announces `failing` before `failed`
     announce_every_sync: bool = True  # the setup's and the final sync are MIGRATION_PASS too
     device_at_switchover: bool = False  # the stop for the switchover goes active → device
+    report_stream_failure: bool = False  # ... and the error of a stream that broke once open
+    ram_section_id: int = 2  # in savevm's line for a RAM iteration that failed
+    ram_setup_failed: str = ""  # the error of a RAM setup that failed ("": the write's)
 
     @classmethod
     def from_config(cls, config: MigrationConfig) -> OutgoingSettings:
@@ -154,6 +157,9 @@ class OutgoingSettings:
             failing_state=config.table.failing_state,
             announce_every_sync=config.table.announce_every_sync,
             device_at_switchover=config.table.device_at_switchover,
+            report_stream_failure=config.table.report_stream_failures,
+            ram_section_id=config.table.ram_section_id,
+            ram_setup_failed=config.table.ram_setup_failed,
         )
 
 
@@ -410,7 +416,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                     self._report(self._write_error(exc))
                 self._finish(MigrationStatus.CANCELLED, None)
             else:
-                self._finish(MigrationStatus.FAILED, self._io_error(exc))
+                self._finish(
+                    MigrationStatus.FAILED, self._io_error(exc), broke=self._connected.is_set()
+                )
         except Exception as exc:  # a bug must still leave the VM running and the status sane
             log.exception("outgoing migration to %s", self.addr.uri())
             self._finish(MigrationStatus.FAILED, f"internal error: {exc!r}")
@@ -427,7 +435,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             return verdict
         if self._status is MigrationStatus.ACTIVE and self.vm.state is not RunState.FINISH_MIGRATE:
             # In QEMU the RAM iteration fails first, with the stream's -EIO, and savevm says so.
-            self._report(RAM_ITERATE_FAILED)
+            self._report(RAM_ITERATE_FAILED.format(self.settings.ram_section_id))
+        elif self._status is MigrationStatus.SETUP and self.settings.ram_setup_failed:
+            return self.settings.ram_setup_failed  # 11.1: RAM setup's error is the migration's
         return self._write_error(exc)
 
     def _write_error(self, exc: OSError) -> str:
@@ -894,9 +904,11 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self.stats.add_stream(self._send([wire.json_record(wire.Rec.RESUME, {})]))
         self._set_status(MigrationStatus.POSTCOPY_RECOVER, MigrationStatus.POSTCOPY_ACTIVE)
 
-    def _finish(self, status: MigrationStatus, error: str | None, report: str = "") -> None:
+    def _finish(
+        self, status: MigrationStatus, error: str | None, report: str = "", broke: bool = False
+    ) -> None:
         """End in ``status``; ``error`` is the status text, ``report`` what stderr gets (with
-        QEMU's hint lines) when it is more."""
+        QEMU's hint lines) when it is more; ``broke``: the stream failed once open."""
         self._end_pacing()  # before joining the channels: none may stay in a rate wait
         if self._in_postcopy:
             postcopy.PROMPT_THREADS.release()
@@ -931,7 +943,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._error = error
         if changed:
             self._on_event("MIGRATION", {"status": str(status)})
-        if error and self.settings.report_failure:
+        stream_broke = broke and self.settings.report_stream_failure
+        if error and (self.settings.report_failure or stream_broke):
             self._report(report or error)
         self._connected.set()
         self._done.set()

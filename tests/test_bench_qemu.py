@@ -1,4 +1,5 @@
-"""`bench qemu`: its configs are commands both QEMU 7.2 and qemu-hmp take, its parts behave."""
+"""`bench qemu`: its configs are commands both QEMU (7.2, 11.1) and qemu-hmp take, its parts
+behave."""
 
 from __future__ import annotations
 
@@ -11,19 +12,22 @@ import pytest
 
 from engine.errors import MigrationError
 from engine.machine import Loader, Machine, MachineOptions
+from engine.params11 import TABLE_11_1
 from hmp.lab import bench, qemu_compare
-from hmp.lab.qemu_compare import CONFIGS, LINKS, Config, Run
+from hmp.lab.qemu_compare import CONFIGS, CONFIGS_11, LINKS, Config, Run
 from hmp.monitor import Monitor
 
 CASES = Path(__file__).parent / "data" / "qemu-7.2" / "cases"
+CASES_11 = Path(__file__).parent / "data" / "qemu-11.1" / "cases"
 GUEST_ARGV = "-m 128 -S"
 
 
-def case_text(config: Config) -> str:
+def case_text(config: Config, port: int = 4444) -> str:
     """The oracle case of a config: its commands at one QEMU (both sides' but `migrate`)."""
-    src = config.commands(4444, source=True)[:-1]
-    dst = [c for c in config.commands(4444, source=False) if c not in src]
-    lines = [GUEST_ARGV, *src, *dst, "info migrate_capabilities", "info migrate_parameters"]
+    src = config.commands(port, source=True)[:-1]
+    dst = [c for c in config.commands(port, source=False) if c not in src]
+    argv = GUEST_ARGV + (" -incoming defer" if config.defer else "")
+    lines = [argv, *src, *dst, "info migrate_capabilities", "info migrate_parameters"]
     return "\n".join(lines) + "\n"
 
 
@@ -32,6 +36,15 @@ def test_each_shared_config_is_a_recorded_qemu_case(name: str) -> None:
     # The monitor oracle replays the case against qemu-hmp; QEMU 7.2 took it silently.
     case = CASES / f"bench_{name.replace('-', '_')}.cmds"
     assert case.read_text() == case_text(CONFIGS[name])
+    recorded = (case.parent.parent / f"{case.stem}.txt").read_text()
+    assert "(qemu) migrate_set_parameter max-bandwidth 100G\n(qemu) " in recorded  # silent
+
+
+@pytest.mark.parametrize("name", list(CONFIGS_11))
+def test_each_11_1_config_is_a_recorded_qemu_11_1_case(name: str) -> None:
+    # test_monitor_oracle11 replays the case against qemu-hmp --qemu 11.1; QEMU took it silently.
+    case = CASES_11 / f"bench_{name.replace('-', '_')}.cmds"
+    assert case.read_text() == case_text(CONFIGS_11[name], port=0)
     recorded = (case.parent.parent / f"{case.stem}.txt").read_text()
     assert "(qemu) migrate_set_parameter max-bandwidth 100G\n(qemu) " in recorded  # silent
 
@@ -57,6 +70,25 @@ def test_runs_must_be_positive() -> None:
     for bad in ("0", "-1", "x"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected a whole number"):
             bench._positive(bad)
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["xbzrle", "--qemu", "11.1"], "--qemu 11.1: only `bench qemu` compares"),
+        (
+            ["qemu", "--qemu", "11.1", "--configs", "compress"],
+            "'compress': expected some of plain,",
+        ),
+        (["qemu", "--configs", "multifd-zstd-legacy"], "expected some of plain,multifd-none,"),
+    ],
+)
+def test_qemu_option_and_its_configs(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    assert error in capsys.readouterr().err
 
 
 def test_shaped_link_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,3 +169,37 @@ def test_each_config_of_ours_is_taken_silently_by_our_monitor(name: str) -> None
             assert (out.getvalue(), err.getvalue()) == ("", "")
         finally:
             machine.close()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS_11))
+def test_each_11_1_config_is_taken_silently_by_our_11_1_monitor(name: str) -> None:
+    """Both sides' commands but `migrate`, the destination deferred as QEMU 11.1 needs."""
+    config = CONFIGS_11[name]
+    assert (config.release, config.incoming(4444)) == (
+        "11.1",
+        "defer" if config.defer else "tcp:127.0.0.1:4444",
+    )
+    for source in (True, False):
+        opts = MachineOptions(
+            ram_size=8 << 20,
+            start_paused=True,
+            incoming=None if source else config.incoming(0),
+            config_table=TABLE_11_1,
+        )
+        machine = Machine(opts)
+        out, err = io.StringIO(), io.StringIO()
+        monitor = Monitor(machine, out, err)
+        try:
+            commands = config.commands(0, source)
+            for command in commands[:-1] if source else commands:
+                monitor.execute(command)
+            assert (out.getvalue(), err.getvalue()) == ("", "")
+            if not source and config.defer:
+                assert machine.query_migrate().socket_address  # listening
+        finally:
+            machine.close()
+
+
+def test_an_11_1_workdir_must_be_where_its_chroot_sees(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sees only /tmp/qemu11"):
+        qemu_compare.compare(tmp_path, runs=1, config=CONFIGS_11["plain"])

@@ -486,12 +486,19 @@ def _link_checks(
 
 
 def against_qemu_links(
-    report: Report, workdir: Path, runs: int, configs: list[str], links: list[str]
+    report: Report,
+    workdir: Path,
+    runs: int,
+    configs: list[str],
+    links: list[str],
+    qemu: str = "7.2",
 ) -> None:
-    """`bench qemu`: real QEMU 7.2 and qemu-hmp on the same image with the same commands, per
-    config and link, alternating; then `info migrate` latency during the heaviest config."""
-    if not qemu_compare.available():
-        report.add(Table("Against QEMU 7.2: qemu-system-x86_64 is not installed", []))
+    """`bench qemu`: real QEMU (release ``qemu``) and qemu-hmp in its dialect on the same image
+    with the same commands, per config and link, alternating; then `info migrate` latency
+    during the heaviest config."""
+    release = qemu_compare.RELEASES[qemu]
+    if not qemu_compare.available(release.name):
+        report.add(Table(f"Against QEMU {release.name}: {release.program} is not installed", []))
         return
     image_file = qemu_compare.image_path(workdir)
     image = memoryview(image_file.read_bytes())
@@ -499,7 +506,7 @@ def against_qemu_links(
     rss: list[qemu_compare.Run] = []
     for link in (qemu_compare.LINKS[name] for name in links):
         title = (
-            f"Against QEMU 7.2 on {link.label}: {qemu_compare.IMAGE_MIB} MiB image in a "
+            f"Against QEMU {qemu} on {link.label}: {qemu_compare.IMAGE_MIB} MiB image in a "
             f"{qemu_compare.GUEST_MIB} MiB guest, max-bandwidth 100G, {runs} alternating runs "
             "per side, QEMU's own total time"
         )
@@ -508,7 +515,7 @@ def against_qemu_links(
         try:
             with qemu_compare.shaped_link(link) as prefix:
                 for name in configs:
-                    config = qemu_compare.CONFIGS[name]
+                    config = qemu_compare.CONFIGS_BY_RELEASE[qemu][name]
                     theirs, ours = qemu_compare.compare(
                         workdir, runs=runs, config=config, prefix=prefix
                     )
@@ -882,10 +889,17 @@ def main(argv: list[str]) -> int:
         "--runs", type=_positive, default=3, help="qemu: runs per side and config (>= 1)"
     )
     parser.add_argument(
+        "--qemu",
+        choices=tuple(qemu_compare.CONFIGS_BY_RELEASE),
+        default="7.2",
+        help="qemu: the QEMU release to compare with, and our dialect (default: 7.2; the "
+        "other benches run 7.2's)",
+    )
+    parser.add_argument(
         "--configs",
-        type=_names(qemu_compare.CONFIGS),
-        default=list(qemu_compare.CONFIGS),
-        help=f"qemu: comma-separated, of {','.join(qemu_compare.CONFIGS)} (default: all)",
+        type=str,
+        help=f"qemu: comma-separated, of {','.join(qemu_compare.CONFIGS)} (7.2) or "
+        f"{','.join(qemu_compare.CONFIGS_11)} (11.1) (default: all of the release's)",
     )
     parser.add_argument(
         "--links",
@@ -894,6 +908,13 @@ def main(argv: list[str]) -> int:
         help=f"qemu: comma-separated, of {','.join(qemu_compare.LINKS)} (default: all)",
     )
     args = parser.parse_args(argv)
+    if args.qemu != "7.2" and args.what != "qemu":
+        parser.error(f"--qemu {args.qemu}: only `bench qemu` compares with another release")
+    table = qemu_compare.CONFIGS_BY_RELEASE[args.qemu]
+    try:
+        configs = _names(table)(args.configs) if args.configs else list(table)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"argument --configs: {exc}")
     report = Report()
     if args.workdir:  # the image is built there on the first run
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -904,8 +925,9 @@ def main(argv: list[str]) -> int:
             monitor_latency(report)
             against_qemu(report, args.workdir or Path(tempfile.mkdtemp(prefix="qemu-hmp-")))
         if args.what == "qemu":
-            workdir = args.workdir or Path(tempfile.mkdtemp(prefix="qemu-hmp-"))
-            against_qemu_links(report, workdir, args.runs, args.configs, args.links)
+            root = qemu_compare.RELEASES[args.qemu].root or None
+            workdir = args.workdir or Path(tempfile.mkdtemp(prefix="qemu-hmp-", dir=root))
+            against_qemu_links(report, workdir, args.runs, configs, args.links, args.qemu)
         if args.what in ("engine", "all"):
             engine_runs(report, args.reps)
         elif args.what == "fill":  # a part of engine

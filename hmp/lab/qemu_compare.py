@@ -1,4 +1,5 @@
-"""qemu-hmp against real QEMU 7.2 on the same memory image, side by side in one run.
+"""qemu-hmp against real QEMU (7.2, or 11.1 with ``--qemu 11.1``) on the same memory image,
+side by side in one run.
 
 The image is made of this machine's own binaries, libraries and source text, page-aligned,
 with runs of zero pages making up about 30%, like the blob QEMU 7.2 was first measured with:
@@ -8,6 +9,9 @@ blob's 2.37; with them it was 2.08). Both guests load it with ``-device loader``
 (qemu-hmp with ``--workload zero``: the rest of RAM is zero, as QEMU's is), both monitors get
 the same commands (one of CONFIGS, max-bandwidth 100G) and a blocking ``migrate``; the
 figures are each side's own ``query-migrate``, read over QMP (the same client for both).
+A config of QEMU 11.1 runs ``qemu11-system-x86_64`` (a chroot that sees only /tmp/qemu11, so
+its image and sockets live there) beside ``qemu-hmp --qemu 11.1``; its multifd destinations
+are ``-incoming defer`` + ``migrate_incoming``, as 11.1 requires.
 
 A run goes over loopback or over a shaped link: a network namespace of its own whose
 loopback a token bucket limits (``shaped_link``); both programs then run inside it.
@@ -54,6 +58,22 @@ PACKED = (
     b"\xff\xd8\xff",
 )
 QEMU = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A QEMU to compare with: its program, and the one folder it sees (a chroot's bind
+    mount, at the same path inside and out; "" when it sees everything)."""
+
+    name: str
+    program: str
+    root: str = ""
+
+
+RELEASES = {
+    "7.2": Release("7.2", QEMU),
+    "11.1": Release("11.1", "qemu11-system-x86_64", "/tmp/qemu11"),
+}
 QEMU_ARGS = ["-machine", "pc,accel=tcg", "-m", str(GUEST_MIB), "-smp", "1", "-display", "none"]
 QEMU_ARGS += ["-nodefaults", "-S", "-monitor", "stdio"]
 MIGRATE_TIMEOUT_S = 300.0
@@ -69,7 +89,9 @@ class Config:
     both: tuple[str, ...] = ()  # parameters set on both sides ("name value")
     source: tuple[str, ...] = ()
     destination: tuple[str, ...] = ()
-    qemu: bool = True  # QEMU 7.2 has it too (False: one of qemu-hmp's extensions)
+    qemu: bool = True  # QEMU has it too (False: one of qemu-hmp's extensions)
+    release: str = "7.2"  # the QEMU, and the dialect of ours (`--qemu`)
+    defer: bool = False  # the destination is `-incoming defer`, then `migrate_incoming`
 
     def commands(self, port: int, source: bool) -> list[str]:
         cmds = [f"migrate_set_capability {cap} on" for cap in self.capabilities]
@@ -77,12 +99,29 @@ class Config:
         cmds += [f"migrate_set_parameter {param}" for param in params]
         if source:
             cmds += ["migrate_set_parameter max-bandwidth 100G", f"migrate tcp:127.0.0.1:{port}"]
+        elif self.defer:
+            cmds += [f"migrate_incoming tcp:127.0.0.1:{port}"]
         return cmds
+
+    def incoming(self, port: int) -> str:
+        """The destination's ``-incoming``."""
+        return "defer" if self.defer else f"tcp:127.0.0.1:{port}"
 
 
 def _multifd(method: str, qemu: bool = True) -> Config:
     both = ("multifd-channels 2", f"multifd-compression {method}")
     return Config(f"multifd 2 ch, {method}", ("multifd",), both, qemu=qemu)
+
+
+def _multifd_11(method: str, zero_pages: str) -> Config:
+    """QEMU 11.1's multifd: 2 channels, ``method``, zero pages found by ``zero_pages``."""
+    both = (
+        "multifd-channels 2",
+        f"multifd-compression {method}",
+        f"zero-page-detection {zero_pages}",
+    )
+    label = f"11.1 multifd 2 ch, {method}, zero pages: {zero_pages}"
+    return Config(label, ("multifd",), both, release="11.1", defer=True)
 
 
 COMPRESS = Config(
@@ -107,7 +146,7 @@ def _compress(method: str, auto: bool = False) -> Config:
 
 
 # What `bench qemu --configs` names, in the table's order: QEMU 7.2's, then qemu-hmp's
-# extensions (measured on our side only; QEMU 11.1's dialect can add its own here).
+# extensions (measured on our side only).
 CONFIGS: dict[str, Config] = {
     "plain": Config("plain"),
     "multifd-none": _multifd("none"),
@@ -119,6 +158,15 @@ CONFIGS: dict[str, Config] = {
     "compress-zstd": _compress("zstd"),
     "auto-zstd": _compress("zstd", auto=True),
 }
+# `bench qemu --qemu 11.1`: QEMU 11.1's (no compress; zero-page-detection).
+CONFIGS_11: dict[str, Config] = {
+    "plain": Config("11.1 plain", release="11.1"),
+    "multifd-none": _multifd_11("none", "multifd"),
+    "multifd-zstd": _multifd_11("zstd", "multifd"),
+    "multifd-zstd-legacy": _multifd_11("zstd", "legacy"),
+    "multifd-zstd-none": _multifd_11("zstd", "none"),
+}
+CONFIGS_BY_RELEASE = {"7.2": CONFIGS, "11.1": CONFIGS_11}
 
 
 @dataclass(frozen=True)
@@ -272,17 +320,22 @@ class _Qemu:
 
 @contextmanager
 def qemu(
-    args: Sequence[str], commands: Sequence[str], prefix: Sequence[str] = ()
+    args: Sequence[str],
+    commands: Sequence[str],
+    prefix: Sequence[str] = (),
+    release: Release = RELEASES["7.2"],
 ) -> Iterator[_Qemu]:
     """A QEMU with its monitor on a pipe, typed ``commands`` once it prompts; its QMP client.
 
     QEMU serves its monitor after it listens (``-incoming``) and binds its QMP socket.
-    ``prefix`` starts it elsewhere (``ip netns exec NS``, which execs: the pid stays QEMU's).
+    ``prefix`` starts it elsewhere (``ip netns exec NS``, which execs: the pid stays QEMU's;
+    the chroot wrapper of 11.1 execs too).
     """
-    with tempfile.TemporaryDirectory(prefix="qemu-hmp-compare-") as tmp:
+    root = release.root or None
+    with tempfile.TemporaryDirectory(prefix="qemu-hmp-compare-", dir=root) as tmp:
         path = f"{tmp}/qmp.sock"
         proc = subprocess.Popen(
-            [*prefix, QEMU, *args, "-qmp", f"unix:{path},server=on,wait=off"],
+            [*prefix, release.program, *args, "-qmp", f"unix:{path},server=on,wait=off"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -310,14 +363,19 @@ def run_qemu(
     """Real QEMU's ``query-migrate`` once the source's blocking ``migrate`` has ended."""
     port = free_port()
     args = [*QEMU_ARGS, *(["-mem-prealloc"] if prealloc else [])]
-    with (
-        qemu(
-            [*args, "-incoming", f"tcp:127.0.0.1:{port}"], config.commands(port, False), prefix
-        ) as dst,
-        qemu([*args, *_loader(image)], config.commands(port, True), prefix) as src,
-    ):
-        info = dict(src.client.poll("query-migrate", _ended, MIGRATE_TIMEOUT_S, POLL_S))
-        return Run(info, {"src": peak_rss_kib(src.pid), "dst": peak_rss_kib(dst.pid)})
+    release = RELEASES[config.release]
+    with qemu(
+        [*args, "-incoming", config.incoming(port)], config.commands(port, False), prefix, release
+    ) as dst:
+        # A deferred destination listens once its typed migrate_incoming has run.
+        dst.client.poll("query-migrate", _listening, MIGRATE_TIMEOUT_S, POLL_S)
+        with qemu([*args, *_loader(image)], config.commands(port, True), prefix, release) as src:
+            info = dict(src.client.poll("query-migrate", _ended, MIGRATE_TIMEOUT_S, POLL_S))
+            return Run(info, {"src": peak_rss_kib(src.pid), "dst": peak_rss_kib(dst.pid)})
+
+
+def _listening(info: dict[str, Any]) -> bool:
+    return "socket-address" in info
 
 
 @contextmanager
@@ -326,11 +384,11 @@ def _ours(
 ) -> Iterator[tuple[Endpoint, Endpoint, int]]:
     """Both qemu-hmp endpoints, up and configured but for ``migrate``: (src, dst, port)."""
     port = free_port()
-    argv = ["qemu-hmp", "-m", f"{GUEST_MIB}M", "-S", "--workload", "zero"]
-    argv += ["-mem-prealloc"] if prealloc else []
+    argv = ["qemu-hmp", "--qemu", config.release, "-m", f"{GUEST_MIB}M", "-S"]
+    argv += ["--workload", "zero", *(["-mem-prealloc"] if prealloc else [])]
     with (
         Endpoint(
-            [*prefix, *resolve_argv([*argv, "-incoming", f"tcp:127.0.0.1:{port}"])], qmp=True
+            [*prefix, *resolve_argv([*argv, "-incoming", config.incoming(port)])], qmp=True
         ) as dst,
         Endpoint([*prefix, *resolve_argv([*argv, *_loader(image)])], qmp=True) as src,
     ):
@@ -378,8 +436,8 @@ def monitor_latency_ms(
         return times, Run(dict(info), rss)
 
 
-def available() -> bool:
-    return shutil.which(QEMU) is not None
+def available(release: str = "7.2") -> bool:
+    return shutil.which(RELEASES[release].program) is not None
 
 
 def compare(
@@ -392,6 +450,9 @@ def compare(
     """QEMU's runs and ours, ``runs`` rounds each for the same image and commands. The order
     alternates, so neither side always starts on a machine the other has just left. QEMU
     must be installed for a config it has; an extension's runs only ours."""
+    root = RELEASES[config.release].root
+    if root and not workdir.resolve().is_relative_to(root):
+        raise ValueError(f"QEMU {config.release} sees only {root}: the workdir must be in it")
     image = image_path(workdir)
     theirs: list[Run] = []
     ours: list[Run] = []

@@ -12,6 +12,7 @@ from hmp.monitor.commands import (
     package_version,
     write_series,
 )
+from hmp.monitor.commands11 import POSTCOPY_REFUSED as POSTCOPY_REFUSED_11
 from hmp.monitor.dialect import DEFAULT as DEFAULT_DIALECT
 from hmp.monitor.dialect import DIALECTS, Dialect, dialect_of
 from hmp.monitor.parser import ArgSpec, ParseError, find_command, parse_line
@@ -25,6 +26,7 @@ __all__ = [
     "COMMANDS",
     "DEFAULT_DIALECT",
     "DIALECTS",
+    "POSTCOPY_REFUSED_11",
     "QEMU_VERSION",
     "ArgSpec",
     "Command",

@@ -54,6 +54,15 @@ def _refuse(text: str) -> commands.Handler:
     return handler
 
 
+# QEMU 11.1's errors for the postcopy commands outside a postcopy migration (HMP and QMP).
+POSTCOPY_REFUSED = {
+    "migrate_pause": "migrate-pause is currently only supported during postcopy-active or "
+    "postcopy-recover state",
+    "migrate_recover": "Migrate recover can only be run when postcopy is paused.",
+    "migrate_start_postcopy": "Enable postcopy with migrate_set_capability before the start of "
+    "migration",
+}
+
 MIGRATE_HELP = (
     "migrate to URI (using -d to not wait for completion)"
     "\n\t\t\t -r to resume a paused postcopy migration"
@@ -84,23 +93,18 @@ COMMANDS: tuple[Command, ...] = (
         "",
         "",
         "Pause an ongoing migration (postcopy-only)",
-        _refuse(
-            "migrate-pause is currently only supported during postcopy-active or "
-            "postcopy-recover state"
-        ),
+        _refuse(POSTCOPY_REFUSED["migrate_pause"]),
     ),
     Command(
         "migrate_recover",
         "uri:s",
         "uri",
         "Continue a paused incoming postcopy migration",
-        _refuse("Migrate recover can only be run when postcopy is paused."),
+        _refuse(POSTCOPY_REFUSED["migrate_recover"]),
     ),
     replace(
         _kept(_SEVEN, "migrate_start_postcopy"),
-        handler=_refuse(
-            "Enable postcopy with migrate_set_capability before the start of migration"
-        ),
+        handler=_refuse(POSTCOPY_REFUSED["migrate_start_postcopy"]),
     ),
     _kept(_SEVEN, "migrate_set_capability"),
     replace(_kept(_SEVEN, "migrate_set_parameter"), args_type="parameter:s,value:S"),

@@ -106,13 +106,21 @@ class JsonStreamer:
         self._quote = 0  # the byte that opened the string being lexed
         self._num = ""  # the number's state (`_NUM_NEXT`)
         self._out: list[Any] = []
+        # Where the stream is: the offset of the data being fed, and of the token being lexed.
+        self._base = 0
+        self._token_at = 0
 
     def feed(self, data: bytes) -> list[Any]:
         pos = 0
         while pos < len(data):
             pos = self._step(data, pos)
+        self._fed(data)
+        self._base += len(data)
         out, self._out = self._out, []
         return out
+
+    def _fed(self, data: bytes) -> None:
+        """A hook: ``data`` was lexed (positions are kept by the 11.1 reader)."""
 
     # -- lexer --------------------------------------------------------------------------------
     def _step(self, data: bytes, pos: int) -> int:
@@ -128,11 +136,17 @@ class JsonStreamer:
             return self._number(data, pos)
         if state == "kw":
             return self._keyword(data, pos)
-        match = _RECOVERY_STOP.search(data, pos)
+        match = self._recovery_stop.search(data, pos)
         if match is None:
             return len(data)
         self._state = "start"  # the stop character is lexed again from the start
+        self._recovered(self._base + match.start())
         return match.start()
+
+    _recovery_stop = _RECOVERY_STOP
+
+    def _recovered(self, at: int) -> None:
+        """A hook: skipping after a lexer error stopped at offset ``at``."""
 
     def _start(self, data: bytes, pos: int) -> int:
         while (match := _SIMPLE.match(data, pos)) is not None:
@@ -140,12 +154,14 @@ class JsonStreamer:
             text = match[kind]
             if len(text) > MAX_TOKEN_SIZE:  # the states below know what QEMU does then
                 break
+            self._token_at = self._base + match.start(kind)
             self._emit(text.decode() if kind == "punct" else kind, text)
             pos = match.end()
         pos = _WHITESPACE.match(data, pos).end()  # type: ignore[union-attr]
         if pos == len(data):
             return pos
         byte, char = data[pos], data[pos : pos + 1]  # punctuation never gets here
+        self._token_at = self._base + pos
         if byte in b"\"'":
             self._begin(char, "str")
             self._quote = byte
@@ -225,10 +241,16 @@ class JsonStreamer:
         return start + room
 
     def _stray(self, char: bytes) -> None:
-        text = b"".join([*self._parts, char]).decode("utf-8", "replace")
+        # QEMU's writer reads the text as it reads strings: C0 80 is U+0000
+        raw = b"".join([*self._parts, char]).replace(b"\xc0\x80", b"\x00")
+        text = raw.decode("utf-8", "replace")
         self._parts, self._len = [], 0
-        self._fail(f"JSON parse error, stray '{text}'")
+        self._stray_token(text)
         self._state = "recover"
+
+    def _stray_token(self, text: str) -> None:
+        """What the lexer could not read (``text``) ends the value being collected."""
+        self._fail(f"JSON parse error, stray '{text}'")
 
     def _fail(self, desc: str) -> None:
         self._out.append(JsonError(desc))

@@ -24,6 +24,7 @@ from engine.params import (
     words_value,
 )
 from engine.snapshot import MigrationInfo, StatusInfo
+from engine.state import MigrationStatus
 from hmp.qmp.ghash import ghash_order
 
 UINT64 = 1 << 64
@@ -209,6 +210,17 @@ def migration_info(info: MigrationInfo) -> dict[str, Any]:
     del out["globals"]
     if info.socket_address is not None:
         out["socket-address"] = [socket_address(uri) for uri in info.socket_address]
+    return out
+
+
+def migration_info_11(info: MigrationInfo) -> dict[str, Any]:
+    """QEMU 11.1's ``query-migrate``: no ``compression`` nor ``ram.skipped``; ``remaining``
+    while the source is active (the bytes `info migrate` shows as ``Remaining:``)."""
+    out = migration_info(dataclasses.replace(info, compression=None))
+    if "ram" in out:
+        del out["ram"]["skipped"]
+        if info.status is MigrationStatus.ACTIVE:
+            out["remaining"] = out["ram"]["remaining"]
     return out
 
 

@@ -35,10 +35,12 @@ from engine.state import MigrationStatus
 from engine.transport import Address, UnknownProtocol, listen, parse_uri
 from hmp.chardev import qmp_chardev
 from hmp.exits import interruptible
-from hmp.monitor import Monitor, dialect_of, package_version
+from hmp.monitor import POSTCOPY_REFUSED_11, Monitor, dialect_of, package_version
 from hmp.qemuopts import OptionError
 from hmp.qmp import qapi
+from hmp.qmp.channels import CHANNELS, main_uri
 from hmp.qmp.jsonstream import JsonError, JsonStreamer, dumps
+from hmp.qmp.jsonstream11 import JsonStreamer11
 from hmp.qmp.qapi import QmpError, Visitor
 
 Args = dict[str, Any]
@@ -207,12 +209,13 @@ COMMANDS: dict[str, _Command] = {
 
 
 def _migrate_11(session: _Session, args: Args) -> Any:
-    """QEMU 11.1's `migrate`: a URI or channels (qemu-hmp takes the URI), parsed first."""
-    uri, channels = args.get("uri"), args.get("channels")
+    """QEMU 11.1's `migrate`: a URI or one main channel (as the URI it stands for), parsed
+    first."""
+    uri, channels = args.get("uri"), args.get("channels", [])
     if (uri is None) == (not channels):
         raise QmpError("need either 'uri' or 'channels' argument")
     if uri is None:
-        raise QmpError("Parameter 'channels' is not supported by qemu-hmp: give 'uri'")
+        uri = main_uri(channels)
     try:
         if not uri.startswith("file:"):  # a file is opened by the migration itself
             parse_uri(uri, incoming=False)
@@ -222,21 +225,67 @@ def _migrate_11(session: _Session, args: Args) -> Any:
     return {}
 
 
+def _refuse(command: str) -> Handler:
+    """A postcopy command of the 11.1 dialect, which has no postcopy: QEMU 11.1's error."""
+
+    def run(session: _Session, args: Args) -> Any:
+        raise QmpError(POSTCOPY_REFUSED_11[command])
+
+    return run
+
+
+def _migrate_incoming_11(session: _Session, args: Args) -> Any:
+    """QEMU 11.1's `migrate-incoming`: a URI or one main channel; exit-on-error."""
+    uri, channels = args.get("uri"), args.get("channels", [])
+    if (uri is None) == (not channels):
+        raise QmpError("need either 'uri' or 'channels' argument")
+    if not args.get("exit-on-error", True):  # a failed load ends a qemu-hmp destination
+        raise QmpError("qemu-hmp's destination exits on a failed load: no 'exit-on-error': false")
+    session.machine.migrate_incoming(uri if uri is not None else main_uri(channels, True))
+    return {}
+
+
+# QEMU 11.1's query-commands lists ours in this order (tests/data/qemu-11.1/qmp/commands.jsonl);
+# our extension last.
+_LISTED_11 = (
+    *("human-monitor-command", "cont", "stop", "query-name", "query-uuid", "quit"),
+    *("query-commands", "query-version", "qmp_capabilities", "migrate-pause", "migrate-recover"),
+    *("migrate-incoming", "migrate", "migrate-continue", "migrate_cancel"),
+    *("migrate-start-postcopy", "query-migrate-parameters", "migrate-set-parameters"),
+    *("query-migrate-capabilities", "migrate-set-capabilities", "query-migrate", "query-status"),
+    "x-query-postcopy-faults",
+)
+
+
 # QEMU 11.1's commands where they differ from 7.2's: its capability and parameter sets, no
-# `singlestep` in query-status, `migrate` without blk/inc/detach but with channels.
+# `singlestep` in query-status, `migrate` without blk/inc/detach but with channels, the
+# members query-migrate lost and gained.
 COMMANDS_11: dict[str, _Command] = {
     **COMMANDS,
+    "query-commands": _Command(
+        qapi.NO_ARGS, lambda s, a: [{"name": name} for name in _LISTED_11 if name in COMMANDS_11]
+    ),
     "query-status": _Command(
         qapi.NO_ARGS, lambda s, a: qapi.status_info_11(s.machine.query_status())
     ),
+    "query-migrate": _Command(
+        qapi.NO_ARGS, lambda s, a: qapi.migration_info_11(s.machine.query_migrate())
+    ),
     "migrate-set-capabilities": _Command(qapi.set_capabilities(TABLE_11_1), _set_capabilities),
+    "migrate-start-postcopy": _Command(qapi.NO_ARGS, _refuse("migrate_start_postcopy")),
+    "migrate-pause": _Command(qapi.NO_ARGS, _refuse("migrate_pause")),
+    "migrate-recover": _Command(qapi.struct({"uri": qapi.string}), _refuse("migrate_recover")),
+    "migrate-incoming": _Command(
+        qapi.struct({}, {"uri": qapi.string, "channels": CHANNELS, "exit-on-error": qapi.boolean}),
+        _migrate_incoming_11,
+    ),
     "migrate-set-parameters": _Command(qapi.set_parameters(TABLE_11_1), _set_parameters),
     "migrate": _Command(
         qapi.struct(
             {},
             {
                 "uri": qapi.string,
-                "channels": qapi.array(lambda value, path: value),
+                "channels": CHANNELS,
                 "resume": qapi.boolean,
             },
         ),
@@ -247,6 +296,11 @@ COMMANDS_11: dict[str, _Command] = {
 COMMAND_TABLES: dict[str, dict[str, _Command]] = {
     TABLE_7_2.release: COMMANDS,
     TABLE_11_1.release: COMMANDS_11,
+}
+# Each release's JSON reader (their error texts and when they are given differ).
+JSON_READERS: dict[str, type[JsonStreamer]] = {
+    TABLE_7_2.release: JsonStreamer,
+    TABLE_11_1.release: JsonStreamer11,
 }
 
 
@@ -377,7 +431,7 @@ class _Session:
             self.server.quit_done()
 
     def _serve(self) -> None:
-        streamer = JsonStreamer()
+        streamer = JSON_READERS[self.machine.config.table.release]()
         while not self.quitting and (data := self._sock.recv(65536)):
             for request in streamer.feed(data):
                 if not self._room():

@@ -452,6 +452,8 @@ CASES["lexer"] = (
         "[00]\n",
         "[-]\n",
         "-0.5e-3 \n",
+        '"\udcc0\udc80\x01"\n',  # a stray string's C0 80 is printed as U+0000
+        '"a\udcc0\udc80\udcff"\n',
     ],
 )
 # MIGRATION events around a migrate that fails at once, that fails to connect, and through

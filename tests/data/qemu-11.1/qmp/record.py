@@ -6,7 +6,9 @@ CASE.jsonl in the format tests/data/qmp_recorder.py describes. The cases of the 
 (tests/data/qmp/record.py) run unchanged, so each 11.1 answer sits beside 7.2's; then this
 version's own: ``session`` (the greeting, queries, 7.2-only names), ``config11`` (this
 version's parameters and capabilities), ``uris`` (migrate's URIs and channels, with the
-MIGRATION events) and ``migration`` (src -> dst, events on, query-migrate polled). ``schema``
+MIGRATION events), ``incoming11`` (migrate-incoming's uri or channels), ``json11`` (where
+this version's JSON reader places its errors, and when it gives them) and ``migration``
+(src -> dst, events on, query-migrate polled). ``schema``
 writes schema.json and schema-7.2.json: the migration commands and events of each version's
 query-qmp-schema, every type inlined.
 """
@@ -81,6 +83,10 @@ def off(states: dict[str, Any]) -> dict[str, Any]:
 CHANNEL = {"channel-type": "main"}
 INET = {"transport": "socket", "type": "inet", "host": "127.0.0.1", "port": "1"}
 
+MAIN = {
+    "channel-type": "main",
+    "addr": {"transport": "socket", "type": "inet", "host": "127.0.0.1", "port": "0"},
+}
 CASES: dict[str, tuple[list[str], list[str]]] = {
     **v72.CASES,
     "session": (
@@ -107,6 +113,62 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
             # Each alone: set, then all its capabilities off again.
             *(x("migrate-set-capabilities", c) for on in SET_CAPS for c in (on, off(on))),
             x("query-migrate-capabilities"),
+        ],
+    ),
+    # migrate-incoming's uri or channels (a cpr channel alone, or two mains given to
+    # `migrate`, make QEMU 11.1.3 abort: not recorded).
+    "incoming11": (
+        [*S, "-incoming", "defer"],
+        [
+            NEG,
+            x("migrate-incoming"),
+            x("migrate-incoming", {"uri": "tcp:127.0.0.1:0", "channels": [MAIN]}),
+            x("migrate-incoming", {"channels": []}),
+            x("migrate-incoming", {"channels": [MAIN, MAIN]}),
+            x("migrate-incoming", {"uri": "tcp:127.0.0.1:0", "exit-on-error": "x"}),
+            x("migrate-incoming", {"channels": [{"channel-type": "main", "addr": {}}]}),
+            x("migrate-incoming", {"channels": [MAIN]}),
+            x("query-migrate"),
+        ],
+    ),
+    # 11.1's reader: where errors are placed (LINE:COLUMN, the byte a number, keyword or
+    # skipping ended on counted twice), errors before the braces balance, what ends skipping.
+    "json11": (
+        S,
+        [
+            NEG,
+            '  {"a": @}\n',
+            '{"a":@ }\n',
+            '{"a": 01 }\n',
+            '{"a": 1 2}\n',
+            '\n\n{"a" :: 1}\n',
+            '{"a":\n 1 2}\n',
+            '{"a": [1 @ ] }\n',
+            '{"a": truex}\n',
+            '{"a": @x y}\n',
+            '{"a": "x\x01"}\n',
+            '{"a": @\n  }\n',
+            "@abc [1 2]\n",
+            '{"a": 1}}\n',
+            "[[1]]]\n",
+            '{"a":1@}\n',
+            '{"a": 1, "a": {"b": 1}}\n',
+            '{"a": 1, "a": [1,\n 2]}\n',
+            '{"a": 1 , }\n',
+            '{"a": -}\n',
+            '{"a": 1.}\n',
+            '{"a": @x, "b": 1}\n',
+            '{"a": @x: 1}\n',
+            '"\udcc0\udc80\x01"\n',  # C0 80 (QEMU's U+0000) in a stray string
+            '"a\udcc0\udc80\udcff"\n',
+            '{"a" 1 ',
+            "}\n",
+            '{"a": [1, ',
+            "]}\n",
+            '{"a": [1, 2]',
+            "}\n",
+            "[" * 1025 + "]" * 1025 + "\n",
+            '{"execute": "query-status", "id": "after"}\n',
         ],
     ),
     "uris": (
