@@ -38,8 +38,12 @@ RUNNING_STATES = frozenset(
     }
 )
 
-# The states a blocking HMP `migrate` waits through (QEMU's hmp_migrate_status_cb).
-FOREGROUND_STATES = frozenset({MigrationStatus.SETUP, MigrationStatus.ACTIVE})
+# What a blocking HMP `migrate` waits through: QEMU's hmp_migrate_status_cb polls for setup and
+# active; 11.1's `device` (the switchover's device state) is spent under the big lock that
+# callback needs, so QEMU's monitor never sees it and waits on.
+FOREGROUND_STATES = frozenset(
+    {MigrationStatus.SETUP, MigrationStatus.ACTIVE, MigrationStatus.DEVICE}
+)
 
 # States whose `info migrate` carries time and RAM figures (QEMU's fill_source_migration_info).
 STATS_STATES = frozenset(
