@@ -28,6 +28,27 @@ def lz4_compress(
 def lz4_decompress_into(
     ram: Buffer, pages: list[int], payload: Buffer, sizes: list[int]
 ) -> list[int]: ...
+def dedupe(
+    ram: Buffer,
+    pages: Buffer,
+    keys: Buffer,
+    owners: Buffer,
+    sent_key: Buffer,
+    sent_gen: Buffer,
+    gen: int,
+    source: Buffer,
+    crcs: Buffer,
+) -> int: ...
+def bind_zstd(path: str) -> None:
+    """Bind the zstd (1.4 or later) library at ``path``; ImportError for any other."""
+
+class ZstdPacker:
+    def __init__(self, level: int, window_log: int) -> None: ...
+    def pack(self, ram: Buffer, pages: Buffer, crcs: Buffer) -> bytes: ...
+
+class ZstdUnpacker:
+    def __init__(self, window_log_max: int) -> None: ...
+    def unpack_into(self, ram: Buffer, pages: Buffer, payload: Buffer, crcs: Buffer) -> None: ...
 
 class Deflater:
     def __init__(self, level: int) -> None: ...

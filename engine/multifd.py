@@ -4,7 +4,8 @@ The main stream keeps its records (configuration, zero pages, EOS, DONE); every 
 carries PACKETs of up to 128 pages (with QEMU 11.1's ``zero-page-detection multifd`` the
 channel finds the zero ones among them itself and sends their indices as a ZEROS record),
 optionally compressed as one unit per packet (zlib: a
-deflate stream per channel with a sync flush per packet; zstd: one frame per packet). Before
+deflate stream per channel with a sync flush per packet; zstd: a stream per channel, flushed
+after each packet, its window bounded by ``zstd_window_log``). Before
 each EOS the source puts a SYNC on every channel; the destination holds each channel at its
 SYNC until all have arrived and the main stream reached that EOS (QEMU's sem_sync), so a page
 re-sent in the next iteration on one channel can never be overtaken by its stale copy on
@@ -17,6 +18,7 @@ ZEROS body: u32 n, n x u32 page.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import queue
 import socket
@@ -34,7 +36,7 @@ import numpy.typing as npt
 import zstandard
 from zlib_ng import zlib_ng
 
-from engine import wire
+from engine import _pagecodec, wire
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.transport import send_buffers, shutdown
@@ -72,16 +74,53 @@ class Hello:
         return cls(channel, session)
 
 
+Pages = npt.NDArray[np.intp]
+Crcs = npt.NDArray[np.uint32]
 Pack = Callable[[bytes], bytes]  # one channel's packet pages → payload
 Unpack = Callable[[bytes | bytearray, int], bytes | bytearray]  # payload → exactly size bytes
+PackPages = Callable[[GuestRam, Pages], tuple[bytes, Crcs]]  # the pages' payload and CRCs
+UnpackPages = Callable[[GuestRam, Pages, bytearray], Crcs]  # payload into the pages → CRCs
+
+# python-zstandard's cffi backend exports the ZSTD_* API: the C streams bind that zstd.
+_zstd_backend = importlib.util.find_spec("zstandard._cffi")
+assert _zstd_backend is not None and _zstd_backend.origin is not None
+_pagecodec.bind_zstd(_zstd_backend.origin)
+# What zstd windows may hold over all of one migration's channels, on each side: a stream's
+# decoder keeps its window, and a source could otherwise ask each channel for 2 GiB.
+ZSTD_WINDOW_BUDGET = 64 << 20
+ZSTD_MAX_WINDOW_LOG = 23  # 8 MiB: level 19's; beyond, ratio gains are small for RAM
 
 
-def _zlib_packer(level: int) -> Pack:
+def zstd_window_log(channels: int) -> int:
+    """The largest window each of ``channels`` streams may use, both sides' rule."""
+    return max(
+        10, min(ZSTD_MAX_WINDOW_LOG, (ZSTD_WINDOW_BUDGET // max(1, channels)).bit_length() - 1)
+    )
+
+
+def _joined(pack: Pack) -> PackPages:
+    """A codec over the packet's bytes: the pages copied out of RAM once, in order."""
+    return lambda ram, pages: (pack(b"".join(ram.views(pages))), ram.crc_pages(pages))
+
+
+def _copied(unpack: Unpack) -> UnpackPages:
+    def into(ram: GuestRam, pages: Pages, payload: bytearray) -> Crcs:
+        data = memoryview(unpack(payload, len(pages) * PAGE_SIZE))
+        at = 0
+        for view in ram.views(pages):
+            view[:] = data[at : at + len(view)]
+            at += len(view)
+        return ram.crc_pages(pages)
+
+    return into
+
+
+def _zlib_packer(level: int, _channels: int) -> PackPages:
     stream = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
-    return lambda data: stream.compress(data) + stream.flush(zlib_ng.Z_SYNC_FLUSH)
+    return _joined(lambda data: stream.compress(data) + stream.flush(zlib_ng.Z_SYNC_FLUSH))
 
 
-def _zlib_unpacker() -> Unpack:
+def _zlib_unpacker(_channels: int) -> UnpackPages:
     stream = zlib_ng.decompressobj(-15)
 
     def inflate(data: bytes | bytearray, size: int) -> bytes:
@@ -93,37 +132,49 @@ def _zlib_unpacker() -> Unpack:
             raise wire.StreamError("multifd: decompress data failed")
         return out
 
-    return inflate
+    return _copied(inflate)
 
 
-def _zstd_packer(level: int) -> Pack:
-    return zstandard.ZstdCompressor(level=max(1, level), write_content_size=True).compress
+def _zstd_packer(level: int, channels: int) -> PackPages:
+    level = max(1, level)
+    window = zstandard.ZstdCompressionParameters.from_level(level).window_log
+    stream = _pagecodec.ZstdPacker(level, min(window, zstd_window_log(channels)))
+
+    def pack(ram: GuestRam, pages: Pages) -> tuple[bytes, Crcs]:
+        pages = np.ascontiguousarray(pages, dtype=np.intp)
+        crcs = np.empty(len(pages), np.uint32)
+        return stream.pack(ram.buf, pages.data, crcs.data), crcs
+
+    return pack
 
 
-def _zstd_unpacker() -> Unpack:
-    dctx = zstandard.ZstdDecompressor()
+def _zstd_unpacker(channels: int) -> UnpackPages:
+    stream = _pagecodec.ZstdUnpacker(zstd_window_log(channels))
 
-    def unzstd(data: bytes | bytearray, size: int) -> bytes:
-        try:
-            if zstandard.frame_content_size(data) != size:
-                raise wire.StreamError("multifd: decompress data failed")
-            return dctx.decompress(data, max_output_size=size)
-        except zstandard.ZstdError as exc:
+    def unpack(ram: GuestRam, pages: Pages, payload: bytearray) -> Crcs:
+        pages = np.ascontiguousarray(pages, dtype=np.intp)
+        crcs = np.empty(len(pages), np.uint32)
+        try:  # decodes into those pages only, exactly filling them, or fails
+            stream.unpack_into(ram.buf, pages.data, payload, crcs.data)
+        except ValueError as exc:
             raise wire.StreamError("multifd: decompress data failed") from exc
+        return crcs
 
-    return unzstd
+    return unpack
 
 
-def _lz4_packer(level: int) -> Pack:
+def _lz4_packer(level: int, _channels: int) -> PackPages:
     # One LZ4 block per packet (an extension): fast mode at level 0-1, HC above, as per page.
     if level <= 1:
-        return lambda data: lz4.block.compress(data, store_size=False)
-    return lambda data: lz4.block.compress(
-        data, mode="high_compression", compression=level, store_size=False
+        return _joined(lambda data: lz4.block.compress(data, store_size=False))
+    return _joined(
+        lambda data: lz4.block.compress(
+            data, mode="high_compression", compression=level, store_size=False
+        )
     )
 
 
-def _lz4_unpacker() -> Unpack:
+def _lz4_unpacker(_channels: int) -> UnpackPages:
     def unlz4(data: bytes | bytearray, size: int) -> bytes:
         try:
             out: bytes = lz4.block.decompress(data, uncompressed_size=size)  # never past size
@@ -133,15 +184,15 @@ def _lz4_unpacker() -> Unpack:
             raise wire.StreamError("multifd: decompress data failed")
         return out
 
-    return unlz4
+    return _copied(unlz4)
 
 
 @dataclass(frozen=True)
 class PacketCodec:
     """None and None: the pages travel as they are, straight from and into guest RAM."""
 
-    packer: Callable[[int], Pack] | None  # level → a packer for one channel
-    unpacker: Callable[[], Unpack] | None
+    packer: Callable[[int, int], PackPages] | None  # (level, channels) → one channel's packer
+    unpacker: Callable[[int], UnpackPages] | None  # channels → one channel's unpacker
     level: str = ""  # the parameter of its level; none: LZ4's fast mode (level 1)
 
 
@@ -198,7 +249,7 @@ class _SendChannel(threading.Thread):
     def run(self) -> None:
         s = self._sender
         packer = METHODS[s.method].packer
-        pack = packer(s.level) if packer else None
+        pack = packer(s.level, s.count) if packer else None
         zero_copy = s.zero_copy.get(self.sock.fileno())
         try:
             while (pages := self.jobs.get()) is not END:
@@ -213,17 +264,21 @@ class _SendChannel(threading.Thread):
                     if zero.any():
                         s.digest.set_zero(pages[zero])
                         head = _page_list(pages[zero])
-                        record = [wire.RECORD.pack(ZEROS, len(head)), head]
-                        s.sent(send_buffers(self.sock, record), 0, int(zero.sum()))
+                        zeros = [wire.RECORD.pack(ZEROS, len(head)), head]
+                        s.sent(send_buffers(self.sock, zeros), 0, int(zero.sum()))
                     pages = pages[~zero]
                     if not len(pages):
                         continue
-                views: list[bytes | memoryview] = list(s.ram.views(pages))
-                s.digest.crc[pages] = s.ram.crc_pages(pages)
-                payload = [pack(b"".join(views))] if pack else views  # raw: sent uncopied
+                payload: list[bytes | memoryview]
+                if pack:
+                    packed, crcs = pack(s.ram, pages)
+                    payload = [packed]
+                else:  # raw: sent uncopied
+                    payload, crcs = list(s.ram.views(pages)), s.ram.crc_pages(pages)
+                s.digest.crc[pages] = crcs
                 head = _page_list(pages)
                 size = len(head) + sum(len(p) for p in payload)
-                record = [wire.RECORD.pack(PACKET, size), head, *payload]
+                record: list[bytes | memoryview] = [wire.RECORD.pack(PACKET, size), head, *payload]
                 if zero_copy:  # raw (QEMU refuses compression with it): no copy in the kernel
                     s.sent(zero_copy.send(record), len(pages), 0)
                 else:
@@ -271,6 +326,7 @@ class MultifdSender:
         self._packet: list[npt.NDArray[np.intp]] = []
         self._packet_len = 0
         self._next = 0
+        self.count = len(socks)  # channels: each zstd stream's window depends on it
         self._channels = [_SendChannel(self, i, s) for i, s in enumerate(socks)]
         for channel in self._channels:
             channel.start()
@@ -363,7 +419,7 @@ class _RecvChannel(threading.Thread):
     def run(self) -> None:
         r = self._receiver
         unpacker = METHODS[r.method].unpacker
-        unpack = unpacker() if unpacker else None
+        unpack = unpacker(r.count) if unpacker else None
         generation = 0
         try:
             while (head := wire.read_record_head(self.sock)) is not None:
@@ -400,9 +456,11 @@ class MultifdReceiver:
         self._released = 0
         self._error: Exception | None = None
         self._channels: list[_RecvChannel] = []
+        self.count = 0  # channels, once started
 
     def start(self, socks: list[socket.socket]) -> None:
         self._arrived = [0] * len(socks)
+        self.count = len(socks)
         self._channels = [_RecvChannel(self, s) for s in socks]
         for channel in self._channels:
             channel.start()
@@ -428,29 +486,27 @@ class MultifdReceiver:
             self.ram.page_array[touched] = 0
         self.digest.set_zero(pages)
 
-    def apply(self, sock: socket.socket, length: int, unpack: Unpack | None) -> None:
+    def apply(self, sock: socket.socket, length: int, unpack: UnpackPages | None) -> None:
         """One PACKET into guest RAM: raw pages straight from the socket, compressed ones
-        inflated and copied a run of pages at a time."""
+        decoded into them (zstd) or inflated and copied a run of pages at a time."""
         pages = self._read_pages(sock, length)
         n = len(pages)
         size = length - 4 - 4 * n
         if size > n * PAGE_SIZE + n * PAGE_SIZE // 8 + 64:
             raise wire.StreamError(f"multifd: packet payload of {size} bytes is too long")
-        views = self.ram.views(pages)
+        if unpack is None and size != n * PAGE_SIZE:
+            raise wire.StreamError("multifd: packet length does not match its pages")
+        payload = wire.read_body(sock, size, size) if unpack else None
+        self.ram.prepare_writes(pages[~self.written[pages]])
         if unpack is None:
-            if size != n * PAGE_SIZE:
-                raise wire.StreamError("multifd: packet length does not match its pages")
-            self.ram.prepare_writes(pages[~self.written[pages]])
-            for view in views:
+            for view in self.ram.views(pages):
                 wire.recv_into(sock, view)
+            crcs = self.ram.crc_pages(pages)
         else:
-            data = memoryview(unpack(wire.read_body(sock, size, size), n * PAGE_SIZE))
-            at = 0
-            for view in views:
-                view[:] = data[at : at + len(view)]
-                at += len(view)
+            assert payload is not None
+            crcs = unpack(self.ram, pages, payload)
         self.written[pages] = True
-        self.digest.crc[pages] = self.ram.crc_pages(pages)
+        self.digest.crc[pages] = crcs
 
     def arrive(self, generation: int) -> None:
         """A channel reached its SYNC; it waits here until the main stream releases it."""

@@ -33,6 +33,7 @@ from engine import postcopy, wire
 from engine.background import CopyBeforeWrite
 from engine.command import CommandChannel
 from engine.compression import CHUNK, CODECS, CompressedChunk, CompressPool
+from engine.dedupe import Dedupe
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.multifd import METHODS, Hello, MultifdSender
@@ -246,6 +247,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         self._cursor = 0
         self._pool: CompressPool | None = None
         self._multifd: MultifdSender | None = None
+        self._dedupe: Dedupe | None = None  # duplicate pages go as COPY (multifd)
         self._policy: AdaptivePolicy | None = None
         self._policy_due = 0.0
         self._inflight: deque[_InFlight] = deque()
@@ -461,6 +463,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                 zero_copy=s.zero_copy_send,
                 fallback=self.stats.zero_copy_fallback,
             )
+            if s.zero_page_detection == "legacy" and not (s.postcopy or s.background_snapshot):
+                self._dedupe = Dedupe(self.ram)
         if config.preempt:  # after the multifd channels: the destination takes them in order
             self._preempt = self._open_channel(postcopy.PREEMPT_CHANNEL, config.session)
         if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
@@ -924,6 +928,9 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._send_plain(indices[zero], zero[zero], busy=0)
         nonzero = indices[~zero]
         if self._multifd:
+            if self._dedupe:
+                self._dedupe.forget(indices[zero])
+                nonzero = self._send_copies(self._dedupe, nonzero)
             self._multifd.queue(nonzero)
             return
         assert pool is not None
@@ -945,6 +952,16 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             self._inflight.append(_InFlight(chunk, pool.compress(chunk, level)))
             while self._inflight and self._inflight[0].future.done():
                 self._emit_oldest()
+
+    def _send_copies(self, dedupe: Dedupe, pages: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+        """Duplicates of pages the destination holds go as one COPY record; the rest is
+        returned for the channels."""
+        send, dups, sources, crcs = dedupe.split(pages)
+        if len(dups):
+            self._digest.crc[dups] = crcs
+            self.stats.add_ram(self._send(wire.encode_copies(dups, sources)), self.vm.running)
+            self.stats.add_pages(zero=0, normal=len(dups), compressed=0, compressed_bytes=0, busy=0)
+        return send
 
     def _raw_batch(self) -> int:
         cap, _ = self._stream_cap()
@@ -1103,6 +1120,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
 
     def _send_eos(self) -> None:
         self.stats.add_ram(self._send([wire.record(wire.Rec.EOS)]), self.vm.running)
+        if self._dedupe:  # what was sent before this EOS is placed before the next COPY
+            self._dedupe.generation += 1
 
     def _check_stop(self) -> None:
         if self._cancel.is_set():
