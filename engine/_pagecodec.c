@@ -13,9 +13,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define PAGE 4096 /* the guest page: exported as PAGE_SIZE, which engine/guest.py reads */
 #define ZLIBNG_MAJOR "2." /* zng_stream below is zlib-ng 2.x's layout */
@@ -1017,6 +1019,47 @@ lz4_decompress_into(PyObject *module, PyObject *args)
 
 /* -- module --------------------------------------------------------------------------- */
 
+/* populate_pages(ram, pages): fault in those sorted pages, one MADV_POPULATE_WRITE per run,
+ * the GIL released (a channel thread faulting pages in must not stop the others); a kernel
+ * without it (EINVAL) leaves the faults to the first writes. */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+static PyObject *
+populate_pages(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, pages;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "w*y*", &ram, &pages))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL)
+        goto done;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < n && !err;) {
+        Py_ssize_t end = k + 1;
+        while (end < n && index[end] == index[end - 1] + 1)
+            end++;
+        if (madvise((uint8_t *)ram.buf + index[k] * PAGE, (size_t)(end - k) * PAGE,
+                    MADV_POPULATE_WRITE) != 0 && errno != EINVAL)
+            err = errno;
+        k = end;
+    }
+    Py_END_ALLOW_THREADS
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
 /* -- duplicate pages (engine/dedupe.py) ------------------------------------------------------
  * A 128-bit fingerprint per page, four independent multiply-rotate lanes over 32 bytes a step
  * (the lanes keep the multipliers busy), each folded with a finaliser. It only proposes a
@@ -1428,6 +1471,8 @@ static PyMethodDef module_methods[] = {
     {"dedupe", dedupe, METH_VARARGS,
      "dedupe(ram, pages, keys, owners, sent_key, sent_gen, gen, source, crcs) -> duplicates."},
     {"bind_zstd", bind_zstd, METH_O, "bind_zstd(path): take the ZSTD_* functions from that object."},
+    {"populate_pages", populate_pages, METH_VARARGS,
+     "populate_pages(ram, pages): fault those sorted pages in, a run per call, without the GIL."},
     {NULL},
 };
 

@@ -39,6 +39,7 @@ def dedupe(
     source: Buffer,
     crcs: Buffer,
 ) -> int: ...
+def populate_pages(ram: Buffer, pages: Buffer) -> None: ...
 def bind_zstd(path: str) -> None:
     """Bind the zstd (1.4 or later) library at ``path``; ImportError for any other."""
 
