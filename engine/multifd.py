@@ -342,16 +342,23 @@ class MultifdSender:
             if self._packet_len == PACKET_PAGES:
                 self._dispatch()
 
-    def sync(self) -> None:
-        """Flush the partial packet and wait until every channel has sent its SYNC."""
+    def sync(self, wait: bool = True) -> None:
+        """Flush the partial packet and put a SYNC on every channel; ``wait``: until every
+        channel has sent every SYNC (then each packet's CRCs are in the digest).
+
+        Ordering needs no wait here: the destination holds each channel at its SYNC until all
+        have arrived and the main stream reached the EOS that follows, so the migration thread
+        goes on scanning while the channels drain (waiting at every EOS left them idle).
+        """
         if self._packet_len:
             self._dispatch()
         with self._cond:
-            self._pending_syncs = len(self._channels)
+            self._pending_syncs += len(self._channels)
         for channel in self._channels:
             self._put(channel, None)
-        with self._cond:
-            self._cond.wait_for(lambda: not self._pending_syncs or self._error is not None)
+        if wait:
+            with self._cond:
+                self._cond.wait_for(lambda: not self._pending_syncs or self._error is not None)
         self._raise()
 
     def hang_up(self) -> None:

@@ -853,7 +853,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
 
         Compressed pages stay in flight across the EOS, as in QEMU 7.2 (3.1 dropped the
         per-iteration flush for one before each sync), so the workers never run dry here;
-        multifd channels do sync at every EOS, as QEMU's do.
+        multifd channels do sync at every EOS, as QEMU's do (without waiting for them here:
+        the destination's barrier orders the packets).
         """
         t0 = time.monotonic()
         while self._dirty_pages and not self._limiter.exhausted():
@@ -861,7 +862,7 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             if time.monotonic() - t0 > MAX_WAIT_S:
                 break
         if self._multifd:
-            self._multifd.sync()
+            self._multifd.sync(wait=False)
         self._send_eos()
         self._limiter.wait_window()
 
