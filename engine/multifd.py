@@ -83,7 +83,8 @@ UnpackPages = Callable[[GuestRam, Pages, bytearray], Crcs]  # payload into the p
 
 # python-zstandard's cffi backend exports the ZSTD_* API: the C streams bind that zstd.
 _zstd_backend = importlib.util.find_spec("zstandard._cffi")
-assert _zstd_backend is not None and _zstd_backend.origin is not None
+if _zstd_backend is None or _zstd_backend.origin is None:
+    raise ImportError("python-zstandard has no cffi backend, whose zstd multifd streams bind")
 _pagecodec.bind_zstd(_zstd_backend.origin)
 # What zstd windows may hold over all of one migration's channels, on each side: a stream's
 # decoder keeps its window, and a source could otherwise ask each channel for 2 GiB.
