@@ -1215,13 +1215,17 @@ bind_zstd(PyObject *module, PyObject *arg)
         {(void **)&zstd_is_error, "ZSTD_isError"},
         {(void **)&zstd_error_name, "ZSTD_getErrorName"},
     };
-    for (size_t i = 0; i < sizeof(symbols) / sizeof(symbols[0]); i++) {
-        *symbols[i].slot = dlsym(lib, symbols[i].name);
-        if (*symbols[i].slot == NULL) {
+    enum { N = sizeof(symbols) / sizeof(symbols[0]) };
+    void *found[N]; /* all or none: a refused library leaves the bound one in place */
+    for (size_t i = 0; i < N; i++) {
+        found[i] = dlsym(lib, symbols[i].name);
+        if (found[i] == NULL) {
             PyErr_Format(PyExc_ImportError, "zstd lacks %s", symbols[i].name);
             return NULL;
         }
     }
+    for (size_t i = 0; i < N; i++)
+        *symbols[i].slot = found[i];
     Py_RETURN_NONE;
 }
 
