@@ -1098,21 +1098,27 @@ page_fingerprint(const uint8_t *page, uint64_t *h1, uint64_t *h2)
     *h2 = fmix64(b ^ rotl64(d, 23)) ^ fmix64(a + c);
 }
 
-/* dedupe(ram, pages, keys, owners, sent_key, sent_gen, gen, source, crcs) -> count: for each
- * page, source[k] = an earlier page the destination holds with the same contents, or -1.
- * The table is direct-mapped: owners[slot] (-1: empty) with its fingerprint in keys[2 slot],
- * keys[2 slot + 1]. A page is a valid source only while the fingerprint of what it was last
- * sent with (sent_key) is the entry's and it was sent before generation gen (a barrier has
- * placed it on the destination since). Every page becomes sent at gen with its fingerprint;
- * a duplicate's CRC-32 is taken here (the others' by whoever sends them). */
+/* dedupe(ram, pages, keys, owners, sent_key, sent_gen, pending_gen, bitmap, gen, source, crcs)
+ * -> count: for each page, source[k] = a page the destination holds with the same contents,
+ * or -1, and crcs[k] = its CRC-32. The table is direct-mapped: owners[slot] (-1: empty) with
+ * its fingerprint in keys[2 slot], keys[2 slot + 1]. A page y is a valid source while:
+ *  - sent_key[y] is the entry's fingerprint and sent_gen[y] < gen: a channel sent it with
+ *    those contents before an EOS the destination passed (sent_gen is set once its channel
+ *    confirmed the CRC it sent; a copy is sent at gen, its contents known);
+ *  - pending_gen[y] != gen and bitmap[y] is clear: it is not sent again before the next EOS
+ *    (bitmap syncs come only right after an EOS), so no newer copy of it can land on the
+ *    destination while it applies the COPY.
+ * Every page of the call is pending at gen; a duplicate's sent_gen becomes gen, another
+ * page's stays unset (NEVER) until its channel confirms it. */
+#define NEVER_SENT INT32_MAX
 static PyObject *
 dedupe(PyObject *module, PyObject *args)
 {
-    Py_buffer ram, pages, keys, owners, sent_key, sent_gen, source, crcs;
+    Py_buffer ram, pages, keys, owners, sent_key, sent_gen, pending_gen, bitmap, source, crcs;
     int gen;
     PyObject *result = NULL;
-    if (!PyArg_ParseTuple(args, "y*y*w*w*w*w*iw*w*", &ram, &pages, &keys, &owners, &sent_key,
-                          &sent_gen, &gen, &source, &crcs))
+    if (!PyArg_ParseTuple(args, "y*y*w*w*w*w*w*y*iw*w*", &ram, &pages, &keys, &owners,
+                          &sent_key, &sent_gen, &pending_gen, &bitmap, &gen, &source, &crcs))
         return NULL;
     Py_ssize_t n = 0, slots = owners.len / (Py_ssize_t)sizeof(int64_t), frames = ram.len / PAGE;
     const Py_ssize_t *index = page_array(&pages, ram.len, &n);
@@ -1120,40 +1126,52 @@ dedupe(PyObject *module, PyObject *args)
         goto done;
     if (slots == 0 || (slots & (slots - 1)) || !sized(&keys, 2 * slots, 8, "keys") ||
         !sized(&sent_key, frames, 8, "sent_key") || !sized(&sent_gen, frames, 4, "sent_gen") ||
+        !sized(&pending_gen, frames, 4, "pending_gen") || !sized(&bitmap, frames, 1, "bitmap") ||
         !sized(&source, n, sizeof(Py_ssize_t), "source") || !sized(&crcs, n, 4, "crcs"))
         goto done;
     Py_ssize_t found = 0;
     Py_BEGIN_ALLOW_THREADS
     uint64_t *key = keys.buf, *sent = sent_key.buf;
     int64_t *owner = owners.buf;
-    int32_t *when = sent_gen.buf;
+    int32_t *when = sent_gen.buf, *pending = pending_gen.buf;
+    const uint8_t *dirty = bitmap.buf;
     Py_ssize_t *from = source.buf;
     uint32_t *crc = crcs.buf;
+    for (Py_ssize_t k = 0; k < n; k++) /* first: a page of this call is no source for another */
+        pending[index[k]] = gen;
     for (Py_ssize_t k = 0; k < n; k++) {
         const uint8_t *page = (const uint8_t *)ram.buf + index[k] * PAGE;
         uint64_t h1, h2;
         page_fingerprint(page, &h1, &h2);
+        crc[k] = crc32_run(0, page, PAGE); /* while the page is in the cache */
         Py_ssize_t slot = (Py_ssize_t)(h1 & (uint64_t)(slots - 1));
         int64_t y = owner[slot];
         from[k] = -1;
         if (y >= 0 && y < frames && key[2 * slot] == h1 && key[2 * slot + 1] == h2 &&
-            sent[y] == h1 && when[y] < gen) {
+            sent[y] == h1 && when[y] < gen && pending[y] != gen && !dirty[y]) {
             from[k] = (Py_ssize_t)y;
-            crc[k] = crc32_run(0, page, PAGE);
+            when[index[k]] = gen;
             found++;
         } else {
-            owner[slot] = index[k];
-            key[2 * slot] = h1;
-            key[2 * slot + 1] = h2;
+            /* An owner that still holds these contents stays: it may be a source later (a
+             * newer page with them could be sent again before it is one). */
+            if (!(y >= 0 && y < frames && key[2 * slot] == h1 && key[2 * slot + 1] == h2 &&
+                  sent[y] == h1)) {
+                owner[slot] = index[k];
+                key[2 * slot] = h1;
+                key[2 * slot + 1] = h2;
+            }
+            when[index[k]] = NEVER_SENT;
         }
         sent[index[k]] = h1;
-        when[index[k]] = gen;
     }
     Py_END_ALLOW_THREADS
     result = PyLong_FromSsize_t(found);
 done:
     PyBuffer_Release(&crcs);
     PyBuffer_Release(&source);
+    PyBuffer_Release(&bitmap);
+    PyBuffer_Release(&pending_gen);
     PyBuffer_Release(&sent_gen);
     PyBuffer_Release(&sent_key);
     PyBuffer_Release(&owners);
@@ -1473,7 +1491,8 @@ static PyMethodDef module_methods[] = {
     {"lz4_decompress_into", lz4_decompress_into, METH_VARARGS,
      "lz4_decompress_into(ram, pages, payload, sizes) -> crcs; ValueError on a bad block."},
     {"dedupe", dedupe, METH_VARARGS,
-     "dedupe(ram, pages, keys, owners, sent_key, sent_gen, gen, source, crcs) -> duplicates."},
+     "dedupe(ram, pages, keys, owners, sent_key, sent_gen, pending_gen, bitmap, gen, source,\n"
+     "crcs) -> the number of duplicates."},
     {"bind_zstd", bind_zstd, METH_O, "bind_zstd(path): take the ZSTD_* functions from that object."},
     {"populate_pages", populate_pages, METH_VARARGS,
      "populate_pages(ram, pages): fault those sorted pages in, a run per call, without the GIL."},

@@ -35,6 +35,8 @@ def dedupe(
     owners: Buffer,
     sent_key: Buffer,
     sent_gen: Buffer,
+    pending_gen: Buffer,
+    bitmap: Buffer,
     gen: int,
     source: Buffer,
     crcs: Buffer,

@@ -2,14 +2,17 @@
 another page goes as a COPY (destination page, source page) on the main stream instead.
 
 Images hold many identical pages (the bench's binaries and text: 13% of the non-zero ones).
-The source fingerprints each page it is about to send (engine/_pagecodec.c ``dedupe``, one
-GIL-free pass) and looks it up in a direct-mapped table of pages already sent. A match is
-used only if that page is still held as it was sent (the fingerprint it was last sent with is
-the entry's) and was sent before the last multifd barrier: the destination's main stream
-applies a COPY after its previous EOS, where every channel has placed every packet sent
-before that barrier, and before its next EOS, which every later packet waits for, so neither
-a stale nor a newer copy of either page can be read or overtaken. The duplicate's own CRC
-goes in the digest: a fingerprint collision fails the migration, it never corrupts the guest.
+The source fingerprints each page it is about to send, with its CRC-32, in one GIL-free pass
+(engine/_pagecodec.c ``dedupe``), and looks it up in a direct-mapped table of pages sent. A
+page is a source for a COPY only once its channel has sent it and confirmed it sent the
+contents fingerprinted (the CRC it took as it sent equals the scan's), only if that was
+before the last EOS, and only while it is not to be sent again before the next EOS (neither
+in the dirty bitmap nor sent since that EOS). The destination applies a COPY after that EOS,
+where every channel has placed every packet sent before it, and no newer copy of the source
+page can land until the next EOS; so the COPY reads exactly what was fingerprinted. The
+duplicate's own CRC goes in the digest: a fingerprint collision fails the migration, it does
+not corrupt the guest. (A page rewritten between the scan and its send that keeps its CRC-32
+would stay a source: the 2^-32 the digest itself rests on.)
 """
 
 from __future__ import annotations
@@ -22,28 +25,28 @@ from engine.guest import GuestRam
 
 MAX_SLOTS = 1 << 20  # 24 MiB of table at most; a smaller guest gets one slot per page
 NEVER = np.iinfo(np.int32).max  # the sent generation of a page that is no valid source
+Pages = npt.NDArray[np.intp]
+Crcs = npt.NDArray[np.uint32]
 
 
 class Dedupe:
-    """The source's table; ``generation`` counts the multifd barriers passed."""
+    """The source's table; ``generation`` counts the EOS records sent."""
 
-    def __init__(self, ram: GuestRam) -> None:
+    def __init__(self, ram: GuestRam, bitmap: npt.NDArray[np.bool_]) -> None:
+        """``bitmap``: the migration's dirty bitmap (pages still to send), read in place."""
         self._ram = ram
+        self._bitmap = bitmap
         slots = min(MAX_SLOTS, 1 << max(0, ram.pages - 1).bit_length())
         self._keys = np.zeros(2 * slots, np.uint64)
         self._owners = np.full(slots, -1, np.int64)
         self._sent_key = np.zeros(ram.pages, np.uint64)
         self._sent_gen = np.full(ram.pages, NEVER, np.int32)
+        self._pending_gen = np.full(ram.pages, NEVER, np.int32)
         self.generation = 0
-        self.found = 0
 
-    def split(
-        self, pages: npt.NDArray[np.intp]
-    ) -> tuple[
-        npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.uint32]
-    ]:
-        """These non-zero pages, about to be sent: (the ones to send, the duplicates, the page
-        each duplicates, the duplicates' CRCs)."""
+    def split(self, pages: Pages) -> tuple[Pages, Crcs, Pages, Pages, Crcs]:
+        """These non-zero pages, about to be sent: (the ones to send, their CRCs, the
+        duplicates, the page each duplicates, the duplicates' CRCs)."""
         pages = np.ascontiguousarray(pages, dtype=np.intp)
         source = np.empty(len(pages), np.intp)
         crcs = np.empty(len(pages), np.uint32)
@@ -54,16 +57,25 @@ class Dedupe:
             self._owners.data,
             self._sent_key.data,
             self._sent_gen.data,
+            self._pending_gen.data,
+            self._bitmap.view(np.uint8).data,
             self.generation,
             source.data,
             crcs.data,
         )
         if not found:
-            return pages, pages[:0], pages[:0], crcs[:0]
+            return pages, crcs, pages[:0], pages[:0], crcs[:0]
         dup = source >= 0
-        self.found += found
-        return pages[~dup], pages[dup], source[dup], crcs[dup]
+        return pages[~dup], crcs[~dup], pages[dup], source[dup], crcs[dup]
 
-    def forget(self, pages: npt.NDArray[np.intp]) -> None:
-        """These pages went another way (as zero pages): no longer a source for a COPY."""
+    def confirm(self, pages: Pages, scanned: Crcs, sent: Crcs, generation: int) -> None:
+        """A channel sent these pages of ``generation`` with these CRCs (from any thread):
+        the ones sent as scanned, and not scanned again since, become sources."""
+        ok = (scanned == sent) & (self._pending_gen[pages] == generation)
+        self._sent_gen[pages[ok]] = generation
+
+    def forget(self, pages: Pages) -> None:
+        """These pages went another way (as zero pages): no longer a source for a COPY, nor
+        an owner of their old contents' entry."""
         self._sent_gen[pages] = NEVER
+        self._sent_key[pages] = 0

@@ -233,7 +233,9 @@ class _End(Enum):
 
 
 END = _End.END
-Job = npt.NDArray[np.intp] | None | Literal[_End.END]  # pages, None for a SYNC, or END
+# (pages, the CRCs the duplicate scan took or None, its generation), None for a SYNC, or END
+Job = tuple[npt.NDArray[np.intp], Crcs | None, int] | None | Literal[_End.END]
+Confirm = Callable[[Pages, Crcs, Crcs, int], None]  # pages, scanned and sent CRCs, generation
 
 
 def _page_list(pages: npt.NDArray[np.intp]) -> bytes:
@@ -253,13 +255,14 @@ class _SendChannel(threading.Thread):
         pack = packer(s.level, s.count) if packer else None
         zero_copy = s.zero_copy.get(self.sock.fileno())
         try:
-            while (pages := self.jobs.get()) is not END:
-                if pages is None:
+            while (job := self.jobs.get()) is not END:
+                if job is None:
                     s.sent(send_buffers(self.sock, [wire.RECORD.pack(SYNC, 0)]), 0, 0)
                     if zero_copy and zero_copy.flush():  # QEMU flushes at each sync too
                         s.fallback()
                     s.synced()
                     continue
+                pages, scanned, generation = job
                 if s.detect_zero:
                     zero = s.ram.zero_mask(pages)
                     if zero.any():
@@ -268,6 +271,7 @@ class _SendChannel(threading.Thread):
                         zeros = [wire.RECORD.pack(ZEROS, len(head)), head]
                         s.sent(send_buffers(self.sock, zeros), 0, int(zero.sum()))
                     pages = pages[~zero]
+                    scanned = None if scanned is None else scanned[~zero]
                     if not len(pages):
                         continue
                 payload: list[bytes | memoryview]
@@ -284,6 +288,8 @@ class _SendChannel(threading.Thread):
                     s.sent(zero_copy.send(record), len(pages), 0)
                 else:
                     s.sent(send_buffers(self.sock, record), len(pages), 0)
+                if scanned is not None and s.confirm:
+                    s.confirm(pages, scanned, crcs, generation)
         except OSError as exc:
             s.failed(exc)
         if zero_copy:
@@ -305,13 +311,16 @@ class MultifdSender:
         detect_zero: bool = False,
         zero_copy: bool = False,
         fallback: Callable[[], None] = lambda: None,
+        confirm: Confirm | None = None,
     ) -> None:
         """``zero_copy``: send packets with MSG_ZEROCOPY (zero-copy-send; only without
-        compression); ``fallback`` counts a sync at which the kernel copied some anyway."""
+        compression); ``fallback`` counts a sync at which the kernel copied some anyway;
+        ``confirm`` hears, for pages queued with CRCs, the CRCs they were sent with."""
         self.ram, self.digest, self.method, self.level = ram, digest, method, level
         self.detect_zero = detect_zero  # the channels find zero pages (11.1's default)
         self._account = account  # (bytes sent, normal pages, zero pages) → the statistics
         self.fallback = fallback
+        self.confirm = confirm
         # Each channel's zero-copy state, by descriptor (only its thread uses it).
         self.zero_copy: dict[int, ZeroCopySocket] = {}
         if zero_copy:
@@ -325,21 +334,31 @@ class MultifdSender:
         self._pending_syncs = 0
         self._error: OSError | None = None
         self._packet: list[npt.NDArray[np.intp]] = []
+        self._packet_crcs: list[Crcs] = []  # as many as self._packet when the caller has them
         self._packet_len = 0
+        self._packet_gen = 0
         self._next = 0
         self.count = len(socks)  # channels: each zstd stream's window depends on it
         self._channels = [_SendChannel(self, i, s) for i, s in enumerate(socks)]
         for channel in self._channels:
             channel.start()
 
-    def queue(self, pages: npt.NDArray[np.intp]) -> None:
-        """Add pages (non-zero ones unless the channels detect zeros); full packets go to the
-        next channel (blocking when it is busy)."""
+    def queue(
+        self, pages: npt.NDArray[np.intp], crcs: Crcs | None = None, generation: int = 0
+    ) -> None:
+        """Add pages (non-zero ones unless the channels detect zeros), with the CRCs of the
+        duplicate scan and its generation (always or never in one migration; a SYNC ends
+        each generation's packets); full packets go to the next channel (blocking when it is
+        busy)."""
+        self._packet_gen = generation
         while len(pages):
-            take = pages[: PACKET_PAGES - self._packet_len]
-            self._packet.append(take)
-            self._packet_len += len(take)
-            pages = pages[len(take) :]
+            room = PACKET_PAGES - self._packet_len
+            self._packet.append(pages[:room])
+            if crcs is not None:
+                self._packet_crcs.append(crcs[:room])
+                crcs = crcs[room:]
+            self._packet_len += len(pages[:room])
+            pages = pages[room:]
             if self._packet_len == PACKET_PAGES:
                 self._dispatch()
 
@@ -358,8 +377,13 @@ class MultifdSender:
         for channel in self._channels:
             self._put(channel, None)
         if wait:
-            with self._cond:
-                self._cond.wait_for(lambda: not self._pending_syncs or self._error is not None)
+            self.wait_sent()
+        self._raise()
+
+    def wait_sent(self) -> None:
+        """Wait until every channel has sent every SYNC queued (and all before them)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending_syncs or self._error is not None)
         self._raise()
 
     def hang_up(self) -> None:
@@ -394,10 +418,11 @@ class MultifdSender:
 
     def _dispatch(self) -> None:
         pages = np.concatenate(self._packet)
-        self._packet, self._packet_len = [], 0
+        crcs = np.concatenate(self._packet_crcs) if self._packet_crcs else None
+        self._packet, self._packet_crcs, self._packet_len = [], [], 0
         channel = self._channels[self._next]
         self._next = (self._next + 1) % len(self._channels)
-        self._put(channel, pages)
+        self._put(channel, (pages, crcs, self._packet_gen))
 
     def _put(self, channel: _SendChannel, job: Job) -> None:
         while True:

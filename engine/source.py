@@ -452,6 +452,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                 for sock in socks:
                     sock.close()
                 raise MigrationError(self._read_nack() or exc.desc) from exc
+            if s.zero_page_detection == "legacy" and not (s.postcopy or s.background_snapshot):
+                self._dedupe = Dedupe(self.ram, self._bitmap)
             self._multifd = MultifdSender(
                 self.ram,
                 self._digest,
@@ -462,9 +464,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
                 detect_zero=s.zero_page_detection == "multifd",
                 zero_copy=s.zero_copy_send,
                 fallback=self.stats.zero_copy_fallback,
+                confirm=self._dedupe.confirm if self._dedupe else None,
             )
-            if s.zero_page_detection == "legacy" and not (s.postcopy or s.background_snapshot):
-                self._dedupe = Dedupe(self.ram)
         if config.preempt:  # after the multifd channels: the destination takes them in order
             self._preempt = self._open_channel(postcopy.PREEMPT_CHANNEL, config.session)
         if not s.background_snapshot:  # a snapshot takes each page once: no dirty log
@@ -823,6 +824,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         if self._inflight:
             self._drain()
             self._send_eos()
+        if self._multifd:  # right after an EOS: what came before it is sent, and confirmed
+            self._multifd.wait_sent()
         taken = self.ram.take_dirty()
         new = int(np.count_nonzero(taken & ~self._bitmap))
         self._bitmap |= taken
@@ -931,8 +934,10 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         if self._multifd:
             if self._dedupe:
                 self._dedupe.forget(indices[zero])
-                nonzero = self._send_copies(self._dedupe, nonzero)
-            self._multifd.queue(nonzero)
+                send, crcs = self._send_copies(self._dedupe, nonzero)
+                self._multifd.queue(send, crcs, self._dedupe.generation)
+            else:
+                self._multifd.queue(nonzero)
             return
         assert pool is not None
         for start in range(0, len(nonzero), CHUNK):
@@ -954,15 +959,17 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             while self._inflight and self._inflight[0].future.done():
                 self._emit_oldest()
 
-    def _send_copies(self, dedupe: Dedupe, pages: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    def _send_copies(
+        self, dedupe: Dedupe, pages: npt.NDArray[np.intp]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint32]]:
         """Duplicates of pages the destination holds go as one COPY record; the rest is
-        returned for the channels."""
-        send, dups, sources, crcs = dedupe.split(pages)
+        returned for the channels, with the CRCs the same pass took."""
+        send, send_crcs, dups, sources, crcs = dedupe.split(pages)
         if len(dups):
             self._digest.crc[dups] = crcs
             self.stats.add_ram(self._send(wire.encode_copies(dups, sources)), self.vm.running)
             self.stats.add_pages(zero=0, normal=len(dups), compressed=0, compressed_bytes=0, busy=0)
-        return send
+        return send, send_crcs
 
     def _raw_batch(self) -> int:
         cap, _ = self._stream_cap()
