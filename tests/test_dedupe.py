@@ -4,6 +4,7 @@ migration that sends them as COPY records, and what a hostile COPY record gets."
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any
 
 import numpy as np
@@ -137,6 +138,47 @@ def test_multifd_sends_duplicates_as_copies(machines):
     assert info.ram is not None and info.ram.normal == 1024 + 512
     # The first pass sends at most the 1024 pages; the second pass only copies.
     assert info.ram.transferred < (1024 + 64) * PAGE_SIZE
+
+
+def test_a_guest_rewriting_duplicates_while_migrating_ends_with_equal_ram(machines):
+    # The copies flip between their originals' contents and others' while pages go: every
+    # COPY must read what its source page holds as scanned, or the digest (or RAM) differs.
+    dst, uri = dest(machines, ram_size=16 << 20, workload="zero")
+    source = make(machines, ram_size=16 << 20, workload="zero")
+    rng = np.random.default_rng(4)
+    originals = rng.integers(0, 256, (512, PAGE_SIZE), dtype=np.uint8)
+    others = rng.integers(0, 256, (512, PAGE_SIZE), dtype=np.uint8)
+    source.ram.page_array[:512] = originals
+    source.ram.page_array[3072:3584] = originals
+    for m in (source, dst):
+        m.set_capabilities({"multifd": True})
+        m.set_parameters({"multifd-channels": 2, "multifd-compression": "none"})
+    done, flipping = threading.Event(), threading.Event()
+
+    def vcpu() -> None:  # a guest writer: only inside the gate's slices, as the workloads
+        gate, turn = source.vm.gate, 0
+        while not done.is_set():
+            if not gate.enter():
+                done.wait(0.001)  # stopped: stop-and-copy runs, nothing may change
+                continue
+            try:
+                k = turn % 512
+                data = (originals if (turn // 512) % 2 else others)[k]
+                source.ram.write((3072 + k) * PAGE_SIZE, data.tobytes())
+                turn += 1
+                if turn == 1024:
+                    flipping.set()
+            finally:
+                gate.leave()
+
+    writer = threading.Thread(target=vcpu)
+    writer.start()
+    try:
+        assert flipping.wait(10)  # the guest runs and flips its copies from now on
+        migrate(source, dst, uri)  # completed, the digest matched and RAM is equal
+    finally:
+        done.set()
+        writer.join(10)
 
 
 def copy_record(n: int, pages: list[int], sources: list[int], extra: bytes = b"") -> bytes:
