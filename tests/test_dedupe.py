@@ -132,7 +132,7 @@ def test_multifd_sends_duplicates_as_copies(machines):
     source.events.subscribe(rewrite)
     for m in (source, dst):
         m.set_capabilities({"multifd": True})
-        m.set_parameters({"multifd-channels": 2, "multifd-compression": "none"})
+        m.set_parameters({"multifd-channels": 2, "multifd-compression": "zstd"})
     migrate(source, dst, uri)  # completes with the digest matched and RAM equal
     info = source.query_migrate()
     assert info.ram is not None and info.ram.normal == 1024 + 512
@@ -152,7 +152,7 @@ def test_a_guest_rewriting_duplicates_while_migrating_ends_with_equal_ram(machin
     source.ram.page_array[3072:3584] = originals
     for m in (source, dst):
         m.set_capabilities({"multifd": True})
-        m.set_parameters({"multifd-channels": 2, "multifd-compression": "none"})
+        m.set_parameters({"multifd-channels": 2, "multifd-compression": "zstd"})
     done, flipping = threading.Event(), threading.Event()
 
     def vcpu() -> None:  # a guest writer: only inside the gate's slices, as the workloads
