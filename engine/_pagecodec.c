@@ -1098,10 +1098,43 @@ page_fingerprint(const uint8_t *page, uint64_t *h1, uint64_t *h2)
     *h2 = fmix64(b ^ rotl64(d, 23)) ^ fmix64(a + c);
 }
 
-/* dedupe(ram, pages, keys, owners, sent_key, sent_gen, pending_gen, bitmap, gen, source, crcs)
- * -> count: for each page, source[k] = a page the destination holds with the same contents,
- * or -1, and crcs[k] = its CRC-32. The table is direct-mapped: owners[slot] (-1: empty) with
- * its fingerprint in keys[2 slot], keys[2 slot + 1]. A page y is a valid source while:
+/* fingerprints(ram, pages, prints, crcs): each page's fingerprint (prints[2k], prints[2k + 1])
+ * and CRC-32 in one pass, the GIL released. */
+static PyObject *
+fingerprints(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, pages, prints, crcs;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*", &ram, &pages, &prints, &crcs))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL || !bound() || !sized(&prints, 2 * n, 8, "prints") ||
+        !sized(&crcs, n, 4, "crcs"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t *print = prints.buf;
+    uint32_t *crc = crcs.buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const uint8_t *page = (const uint8_t *)ram.buf + index[k] * PAGE;
+        page_fingerprint(page, &print[2 * k], &print[2 * k + 1]);
+        crc[k] = crc32_run(0, page, PAGE); /* while the page is in the cache */
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&crcs);
+    PyBuffer_Release(&prints);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+/* dedupe(pages, prints, keys, owners, sent_key, sent_gen, pending_gen, bitmap, gen, source)
+ * -> count: for each page (of fingerprint prints[2k], prints[2k + 1]), source[k] = a page the
+ * destination holds with the same contents, or -1. The table is direct-mapped: owners[slot]
+ * (-1: empty) with its fingerprint in keys[2 slot], keys[2 slot + 1]. A page y is a valid
+ * source while:
  *  - sent_key[y] is the entry's fingerprint and sent_gen[y] < gen: a channel sent it with
  *    those contents before an EOS the destination passed (sent_gen is set once its channel
  *    confirmed the CRC it sent; a copy is sent at gen, its contents known);
@@ -1109,54 +1142,53 @@ page_fingerprint(const uint8_t *page, uint64_t *h1, uint64_t *h2)
  *    (bitmap syncs come only right after an EOS), so no newer copy of it can land on the
  *    destination while it applies the COPY.
  * Every page of the call is pending at gen; a duplicate's sent_gen becomes gen, another
- * page's stays unset (NEVER) until its channel confirms it. */
+ * page's stays unset (NEVER) until its channel confirms it. No guest RAM is read. */
 #define NEVER_SENT INT32_MAX
 static PyObject *
 dedupe(PyObject *module, PyObject *args)
 {
-    Py_buffer ram, pages, keys, owners, sent_key, sent_gen, pending_gen, bitmap, source, crcs;
+    Py_buffer pages, prints, keys, owners, sent_key, sent_gen, pending_gen, bitmap, source;
     int gen;
     PyObject *result = NULL;
-    if (!PyArg_ParseTuple(args, "y*y*w*w*w*w*w*y*iw*w*", &ram, &pages, &keys, &owners,
-                          &sent_key, &sent_gen, &pending_gen, &bitmap, &gen, &source, &crcs))
+    if (!PyArg_ParseTuple(args, "y*y*w*w*w*w*w*y*iw*", &pages, &prints, &keys, &owners,
+                          &sent_key, &sent_gen, &pending_gen, &bitmap, &gen, &source))
         return NULL;
-    Py_ssize_t n = 0, slots = owners.len / (Py_ssize_t)sizeof(int64_t), frames = ram.len / PAGE;
-    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
-    if (index == NULL || !bound())
+    Py_ssize_t n = 0, slots = owners.len / (Py_ssize_t)sizeof(int64_t);
+    Py_ssize_t frames = bitmap.len;
+    const Py_ssize_t *index = page_array(&pages, frames * PAGE, &n);
+    if (index == NULL)
         goto done;
-    if (slots == 0 || (slots & (slots - 1)) || !sized(&keys, 2 * slots, 8, "keys") ||
-        !sized(&sent_key, frames, 8, "sent_key") || !sized(&sent_gen, frames, 4, "sent_gen") ||
-        !sized(&pending_gen, frames, 4, "pending_gen") || !sized(&bitmap, frames, 1, "bitmap") ||
-        !sized(&source, n, sizeof(Py_ssize_t), "source") || !sized(&crcs, n, 4, "crcs"))
+    if (slots == 0 || (slots & (slots - 1)) || !sized(&prints, 2 * n, 8, "prints") ||
+        !sized(&keys, 2 * slots, 8, "keys") || !sized(&sent_key, frames, 8, "sent_key") ||
+        !sized(&sent_gen, frames, 4, "sent_gen") ||
+        !sized(&pending_gen, frames, 4, "pending_gen") ||
+        !sized(&source, n, sizeof(Py_ssize_t), "source"))
         goto done;
     Py_ssize_t found = 0;
     Py_BEGIN_ALLOW_THREADS
+    const uint64_t *print = prints.buf;
     uint64_t *key = keys.buf, *sent = sent_key.buf;
     int64_t *owner = owners.buf;
     int32_t *when = sent_gen.buf, *pending = pending_gen.buf;
     const uint8_t *dirty = bitmap.buf;
     Py_ssize_t *from = source.buf;
-    uint32_t *crc = crcs.buf;
     for (Py_ssize_t k = 0; k < n; k++) /* first: a page of this call is no source for another */
         pending[index[k]] = gen;
     for (Py_ssize_t k = 0; k < n; k++) {
-        const uint8_t *page = (const uint8_t *)ram.buf + index[k] * PAGE;
-        uint64_t h1, h2;
-        page_fingerprint(page, &h1, &h2);
-        crc[k] = crc32_run(0, page, PAGE); /* while the page is in the cache */
+        uint64_t h1 = print[2 * k], h2 = print[2 * k + 1];
         Py_ssize_t slot = (Py_ssize_t)(h1 & (uint64_t)(slots - 1));
         int64_t y = owner[slot];
+        int holds = y >= 0 && y < frames && key[2 * slot] == h1 && key[2 * slot + 1] == h2 &&
+                    sent[y] == h1; /* the owner still holds these contents, as last scanned */
         from[k] = -1;
-        if (y >= 0 && y < frames && key[2 * slot] == h1 && key[2 * slot + 1] == h2 &&
-            sent[y] == h1 && when[y] < gen && pending[y] != gen && !dirty[y]) {
+        if (holds && when[y] < gen && pending[y] != gen && !dirty[y]) {
             from[k] = (Py_ssize_t)y;
             when[index[k]] = gen;
             found++;
         } else {
             /* An owner that still holds these contents stays: it may be a source later (a
              * newer page with them could be sent again before it is one). */
-            if (!(y >= 0 && y < frames && key[2 * slot] == h1 && key[2 * slot + 1] == h2 &&
-                  sent[y] == h1)) {
+            if (!holds) {
                 owner[slot] = index[k];
                 key[2 * slot] = h1;
                 key[2 * slot + 1] = h2;
@@ -1168,7 +1200,6 @@ dedupe(PyObject *module, PyObject *args)
     Py_END_ALLOW_THREADS
     result = PyLong_FromSsize_t(found);
 done:
-    PyBuffer_Release(&crcs);
     PyBuffer_Release(&source);
     PyBuffer_Release(&bitmap);
     PyBuffer_Release(&pending_gen);
@@ -1176,8 +1207,8 @@ done:
     PyBuffer_Release(&sent_key);
     PyBuffer_Release(&owners);
     PyBuffer_Release(&keys);
+    PyBuffer_Release(&prints);
     PyBuffer_Release(&pages);
-    PyBuffer_Release(&ram);
     return result;
 }
 
@@ -1490,9 +1521,11 @@ static PyMethodDef module_methods[] = {
      "lz4_compress(ram, pages, level) -> (payload, sizes, crcs): one LZ4 block per page."},
     {"lz4_decompress_into", lz4_decompress_into, METH_VARARGS,
      "lz4_decompress_into(ram, pages, payload, sizes) -> crcs; ValueError on a bad block."},
+    {"fingerprints", fingerprints, METH_VARARGS,
+     "fingerprints(ram, pages, prints, crcs): each page's 128-bit fingerprint and CRC-32."},
     {"dedupe", dedupe, METH_VARARGS,
-     "dedupe(ram, pages, keys, owners, sent_key, sent_gen, pending_gen, bitmap, gen, source,\n"
-     "crcs) -> the number of duplicates."},
+     "dedupe(pages, prints, keys, owners, sent_key, sent_gen, pending_gen, bitmap, gen,\n"
+     "source) -> the number of duplicates."},
     {"bind_zstd", bind_zstd, METH_O, "bind_zstd(path): take the ZSTD_* functions from that object."},
     {"populate_pages", populate_pages, METH_VARARGS,
      "populate_pages(ram, pages): fault those sorted pages in, a run per call, without the GIL."},

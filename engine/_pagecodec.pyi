@@ -28,9 +28,10 @@ def lz4_compress(
 def lz4_decompress_into(
     ram: Buffer, pages: list[int], payload: Buffer, sizes: list[int]
 ) -> list[int]: ...
+def fingerprints(ram: Buffer, pages: Buffer, prints: Buffer, crcs: Buffer) -> None: ...
 def dedupe(
-    ram: Buffer,
     pages: Buffer,
+    prints: Buffer,
     keys: Buffer,
     owners: Buffer,
     sent_key: Buffer,
@@ -39,7 +40,6 @@ def dedupe(
     bitmap: Buffer,
     gen: int,
     source: Buffer,
-    crcs: Buffer,
 ) -> int: ...
 def populate_pages(ram: Buffer, pages: Buffer) -> None: ...
 def bind_zstd(path: str) -> None:

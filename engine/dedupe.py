@@ -3,7 +3,8 @@ another page goes as a COPY (destination page, source page) on the main stream i
 
 Images hold many identical pages (the bench's binaries and text: 13% of the non-zero ones).
 The source fingerprints each page it is about to send, with its CRC-32, in one GIL-free pass
-(engine/_pagecodec.c ``dedupe``), and looks it up in a direct-mapped table of pages sent. A
+(engine/_pagecodec.c ``fingerprints``), and looks it up (``dedupe``) in a direct-mapped table
+of pages sent. A
 page is a source for a COPY only once its channel has sent it and confirmed it sent the
 contents fingerprinted (the CRC it took as it sent equals the scan's), only if that was
 before the last EOS, and only while it is not to be sent again before the next EOS (neither
@@ -16,6 +17,8 @@ would stay a source: the 2^-32 the digest itself rests on.)
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import numpy.typing as npt
@@ -43,26 +46,31 @@ class Dedupe:
         self._sent_gen = np.full(ram.pages, NEVER, np.int32)
         self._pending_gen = np.full(ram.pages, NEVER, np.int32)
         self.generation = 0
+        # The scan and the channels' confirmations read and set a page's state in one step
+        # each: a confirmation of an older send must not land inside a scan of the page.
+        self._lock = threading.Lock()
 
     def split(self, pages: Pages) -> tuple[Pages, Crcs, Pages, Pages, Crcs]:
         """These non-zero pages, about to be sent: (the ones to send, their CRCs, the
         duplicates, the page each duplicates, the duplicates' CRCs)."""
         pages = np.ascontiguousarray(pages, dtype=np.intp)
-        source = np.empty(len(pages), np.intp)
+        prints = np.empty(2 * len(pages), np.uint64)
         crcs = np.empty(len(pages), np.uint32)
-        found = _pagecodec.dedupe(
-            self._ram.buf,
-            pages.data,
-            self._keys.data,
-            self._owners.data,
-            self._sent_key.data,
-            self._sent_gen.data,
-            self._pending_gen.data,
-            self._bitmap.view(np.uint8).data,
-            self.generation,
-            source.data,
-            crcs.data,
-        )
+        _pagecodec.fingerprints(self._ram.buf, pages.data, prints.data, crcs.data)
+        source = np.empty(len(pages), np.intp)
+        with self._lock:  # the lookup alone: reading RAM above needs no lock
+            found = _pagecodec.dedupe(
+                pages.data,
+                prints.data,
+                self._keys.data,
+                self._owners.data,
+                self._sent_key.data,
+                self._sent_gen.data,
+                self._pending_gen.data,
+                self._bitmap.view(np.uint8).data,
+                self.generation,
+                source.data,
+            )
         if not found:
             return pages, crcs, pages[:0], pages[:0], crcs[:0]
         dup = source >= 0
@@ -71,11 +79,13 @@ class Dedupe:
     def confirm(self, pages: Pages, scanned: Crcs, sent: Crcs, generation: int) -> None:
         """A channel sent these pages of ``generation`` with these CRCs (from any thread):
         the ones sent as scanned, and not scanned again since, become sources."""
-        ok = (scanned == sent) & (self._pending_gen[pages] == generation)
-        self._sent_gen[pages[ok]] = generation
+        with self._lock:
+            ok = (scanned == sent) & (self._pending_gen[pages] == generation)
+            self._sent_gen[pages[ok]] = generation
 
     def forget(self, pages: Pages) -> None:
         """These pages went another way (as zero pages): no longer a source for a COPY, nor
         an owner of their old contents' entry."""
-        self._sent_gen[pages] = NEVER
-        self._sent_key[pages] = 0
+        with self._lock:
+            self._sent_gen[pages] = NEVER
+            self._sent_key[pages] = 0
