@@ -13,9 +13,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define PAGE 4096 /* the guest page: exported as PAGE_SIZE, which engine/guest.py reads */
 #define ZLIBNG_MAJOR "2." /* zng_stream below is zlib-ng 2.x's layout */
@@ -1023,6 +1025,492 @@ lz4_decompress_into(PyObject *module, PyObject *args)
 
 /* -- module --------------------------------------------------------------------------- */
 
+/* populate_pages(ram, pages): fault in those sorted pages, one MADV_POPULATE_WRITE per run,
+ * the GIL released (a channel thread faulting pages in must not stop the others); a kernel
+ * without it (EINVAL) leaves the faults to the first writes. */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+static PyObject *
+populate_pages(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, pages;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "w*y*", &ram, &pages))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL)
+        goto done;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < n && !err;) {
+        Py_ssize_t end = k + 1;
+        while (end < n && index[end] == index[end - 1] + 1)
+            end++;
+        if (madvise((uint8_t *)ram.buf + index[k] * PAGE, (size_t)(end - k) * PAGE,
+                    MADV_POPULATE_WRITE) != 0 && errno != EINVAL)
+            err = errno;
+        k = end;
+    }
+    Py_END_ALLOW_THREADS
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+/* -- duplicate pages (engine/dedupe.py) ------------------------------------------------------
+ * A 128-bit fingerprint per page, four independent multiply-rotate lanes over 32 bytes a step
+ * (the lanes keep the multipliers busy), each folded with a finaliser. It only proposes a
+ * match: the source's CRC of the page itself goes in the digest, which the destination's copy
+ * must meet, so a collision fails the migration instead of corrupting the guest. */
+static inline uint64_t
+rotl64(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+static inline uint64_t
+fmix64(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    return k ^ (k >> 33);
+}
+
+static void
+page_fingerprint(const uint8_t *page, uint64_t *h1, uint64_t *h2)
+{
+    uint64_t a = 0x9e3779b97f4a7c15ULL, b = 0xbf58476d1ce4e5b9ULL;
+    uint64_t c = 0x94d049bb133111ebULL, d = 0x2545f4914f6cdd1dULL;
+    for (size_t at = 0; at < PAGE; at += 32) {
+        uint64_t w[4];
+        memcpy(w, page + at, sizeof(w));
+        a = rotl64(a ^ w[0], 29) * 0x87c37b91114253d5ULL;
+        b = rotl64(b ^ w[1], 31) * 0x4cf5ad432745937fULL;
+        c = rotl64(c ^ w[2], 27) * 0x52dce729da3ed7b5ULL;
+        d = rotl64(d ^ w[3], 33) * 0x38495ab5a3c5d1e9ULL;
+    }
+    *h1 = fmix64(a ^ rotl64(c, 17)) ^ fmix64(b + d);
+    *h2 = fmix64(b ^ rotl64(d, 23)) ^ fmix64(a + c);
+}
+
+/* fingerprints(ram, pages, prints, crcs): each page's fingerprint (prints[2k], prints[2k + 1])
+ * and CRC-32 in one pass, the GIL released. */
+static PyObject *
+fingerprints(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, pages, prints, crcs;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*", &ram, &pages, &prints, &crcs))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL || !bound() || !sized(&prints, 2 * n, 8, "prints") ||
+        !sized(&crcs, n, 4, "crcs"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t *print = prints.buf;
+    uint32_t *crc = crcs.buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const uint8_t *page = (const uint8_t *)ram.buf + index[k] * PAGE;
+        page_fingerprint(page, &print[2 * k], &print[2 * k + 1]);
+        crc[k] = crc32_run(0, page, PAGE); /* while the page is in the cache */
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&crcs);
+    PyBuffer_Release(&prints);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+/* dedupe(pages, prints, keys, owners, sent_key, sent_gen, pending_gen, bitmap, gen, source)
+ * -> count: for each page (of fingerprint prints[2k], prints[2k + 1]), source[k] = a page the
+ * destination holds with the same contents, or -1. The table is direct-mapped: owners[slot]
+ * (-1: empty) with its fingerprint in keys[2 slot], keys[2 slot + 1]. A page y is a valid
+ * source while:
+ *  - sent_key[y] is the entry's fingerprint and sent_gen[y] < gen: a channel sent it with
+ *    those contents before an EOS the destination passed (sent_gen is set once its channel
+ *    confirmed the CRC it sent; a copy is sent at gen, its contents known);
+ *  - pending_gen[y] != gen and bitmap[y] is clear: it is not sent again before the next EOS
+ *    (bitmap syncs come only right after an EOS), so no newer copy of it can land on the
+ *    destination while it applies the COPY.
+ * Every page of the call is pending at gen; a duplicate's sent_gen becomes gen, another
+ * page's stays unset (NEVER) until its channel confirms it. No guest RAM is read. */
+#define NEVER_SENT INT32_MAX
+static PyObject *
+dedupe(PyObject *module, PyObject *args)
+{
+    Py_buffer pages, prints, keys, owners, sent_key, sent_gen, pending_gen, bitmap, source;
+    int gen;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*w*w*w*y*iw*", &pages, &prints, &keys, &owners,
+                          &sent_key, &sent_gen, &pending_gen, &bitmap, &gen, &source))
+        return NULL;
+    Py_ssize_t n = 0, slots = owners.len / (Py_ssize_t)sizeof(int64_t);
+    Py_ssize_t frames = bitmap.len;
+    const Py_ssize_t *index = page_array(&pages, frames * PAGE, &n);
+    if (index == NULL)
+        goto done;
+    if (slots == 0 || (slots & (slots - 1)) || !sized(&prints, 2 * n, 8, "prints") ||
+        !sized(&keys, 2 * slots, 8, "keys") || !sized(&sent_key, frames, 8, "sent_key") ||
+        !sized(&sent_gen, frames, 4, "sent_gen") ||
+        !sized(&pending_gen, frames, 4, "pending_gen") ||
+        !sized(&source, n, sizeof(Py_ssize_t), "source"))
+        goto done;
+    Py_ssize_t found = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const uint64_t *print = prints.buf;
+    uint64_t *key = keys.buf, *sent = sent_key.buf;
+    int64_t *owner = owners.buf;
+    int32_t *when = sent_gen.buf, *pending = pending_gen.buf;
+    const uint8_t *dirty = bitmap.buf;
+    Py_ssize_t *from = source.buf;
+    for (Py_ssize_t k = 0; k < n; k++) /* first: a page of this call is no source for another */
+        pending[index[k]] = gen;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint64_t h1 = print[2 * k], h2 = print[2 * k + 1];
+        Py_ssize_t slot = (Py_ssize_t)(h1 & (uint64_t)(slots - 1));
+        int64_t y = owner[slot];
+        int holds = y >= 0 && y < frames && key[2 * slot] == h1 && key[2 * slot + 1] == h2 &&
+                    sent[y] == h1; /* the owner still holds these contents, as last scanned */
+        from[k] = -1;
+        if (holds && when[y] < gen && pending[y] != gen && !dirty[y]) {
+            from[k] = (Py_ssize_t)y;
+            when[index[k]] = gen;
+            found++;
+        } else {
+            /* An owner that still holds these contents stays: it may be a source later (a
+             * newer page with them could be sent again before it is one). */
+            if (!holds) {
+                owner[slot] = index[k];
+                key[2 * slot] = h1;
+                key[2 * slot + 1] = h2;
+            }
+            when[index[k]] = NEVER_SENT;
+        }
+        sent[index[k]] = h1;
+    }
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromSsize_t(found);
+done:
+    PyBuffer_Release(&source);
+    PyBuffer_Release(&bitmap);
+    PyBuffer_Release(&pending_gen);
+    PyBuffer_Release(&sent_gen);
+    PyBuffer_Release(&sent_key);
+    PyBuffer_Release(&owners);
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&prints);
+    PyBuffer_Release(&pages);
+    return result;
+}
+
+/* -- zstd streams for multifd (engine/multifd.py) ----------------------------------------------
+ * One stream per channel, as QEMU's multifd-zstd keeps: the context and its window last across
+ * packets, each packet is the stream flushed after its last page, so the destination decodes a
+ * packet whole once it has it, with the earlier packets as history. Pages go from guest RAM
+ * into the compressor and from the decompressor into guest RAM, each with its CRC-32 taken as
+ * it passes, the GIL released once per packet. The zstd is the one inside python-zstandard
+ * (its cffi backend exports the ZSTD_* API), bound at run time by bind_zstd(). */
+
+typedef struct { const void *src; size_t size, pos; } zstd_in;
+typedef struct { void *dst; size_t size, pos; } zstd_out;
+enum { ZSTD_E_CONTINUE = 0, ZSTD_E_FLUSH = 1 };
+enum { ZSTD_C_LEVEL = 100, ZSTD_C_WINDOWLOG = 101, ZSTD_D_WINDOWLOGMAX = 100 };
+
+static void *(*zstd_create_cctx)(void);
+static size_t (*zstd_free_cctx)(void *);
+static size_t (*zstd_cctx_set)(void *, int, int);
+static size_t (*zstd_compress_stream)(void *, zstd_out *, zstd_in *, int);
+static void *(*zstd_create_dctx)(void);
+static size_t (*zstd_free_dctx)(void *);
+static size_t (*zstd_dctx_set)(void *, int, int);
+static size_t (*zstd_decompress_stream)(void *, zstd_out *, zstd_in *);
+static unsigned (*zstd_is_error)(size_t);
+static const char *(*zstd_error_name)(size_t);
+
+static PyObject *
+bind_zstd(PyObject *module, PyObject *arg)
+{
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return NULL;
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL); /* kept open for the process's life */
+    if (lib == NULL) {
+        PyErr_Format(PyExc_ImportError, "cannot open zstd: %s", dlerror());
+        return NULL;
+    }
+    unsigned (*version)(void) = (unsigned (*)(void))dlsym(lib, "ZSTD_versionNumber");
+    if (version == NULL || version() < 10400) { /* 1.4: the stable streaming API below */
+        PyErr_Format(PyExc_ImportError, "%s is not zstd 1.4 or later", path);
+        return NULL;
+    }
+    struct { void **slot; const char *name; } symbols[] = {
+        {(void **)&zstd_create_cctx, "ZSTD_createCCtx"},
+        {(void **)&zstd_free_cctx, "ZSTD_freeCCtx"},
+        {(void **)&zstd_cctx_set, "ZSTD_CCtx_setParameter"},
+        {(void **)&zstd_compress_stream, "ZSTD_compressStream2"},
+        {(void **)&zstd_create_dctx, "ZSTD_createDCtx"},
+        {(void **)&zstd_free_dctx, "ZSTD_freeDCtx"},
+        {(void **)&zstd_dctx_set, "ZSTD_DCtx_setParameter"},
+        {(void **)&zstd_decompress_stream, "ZSTD_decompressStream"},
+        {(void **)&zstd_is_error, "ZSTD_isError"},
+        {(void **)&zstd_error_name, "ZSTD_getErrorName"},
+    };
+    enum { N = sizeof(symbols) / sizeof(symbols[0]) };
+    void *found[N]; /* all or none: a refused library leaves the bound one in place */
+    for (size_t i = 0; i < N; i++) {
+        found[i] = dlsym(lib, symbols[i].name);
+        if (found[i] == NULL) {
+            PyErr_Format(PyExc_ImportError, "zstd lacks %s", symbols[i].name);
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < N; i++)
+        *symbols[i].slot = found[i];
+    Py_RETURN_NONE;
+}
+
+static int
+zstd_bound(void)
+{
+    if (zstd_error_name == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_pagecodec.bind_zstd() was not called");
+        return 0;
+    }
+    return bound();
+}
+
+typedef struct {
+    PyObject_HEAD
+    void *ctx;
+    int busy; /* set, with the GIL held, while a call runs without it */
+} ZstdStream;
+
+static void
+zstd_stream_dealloc(ZstdStream *self)
+{
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ZstdPacker(level, window_log): the destination's window bound is the caller's to keep. */
+static int
+zstd_packer_init(ZstdStream *self, PyObject *args, PyObject *kwds)
+{
+    int level, window_log;
+    if (!PyArg_ParseTuple(args, "ii", &level, &window_log) || !zstd_bound())
+        return -1;
+    if (self->ctx != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ZstdPacker already initialised");
+        return -1;
+    }
+    self->ctx = zstd_create_cctx();
+    if (self->ctx == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t err = zstd_cctx_set(self->ctx, ZSTD_C_LEVEL, level);
+    if (!zstd_is_error(err))
+        err = zstd_cctx_set(self->ctx, ZSTD_C_WINDOWLOG, window_log);
+    if (zstd_is_error(err)) {
+        PyErr_Format(PyExc_ValueError, "zstd: %s", zstd_error_name(err));
+        return -1;
+    }
+    return 0;
+}
+
+static void
+zstd_packer_dealloc(ZstdStream *self)
+{
+    if (self->ctx != NULL)
+        zstd_free_cctx(self->ctx);
+    zstd_stream_dealloc(self);
+}
+
+/* pack(ram, pages, crcs) -> payload: the pages into the stream, flushed after the last. */
+static PyObject *
+zstd_pack(ZstdStream *self, PyObject *args)
+{
+    Py_buffer ram, pages, crcs;
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &ram, &pages, &crcs))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL || !sized(&crcs, n, 4, "crcs") || !take(self->ctx != NULL, &self->busy))
+        goto done;
+    /* zstd's bound (ZSTD_COMPRESSBOUND) for the packet, and room for the frame's header. */
+    Py_ssize_t cap = n * PAGE + ((n * PAGE) >> 8) + 1024;
+    out = PyBytes_FromStringAndSize(NULL, cap);
+    if (out == NULL) {
+        self->busy = 0;
+        goto done;
+    }
+    zstd_out o = {PyBytes_AS_STRING(out), (size_t)cap, 0};
+    size_t err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint32_t *crc = crcs.buf;
+    for (Py_ssize_t k = 0; k < n && !zstd_is_error(err); k++) {
+        const uint8_t *page = (const uint8_t *)ram.buf + index[k] * PAGE;
+        crc[k] = crc32_run(0, page, PAGE);
+        zstd_in in = {page, PAGE, 0};
+        int mode = k == n - 1 ? ZSTD_E_FLUSH : ZSTD_E_CONTINUE;
+        do { /* a flush is over when nothing is left to write; room is never short */
+            err = zstd_compress_stream(self->ctx, &o, &in, mode);
+        } while (!zstd_is_error(err) && o.pos < o.size &&
+                 (in.pos < in.size || (mode == ZSTD_E_FLUSH && err != 0)));
+    }
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (zstd_is_error(err) || o.pos == o.size) {
+        PyErr_Format(PyExc_RuntimeError, "zstd: %s",
+                     zstd_is_error(err) ? zstd_error_name(err) : "packet beyond its bound");
+        Py_CLEAR(out);
+    } else if (_PyBytes_Resize(&out, (Py_ssize_t)o.pos) < 0) {
+        out = NULL;
+    }
+done:
+    PyBuffer_Release(&crcs);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return out;
+}
+
+/* ZstdUnpacker(window_log_max): a frame asking for a larger window is refused, so a peer
+ * cannot make this side allocate more than that. */
+static int
+zstd_unpacker_init(ZstdStream *self, PyObject *args, PyObject *kwds)
+{
+    int window_log_max;
+    if (!PyArg_ParseTuple(args, "i", &window_log_max) || !zstd_bound())
+        return -1;
+    if (self->ctx != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ZstdUnpacker already initialised");
+        return -1;
+    }
+    self->ctx = zstd_create_dctx();
+    if (self->ctx == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t err = zstd_dctx_set(self->ctx, ZSTD_D_WINDOWLOGMAX, window_log_max);
+    if (zstd_is_error(err)) {
+        PyErr_Format(PyExc_ValueError, "zstd: %s", zstd_error_name(err));
+        return -1;
+    }
+    return 0;
+}
+
+static void
+zstd_unpacker_dealloc(ZstdStream *self)
+{
+    if (self->ctx != NULL)
+        zstd_free_dctx(self->ctx);
+    zstd_stream_dealloc(self);
+}
+
+/* unpack_into(ram, pages, payload, crcs): the packet decoded straight into those pages, which
+ * it must fill exactly: ValueError on a decoding error, on output short of the pages or
+ * beyond them, or on input left over. Nothing is written past the packet's pages. */
+static PyObject *
+zstd_unpack_into(ZstdStream *self, PyObject *args)
+{
+    Py_buffer ram, pages, payload, crcs;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "w*y*y*w*", &ram, &pages, &payload, &crcs))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL || !sized(&crcs, n, 4, "crcs") || !take(self->ctx != NULL, &self->busy))
+        goto done;
+    const char *bad = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    uint32_t *crc = crcs.buf;
+    zstd_in in = {payload.buf, (size_t)payload.len, 0};
+    for (Py_ssize_t k = 0; k < n && bad == NULL; k++) {
+        uint8_t *page = (uint8_t *)ram.buf + index[k] * PAGE;
+        zstd_out o = {page, PAGE, 0};
+        while (o.pos < o.size && bad == NULL) {
+            size_t read = in.pos, written = o.pos;
+            size_t err = zstd_decompress_stream(self->ctx, &o, &in);
+            if (zstd_is_error(err))
+                bad = zstd_error_name(err);
+            else if (in.pos == read && o.pos == written) /* no progress: the input is spent */
+                bad = "output short of the packet's pages";
+        }
+        if (bad == NULL)
+            crc[k] = crc32_run(0, page, PAGE);
+    }
+    uint8_t spare;
+    zstd_out more = {&spare, 1, 0};
+    if (bad == NULL && in.pos < in.size)
+        bad = "input left over after the packet's pages";
+    else if (bad == NULL && (zstd_is_error(zstd_decompress_stream(self->ctx, &more, &in)) ||
+                             more.pos))
+        bad = "output beyond the packet's pages";
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (bad != NULL)
+        PyErr_Format(PyExc_ValueError, "zstd: %s", bad);
+    else
+        result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&crcs);
+    PyBuffer_Release(&payload);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
+static PyMethodDef zstd_packer_methods[] = {
+    {"pack", (PyCFunction)zstd_pack, METH_VARARGS,
+     "pack(ram, pages, crcs) -> payload: those pages into the stream, flushed; their CRCs."},
+    {NULL},
+};
+
+static PyTypeObject ZstdPackerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine._pagecodec.ZstdPacker",
+    .tp_doc = "ZstdPacker(level, window_log): one zstd stream; one thread at a time.",
+    .tp_basicsize = sizeof(ZstdStream),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)zstd_packer_init,
+    .tp_dealloc = (destructor)zstd_packer_dealloc,
+    .tp_methods = zstd_packer_methods,
+};
+
+static PyMethodDef zstd_unpacker_methods[] = {
+    {"unpack_into", (PyCFunction)zstd_unpack_into, METH_VARARGS,
+     "unpack_into(ram, pages, payload, crcs): decode exactly those pages; ValueError if not."},
+    {NULL},
+};
+
+static PyTypeObject ZstdUnpackerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine._pagecodec.ZstdUnpacker",
+    .tp_doc = "ZstdUnpacker(window_log_max): one zstd stream; one thread at a time.",
+    .tp_basicsize = sizeof(ZstdStream),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)zstd_unpacker_init,
+    .tp_dealloc = (destructor)zstd_unpacker_dealloc,
+    .tp_methods = zstd_unpacker_methods,
+};
+
 static PyMethodDef module_methods[] = {
     {"bind", bind, METH_O, "bind(path): take the zng_* functions from that shared object."},
     {"xbzrle_encode", xbzrle_encode, METH_VARARGS,
@@ -1039,6 +1527,14 @@ static PyMethodDef module_methods[] = {
      "lz4_compress(ram, pages, level) -> (payload, sizes, crcs): one LZ4 block per page."},
     {"lz4_decompress_into", lz4_decompress_into, METH_VARARGS,
      "lz4_decompress_into(ram, pages, payload, sizes) -> crcs; ValueError on a bad block."},
+    {"fingerprints", fingerprints, METH_VARARGS,
+     "fingerprints(ram, pages, prints, crcs): each page's 128-bit fingerprint and CRC-32."},
+    {"dedupe", dedupe, METH_VARARGS,
+     "dedupe(pages, prints, keys, owners, sent_key, sent_gen, pending_gen, bitmap, gen,\n"
+     "source) -> the number of duplicates."},
+    {"bind_zstd", bind_zstd, METH_O, "bind_zstd(path): take the ZSTD_* functions from that object."},
+    {"populate_pages", populate_pages, METH_VARARGS,
+     "populate_pages(ram, pages): fault those sorted pages in, a run per call, without the GIL."},
     {NULL},
 };
 
@@ -1053,14 +1549,17 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__pagecodec(void)
 {
-    if (PyType_Ready(&DeflaterType) < 0 || PyType_Ready(&InflaterType) < 0)
+    if (PyType_Ready(&DeflaterType) < 0 || PyType_Ready(&InflaterType) < 0 ||
+        PyType_Ready(&ZstdPackerType) < 0 || PyType_Ready(&ZstdUnpackerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     if (PyModule_AddIntConstant(m, "PAGE_SIZE", PAGE) < 0 ||
         PyModule_AddObjectRef(m, "Deflater", (PyObject *)&DeflaterType) < 0 ||
-        PyModule_AddObjectRef(m, "Inflater", (PyObject *)&InflaterType) < 0) {
+        PyModule_AddObjectRef(m, "Inflater", (PyObject *)&InflaterType) < 0 ||
+        PyModule_AddObjectRef(m, "ZstdPacker", (PyObject *)&ZstdPackerType) < 0 ||
+        PyModule_AddObjectRef(m, "ZstdUnpacker", (PyObject *)&ZstdUnpackerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

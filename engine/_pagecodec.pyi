@@ -28,6 +28,30 @@ def lz4_compress(
 def lz4_decompress_into(
     ram: Buffer, pages: list[int], payload: Buffer, sizes: list[int]
 ) -> list[int]: ...
+def fingerprints(ram: Buffer, pages: Buffer, prints: Buffer, crcs: Buffer) -> None: ...
+def dedupe(
+    pages: Buffer,
+    prints: Buffer,
+    keys: Buffer,
+    owners: Buffer,
+    sent_key: Buffer,
+    sent_gen: Buffer,
+    pending_gen: Buffer,
+    bitmap: Buffer,
+    gen: int,
+    source: Buffer,
+) -> int: ...
+def populate_pages(ram: Buffer, pages: Buffer) -> None: ...
+def bind_zstd(path: str) -> None:
+    """Bind the zstd (1.4 or later) library at ``path``; ImportError for any other."""
+
+class ZstdPacker:
+    def __init__(self, level: int, window_log: int) -> None: ...
+    def pack(self, ram: Buffer, pages: Buffer, crcs: Buffer) -> bytes: ...
+
+class ZstdUnpacker:
+    def __init__(self, window_log_max: int) -> None: ...
+    def unpack_into(self, ram: Buffer, pages: Buffer, payload: Buffer, crcs: Buffer) -> None: ...
 
 class Deflater:
     def __init__(self, level: int) -> None: ...

@@ -578,6 +578,8 @@ class StreamLoader:
             elif kind == wire.Rec.DONE:
                 self._approval.disarm()
                 return self._verify(wire.read_body(conn, length, wire.MAX_JSON))
+            elif kind == wire.Rec.COPY and self.present is None:
+                self._copy_pages(conn, length)
             elif kind == wire.Rec.DISCARD and self._postcopy and self._discard is None:
                 self._drain()
                 body = wire.read_body(conn, length, wire.MAX_RECORD)
@@ -752,6 +754,17 @@ class StreamLoader:
                 self._pending.append((part, future))
             while len(self._pending) > self._max_pending:
                 self._collect()
+
+    def _copy_pages(self, conn: socket.socket, length: int) -> None:
+        """Duplicates: each page takes what its source page holds here, and its CRC (the
+        source's own CRC of the page, in its digest, must agree)."""
+        pages, sources = wire.read_copies(conn, length, self.ram.pages)
+        self._drain()
+        ram = self.ram
+        ram.prepare_writes(pages[~self._written[pages]])
+        ram.page_array[pages] = ram.page_array[sources]
+        self._written[pages] = True
+        self._digest.crc[pages] = self._digest.crc[sources]
 
     def _apply_deltas(
         self, conn: socket.socket, pages: npt.NDArray[np.intp], sizes: npt.NDArray[np.intp]

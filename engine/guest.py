@@ -144,12 +144,12 @@ class GuestRam:
                 raise
 
     def prepare_writes(self, pages: PageIndex) -> None:
-        """Fault in these never-written pages before they are written whole, one call per
-        run: a 256 MiB copy into fresh 4 KiB pages took 160 ms faulting page by page, 120 ms
-        so. (Huge pages for the runs that cover whole 2 MiB extents cost more on this shared
-        machine: compaction.)"""
-        for a, b in runs(pages):
-            self.populate(a, b)
+        """Fault in these never-written sorted pages before they are written whole, one call
+        per run, without the GIL (multifd channels do this side by side): a 256 MiB copy into
+        fresh 4 KiB pages took 160 ms faulting page by page, 120 ms so. (Huge pages for the
+        runs that cover whole 2 MiB extents cost more on this shared machine: compaction.)"""
+        if len(pages):
+            _pagecodec.populate_pages(self.buf, np.ascontiguousarray(pages, dtype=np.intp).data)
 
     def release(self, indices: PageIndex) -> None:
         """Give these sorted pages' memory back to the kernel (release-ram: the destination

@@ -4,7 +4,8 @@ The main stream keeps its records (configuration, zero pages, EOS, DONE); every 
 carries PACKETs of up to 128 pages (with QEMU 11.1's ``zero-page-detection multifd`` the
 channel finds the zero ones among them itself and sends their indices as a ZEROS record),
 optionally compressed as one unit per packet (zlib: a
-deflate stream per channel with a sync flush per packet; zstd: one frame per packet). Before
+deflate stream per channel with a sync flush per packet; zstd: a stream per channel, flushed
+after each packet, its window bounded by ``zstd_window_log``). Before
 each EOS the source puts a SYNC on every channel; the destination holds each channel at its
 SYNC until all have arrived and the main stream reached that EOS (QEMU's sem_sync), so a page
 re-sent in the next iteration on one channel can never be overtaken by its stale copy on
@@ -17,6 +18,7 @@ ZEROS body: u32 n, n x u32 page.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import queue
 import socket
@@ -34,7 +36,7 @@ import numpy.typing as npt
 import zstandard
 from zlib_ng import zlib_ng
 
-from engine import wire
+from engine import _pagecodec, wire
 from engine.errors import MigrationError
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.transport import send_buffers, shutdown
@@ -72,16 +74,54 @@ class Hello:
         return cls(channel, session)
 
 
+Pages = npt.NDArray[np.intp]
+Crcs = npt.NDArray[np.uint32]
 Pack = Callable[[bytes], bytes]  # one channel's packet pages → payload
 Unpack = Callable[[bytes | bytearray, int], bytes | bytearray]  # payload → exactly size bytes
+PackPages = Callable[[GuestRam, Pages], tuple[bytes, Crcs]]  # the pages' payload and CRCs
+UnpackPages = Callable[[GuestRam, Pages, bytearray], Crcs]  # payload into the pages → CRCs
+
+# python-zstandard's cffi backend exports the ZSTD_* API: the C streams bind that zstd.
+_zstd_backend = importlib.util.find_spec("zstandard._cffi")
+if _zstd_backend is None or _zstd_backend.origin is None:
+    raise ImportError("python-zstandard has no cffi backend, whose zstd multifd streams bind")
+_pagecodec.bind_zstd(_zstd_backend.origin)
+# What zstd windows may hold over all of one migration's channels, on each side: a stream's
+# decoder keeps its window, and a source could otherwise ask each channel for 2 GiB.
+ZSTD_WINDOW_BUDGET = 64 << 20
+ZSTD_MAX_WINDOW_LOG = 23  # 8 MiB: level 19's; beyond, ratio gains are small for RAM
 
 
-def _zlib_packer(level: int) -> Pack:
+def zstd_window_log(channels: int) -> int:
+    """The largest window each of ``channels`` streams may use, both sides' rule."""
+    return max(
+        10, min(ZSTD_MAX_WINDOW_LOG, (ZSTD_WINDOW_BUDGET // max(1, channels)).bit_length() - 1)
+    )
+
+
+def _joined(pack: Pack) -> PackPages:
+    """A codec over the packet's bytes: the pages copied out of RAM once, in order."""
+    return lambda ram, pages: (pack(b"".join(ram.views(pages))), ram.crc_pages(pages))
+
+
+def _copied(unpack: Unpack) -> UnpackPages:
+    def into(ram: GuestRam, pages: Pages, payload: bytearray) -> Crcs:
+        data = memoryview(unpack(payload, len(pages) * PAGE_SIZE))
+        at = 0
+        for view in ram.views(pages):
+            view[:] = data[at : at + len(view)]
+            at += len(view)
+        return ram.crc_pages(pages)
+
+    return into
+
+
+def _zlib_packer(level: int, _channels: int) -> PackPages:
     stream = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
-    return lambda data: stream.compress(data) + stream.flush(zlib_ng.Z_SYNC_FLUSH)
+    return _joined(lambda data: stream.compress(data) + stream.flush(zlib_ng.Z_SYNC_FLUSH))
 
 
-def _zlib_unpacker() -> Unpack:
+def _zlib_unpacker(_channels: int) -> UnpackPages:
     stream = zlib_ng.decompressobj(-15)
 
     def inflate(data: bytes | bytearray, size: int) -> bytes:
@@ -93,37 +133,49 @@ def _zlib_unpacker() -> Unpack:
             raise wire.StreamError("multifd: decompress data failed")
         return out
 
-    return inflate
+    return _copied(inflate)
 
 
-def _zstd_packer(level: int) -> Pack:
-    return zstandard.ZstdCompressor(level=max(1, level), write_content_size=True).compress
+def _zstd_packer(level: int, channels: int) -> PackPages:
+    level = max(1, level)
+    window = zstandard.ZstdCompressionParameters.from_level(level).window_log
+    stream = _pagecodec.ZstdPacker(level, min(window, zstd_window_log(channels)))
+
+    def pack(ram: GuestRam, pages: Pages) -> tuple[bytes, Crcs]:
+        pages = np.ascontiguousarray(pages, dtype=np.intp)
+        crcs = np.empty(len(pages), np.uint32)
+        return stream.pack(ram.buf, pages.data, crcs.data), crcs
+
+    return pack
 
 
-def _zstd_unpacker() -> Unpack:
-    dctx = zstandard.ZstdDecompressor()
+def _zstd_unpacker(channels: int) -> UnpackPages:
+    stream = _pagecodec.ZstdUnpacker(zstd_window_log(channels))
 
-    def unzstd(data: bytes | bytearray, size: int) -> bytes:
-        try:
-            if zstandard.frame_content_size(data) != size:
-                raise wire.StreamError("multifd: decompress data failed")
-            return dctx.decompress(data, max_output_size=size)
-        except zstandard.ZstdError as exc:
+    def unpack(ram: GuestRam, pages: Pages, payload: bytearray) -> Crcs:
+        pages = np.ascontiguousarray(pages, dtype=np.intp)
+        crcs = np.empty(len(pages), np.uint32)
+        try:  # decodes into those pages only, exactly filling them, or fails
+            stream.unpack_into(ram.buf, pages.data, payload, crcs.data)
+        except ValueError as exc:
             raise wire.StreamError("multifd: decompress data failed") from exc
+        return crcs
 
-    return unzstd
+    return unpack
 
 
-def _lz4_packer(level: int) -> Pack:
+def _lz4_packer(level: int, _channels: int) -> PackPages:
     # One LZ4 block per packet (an extension): fast mode at level 0-1, HC above, as per page.
     if level <= 1:
-        return lambda data: lz4.block.compress(data, store_size=False)
-    return lambda data: lz4.block.compress(
-        data, mode="high_compression", compression=level, store_size=False
+        return _joined(lambda data: lz4.block.compress(data, store_size=False))
+    return _joined(
+        lambda data: lz4.block.compress(
+            data, mode="high_compression", compression=level, store_size=False
+        )
     )
 
 
-def _lz4_unpacker() -> Unpack:
+def _lz4_unpacker(_channels: int) -> UnpackPages:
     def unlz4(data: bytes | bytearray, size: int) -> bytes:
         try:
             out: bytes = lz4.block.decompress(data, uncompressed_size=size)  # never past size
@@ -133,15 +185,15 @@ def _lz4_unpacker() -> Unpack:
             raise wire.StreamError("multifd: decompress data failed")
         return out
 
-    return unlz4
+    return _copied(unlz4)
 
 
 @dataclass(frozen=True)
 class PacketCodec:
     """None and None: the pages travel as they are, straight from and into guest RAM."""
 
-    packer: Callable[[int], Pack] | None  # level → a packer for one channel
-    unpacker: Callable[[], Unpack] | None
+    packer: Callable[[int, int], PackPages] | None  # (level, channels) → one channel's packer
+    unpacker: Callable[[int], UnpackPages] | None  # channels → one channel's unpacker
     level: str = ""  # the parameter of its level; none: LZ4's fast mode (level 1)
 
 
@@ -181,7 +233,9 @@ class _End(Enum):
 
 
 END = _End.END
-Job = npt.NDArray[np.intp] | None | Literal[_End.END]  # pages, None for a SYNC, or END
+# (pages, the CRCs the duplicate scan took or None, its generation), None for a SYNC, or END
+Job = tuple[npt.NDArray[np.intp], Crcs | None, int] | None | Literal[_End.END]
+Confirm = Callable[[Pages, Crcs, Crcs, int], None]  # pages, scanned and sent CRCs, generation
 
 
 def _page_list(pages: npt.NDArray[np.intp]) -> bytes:
@@ -198,36 +252,44 @@ class _SendChannel(threading.Thread):
     def run(self) -> None:
         s = self._sender
         packer = METHODS[s.method].packer
-        pack = packer(s.level) if packer else None
+        pack = packer(s.level, s.count) if packer else None
         zero_copy = s.zero_copy.get(self.sock.fileno())
         try:
-            while (pages := self.jobs.get()) is not END:
-                if pages is None:
+            while (job := self.jobs.get()) is not END:
+                if job is None:
                     s.sent(send_buffers(self.sock, [wire.RECORD.pack(SYNC, 0)]), 0, 0)
                     if zero_copy and zero_copy.flush():  # QEMU flushes at each sync too
                         s.fallback()
                     s.synced()
                     continue
+                pages, scanned, generation = job
                 if s.detect_zero:
                     zero = s.ram.zero_mask(pages)
                     if zero.any():
                         s.digest.set_zero(pages[zero])
                         head = _page_list(pages[zero])
-                        record = [wire.RECORD.pack(ZEROS, len(head)), head]
-                        s.sent(send_buffers(self.sock, record), 0, int(zero.sum()))
+                        zeros = [wire.RECORD.pack(ZEROS, len(head)), head]
+                        s.sent(send_buffers(self.sock, zeros), 0, int(zero.sum()))
                     pages = pages[~zero]
+                    scanned = None if scanned is None else scanned[~zero]
                     if not len(pages):
                         continue
-                views: list[bytes | memoryview] = list(s.ram.views(pages))
-                s.digest.crc[pages] = s.ram.crc_pages(pages)
-                payload = [pack(b"".join(views))] if pack else views  # raw: sent uncopied
+                payload: list[bytes | memoryview]
+                if pack:
+                    packed, crcs = pack(s.ram, pages)
+                    payload = [packed]
+                else:  # raw: sent uncopied
+                    payload, crcs = list(s.ram.views(pages)), s.ram.crc_pages(pages)
+                s.digest.crc[pages] = crcs
                 head = _page_list(pages)
                 size = len(head) + sum(len(p) for p in payload)
-                record = [wire.RECORD.pack(PACKET, size), head, *payload]
+                record: list[bytes | memoryview] = [wire.RECORD.pack(PACKET, size), head, *payload]
                 if zero_copy:  # raw (QEMU refuses compression with it): no copy in the kernel
                     s.sent(zero_copy.send(record), len(pages), 0)
                 else:
                     s.sent(send_buffers(self.sock, record), len(pages), 0)
+                if scanned is not None and s.confirm:
+                    s.confirm(pages, scanned, crcs, generation)
         except OSError as exc:
             s.failed(exc)
         if zero_copy:
@@ -249,13 +311,16 @@ class MultifdSender:
         detect_zero: bool = False,
         zero_copy: bool = False,
         fallback: Callable[[], None] = lambda: None,
+        confirm: Confirm | None = None,
     ) -> None:
         """``zero_copy``: send packets with MSG_ZEROCOPY (zero-copy-send; only without
-        compression); ``fallback`` counts a sync at which the kernel copied some anyway."""
+        compression); ``fallback`` counts a sync at which the kernel copied some anyway;
+        ``confirm`` hears, for pages queued with CRCs, the CRCs they were sent with."""
         self.ram, self.digest, self.method, self.level = ram, digest, method, level
         self.detect_zero = detect_zero  # the channels find zero pages (11.1's default)
         self._account = account  # (bytes sent, normal pages, zero pages) → the statistics
         self.fallback = fallback
+        self.confirm = confirm
         # Each channel's zero-copy state, by descriptor (only its thread uses it).
         self.zero_copy: dict[int, ZeroCopySocket] = {}
         if zero_copy:
@@ -269,31 +334,54 @@ class MultifdSender:
         self._pending_syncs = 0
         self._error: OSError | None = None
         self._packet: list[npt.NDArray[np.intp]] = []
+        self._packet_crcs: list[Crcs] = []  # as many as self._packet when the caller has them
         self._packet_len = 0
+        self._packet_gen = 0
         self._next = 0
+        self.count = len(socks)  # channels: each zstd stream's window depends on it
         self._channels = [_SendChannel(self, i, s) for i, s in enumerate(socks)]
         for channel in self._channels:
             channel.start()
 
-    def queue(self, pages: npt.NDArray[np.intp]) -> None:
-        """Add pages (non-zero ones unless the channels detect zeros); full packets go to the
-        next channel (blocking when it is busy)."""
+    def queue(
+        self, pages: npt.NDArray[np.intp], crcs: Crcs | None = None, generation: int = 0
+    ) -> None:
+        """Add pages (non-zero ones unless the channels detect zeros), with the CRCs of the
+        duplicate scan and its generation (always or never in one migration; a SYNC ends
+        each generation's packets); full packets go to the next channel (blocking when it is
+        busy)."""
+        self._packet_gen = generation
         while len(pages):
-            take = pages[: PACKET_PAGES - self._packet_len]
-            self._packet.append(take)
-            self._packet_len += len(take)
-            pages = pages[len(take) :]
+            room = PACKET_PAGES - self._packet_len
+            self._packet.append(pages[:room])
+            if crcs is not None:
+                self._packet_crcs.append(crcs[:room])
+                crcs = crcs[room:]
+            self._packet_len += len(pages[:room])
+            pages = pages[room:]
             if self._packet_len == PACKET_PAGES:
                 self._dispatch()
 
-    def sync(self) -> None:
-        """Flush the partial packet and wait until every channel has sent its SYNC."""
+    def sync(self, wait: bool = True) -> None:
+        """Flush the partial packet and put a SYNC on every channel; ``wait``: until every
+        channel has sent every SYNC (then each packet's CRCs are in the digest).
+
+        Ordering needs no wait here: the destination holds each channel at its SYNC until all
+        have arrived and the main stream reached the EOS that follows, so the migration thread
+        goes on scanning while the channels drain (waiting at every EOS left them idle).
+        """
         if self._packet_len:
             self._dispatch()
         with self._cond:
-            self._pending_syncs = len(self._channels)
+            self._pending_syncs += len(self._channels)
         for channel in self._channels:
             self._put(channel, None)
+        if wait:
+            self.wait_sent()
+        self._raise()
+
+    def wait_sent(self) -> None:
+        """Wait until every channel has sent every SYNC queued (and all before them)."""
         with self._cond:
             self._cond.wait_for(lambda: not self._pending_syncs or self._error is not None)
         self._raise()
@@ -330,10 +418,11 @@ class MultifdSender:
 
     def _dispatch(self) -> None:
         pages = np.concatenate(self._packet)
-        self._packet, self._packet_len = [], 0
+        crcs = np.concatenate(self._packet_crcs) if self._packet_crcs else None
+        self._packet, self._packet_crcs, self._packet_len = [], [], 0
         channel = self._channels[self._next]
         self._next = (self._next + 1) % len(self._channels)
-        self._put(channel, pages)
+        self._put(channel, (pages, crcs, self._packet_gen))
 
     def _put(self, channel: _SendChannel, job: Job) -> None:
         while True:
@@ -363,7 +452,7 @@ class _RecvChannel(threading.Thread):
     def run(self) -> None:
         r = self._receiver
         unpacker = METHODS[r.method].unpacker
-        unpack = unpacker() if unpacker else None
+        unpack = unpacker(r.count) if unpacker else None
         generation = 0
         try:
             while (head := wire.read_record_head(self.sock)) is not None:
@@ -400,9 +489,11 @@ class MultifdReceiver:
         self._released = 0
         self._error: Exception | None = None
         self._channels: list[_RecvChannel] = []
+        self.count = 0  # channels, once started
 
     def start(self, socks: list[socket.socket]) -> None:
         self._arrived = [0] * len(socks)
+        self.count = len(socks)
         self._channels = [_RecvChannel(self, s) for s in socks]
         for channel in self._channels:
             channel.start()
@@ -428,29 +519,27 @@ class MultifdReceiver:
             self.ram.page_array[touched] = 0
         self.digest.set_zero(pages)
 
-    def apply(self, sock: socket.socket, length: int, unpack: Unpack | None) -> None:
+    def apply(self, sock: socket.socket, length: int, unpack: UnpackPages | None) -> None:
         """One PACKET into guest RAM: raw pages straight from the socket, compressed ones
-        inflated and copied a run of pages at a time."""
+        decoded into them (zstd) or inflated and copied a run of pages at a time."""
         pages = self._read_pages(sock, length)
         n = len(pages)
         size = length - 4 - 4 * n
         if size > n * PAGE_SIZE + n * PAGE_SIZE // 8 + 64:
             raise wire.StreamError(f"multifd: packet payload of {size} bytes is too long")
-        views = self.ram.views(pages)
+        if unpack is None and size != n * PAGE_SIZE:
+            raise wire.StreamError("multifd: packet length does not match its pages")
+        payload = wire.read_body(sock, size, size) if unpack else None
+        self.ram.prepare_writes(pages[~self.written[pages]])
         if unpack is None:
-            if size != n * PAGE_SIZE:
-                raise wire.StreamError("multifd: packet length does not match its pages")
-            self.ram.prepare_writes(pages[~self.written[pages]])
-            for view in views:
+            for view in self.ram.views(pages):
                 wire.recv_into(sock, view)
+            crcs = self.ram.crc_pages(pages)
         else:
-            data = memoryview(unpack(wire.read_body(sock, size, size), n * PAGE_SIZE))
-            at = 0
-            for view in views:
-                view[:] = data[at : at + len(view)]
-                at += len(view)
+            assert payload is not None
+            crcs = unpack(self.ram, pages, payload)
         self.written[pages] = True
-        self.digest.crc[pages] = self.ram.crc_pages(pages)
+        self.digest.crc[pages] = crcs
 
     def arrive(self, generation: int) -> None:
         """A channel reached its SYNC; it waits here until the main stream releases it."""

@@ -12,6 +12,8 @@ Layout (all integers big-endian, as in QEMU's stream)::
       GO      JSON: the source commits the switchover (sent only after READY)
       DISCARD postcopy: one bit per page, set for the pages the destination must fetch
       RUN     postcopy, JSON {"runstate"}: the switch; the destination's guest runs now
+      COPY    u32 n, n x u32 page, n x u32 source page: each page holds what the
+              destination holds in its source page (duplicates under multifd, engine/dedupe.py)
     replies   (destination -> source, same socket), JSON:
       READY   the digest matched; the destination waits for GO before its guest may run
       ACK     GO arrived: the destination holds the guest
@@ -50,7 +52,8 @@ from zlib_ng import zlib_ng
 from engine.guest import PAGE_SIZE, ZERO_PAGE
 
 MAGIC = b"QHMP"
-VERSION = 4  # 2: the completion handshake (READY, GO); 3: XBZRLE pages; 4: postcopy
+VERSION = 5  # 2: the completion handshake (READY, GO); 3: XBZRLE pages; 4: postcopy;
+# 5: COPY, SWITCHOVER_ACK, READY on the postcopy-preempt channel
 HEADER = struct.Struct(">4sI")
 RECORD = struct.Struct(">BI")
 MAX_BATCH = 1024  # pages per batch
@@ -76,6 +79,7 @@ class Rec(IntEnum):
     RUN = 0x13
     RECOVER = 0x14  # postcopy recovery, on a new connection: JSON {"session"}
     RESUME = 0x15
+    COPY = 0x16  # duplicate pages (engine/dedupe.py)
     REQUEST = 0x24
     RECEIVED = 0x25  # the destination's answer to RECOVER: one bit per page it holds
     SWITCHOVER_ACK = 0x26  # switchover-ack (11.1): the destination is ready to switch
@@ -411,6 +415,33 @@ def read_batch_head(sock: Reader, length: int, pages: int) -> BatchHead:
     if length != expected:
         raise StreamError(f"page batch length {length} does not match its contents ({expected})")
     return BatchHead(indices, kinds, clens)
+
+
+def encode_copies(
+    pages: npt.NDArray[np.intp], sources: npt.NDArray[np.intp]
+) -> list[bytes | memoryview]:
+    head = struct.pack(">I", len(pages))
+    body: list[bytes | memoryview] = [
+        head,
+        pages.astype(U32).tobytes(),
+        sources.astype(U32).tobytes(),
+    ]
+    return [RECORD.pack(Rec.COPY, sum(len(b) for b in body)), *body]
+
+
+def read_copies(
+    sock: socket.socket, length: int, pages: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """A COPY record's (pages, source pages), every count and index checked."""
+    if length < 4:
+        raise StreamError("truncated page copy record")
+    (n,) = struct.unpack(">I", _read(sock, 4))
+    if not 0 < n <= MAX_BATCH or length != 4 + 8 * n:
+        raise StreamError(f"page copy record of {n} pages in {length} bytes")
+    both = np.frombuffer(_read(sock, 8 * n), U32).astype(np.intp)
+    if int(both.max()) >= pages:
+        raise StreamError(f"page {int(both.max())} is outside guest RAM ({pages} pages)")
+    return both[:n], both[n:]
 
 
 def _check_lengths(compressed: npt.NDArray[np.intp], xbzrle: npt.NDArray[np.intp]) -> None:

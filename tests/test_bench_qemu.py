@@ -139,6 +139,19 @@ def test_plain_loopback_targets() -> None:
     }
 
 
+def test_the_link_targets_take_our_fastest_config_whose_runs_all_completed() -> None:
+    report = bench.Report(out=io.StringIO())
+    qemu = bench.Side([run(1000)], [900.0])
+    broken = bench.Side([run(10, status="failed")], [10.0])  # fastest, but not a migration
+    zstd = bench.Side([run(790)], [750.0])
+    bench._link_checks(report, LINKS["1gbit"], {"a": (qemu, broken), "b": (qemu, zstd)})
+    checks = {name: (value, ok) for name, value, _t, ok in report.checks}
+    assert checks == {
+        "1gbit: our best / QEMU's best config": (0.79, True),
+        "1gbit: our best config / its floor": (790 / 750, True),
+    }
+
+
 def test_a_loaded_image_lands_whole_and_one_byte_too_many_is_refused(tmp_path: Path) -> None:
     image = tmp_path / "image.bin"
     data = os.urandom(3 * 4096 + 13)

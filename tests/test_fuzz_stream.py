@@ -13,6 +13,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ from test_stream import records
 
 from engine import wire
 from engine.guest import GuestRam
-from engine.multifd import Hello
+from engine.multifd import METHODS, Hello
 from engine.state import RunState
 
 SIZE = 1 * MiB
@@ -128,3 +129,37 @@ def test_any_multifd_handshake_is_parsed_or_refused(data: bytes) -> None:
         except wire.StreamError:
             return
         assert hello.encode() == data[: len(hello.encode())]
+
+
+def _zstd_packet() -> bytes:
+    """A real two-page multifd zstd packet (the start of a channel's stream)."""
+    src = GuestRam(4 * 4096)
+    src.buf[4096:12288] = bytes(range(256)) * 16 + b"multifd zstd " * 315 + b"p"
+    packer = METHODS["zstd"].packer
+    assert packer is not None
+    return packer(1, 2)(src, np.array([1, 2]))[0]
+
+
+ZSTD_PACKET = _zstd_packet()
+
+
+@settings(FUZZ, max_examples=300)
+@given(st.data())
+def test_mutated_zstd_packets_decode_into_their_pages_or_fail(data: st.DataObject) -> None:
+    packet = bytearray(ZSTD_PACKET)
+    for _ in range(data.draw(st.integers(1, 4))):
+        if packet and data.draw(st.booleans()):
+            at = data.draw(st.integers(0, len(packet) - 1))
+            packet[at] ^= data.draw(st.integers(1, 255))
+        else:
+            cut = data.draw(st.integers(0, len(packet)))
+            packet[cut:] = data.draw(st.binary(max_size=16))
+    dst = GuestRam(4 * 4096)
+    dst.array[:] = 0xEE
+    unpacker = METHODS["zstd"].unpacker
+    assert unpacker is not None
+    try:
+        unpacker(2)(dst, np.array([1, 2]), packet)
+    except wire.StreamError as exc:
+        assert str(exc) == "multifd: decompress data failed"
+    assert set(dst.array[:4096]) == set(dst.array[12288:]) == {0xEE}  # nothing outside

@@ -71,13 +71,17 @@ def test_the_method_must_match() -> None:
 def test_multifd_lz4_packets_round_trip_and_refuse_bad_ones(level: int) -> None:
     codec = METHODS["x-lz4"]
     assert codec.packer is not None and codec.unpacker is not None
-    data = bytes(range(256)) * 32 + bytes(PAGE_SIZE)  # two pages
-    unpack = codec.unpacker()
-    assert unpack(codec.packer(level)(data), len(data)) == data
+    data = bytes(range(256)) * 32 + bytes(PAGE_SIZE)  # three pages
+    src, dst, pages = GuestRam(4 * PAGE_SIZE), GuestRam(4 * PAGE_SIZE), np.array([1, 2, 3])
+    src.buf[PAGE_SIZE:] = data
+    unpack = codec.unpacker(1)
+    payload, crcs = codec.packer(level, 1)(src, pages)
+    assert (unpack(dst, pages, bytearray(payload)) == crcs).all()
+    assert dst.buf[PAGE_SIZE:] == data
     with pytest.raises(wire.StreamError, match="decompress data failed"):
-        unpack(lz4.block.compress(data[:100], store_size=False), len(data))
+        unpack(dst, pages, bytearray(lz4.block.compress(data[:100], store_size=False)))
     with pytest.raises(wire.StreamError, match="decompress data failed"):
-        unpack(b"\xff\x00garbage", len(data))
+        unpack(dst, pages, bytearray(b"\xff\x00garbage"))
 
 
 @pytest.mark.parametrize("multifd", [False, True])

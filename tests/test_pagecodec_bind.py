@@ -6,10 +6,12 @@ import ctypes.util
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine import _pagecodec, compression  # engine.guest binds python-zlib-ng's zlib-ng
-from engine.guest import PAGE_SHIFT, PAGE_SIZE
+from engine.guest import PAGE_SHIFT, PAGE_SIZE, GuestRam
+from engine.multifd import METHODS
 
 
 def fake_zlibng(tmp_path: Path, version: str) -> Path:
@@ -44,3 +46,26 @@ def test_a_refused_bind_keeps_the_codec_working(tmp_path: Path) -> None:
 
 def test_page_geometry_comes_from_the_codec() -> None:
     assert PAGE_SIZE == _pagecodec.PAGE_SIZE == 1 << PAGE_SHIFT
+
+
+def fake_zstd(tmp_path: Path) -> Path:
+    """A shared object that says it is zstd 1.5.7 and has nothing else."""
+    source = tmp_path / "zstd.c"
+    source.write_text("unsigned ZSTD_versionNumber(void) { return 10507; }\n")
+    lib = tmp_path / "libzstdfake.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", lib, source], check=True)
+    return lib
+
+
+def test_the_zstd_streams_bind_only_a_whole_zstd(tmp_path: Path) -> None:
+    libc = ctypes.util.find_library("c")
+    assert libc is not None
+    with pytest.raises(ImportError, match=r"is not zstd 1\.4 or later"):
+        _pagecodec.bind_zstd(libc)
+    with pytest.raises(ImportError, match="zstd lacks ZSTD_createCCtx"):
+        _pagecodec.bind_zstd(str(fake_zstd(tmp_path)))
+    # Refused whole: the zstd bound at import (engine.multifd) still serves.
+    packer = METHODS["zstd"].packer
+    assert packer is not None
+    payload, _ = packer(1, 2)(GuestRam(PAGE_SIZE), np.array([0]))
+    assert 0 < len(payload) < PAGE_SIZE
