@@ -25,7 +25,7 @@ import subprocess
 import threading
 
 from engine.errors import MigrationError
-from engine.transport import Address
+from engine.transport import Address, OneStream
 
 log = logging.getLogger(__name__)
 SHELL = "/bin/sh"
@@ -100,45 +100,26 @@ class CommandChannel:
         return None if status == 0 else f"the command '{self.command}' {_exit_text(status)}"
 
 
-class CommandListener:
+class CommandListener(OneStream):
     """``-incoming exec:COMMAND``: the Listener of a stream that comes from a command.
 
-    It "accepts" once, by running the command; there is nothing to listen on again, so a
-    failed load is final, as in QEMU (which exits).
+    It "accepts" once, by running the command; a failed load is final, as in QEMU (which
+    exits).
     """
-
-    one_way = True  # no return path: no completion handshake (engine/destination.py)
 
     def __init__(self, addr: Address) -> None:
         """Runs the command at once, as QEMU does at ``-incoming``."""
+        super().__init__()
         self.addr = addr
-        self._lock = threading.Lock()
         self._channel = CommandChannel(addr.command, outgoing=False)
-        self._taken = False
-        self._closed = False
 
     def accept(self, stop: threading.Event, timeout: float | None = None) -> socket.socket | None:
-        """The command's stream, once; then None (one stream, no multifd channels)."""
-        with self._lock:
-            if self._closed or self._taken or stop.is_set():
-                return None
-            self._taken = True
-            return self._channel.sock
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """Refuse further accepts (the command runs on: its stream may still be flowing)."""
-        with self._lock:
-            self._closed = True
+        """The command's stream, once; then None."""
+        return self._channel.sock if self._take(stop) else None
 
     def finish(self) -> str | None:
         """The stream is over: the command has EXIT_WAIT_S to exit by itself, then is killed;
         how it failed, or None (status 0, or killed)."""
         failure = self._channel.end(EXIT_WAIT_S)
-        with self._lock:
-            if not self._taken:  # nobody else owns our end of the stream
-                self._channel.sock.close()
+        self._close_untaken(self._channel.sock)
         return failure

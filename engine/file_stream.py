@@ -21,7 +21,7 @@ import threading
 from engine import wire
 from engine.errors import MigrationError
 from engine.mapped_ram import FileUri, open_file
-from engine.transport import Address, shutdown
+from engine.transport import Address, OneStream, shutdown
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20  # bytes per copy between the socket pair and the file
@@ -89,24 +89,19 @@ class FileSink:
         return None
 
 
-class FileSource:
+class FileSource(OneStream):
     """`migrate_incoming file:` without mapped-ram: the Listener of a stream read from a file.
 
-    It "accepts" once; a failed load is final (there is nothing to listen on again), and
-    the file's first bytes are checked first, so a file that is not a stream fails with
-    QEMU 11.1's words."""
-
-    one_way = True  # no return path: no completion handshake (engine/destination.py)
+    It "accepts" once; the file's first bytes are checked first, so a file that is not a
+    stream fails with QEMU 11.1's words."""
 
     def __init__(self, uri: FileUri) -> None:
         """Opens the file at once, as QEMU does at `migrate_incoming` (its error is the
         command's)."""
+        super().__init__()
         self.addr = Address("file", path=uri.path)
         self.uri = uri
         self._fd = open_file(uri, save=False)
-        self._lock = threading.Lock()
-        self._taken = False
-        self._closed = False
         self._ours, self._theirs = socket.socketpair()
         self._copier = threading.Thread(target=self._copy, name="file_source", daemon=True)
 
@@ -133,30 +128,18 @@ class FileSource:
             self._theirs.close()  # the end of the file is the end of the stream
 
     def accept(self, stop: threading.Event, timeout: float | None = None) -> socket.socket | None:
-        """The file's stream, once; then None (one stream, no multifd channels)."""
-        with self._lock:
-            if self._closed or self._taken or stop.is_set():
-                return None
-            self._taken = True
+        """The file's stream, once; then None."""
+        if not self._take(stop):
+            return None
         self._copier.start()
         return self._ours
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
 
     def finish(self) -> str | None:
         """The stream is over: stop the copier and close the file."""
         shutdown(self._ours)
         if self._copier.is_alive():
             self._copier.join(wire.SWITCHOVER_TIMEOUT_S)
-        with self._lock:
-            if not self._taken:  # nobody else owns our end of the stream
-                self._ours.close()
+        self._close_untaken(self._ours)
         self._theirs.close()
         os.close(self._fd)
         return None

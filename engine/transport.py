@@ -406,6 +406,41 @@ def send_buffers(
     return total
 
 
+class OneStream:
+    """The base of a Listener that "accepts" once: the one stream of a command or a file. It
+    has no return path (so no completion handshake, engine/destination.py) and no multifd
+    channels, and a failed load is final: there is nothing to listen on again."""
+
+    one_way = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken = False
+        self._closed = False
+
+    def _take(self, stop: threading.Event) -> bool:
+        """Whether this accept gets the stream: the first, unless closed or stopped."""
+        with self._lock:
+            if self._closed or self._taken or stop.is_set():
+                return False
+            self._taken = True
+            return True
+
+    def _close_untaken(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self._taken:  # nobody else owns our end of the stream
+                sock.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Refuse further accepts (a stream already taken flows on)."""
+        with self._lock:
+            self._closed = True
+
+
 class Listener:
     """A listening socket; its owner closes it once it has the connections it wants (one, or
     one plus the multifd channels), after which further connections are refused, as in QEMU."""

@@ -17,7 +17,6 @@ import os
 import shlex
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,14 +38,6 @@ from tests.test_thread_leaks import fds, join_migration_threads
 MiB = 1 << 20
 DATA11 = Path(__file__).parent / "data" / "qemu-11.1"
 WRITER = "random-writer,rate=2000,wss=1M"
-
-
-@pytest.fixture
-def machines() -> Iterator[list[Machine]]:
-    made: list[Machine] = []
-    yield made
-    for m in made:
-        m.close()
 
 
 def machine(machines: list[Machine], **kw: object) -> Machine:

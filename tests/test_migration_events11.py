@@ -14,7 +14,6 @@ MIGRATION_PASS events are held to their place and numbering, not their count.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +53,6 @@ def passes_in_place(events: list[Event]) -> bool:
     return all(names.index("active") < i < names.index("STOP") for i in where) and all(
         n == m + 1 for m, n in zip([1, *numbers], numbers, strict=False)
     )
-
-
-@pytest.fixture
-def machines() -> Iterator[list[Machine]]:
-    made: list[Machine] = []
-    yield made
-    for m in made:
-        m.close()
 
 
 def migrate(

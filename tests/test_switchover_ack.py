@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -25,14 +25,6 @@ from engine.state import RunState
 from tests.test_machine import Watch, dest, make, ram_hash
 
 WRITER = "random-writer,rate=2000,wss=1M"
-
-
-@pytest.fixture
-def machines() -> Iterator[list[Machine]]:
-    made: list[Machine] = []
-    yield made
-    for m in made:
-        m.close()
 
 
 def pair(machines: list[Machine]) -> tuple[Machine, Machine, str, Callable[[], None]]:
