@@ -452,7 +452,10 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             # In QEMU the RAM iteration fails first, with the stream's -EIO, and savevm says so.
             self._report(RAM_ITERATE_FAILED.format(self.settings.ram_section_id))
         elif self._status is MigrationStatus.SETUP and self.settings.ram_setup_failed:
-            return self.settings.ram_setup_failed  # 11.1: RAM setup's error is the migration's
+            # 11.1: RAM setup's error is the migration's, and its thread still goes active
+            # before it looks at the stream's error (recorded: setup, active, failing, failed)
+            self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
+            return self.settings.ram_setup_failed
         return self._write_error(exc)
 
     def _write_error(self, exc: OSError) -> str:
