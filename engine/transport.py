@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import re
+import select
 import socket
 import stat
 import threading
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 # batch while the destination stores the last one (with 512 KiB they took turns: half speed).
 SOCKET_BUFFER = 4 * 1024 * 1024
 
-# How often a blocked accept() looks at its stop event and the listener's close.
+# How often a waiting accept() looks at its stop event (a close wakes it at once).
 ACCEPT_POLL_S = 0.1
 
 # Protocols QEMU knows but qemu-hmp does not carry (a clear refusal, not QEMU's "valid protocol").
@@ -453,8 +454,14 @@ class Listener:
             host, port = sock.getsockname()[:2]
             addr = replace(addr, host=str(host), port=str(port), to=None)
         self.addr = addr
-        sock.settimeout(0.1)  # accept() polls so that a stop or close is noticed
+        sock.setblocking(False)  # accepted only once poll() says a connection waits
         self._sock = sock
+        # close() writes here to wake an accept waiting in poll() at once (a shutdown would
+        # wake a TCP accept only, not a unix one).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        self._poll.register(self._wake_r, select.POLLIN)
         # Held across each accept poll, so close() never frees the descriptor under an accept
         # (which could then take a connection from whatever socket reused the number);
         # ``_closing`` makes the accept loop stand aside for a waiting close().
@@ -471,13 +478,16 @@ class Listener:
             with self._lock:
                 if self._closed:
                     return None
+                if not self._poll.poll(ACCEPT_POLL_S * 1000):
+                    continue
                 try:
                     conn, _ = self._sock.accept()
-                except TimeoutError:
+                except BlockingIOError:  # woken by close(), or the client gave up meanwhile
                     continue
                 except OSError as exc:
                     log.error("accept on %s failed: %s", self.addr.uri(), exc)
                     return None
+            conn.setblocking(True)
             tune(conn)
             return conn
         return None
@@ -492,13 +502,17 @@ class Listener:
         return None
 
     def close(self) -> None:
-        """Refuse further connections (waits for an accept poll in progress, ≤ ACCEPT_POLL_S)."""
+        """Refuse further connections, at once: an accept in progress is woken."""
         self._closing = True
+        with contextlib.suppress(OSError):  # closed already
+            self._wake_w.send(b"x")
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._sock.close()
+            self._wake_r.close()
+            self._wake_w.close()
         if self.addr.kind == "unix":
             try:
                 os.unlink(self.addr.path)
