@@ -42,7 +42,7 @@ CASES = [
 ]
 # What stands for QEMU's `-kernel $DIRTIER`: a writer over 1 MiB, or for auto-converge one
 # that dirties faster than 8 MiB/s sends, so that the throttle starts as it did in QEMU.
-DIRTIERS = {"migrate_auto_converge": "random-writer,rate=25000,wss=6M"}
+DIRTIERS = {"migrate_auto_converge": "random-writer,rate=25000,wss=3M"}
 POLL_S = 60.0
 SIZE = re.compile(r"\d+(\.\d+)? (B|KiB|MiB|GiB)\b")
 NUMBER = re.compile(r"\d+(\.\d+)?")
