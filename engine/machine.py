@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from engine import wire
 from engine.command import CommandListener
@@ -108,6 +109,22 @@ class _Setup:
 
     def wait(self, timeout: float | None = None) -> bool:
         return True
+
+
+QUIT_WAIT_S = 10.0  # what a quit waits for each migration to end (they end on close)
+
+
+class _Ending(Protocol):
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def _end(part: _Ending, timeout: float) -> None:
+    """Wait until a migration has ended, its thread too (its last steps follow the status
+    change that wait() sees): once a quit returns, nothing of the endpoint runs."""
+    deadline = time.monotonic() + timeout
+    part.wait(timeout)
+    if isinstance(part, threading.Thread) and part.ident is not None:
+        part.join(max(0.0, deadline - time.monotonic()))
 
 
 class Machine:
@@ -603,10 +620,8 @@ class Machine:
         with self._lock:
             self._closing = True
             outgoing, incoming = self._outgoing, self._incoming
-        if outgoing is not None:
-            outgoing.close()
-            outgoing.wait(10)
-        if incoming is not None:
-            incoming.close()
-            incoming.wait(10)
+        for part in (outgoing, incoming):
+            if part is not None:
+                part.close()
+                _end(part, QUIT_WAIT_S)
         self.workload.stop()

@@ -13,10 +13,12 @@ import pytest
 from test_machine import Watch
 
 from engine.machine import Machine, MachineOptions
+from engine.source import StallWatch
 from engine.state import MigrationStatus
 
 MiB = 1 << 20
 SIZE = 32 * MiB
+HOLD_S = 0.5  # how long the last step of a migration thread is held (a quit must wait)
 LINK = 2 * MiB  # bytes/s: the random guest takes ~16 s, so "mid-stream" lasts that long
 # Threads that exist only while a migration runs; each must end with it.
 PER_MIGRATION = (
@@ -99,6 +101,7 @@ SCENARIOS: list[tuple[str, dict[str, bool], bool, Scenario]] = [
 
 @pytest.mark.slow
 def test_migrations_give_back_every_thread_and_descriptor() -> None:
+    join_migration_threads()  # an earlier test's: not what this one counts
     threads_before, fds_before = Counter(t.name for t in threading.enumerate()), fds()
     for name, caps, dst_too, scenario in SCENARIOS:
         src, dst, uri = pair(caps, dst_too)
@@ -126,6 +129,7 @@ def test_multifd_sender_threads_end_with_each_migration() -> None:
     src.set_capabilities({"multifd": True})
     src.set_parameters({"multifd-channels": 8})
     try:
+        join_migration_threads()  # an earlier test's: not what this one counts
         before = Counter(t.name for t in threading.enumerate())
         for _ in range(3):
             dst = Machine(MachineOptions(ram_size=8 * MiB, incoming="tcp:127.0.0.1:0"))
@@ -140,3 +144,28 @@ def test_multifd_sender_threads_end_with_each_migration() -> None:
         assert Counter(t.name for t in threading.enumerate()) == before
     finally:
         src.close()
+
+
+def test_a_quit_returns_once_the_migration_threads_have_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """close() waits for the threads, not only for the status: a migration thread's last steps
+    follow its status change, and a quit must leave nothing of the endpoint running. Its last
+    step (ending the stall watch) is held a moment here, so a close that returned at the
+    status change would find the thread still alive."""
+    end = StallWatch.end
+
+    def held_end(self: StallWatch) -> None:
+        threading.Event().wait(HOLD_S)  # a bounded hold: the window a close must not miss
+        end(self)
+
+    monkeypatch.setattr(StallWatch, "end", held_end)
+    src, dst, uri = pair({"multifd": True}, True)
+    watch = Watch(dst)
+    src.migrate(uri)
+    wait_transferred(src, 1 * MiB)
+    src.close()
+    watch.wait_status("failed")
+    dst.close()
+    alive = [t.name for t in threading.enumerate() if t.name.startswith(PER_MIGRATION)]
+    assert alive == []  # no join here: close() did it
