@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from engine import wire
 from engine.command import CommandListener
@@ -111,20 +111,7 @@ class _Setup:
         return True
 
 
-QUIT_WAIT_S = 10.0  # what a quit waits for each migration to end (they end on close)
-
-
-class _Ending(Protocol):
-    def wait(self, timeout: float | None = None) -> bool: ...
-
-
-def _end(part: _Ending, timeout: float) -> None:
-    """Wait until a migration has ended, its thread too (its last steps follow the status
-    change that wait() sees): once a quit returns, nothing of the endpoint runs."""
-    deadline = time.monotonic() + timeout
-    part.wait(timeout)
-    if isinstance(part, threading.Thread) and part.ident is not None:
-        part.join(max(0.0, deadline - time.monotonic()))
+QUIT_WAIT_S = 10.0  # what a quit waits for its migrations to end (they end on close)
 
 
 class Machine:
@@ -159,6 +146,10 @@ class Machine:
         self._outgoing: OutgoingMigration | FileOutgoing | _Refused | None = None
         self._incoming: IncomingMigration | FileIncoming | _Setup | None = None
         self._closing = False
+        # Every migration thread started and maybe not ended: a quit joins them all (a failed
+        # incoming attempt's thread, say, still ends after its retry took its place).
+        self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
         self.workload.start(self.ram, self.vm.gate, self._notify, opts.smp)
         if opts.incoming not in (None, "defer"):
             try:
@@ -284,7 +275,7 @@ class Machine:
             self._refuse_unsupported()
             self._migration_event("MIGRATION", {"status": str(MigrationStatus.SETUP)})
             mig = self._outgoing_migration(addr)
-        mig.start()
+        self._start(mig)
         # Like QEMU, a local connect that fails at once is reported before `migrate` returns.
         mig.wait_connected(CONNECT_WAIT_S)
 
@@ -331,7 +322,7 @@ class Machine:
         try:
             if not c.capability("mapped-ram"):
                 mig = self._outgoing_migration(Address("file", path=uri.path), FileSink(uri))
-                mig.start()
+                self._start(mig)
                 mig.wait_connected(CONNECT_WAIT_S)  # a failure at its start is reported first
                 return
             mig = FileOutgoing(
@@ -347,7 +338,7 @@ class Machine:
             self._failed_at_start()
             raise
         self._outgoing = mig
-        mig.start()
+        self._start(mig)
 
     def migrate_start_postcopy(self) -> None:
         """QEMU's qmp_migrate_start_postcopy: its checks, then the switch at the migration
@@ -499,7 +490,7 @@ class Machine:
                 self._migration_event,
             )
             self._incoming = incoming
-            incoming.start()
+            self._start(incoming)
             return
         self._announce_incoming_setup()
         self._listen(parse_uri(uri, incoming=True))
@@ -552,7 +543,7 @@ class Machine:
             blocktime=lambda: self.config.capability("postcopy-blocktime"),
         )
         self._incoming = incoming
-        incoming.start()
+        self._start(incoming)
 
     def _migration_event(self, name: str, data: dict[str, Any]) -> None:
         """QEMU sends MIGRATION and MIGRATION_PASS only while the events capability is on."""
@@ -615,13 +606,24 @@ class Machine:
         else:
             self.vm.start(cont=True)
 
+    def _start(self, thread: threading.Thread) -> None:
+        with self._threads_lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
     def close(self) -> None:
-        """Stop every thread and socket of this endpoint (quit)."""
+        """Stop every thread and socket of this endpoint (quit); once it returns, nothing of
+        the endpoint runs (each migration's last steps follow the status change too)."""
         with self._lock:
             self._closing = True
             outgoing, incoming = self._outgoing, self._incoming
+        deadline = time.monotonic() + QUIT_WAIT_S
         for part in (outgoing, incoming):
             if part is not None:
                 part.close()
-                _end(part, QUIT_WAIT_S)
+                part.wait(QUIT_WAIT_S)
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         self.workload.stop()

@@ -8,10 +8,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from test_machine import Watch
 
+from engine.destination import IncomingMigration
 from engine.machine import Machine, MachineOptions
 from engine.source import StallWatch
 from engine.state import MigrationStatus
@@ -146,20 +148,26 @@ def test_multifd_sender_threads_end_with_each_migration() -> None:
         src.close()
 
 
+def held(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> None:
+    """Hold ``cls.name`` a moment after it ran: a window that a close must not miss."""
+    step = getattr(cls, name)
+
+    def then_hold(self: object, *args: Any, **kwargs: Any) -> Any:
+        result = step(self, *args, **kwargs)
+        threading.Event().wait(HOLD_S)  # a bounded hold, not a wait for a thread
+        return result
+
+    monkeypatch.setattr(cls, name, then_hold)
+
+
 def test_a_quit_returns_once_the_migration_threads_have_ended(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """close() waits for the threads, not only for the status: a migration thread's last steps
-    follow its status change, and a quit must leave nothing of the endpoint running. Its last
-    step (ending the stall watch) is held a moment here, so a close that returned at the
-    status change would find the thread still alive."""
-    end = StallWatch.end
-
-    def held_end(self: StallWatch) -> None:
-        threading.Event().wait(HOLD_S)  # a bounded hold: the window a close must not miss
-        end(self)
-
-    monkeypatch.setattr(StallWatch, "end", held_end)
+    follow its status change, and a quit must leave nothing of the endpoint running. The
+    source's last step (ending its stall watch) is held a moment here, so a close that
+    returned at the status change would find the thread still alive."""
+    held(monkeypatch, StallWatch, "end")
     src, dst, uri = pair({"multifd": True}, True)
     watch = Watch(dst)
     src.migrate(uri)
@@ -167,5 +175,25 @@ def test_a_quit_returns_once_the_migration_threads_have_ended(
     src.close()
     watch.wait_status("failed")
     dst.close()
-    alive = [t.name for t in threading.enumerate() if t.name.startswith(PER_MIGRATION)]
-    assert alive == []  # no join here: close() did it
+    assert alive() == []  # no join here: close() did it
+
+
+def test_a_quit_ends_a_failed_incoming_attempt_that_a_retry_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refused incoming migration listens again at once (a new thread), then its own thread
+    still ends its steps (held here): the quit must wait for that one too, not only for the
+    retry that took its place."""
+    held(monkeypatch, IncomingMigration, "_fail")
+    src, dst, uri = pair({"multifd": True}, False)  # the destination lacks multifd
+    watch = Watch(dst)
+    src.migrate(uri)
+    assert src.wait_migration(30).status is MigrationStatus.FAILED
+    watch.wait_status("failed")
+    src.close()
+    dst.close()
+    assert alive("incoming_migration") == []
+
+
+def alive(*names: str) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(PER_MIGRATION + names)]
