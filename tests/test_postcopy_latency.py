@@ -53,7 +53,10 @@ def test_a_requested_page_in_the_background_stream_goes_again_on_the_preempt_cha
     claim_as_background(mig, page)
     assert dst.ram.fault(np.array([page]), stop)  # it came on the preempt channel
     assert bytes(dst.ram.page(page)) == bytes(src.ram.page(page))
-    sent = mig.stats.stream_bytes
+    # The return path sends it and then counts its bytes, all under the bitmap lock: the page
+    # may be placed before they are counted, so the count is read once that lock is free.
+    with mig._bitmap_lock:
+        sent = mig.stats.stream_bytes
     mig._send_requested(np.array([page]))  # asked again: it went on the preempt channel once
     assert mig.stats.stream_bytes == sent
     mig.background.set()
