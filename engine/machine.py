@@ -617,11 +617,11 @@ class Machine:
         with self._lock:
             self._closing = True
             outgoing, incoming = self._outgoing, self._incoming
-        deadline = time.monotonic() + QUIT_WAIT_S
         for part in (outgoing, incoming):
             if part is not None:
                 part.close()
-                part.wait(QUIT_WAIT_S)
+        # Joining the threads covers waiting for the parts: each thread ends after its status.
+        deadline = time.monotonic() + QUIT_WAIT_S
         with self._threads_lock:
             threads = list(self._threads)
         for thread in threads:

@@ -487,8 +487,7 @@ class Listener:
                 except OSError as exc:
                     log.error("accept on %s failed: %s", self.addr.uri(), exc)
                     return None
-            conn.setblocking(True)
-            tune(conn)
+            tune(conn)  # blocking again (settimeout(None))
             return conn
         return None
 
