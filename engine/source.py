@@ -544,7 +544,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
             # QEMU's first sync at setup: the bitmap starts all-ones
             self._sync(announce=s.announce_every_sync)
         self.stats.setup_done(self._param("downtime-limit"))
-        self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
+        if not s.background_snapshot:  # a snapshot goes active as it starts tracking
+            self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
 
     def _preempt_channel(self, session: str) -> socket.socket | None:
         """postcopy-preempt's connection, once the destination said it takes it (READY); None
@@ -682,12 +683,17 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         to start copy-before-write (engine/background.py), then save every page once while
         the guest runs on; the stream holds RAM as it was at that stop. The guest keeps
         running here afterwards: a snapshot hands nothing over."""
-        prior = self.vm.state
-        self.stats.start_downtime()
-        was_running = self.vm.stop()
-        tracker = CopyBeforeWrite(self.ram)
-        if was_running:
-            self.vm.start()
+        # As QEMU's thread holds its big lock from the stop to the restart: a cont typed once
+        # the migration is active comes after tracking started, so the snapshot's instant is
+        # before it (a cont in between would let stores through untracked).
+        with self.vm.held():
+            self._set_status(MigrationStatus.SETUP, MigrationStatus.ACTIVE)
+            prior = self.vm.state
+            self.stats.start_downtime()
+            was_running = self.vm.stop()
+            tracker = CopyBeforeWrite(self.ram)
+            if was_running:
+                self.vm.start()
         resumed = now_ms()
         try:
             while (batch := tracker.next_batch(RAW_BATCH)) is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from engine.errors import MigrationError
 from engine.events import EventBus
@@ -17,6 +19,9 @@ class Vm:
         self._events = events
         self.vcpus = vcpus
         self._lock = threading.Lock()
+        # QEMU's big lock, for the run state: every change takes it, and a migration step
+        # that must pass between run states with no stop or cont in between holds it.
+        self._bql = threading.RLock()
         self._state = state
         self.gate = VcpuGate(running=state is RunState.RUNNING)
 
@@ -28,34 +33,43 @@ class Vm:
     def running(self) -> bool:
         return self._state is RunState.RUNNING
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """No stop, cont or other run-state change but this thread's until the block ends."""
+        with self._bql:
+            yield
+
     def stop(self, state: RunState = RunState.PAUSED) -> bool:
         """Stop the vCPUs if they run (QEMU's vm_stop); True if they were running."""
-        with self._lock:
-            was_running = self._state is RunState.RUNNING
+        with self._bql:
+            with self._lock:
+                was_running = self._state is RunState.RUNNING
+                if was_running:
+                    self._state = state
             if was_running:
-                self._state = state
-        if was_running:
-            self.gate.set_running(False)
-            self._events.emit("STOP", {})
-        return was_running
+                self.gate.set_running(False)
+                self._events.emit("STOP", {})
+            return was_running
 
     def start(self, *, cont: bool = False) -> None:
         """Run the vCPUs. ``cont`` (the monitor's) is refused in finish-migrate, as in QEMU:
         the completion handshake decides where the guest runs, and a cont must not race it."""
-        with self._lock:
-            if cont and self._state is RunState.FINISH_MIGRATE:
-                raise MigrationError("Migration is not finalized yet")
-            was_running = self._state is RunState.RUNNING
-            self._state = RunState.RUNNING
-        self.gate.set_running(True)
-        if not was_running:
-            self._events.emit("RESUME", {})
+        with self._bql:
+            with self._lock:
+                if cont and self._state is RunState.FINISH_MIGRATE:
+                    raise MigrationError("Migration is not finalized yet")
+                was_running = self._state is RunState.RUNNING
+                self._state = RunState.RUNNING
+            self.gate.set_running(True)
+            if not was_running:
+                self._events.emit("RESUME", {})
 
     def set_state(self, state: RunState) -> None:
         """Enter a stopped state (postmigrate, inmigrate, prelaunch...) without running vCPUs."""
         if state is RunState.RUNNING:
             self.start()
             return
-        with self._lock:
-            self._state = state
-        self.gate.set_running(False)
+        with self._bql:
+            with self._lock:
+                self._state = state
+            self.gate.set_running(False)

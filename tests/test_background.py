@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from hmp.qmp import qapi
 DATA = Path(__file__).parent / "data" / "qemu-7.2" / "background"
 MiB = 1 << 20
 WRITER = "random-writer,rate=20000,wss=8M"
+HOLD_S = 0.5  # how long a cont typed as tracking starts is given to get ahead of it
 
 
 @pytest.fixture
@@ -130,6 +132,47 @@ def test_a_snapshot_holds_the_ram_of_its_start_while_the_guest_writes(
     dst.watch.wait_status("completed")
     assert ram_hash(dst.machine) == at_start
     assert dst.machine.vm.state is RunState.PAUSED  # as the source was at the start
+
+
+def test_a_cont_typed_as_tracking_starts_waits_for_it(
+    made: list[Side], tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cont that comes once the snapshot is active but before copy-before-write is in
+    place waits for it (QEMU's thread holds its big lock there): had it run the guest at
+    once, the stores it let through would be in the snapshot."""
+    src = side(made, workload=WRITER, seed=9)
+    m = src.machine
+    writer = m.workload.writer
+    assert writer is not None
+    m.stop()
+    at_start = ram_hash(m)
+    typed = threading.Event()
+    conts: list[threading.Thread] = []
+
+    class Racing(CopyBeforeWrite):
+        def __init__(self, ram: GuestRam) -> None:
+            conts.append(threading.Thread(target=m.cont, name="typed-cont"))
+            conts[0].start()
+            typed.set()
+            conts[0].join(HOLD_S)  # a bounded hold: a cont that does not wait is done at once
+            if not conts[0].is_alive():  # it ran the guest: let its stores show that
+                assert writer.wait_written(writer.pages_written + 100, 30)
+            super().__init__(ram)
+
+    monkeypatch.setattr("engine.source.CopyBeforeWrite", Racing)
+    m.set_capabilities({"background-snapshot": True})
+    saved = tmp_path / "snap.bin"
+    m.migrate(f"exec:{gate.command(saved)}")
+    assert typed.wait(30)
+    conts[0].join(30)
+    assert not conts[0].is_alive() and m.vm.state is RunState.RUNNING
+    assert writer.wait_written(writer.pages_written + 2000, 30)  # the guest writes on
+    gate.open()
+    assert m.wait_migration(60).status is MigrationStatus.COMPLETED
+    dst = side(made, incoming="defer")
+    dst.machine.migrate_incoming(f"exec:cat {shlex.quote(str(saved))}")
+    dst.watch.wait_status("completed")
+    assert ram_hash(dst.machine) == at_start
 
 
 def test_events_match_qemu_for_a_running_guest(made: list[Side], tmp_path: Path) -> None:
