@@ -186,8 +186,7 @@ class FileOutgoing(OutgoingStatus, threading.Thread):
                 break
         self.stats.start_downtime()
         self._limiter.unlimited = True  # as QEMU lifts max-bandwidth for stop-and-copy
-        if not self.vm.stop(RunState.FINISH_MIGRATE):
-            self.vm.set_state(RunState.FINISH_MIGRATE)
+        self.vm.force_stop(RunState.FINISH_MIGRATE)
         self._set_status(MigrationStatus.ACTIVE, MigrationStatus.DEVICE)  # as 11.1's, after STOP
         dirty |= self.ram.take_dirty()
         self._pass(np.flatnonzero(dirty), pages_at, pool)

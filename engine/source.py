@@ -647,10 +647,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
 
     def _complete(self) -> None:
         self.stats.start_downtime()
-        prior = self.vm.state
-        self._vm_was_running = self.vm.stop(RunState.FINISH_MIGRATE)
-        if not self._vm_was_running:
-            self.vm.set_state(RunState.FINISH_MIGRATE)
+        prior = self.vm.force_stop(RunState.FINISH_MIGRATE)
+        self._vm_was_running = prior is RunState.RUNNING
         if self.settings.pause_before_switchover:
             self._pause_before_switchover()
         elif self.settings.device_at_switchover:
@@ -744,10 +742,8 @@ class OutgoingMigration(OutgoingStatus, threading.Thread):
         if self._status is not MigrationStatus.POSTCOPY_ACTIVE:  # a cancel came first
             raise Cancelled
         self.stats.start_downtime()
-        self._prior = self.vm.state
-        self._vm_was_running = self.vm.stop(RunState.FINISH_MIGRATE)
-        if not self._vm_was_running:
-            self.vm.set_state(RunState.FINISH_MIGRATE)
+        self._prior = self.vm.force_stop(RunState.FINISH_MIGRATE)
+        self._vm_was_running = self._prior is RunState.RUNNING
         self.stats.postcopy = True
         self._sync()
         self._drain()

@@ -18,7 +18,6 @@ class Vm:
     def __init__(self, state: RunState, events: EventBus, vcpus: int = 1) -> None:
         self._events = events
         self.vcpus = vcpus
-        self._lock = threading.Lock()
         # QEMU's big lock, for the run state: every change takes it, and a migration step
         # that must pass between run states with no stop or cont in between holds it.
         self._bql = threading.RLock()
@@ -42,24 +41,30 @@ class Vm:
     def stop(self, state: RunState = RunState.PAUSED) -> bool:
         """Stop the vCPUs if they run (QEMU's vm_stop); True if they were running."""
         with self._bql:
-            with self._lock:
-                was_running = self._state is RunState.RUNNING
-                if was_running:
-                    self._state = state
+            was_running = self._state is RunState.RUNNING
             if was_running:
+                self._state = state
                 self.gate.set_running(False)
                 self._events.emit("STOP", {})
             return was_running
+
+    def force_stop(self, state: RunState) -> RunState:
+        """Enter stopped ``state`` whether the vCPUs run or not (QEMU's vm_stop_force_state),
+        with no cont in between; returns the state before."""
+        with self._bql:
+            prior = self._state
+            if not self.stop(state):
+                self.set_state(state)
+            return prior
 
     def start(self, *, cont: bool = False) -> None:
         """Run the vCPUs. ``cont`` (the monitor's) is refused in finish-migrate, as in QEMU:
         the completion handshake decides where the guest runs, and a cont must not race it."""
         with self._bql:
-            with self._lock:
-                if cont and self._state is RunState.FINISH_MIGRATE:
-                    raise MigrationError("Migration is not finalized yet")
-                was_running = self._state is RunState.RUNNING
-                self._state = RunState.RUNNING
+            if cont and self._state is RunState.FINISH_MIGRATE:
+                raise MigrationError("Migration is not finalized yet")
+            was_running = self._state is RunState.RUNNING
+            self._state = RunState.RUNNING
             self.gate.set_running(True)
             if not was_running:
                 self._events.emit("RESUME", {})
@@ -70,6 +75,5 @@ class Vm:
             self.start()
             return
         with self._bql:
-            with self._lock:
-                self._state = state
+            self._state = state
             self.gate.set_running(False)
