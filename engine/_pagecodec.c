@@ -1023,6 +1023,104 @@ lz4_decompress_into(PyObject *module, PyObject *args)
     return decode_call(args, &LZ4_BLOCKS);
 }
 
+/* lz4_pack(ram, pages, crcs, scratch, level) -> payload: the pages gathered into scratch (a
+ * consistent copy, whose CRC-32s go into crcs) and compressed as one LZ4 block: a multifd
+ * packet of x-lz4 (fast mode at level 0-1, HC above). The GIL is released for the whole. */
+static PyObject *
+lz4_pack(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, pages, crcs, scratch;
+    int level;
+    PyObject *out = NULL;
+    void *state = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*i", &ram, &pages, &crcs, &scratch, &level))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL || !lz4_bound() || !sized(&crcs, n, 4, "crcs"))
+        goto done;
+    if (n < 1 || scratch.len < n * PAGE || n * PAGE > 0x7E000000) {
+        PyErr_SetString(PyExc_ValueError, "lz4_pack: no pages, or scratch short of them");
+        goto done;
+    }
+    int hc = level >= 2, raw = (int)(n * PAGE), cap = raw + raw / 255 + 16; /* LZ4's bound */
+    state = PyMem_Malloc(hc ? lz4_hc_state_size() : lz4_state_size());
+    out = PyBytes_FromStringAndSize(NULL, cap);
+    if (state == NULL || out == NULL) {
+        Py_CLEAR(out);
+        PyErr_NoMemory();
+        goto done;
+    }
+    int size;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *gather = scratch.buf;
+    uint32_t *crc = crcs.buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        memcpy(gather + k * PAGE, (const uint8_t *)ram.buf + index[k] * PAGE, PAGE);
+        crc[k] = crc32_run(0, gather + k * PAGE, PAGE);
+    }
+    char *dst = PyBytes_AS_STRING(out);
+    size = hc ? lz4_hc(state, (const char *)gather, dst, raw, cap, level)
+              : lz4_fast(state, (const char *)gather, dst, raw, cap, 1);
+    Py_END_ALLOW_THREADS
+    if (size <= 0) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "lz4 failed on a packet");
+    } else if (_PyBytes_Resize(&out, size) < 0) {
+        out = NULL;
+    }
+done:
+    PyMem_Free(state);
+    PyBuffer_Release(&scratch);
+    PyBuffer_Release(&crcs);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return out;
+}
+
+/* lz4_unpack_into(ram, pages, payload, crcs, scratch): one LZ4 block that must decode to
+ * exactly the pages (into scratch: LZ4_decompress_safe never writes past it), then into them,
+ * with their CRC-32s; ValueError, and no page written, when it does not. */
+static PyObject *
+lz4_unpack_into(PyObject *module, PyObject *args)
+{
+    Py_buffer ram, pages, payload, crcs, scratch;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "w*y*y*w*w*", &ram, &pages, &payload, &crcs, &scratch))
+        return NULL;
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, ram.len, &n);
+    if (index == NULL || !lz4_bound() || !sized(&crcs, n, 4, "crcs"))
+        goto done;
+    if (n < 1 || scratch.len < n * PAGE || n * PAGE > 0x7E000000 || payload.len > 0x7E000000) {
+        PyErr_SetString(PyExc_ValueError, "lz4_unpack_into: no pages, or scratch short of them");
+        goto done;
+    }
+    int got;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *flat = scratch.buf;
+    got = lz4_decompress(payload.buf, (char *)flat, (int)payload.len, (int)(n * PAGE));
+    if (got == n * PAGE) {
+        uint32_t *crc = crcs.buf;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            memcpy((uint8_t *)ram.buf + index[k] * PAGE, flat + k * PAGE, PAGE);
+            crc[k] = crc32_run(0, flat + k * PAGE, PAGE);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (got != n * PAGE)
+        PyErr_SetString(PyExc_ValueError, "decompress data failed");
+    else
+        result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&scratch);
+    PyBuffer_Release(&crcs);
+    PyBuffer_Release(&payload);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&ram);
+    return result;
+}
+
 /* -- module --------------------------------------------------------------------------- */
 
 /* populate_pages(ram, pages): fault in those sorted pages, one MADV_POPULATE_WRITE per run,
@@ -1527,6 +1625,10 @@ static PyMethodDef module_methods[] = {
      "lz4_compress(ram, pages, level) -> (payload, sizes, crcs): one LZ4 block per page."},
     {"lz4_decompress_into", lz4_decompress_into, METH_VARARGS,
      "lz4_decompress_into(ram, pages, payload, sizes) -> crcs; ValueError on a bad block."},
+    {"lz4_pack", lz4_pack, METH_VARARGS,
+     "lz4_pack(ram, pages, crcs, scratch, level) -> payload: the pages as one LZ4 block."},
+    {"lz4_unpack_into", lz4_unpack_into, METH_VARARGS,
+     "lz4_unpack_into(ram, pages, payload, crcs, scratch): one block into exactly the pages."},
     {"fingerprints", fingerprints, METH_VARARGS,
      "fingerprints(ram, pages, prints, crcs): each page's 128-bit fingerprint and CRC-32."},
     {"dedupe", dedupe, METH_VARARGS,

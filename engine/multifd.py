@@ -5,24 +5,28 @@ carries PACKETs of up to 128 pages (with QEMU 11.1's ``zero-page-detection multi
 channel finds the zero ones among them itself and sends their indices as a ZEROS record),
 optionally compressed as one unit per packet (zlib: a
 deflate stream per channel with a sync flush per packet; zstd: a stream per channel, flushed
-after each packet, its window bounded by ``zstd_window_log``). Before
+after each packet, its window bounded by ``zstd_window_log``; our x-lz4: an LZ4 block; our
+x-auto: zstd while the channel's wire is full, a FAST_PACKET in LZ4 while it waits). Before
 each EOS the source puts a SYNC on every channel; the destination holds each channel at its
 SYNC until all have arrived and the main stream reached that EOS (QEMU's sem_sync), so a page
 re-sent in the next iteration on one channel can never be overtaken by its stale copy on
 another.
 
 Channel handshake: b"QHMF", u32 version, u32 channel id, 16-byte session id (from CONFIG).
-Channel records: u8 type, u32 length, body; PACKET body: u32 n, n x u32 page, payload;
-ZEROS body: u32 n, n x u32 page.
+Channel records: u8 type, u32 length, body; PACKET (and FAST_PACKET) body: u32 n, n x u32
+page, payload; ZEROS body: u32 n, n x u32 page.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import queue
 import socket
 import struct
+import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-import lz4.block  # type: ignore[import-untyped]
+import lz4.block._block  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 import zstandard
@@ -50,6 +54,7 @@ HELLO_MAGIC = b"QHMF"
 PACKET = 0x30
 SYNC = 0x31
 ZEROS = 0x32
+FAST_PACKET = 0x33  # x-auto: a PACKET in the method's fast codec (LZ4)
 ZERO_COPY_UNAVAILABLE = "Zero copy send feature not detected in host kernel"  # QEMU's text
 # A broken socket ends a channel thread at once; this only bounds a bug's cost at the end.
 JOIN_TIMEOUT_S = 10.0
@@ -86,6 +91,7 @@ _zstd_backend = importlib.util.find_spec("zstandard._cffi")
 if _zstd_backend is None or _zstd_backend.origin is None:
     raise ImportError("python-zstandard has no cffi backend, whose zstd multifd streams bind")
 _pagecodec.bind_zstd(_zstd_backend.origin)
+_pagecodec.bind_lz4(lz4.block._block.__file__)  # x-lz4's packets: the LZ4 inside python-lz4
 # What zstd windows may hold over all of one migration's channels, on each side: a stream's
 # decoder keeps its window, and a source could otherwise ask each channel for 2 GiB.
 ZSTD_WINDOW_BUDGET = 64 << 20
@@ -165,27 +171,31 @@ def _zstd_unpacker(channels: int) -> UnpackPages:
 
 
 def _lz4_packer(level: int, _channels: int) -> PackPages:
-    # One LZ4 block per packet (an extension): fast mode at level 0-1, HC above, as per page.
-    if level <= 1:
-        return _joined(lambda data: lz4.block.compress(data, store_size=False))
-    return _joined(
-        lambda data: lz4.block.compress(
-            data, mode="high_compression", compression=level, store_size=False
-        )
-    )
+    # One LZ4 block per packet (an extension), in C: the pages gathered into the channel's
+    # scratch (their CRCs taken from that copy), fast mode at level 0-1, HC above.
+    scratch = bytearray(PACKET_PAGES * PAGE_SIZE)
+
+    def pack(ram: GuestRam, pages: Pages) -> tuple[bytes, Crcs]:
+        pages = np.ascontiguousarray(pages, dtype=np.intp)
+        crcs = np.empty(len(pages), np.uint32)
+        return _pagecodec.lz4_pack(ram.buf, pages.data, crcs.data, scratch, level), crcs
+
+    return pack
 
 
 def _lz4_unpacker(_channels: int) -> UnpackPages:
-    def unlz4(data: bytes | bytearray, size: int) -> bytes:
-        try:
-            out: bytes = lz4.block.decompress(data, uncompressed_size=size)  # never past size
-        except lz4.block.LZ4BlockError as exc:
-            raise wire.StreamError("multifd: decompress data failed") from exc
-        if len(out) != size:
-            raise wire.StreamError("multifd: decompress data failed")
-        return out
+    scratch = bytearray(PACKET_PAGES * PAGE_SIZE)
 
-    return _copied(unlz4)
+    def unpack(ram: GuestRam, pages: Pages, payload: bytearray) -> Crcs:
+        pages = np.ascontiguousarray(pages, dtype=np.intp)
+        crcs = np.empty(len(pages), np.uint32)
+        try:  # the block must decode to exactly the pages, or no page is written
+            _pagecodec.lz4_unpack_into(ram.buf, pages.data, payload, crcs.data, scratch)
+        except ValueError as exc:
+            raise wire.StreamError("multifd: decompress data failed") from exc
+        return crcs
+
+    return unpack
 
 
 @dataclass(frozen=True)
@@ -195,15 +205,31 @@ class PacketCodec:
     packer: Callable[[int, int], PackPages] | None  # (level, channels) → one channel's packer
     unpacker: Callable[[int], UnpackPages] | None  # channels → one channel's unpacker
     level: str = ""  # the parameter of its level; none: LZ4's fast mode (level 1)
+    # x-auto: the codec of the packets (FAST_PACKETs) a channel sends while its wire waits
+    fast: PacketCodec | None = None
 
 
-# multifd-compression's values: QEMU 7.2's, in its order, then ours.
+LZ4 = PacketCodec(_lz4_packer, _lz4_unpacker)
+ZSTD = PacketCodec(_zstd_packer, _zstd_unpacker, "multifd-zstd-level")
+# multifd-compression's values: QEMU 7.2's, in its order, then ours (QEMU has neither).
 METHODS: dict[str, PacketCodec] = {
     "none": PacketCodec(None, None),
     "zlib": PacketCodec(_zlib_packer, _zlib_unpacker, "multifd-zlib-level"),
-    "zstd": PacketCodec(_zstd_packer, _zstd_unpacker, "multifd-zstd-level"),
-    "x-lz4": PacketCodec(_lz4_packer, _lz4_unpacker),  # qemu-hmp's extension (QEMU: none)
+    "zstd": ZSTD,
+    "x-lz4": LZ4,
+    "x-auto": PacketCodec(_zstd_packer, _zstd_unpacker, "multifd-zstd-level", fast=LZ4),
 }
+# x-auto's rule, per channel and packet: zstd (fewer bytes, more CPU) while the channel's
+# socket holds more than this many bytes the wire has not taken yet (it stays busy while zstd
+# packs the next packet), LZ4 when less (the wire would soon wait for zstd). A loopback takes
+# everything at once: LZ4, the cheaper at both ends, unless the destination falls behind.
+AUTO_BACKLOG = 1 << 20
+
+
+def unsent(sock: socket.socket) -> int:
+    """The bytes in the socket's send queue (written, not yet acknowledged by the peer)."""
+    out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return int.from_bytes(out, sys.byteorder, signed=True)
 
 
 def _end_channels(
@@ -251,8 +277,10 @@ class _SendChannel(threading.Thread):
 
     def run(self) -> None:
         s = self._sender
-        packer = METHODS[s.method].packer
-        pack = packer(s.level, s.count) if packer else None
+        codec = METHODS[s.method]
+        pack = codec.packer(s.level, s.count) if codec.packer else None
+        fast = codec.fast.packer(1, s.count) if codec.fast and codec.fast.packer else None
+        fast_packets = packets = 0
         zero_copy = s.zero_copy.get(self.sock.fileno())
         try:
             while (job := self.jobs.get()) is not END:
@@ -275,25 +303,32 @@ class _SendChannel(threading.Thread):
                     if not len(pages):
                         continue
                 payload: list[bytes | memoryview]
-                if pack:
-                    packed, crcs = pack(s.ram, pages)
+                kind, pack_now = PACKET, pack
+                if fast is not None and unsent(self.sock) < AUTO_BACKLOG:
+                    kind, pack_now = FAST_PACKET, fast
+                if pack_now is not None:
+                    packed, crcs = pack_now(s.ram, pages)
                     payload = [packed]
                 else:  # raw: sent uncopied
                     payload, crcs = list(s.ram.views(pages)), s.ram.crc_pages(pages)
                 s.digest.crc[pages] = crcs
                 head = _page_list(pages)
                 size = len(head) + sum(len(p) for p in payload)
-                record: list[bytes | memoryview] = [wire.RECORD.pack(PACKET, size), head, *payload]
+                record: list[bytes | memoryview] = [wire.RECORD.pack(kind, size), head, *payload]
                 if zero_copy:  # raw (QEMU refuses compression with it): no copy in the kernel
                     s.sent(zero_copy.send(record), len(pages), 0)
                 else:
                     s.sent(send_buffers(self.sock, record), len(pages), 0)
+                packets += 1
+                fast_packets += kind == FAST_PACKET
                 if scanned is not None and s.confirm:
                     s.confirm(pages, scanned, crcs, generation)
         except OSError as exc:
             s.failed(exc)
         if zero_copy:
             log.info("%s: %s", self.name, zero_copy.report())
+        if fast is not None:
+            log.info("%s: x-auto sent %d of %d packets fast", self.name, fast_packets, packets)
 
 
 class MultifdSender:
@@ -451,8 +486,9 @@ class _RecvChannel(threading.Thread):
 
     def run(self) -> None:
         r = self._receiver
-        unpacker = METHODS[r.method].unpacker
-        unpack = unpacker(r.count) if unpacker else None
+        codec = METHODS[r.method]
+        unpack = codec.unpacker(r.count) if codec.unpacker else None
+        fast = codec.fast.unpacker(r.count) if codec.fast and codec.fast.unpacker else None
         generation = 0
         try:
             while (head := wire.read_record_head(self.sock)) is not None:
@@ -462,6 +498,8 @@ class _RecvChannel(threading.Thread):
                     r.arrive(generation)
                 elif kind == PACKET:
                     r.apply(self.sock, length, unpack)
+                elif kind == FAST_PACKET and fast is not None:
+                    r.apply(self.sock, length, fast)
                 elif kind == ZEROS:
                     r.apply_zeros(self.sock, length)
                 else:

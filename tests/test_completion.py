@@ -65,7 +65,7 @@ def test_parameter_names_carry_default_range_and_doc() -> None:
     ("line", "values"),
     [
         ("migrate_set_parameter compress-wait-thread ", {"on", "off"}),
-        ("migrate_set_parameter multifd-compression ", {"none", "zlib", "zstd", "x-lz4"}),
+        ("migrate_set_parameter multifd-compression ", {"none", "zlib", "zstd", "x-lz4", "x-auto"}),
         ("migrate_set_parameter compress-threads ", {"8"}),
         ("migrate_set_parameter tls-creds ", set()),
     ],

@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 
+import lz4.block
 import pytest
 from streams import MiB, guest, load_stream, record_stream
 from test_stream import batch_record, first, inject, records
@@ -18,7 +19,7 @@ from test_stream import batch_record, first, inject, records
 from engine import wire
 from engine.destination import StreamLoader
 from engine.guest import PAGE_SIZE, GuestRam
-from engine.multifd import HELLO, PACKET, SYNC, Hello
+from engine.multifd import FAST_PACKET, HELLO, PACKET, SYNC, Hello
 from engine.state import RunState
 
 SIZE = 1 * MiB
@@ -144,7 +145,7 @@ def test_completion_without_pages_fails_the_digest(plain):
 class Multifd:
     """A loader expecting one multifd channel, fed over two socket pairs the test drives."""
 
-    def __init__(self) -> None:
+    def __init__(self, method: str = "none") -> None:
         self.ram = GuestRam(SIZE)
         local = wire.StreamConfig(PAGE_SIZE, SIZE, False, "zlib", multifd_channels=1)
         self.main, main_peer = socket.socketpair()
@@ -156,7 +157,7 @@ class Multifd:
         self.outcome: object = None
         self._thread = threading.Thread(target=self._load, args=(main_peer,))
         self._thread.start()
-        cfg = wire.StreamConfig(PAGE_SIZE, SIZE, False, "zlib", 1, "none", self.session.hex())
+        cfg = wire.StreamConfig(PAGE_SIZE, SIZE, False, "zlib", 1, method, self.session.hex())
         self.main.sendall(wire.header() + wire.json_record(wire.Rec.CONFIG, cfg.to_json()))
 
     def _load(self, sock: socket.socket) -> None:
@@ -210,8 +211,9 @@ def test_multifd_bad_handshake(channel_bytes, text):
         (wire.RECORD.pack(PACKET, 8) + struct.pack(">II", 1, 1 << 20), "outside guest RAM"),
         (wire.RECORD.pack(PACKET, 8 + 100) + struct.pack(">II", 1, 0) + bytes(100), "length"),
         (wire.RECORD.pack(SYNC, 1) + b"x", "unknown record type 0x31"),
+        (wire.RECORD.pack(FAST_PACKET, 8) + struct.pack(">II", 1, 0), "record type 0x33"),
     ],
-    ids=["type", "empty", "outside", "short", "sync-body"],
+    ids=["type", "empty", "outside", "short", "sync-body", "fast-without-x-auto"],
 )
 def test_multifd_bad_channel_record(record, text):
     m = Multifd()
@@ -219,3 +221,24 @@ def test_multifd_bad_channel_record(record, text):
     m.main.sendall(wire.record(wire.Rec.EOS))
     outcome = m.result()
     assert isinstance(outcome, wire.StreamError) and text in str(outcome)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xab" * 64,
+        lz4.block.compress(b"x" * 100, store_size=False),  # decodes short of the page
+        lz4.block.compress(bytes(1 << 20), store_size=False),  # beyond it
+    ],
+    ids=["garbage", "short", "bomb"],
+)
+def test_x_auto_bad_lz4_packet(payload):
+    # x-auto's FAST_PACKETs are one LZ4 block that must decode to exactly the packet's pages.
+    body = struct.pack(">II", 1, 0) + payload
+    m = Multifd("x-auto")
+    m.ram.array[:] = 0xEE
+    m.chan.sendall(Hello(0, m.session).encode() + wire.RECORD.pack(FAST_PACKET, len(body)) + body)
+    m.main.sendall(wire.record(wire.Rec.EOS))
+    outcome = m.result()
+    assert isinstance(outcome, wire.StreamError) and "decompress data failed" in str(outcome)
+    assert set(m.ram.array[:PAGE_SIZE]) == {0xEE}  # no page written

@@ -154,6 +154,7 @@ CONFIGS: dict[str, Config] = {
     "multifd-zstd": _multifd("zstd"),
     "compress": COMPRESS,
     "multifd-lz4": _multifd("x-lz4", qemu=False),
+    "multifd-auto": _multifd("x-auto", qemu=False),
     "compress-lz4": _compress("lz4"),
     "compress-zstd": _compress("zstd"),
     "auto-zstd": _compress("zstd", auto=True),
