@@ -14,10 +14,14 @@
 #include <Python.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #define PAGE 4096 /* the guest page: exported as PAGE_SIZE, which engine/guest.py reads */
 #define ZLIBNG_MAJOR "2." /* zng_stream below is zlib-ng 2.x's layout */
@@ -58,7 +62,7 @@ static int32_t (*inflate_end)(zng_stream *);
 static uint32_t (*crc32_run)(uint32_t, const uint8_t *, uint32_t);
 
 static PyObject *
-bind(PyObject *module, PyObject *arg)
+bind_zlib(PyObject *module, PyObject *arg)
 {
     const char *path = PyUnicode_AsUTF8(arg);
     if (path == NULL)
@@ -1609,8 +1613,416 @@ static PyTypeObject ZstdUnpackerType = {
     .tp_methods = zstd_unpacker_methods,
 };
 
+/* -- postcopy's page table (engine/postcopy.py) ------------------------------------------
+ * The destination's present bits after the switch, with a pthread mutex and condition in
+ * place of a Python lock: a vCPU waits for its page, the preempt channel's reader places
+ * requested pages and the main stream's loader background ones, and none of them needs the
+ * GIL to do it. With a Python lock, each hand-over of a fault (page placed, vCPU woken) waited
+ * for the GIL behind the busy background threads: a few ms at the tail. The arrays (present,
+ * written, crc: one u8, u8, u32 per page) and guest RAM are the caller's, passed per call. */
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    pthread_cond_t placed;
+    Py_ssize_t missing;
+    uint32_t zero_crc;
+    int ready;
+} PageTable;
+
+typedef struct { /* the buffers of one call */
+    Py_buffer ram, present, written, crc;
+    Py_ssize_t pages;
+} TableArgs;
+
+static void
+table_args_release(TableArgs *a)
+{
+    PyBuffer_Release(&a->crc);
+    PyBuffer_Release(&a->written);
+    PyBuffer_Release(&a->present);
+    PyBuffer_Release(&a->ram);
+}
+
+/* The four buffers agree on the page count; 0 with an exception set (and all released). */
+static int
+table_args_check(TableArgs *a)
+{
+    a->pages = a->ram.len / PAGE;
+    if (a->ram.len % PAGE || a->present.len != a->pages || a->written.len != a->pages ||
+        a->crc.len != 4 * a->pages) {
+        PyErr_SetString(PyExc_ValueError, "page table arrays do not match guest RAM");
+        table_args_release(a);
+        return 0;
+    }
+    return 1;
+}
+
+static int
+page_table_init(PageTable *self, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t missing;
+    unsigned int zero_crc;
+    if (!PyArg_ParseTuple(args, "nI", &missing, &zero_crc))
+        return -1;
+    if (self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "PageTable already initialised");
+        return -1;
+    }
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_mutex_init(&self->lock, NULL);
+    pthread_cond_init(&self->placed, &attr);
+    pthread_condattr_destroy(&attr);
+    self->missing = missing;
+    self->zero_crc = zero_crc;
+    self->ready = 1;
+    return 0;
+}
+
+static void
+page_table_dealloc(PageTable *self)
+{
+    if (self->ready) {
+        pthread_cond_destroy(&self->placed);
+        pthread_mutex_destroy(&self->lock);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Place n pages (data: their contents back to back, or NULL: zero pages) that are not present
+ * yet, chunk pages per hold of the lock, and wake the waiters after each chunk. Without the
+ * GIL; the indices were checked. Returns how many were placed. */
+static Py_ssize_t
+table_place(PageTable *self, TableArgs *a, const Py_ssize_t *index, Py_ssize_t n,
+            const uint8_t *data, Py_ssize_t chunk)
+{
+    uint8_t *ram = a->ram.buf, *present = a->present.buf, *written = a->written.buf;
+    uint32_t *crc = a->crc.buf;
+    Py_ssize_t placed = 0;
+    for (Py_ssize_t start = 0; start < n; start += chunk) {
+        Py_ssize_t end = start + chunk < n ? start + chunk : n, now = 0;
+        pthread_mutex_lock(&self->lock);
+        for (Py_ssize_t k = start; k < end; k++) {
+            Py_ssize_t i = index[k];
+            if (present[i])
+                continue; /* it came first by the other channel; the guest may have written it */
+            uint8_t *page = ram + i * PAGE;
+            if (data != NULL) {
+                memcpy(page, data + k * PAGE, PAGE);
+                crc[i] = crc32_run(0, page, PAGE);
+                written[i] = 1;
+            } else {
+                if (written[i])
+                    memset(page, 0, PAGE);
+                crc[i] = self->zero_crc;
+            }
+            present[i] = 1;
+            now++;
+        }
+        self->missing -= now;
+        placed += now;
+        if (now)
+            pthread_cond_broadcast(&self->placed);
+        pthread_mutex_unlock(&self->lock);
+    }
+    return placed;
+}
+
+/* place(ram, present, written, crc, pages, data, chunk) -> placed. */
+static PyObject *
+page_table_place(PageTable *self, PyObject *args)
+{
+    TableArgs a;
+    Py_buffer pages, data = {0};
+    PyObject *data_obj;
+    Py_ssize_t chunk;
+    if (!PyArg_ParseTuple(args, "w*w*w*w*y*On", &a.ram, &a.present, &a.written, &a.crc, &pages,
+                          &data_obj, &chunk))
+        return NULL;
+    PyObject *result = NULL;
+    if (!table_args_check(&a)) {
+        PyBuffer_Release(&pages);
+        return NULL;
+    }
+    Py_ssize_t n = 0;
+    const Py_ssize_t *index = page_array(&pages, a.ram.len, &n);
+    if (index == NULL || !bound() || chunk < 1)
+        goto done;
+    if (data_obj != Py_None) {
+        if (PyObject_GetBuffer(data_obj, &data, PyBUF_SIMPLE) < 0)
+            goto done;
+        if (data.len != n * PAGE) {
+            PyErr_SetString(PyExc_ValueError, "page data does not match the pages");
+            goto done;
+        }
+    }
+    Py_ssize_t placed;
+    Py_BEGIN_ALLOW_THREADS
+    placed = table_place(self, &a, index, n, data_obj != Py_None ? data.buf : NULL, chunk);
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromSsize_t(placed);
+done:
+    if (data.obj != NULL)
+        PyBuffer_Release(&data);
+    PyBuffer_Release(&pages);
+    table_args_release(&a);
+    return result;
+}
+
+static void
+deadline_after(struct timespec *at, double seconds)
+{
+    clock_gettime(CLOCK_MONOTONIC, at);
+    long long ns = at->tv_nsec + (long long)(seconds * 1e9);
+    at->tv_sec += ns / 1000000000LL;
+    at->tv_nsec = ns % 1000000000LL;
+}
+
+/* wait(present, page, timeout) -> whether the page is present, waiting at most timeout s. */
+static PyObject *
+page_table_wait(PageTable *self, PyObject *args)
+{
+    Py_buffer present;
+    Py_ssize_t page;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "y*nd", &present, &page, &timeout))
+        return NULL;
+    if (page < 0 || page >= present.len) {
+        PyBuffer_Release(&present);
+        PyErr_Format(PyExc_IndexError, "page %zd is outside the table", page);
+        return NULL;
+    }
+    const volatile uint8_t *bits = present.buf;
+    int here;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec at;
+    deadline_after(&at, timeout);
+    pthread_mutex_lock(&self->lock);
+    while (!bits[page] && pthread_cond_timedwait(&self->placed, &self->lock, &at) != ETIMEDOUT)
+        ;
+    here = bits[page];
+    pthread_mutex_unlock(&self->lock);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&present);
+    return PyBool_FromLong(here);
+}
+
+/* wait_complete(timeout) -> whether every page is present, waiting at most timeout s. */
+static PyObject *
+page_table_wait_complete(PageTable *self, PyObject *args)
+{
+    double timeout;
+    if (!PyArg_ParseTuple(args, "d", &timeout))
+        return NULL;
+    int done;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec at;
+    deadline_after(&at, timeout);
+    pthread_mutex_lock(&self->lock);
+    while (self->missing && pthread_cond_timedwait(&self->placed, &self->lock, &at) != ETIMEDOUT)
+        ;
+    done = !self->missing;
+    pthread_mutex_unlock(&self->lock);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(done);
+}
+
+static PyObject *
+page_table_missing(PageTable *self, void *unused)
+{
+    pthread_mutex_lock(&self->lock); /* held only without the GIL for a chunk: short */
+    Py_ssize_t missing = self->missing;
+    pthread_mutex_unlock(&self->lock);
+    return PyLong_FromSsize_t(missing);
+}
+
+/* n bytes from fd (blocking, or non-blocking: then polled); 0 at a clean end before the first
+ * byte, -1 with errno (0: the stream ended inside). */
+static int
+read_full(int fd, uint8_t *into, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = recv(fd, into + got, n - got, MSG_WAITALL);
+        if (r > 0) {
+            got += (size_t)r;
+        } else if (r == 0) {
+            errno = 0;
+            return got ? -1 : 0;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            struct pollfd p = {fd, POLLIN, 0};
+            if (poll(&p, 1, -1) < 0 && errno != EINTR)
+                return -1;
+        } else if (errno != EINTR) {
+            return -1;
+        }
+    }
+    return 1;
+}
+
+static uint32_t
+be32(const uint8_t *at)
+{
+    return (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3];
+}
+
+/* serve(fd, ram, present, written, crc, batch, zero, raw, known, max_batch, max_record, other)
+ *   -> None at a clean end of the stream, or (type, length) of the first record that is not
+ * a BATCH (its head read, its body not) when other is true; OSError when the socket fails,
+ * ValueError naming the fault of a bad record (and of any record but a BATCH without other).
+ * After postcopy's switch: BATCH records of zero and raw pages, each validated whole (as
+ * engine/wire.py's read_batch_head does) before a page is placed, all without the GIL. */
+static PyObject *
+page_table_serve(PageTable *self, PyObject *args)
+{
+    TableArgs a;
+    int fd, batch_kind, zero_kind, raw_kind, other;
+    Py_buffer known;
+    Py_ssize_t max_batch, max_record;
+    if (!PyArg_ParseTuple(args, "iw*w*w*w*iiiy*nnp", &fd, &a.ram, &a.present, &a.written, &a.crc,
+                          &batch_kind, &zero_kind, &raw_kind, &known, &max_batch, &max_record,
+                          &other))
+        return NULL;
+    if (!table_args_check(&a)) {
+        PyBuffer_Release(&known);
+        return NULL;
+    }
+    if (!bound() || known.len != 256) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "known kinds: one flag per kind byte");
+        PyBuffer_Release(&known);
+        table_args_release(&a);
+        return NULL;
+    }
+    char why[160] = "";
+    int os_error = 0, next_kind = -1;
+    uint32_t next_length = 0;
+    uint8_t *body = malloc((size_t)max_record);
+    Py_ssize_t *index = malloc(sizeof(Py_ssize_t) * 2 * (size_t)max_batch);
+    if (body == NULL || index == NULL) {
+        free(body);
+        free(index);
+        PyBuffer_Release(&known);
+        table_args_release(&a);
+        return PyErr_NoMemory();
+    }
+    const uint8_t *is_known = known.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        uint8_t head[5];
+        int r = read_full(fd, head, sizeof(head));
+        if (r == 0)
+            break;
+        uint32_t length = r > 0 ? be32(head + 1) : 0;
+        if (r > 0 && length > (uint64_t)max_record) {
+            snprintf(why, sizeof(why), "record of %u bytes exceeds the limit of %zd", length,
+                     max_record);
+            break;
+        }
+        if (r > 0 && head[0] != batch_kind) {
+            if (other) {
+                next_kind = head[0];
+                next_length = length;
+            } else {
+                snprintf(why, sizeof(why), "unknown record type 0x%02x", head[0]);
+            }
+            break;
+        }
+        if (r < 0 || (length && read_full(fd, body, length) <= 0)) {
+            os_error = errno; /* 0: the stream ended inside the record */
+            if (!os_error)
+                snprintf(why, sizeof(why), "truncated stream");
+            break;
+        }
+        if (length < 4) {
+            snprintf(why, sizeof(why), "truncated page batch");
+            break;
+        }
+        uint32_t n = be32(body);
+        if (n == 0 || n > max_batch) {
+            snprintf(why, sizeof(why), "page batch of %u pages (limit %zd)", n, max_batch);
+            break;
+        }
+        if (length < 4 + 5 * (uint64_t)n) {
+            snprintf(why, sizeof(why), "truncated stream");
+            break;
+        }
+        const uint8_t *kinds = body + 4 + 4 * (size_t)n;
+        Py_ssize_t *zeros = index, *raws = index + max_batch, nzero = 0, nraw = 0, top = 0;
+        for (uint32_t k = 0; k < n && !why[0]; k++) {
+            Py_ssize_t page = be32(body + 4 + 4 * (size_t)k);
+            top = page > top ? page : top;
+            if (!is_known[kinds[k]])
+                snprintf(why, sizeof(why), "unknown page kind 0x%02x", kinds[k]);
+            else if (kinds[k] == zero_kind)
+                zeros[nzero++] = page;
+            else if (kinds[k] == raw_kind)
+                raws[nraw++] = page;
+            else
+                snprintf(why, sizeof(why), "postcopy: a compressed or XBZRLE page after the switch");
+        }
+        if (!why[0] && top >= a.pages)
+            snprintf(why, sizeof(why), "page %zd is outside guest RAM (%zd pages)", top, a.pages);
+        uint64_t expected = 4 + 5 * (uint64_t)n + (uint64_t)nraw * PAGE;
+        if (!why[0] && length != expected)
+            snprintf(why, sizeof(why), "page batch length %u does not match its contents (%llu)",
+                     length, (unsigned long long)expected);
+        if (why[0])
+            break;
+        table_place(self, &a, zeros, nzero, NULL, nzero ? nzero : 1);
+        table_place(self, &a, raws, nraw, kinds + n, nraw ? nraw : 1);
+    }
+    Py_END_ALLOW_THREADS
+    free(index);
+    free(body);
+    PyBuffer_Release(&known);
+    table_args_release(&a);
+    if (os_error) {
+        errno = os_error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (why[0]) {
+        PyErr_SetString(PyExc_ValueError, why);
+        return NULL;
+    }
+    return next_kind < 0 ? Py_NewRef(Py_None) : Py_BuildValue("(iI)", next_kind, next_length);
+}
+
+static PyMethodDef page_table_methods[] = {
+    {"place", (PyCFunction)page_table_place, METH_VARARGS,
+     "place(ram, present, written, crc, pages, data, chunk) -> pages placed."},
+    {"wait", (PyCFunction)page_table_wait, METH_VARARGS,
+     "wait(present, page, timeout) -> whether the page is present."},
+    {"wait_complete", (PyCFunction)page_table_wait_complete, METH_VARARGS,
+     "wait_complete(timeout) -> whether every page is present."},
+    {"serve", (PyCFunction)page_table_serve, METH_VARARGS,
+     "serve(fd, ram, present, written, crc, batch, zero, raw, known, max_batch, max_record,\n"
+     "other) -> None at a clean end, or the (type, length) of the next record not a BATCH."},
+    {NULL},
+};
+
+static PyGetSetDef page_table_getset[] = {
+    {"missing", (getter)page_table_missing, NULL, "pages not present yet", NULL},
+    {NULL},
+};
+
+static PyTypeObject PageTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine._pagecodec.PageTable",
+    .tp_doc = "PageTable(missing, zero_crc): postcopy's present bits' lock and waits.",
+    .tp_basicsize = sizeof(PageTable),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)page_table_init,
+    .tp_dealloc = (destructor)page_table_dealloc,
+    .tp_methods = page_table_methods,
+    .tp_getset = page_table_getset,
+};
+
 static PyMethodDef module_methods[] = {
-    {"bind", bind, METH_O, "bind(path): take the zng_* functions from that shared object."},
+    {"bind", bind_zlib, METH_O, "bind(path): take the zng_* functions from that shared object."},
     {"xbzrle_encode", xbzrle_encode, METH_VARARGS,
      "xbzrle_encode(ram, pages, cache, addr, age, now, last) -> (status, raw, deltas, crcs)."},
     {"xbzrle_cache_zero", xbzrle_cache_zero, METH_VARARGS,
@@ -1652,7 +2064,8 @@ PyMODINIT_FUNC
 PyInit__pagecodec(void)
 {
     if (PyType_Ready(&DeflaterType) < 0 || PyType_Ready(&InflaterType) < 0 ||
-        PyType_Ready(&ZstdPackerType) < 0 || PyType_Ready(&ZstdUnpackerType) < 0)
+        PyType_Ready(&ZstdPackerType) < 0 || PyType_Ready(&ZstdUnpackerType) < 0 ||
+        PyType_Ready(&PageTableType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -1661,7 +2074,8 @@ PyInit__pagecodec(void)
         PyModule_AddObjectRef(m, "Deflater", (PyObject *)&DeflaterType) < 0 ||
         PyModule_AddObjectRef(m, "Inflater", (PyObject *)&InflaterType) < 0 ||
         PyModule_AddObjectRef(m, "ZstdPacker", (PyObject *)&ZstdPackerType) < 0 ||
-        PyModule_AddObjectRef(m, "ZstdUnpacker", (PyObject *)&ZstdUnpackerType) < 0) {
+        PyModule_AddObjectRef(m, "ZstdUnpacker", (PyObject *)&ZstdUnpackerType) < 0 ||
+        PyModule_AddObjectRef(m, "PageTable", (PyObject *)&PageTableType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -49,6 +49,37 @@ def populate_pages(ram: Buffer, pages: Buffer) -> None: ...
 def bind_zstd(path: str) -> None:
     """Bind the zstd (1.4 or later) library at ``path``; ImportError for any other."""
 
+class PageTable:
+    missing: int
+    def __init__(self, missing: int, zero_crc: int) -> None: ...
+    def place(
+        self,
+        ram: Buffer,
+        present: Buffer,
+        written: Buffer,
+        crc: Buffer,
+        pages: Buffer,
+        data: Buffer | None,
+        chunk: int,
+    ) -> int: ...
+    def wait(self, present: Buffer, page: int, timeout: float) -> bool: ...
+    def wait_complete(self, timeout: float) -> bool: ...
+    def serve(
+        self,
+        fd: int,
+        ram: Buffer,
+        present: Buffer,
+        written: Buffer,
+        crc: Buffer,
+        batch: int,
+        zero: int,
+        raw: int,
+        known: bytes,
+        max_batch: int,
+        max_record: int,
+        other: bool,
+    ) -> tuple[int, int] | None: ...
+
 class ZstdPacker:
     def __init__(self, level: int, window_log: int) -> None: ...
     def pack(self, ram: Buffer, pages: Buffer, crcs: Buffer) -> bytes: ...

@@ -26,7 +26,7 @@ from engine import postcopy, wire, xbzrle
 from engine.command import CommandListener
 from engine.compression import CHUNK, CODECS, DecompressPool
 from engine.file_stream import FileSource
-from engine.guest import PAGE_SIZE, GuestRam
+from engine.guest import GuestRam
 from engine.multifd import HELLO_MAGIC, METHODS, Hello, MultifdReceiver
 from engine.snapshot import MigrationInfo
 from engine.state import MigrationStatus, RunState
@@ -489,7 +489,6 @@ class StreamLoader:
         self.session = ""  # the source's, which a recovery must bring
         self._preempt: socket.socket | None = None  # postcopy-preempt's channel
         self._preempt_reader: threading.Thread | None = None
-        self._place_buf: bytearray | None = None  # the background stream's, after the switch
         self._relaxed = False  # the switch interval given back
         self._send_lock = threading.Lock()  # the vCPU's page requests and the verdict
         self._local_config = local_config
@@ -562,7 +561,13 @@ class StreamLoader:
 
     def _records(self, conn: socket.socket) -> RunState:
         while True:
-            rec = wire.read_record_head(conn)
+            # After the switch the background's batches are placed in C without the GIL,
+            # which the vCPU needs to go on once its page is in.
+            rec = (
+                wire.read_record_head(conn)
+                if self.present is None
+                else self.present.serve(conn, True)
+            )
             if rec is None:
                 raise wire.StreamError("migration stream ended before completion")
             kind, length = rec
@@ -681,45 +686,18 @@ class StreamLoader:
     def _read_preempt(self, sock: socket.socket) -> None:
         """postcopy-preempt's channel: requested pages only, placed as they come. It ends
         with its connection; a bad record ends it too (the main stream still carries all)."""
+        assert self.present is not None
         try:
-            while (head := wire.read_record_head(sock)) is not None:
-                kind, length = head
-                if kind != wire.Rec.BATCH:
-                    raise wire.StreamError(f"unknown record type 0x{kind:02x}")
-                # Read whole, parsed from memory: one system call, not one per field.
-                body = wire.Body(wire.read_body(sock, length, wire.MAX_RECORD))
-                self._place_batch(body, wire.read_batch_head(body, length, self.ram.pages))
+            self.present.serve(sock)
+            log.info("postcopy preempt channel ended: closed")
         except (OSError, wire.StreamError) as exc:
             log.info("postcopy preempt channel ended: %s", exc)
 
     def _request(self, pages: npt.NDArray[np.intp]) -> None:
         self.send(postcopy.encode_request(pages))
 
-    def _place_batch(
-        self, conn: wire.Reader, batch: wire.BatchHead, into: bytearray | None = None
-    ) -> None:
-        """After the switch: place each page unless it is present already (it was requested
-        and arrived, and the guest may have written it since). ``into``: the caller's
-        receive buffer (the background stream's, reused: a fresh 4 MiB per batch costs a
-        page fault per page)."""
-        assert self.present is not None
-        if not np.isin(batch.kinds, (wire.Kind.ZERO, wire.Kind.PAGE)).all():
-            raise wire.StreamError("postcopy: a compressed or XBZRLE page after the switch")
-        self.present.place(batch.of(wire.Kind.ZERO), None)
-        raw = batch.of(wire.Kind.PAGE)
-        if len(raw):
-            size = len(raw) * PAGE_SIZE
-            buf = memoryview(bytearray(size) if into is None else into)[:size]
-            wire.recv_into(conn, buf)
-            self.present.place(raw, buf)
-
     def _receive_batch(self, conn: socket.socket, length: int) -> None:
         batch = wire.read_batch_head(conn, length, self.ram.pages)
-        if self.present is not None:
-            if self._place_buf is None:
-                self._place_buf = bytearray(wire.MAX_BATCH * PAGE_SIZE)
-            self._place_batch(conn, batch, self._place_buf)
-            return
         ram = self.ram
         zero = batch.of(wire.Kind.ZERO)
         if len(zero):

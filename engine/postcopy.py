@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from engine import wire
-from engine.guest import PAGE_SIZE, GuestRam
+from engine import _pagecodec, wire
+from engine.guest import GuestRam
 
 log = logging.getLogger(__name__)
 FAULT_SLICE_S = 0.1  # a faulting vCPU re-checks whether it was told to stop this often
@@ -40,6 +40,7 @@ PREEMPT_CHANNEL = 0xFFFF  # the channel number postcopy-preempt's connection say
 U32 = np.dtype(">u4")
 # Pages placed per hold of the present map's lock (256 KiB: ~50 us of copy and CRC).
 PLACE_CHUNK = 64
+KNOWN_KINDS = wire.KNOWN_KIND.astype(np.uint8).tobytes()  # the C reader's table of page kinds
 
 
 # A fault crosses four threads (the vCPU, the source's return path, its sender, the
@@ -128,7 +129,11 @@ class Blocktime:
 
 
 class PresentMap:
-    """The destination's present bit per page, faults that wait for pages, and placement."""
+    """The destination's present bit per page, faults that wait for pages, and placement.
+
+    The bits' lock and the waits are C (`_pagecodec.PageTable`): placing a page and waking
+    its vCPU need no GIL, so a fault is not handed from thread to thread behind the busy
+    background ones. The vCPUs' bookkeeping (what each waits for, since when) has its lock."""
 
     def __init__(
         self,
@@ -145,15 +150,17 @@ class PresentMap:
         bit (pages come from two channels with postcopy-preempt); ``request`` sends a page
         request to the source (it may fail: the wait goes on, and a recovered stream asks
         again with `outstanding`); ``vcpus``: how many vCPUs may fault; ``clock`` times their
-        waits (tests give it a clock they move)."""
+        waits (tests give it a clock they move). The arrays must be contiguous: the C table
+        writes them in place."""
         self._clock = clock
         self._ram = ram
         self._present = present
         self._written = written
         self._crc = crc
+        self._arrays = (ram.buf, present.data, written.data, crc.data)
+        self._table = _pagecodec.PageTable(int(np.count_nonzero(~present)), wire.ZERO_CRC)
         self._request = request
-        self._cond = threading.Condition()
-        self._missing = int(np.count_nonzero(~present))
+        self._lock = threading.Lock()  # the vCPUs' waits; never held across one
         self._waiting: dict[int, tuple[int, float]] = {}  # vCPU → the page it waits for, since
         self._blocked_s = [0.0] * vcpus  # each vCPU's waits
         # QEMU's total: the time when every vCPU was blocked at once, and since when they are
@@ -165,16 +172,17 @@ class PresentMap:
 
     @property
     def missing(self) -> int:
-        return self._missing
+        return int(self._table.missing)
 
     def present_bits(self) -> npt.NDArray[np.bool_]:
-        with self._cond:
-            return self._present.copy()
+        """A copy; a page placed meanwhile may be in it or not (a recovery then sends it
+        again, and the copy that comes second is dropped)."""
+        return self._present.copy()
 
     def fault(self, pages: npt.NDArray[np.intp], stop: threading.Event, vcpu: int = 0) -> bool:
         """Before vCPU ``vcpu`` writes ``pages``: fetch each missing one, in order, as a vCPU
         faults on one page at a time. False when ``stop`` was set meanwhile."""
-        if not self._missing:
+        if not self._table.missing:
             return True
         for page in pages[~self._present[pages]].tolist():
             if not self._wait_for(page, stop, vcpu):
@@ -182,9 +190,9 @@ class PresentMap:
         return True
 
     def _wait_for(self, page: int, stop: threading.Event, vcpu: int) -> bool:
-        with self._cond:
-            if self._present[page]:
-                return True
+        if self._present[page]:
+            return True
+        with self._lock:
             t0 = self._clock()
             self._waiting[vcpu] = (page, t0)
             if len(self._waiting) == len(self._blocked_s):
@@ -193,16 +201,18 @@ class PresentMap:
             self._request(np.array([page], dtype=np.intp))
         except OSError as exc:  # the stream broke: the page comes after a recovery
             log.info("page request for %d not sent: %s", page, exc)
-        with self._cond:
-            while not self._present[page] and not stop.is_set():
-                self._cond.wait(FAULT_SLICE_S)
+        here = False
+        while not (here := self._table.wait(self._arrays[1], page, FAULT_SLICE_S)):
+            if stop.is_set():
+                break
+        with self._lock:
             now = self._clock()
             del self._waiting[vcpu]
             if self._all_since is not None:  # this vCPU ends the time all were blocked
                 self._all_blocked_s += now - self._all_since
                 self._all_since = None
             self._blocked_s[vcpu] += now - t0  # a stop's too: the total counted it
-            if not self._present[page]:
+            if not here:
                 return False
             self._latencies.append((now - t0) * 1000)
             self._at.append((t0 - self._switched) * 1000)
@@ -210,7 +220,7 @@ class PresentMap:
 
     def outstanding(self) -> npt.NDArray[np.intp]:
         """The pages the vCPUs wait for (to ask again on a new stream)."""
-        with self._cond:
+        with self._lock:
             pages = sorted({page for page, _ in self._waiting.values()})
         return np.array(pages, dtype=np.intp)
 
@@ -220,43 +230,36 @@ class PresentMap:
 
         A chunk at a time under the lock: a requested page that the preempt channel brings
         waits for one chunk of a background batch, not for the whole batch."""
-        placed = 0
-        for start in range(0, len(indices), PLACE_CHUNK):
-            chunk = (
-                None
-                if data is None
-                else data[start * PAGE_SIZE : (start + PLACE_CHUNK) * PAGE_SIZE]
-            )
-            placed += self._place(indices[start : start + PLACE_CHUNK], chunk)
-        return placed
+        pages = np.ascontiguousarray(indices, dtype=np.intp)
+        return int(self._table.place(*self._arrays, pages.data, data, PLACE_CHUNK))
 
-    def _place(self, indices: npt.NDArray[np.intp], data: memoryview | None) -> int:
-        with self._cond:
-            fresh = ~self._present[indices]
-            placed = indices[fresh]
-            if not len(placed):
-                return 0
-            if data is None:
-                self._ram.page_array[placed[self._written[placed]]] = 0
-                self._crc[placed] = wire.ZERO_CRC
-            else:
-                pages = np.frombuffer(data, np.uint8).reshape(-1, PAGE_SIZE)
-                self._ram.page_array[placed] = pages[fresh]
-                self._written[placed] = True
-                # In place, in C without the GIL: the guest cannot write a page not present.
-                self._crc[placed] = self._ram.crc_pages(placed)
-            self._present[placed] = True
-            self._missing -= len(placed)
-            self._cond.notify_all()
-        return len(placed)
+    def serve(self, sock: socket.socket, other: bool = False) -> tuple[int, int] | None:
+        """BATCH records from ``sock`` (postcopy-preempt's channel, or the main stream after
+        the switch), their pages placed as they come, all without the GIL (a vCPU's wait does
+        not hand over to the thread that reads them). None at the stream's clean end, else
+        (``other``) the (type, length) of the first other record, its body still to read.
+        StreamError for a bad record, or any other without ``other``; OSError."""
+        try:
+            return self._table.serve(
+                sock.fileno(),
+                *self._arrays,
+                wire.Rec.BATCH,
+                wire.Kind.ZERO,
+                wire.Kind.PAGE,
+                KNOWN_KINDS,
+                wire.MAX_BATCH,
+                wire.MAX_RECORD,
+                other,
+            )
+        except ValueError as exc:
+            raise wire.StreamError(str(exc)) from None
 
     def wait_complete(self, timeout: float) -> bool:
         """Until every page is present (the last may still be on the preempt channel)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._missing, timeout)
+        return bool(self._table.wait_complete(timeout))
 
     def blocktime(self) -> Blocktime:
-        with self._cond:
+        with self._lock:
             # Waits still going on count up to now, so the total never exceeds a vCPU's.
             now, total, blocked = self._clock(), self._all_blocked_s, list(self._blocked_s)
             if self._all_since is not None:

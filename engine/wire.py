@@ -141,26 +141,9 @@ def check_header(data: bytes) -> None:
 
 
 class Reader(Protocol):
-    """What records are read from: a socket, or a record's body already read (`Body`)."""
+    """What records are read from: a socket, or anything that fills a buffer as one does."""
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int: ...
-
-
-class Body:
-    """A record's body read whole, parsed as its socket would be, with no system call (each
-    is a wait to take the GIL back from a busy thread: postcopy-preempt's pages cannot
-    afford one per field)."""
-
-    def __init__(self, data: bytearray) -> None:
-        self._data = memoryview(data)
-        self._at = 0
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
-        view = memoryview(buffer).cast("B")
-        n = min(nbytes or len(view), len(self._data) - self._at)
-        view[:n] = self._data[self._at : self._at + n]
-        self._at += n
-        return n
 
 
 def read_exact(sock: Reader, n: int) -> bytearray | None:
