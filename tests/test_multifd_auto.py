@@ -14,6 +14,7 @@ from test_machine import dest, make, migrate
 
 from engine import multifd
 from engine.guest import PAGE_SIZE, GuestRam
+from engine.machine import Machine
 
 
 def test_unsent_counts_what_the_peer_has_not_taken() -> None:
@@ -47,43 +48,39 @@ def test_both_codecs_decode_into_their_pages() -> None:
         assert not dst.page_array[[0, 2, 5, 6, 7]].any()  # nothing outside them
 
 
+def migrate_x_auto(
+    machines, caplog, workload: str, channels: int, seed: int
+) -> tuple[Machine, list[tuple[int, int]]]:
+    """An x-auto migration; the source and each channel's (fast packets, packets)."""
+    caplog.set_level(logging.INFO, logger="engine.multifd")
+    dst, uri = dest(machines)
+    src = make(machines, workload=workload, seed=seed)
+    for m in (src, dst):
+        m.set_capabilities({"multifd": True})
+        m.set_parameters({"multifd-channels": channels, "multifd-compression": "x-auto"})
+    migrate(src, dst, uri)
+    counts = [
+        (int(found[1]), int(found[2]))
+        for r in caplog.records
+        if (found := re.search(r"x-auto sent (\d+) of (\d+) packets fast", r.getMessage()))
+    ]
+    assert len(counts) == channels, counts
+    return src, counts
+
+
 def test_a_channel_interleaves_zstd_and_lz4_packets(machines, monkeypatch, caplog) -> None:
     # By construction: the backlog alternates, so each channel's packets alternate between
     # the codecs; the zstd stream goes on across the LZ4 packets between its own.
     backlog = itertools.cycle([0, multifd.AUTO_BACKLOG])
     monkeypatch.setattr(multifd, "unsent", lambda sock: next(backlog))
-    caplog.set_level(logging.INFO, logger="engine.multifd")
-    dst, uri = dest(machines)
-    src = make(machines, workload="random-writer,rate=2000,wss=8M", seed=5)
-    for m in (src, dst):
-        m.set_capabilities({"multifd": True})
-        m.set_parameters({"multifd-channels": 2, "multifd-compression": "x-auto"})
-    migrate(src, dst, uri)
+    src, counts = migrate_x_auto(machines, caplog, "random-writer,rate=2000,wss=8M", 2, 5)
     info = src.query_migrate()
     assert info.ram is not None and 0 < info.ram.multifd_bytes < info.ram.normal * PAGE_SIZE
-    counts = [
-        tuple(map(int, found.groups()))
-        for r in caplog.records
-        if (found := re.search(r"x-auto sent (\d+) of (\d+) packets fast", r.getMessage()))
-    ]
-    assert len(counts) == 2 and all(0 < fast < total for fast, total in counts), counts
+    assert all(0 < fast < total for fast, total in counts), counts
 
 
 @pytest.mark.parametrize("backlog", [0, multifd.AUTO_BACKLOG])
 def test_the_backlog_picks_the_codec(machines, monkeypatch, caplog, backlog: int) -> None:
     monkeypatch.setattr(multifd, "unsent", lambda sock: backlog)
-    caplog.set_level(logging.INFO, logger="engine.multifd")
-    dst, uri = dest(machines)
-    src = make(machines, workload="idle", seed=6)
-    for m in (src, dst):
-        m.set_capabilities({"multifd": True})
-        m.set_parameters({"multifd-channels": 1, "multifd-compression": "x-auto"})
-    migrate(src, dst, uri)
-    (found,) = [
-        re.search(r"x-auto sent (\d+) of (\d+) packets fast", r.getMessage())
-        for r in caplog.records
-        if "x-auto sent" in r.getMessage()
-    ]
-    assert found is not None
-    fast, total = map(int, found.groups())
+    _, [(fast, total)] = migrate_x_auto(machines, caplog, "idle", 1, 6)
     assert total > 0 and fast == (total if backlog < multifd.AUTO_BACKLOG else 0)
