@@ -4,11 +4,13 @@ requested pages and its return-path reader.
 After the switch the destination's guest runs before its RAM has arrived. Each page has a
 present bit, as a page-table entry has: the vCPU (the workload writer) checks the bits of the
 pages it is about to write (`GuestRam.fault`), and for each missing one sends a page request
-over the return path and waits, on a condition, until the loader has placed the page. A page
-is placed at most once: a copy arriving after the page is present (it was requested, then
-came again by the background stream) is dropped, so it cannot undo what the guest wrote.
-This is a software page table, not userfaultfd: a Python thread that faults in the kernel
-while holding the GIL would stop the thread that has to resolve the fault.
+over the return path and waits until a reader has placed the page. The bits' lock, that wait
+and both readers (the preempt channel's, the main stream's background batches) are C
+without the GIL (`_pagecodec.PageTable`). A page is placed at most once: a copy arriving
+after the page is present (it was requested, then came again by the background stream) is
+dropped, so it cannot undo what the guest wrote. This is a software page table, not
+userfaultfd: a Python thread that faults in the kernel while holding the GIL would stop the
+thread that has to resolve the fault.
 
 The source serves requested pages ahead of its background scan: `PageRequests` keeps them in
 the order asked, each page at most once until sent; `ReturnPath` reads the destination's
