@@ -1868,30 +1868,32 @@ be32(const uint8_t *at)
     return (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3];
 }
 
-/* serve(fd, ram, present, written, crc, batch, zero, raw, known, max_batch, max_record, other)
+/* serve(fd, ram, present, written, crc, batch, zero, raw, known, max_batch, max_record, chunk,
+ *       other)
  *   -> None at a clean end of the stream, or (type, length) of the first record that is not
  * a BATCH (its head read, its body not) when other is true; OSError when the socket fails,
  * ValueError naming the fault of a bad record (and of any record but a BATCH without other).
  * After postcopy's switch: BATCH records of zero and raw pages, each validated whole (as
- * engine/wire.py's read_batch_head does) before a page is placed, all without the GIL. */
+ * engine/wire.py's read_batch_head does) before a page is placed, chunk pages per hold of the
+ * lock (as place), all without the GIL. */
 static PyObject *
 page_table_serve(PageTable *self, PyObject *args)
 {
     TableArgs a;
     int fd, batch_kind, zero_kind, raw_kind, other;
     Py_buffer known;
-    Py_ssize_t max_batch, max_record;
-    if (!PyArg_ParseTuple(args, "iw*w*w*w*iiiy*nnp", &fd, &a.ram, &a.present, &a.written, &a.crc,
-                          &batch_kind, &zero_kind, &raw_kind, &known, &max_batch, &max_record,
-                          &other))
+    Py_ssize_t max_batch, max_record, chunk;
+    if (!PyArg_ParseTuple(args, "iw*w*w*w*iiiy*nnnp", &fd, &a.ram, &a.present, &a.written,
+                          &a.crc, &batch_kind, &zero_kind, &raw_kind, &known, &max_batch,
+                          &max_record, &chunk, &other))
         return NULL;
     if (!table_args_check(&a)) {
         PyBuffer_Release(&known);
         return NULL;
     }
-    if (!bound() || known.len != 256) {
+    if (!bound() || known.len != 256 || chunk < 1) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "known kinds: one flag per kind byte");
+            PyErr_SetString(PyExc_ValueError, "known kinds: one flag per kind byte; chunk >= 1");
         PyBuffer_Release(&known);
         table_args_release(&a);
         return NULL;
@@ -1971,8 +1973,8 @@ page_table_serve(PageTable *self, PyObject *args)
                      length, (unsigned long long)expected);
         if (why[0])
             break;
-        table_place(self, &a, zeros, nzero, NULL, nzero ? nzero : 1);
-        table_place(self, &a, raws, nraw, kinds + n, nraw ? nraw : 1);
+        table_place(self, &a, zeros, nzero, NULL, chunk);
+        table_place(self, &a, raws, nraw, kinds + n, chunk);
     }
     Py_END_ALLOW_THREADS
     free(index);
@@ -1999,7 +2001,7 @@ static PyMethodDef page_table_methods[] = {
      "wait_complete(timeout) -> whether every page is present."},
     {"serve", (PyCFunction)page_table_serve, METH_VARARGS,
      "serve(fd, ram, present, written, crc, batch, zero, raw, known, max_batch, max_record,\n"
-     "other) -> None at a clean end, or the (type, length) of the next record not a BATCH."},
+     "chunk, other) -> None at a clean end, or the (type, length) of the next other record."},
     {NULL},
 };
 

@@ -77,6 +77,7 @@ class PageTable:
         known: bytes,
         max_batch: int,
         max_record: int,
+        chunk: int,
         other: bool,
     ) -> tuple[int, int] | None: ...
 

@@ -30,7 +30,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Literal
 
@@ -217,7 +217,7 @@ METHODS: dict[str, PacketCodec] = {
     "zlib": PacketCodec(_zlib_packer, _zlib_unpacker, "multifd-zlib-level"),
     "zstd": ZSTD,
     "x-lz4": LZ4,
-    "x-auto": PacketCodec(_zstd_packer, _zstd_unpacker, "multifd-zstd-level", fast=LZ4),
+    "x-auto": replace(ZSTD, fast=LZ4),
 }
 # x-auto's rule, per channel and packet: zstd (fewer bytes, more CPU) while the channel's
 # socket holds more than this many bytes the wire has not taken yet (it stays busy while zstd

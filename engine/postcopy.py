@@ -155,10 +155,7 @@ class PresentMap:
         waits (tests give it a clock they move). The arrays must be contiguous: the C table
         writes them in place."""
         self._clock = clock
-        self._ram = ram
         self._present = present
-        self._written = written
-        self._crc = crc
         self._arrays = (ram.buf, present.data, written.data, crc.data)
         self._table = _pagecodec.PageTable(int(np.count_nonzero(~present)), wire.ZERO_CRC)
         self._request = request
@@ -251,6 +248,7 @@ class PresentMap:
                 KNOWN_KINDS,
                 wire.MAX_BATCH,
                 wire.MAX_RECORD,
+                PLACE_CHUNK,
                 other,
             )
         except ValueError as exc:
