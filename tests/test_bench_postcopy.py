@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from hmp.lab import bench, experiment, qemu_compare
+from hmp.lab import bench, experiment, host, qemu_compare
 from hmp.lab.experiment import Result, Setup
 
 WAITS = [0.2, 0.3, 0.4, 0.5]
@@ -88,3 +88,24 @@ def test_a_shaped_link_runs_both_endpoints_in_its_namespace(
         if c[0].startswith("postcopy-preempt, background unlimited: faulting")
     ]
     assert check[2] == "<= 5.00" and check[3]
+
+
+def test_each_run_says_what_the_host_stole_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, recorded: list[tuple[Setup, Sequence[str]]]
+) -> None:
+    # A reading before and after each of the six runs: run k has k of its 100 ticks stolen.
+    readings = iter(
+        [
+            t
+            for k in range(6)
+            for t in (host.CpuTimes(1000 * k, 0), host.CpuTimes(1000 * k + 100, k))
+        ]
+    )
+    monkeypatch.setattr(host, "cpu_times", lambda: next(readings))
+    report = bench.Report(out=io.StringIO())
+    bench.postcopy_runs(report, "64M")
+    table = report.tables[0]
+    assert table.headers[-1] == "host steal"
+    assert [row[-1] for row in table.rows] == ["0%", "1%", "2%", "3%", "4%", "5%"]
+    checks = {name: value for name, value, _t, _ok in report.checks}
+    assert checks["postcopy-preempt, background unlimited: host CPU steal (%)"] == 5.0

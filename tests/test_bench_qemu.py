@@ -122,9 +122,11 @@ def test_latency_and_rss_figures() -> None:
 
 
 def test_side_figures_and_cells() -> None:
-    side = bench.Side([run(300), run(100), run(200, status="failed")], [50.0, 60.0, 70.0])
+    runs = [run(300), run(100), run(200, status="failed")]
+    runs[0].steal, runs[1].steal = 12.4, 0.0  # the third's host could not be read
+    side = bench.Side(runs, [50.0, 60.0, 70.0])
     assert (side.median, side.fastest, side.floor) == (200, 100, 60)
-    assert side.cell() == "300 (50) 100 (60) 200 (70) failed"
+    assert side.cell() == "300 (50, 12%) 100 (60, 0%) 200 (70, ?) failed"
 
 
 def test_plain_loopback_targets() -> None:

@@ -31,7 +31,7 @@ from engine.compression import CHUNK, CODECS, CompressPool, DecompressPool
 from engine.guest import PAGE_SIZE, GuestRam
 from engine.workload import Workload
 from engine.xbzrle import PageCache
-from hmp.lab import cases, experiment, qemu_compare
+from hmp.lab import cases, experiment, host, qemu_compare
 from hmp.lab.experiment import Result, Setup, figure
 from hmp.monitor import strtosz
 
@@ -413,14 +413,20 @@ class Side:
         return statistics.median(self.floors_ms) if self.floors_ms else float("nan")
 
     def cell(self) -> str:
-        """Each run's total time, its floor in parentheses, and its status unless completed."""
+        """Each run's total time, in parentheses its floor and the host's CPU steal meanwhile,
+        and its status unless completed."""
         cells = []
         for run, floor in zip(self.runs, self.floors_ms, strict=True):
             status = run.info.get("status")
             cells.append(
-                f"{_ms(run):.0f} ({floor:.0f})" + ("" if status == "completed" else f" {status}")
+                f"{_ms(run):.0f} ({floor:.0f}, {_steal(run.steal)})"
+                + ("" if status == "completed" else f" {status}")
             )
         return " ".join(cells)
+
+
+def _steal(percent: float | None) -> str:
+    return "?" if percent is None else f"{percent:.0f}%"
 
 
 def _floors(
@@ -435,8 +441,8 @@ def _floors(
 
 QEMU_HEADERS = ["config", "QEMU median / fastest ms", "ours median / fastest ms"]
 QEMU_HEADERS += ["ours / QEMU (medians)", "QEMU MB sent", "ours MB sent", "QEMU floor ms"]
-QEMU_HEADERS += ["ours floor ms", "ours / its floor (medians)", "runs: QEMU ms (floor)"]
-QEMU_HEADERS += ["runs: ours ms (floor)"]
+QEMU_HEADERS += ["ours floor ms", "ours / its floor (medians)"]
+QEMU_HEADERS += ["runs: QEMU ms (floor, host steal)", "runs: ours ms (floor, host steal)"]
 
 
 def _qemu_row(config: qemu_compare.Config, qemu: Side, ours: Side) -> list[Any]:
@@ -767,13 +773,15 @@ def _postcopy_runs(
         "postcopy-preempt, background unlimited": replace(base, postcopy=True, preempt=True),
     }
     headers = ["run", "status", "total ms", "downtime ms", "vCPU blocktime ms", "faults"]
-    headers += ["wait p50 ms", "wait p99 ms", "src RSS MiB", "dst RSS MiB"]
+    headers += ["wait p50 ms", "wait p99 ms", "src RSS MiB", "dst RSS MiB", "host steal"]
     title = f"Postcopy: {ram} guest writing 25000 pages/s, max-bandwidth 32M, on {where}"
     title += f" (round trip {rtt_s * 1e6:.0f} us)"
     table = Table(title, headers)
-    results = {}
+    results, steals = {}, {}
     for label, setup in runs.items():
+        before = host.cpu_times()
         result = results[label] = experiment.run(setup, prefix=prefix)
+        steal = steals[label] = host.steal_percent(before, host.cpu_times())
         waits = result.faults.get("waits-ms", [])
         p50, p99 = (float(np.percentile(waits, q)) for q in (50, 99)) if waits else ("", "")
         table.rows.append(
@@ -789,6 +797,7 @@ def _postcopy_runs(
                 p99,
                 result.rss_kib["src"] / 1024,
                 result.rss_kib["dst"] / 1024,
+                _steal(steal),
             ]
         )
     report.add(table)
@@ -812,6 +821,12 @@ def _postcopy_runs(
         target = f"<= {bound_ms:.2f}" if "preempt" in label else "report"
         ok = p99 <= bound_ms if "preempt" in label else True
         report.check(f"{label}: faulting vCPU's wait p99 (ms, {link.name})", p99, target, ok)
+    # The host's stalls (its steal) land anywhere in a fault's path, whatever its threads do.
+    label = "postcopy-preempt, background unlimited"
+    steal = steals[label]
+    report.check(
+        f"{label}: host CPU steal (%)", float("nan") if steal is None else steal, "report", True
+    )
     for label, result in results.items():
         if not result.setup.postcopy:
             continue

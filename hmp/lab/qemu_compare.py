@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hmp.harness import MIGRATION_ENDED, Endpoint, QmpClient, free_port, resolve_argv
+from hmp.lab import host
 from hmp.lab.experiment import peak_rss_kib
 
 PAGE = 4096
@@ -311,6 +312,7 @@ class Run:
 
     info: dict[str, Any]
     rss_kib: dict[str, int] = field(default_factory=dict)  # "src", "dst"
+    steal: float | None = None  # the host's CPU steal over the run, % (hmp/lab/host.py)
 
 
 @dataclass
@@ -460,5 +462,8 @@ def compare(
     for round_ in range(runs):
         sides = [(run_qemu, theirs), (run_ours, ours)] if config.qemu else [(run_ours, ours)]
         for run, results in sides if round_ % 2 == 0 else sides[::-1]:
-            results.append(run(image, config, prealloc, prefix))
+            before = host.cpu_times()
+            result = run(image, config, prealloc, prefix)
+            result.steal = host.steal_percent(before, host.cpu_times())
+            results.append(result)
     return theirs, ours

@@ -1,0 +1,50 @@
+"""What the host takes from a measured run: the share of this machine's CPU time that its
+hypervisor gave to other guests meanwhile (``steal`` in /proc/stat).
+
+On a shared virtual machine that share moves from run to run (here 0-30%), and it comes in
+stalls of several milliseconds that no thread of ours can avoid: benchmarks report it beside
+the figures it bends (run times; a faulting vCPU's wait p99)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+STAT = Path("/proc/stat")
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """All CPUs' time so far, in clock ticks: the total and what was stolen of it."""
+
+    total: int
+    steal: int
+
+
+def parse_cpu_times(stat: str) -> CpuTimes | None:
+    """The aggregate ``cpu`` line of /proc/stat's text; None without one (or without steal,
+    before Linux 2.6.11)."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu" and len(fields) >= 9:
+            # user nice system idle iowait irq softirq steal [guest guest_nice]: the guest
+            # times are already counted in user and nice.
+            ticks = [int(f) for f in fields[1:9]]
+            return CpuTimes(sum(ticks), ticks[7])
+    return None
+
+
+def cpu_times() -> CpuTimes | None:
+    """This machine's now; None where /proc/stat cannot be read or parsed."""
+    try:
+        return parse_cpu_times(STAT.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def steal_percent(before: CpuTimes | None, after: CpuTimes | None) -> float | None:
+    """The share of CPU time stolen between two readings, %; None when either is missing or
+    no time passed."""
+    if before is None or after is None or after.total <= before.total:
+        return None
+    return 100 * (after.steal - before.steal) / (after.total - before.total)
