@@ -32,6 +32,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Setup, Sequence[str]
 
     monkeypatch.setattr(experiment, "run", run)
     monkeypatch.setattr(qemu_compare, "round_trip_s", lambda prefix: 0.0001)
+    monkeypatch.setattr(host, "stalls", lambda seconds: host.Stalls(seconds, 1.0, 10, 8.25, 30.0))
     return asked
 
 
@@ -50,7 +51,8 @@ def test_an_unavailable_link_falls_back_to_the_emulated_one_and_says_so(
     assert all(setup.link == 125_000_000 and not prefix for setup, prefix in recorded)
     assert report.tables[0].title == (
         "Postcopy: 64M guest writing 25000 pages/s, max-bandwidth 32M, on 1gbit, emulated by"
-        " x-link-bandwidth (a network namespace needs root) (round trip 100 us)"
+        " x-link-bandwidth (a network namespace needs root) (round trip 100 us; before the"
+        " runs, a busy thread stalled 2.0 times/s over 1 ms, longest 8.2 ms)"
     )
     bound = 3 * (0.0001 + 4096 / 125_000_000) * 1000
     (check,) = [
@@ -79,7 +81,7 @@ def test_a_shaped_link_runs_both_endpoints_in_its_namespace(
     report = bench.Report(out=io.StringIO())
     bench.postcopy_runs(report, "64M", qemu_compare.LINKS["1gbit"])
     assert all(setup.link == 0 and prefix == inside for setup, prefix in recorded)
-    assert ", on 1gbit (1 Gbit/s) (round trip 100 us)" in report.tables[0].title
+    assert ", on 1gbit (1 Gbit/s) (round trip 100 us; " in report.tables[0].title
     loopback = bench.Report(out=io.StringIO())
     bench.postcopy_runs(loopback, "64M")
     (check,) = [
@@ -109,3 +111,5 @@ def test_each_run_says_what_the_host_stole_meanwhile(
     assert [row[-1] for row in table.rows] == ["0%", "1%", "2%", "3%", "4%", "5%"]
     checks = {name: value for name, value, _t, _ok in report.checks}
     assert checks["postcopy-preempt, background unlimited: host CPU steal (%)"] == 5.0
+    assert checks["host: a busy thread's stalls over 1 ms, before the runs (per s)"] == 2.0
+    assert checks["host: its longest stall (ms)"] == 8.25

@@ -34,3 +34,18 @@ def test_steal_is_the_share_of_the_time_between_readings() -> None:
 def test_this_machine_reads() -> None:
     now = host.cpu_times()
     assert now is not None and 0 <= now.steal <= now.total
+
+
+def test_stalls_are_the_gaps_between_clock_reads_over_the_bound() -> None:
+    # Reads 0.1 ms apart but for gaps of 3, 1.5 and (the last) 6.2 ms; 0.9 ms is no stall.
+    times = [0.0, 0.0001, 0.0031, 0.0032, 0.0041, 0.0056, 0.0058, 0.0120]
+    reads = iter(times)
+    found = host.stalls(0.01, clock=lambda: next(reads))
+    assert (found.count, found.seconds) == (3, 0.0120)
+    assert found.longest_ms == pytest.approx(6.2)
+    assert found.lost_ms == pytest.approx(3.0 + 1.5 + 6.2)
+
+
+def test_a_real_probe_watches_as_long_as_asked() -> None:
+    found = host.stalls(0.02)
+    assert found.seconds >= 0.02 and found.count >= 0 and found.per_s == found.count / found.seconds

@@ -748,6 +748,10 @@ def postcopy_runs(
     _postcopy_runs(report, ram, link, where, (), qemu_compare.round_trip_s(()), emulate=True)
 
 
+# How long `bench postcopy` watches a busy thread's stalls before its runs.
+STALL_PROBE_S = 5.0
+
+
 def _postcopy_runs(
     report: Report,
     ram: str,
@@ -774,8 +778,12 @@ def _postcopy_runs(
     }
     headers = ["run", "status", "total ms", "downtime ms", "vCPU blocktime ms", "faults"]
     headers += ["wait p50 ms", "wait p99 ms", "src RSS MiB", "dst RSS MiB", "host steal"]
+    idle = host.stalls(STALL_PROBE_S)  # before the runs: nothing else of ours runs yet
     title = f"Postcopy: {ram} guest writing 25000 pages/s, max-bandwidth 32M, on {where}"
-    title += f" (round trip {rtt_s * 1e6:.0f} us)"
+    title += f" (round trip {rtt_s * 1e6:.0f} us; before the runs, a busy thread stalled"
+    title += (
+        f" {idle.per_s:.1f} times/s over {idle.over_ms:g} ms, longest {idle.longest_ms:.1f} ms)"
+    )
     table = Table(title, headers)
     results, steals = {}, {}
     for label, setup in runs.items():
@@ -827,6 +835,9 @@ def _postcopy_runs(
     report.check(
         f"{label}: host CPU steal (%)", float("nan") if steal is None else steal, "report", True
     )
+    stalls = "host: a busy thread's stalls over 1 ms, before the runs (per s)"
+    report.check(stalls, idle.per_s, "report", True)
+    report.check("host: its longest stall (ms)", idle.longest_ms, "report", True)
     for label, result in results.items():
         if not result.setup.postcopy:
             continue

@@ -1,12 +1,16 @@
 """What the host takes from a measured run: the share of this machine's CPU time that its
-hypervisor gave to other guests meanwhile (``steal`` in /proc/stat).
+hypervisor gave to other guests meanwhile (``steal`` in /proc/stat), and the stalls a thread
+that never blocks sees on an otherwise idle machine.
 
-On a shared virtual machine that share moves from run to run (here 0-30%), and it comes in
-stalls of several milliseconds that no thread of ours can avoid: benchmarks report it beside
-the figures it bends (run times; a faulting vCPU's wait p99)."""
+On a shared virtual machine the share moves from run to run (here 0-30%), and it comes in
+stalls of several milliseconds that no thread of ours can avoid (the counter misses some of
+them): benchmarks report both beside the figures they bend (run times; a faulting vCPU's
+wait p99, whose path crosses both CPUs several times)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,3 +52,36 @@ def steal_percent(before: CpuTimes | None, after: CpuTimes | None) -> float | No
     if before is None or after is None or after.total <= before.total:
         return None
     return 100 * (after.steal - before.steal) / (after.total - before.total)
+
+
+@dataclass(frozen=True)
+class Stalls:
+    """What a busy thread lost over ``seconds``: its gaps longer than ``over_ms``."""
+
+    seconds: float
+    over_ms: float
+    count: int
+    longest_ms: float
+    lost_ms: float  # in those gaps
+
+    @property
+    def per_s(self) -> float:
+        return self.count / self.seconds
+
+
+def stalls(
+    seconds: float, over_ms: float = 1.0, clock: Callable[[], float] = time.perf_counter
+) -> Stalls:
+    """Read ``clock`` back to back for ``seconds`` (this thread never blocks; run it when the
+    process has nothing else running): a gap between two reads longer than ``over_ms`` is
+    time the CPU was taken from it, by the host or another task."""
+    over = over_ms / 1000
+    start = last = clock()
+    count, longest, lost = 0, 0.0, 0.0
+    while True:
+        now = clock()
+        gap, last = now - last, now
+        if gap > over:
+            count, longest, lost = count + 1, max(longest, gap), lost + gap
+        if now - start >= seconds:
+            return Stalls(now - start, over_ms, count, longest * 1000, lost * 1000)
