@@ -1,4 +1,5 @@
-"""hmp/lab/host.py: the host's CPU steal between two readings of /proc/stat."""
+"""hmp/lab/host.py: the host's CPU steal between two readings of /proc/stat, around a run,
+and the stalls a busy thread sees."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def test_steal_is_the_share_of_the_time_between_readings() -> None:
     assert host.steal_percent(before, after) == 25.0
     assert host.steal_percent(None, after) is None
     assert host.steal_percent(after, after) is None  # no time passed: no share
+
+
+def test_a_meter_gives_the_steal_over_its_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    readings = iter([host.CpuTimes(1000, 10), host.CpuTimes(1400, 110)])
+    monkeypatch.setattr(host, "cpu_times", lambda: next(readings))
+    with host.StealMeter() as meter:
+        assert meter.percent is None  # not before the block ends
+    assert meter.percent == 25.0
 
 
 def test_this_machine_reads() -> None:

@@ -787,9 +787,9 @@ def _postcopy_runs(
     table = Table(title, headers)
     results, steals = {}, {}
     for label, setup in runs.items():
-        before = host.cpu_times()
-        result = results[label] = experiment.run(setup, prefix=prefix)
-        steal = steals[label] = host.steal_percent(before, host.cpu_times())
+        with host.StealMeter() as meter:
+            result = results[label] = experiment.run(setup, prefix=prefix)
+        steal = steals[label] = meter.percent
         waits = result.faults.get("waits-ms", [])
         p50, p99 = (float(np.percentile(waits, q)) for q in (50, 99)) if waits else ("", "")
         table.rows.append(

@@ -54,6 +54,22 @@ def steal_percent(before: CpuTimes | None, after: CpuTimes | None) -> float | No
     return 100 * (after.steal - before.steal) / (after.total - before.total)
 
 
+class StealMeter:
+    """``with StealMeter() as meter:`` around a run; ``meter.percent`` is the steal over it
+    (None until the block ends, or where /proc/stat cannot be read)."""
+
+    def __init__(self) -> None:
+        self.percent: float | None = None
+        self._before: CpuTimes | None = None
+
+    def __enter__(self) -> StealMeter:
+        self._before = cpu_times()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.percent = steal_percent(self._before, cpu_times())
+
+
 @dataclass(frozen=True)
 class Stalls:
     """What a busy thread lost over ``seconds``: its gaps longer than ``over_ms``."""

@@ -462,8 +462,8 @@ def compare(
     for round_ in range(runs):
         sides = [(run_qemu, theirs), (run_ours, ours)] if config.qemu else [(run_ours, ours)]
         for run, results in sides if round_ % 2 == 0 else sides[::-1]:
-            before = host.cpu_times()
-            result = run(image, config, prealloc, prefix)
-            result.steal = host.steal_percent(before, host.cpu_times())
+            with host.StealMeter() as meter:
+                result = run(image, config, prealloc, prefix)
+            result.steal = meter.percent
             results.append(result)
     return theirs, ours
