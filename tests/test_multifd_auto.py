@@ -7,6 +7,8 @@ import itertools
 import logging
 import re
 import socket
+from collections import defaultdict
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -73,12 +75,10 @@ def test_a_channel_interleaves_zstd_and_lz4_packets(machines, monkeypatch, caplo
     # between the codecs; the zstd stream goes on across the LZ4 packets between its own. (One
     # cycle per socket: a cycle shared by the channel threads hands out its values in whatever
     # order the threads happen to ask, and may give one channel every zero.)
-    backlogs: dict[int, itertools.cycle[int]] = {}
-
-    def unsent(sock: socket.socket) -> int:
-        return next(backlogs.setdefault(sock.fileno(), itertools.cycle([0, multifd.AUTO_BACKLOG])))
-
-    monkeypatch.setattr(multifd, "unsent", unsent)
+    backlogs: defaultdict[int, Iterator[int]] = defaultdict(
+        lambda: itertools.cycle([0, multifd.AUTO_BACKLOG])
+    )
+    monkeypatch.setattr(multifd, "unsent", lambda sock: next(backlogs[sock.fileno()]))
     src, counts = migrate_x_auto(machines, caplog, "random-writer,rate=2000,wss=8M", 2, 5)
     info = src.query_migrate()
     assert info.ram is not None and 0 < info.ram.multifd_bytes < info.ram.normal * PAGE_SIZE
